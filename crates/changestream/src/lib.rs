@@ -1,0 +1,2 @@
+//! Change streams.
+pub mod resume_token;

@@ -1,0 +1,1 @@
+//! Resume tokens: filled in by a helper.

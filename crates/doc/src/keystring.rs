@@ -1,0 +1,1 @@
+//! KeyString: filled in by a helper.

@@ -1,0 +1,13 @@
+//! Helpers over the `bson` crate that every layer shares.
+//!
+//! - [`compare`]: MongoDB's cross-type comparison and sort order.
+//! - [`path`]: dotted paths, literal and array-expanding.
+//! - [`keystring`]: the order-preserving byte encoding (MongoDB's KeyString V1) used for
+//!   `_id` keys, index keys and resume tokens, so that byte order is value order.
+
+pub mod compare;
+pub mod keystring;
+pub mod path;
+
+pub use compare::{cmp_documents, cmp_values, values_equal};
+pub use path::{get_path, lookup_all, remove_path, set_path};

@@ -1,0 +1,16 @@
+//! MongoDB's query language as pure functions over documents: no I/O, no tokio.
+//!
+//! - [`filter`]: match expressions (`find` filters, `$match`).
+//! - [`projection`]: find projections.
+//! - [`sort`]: sort specifications.
+//! - [`expr`]: aggregation expressions.
+//! - [`pipeline`]: aggregation stages.
+//! - [`update`]: update operators, replacements and pipeline updates, each yielding the
+//!   field-level delta that change events report as `updateDescription`.
+
+pub mod expr;
+pub mod filter;
+pub mod pipeline;
+pub mod projection;
+pub mod sort;
+pub mod update;

@@ -1,0 +1,1 @@
+//! projection: being written.
