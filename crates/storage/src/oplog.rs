@@ -1,0 +1,192 @@
+//! Oplog entries: MongoDB's `local.oplog.rs` shape, keyed by clusterTime.
+//!
+//! The oplog table maps `ts` as a `u64` (`seconds << 32 | increment`, so numeric order is
+//! time order) to the entry's BSON. Entries carry what change streams need: the namespace,
+//! collection UUID, the document or the update's field-level delta, the documentKey and
+//! any session fields.
+
+use bson::{Bson, DateTime, Document, Timestamp, doc};
+use errors::{MongoError, Result};
+
+/// The kind of an oplog entry (`op`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpKind {
+    Insert,
+    Update,
+    Delete,
+    Command,
+    Noop,
+}
+
+impl OpKind {
+    /// The one-letter `op` code.
+    pub fn code(self) -> &'static str {
+        match self {
+            OpKind::Insert => "i",
+            OpKind::Update => "u",
+            OpKind::Delete => "d",
+            OpKind::Command => "c",
+            OpKind::Noop => "n",
+        }
+    }
+
+    fn from_code(s: &str) -> Option<OpKind> {
+        Some(match s {
+            "i" => OpKind::Insert,
+            "u" => OpKind::Update,
+            "d" => OpKind::Delete,
+            "c" => OpKind::Command,
+            "n" => OpKind::Noop,
+            _ => return None,
+        })
+    }
+}
+
+/// One oplog entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OplogEntry {
+    pub ts: Timestamp,
+    pub wall: DateTime,
+    pub op: OpKind,
+    /// `db.coll`, or `db.$cmd` for commands, or `""` for a no-op.
+    pub ns: String,
+    pub ui: Option<bson::Uuid>,
+    /// Insert: the document. Update: `{$v: 2, diff: <delta>}`, or the whole new document
+    /// for a replacement. Delete: the documentKey. Command: the command.
+    pub o: Document,
+    /// Update/insert: the documentKey. Some commands: extra information.
+    pub o2: Option<Document>,
+    /// Session fields, when the write came with them.
+    pub lsid: Option<Document>,
+    pub txn_number: Option<i64>,
+    pub stmt_id: Option<i32>,
+    /// Whether the write was part of a multi-document transaction.
+    pub in_txn: bool,
+    /// Position of this operation inside its transaction (0 outside one).
+    pub txn_op_index: i32,
+}
+
+impl OplogEntry {
+    /// A new entry; `ts` and `wall` are assigned by the commit pipeline.
+    pub fn new(op: OpKind, ns: impl Into<String>, ui: Option<bson::Uuid>, o: Document) -> Self {
+        OplogEntry {
+            ts: Timestamp { time: 0, increment: 0 },
+            wall: DateTime::from_millis(0),
+            op,
+            ns: ns.into(),
+            ui,
+            o,
+            o2: None,
+            lsid: None,
+            txn_number: None,
+            stmt_id: None,
+            in_txn: false,
+            txn_op_index: 0,
+        }
+    }
+
+    /// Sets `o2`.
+    #[must_use]
+    pub fn with_o2(mut self, o2: Document) -> Self {
+        self.o2 = Some(o2);
+        self
+    }
+
+    /// Whether an update entry is a whole-document replacement.
+    pub fn is_replacement(&self) -> bool {
+        self.op == OpKind::Update && !self.o.contains_key("$v")
+    }
+
+    /// The entry in MongoDB's oplog format.
+    pub fn to_document(&self) -> Document {
+        let mut d = doc! { "op": self.op.code(), "ns": &self.ns };
+        if let Some(ui) = self.ui {
+            d.insert("ui", ui);
+        }
+        d.insert("o", self.o.clone());
+        if let Some(o2) = &self.o2 {
+            d.insert("o2", o2.clone());
+        }
+        if let Some(l) = &self.lsid {
+            d.insert("lsid", l.clone());
+        }
+        if let Some(t) = self.txn_number {
+            d.insert("txnNumber", t);
+        }
+        if let Some(s) = self.stmt_id {
+            d.insert("stmtId", s);
+        }
+        if self.in_txn {
+            d.insert("inTxn", true);
+            d.insert("txnOpIndex", self.txn_op_index);
+        }
+        d.insert("ts", self.ts);
+        d.insert("t", 1i64);
+        d.insert("v", 2i64);
+        d.insert("wall", self.wall);
+        d
+    }
+
+    /// Encodes for the oplog table.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        bson::to_vec(&self.to_document()).expect("oplog entry serializes")
+    }
+
+    /// Decodes an entry from the oplog table.
+    pub fn from_bytes(b: &[u8]) -> Result<OplogEntry> {
+        let d = Document::from_reader(b).map_err(|e| MongoError::internal(format!("oplog: {e}")))?;
+        Self::from_document(&d)
+    }
+
+    /// Decodes an entry from its document form.
+    pub fn from_document(d: &Document) -> Result<OplogEntry> {
+        let bad = || MongoError::internal("corrupt oplog entry");
+        let ui = match d.get("ui") {
+            Some(Bson::Binary(b)) => {
+                Some(bson::Uuid::from_bytes(b.bytes.as_slice().try_into().map_err(|_| bad())?))
+            }
+            _ => None,
+        };
+        Ok(OplogEntry {
+            ts: d.get_timestamp("ts").map_err(|_| bad())?,
+            wall: *d.get_datetime("wall").map_err(|_| bad())?,
+            op: OpKind::from_code(d.get_str("op").map_err(|_| bad())?).ok_or_else(bad)?,
+            ns: d.get_str("ns").map_err(|_| bad())?.to_string(),
+            ui,
+            o: d.get_document("o").map_err(|_| bad())?.clone(),
+            o2: d.get_document("o2").ok().cloned(),
+            lsid: d.get_document("lsid").ok().cloned(),
+            txn_number: d.get_i64("txnNumber").ok(),
+            stmt_id: d.get_i32("stmtId").ok(),
+            in_txn: d.get_bool("inTxn").unwrap_or(false),
+            txn_op_index: d.get_i32("txnOpIndex").unwrap_or(0),
+        })
+    }
+}
+
+/// A timestamp as the oplog table's key.
+pub fn ts_key(ts: Timestamp) -> u64 {
+    (u64::from(ts.time) << 32) | u64::from(ts.increment)
+}
+
+/// The timestamp of an oplog table key.
+pub fn key_ts(k: u64) -> Timestamp {
+    Timestamp { time: (k >> 32) as u32, increment: k as u32 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_round_trip() {
+        let mut e = OplogEntry::new(OpKind::Insert, "d.c", Some(bson::Uuid::new()), doc! {"_id": 1})
+            .with_o2(doc! {"_id": 1});
+        e.ts = Timestamp { time: 5, increment: 2 };
+        e.wall = DateTime::from_millis(5000);
+        e.txn_number = Some(3);
+        assert_eq!(OplogEntry::from_bytes(&e.to_bytes()).unwrap(), e);
+        assert_eq!(key_ts(ts_key(e.ts)), e.ts);
+        assert!(ts_key(Timestamp { time: 5, increment: 9 }) < ts_key(Timestamp { time: 6, increment: 0 }));
+    }
+}
