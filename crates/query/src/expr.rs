@@ -1,1 +1,341 @@
-//! expr: being written.
+//! Aggregation expressions: parsing `{$add: [...]}`-style expressions and evaluating them
+//! against a document with variables.
+//!
+//! Evaluation returns `Ok(None)` for a missing value (a missing field or `$$REMOVE`), which
+//! callers drop from output documents; arrays turn missing elements into `null`.
+
+pub(crate) mod accum;
+mod convert;
+mod date;
+pub(crate) mod num;
+mod ops;
+
+use std::collections::HashMap;
+
+use bson::{Bson, DateTime, Document, Timestamp};
+use errors::{ErrorCode, MongoError, Result};
+
+/// A parsed aggregation expression.
+#[derive(Debug, Clone)]
+pub struct Expr(pub(crate) Node);
+
+#[derive(Debug, Clone)]
+pub(crate) enum Node {
+    Lit(Bson),
+    /// `$a.b`: a path from `$$CURRENT`.
+    Field(Vec<String>),
+    /// `$$name.a.b`.
+    Var(String, Vec<String>),
+    Obj(Vec<(String, Node)>),
+    Arr(Vec<Node>),
+    Op(&'static str, Args),
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Args {
+    List(Vec<Node>),
+    Named(Vec<(String, Node)>),
+}
+
+impl Args {
+    pub(crate) fn list(&self) -> &[Node] {
+        match self {
+            Args::List(v) => v,
+            Args::Named(_) => &[],
+        }
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<&Node> {
+        match self {
+            Args::Named(v) => v.iter().find(|(k, _)| k == name).map(|(_, n)| n),
+            Args::List(_) => None,
+        }
+    }
+}
+
+/// Variables visible to an expression: `$$NOW`, `$$CLUSTER_TIME`, `$$CURRENT` and user
+/// variables (`$let`, `$map`, `$lookup` `let`, ...). `$$ROOT` is the evaluated document.
+#[derive(Debug, Clone)]
+pub struct Vars {
+    now: DateTime,
+    cluster_time: Timestamp,
+    user: HashMap<String, Bson>,
+    current: Option<Document>,
+}
+
+impl Default for Vars {
+    fn default() -> Vars {
+        let now = DateTime::now();
+        let secs = (now.timestamp_millis() / 1000).clamp(0, i64::from(u32::MAX)) as u32;
+        Vars::new(now, Timestamp { time: secs, increment: 1 })
+    }
+}
+
+impl Vars {
+    /// Variables with the given `$$NOW` and `$$CLUSTER_TIME`.
+    pub fn new(now: DateTime, cluster_time: Timestamp) -> Vars {
+        Vars { now, cluster_time, user: HashMap::new(), current: None }
+    }
+
+    /// `$$NOW`.
+    pub fn now(&self) -> DateTime {
+        self.now
+    }
+
+    /// `$$CLUSTER_TIME`.
+    pub fn cluster_time(&self) -> Timestamp {
+        self.cluster_time
+    }
+
+    /// Binds a user variable.
+    pub fn set(&mut self, name: &str, value: Bson) {
+        self.user.insert(name.to_string(), value);
+    }
+
+    /// A copy with one more user variable bound.
+    #[must_use]
+    pub fn with(&self, name: &str, value: Bson) -> Vars {
+        let mut v = self.clone();
+        v.set(name, value);
+        v
+    }
+
+    /// A user variable's value.
+    pub fn get(&self, name: &str) -> Option<&Bson> {
+        self.user.get(name)
+    }
+
+    /// Rebinds `$$CURRENT` (used by `$redact`).
+    pub fn set_current(&mut self, doc: Option<Document>) {
+        self.current = doc;
+    }
+}
+
+/// MongoDB truthiness: false, null, undefined, missing and numeric zero are false.
+pub fn truthy(v: &Bson) -> bool {
+    match v {
+        Bson::Boolean(b) => *b,
+        Bson::Null | Bson::Undefined => false,
+        Bson::Int32(i) => *i != 0,
+        Bson::Int64(i) => *i != 0,
+        Bson::Double(d) => *d != 0.0,
+        Bson::Decimal128(_) => doc::compare::as_f64(v).is_some_and(|d| d != 0.0),
+        _ => true,
+    }
+}
+
+pub(crate) fn err(code: i32, msg: impl Into<String>) -> MongoError {
+    MongoError::with_code(code, msg)
+}
+
+/// The MongoDB type name of a value for error messages (`missing` for none).
+pub(crate) fn type_name(v: Option<&Bson>) -> &'static str {
+    match v {
+        None => "missing",
+        Some(v) => crate::filter::type_alias(crate::filter::bson_type_code(v)),
+    }
+}
+
+/// Validates a field path component list (`a.b` from `$a.b`).
+fn field_parts(path: &str) -> Result<Vec<String>> {
+    let parts: Vec<String> = path.split('.').map(str::to_string).collect();
+    for p in &parts {
+        if p.is_empty() {
+            return Err(err(15998, "FieldPath field names may not be empty strings."));
+        }
+        if p.starts_with('$') {
+            return Err(err(16410, "FieldPath field names may not start with '$'."));
+        }
+    }
+    Ok(parts)
+}
+
+fn parse_string(s: &str) -> Result<Node> {
+    if let Some(var) = s.strip_prefix("$$") {
+        let (name, rest) = match var.split_once('.') {
+            Some((n, r)) => (n, Some(r)),
+            None => (var, None),
+        };
+        let valid = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || !c.is_ascii() || c.is_ascii_uppercase())
+            && name.chars().all(|c| c == '_' || c.is_alphanumeric() || !c.is_ascii());
+        if !valid {
+            return Err(err(16870, format!("'{name}' starts with an invalid character for a user variable name")));
+        }
+        let path = match rest {
+            Some(r) => field_parts(r)?,
+            None => Vec::new(),
+        };
+        Ok(Node::Var(name.to_string(), path))
+    } else if let Some(path) = s.strip_prefix('$') {
+        if path.is_empty() {
+            return Err(err(16872, "'$' by itself is not a valid FieldPath"));
+        }
+        Ok(Node::Field(field_parts(path)?))
+    } else {
+        Ok(Node::Lit(Bson::String(s.to_string())))
+    }
+}
+
+pub(crate) fn parse_node(v: &Bson) -> Result<Node> {
+    match v {
+        Bson::String(s) => parse_string(s),
+        Bson::Array(a) => Ok(Node::Arr(a.iter().map(parse_node).collect::<Result<_>>()?)),
+        Bson::Document(d) => parse_object(d),
+        other => Ok(Node::Lit(other.clone())),
+    }
+}
+
+fn parse_object(d: &Document) -> Result<Node> {
+    let first_is_op = d.keys().next().is_some_and(|k| k.starts_with('$'));
+    if first_is_op {
+        if d.len() != 1 {
+            return Err(err(
+                15983,
+                format!(
+                    "an expression specification must contain exactly one field, the name of \
+                     the expression. Found {} fields in {}",
+                    d.len(),
+                    d
+                ),
+            ));
+        }
+        let (k, v) = d.iter().next().ok_or_else(|| MongoError::internal("empty"))?;
+        return ops::parse_op(k, v);
+    }
+    let mut fields = Vec::with_capacity(d.len());
+    for (k, v) in d {
+        if k.starts_with('$') {
+            return Err(err(16410, format!("FieldPath field names may not start with '$'. Consider using $getField or $setField.")));
+        }
+        if k.contains('.') {
+            return Err(err(16412, format!("FieldPath field names may not contain '.'. Consider using $getField or $setField.")));
+        }
+        if k.is_empty() {
+            return Err(err(16411, "FieldPath field names may not be empty strings."));
+        }
+        fields.push((k.clone(), parse_node(v)?));
+    }
+    Ok(Node::Obj(fields))
+}
+
+/// Follows an aggregation field path: arrays map the rest of the path over their document
+/// (and array) elements; numeric components do not index arrays.
+pub(crate) fn follow(v: &Bson, parts: &[String]) -> Option<Bson> {
+    if parts.is_empty() {
+        return Some(v.clone());
+    }
+    match v {
+        Bson::Document(d) => follow(d.get(&parts[0])?, &parts[1..]),
+        Bson::Array(a) => Some(Bson::Array(
+            a.iter()
+                .filter(|e| matches!(e, Bson::Document(_) | Bson::Array(_)))
+                .filter_map(|e| follow(e, parts))
+                .collect(),
+        )),
+        _ => None,
+    }
+}
+
+fn follow_doc(d: &Document, parts: &[String]) -> Option<Bson> {
+    follow(d.get(parts.first()?)?, &parts[1..])
+}
+
+/// Evaluation context: the root document and variables.
+pub(crate) struct Ctx<'a> {
+    pub root: &'a Document,
+    pub vars: &'a Vars,
+}
+
+impl Node {
+    pub(crate) fn eval(&self, cx: &Ctx<'_>) -> Result<Option<Bson>> {
+        match self {
+            Node::Lit(v) => Ok(Some(v.clone())),
+            Node::Field(parts) => {
+                let cur = cx.vars.current.as_ref().unwrap_or(cx.root);
+                Ok(follow_doc(cur, parts))
+            }
+            Node::Var(name, parts) => {
+                let base = match name.as_str() {
+                    "ROOT" => Some(Bson::Document(cx.root.clone())),
+                    "CURRENT" => {
+                        Some(Bson::Document(cx.vars.current.as_ref().unwrap_or(cx.root).clone()))
+                    }
+                    "NOW" => Some(Bson::DateTime(cx.vars.now)),
+                    "CLUSTER_TIME" => Some(Bson::Timestamp(cx.vars.cluster_time)),
+                    "REMOVE" => None,
+                    "DESCEND" => Some(Bson::String("descend".into())),
+                    "PRUNE" => Some(Bson::String("prune".into())),
+                    "KEEP" => Some(Bson::String("keep".into())),
+                    _ => match cx.vars.user.get(name) {
+                        Some(v) => Some(v.clone()),
+                        None => {
+                            return Err(err(17276, format!("Use of undefined variable: {name}")));
+                        }
+                    },
+                };
+                Ok(base.and_then(|b| follow(&b, parts)))
+            }
+            Node::Obj(fields) => {
+                let mut d = Document::new();
+                for (k, n) in fields {
+                    if let Some(v) = n.eval(cx)? {
+                        d.insert(k.clone(), v);
+                    }
+                }
+                Ok(Some(Bson::Document(d)))
+            }
+            Node::Arr(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                for n in items {
+                    out.push(n.eval(cx)?.unwrap_or(Bson::Null));
+                }
+                Ok(Some(Bson::Array(out)))
+            }
+            Node::Op(name, args) => ops::eval_op(name, args, cx),
+        }
+    }
+}
+
+impl Expr {
+    /// Parses an aggregation expression.
+    pub fn parse(v: &Bson) -> Result<Expr> {
+        Ok(Expr(parse_node(v)?))
+    }
+
+    /// An expression that is the given constant.
+    pub fn literal(v: Bson) -> Expr {
+        Expr(Node::Lit(v))
+    }
+
+    /// Evaluates against `root` (which is `$$ROOT` and, unless rebound, `$$CURRENT`).
+    /// `Ok(None)` is a missing value or `$$REMOVE`.
+    pub fn eval(&self, root: &Document, vars: &Vars) -> Result<Option<Bson>> {
+        self.0.eval(&Ctx { root, vars })
+    }
+
+    /// Whether the expression is a constant (a literal with no paths or variables).
+    pub fn as_literal(&self) -> Option<&Bson> {
+        match &self.0 {
+            Node::Lit(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// Whether the expression is a plain field path (`$a.b`), returning the dotted path.
+    pub fn as_field_path(&self) -> Option<String> {
+        match &self.0 {
+            Node::Field(p) => Some(p.join(".")),
+            _ => None,
+        }
+    }
+}
+
+pub(crate) fn invalid_op(name: &str) -> MongoError {
+    MongoError::new(ErrorCode::InvalidPipelineOperator, format!("Unrecognized expression '{name}'"))
+}
+
+#[cfg(test)]
+mod tests;

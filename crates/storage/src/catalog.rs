@@ -90,6 +90,9 @@ pub struct IndexMeta {
     pub partial_filter: Option<Document>,
     /// The spec as listIndexes shows it (`v`, `key`, `name` and the options given).
     pub spec: Document,
+    /// Whether some document has an array in an indexed field (then the index cannot
+    /// provide a sort order on its own).
+    pub multikey: bool,
 }
 
 impl IndexMeta {
@@ -117,6 +120,7 @@ impl IndexMeta {
             "unique": self.unique,
             "sparse": self.sparse,
             "spec": self.spec.clone(),
+            "multikey": self.multikey,
         };
         if let Some(p) = &self.partial_filter {
             d.insert("partial", p.clone());
@@ -133,6 +137,7 @@ impl IndexMeta {
             sparse: d.get_bool("sparse").unwrap_or(false),
             partial_filter: d.get_document("partial").ok().cloned(),
             spec: d.get_document("spec").map_err(corrupt)?.clone(),
+            multikey: d.get_bool("multikey").unwrap_or(false),
         })
     }
 }
@@ -247,6 +252,7 @@ mod tests {
                 sparse: false,
                 partial_filter: None,
                 spec: doc! {"v": 2, "key": {"_id": 1}, "name": "_id_"},
+                multikey: false,
             }],
         };
         assert_eq!(CollectionMeta::from_bytes(&m.to_bytes()).unwrap(), m);

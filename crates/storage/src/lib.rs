@@ -864,6 +864,13 @@ impl Iterator for IndexScan {
     }
 }
 
+impl DoubleEndedIterator for IndexScan {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        let item = self.range.next_back()?;
+        Some(item.map_err(storage_err).map(|(k, v)| (k.value().to_vec(), v.value().to_vec())))
+    }
+}
+
 /// A lazy scan over oplog entries: `(ts, bytes)`.
 pub struct OplogScan {
     range: redb::Range<'static, u64, &'static [u8]>,

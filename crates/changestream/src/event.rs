@@ -1,0 +1,367 @@
+//! Oplog entry → change events, for one stream's target and options.
+
+use bson::{Bson, Document, Timestamp, doc, spec::BinarySubtype};
+use errors::Result;
+use query::update::UpdateDelta;
+use storage::{Namespace, OpKind, OplogEntry};
+
+use crate::resume_token::ResumeTokenData;
+use crate::spec::{FullDocument, FullDocumentBeforeChange, StreamSpec, Target};
+
+/// Where an event sits in the stream: `(clusterTime, txnOpIndex, fromInvalidate)`.
+/// Tokens of later events sort after earlier ones, and so do these keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct EventPos {
+    pub ts: (u32, u32),
+    pub txn_op_index: i32,
+    pub from_invalidate: bool,
+}
+
+impl EventPos {
+    /// The position of a token.
+    pub fn of_token(t: &ResumeTokenData) -> EventPos {
+        EventPos {
+            ts: (t.cluster_time.time, t.cluster_time.increment),
+            txn_op_index: t.txn_op_index,
+            from_invalidate: t.from_invalidate,
+        }
+    }
+}
+
+/// What events need from the database beyond the oplog entry itself.
+pub trait Lookup {
+    /// The current document with this key (for `fullDocument: updateLookup`).
+    ///
+    /// # Errors
+    /// On storage failure.
+    fn current(&self, ns: &Namespace, document_key: &Document) -> Result<Option<Document>>;
+    /// The pre-image stored for the write at `ts`.
+    ///
+    /// # Errors
+    /// On storage failure.
+    fn preimage(&self, ts: Timestamp) -> Result<Option<Document>>;
+}
+
+/// One change event before the user's pipeline runs.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub pos: EventPos,
+    pub doc: Document,
+    /// Whether this event ends the stream (an `invalidate`).
+    pub invalidate: bool,
+}
+
+fn uuid_bson(u: bson::Uuid) -> Bson {
+    Bson::Binary(bson::Binary { subtype: BinarySubtype::Uuid, bytes: u.bytes().to_vec() })
+}
+
+fn ns_doc(ns: &Namespace) -> Document {
+    doc! {"db": &ns.db, "coll": &ns.coll}
+}
+
+fn internal_db(db: &str) -> bool {
+    matches!(db, "admin" | "local" | "config")
+}
+
+/// Whether the stream's target covers a collection namespace.
+fn covers(spec: &StreamSpec, ns: &Namespace) -> bool {
+    if ns.is_system() {
+        return false;
+    }
+    match &spec.target {
+        Target::Collection(t) => t == ns,
+        Target::Database(db) => &ns.db == db,
+        Target::Cluster => !internal_db(&ns.db),
+    }
+}
+
+/// The events an oplog entry produces for a stream, in order.
+///
+/// # Errors
+/// On a lookup failure, or an entry that cannot be decoded.
+pub fn events_for(entry: &OplogEntry, spec: &StreamSpec, lookup: &dyn Lookup) -> Result<Vec<Event>> {
+    let mut out = Vec::new();
+    if entry.op == OpKind::Command && entry.o.contains_key("applyOps") {
+        let ops = entry.o.get_array("applyOps").map_err(|_| errors::MongoError::internal("bad applyOps"))?;
+        for op in ops {
+            if let Bson::Document(d) = op {
+                let inner = OplogEntry::from_document(d)?;
+                out.extend(events_for(&inner, spec, lookup)?);
+            }
+        }
+        return Ok(out);
+    }
+    let pos = EventPos {
+        ts: (entry.ts.time, entry.ts.increment),
+        txn_op_index: entry.txn_op_index,
+        from_invalidate: false,
+    };
+    let (op_type, ns, extra) = match classify(entry) {
+        Some(c) => c,
+        None => return Ok(out),
+    };
+    let expanded_only = matches!(op_type, "create" | "createIndexes" | "dropIndexes" | "modify");
+    if expanded_only && !spec.show_expanded_events {
+        return Ok(out);
+    }
+    // Which streams see the entry, and which it invalidates.
+    let (seen, invalidates) = match op_type {
+        "dropDatabase" => match &spec.target {
+            Target::Database(db) => (db == &ns.db, true),
+            Target::Cluster => (!internal_db(&ns.db), false),
+            Target::Collection(_) => (false, false),
+        },
+        "rename" => {
+            let to = extra.to.as_ref();
+            let hits = covers(spec, &ns) || to.is_some_and(|t| covers(spec, t));
+            (hits, matches!(spec.target, Target::Collection(_)))
+        }
+        "drop" => (covers(spec, &ns), matches!(spec.target, Target::Collection(_))),
+        _ => (covers(spec, &ns), false),
+    };
+    if !seen {
+        return Ok(out);
+    }
+
+    let mut ev = Document::new();
+    let document_key = extra.document_key.clone();
+    let mut ident = doc! {"operationType": op_type};
+    if let Some(k) = &document_key {
+        ident.insert("documentKey", k.clone());
+    } else if let Some(d) = &extra.operation_description {
+        ident.insert("operationDescription", d.clone());
+    }
+    let uuid = if op_type == "dropDatabase" { None } else { entry.ui };
+    let token = ResumeTokenData::event(entry.ts, entry.txn_op_index, uuid, ident);
+    ev.insert("_id", token.to_document());
+    ev.insert("operationType", op_type);
+    ev.insert("clusterTime", entry.ts);
+    if spec.show_expanded_events {
+        if let Some(u) = uuid {
+            ev.insert("collectionUUID", uuid_bson(u));
+        }
+    }
+    ev.insert("wallTime", entry.wall);
+    // fullDocument
+    match op_type {
+        "insert" | "replace" => {
+            ev.insert("fullDocument", entry.o.clone());
+        }
+        "update" => match spec.full_document {
+            FullDocument::Default => {}
+            FullDocument::UpdateLookup => {
+                let cur = match &document_key {
+                    Some(k) => lookup.current(&ns, k)?,
+                    None => None,
+                };
+                ev.insert("fullDocument", cur.map_or(Bson::Null, Bson::Document));
+            }
+            FullDocument::WhenAvailable | FullDocument::Required => {
+                let post = post_image(entry, lookup)?;
+                if post.is_none() && spec.full_document == FullDocument::Required {
+                    return Err(no_image("post", entry, &ns));
+                }
+                ev.insert("fullDocument", post.map_or(Bson::Null, Bson::Document));
+            }
+        },
+        _ => {}
+    }
+    if matches!(op_type, "update" | "replace" | "delete") {
+        match spec.full_document_before_change {
+            FullDocumentBeforeChange::Off => {}
+            mode => {
+                let pre = lookup.preimage(entry.ts)?;
+                if pre.is_none() && mode == FullDocumentBeforeChange::Required {
+                    return Err(no_image("pre", entry, &ns));
+                }
+                ev.insert("fullDocumentBeforeChange", pre.map_or(Bson::Null, Bson::Document));
+            }
+        }
+    }
+    if op_type == "dropDatabase" {
+        ev.insert("ns", doc! {"db": &ns.db});
+    } else {
+        ev.insert("ns", ns_doc(&ns));
+    }
+    if let Some(to) = &extra.to {
+        ev.insert("to", ns_doc(to));
+    }
+    if let Some(k) = document_key {
+        ev.insert("documentKey", k);
+    }
+    if spec.show_expanded_events {
+        if let Some(d) = &extra.operation_description {
+            ev.insert("operationDescription", d.clone());
+        }
+    }
+    if op_type == "update" {
+        let delta = entry
+            .o
+            .get_document("diff")
+            .map_err(|_| errors::MongoError::internal("update entry without diff"))
+            .and_then(UpdateDelta::from_document)?;
+        ev.insert("updateDescription", delta.to_update_description(spec.show_expanded_events));
+    }
+    if let Some(sb) = extra.state_before_change {
+        ev.insert("stateBeforeChange", sb);
+    }
+    if entry.in_txn {
+        if let Some(l) = &entry.lsid {
+            ev.insert("lsid", l.clone());
+        }
+        if let Some(t) = entry.txn_number {
+            ev.insert("txnNumber", t);
+        }
+    }
+    out.push(Event { pos, doc: ev, invalidate: false });
+    if invalidates {
+        let mut t = token;
+        t.from_invalidate = true;
+        out.push(Event {
+            pos: EventPos { from_invalidate: true, ..pos },
+            doc: doc! {
+                "_id": t.to_document(),
+                "operationType": "invalidate",
+                "clusterTime": entry.ts,
+                "wallTime": entry.wall,
+            },
+            invalidate: true,
+        });
+    }
+    Ok(out)
+}
+
+fn no_image(which: &str, entry: &OplogEntry, ns: &Namespace) -> errors::MongoError {
+    let what = if which == "pre" { "pre-image" } else { "post-image" };
+    errors::MongoError::new(
+        errors::ErrorCode::NoMatchingDocument,
+        format!(
+            "Change stream was configured to require a {what} for all update, delete and replace events, but the {what} was not found for event: {{ts: {}, ns: {}}}",
+            entry.ts,
+            ns.full()
+        ),
+    )
+}
+
+/// The document after an update: the pre-image with the delta applied.
+fn post_image(entry: &OplogEntry, lookup: &dyn Lookup) -> Result<Option<Document>> {
+    let Some(pre) = lookup.preimage(entry.ts)? else { return Ok(None) };
+    let delta = entry
+        .o
+        .get_document("diff")
+        .map_err(|_| errors::MongoError::internal("update entry without diff"))
+        .and_then(UpdateDelta::from_document)?;
+    Ok(Some(apply_delta(pre, &delta)))
+}
+
+/// Applies a recorded delta to a document (used for post-images).
+pub fn apply_delta(mut doc: Document, delta: &UpdateDelta) -> Document {
+    for (field, size) in &delta.truncated_arrays {
+        if let Some(Bson::Array(a)) = doc::path::get_path(&doc, field).cloned() {
+            let mut a = a;
+            a.truncate(usize::try_from(*size).unwrap_or(0));
+            let _ = doc::set_path(&mut doc, field, Bson::Array(a));
+        }
+    }
+    for f in &delta.removed_fields {
+        doc::remove_path(&mut doc, f);
+    }
+    for (k, v) in &delta.updated_fields {
+        let _ = doc::set_path(&mut doc, k, v.clone());
+    }
+    doc
+}
+
+#[derive(Default)]
+struct Extra {
+    document_key: Option<Document>,
+    operation_description: Option<Document>,
+    to: Option<Namespace>,
+    state_before_change: Option<Document>,
+}
+
+/// The event type, namespace and extra fields an entry stands for.
+fn classify(e: &OplogEntry) -> Option<(&'static str, Namespace, Extra)> {
+    let ns = Namespace::parse(&e.ns);
+    let key_of = |d: &Document| d.get("_id").map(|id| doc! {"_id": id.clone()});
+    match e.op {
+        OpKind::Insert => {
+            let k = e.o2.clone().or_else(|| key_of(&e.o));
+            Some(("insert", ns?, Extra { document_key: k, ..Extra::default() }))
+        }
+        OpKind::Update => {
+            let t = if e.is_replacement() { "replace" } else { "update" };
+            Some((t, ns?, Extra { document_key: e.o2.clone(), ..Extra::default() }))
+        }
+        OpKind::Delete => Some(("delete", ns?, Extra { document_key: key_of(&e.o), ..Extra::default() })),
+        OpKind::Noop => None,
+        OpKind::Command => {
+            let db = ns?.db;
+            let (name, _) = e.o.iter().next()?;
+            let coll = |k: &str| e.o.get_str(k).ok().map(|c| Namespace::new(db.clone(), c));
+            let rest = |skip: &[&str]| {
+                let mut d = Document::new();
+                for (k, v) in &e.o {
+                    if !skip.contains(&k.as_str()) {
+                        d.insert(k.clone(), v.clone());
+                    }
+                }
+                d
+            };
+            match name.as_str() {
+                "drop" => Some(("drop", coll("drop")?, Extra::default())),
+                "dropDatabase" => Some(("dropDatabase", Namespace::new(db.clone(), ""), Extra::default())),
+                "renameCollection" => {
+                    let from = Namespace::parse(e.o.get_str("renameCollection").ok()?)?;
+                    let to = Namespace::parse(e.o.get_str("to").ok()?)?;
+                    let mut desc = doc! {"to": ns_doc(&to)};
+                    if let Some(dt) = e.o.get("dropTarget").filter(|v| matches!(v, Bson::Binary(_))) {
+                        desc.insert("dropTarget", dt.clone());
+                    }
+                    Some((
+                        "rename",
+                        from,
+                        Extra { to: Some(to), operation_description: Some(desc), ..Extra::default() },
+                    ))
+                }
+                "create" => {
+                    let mut desc = rest(&["create"]);
+                    if !desc.contains_key("viewOn") {
+                        let idx = desc.remove("idIndex");
+                        desc.insert(
+                            "idIndex",
+                            idx.unwrap_or_else(|| Bson::Document(doc! {"v": 2, "key": {"_id": 1}, "name": "_id_"})),
+                        );
+                    }
+                    Some(("create", coll("create")?, Extra { operation_description: Some(desc), ..Extra::default() }))
+                }
+                "createIndexes" => {
+                    let spec = rest(&["createIndexes"]);
+                    Some((
+                        "createIndexes",
+                        coll("createIndexes")?,
+                        Extra { operation_description: Some(doc! {"indexes": [spec]}), ..Extra::default() },
+                    ))
+                }
+                "dropIndexes" => {
+                    let spec = e.o2.clone().unwrap_or_default();
+                    Some((
+                        "dropIndexes",
+                        coll("dropIndexes")?,
+                        Extra { operation_description: Some(doc! {"indexes": [spec]}), ..Extra::default() },
+                    ))
+                }
+                "collMod" => Some((
+                    "modify",
+                    coll("collMod")?,
+                    Extra {
+                        operation_description: Some(rest(&["collMod"])),
+                        state_before_change: e.o2.clone(),
+                        ..Extra::default()
+                    },
+                )),
+                _ => None,
+            }
+        }
+    }
+}

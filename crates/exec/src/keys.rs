@@ -1,0 +1,132 @@
+//! Index keys of documents.
+//!
+//! An entry of a unique index is `index id (8 bytes BE) ++ KeyString(values)` with the
+//! record's `_id` key as value, so a second document with the same values finds the entry.
+//! A non-unique entry appends the `_id` key to the key, so equal values coexist.
+
+use bson::{Bson, Document};
+use doc::keystring;
+use query::filter::Filter;
+use storage::IndexMeta;
+
+/// The record key of a document with this `_id`.
+pub fn id_key(id: &Bson) -> Vec<u8> {
+    keystring::encode_key(&[(id, false)])
+}
+
+/// The prefix every entry of an index starts with.
+pub fn index_prefix(index_id: u64) -> Vec<u8> {
+    index_id.to_be_bytes().to_vec()
+}
+
+/// The values a document has for an index's fields, one tuple per entry (several for a
+/// multikey index), and whether any field held an array.
+pub fn key_tuples(ix: &IndexMeta, doc: &Document) -> (Vec<Vec<Bson>>, bool) {
+    let mut tuples: Vec<Vec<Bson>> = vec![Vec::new()];
+    let mut multikey = false;
+    for (field, _) in ix.fields() {
+        let mut vals = Vec::new();
+        for v in doc::lookup_all(doc, &field) {
+            match v {
+                Some(Bson::Array(a)) => {
+                    multikey = true;
+                    if a.is_empty() {
+                        vals.push(Bson::Undefined);
+                    }
+                    vals.extend(a);
+                }
+                Some(v) => vals.push(v),
+                None => vals.push(Bson::Null),
+            }
+        }
+        if vals.len() > 1 {
+            // A missing value beside real ones adds nothing (e.g. `a.b` over `[{b:1},{}]`
+            // still indexes the null, as MongoDB does, but only once).
+            vals.sort_by(doc::cmp_values);
+            vals.dedup_by(|a, b| doc::values_equal(a, b) && doc::compare::type_rank(a) == doc::compare::type_rank(b));
+        }
+        if vals.is_empty() {
+            vals.push(Bson::Null);
+        }
+        let mut next = Vec::with_capacity(tuples.len() * vals.len());
+        for t in &tuples {
+            for v in &vals {
+                let mut t2 = t.clone();
+                t2.push(v.clone());
+                next.push(t2);
+            }
+        }
+        tuples = next;
+    }
+    (tuples, multikey)
+}
+
+/// Whether a sparse index skips this document (all its fields missing).
+fn sparse_skips(ix: &IndexMeta, doc: &Document) -> bool {
+    ix.sparse
+        && ix
+            .fields()
+            .iter()
+            .all(|(f, _)| doc::lookup_all(doc, f).iter().all(Option::is_none))
+}
+
+/// The full entry keys a document has in an index (empty if sparse/partial exclude it),
+/// and whether the document made the index multikey.
+pub fn entry_keys(
+    ix: &IndexMeta,
+    partial: Option<&Filter>,
+    doc: &Document,
+    id_key: &[u8],
+) -> (Vec<Vec<u8>>, bool) {
+    if sparse_skips(ix, doc) || partial.is_some_and(|f| !f.matches(doc)) {
+        return (Vec::new(), false);
+    }
+    let dirs: Vec<bool> = ix.fields().iter().map(|(_, d)| *d).collect();
+    let (tuples, multikey) = key_tuples(ix, doc);
+    let keys = tuples
+        .iter()
+        .map(|t| {
+            let mut k = index_prefix(ix.id);
+            for (v, d) in t.iter().zip(&dirs) {
+                keystring::append_value(&mut k, v, *d);
+            }
+            if !ix.unique {
+                k.extend_from_slice(id_key);
+            }
+            k
+        })
+        .collect();
+    (keys, multikey)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::doc;
+
+    fn ix(key: Document, unique: bool, sparse: bool) -> IndexMeta {
+        IndexMeta {
+            id: 3,
+            name: "x".into(),
+            key,
+            unique,
+            sparse,
+            partial_filter: None,
+            spec: Document::new(),
+            multikey: false,
+        }
+    }
+
+    #[test]
+    fn multikey_and_sparse() {
+        let i = ix(doc! {"a": 1}, false, false);
+        let (keys, mk) = entry_keys(&i, None, &doc! {"_id": 1, "a": [1, 2, 2]}, b"id");
+        assert_eq!(keys.len(), 2);
+        assert!(mk);
+        let s = ix(doc! {"a": 1}, true, true);
+        assert!(entry_keys(&s, None, &doc! {"_id": 1}, b"id").0.is_empty());
+        let (k1, _) = entry_keys(&s, None, &doc! {"a": 1}, b"id");
+        let (k2, _) = entry_keys(&s, None, &doc! {"a": 1.0}, b"other");
+        assert_eq!(k1, k2, "unique keys ignore the _id and numeric type");
+    }
+}

@@ -1,0 +1,217 @@
+//! Document writes that keep indexes in step.
+//!
+//! Each function checks everything that can fail (unique constraints, sizes) before it
+//! changes anything, so a failed statement leaves no trace in the commit pipeline's
+//! transaction (see `storage::Store::write`).
+
+use bson::{Bson, Document, doc};
+use errors::{ErrorCode, ExtraInfo, MongoError, Result};
+use query::filter::Filter;
+use storage::{CollectionMeta, IndexMeta, WriteCtx};
+
+use crate::keys::{entry_keys, id_key};
+
+/// The largest document MongoDB stores.
+pub const MAX_DOC_BYTES: usize = 16 * 1024 * 1024;
+
+fn partial(ix: &IndexMeta) -> Result<Option<Filter>> {
+    ix.partial_filter.as_ref().map(Filter::parse).transpose()
+}
+
+/// Serializes a document for storage, enforcing the size limit.
+///
+/// # Errors
+/// BSONObjectTooLarge when over 16 MiB.
+pub fn encode_doc(doc: &Document) -> Result<Vec<u8>> {
+    let b = bson::to_vec(doc).map_err(|e| MongoError::bad_value(e.to_string()))?;
+    if b.len() > MAX_DOC_BYTES {
+        return Err(MongoError::new(
+            ErrorCode::BSONObjectTooLarge,
+            format!("object to insert too large. size in bytes: {}, max size: {MAX_DOC_BYTES}", b.len()),
+        ));
+    }
+    Ok(b)
+}
+
+/// The DuplicateKey error MongoDB reports for `ix` and the document's key values.
+pub fn duplicate_key(meta: &CollectionMeta, ix: &IndexMeta, doc: &Document) -> MongoError {
+    let mut key_value = Document::new();
+    for (f, _) in ix.fields() {
+        let v = doc::get_path(doc, &f).cloned().unwrap_or(Bson::Null);
+        key_value.insert(f, v);
+    }
+    let shown: Vec<String> = key_value.iter().map(|(k, v)| format!("{k}: {}", display(v))).collect();
+    let mut e = MongoError::new(
+        ErrorCode::DuplicateKey,
+        format!(
+            "E11000 duplicate key error collection: {} index: {} dup key: {{ {} }}",
+            meta.ns.full(),
+            ix.name,
+            shown.join(", ")
+        ),
+    );
+    e.extra = Some(Box::new(ExtraInfo::DuplicateKey {
+        key_pattern: bson::to_vec(&ix.key).unwrap_or_default(),
+        key_value: bson::to_vec(&key_value).unwrap_or_default(),
+    }));
+    e
+}
+
+fn display(v: &Bson) -> String {
+    match v {
+        Bson::String(s) => format!("\"{s}\""),
+        other => other.to_string(),
+    }
+}
+
+fn id_index(meta: &CollectionMeta) -> IndexMeta {
+    meta.index("_id_").cloned().unwrap_or_else(|| IndexMeta {
+        id: 0,
+        name: "_id_".into(),
+        key: doc! {"_id": 1},
+        unique: true,
+        sparse: false,
+        partial_filter: None,
+        spec: Document::new(),
+        multikey: false,
+    })
+}
+
+/// Inserts a document (which has its `_id`), with its index entries.
+///
+/// # Errors
+/// DuplicateKey, BSONObjectTooLarge, or a storage error.
+pub fn insert_doc(ctx: &mut WriteCtx<'_>, meta: &mut CollectionMeta, doc: &Document) -> Result<()> {
+    let id = doc.get("_id").ok_or_else(|| MongoError::internal("document without _id"))?;
+    let idk = id_key(id);
+    let bytes = encode_doc(doc)?;
+    if ctx.get_doc(meta.id, &idk)?.is_some() {
+        return Err(duplicate_key(meta, &id_index(meta), doc));
+    }
+    let mut planned = Vec::new();
+    let mut became_multikey = false;
+    for ix in meta.indexes.iter().filter(|i| !i.is_id()) {
+        let pf = partial(ix)?;
+        let (keys, mk) = entry_keys(ix, pf.as_ref(), doc, &idk);
+        if ix.unique {
+            for k in &keys {
+                if ctx.index_get(k)?.is_some_and(|owner| owner != idk) {
+                    return Err(duplicate_key(meta, ix, doc));
+                }
+            }
+        }
+        became_multikey |= mk && !ix.multikey;
+        planned.push((ix.id, keys, mk));
+    }
+    ctx.put_doc(meta.id, &idk, &bytes)?;
+    for (_, keys, _) in &planned {
+        for k in keys {
+            ctx.index_put(k, &idk)?;
+        }
+    }
+    if became_multikey {
+        mark_multikey(ctx, meta, &planned)?;
+    }
+    Ok(())
+}
+
+fn mark_multikey(
+    ctx: &mut WriteCtx<'_>,
+    meta: &mut CollectionMeta,
+    planned: &[(u64, Vec<Vec<u8>>, bool)],
+) -> Result<()> {
+    for (id, _, mk) in planned {
+        if *mk {
+            if let Some(ix) = meta.indexes.iter_mut().find(|i| i.id == *id) {
+                ix.multikey = true;
+            }
+        }
+    }
+    ctx.put_collection(meta)
+}
+
+/// Replaces `old` by `new` (same `_id`), moving index entries that changed.
+///
+/// # Errors
+/// DuplicateKey, BSONObjectTooLarge, or a storage error.
+pub fn replace_doc(
+    ctx: &mut WriteCtx<'_>,
+    meta: &mut CollectionMeta,
+    old: &Document,
+    new: &Document,
+) -> Result<()> {
+    let id = new.get("_id").ok_or_else(|| MongoError::internal("document without _id"))?;
+    let idk = id_key(id);
+    let bytes = encode_doc(new)?;
+    let mut planned = Vec::new();
+    let mut became_multikey = false;
+    for ix in meta.indexes.iter().filter(|i| !i.is_id()) {
+        let pf = partial(ix)?;
+        let (old_keys, _) = entry_keys(ix, pf.as_ref(), old, &idk);
+        let (new_keys, mk) = entry_keys(ix, pf.as_ref(), new, &idk);
+        let added: Vec<Vec<u8>> = new_keys.iter().filter(|k| !old_keys.contains(k)).cloned().collect();
+        let removed: Vec<Vec<u8>> = old_keys.into_iter().filter(|k| !new_keys.contains(k)).collect();
+        if ix.unique {
+            for k in &added {
+                if ctx.index_get(k)?.is_some_and(|owner| owner != idk) {
+                    return Err(duplicate_key(meta, ix, new));
+                }
+            }
+        }
+        became_multikey |= mk && !ix.multikey;
+        planned.push((ix.id, added, removed, mk));
+    }
+    ctx.put_doc(meta.id, &idk, &bytes)?;
+    for (_, added, removed, _) in &planned {
+        for k in removed {
+            ctx.index_remove(k)?;
+        }
+        for k in added {
+            ctx.index_put(k, &idk)?;
+        }
+    }
+    if became_multikey {
+        let flags: Vec<(u64, Vec<Vec<u8>>, bool)> =
+            planned.into_iter().map(|(id, _, _, mk)| (id, Vec::new(), mk)).collect();
+        mark_multikey(ctx, meta, &flags)?;
+    }
+    Ok(())
+}
+
+/// Deletes a document and its index entries.
+///
+/// # Errors
+/// A storage error.
+pub fn delete_doc(ctx: &mut WriteCtx<'_>, meta: &CollectionMeta, doc: &Document) -> Result<()> {
+    let id = doc.get("_id").ok_or_else(|| MongoError::internal("document without _id"))?;
+    let idk = id_key(id);
+    for ix in meta.indexes.iter().filter(|i| !i.is_id()) {
+        let pf = partial(ix)?;
+        for k in entry_keys(ix, pf.as_ref(), doc, &idk).0 {
+            ctx.index_remove(&k)?;
+        }
+    }
+    ctx.delete_doc(meta.id, &idk)
+}
+
+/// Builds a new index over the collection's existing documents. On a unique violation,
+/// removes what it wrote and reports DuplicateKey.
+///
+/// # Errors
+/// DuplicateKey or a storage error.
+pub fn build_index(ctx: &mut WriteCtx<'_>, meta: &CollectionMeta, ix: &mut IndexMeta) -> Result<()> {
+    let pf = partial(ix)?;
+    for (idk, doc) in ctx.scan_docs(meta.id)? {
+        let (keys, mk) = entry_keys(ix, pf.as_ref(), &doc, &idk);
+        ix.multikey |= mk;
+        for k in keys {
+            if ix.unique && ctx.index_get(&k)?.is_some_and(|owner| owner != idk) {
+                let e = duplicate_key(meta, ix, &doc);
+                ctx.remove_index_entries(ix.id)?;
+                return Err(e);
+            }
+            ctx.index_put(&k, &idk)?;
+        }
+    }
+    Ok(())
+}

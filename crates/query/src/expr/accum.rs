@@ -1,0 +1,189 @@
+//! Accumulators shared by `$group` (and window-less `$bucket`) and the expression forms of
+//! `$sum`, `$avg`, `$min`, `$max`, `$stdDevPop` and `$stdDevSamp`.
+
+use std::cmp::Ordering;
+
+use bson::{Bson, Document};
+use doc::compare::{cmp_values, values_equal};
+use errors::Result;
+
+use super::{err, num, type_name};
+
+/// Which accumulator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AccKind {
+    Sum,
+    Avg,
+    Min,
+    Max,
+    First,
+    Last,
+    Push,
+    AddToSet,
+    Count,
+    MergeObjects,
+    StdDevPop,
+    StdDevSamp,
+}
+
+impl AccKind {
+    /// The accumulator named `name` (`"$sum"`, ...).
+    pub(crate) fn from_name(name: &str) -> Option<AccKind> {
+        Some(match name {
+            "$sum" => AccKind::Sum,
+            "$avg" => AccKind::Avg,
+            "$min" => AccKind::Min,
+            "$max" => AccKind::Max,
+            "$first" => AccKind::First,
+            "$last" => AccKind::Last,
+            "$push" => AccKind::Push,
+            "$addToSet" => AccKind::AddToSet,
+            "$count" => AccKind::Count,
+            "$mergeObjects" => AccKind::MergeObjects,
+            "$stdDevPop" => AccKind::StdDevPop,
+            "$stdDevSamp" => AccKind::StdDevSamp,
+            _ => return None,
+        })
+    }
+}
+
+/// A running accumulator.
+#[derive(Debug, Clone)]
+pub(crate) struct Acc {
+    kind: AccKind,
+    total: Bson,
+    count: u64,
+    value: Option<Bson>,
+    seen: bool,
+    items: Vec<Bson>,
+    merged: Document,
+    mean: f64,
+    m2: f64,
+}
+
+impl Acc {
+    /// A fresh accumulator.
+    pub(crate) fn new(kind: AccKind) -> Acc {
+        Acc {
+            kind,
+            total: Bson::Int32(0),
+            count: 0,
+            value: None,
+            seen: false,
+            items: Vec::new(),
+            merged: Document::new(),
+            mean: 0.0,
+            m2: 0.0,
+        }
+    }
+
+    /// Feeds one input value (`None` = missing).
+    pub(crate) fn add(&mut self, v: Option<Bson>) -> Result<()> {
+        match self.kind {
+            AccKind::Sum | AccKind::Avg => {
+                if let Some(v) = v.filter(|v| num::kind(v).is_some()) {
+                    self.total = num::add(&self.total, &v);
+                    self.count += 1;
+                }
+            }
+            AccKind::Count => self.count += 1,
+            AccKind::Min | AccKind::Max => {
+                if let Some(v) = v.filter(|v| !matches!(v, Bson::Null | Bson::Undefined)) {
+                    let better = match &self.value {
+                        None => true,
+                        Some(cur) => {
+                            let o = cmp_values(&v, cur);
+                            if self.kind == AccKind::Min { o == Ordering::Less } else { o == Ordering::Greater }
+                        }
+                    };
+                    if better {
+                        self.value = Some(v);
+                    }
+                }
+            }
+            AccKind::First => {
+                if !self.seen {
+                    self.seen = true;
+                    self.value = Some(v.unwrap_or(Bson::Null));
+                }
+            }
+            AccKind::Last => {
+                self.seen = true;
+                self.value = Some(v.unwrap_or(Bson::Null));
+            }
+            AccKind::Push => {
+                if let Some(v) = v {
+                    self.items.push(v);
+                }
+            }
+            AccKind::AddToSet => {
+                if let Some(v) = v {
+                    if !self.items.iter().any(|x| values_equal(x, &v)) {
+                        self.items.push(v);
+                    }
+                }
+            }
+            AccKind::MergeObjects => match v {
+                None | Some(Bson::Null) | Some(Bson::Undefined) => {}
+                Some(Bson::Document(d)) => {
+                    for (k, v) in d {
+                        self.merged.insert(k, v);
+                    }
+                }
+                Some(other) => {
+                    return Err(err(
+                        40400,
+                        format!(
+                            "$mergeObjects requires object inputs, but input {} is of type {}",
+                            other,
+                            type_name(Some(&other))
+                        ),
+                    ));
+                }
+            },
+            AccKind::StdDevPop | AccKind::StdDevSamp => {
+                if let Some(x) = v.as_ref().filter(|v| num::kind(v).is_some()).map(num::f) {
+                    self.count += 1;
+                    let d = x - self.mean;
+                    self.mean += d / self.count as f64;
+                    self.m2 += d * (x - self.mean);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The accumulated result.
+    pub(crate) fn finish(&self) -> Bson {
+        match self.kind {
+            AccKind::Sum => self.total.clone(),
+            AccKind::Count => num::narrow(self.count as i64),
+            AccKind::Avg => {
+                if self.count == 0 {
+                    Bson::Null
+                } else {
+                    num::div(&self.total, &Bson::Int64(self.count as i64)).unwrap_or(Bson::Null)
+                }
+            }
+            AccKind::Min | AccKind::Max | AccKind::First | AccKind::Last => {
+                self.value.clone().unwrap_or(Bson::Null)
+            }
+            AccKind::Push | AccKind::AddToSet => Bson::Array(self.items.clone()),
+            AccKind::MergeObjects => Bson::Document(self.merged.clone()),
+            AccKind::StdDevPop => {
+                if self.count == 0 {
+                    Bson::Null
+                } else {
+                    Bson::Double((self.m2 / self.count as f64).sqrt())
+                }
+            }
+            AccKind::StdDevSamp => {
+                if self.count < 2 {
+                    Bson::Null
+                } else {
+                    Bson::Double((self.m2 / (self.count - 1) as f64).sqrt())
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! Encoding: OP_MSG and OP_REPLY replies, plus client-side requests for tests and benches.
+
+use bson::{Document, doc};
+
+use crate::compression::compress;
+use crate::decode::MAX_BODY_SIZE;
+use crate::{Compressor, HEADER_LEN, MAX_MESSAGE_SIZE_BYTES, WireError, WireErrorKind, flags, op};
+
+/// Encodes an OP_MSG reply: `flags` and one kind-0 section holding `body`. If `flags` has
+/// [`flags::CHECKSUM_PRESENT`] a CRC-32C is appended. If `compressor` is `Some(c)` and `c`
+/// is not `Noop`, the message is wrapped in OP_COMPRESSED with that compressor.
+///
+/// Never fails: if `body` cannot be encoded (a key containing a NUL byte, or over the size
+/// limits) the reply carries that error instead, as `{ok: 0, errmsg, code, codeName}`. Use
+/// [`try_encode_msg`] to handle the failure yourself.
+pub fn encode_msg(
+    request_id: i32,
+    response_to: i32,
+    flags: u32,
+    body: &Document,
+    compressor: Option<Compressor>,
+) -> Vec<u8> {
+    try_encode_msg(request_id, response_to, flags, body, compressor).unwrap_or_else(|e| {
+        encode_op_msg(
+            request_id,
+            response_to,
+            flags,
+            &error_body(&e),
+            &[],
+            compressor,
+        )
+        .unwrap_or_default()
+    })
+}
+
+/// Like [`encode_msg`], but returns the encoding failure.
+///
+/// # Errors
+///
+/// [`WireErrorKind::InvalidBson`] if `body` cannot be serialized, [`WireErrorKind::TooLarge`]
+/// if it is over the command size limit or the message over [`MAX_MESSAGE_SIZE_BYTES`].
+pub fn try_encode_msg(
+    request_id: i32,
+    response_to: i32,
+    flags: u32,
+    body: &Document,
+    compressor: Option<Compressor>,
+) -> Result<Vec<u8>, WireError> {
+    encode_op_msg(request_id, response_to, flags, body, &[], compressor)
+}
+
+/// Encodes an OP_REPLY: `response_flags`, cursorID 0, startingFrom 0, numberReturned 1 and
+/// `doc`. Like [`encode_msg`], a `doc` that cannot be encoded is replaced by the error.
+pub fn encode_reply(
+    request_id: i32,
+    response_to: i32,
+    response_flags: i32,
+    doc: &Document,
+) -> Vec<u8> {
+    try_encode_reply(request_id, response_to, response_flags, doc).unwrap_or_else(|e| {
+        try_encode_reply(request_id, response_to, response_flags, &error_body(&e))
+            .unwrap_or_default()
+    })
+}
+
+/// Encodes an OP_MSG request, as a client would (for tests and benchmarks).
+///
+/// # Panics
+///
+/// If a document or identifier cannot be encoded or the message is too large.
+pub fn encode_msg_request(
+    request_id: i32,
+    body: &Document,
+    sequences: &[(String, Vec<Document>)],
+    checksum: bool,
+    compressor: Option<Compressor>,
+) -> Vec<u8> {
+    let flags = if checksum { flags::CHECKSUM_PRESENT } else { 0 };
+    encode_op_msg(request_id, 0, flags, body, sequences, compressor)
+        .unwrap_or_else(|e| panic!("cannot encode OP_MSG request: {e}"))
+}
+
+/// Encodes an OP_QUERY request (flags 0, numberToSkip 0, numberToReturn -1), as a client
+/// would for a legacy `hello` (for tests and benchmarks).
+///
+/// # Panics
+///
+/// If the name or document cannot be encoded.
+pub fn encode_query_request(
+    request_id: i32,
+    full_collection_name: &str,
+    query: &Document,
+) -> Vec<u8> {
+    let encode = || {
+        let mut buf = vec![0; HEADER_LEN];
+        buf.extend_from_slice(&0u32.to_le_bytes());
+        write_cstr(&mut buf, full_collection_name)?;
+        buf.extend_from_slice(&0i32.to_le_bytes());
+        buf.extend_from_slice(&(-1i32).to_le_bytes());
+        write_document(&mut buf, query, MAX_BODY_SIZE)?;
+        finish_header(&mut buf, request_id, 0, op::QUERY)?;
+        Ok::<_, WireError>(buf)
+    };
+    encode().unwrap_or_else(|e| panic!("cannot encode OP_QUERY request: {e}"))
+}
+
+fn try_encode_reply(
+    request_id: i32,
+    response_to: i32,
+    response_flags: i32,
+    doc: &Document,
+) -> Result<Vec<u8>, WireError> {
+    let mut buf = vec![0; HEADER_LEN];
+    buf.extend_from_slice(&response_flags.to_le_bytes());
+    buf.extend_from_slice(&0i64.to_le_bytes()); // cursorID
+    buf.extend_from_slice(&0i32.to_le_bytes()); // startingFrom
+    buf.extend_from_slice(&1i32.to_le_bytes()); // numberReturned
+    write_document(&mut buf, doc, MAX_BODY_SIZE)?;
+    finish_header(&mut buf, request_id, response_to, op::REPLY)?;
+    Ok(buf)
+}
+
+fn encode_op_msg(
+    request_id: i32,
+    response_to: i32,
+    flag_bits: u32,
+    body: &Document,
+    sequences: &[(String, Vec<Document>)],
+    compressor: Option<Compressor>,
+) -> Result<Vec<u8>, WireError> {
+    let mut buf = vec![0; HEADER_LEN];
+    buf.extend_from_slice(&flag_bits.to_le_bytes());
+    buf.push(0);
+    write_document(&mut buf, body, MAX_BODY_SIZE)?;
+    for (id, docs) in sequences {
+        buf.push(1);
+        let start = buf.len();
+        buf.extend_from_slice(&[0; 4]);
+        write_cstr(&mut buf, id)?;
+        for doc in docs {
+            write_document(&mut buf, doc, crate::MAX_BSON_OBJECT_SIZE)?;
+        }
+        let size = message_i32(buf.len() - start)?;
+        buf[start..start + 4].copy_from_slice(&size.to_le_bytes());
+    }
+    let checksum = flag_bits & flags::CHECKSUM_PRESENT != 0;
+    if checksum {
+        // The checksum covers the header, so the final length must be in place first.
+        buf.extend_from_slice(&[0; 4]);
+        finish_header(&mut buf, request_id, response_to, op::MSG)?;
+        buf.truncate(buf.len() - 4);
+        let crc = crc32c::crc32c(&buf);
+        buf.extend_from_slice(&crc.to_le_bytes());
+    } else {
+        finish_header(&mut buf, request_id, response_to, op::MSG)?;
+    }
+    Ok(match compressor {
+        Some(c) if c != Compressor::Noop => compress_message(c, buf),
+        _ => buf,
+    })
+}
+
+/// Wraps a complete message in OP_COMPRESSED, or returns it unchanged if compression fails.
+fn compress_message(compressor: Compressor, msg: Vec<u8>) -> Vec<u8> {
+    let Some(payload) = compress(compressor, &msg[HEADER_LEN..]) else {
+        return msg;
+    };
+    let mut out = vec![0; HEADER_LEN];
+    out.extend_from_slice(&msg[12..16]); // originalOpcode
+    // The message length already fit in an i32, so its body's does too.
+    out.extend_from_slice(&((msg.len() - HEADER_LEN) as i32).to_le_bytes());
+    out.push(compressor.id());
+    out.extend_from_slice(&payload);
+    let request_id = i32::from_le_bytes([msg[4], msg[5], msg[6], msg[7]]);
+    let response_to = i32::from_le_bytes([msg[8], msg[9], msg[10], msg[11]]);
+    match finish_header(&mut out, request_id, response_to, op::COMPRESSED) {
+        Ok(()) => out,
+        Err(_) => msg,
+    }
+}
+
+/// Fills in the header at the front of `buf`, whose length is the message length.
+fn finish_header(
+    buf: &mut [u8],
+    request_id: i32,
+    response_to: i32,
+    op_code: i32,
+) -> Result<(), WireError> {
+    let len = message_i32(buf.len())?;
+    for (i, field) in [len, request_id, response_to, op_code]
+        .into_iter()
+        .enumerate()
+    {
+        buf[i * 4..i * 4 + 4].copy_from_slice(&field.to_le_bytes());
+    }
+    Ok(())
+}
+
+fn message_i32(len: usize) -> Result<i32, WireError> {
+    i32::try_from(len)
+        .ok()
+        .filter(|_| len <= MAX_MESSAGE_SIZE_BYTES)
+        .ok_or_else(|| {
+            WireError::new(
+                WireErrorKind::TooLarge,
+                format!("message of {len} bytes is over the {MAX_MESSAGE_SIZE_BYTES}-byte limit"),
+            )
+        })
+}
+
+fn write_document(buf: &mut Vec<u8>, doc: &Document, limit: usize) -> Result<(), WireError> {
+    let start = buf.len();
+    doc.to_writer(&mut *buf)
+        .map_err(|e| WireError::new(WireErrorKind::InvalidBson, e.to_string()))?;
+    let len = buf.len() - start;
+    if len > limit {
+        return Err(WireError::new(
+            WireErrorKind::TooLarge,
+            format!("document of {len} bytes is over the {limit}-byte limit"),
+        ));
+    }
+    Ok(())
+}
+
+fn write_cstr(buf: &mut Vec<u8>, s: &str) -> Result<(), WireError> {
+    if s.contains('\0') {
+        return Err(WireError::new(
+            WireErrorKind::Malformed,
+            format!("{s:?} contains a NUL byte"),
+        ));
+    }
+    buf.extend_from_slice(s.as_bytes());
+    buf.push(0);
+    Ok(())
+}
+
+/// The reply sent in place of a body that cannot be encoded.
+fn error_body(e: &WireError) -> Document {
+    let e = e.to_mongo_error();
+    doc! { "ok": 0.0, "errmsg": e.message, "code": e.code, "codeName": e.code_name }
+}
