@@ -98,7 +98,10 @@ impl ResumeTokenData {
 
     /// The token's values in KeyString order.
     fn values(&self) -> Vec<Bson> {
-        let mut v = vec![Bson::Timestamp(self.cluster_time), Bson::Int32(self.version)];
+        let mut v = vec![
+            Bson::Timestamp(self.cluster_time),
+            Bson::Int32(self.version),
+        ];
         if self.version >= 1 {
             v.push(Bson::Int32(self.token_type.code()));
         }
@@ -135,7 +138,13 @@ impl ResumeTokenData {
         let mut d = Document::new();
         d.insert("_data", hex);
         if !tb.is_empty() {
-            d.insert("_typeBits", Binary { subtype: BinarySubtype::Generic, bytes: tb });
+            d.insert(
+                "_typeBits",
+                Binary {
+                    subtype: BinarySubtype::Generic,
+                    bytes: tb,
+                },
+            );
         }
         d
     }
@@ -145,7 +154,10 @@ impl ResumeTokenData {
     pub fn from_document(token: &Document) -> Result<Self, MongoError> {
         let Some(Bson::String(hex)) = token.get("_data") else {
             // 40647: `_data` missing or not a string (e.g. the 3.6 BinData form).
-            return Err(loc(40647, "Bad resume token: _data of missing or of wrong type"));
+            return Err(loc(
+                40647,
+                "Bad resume token: _data of missing or of wrong type",
+            ));
         };
         let type_bits: &[u8] = match token.get("_typeBits") {
             None => &[],
@@ -180,7 +192,11 @@ impl ResumeTokenData {
         let cluster_time = match it.next() {
             None => return Err(loc(40649, "invalid empty resume token")),
             Some(Bson::Timestamp(ts)) => ts,
-            Some(_) => return Err(invalid("Invalid resume token: clusterTime is not a timestamp")),
+            Some(_) => {
+                return Err(invalid(
+                    "Invalid resume token: clusterTime is not a timestamp",
+                ));
+            }
         };
         let version = int(
             it.next(),
@@ -188,7 +204,10 @@ impl ResumeTokenData {
             (50854, "Invalid resume token: wrong type for version"),
         )?;
         if !(0..=2).contains(&version) {
-            return Err(loc(50795, "Invalid Resume Token: only supports version 0, 1 and 2"));
+            return Err(loc(
+                50795,
+                "Invalid Resume Token: only supports version 0, 1 and 2",
+            ));
         }
         let token_type = if version >= 1 {
             match int(
@@ -209,7 +228,10 @@ impl ResumeTokenData {
             (50855, "Resume Token txnOpIndex is not an integer"),
         )?;
         if txn_op_index < 0 {
-            return Err(loc(50794, "Invalid Resume Token: txnOpIndex should be non-negative"));
+            return Err(loc(
+                50794,
+                "Invalid Resume Token: txnOpIndex should be non-negative",
+            ));
         }
         let from_invalidate = if version >= 1 {
             match it.next() {
@@ -228,13 +250,21 @@ impl ResumeTokenData {
                 Some(Uuid::from_bytes(b.bytes.try_into().expect("16 bytes")))
             }
             Some(_) => {
-                return Err(MongoError::new(ErrorCode::InvalidUUID, "Invalid resume token UUID"));
+                return Err(MongoError::new(
+                    ErrorCode::InvalidUUID,
+                    "Invalid resume token UUID",
+                ));
             }
         };
         let event_identifier = match it.next() {
             None => None,
             Some(Bson::Document(d)) => Some(d),
-            Some(_) => return Err(loc(6189503, "Resume Token eventIdentifier is not an object")),
+            Some(_) => {
+                return Err(loc(
+                    6189503,
+                    "Resume Token eventIdentifier is not an object",
+                ));
+            }
         };
         let fragment_num = match it.next() {
             None => None,
@@ -263,7 +293,10 @@ impl ResumeTokenData {
             return Err(loc(6189504, "Invalid high water mark token"));
         }
         if token_type == TokenType::Event && version >= 2 && data.event_identifier.is_none() {
-            return Err(loc(6189501, "Expected an eventIdentifier for an event resume token"));
+            return Err(loc(
+                6189501,
+                "Expected an eventIdentifier for an event resume token",
+            ));
         }
         Ok(data)
     }
@@ -273,10 +306,12 @@ impl ResumeTokenData {
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
     let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
     let b = s.as_bytes();
-    if b.len() % 2 != 0 {
+    if !b.len().is_multiple_of(2) {
         return None;
     }
-    b.chunks(2).map(|p| Some(digit(p[0])? << 4 | digit(p[1])?)).collect()
+    b.chunks(2)
+        .map(|p| Some(digit(p[0])? << 4 | digit(p[1])?))
+        .collect()
 }
 
 #[cfg(test)]
@@ -286,7 +321,10 @@ mod tests {
     use bson::{Bson, doc};
 
     fn ts(t: u32, i: u32) -> Timestamp {
-        Timestamp { time: t, increment: i }
+        Timestamp {
+            time: t,
+            increment: i,
+        }
     }
 
     fn uuid(s: &str) -> Option<Uuid> {
@@ -318,41 +356,213 @@ mod tests {
             doc! {"_id": 2.0},
         );
         r2.version = 1;
-        let frag = |n| ResumeTokenData { fragment_num: Some(n), ..ev(3, 1, crud("update", doc! {"_id": o()})) };
+        let frag = |n| ResumeTokenData {
+            fragment_num: Some(n),
+            ..ev(3, 1, crud("update", doc! {"_id": o()}))
+        };
         let g20 = ev(6, 1, doc! {"operationType": "drop"});
-        let g21 = ResumeTokenData { from_invalidate: true, ..g20.clone() };
+        let g21 = ResumeTokenData {
+            from_invalidate: true,
+            ..g20.clone()
+        };
         let desc = |op: &str, d: Document| doc! {"operationType": op, "operationDescription": d};
         vec![
-            ("S1", ResumeTokenData::event(ts(1_666_193_824, 1), 0, uuid("ab1154ac-acd8-49a4-8c61-756d70d3b21f"), crud("insert", doc! {"_id": oid("635019a078be67426d7cf4d2")})),
-             "82635019A0000000012B042C0100296E5A1004AB1154ACACD849A48C61756D70D3B21F463C6F7065726174696F6E54797065003C696E736572740046646F63756D656E744B65790046645F69640064635019A078BE67426D7CF4D2000004", ""),
-            ("S2", ResumeTokenData::high_water_mark(ts(1_666_277_036, 2)), "8263515EAC000000022B0429296E1404", ""),
-            ("S3", ResumeTokenData::high_water_mark(ts(1_666_275_705, 2)), "8263515979000000022B0429296E1404", ""),
-            ("R1", ResumeTokenData::event(ts(1_741_186_978, 25), 0, uuid("d3284e04-d891-4467-a216-0201812e4c4c"), crud("insert", doc! {"_id": oid("67c867a2fb1cbcd579f4e4de")})),
-             "8267C867A2000000192B042C0100296E5A1004D3284E04D8914467A2160201812E4C4C463C6F7065726174696F6E54797065003C696E736572740046646F63756D656E744B65790046645F6964006467C867A2FB1CBCD579F4E4DE000004", ""),
-            ("R2", r2, "825F103409000000042B022C0100296E5A10044912D5BB665545B48DDAD38FCD774270461E5F6964002B040004", "40"),
-            ("G1", ResumeTokenData::high_water_mark(t(0, 1)), "826553F100000000012B0429296E1404", ""),
-            ("G2", ev(0, 2, crud("insert", doc! {"_id": o()})), "826553F100000000022B042C0100296E5A10045F1D7C3A9B2E4C8DA1F03E4B5C6D7E8F463C6F7065726174696F6E54797065003C696E736572740046646F63756D656E744B65790046645F696400646553F100AABBCCDDEEFF0011000004", ""),
-            ("G3", ev(0, 3, crud("insert", doc! {"_id": 42})), "826553F100000000032B042C0100296E5A10045F1D7C3A9B2E4C8DA1F03E4B5C6D7E8F463C6F7065726174696F6E54797065003C696E736572740046646F63756D656E744B657900461E5F6964002B54000004", ""),
-            ("G4", ev(0, 4, crud("insert", doc! {"_id": 42_i64})), "826553F100000000042B042C0100296E5A10045F1D7C3A9B2E4C8DA1F03E4B5C6D7E8F463C6F7065726174696F6E54797065003C696E736572740046646F63756D656E744B657900461E5F6964002B54000004", "820001"),
-            ("G5", ev(0, 5, crud("insert", doc! {"_id": 1_234_567_890_123_i64})), "826553F100000000052B042C0100296E5A10045F1D7C3A9B2E4C8DA1F03E4B5C6D7E8F463C6F7065726174696F6E54797065003C696E736572740046646F63756D656E744B657900461E5F69640030023EE3F60996000004", "820001"),
-            ("G6", ev(0, 6, crud("insert", doc! {"_id": 1.5})), "826553F100000000062B042C0100296E5A10045F1D7C3A9B2E4C8DA1F03E4B5C6D7E8F463C6F7065726174696F6E54797065003C696E736572740046646F63756D656E744B657900461E5F6964002B0380000000000000000004", "828000"),
-            ("G7", ev(0, 7, crud("insert", doc! {"_id": -2.25})), "826553F100000000072B042C0100296E5A10045F1D7C3A9B2E4C8DA1F03E4B5C6D7E8F463C6F7065726174696F6E54797065003C696E736572740046646F63756D656E744B657900461E5F69640027FABFFFFFFFFFFFFF000004", "828000"),
-            ("G8", ev(0, 8, crud("insert", doc! {"_id": "user:alice"})), "826553F100000000082B042C0100296E5A10045F1D7C3A9B2E4C8DA1F03E4B5C6D7E8F463C6F7065726174696F6E54797065003C696E736572740046646F63756D656E744B657900463C5F6964003C757365723A616C69636500000004", ""),
-            ("G9", ev(0, 9, crud("insert", doc! {"region": "eu", "_id": o()})), "826553F100000000092B042C0100296E5A10045F1D7C3A9B2E4C8DA1F03E4B5C6D7E8F463C6F7065726174696F6E54797065003C696E736572740046646F63756D656E744B657900463C726567696F6E003C657500645F696400646553F100AABBCCDDEEFF0011000004", ""),
-            ("G10", ev(1, 1, crud("update", doc! {"_id": o()})), "826553F101000000012B042C0100296E5A10045F1D7C3A9B2E4C8DA1F03E4B5C6D7E8F463C6F7065726174696F6E54797065003C7570646174650046646F63756D656E744B65790046645F696400646553F100AABBCCDDEEFF0011000004", ""),
-            ("G11", ev(1, 2, crud("replace", doc! {"_id": o()})), "826553F101000000022B042C0100296E5A10045F1D7C3A9B2E4C8DA1F03E4B5C6D7E8F463C6F7065726174696F6E54797065003C7265706C6163650046646F63756D656E744B65790046645F696400646553F100AABBCCDDEEFF0011000004", ""),
-            ("G12", ev(1, 3, crud("delete", doc! {"_id": o()})), "826553F101000000032B042C0100296E5A10045F1D7C3A9B2E4C8DA1F03E4B5C6D7E8F463C6F7065726174696F6E54797065003C64656C6574650046646F63756D656E744B65790046645F696400646553F100AABBCCDDEEFF0011000004", ""),
-            ("G13", ResumeTokenData::event(t(2, 1), 3, u, crud("insert", doc! {"_id": 7})), "826553F102000000012B042C01002B066E5A10045F1D7C3A9B2E4C8DA1F03E4B5C6D7E8F463C6F7065726174696F6E54797065003C696E736572740046646F63756D656E744B657900461E5F6964002B0E000004", ""),
-            ("G14", ResumeTokenData::event(t(2, 1), 200, u, crud("insert", doc! {"_id": 8})), "826553F102000000012B042C01002C01906E5A10045F1D7C3A9B2E4C8DA1F03E4B5C6D7E8F463C6F7065726174696F6E54797065003C696E736572740046646F63756D656E744B657900461E5F6964002B10000004", ""),
-            ("G15", frag(0), "826553F103000000012B042C0100296E5A10045F1D7C3A9B2E4C8DA1F03E4B5C6D7E8F463C6F7065726174696F6E54797065003C7570646174650046646F63756D656E744B65790046645F696400646553F100AABBCCDDEEFF001100002904", ""),
-            ("G16", frag(1), "826553F103000000012B042C0100296E5A10045F1D7C3A9B2E4C8DA1F03E4B5C6D7E8F463C6F7065726174696F6E54797065003C7570646174650046646F63756D656E744B65790046645F696400646553F100AABBCCDDEEFF001100002B0204", ""),
-            ("G17", ev(4, 1, desc("create", doc! {"idIndex": {"v": 2, "key": {"_id": 1}, "name": "_id_"}})), "826553F104000000012B042C0100296E5A10045F1D7C3A9B2E4C8DA1F03E4B5C6D7E8F463C6F7065726174696F6E54797065003C63726561746500466F7065726174696F6E4465736372697074696F6E0046466964496E64657800461E76002B04466B657900461E5F6964002B02003C6E616D65003C5F69645F0000000004", ""),
-            ("G18", ev(4, 2, desc("createIndexes", doc! {"indexes": [{"v": 2, "key": {"a": 1}, "name": "a_1"}]})), "826553F104000000022B042C0100296E5A10045F1D7C3A9B2E4C8DA1F03E4B5C6D7E8F463C6F7065726174696F6E54797065003C637265617465496E646578657300466F7065726174696F6E4465736372697074696F6E004650696E64657865730050461E76002B04466B657900461E61002B02003C6E616D65003C615F31000000000004", ""),
-            ("G19", ev(5, 1, desc("rename", doc! {"to": {"db": "test", "coll": "names2"}})), "826553F105000000012B042C0100296E5A10045F1D7C3A9B2E4C8DA1F03E4B5C6D7E8F463C6F7065726174696F6E54797065003C72656E616D6500466F7065726174696F6E4465736372697074696F6E004646746F00463C6462003C74657374003C636F6C6C003C6E616D6573320000000004", ""),
-            ("G20", g20, "826553F106000000012B042C0100296E5A10045F1D7C3A9B2E4C8DA1F03E4B5C6D7E8F463C6F7065726174696F6E54797065003C64726F70000004", ""),
-            ("G21", g21, "826553F106000000012B042C0100296F5A10045F1D7C3A9B2E4C8DA1F03E4B5C6D7E8F463C6F7065726174696F6E54797065003C64726F70000004", ""),
-            ("G22", ResumeTokenData::event(t(7, 1), 0, None, doc! {"operationType": "dropDatabase"}), "826553F107000000012B042C0100296E14463C6F7065726174696F6E54797065003C64726F704461746162617365000004", ""),
-            ("G23", ResumeTokenData::high_water_mark(t(8, 1)), "826553F108000000012B0429296E1404", ""),
+            (
+                "S1",
+                ResumeTokenData::event(
+                    ts(1_666_193_824, 1),
+                    0,
+                    uuid("ab1154ac-acd8-49a4-8c61-756d70d3b21f"),
+                    crud("insert", doc! {"_id": oid("635019a078be67426d7cf4d2")}),
+                ),
+                "82635019A0000000012B042C0100296E5A1004AB1154ACACD849A48C61756D70D3B21F463C6F7065726174696F6E54797065003C696E736572740046646F63756D656E744B65790046645F69640064635019A078BE67426D7CF4D2000004",
+                "",
+            ),
+            (
+                "S2",
+                ResumeTokenData::high_water_mark(ts(1_666_277_036, 2)),
+                "8263515EAC000000022B0429296E1404",
+                "",
+            ),
+            (
+                "S3",
+                ResumeTokenData::high_water_mark(ts(1_666_275_705, 2)),
+                "8263515979000000022B0429296E1404",
+                "",
+            ),
+            (
+                "R1",
+                ResumeTokenData::event(
+                    ts(1_741_186_978, 25),
+                    0,
+                    uuid("d3284e04-d891-4467-a216-0201812e4c4c"),
+                    crud("insert", doc! {"_id": oid("67c867a2fb1cbcd579f4e4de")}),
+                ),
+                "8267C867A2000000192B042C0100296E5A1004D3284E04D8914467A2160201812E4C4C463C6F7065726174696F6E54797065003C696E736572740046646F63756D656E744B65790046645F6964006467C867A2FB1CBCD579F4E4DE000004",
+                "",
+            ),
+            (
+                "R2",
+                r2,
+                "825F103409000000042B022C0100296E5A10044912D5BB665545B48DDAD38FCD774270461E5F6964002B040004",
+                "40",
+            ),
+            (
+                "G1",
+                ResumeTokenData::high_water_mark(t(0, 1)),
+                "826553F100000000012B0429296E1404",
+                "",
+            ),
+            (
+                "G2",
+                ev(0, 2, crud("insert", doc! {"_id": o()})),
+                "826553F100000000022B042C0100296E5A10045F1D7C3A9B2E4C8DA1F03E4B5C6D7E8F463C6F7065726174696F6E54797065003C696E736572740046646F63756D656E744B65790046645F696400646553F100AABBCCDDEEFF0011000004",
+                "",
+            ),
+            (
+                "G3",
+                ev(0, 3, crud("insert", doc! {"_id": 42})),
+                "826553F100000000032B042C0100296E5A10045F1D7C3A9B2E4C8DA1F03E4B5C6D7E8F463C6F7065726174696F6E54797065003C696E736572740046646F63756D656E744B657900461E5F6964002B54000004",
+                "",
+            ),
+            (
+                "G4",
+                ev(0, 4, crud("insert", doc! {"_id": 42_i64})),
+                "826553F100000000042B042C0100296E5A10045F1D7C3A9B2E4C8DA1F03E4B5C6D7E8F463C6F7065726174696F6E54797065003C696E736572740046646F63756D656E744B657900461E5F6964002B54000004",
+                "820001",
+            ),
+            (
+                "G5",
+                ev(0, 5, crud("insert", doc! {"_id": 1_234_567_890_123_i64})),
+                "826553F100000000052B042C0100296E5A10045F1D7C3A9B2E4C8DA1F03E4B5C6D7E8F463C6F7065726174696F6E54797065003C696E736572740046646F63756D656E744B657900461E5F69640030023EE3F60996000004",
+                "820001",
+            ),
+            (
+                "G6",
+                ev(0, 6, crud("insert", doc! {"_id": 1.5})),
+                "826553F100000000062B042C0100296E5A10045F1D7C3A9B2E4C8DA1F03E4B5C6D7E8F463C6F7065726174696F6E54797065003C696E736572740046646F63756D656E744B657900461E5F6964002B0380000000000000000004",
+                "828000",
+            ),
+            (
+                "G7",
+                ev(0, 7, crud("insert", doc! {"_id": -2.25})),
+                "826553F100000000072B042C0100296E5A10045F1D7C3A9B2E4C8DA1F03E4B5C6D7E8F463C6F7065726174696F6E54797065003C696E736572740046646F63756D656E744B657900461E5F69640027FABFFFFFFFFFFFFF000004",
+                "828000",
+            ),
+            (
+                "G8",
+                ev(0, 8, crud("insert", doc! {"_id": "user:alice"})),
+                "826553F100000000082B042C0100296E5A10045F1D7C3A9B2E4C8DA1F03E4B5C6D7E8F463C6F7065726174696F6E54797065003C696E736572740046646F63756D656E744B657900463C5F6964003C757365723A616C69636500000004",
+                "",
+            ),
+            (
+                "G9",
+                ev(0, 9, crud("insert", doc! {"region": "eu", "_id": o()})),
+                "826553F100000000092B042C0100296E5A10045F1D7C3A9B2E4C8DA1F03E4B5C6D7E8F463C6F7065726174696F6E54797065003C696E736572740046646F63756D656E744B657900463C726567696F6E003C657500645F696400646553F100AABBCCDDEEFF0011000004",
+                "",
+            ),
+            (
+                "G10",
+                ev(1, 1, crud("update", doc! {"_id": o()})),
+                "826553F101000000012B042C0100296E5A10045F1D7C3A9B2E4C8DA1F03E4B5C6D7E8F463C6F7065726174696F6E54797065003C7570646174650046646F63756D656E744B65790046645F696400646553F100AABBCCDDEEFF0011000004",
+                "",
+            ),
+            (
+                "G11",
+                ev(1, 2, crud("replace", doc! {"_id": o()})),
+                "826553F101000000022B042C0100296E5A10045F1D7C3A9B2E4C8DA1F03E4B5C6D7E8F463C6F7065726174696F6E54797065003C7265706C6163650046646F63756D656E744B65790046645F696400646553F100AABBCCDDEEFF0011000004",
+                "",
+            ),
+            (
+                "G12",
+                ev(1, 3, crud("delete", doc! {"_id": o()})),
+                "826553F101000000032B042C0100296E5A10045F1D7C3A9B2E4C8DA1F03E4B5C6D7E8F463C6F7065726174696F6E54797065003C64656C6574650046646F63756D656E744B65790046645F696400646553F100AABBCCDDEEFF0011000004",
+                "",
+            ),
+            (
+                "G13",
+                ResumeTokenData::event(t(2, 1), 3, u, crud("insert", doc! {"_id": 7})),
+                "826553F102000000012B042C01002B066E5A10045F1D7C3A9B2E4C8DA1F03E4B5C6D7E8F463C6F7065726174696F6E54797065003C696E736572740046646F63756D656E744B657900461E5F6964002B0E000004",
+                "",
+            ),
+            (
+                "G14",
+                ResumeTokenData::event(t(2, 1), 200, u, crud("insert", doc! {"_id": 8})),
+                "826553F102000000012B042C01002C01906E5A10045F1D7C3A9B2E4C8DA1F03E4B5C6D7E8F463C6F7065726174696F6E54797065003C696E736572740046646F63756D656E744B657900461E5F6964002B10000004",
+                "",
+            ),
+            (
+                "G15",
+                frag(0),
+                "826553F103000000012B042C0100296E5A10045F1D7C3A9B2E4C8DA1F03E4B5C6D7E8F463C6F7065726174696F6E54797065003C7570646174650046646F63756D656E744B65790046645F696400646553F100AABBCCDDEEFF001100002904",
+                "",
+            ),
+            (
+                "G16",
+                frag(1),
+                "826553F103000000012B042C0100296E5A10045F1D7C3A9B2E4C8DA1F03E4B5C6D7E8F463C6F7065726174696F6E54797065003C7570646174650046646F63756D656E744B65790046645F696400646553F100AABBCCDDEEFF001100002B0204",
+                "",
+            ),
+            (
+                "G17",
+                ev(
+                    4,
+                    1,
+                    desc(
+                        "create",
+                        doc! {"idIndex": {"v": 2, "key": {"_id": 1}, "name": "_id_"}},
+                    ),
+                ),
+                "826553F104000000012B042C0100296E5A10045F1D7C3A9B2E4C8DA1F03E4B5C6D7E8F463C6F7065726174696F6E54797065003C63726561746500466F7065726174696F6E4465736372697074696F6E0046466964496E64657800461E76002B04466B657900461E5F6964002B02003C6E616D65003C5F69645F0000000004",
+                "",
+            ),
+            (
+                "G18",
+                ev(
+                    4,
+                    2,
+                    desc(
+                        "createIndexes",
+                        doc! {"indexes": [{"v": 2, "key": {"a": 1}, "name": "a_1"}]},
+                    ),
+                ),
+                "826553F104000000022B042C0100296E5A10045F1D7C3A9B2E4C8DA1F03E4B5C6D7E8F463C6F7065726174696F6E54797065003C637265617465496E646578657300466F7065726174696F6E4465736372697074696F6E004650696E64657865730050461E76002B04466B657900461E61002B02003C6E616D65003C615F31000000000004",
+                "",
+            ),
+            (
+                "G19",
+                ev(
+                    5,
+                    1,
+                    desc("rename", doc! {"to": {"db": "test", "coll": "names2"}}),
+                ),
+                "826553F105000000012B042C0100296E5A10045F1D7C3A9B2E4C8DA1F03E4B5C6D7E8F463C6F7065726174696F6E54797065003C72656E616D6500466F7065726174696F6E4465736372697074696F6E004646746F00463C6462003C74657374003C636F6C6C003C6E616D6573320000000004",
+                "",
+            ),
+            (
+                "G20",
+                g20,
+                "826553F106000000012B042C0100296E5A10045F1D7C3A9B2E4C8DA1F03E4B5C6D7E8F463C6F7065726174696F6E54797065003C64726F70000004",
+                "",
+            ),
+            (
+                "G21",
+                g21,
+                "826553F106000000012B042C0100296F5A10045F1D7C3A9B2E4C8DA1F03E4B5C6D7E8F463C6F7065726174696F6E54797065003C64726F70000004",
+                "",
+            ),
+            (
+                "G22",
+                ResumeTokenData::event(t(7, 1), 0, None, doc! {"operationType": "dropDatabase"}),
+                "826553F107000000012B042C0100296E14463C6F7065726174696F6E54797065003C64726F704461746162617365000004",
+                "",
+            ),
+            (
+                "G23",
+                ResumeTokenData::high_water_mark(t(8, 1)),
+                "826553F108000000012B0429296E1404",
+                "",
+            ),
         ]
     }
 
@@ -374,7 +584,11 @@ mod tests {
             // Lowercase hex is accepted too.
             let mut lower = d.clone();
             lower.insert("_data", want.to_lowercase());
-            assert_eq!(ResumeTokenData::from_document(&lower).unwrap(), data, "{id}");
+            assert_eq!(
+                ResumeTokenData::from_document(&lower).unwrap(),
+                data,
+                "{id}"
+            );
         }
     }
 
@@ -382,27 +596,41 @@ mod tests {
     fn type_bits_restore_exact_types() {
         let v = vectors();
         let g4 = ResumeTokenData::from_document(&v[8].1.to_document()).unwrap();
-        let key = g4.event_identifier.unwrap().get_document("documentKey").unwrap().clone();
+        let key = g4
+            .event_identifier
+            .unwrap()
+            .get_document("documentKey")
+            .unwrap()
+            .clone();
         assert_eq!(key.get("_id"), Some(&Bson::Int64(42)));
         // Without _typeBits the same _data reads back as int32.
         let bare = doc! {"_data": v[8].2};
         let g = ResumeTokenData::from_document(&bare).unwrap();
-        let key = g.event_identifier.unwrap().get_document("documentKey").unwrap().clone();
+        let key = g
+            .event_identifier
+            .unwrap()
+            .get_document("documentKey")
+            .unwrap()
+            .clone();
         assert_eq!(key.get("_id"), Some(&Bson::Int32(42)));
     }
 
     #[test]
     fn string_order_is_stream_order() {
         let v = vectors();
-        let g: Vec<String> =
-            v[5..].iter().map(|(_, d, _, _)| d.to_document().get_str("_data").unwrap().into()).collect();
+        let g: Vec<String> = v[5..]
+            .iter()
+            .map(|(_, d, _, _)| d.to_document().get_str("_data").unwrap().into())
+            .collect();
         let mut sorted = g.clone();
         sorted.sort();
         assert_eq!(sorted, g, "G1..G23 sort in stream order");
 
         let data = |d: &ResumeTokenData| d.to_document().get_str("_data").unwrap().to_string();
         let u = uuid("5f1d7c3a-9b2e-4c8d-a1f0-3e4b5c6d7e8f");
-        let e = |t, i, op: i32| ResumeTokenData::event(ts(t, i), op, u, crud("insert", doc! {"_id": 1}));
+        let e = |t, i, op: i32| {
+            ResumeTokenData::event(ts(t, i), op, u, crud("insert", doc! {"_id": 1}))
+        };
         let hwm = |t, i| ResumeTokenData::high_water_mark(ts(t, i));
         let ordered = [
             hwm(5, 0),
@@ -413,14 +641,26 @@ mod tests {
             e(5, 1, 127),
             e(5, 1, 128),
             e(5, 1, 100_000),
-            ResumeTokenData { from_invalidate: true, ..e(5, 1, 100_000) },
+            ResumeTokenData {
+                from_invalidate: true,
+                ..e(5, 1, 100_000)
+            },
             hwm(5, 2),
             e(5, u32::MAX, 0),
             hwm(6, 0),
             e(6, 0, 0),
-            ResumeTokenData { fragment_num: Some(0), ..e(6, 0, 0) },
-            ResumeTokenData { fragment_num: Some(1), ..e(6, 0, 0) },
-            ResumeTokenData { fragment_num: Some(300), ..e(6, 0, 0) },
+            ResumeTokenData {
+                fragment_num: Some(0),
+                ..e(6, 0, 0)
+            },
+            ResumeTokenData {
+                fragment_num: Some(1),
+                ..e(6, 0, 0)
+            },
+            ResumeTokenData {
+                fragment_num: Some(300),
+                ..e(6, 0, 0)
+            },
             e(6, 0, 1),
             hwm(u32::MAX, u32::MAX),
         ];
@@ -437,9 +677,22 @@ mod tests {
     fn round_trips() {
         let u = uuid("ab1154ac-acd8-49a4-8c61-756d70d3b21f");
         let mut cases = vec![
-            ResumeTokenData::event(ts(1, 1), 5, u, crud("update", doc! {"sk": -0.0, "_id": {"a": [1_i64, 2.5, "x"]}})),
-            ResumeTokenData::event(ts(u32::MAX, 0), i32::MAX, None, doc! {"operationType": "dropDatabase"}),
-            ResumeTokenData { fragment_num: Some(i32::MAX), ..ResumeTokenData::event(ts(2, 2), 0, u, doc! {"operationType": "drop"}) },
+            ResumeTokenData::event(
+                ts(1, 1),
+                5,
+                u,
+                crud("update", doc! {"sk": -0.0, "_id": {"a": [1_i64, 2.5, "x"]}}),
+            ),
+            ResumeTokenData::event(
+                ts(u32::MAX, 0),
+                i32::MAX,
+                None,
+                doc! {"operationType": "dropDatabase"},
+            ),
+            ResumeTokenData {
+                fragment_num: Some(i32::MAX),
+                ..ResumeTokenData::event(ts(2, 2), 0, u, doc! {"operationType": "drop"})
+            },
         ];
         let mut v0 = ResumeTokenData::event(ts(3, 3), 1, u, doc! {"_id": 1.5});
         v0.version = 0;
@@ -454,10 +707,21 @@ mod tests {
         }
     }
 
-    /// A token whose `_data` is the KeyString of `values` (type bits dropped).
+    /// A token encoding exactly `values`.
     fn raw_token(values: &[Bson]) -> Document {
         let refs: Vec<(&Bson, bool)> = values.iter().map(|v| (v, false)).collect();
-        doc! {"_data": hex(&doc::keystring::encode_key(&refs))}
+        let (key, tb) = doc::keystring::encode_key_with_type_bits(&refs);
+        let mut d = doc! {"_data": hex(&key)};
+        if !tb.is_all_zero() {
+            d.insert(
+                "_typeBits",
+                Binary {
+                    subtype: BinarySubtype::Generic,
+                    bytes: tb.to_bytes(),
+                },
+            );
+        }
+        d
     }
 
     fn code(d: &Document) -> i32 {
@@ -468,16 +732,28 @@ mod tests {
     fn malformed_tokens_are_rejected() {
         let s1 = vectors()[0].2;
         let t = Bson::Timestamp(ts(1, 1));
-        let u = Bson::Binary(Binary { subtype: BinarySubtype::Uuid, bytes: vec![1; 16] });
+        let u = Bson::Binary(Binary {
+            subtype: BinarySubtype::Uuid,
+            bytes: vec![1; 16],
+        });
         let ei = Bson::Document(doc! {"operationType": "drop"});
         let (i, b, n) = (Bson::Int32, Bson::Boolean, Bson::Null);
         let cases: Vec<(Document, i32)> = vec![
             (doc! {}, 40647),
             (doc! {"_data": 1}, 40647),
-            (doc! {"_data": Binary { subtype: BinarySubtype::Generic, bytes: vec![0x82] }}, 40647),
+            (
+                doc! {"_data": Binary { subtype: BinarySubtype::Generic, bytes: vec![0x82] }},
+                40647,
+            ),
             (doc! {"_data": s1, "_typeBits": "x"}, 40648),
-            (doc! {"_data": s1, "_typeBits": Binary { subtype: BinarySubtype::Uuid, bytes: vec![1] }}, 40648),
-            (doc! {"_data": s1, "_typeBits": Binary { subtype: BinarySubtype::Generic, bytes: vec![0x85] }}, 260),
+            (
+                doc! {"_data": s1, "_typeBits": Binary { subtype: BinarySubtype::Uuid, bytes: vec![1] }},
+                40648,
+            ),
+            (
+                doc! {"_data": s1, "_typeBits": Binary { subtype: BinarySubtype::Generic, bytes: vec![0x85] }},
+                260,
+            ),
             (doc! {"_data": &s1[1..]}, 9),
             (doc! {"_data": "8G"}, 9),
             (doc! {"_data": "82 63"}, 9),
@@ -487,28 +763,89 @@ mod tests {
             (doc! {"_data": "07"}, 50811),
             (raw_token(&[]), 40649),
             (raw_token(&[i(2)]), 260),
-            (raw_token(&[t.clone()]), 50796),
+            (raw_token(std::slice::from_ref(&t)), 50796),
             (raw_token(&[t.clone(), Bson::Int64(2)]), 50854),
             (raw_token(&[t.clone(), i(3)]), 50795),
             (raw_token(&[t.clone(), i(2)]), 51055),
             (raw_token(&[t.clone(), i(2), "x".into()]), 51056),
             (raw_token(&[t.clone(), i(2), i(1)]), 51057),
             (raw_token(&[t.clone(), i(2), i(0)]), 50793),
-            (raw_token(&[t.clone(), i(2), i(0), Bson::Double(0.5)]), 50855),
+            (
+                raw_token(&[t.clone(), i(2), i(0), Bson::Double(0.5)]),
+                50855,
+            ),
             (raw_token(&[t.clone(), i(2), i(128), i(-1)]), 50794),
             (raw_token(&[t.clone(), i(2), i(0), i(0)]), 50872),
             (raw_token(&[t.clone(), i(2), i(0), i(0), i(0)]), 50870),
             (raw_token(&[t.clone(), i(2), i(0), i(0), b(false)]), 6189500),
-            (raw_token(&[t.clone(), i(2), i(0), i(0), b(false), "u".into()]), 207),
-            (raw_token(&[t.clone(), i(2), i(0), i(0), b(false), u.clone()]), 6189504),
-            (raw_token(&[t.clone(), i(2), i(0), i(1), b(false), n.clone()]), 6189504),
-            (raw_token(&[t.clone(), i(2), i(0), i(0), b(true), n.clone()]), 6189504),
-            (raw_token(&[t.clone(), i(2), i(0), i(0), b(false), n.clone(), ei.clone()]), 6189504),
-            (raw_token(&[t.clone(), i(2), i(128), i(0), b(false), u.clone()]), 6189501),
-            (raw_token(&[t.clone(), i(2), i(128), i(0), b(false), u.clone(), i(1)]), 6189503),
-            (raw_token(&[t.clone(), i(2), i(128), i(0), b(false), u.clone(), ei.clone(), i(-1)]), 260),
-            (raw_token(&[t.clone(), i(1), i(128), i(0), b(false), u.clone(), ei.clone(), i(0)]), 260),
-            (raw_token(&[t.clone(), i(2), i(128), i(0), b(false), u.clone(), ei.clone(), i(0), i(0)]), 40646),
+            (
+                raw_token(&[t.clone(), i(2), i(0), i(0), b(false), "u".into()]),
+                207,
+            ),
+            (
+                raw_token(&[t.clone(), i(2), i(0), i(0), b(false), u.clone()]),
+                6189504,
+            ),
+            (
+                raw_token(&[t.clone(), i(2), i(0), i(1), b(false), n.clone()]),
+                6189504,
+            ),
+            (
+                raw_token(&[t.clone(), i(2), i(0), i(0), b(true), n.clone()]),
+                6189504,
+            ),
+            (
+                raw_token(&[t.clone(), i(2), i(0), i(0), b(false), n.clone(), ei.clone()]),
+                6189504,
+            ),
+            (
+                raw_token(&[t.clone(), i(2), i(128), i(0), b(false), u.clone()]),
+                6189501,
+            ),
+            (
+                raw_token(&[t.clone(), i(2), i(128), i(0), b(false), u.clone(), i(1)]),
+                6189503,
+            ),
+            (
+                raw_token(&[
+                    t.clone(),
+                    i(2),
+                    i(128),
+                    i(0),
+                    b(false),
+                    u.clone(),
+                    ei.clone(),
+                    i(-1),
+                ]),
+                260,
+            ),
+            (
+                raw_token(&[
+                    t.clone(),
+                    i(1),
+                    i(128),
+                    i(0),
+                    b(false),
+                    u.clone(),
+                    ei.clone(),
+                    i(0),
+                ]),
+                260,
+            ),
+            (
+                raw_token(&[
+                    t.clone(),
+                    i(2),
+                    i(128),
+                    i(0),
+                    b(false),
+                    u.clone(),
+                    ei.clone(),
+                    i(0),
+                    i(0),
+                ]),
+                40646,
+            ),
         ];
         for (d, want) in cases {
             assert_eq!(code(&d), want, "{d:?}");
@@ -548,7 +885,13 @@ mod tests {
             let mut d = doc! {"_data": hex(&bytes)};
             if round % 3 == 0 {
                 let tb: Vec<u8> = (0..next() % 5).map(|_| next() as u8).collect();
-                d.insert("_typeBits", Binary { subtype: BinarySubtype::Generic, bytes: tb });
+                d.insert(
+                    "_typeBits",
+                    Binary {
+                        subtype: BinarySubtype::Generic,
+                        bytes: tb,
+                    },
+                );
             }
             if let Ok(t) = ResumeTokenData::from_document(&d) {
                 accepted += 1;

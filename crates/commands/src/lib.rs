@@ -1,1 +1,275 @@
-//! commands
+//! Commands: one registry from name to handler, and the only place replies are built.
+//!
+//! Layout:
+//! - this file: [`ServerCtx`] (shared state), [`ConnInfo`], [`handle`] (dispatch, fail
+//!   points, `$clusterTime`/`operationTime` on every reply).
+//! - [`reply`]: ok and error replies.
+//! - [`admin`]: handshake, diagnostics, parameters, sessions, fail points.
+//! - [`ddl`]: create, drop, rename, collMod, indexes, listings.
+//! - [`crud`]: insert, update, delete, findAndModify, find, count, distinct, aggregate.
+//! - [`cursor`]: the cursor table, getMore, killCursors, and change stream cursors.
+//! - [`util`]: argument readers shared by the handlers.
+
+pub mod admin;
+pub mod crud;
+pub mod cursor;
+pub mod ddl;
+pub mod reply;
+pub mod util;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bson::{Bson, Document, doc, oid::ObjectId};
+use changestream::Hub;
+use errors::{ErrorCode, MongoError, Result};
+use storage::Store;
+
+pub use reply::Reply;
+
+/// Start-up configuration the commands report.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The address drivers should use (`hosts`, `me`, `primary`).
+    pub advertised: String,
+    pub repl_set: String,
+    pub argv: Vec<String>,
+    /// `getCmdLineOpts.parsed`.
+    pub parsed: Document,
+    pub port: u16,
+}
+
+/// Counters for `serverStatus`.
+#[derive(Default)]
+pub struct Stats {
+    pub insert: AtomicU64,
+    pub query: AtomicU64,
+    pub update: AtomicU64,
+    pub delete: AtomicU64,
+    pub getmore: AtomicU64,
+    pub command: AtomicU64,
+    pub connections_current: AtomicU64,
+    pub connections_total: AtomicU64,
+}
+
+/// A `failCommand`-style fail point.
+#[derive(Debug, Clone)]
+pub struct FailPoint {
+    /// Remaining activations; `None` = always on.
+    pub times: Option<u64>,
+    pub data: Document,
+}
+
+/// State shared by every connection.
+pub struct ServerCtx {
+    pub store: Store,
+    pub hub: Arc<Hub>,
+    pub config: ServerConfig,
+    pub cursors: cursor::Cursors,
+    pub stats: Stats,
+    pub started: Instant,
+    pub process_id: ObjectId,
+    pub parameters: Mutex<Document>,
+    pub fail_points: Mutex<HashMap<String, FailPoint>>,
+    next_conn: AtomicI64,
+    /// Fired by the `shutdown` command.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+impl ServerCtx {
+    /// Creates the shared state over an open store. Must run inside a tokio runtime (it
+    /// starts the change hub and the idle-cursor reaper).
+    pub fn new(store: Store, config: ServerConfig, parameters: Document) -> Arc<ServerCtx> {
+        let hub = Hub::start(store.clone());
+        let mut params = doc! {
+            "enableTestCommands": false,
+            "featureCompatibilityVersion": {"version": "8.0"},
+            "transactionLifetimeLimitSeconds": 60,
+            "cursorTimeoutMillis": 600_000i64,
+            "maxBSONDepth": 200,
+            "authenticationMechanisms": ["SCRAM-SHA-1", "SCRAM-SHA-256"],
+        };
+        for (k, v) in parameters {
+            params.insert(k, v);
+        }
+        let (shutdown, _) = tokio::sync::watch::channel(false);
+        let ctx = Arc::new(ServerCtx {
+            store,
+            hub,
+            config,
+            cursors: cursor::Cursors::default(),
+            stats: Stats::default(),
+            started: Instant::now(),
+            process_id: ObjectId::new(),
+            parameters: Mutex::new(params),
+            fail_points: Mutex::new(HashMap::new()),
+            next_conn: AtomicI64::new(1),
+            shutdown,
+        });
+        cursor::spawn_reaper(Arc::downgrade(&ctx));
+        ctx
+    }
+
+    /// A new connection's state.
+    pub fn connect(&self, peer: String) -> ConnInfo {
+        self.stats.connections_current.fetch_add(1, Ordering::Relaxed);
+        self.stats.connections_total.fetch_add(1, Ordering::Relaxed);
+        ConnInfo {
+            id: self.next_conn.fetch_add(1, Ordering::Relaxed),
+            peer,
+            app_name: None,
+            compressors: Vec::new(),
+        }
+    }
+
+    /// Forgets a closed connection.
+    pub fn disconnect(&self, _conn: &ConnInfo) {
+        self.stats.connections_current.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Whether `enableTestCommands` is on.
+    pub fn test_commands(&self) -> bool {
+        matches!(self.parameters.lock().unwrap().get("enableTestCommands"), Some(Bson::Boolean(true)) | Some(Bson::Int32(1)))
+    }
+}
+
+/// One connection's state.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub id: i64,
+    pub peer: String,
+    pub app_name: Option<String>,
+    /// Compressors negotiated through hello, in the client's order of preference.
+    pub compressors: Vec<String>,
+}
+
+/// The command name: the first field of the body.
+pub fn command_name(cmd: &Document) -> &str {
+    cmd.keys().next().map_or("", String::as_str)
+}
+
+/// Runs one command and builds its reply. Never panics on input; any failure becomes an
+/// error reply.
+pub async fn handle(ctx: &Arc<ServerCtx>, conn: &mut ConnInfo, cmd: Document) -> Reply {
+    let name = command_name(&cmd).to_string();
+    ctx.stats.command.fetch_add(1, Ordering::Relaxed);
+    let fp = admin::fail_point_for(ctx, conn, &name);
+    let mut wce = None;
+    if let Some(fp) = fp {
+        if fp.get_bool("closeConnection").unwrap_or(false) {
+            return Reply::close();
+        }
+        if fp.get_bool("blockConnection").unwrap_or(false) {
+            let ms = util::get_i64(&fp, "blockTimeMS").unwrap_or(0).max(0) as u64;
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
+        if let Some(code) = util::get_i64(&fp, "errorCode") {
+            let mut e = MongoError::with_code(code as i32, format!("Failing command {name} via 'failCommand' failpoint"));
+            match fp.get_array("errorLabels") {
+                Ok(labels) => {
+                    e.labels = labels.iter().filter_map(|l| l.as_str().map(String::from)).collect();
+                }
+                Err(_) => e = reply::add_server_labels(e, &name, &cmd),
+            }
+            return finish(ctx, Reply::error(e), true);
+        }
+        if let Ok(w) = fp.get_document("writeConcernError") {
+            wce = Some(w.clone());
+        }
+    }
+    let res = dispatch(ctx, conn, &name, &cmd).await;
+    let mut r = match res {
+        Ok(r) => r,
+        Err(e) => {
+            let e = reply::add_server_labels(e, &name, &cmd);
+            if e.is(ErrorCode::InternalError) {
+                tracing::error!(cmd = %name, error = %e.message, "internal error");
+            }
+            Reply::error(e)
+        }
+    };
+    if let Some(w) = wce {
+        r.doc.insert("writeConcernError", w.clone());
+        if let Ok(labels) = w.get_array("errorLabels") {
+            r.doc.insert("errorLabels", labels.clone());
+        }
+    }
+    finish(ctx, r, false)
+}
+
+fn finish(ctx: &ServerCtx, mut r: Reply, _injected: bool) -> Reply {
+    let ts = ctx.store.committed_ts();
+    r.doc.insert("$clusterTime", doc! {
+        "clusterTime": ts,
+        "signature": {"hash": bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: vec![0; 20] }, "keyId": 0i64},
+    });
+    r.doc.insert("operationTime", ts);
+    r
+}
+
+async fn dispatch(ctx: &Arc<ServerCtx>, conn: &mut ConnInfo, name: &str, cmd: &Document) -> Result<Reply> {
+    let db = util::db_of(cmd)?;
+    if cmd.contains_key("autocommit") || name == "commitTransaction" || name == "abortTransaction" {
+        return Err(MongoError::new(
+            ErrorCode::IllegalOperation,
+            "multi-document transactions are not supported yet",
+        ));
+    }
+    let r = match name {
+        // Handshake and diagnostics.
+        "hello" | "isMaster" | "ismaster" => admin::hello(ctx, conn, cmd, name).await?,
+        "buildInfo" | "buildinfo" => admin::build_info(),
+        "ping" => Reply::ok(Document::new()),
+        "serverStatus" => admin::server_status(ctx)?,
+        "hostInfo" => admin::host_info(),
+        "getCmdLineOpts" => admin::get_cmd_line_opts(ctx),
+        "getParameter" => admin::get_parameter(ctx, cmd)?,
+        "setParameter" => admin::set_parameter(ctx, cmd)?,
+        "whatsmyuri" => Reply::ok(doc! {"you": &conn.peer}),
+        "connectionStatus" => Reply::ok(doc! {"authInfo": {"authenticatedUsers": [], "authenticatedUserRoles": []}}),
+        "listCommands" => admin::list_commands(),
+        "replSetGetStatus" => admin::repl_set_get_status(ctx)?,
+        "replSetGetConfig" => admin::repl_set_get_config(ctx),
+        "endSessions" | "killSessions" | "killAllSessions" | "refreshSessions" | "startSession"
+        | "killAllSessionsByPattern" => admin::sessions(name),
+        "shutdown" => admin::shutdown(ctx, &db)?,
+        "configureFailPoint" => admin::configure_fail_point(ctx, cmd)?,
+        "getLog" => Reply::ok(doc! {"totalLinesWritten": 0, "log": []}),
+        "getFreeMonitoringStatus" => Reply::ok(doc! {"state": "disabled"}),
+        "dbStats" => ddl::db_stats(ctx, &db)?,
+        "collStats" => ddl::coll_stats(ctx, &db, cmd)?,
+        "logout" | "saslStart" | "saslContinue" | "authenticate" => {
+            return Err(MongoError::new(ErrorCode::AuthenticationFailed, "Authentication is not supported yet"));
+        }
+        // DDL.
+        "create" => ddl::create(ctx, &db, cmd).await?,
+        "drop" => ddl::drop(ctx, &db, cmd).await?,
+        "dropDatabase" => ddl::drop_database(ctx, &db).await?,
+        "renameCollection" => ddl::rename_collection(ctx, &db, cmd).await?,
+        "collMod" => ddl::coll_mod(ctx, &db, cmd).await?,
+        "listDatabases" => ddl::list_databases(ctx, cmd)?,
+        "listCollections" => ddl::list_collections(ctx, &db, cmd)?,
+        "createIndexes" => ddl::create_indexes(ctx, &db, cmd).await?,
+        "dropIndexes" | "deleteIndexes" => ddl::drop_indexes(ctx, &db, cmd).await?,
+        "listIndexes" => ddl::list_indexes(ctx, &db, cmd)?,
+        // CRUD.
+        "insert" => crud::insert(ctx, &db, cmd).await?,
+        "update" => crud::update(ctx, &db, cmd).await?,
+        "delete" => crud::delete(ctx, &db, cmd).await?,
+        "findAndModify" | "findandmodify" => crud::find_and_modify(ctx, &db, cmd).await?,
+        "find" => crud::find(ctx, &db, cmd)?,
+        "count" => crud::count(ctx, &db, cmd)?,
+        "distinct" => crud::distinct(ctx, &db, cmd)?,
+        "aggregate" => crud::aggregate(ctx, &db, cmd).await?,
+        "explain" => crud::explain(ctx, &db, cmd)?,
+        "getMore" => cursor::get_more(ctx, &db, cmd).await?,
+        "killCursors" => cursor::kill_cursors(ctx, cmd)?,
+        "" => return Err(MongoError::new(ErrorCode::CommandNotFound, "no such command: ''")),
+        other => {
+            return Err(MongoError::new(ErrorCode::CommandNotFound, format!("no such command: '{other}'")));
+        }
+    };
+    Ok(r)
+}

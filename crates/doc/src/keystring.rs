@@ -79,7 +79,7 @@ impl TypeBits {
     }
 
     fn push(&mut self, bit: bool) {
-        if self.len % 8 == 0 {
+        if self.len.is_multiple_of(8) {
             self.data.push(0);
         }
         if bit {
@@ -133,14 +133,20 @@ impl<'a> BitReader<'a> {
             Some(&b) if b & 0x80 == 0 => (0, 1),
             Some(&0x80) => {
                 let len = bytes.get(1..5).ok_or("type bits: truncated length")?;
-                (5, u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize)
+                (
+                    5,
+                    u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize,
+                )
             }
             Some(&b) => (1, (b & 0x7F) as usize),
         };
         if header + len != bytes.len() {
             return Err("type bits: length does not match".into());
         }
-        Ok(BitReader { data: &bytes[header..], pos: 0 })
+        Ok(BitReader {
+            data: &bytes[header..],
+            pos: 0,
+        })
     }
 
     fn bit(&mut self) -> u8 {
@@ -349,7 +355,11 @@ fn encode_int(buf: &mut Vec<u8>, i: i64) {
 fn encode_integral(buf: &mut Vec<u8>, m: u64, negative: bool) {
     let v = m << 1;
     let n = 8 - (v.leading_zeros() / 8) as u8;
-    buf.push(if negative { NEG_SMALL - n } else { POS_SMALL + n });
+    buf.push(if negative {
+        NEG_SMALL - n
+    } else {
+        POS_SMALL + n
+    });
     push_payload(buf, &v.to_be_bytes()[8 - n as usize..], negative);
 }
 
@@ -363,7 +373,11 @@ fn encode_double(buf: &mut Vec<u8>, d: f64) {
     let negative = d < 0.0;
     let a = d.abs();
     if a >= TWO_63 {
-        let payload = if a.is_infinite() { u64::MAX } else { (a.to_bits() << 1) & !(1 << 63) };
+        let payload = if a.is_infinite() {
+            u64::MAX
+        } else {
+            (a.to_bits() << 1) & !(1 << 63)
+        };
         buf.push(if negative { NEG_LARGE } else { POS_LARGE });
         push_payload(buf, &payload.to_be_bytes(), negative);
     } else if a < 1.0 {
@@ -383,7 +397,11 @@ fn encode_double(buf: &mut Vec<u8>, d: f64) {
         let f = (int << 1).leading_zeros() / 8;
         let frac = ((a - a.trunc()) * pow2(8 * f as i32)) as u64;
         let payload = ((2 * int + 1) << (8 * f)) | frac;
-        buf.push(if negative { 0x20 + f as u8 } else { 0x32 - f as u8 });
+        buf.push(if negative {
+            0x20 + f as u8
+        } else {
+            0x32 - f as u8
+        });
         push_payload(buf, &payload.to_be_bytes(), negative);
     }
 }
@@ -396,7 +414,9 @@ fn db_pointer_parts(v: &Bson) -> (Vec<u8>, [u8; 12]) {
     d.insert("", v.clone());
     let _ = d.to_writer(&mut raw);
     // Layout: i32 doc length, 0x0C, "" name (00), i32 string length (with NUL), ns, 00, oid.
-    let slen = raw.get(6..10).map_or(1, |s| i32::from_le_bytes(s.try_into().expect("4")));
+    let slen = raw
+        .get(6..10)
+        .map_or(1, |s| i32::from_le_bytes(s.try_into().expect("4")));
     let slen = usize::try_from(slen).unwrap_or(1).max(1);
     let ns = raw.get(10..9 + slen).unwrap_or_default().to_vec();
     let mut oid = [0; 12];
@@ -417,7 +437,9 @@ fn make_db_pointer(ns: &[u8], oid: &[u8]) -> Result<Bson, String> {
     raw.extend_from_slice(oid);
     raw.push(0);
     let d = Document::from_reader(raw.as_slice()).map_err(|e| format!("bad DBPointer: {e}"))?;
-    d.get("").cloned().ok_or_else(|| "bad DBPointer".to_string())
+    d.get("")
+        .cloned()
+        .ok_or_else(|| "bad DBPointer".to_string())
 }
 
 /// Decodes an ascending key (as produced by [`encode_key`] with all fields ascending) back to
@@ -465,14 +487,20 @@ impl Reader<'_> {
 
     /// A big-endian u64 from n <= 8 bytes, complemented when `negative`.
     fn uint(&mut self, n: usize, negative: bool) -> Result<u64, String> {
-        let v = self.take(n)?.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+        let v = self
+            .take(n)?
+            .iter()
+            .fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
         let mask = if n == 0 { 0 } else { u64::MAX >> (64 - 8 * n) };
         Ok(if negative { !v & mask } else { v })
     }
 
     /// Bytes up to the next `00` (not included, consumed).
     fn cstring(&mut self) -> Result<String, String> {
-        let len = self.bytes[self.pos..].iter().position(|b| *b == 0).ok_or("unterminated")?;
+        let len = self.bytes[self.pos..]
+            .iter()
+            .position(|b| *b == 0)
+            .ok_or("unterminated")?;
         let s = self.take(len)?.to_vec();
         self.pos += 1;
         String::from_utf8(s).map_err(|_| "invalid UTF-8 in key".into())
@@ -516,7 +544,11 @@ fn decode_value(r: &mut Reader, tb: &mut BitReader, t: u8, depth: usize) -> Resu
         NAN..=POS_LARGE => decode_number(r, tb, t)?,
         STRING => {
             let s = r.string()?;
-            if tb.bit() == 1 { Bson::Symbol(s) } else { Bson::String(s) }
+            if tb.bit() == 1 {
+                Bson::Symbol(s)
+            } else {
+                Bson::String(s)
+            }
         }
         OBJECT => Bson::Document(decode_fields(r, tb, depth)?),
         ARRAY => {
@@ -535,7 +567,10 @@ fn decode_value(r: &mut Reader, tb: &mut BitReader, t: u8, depth: usize) -> Resu
                 n => n as usize,
             };
             let subtype = BinarySubtype::from(r.byte()?);
-            Bson::Binary(Binary { subtype, bytes: r.take(len)?.to_vec() })
+            Bson::Binary(Binary {
+                subtype,
+                bytes: r.take(len)?.to_vec(),
+            })
         }
         OID => Bson::ObjectId(bson::oid::ObjectId::from_bytes(r.array()?)),
         FALSE => Bson::Boolean(false),
@@ -547,7 +582,10 @@ fn decode_value(r: &mut Reader, tb: &mut BitReader, t: u8, depth: usize) -> Resu
             time: u32::from_be_bytes(r.array()?),
             increment: u32::from_be_bytes(r.array()?),
         }),
-        REGEX => Bson::RegularExpression(Regex { pattern: r.cstring()?, options: r.cstring()? }),
+        REGEX => Bson::RegularExpression(Regex {
+            pattern: r.cstring()?,
+            options: r.cstring()?,
+        }),
         DB_REF => {
             let len = u32::from_be_bytes(r.array()?) as usize;
             let ns = r.take(len)?.to_vec();
@@ -559,7 +597,11 @@ fn decode_value(r: &mut Reader, tb: &mut BitReader, t: u8, depth: usize) -> Resu
             scope: decode_fields(r, tb, depth)?,
         }),
         MAX_KEY => Bson::MaxKey,
-        other => return Err(format!("KeyString format error: unknown type byte {other:#04x}")),
+        other => {
+            return Err(format!(
+                "KeyString format error: unknown type byte {other:#04x}"
+            ));
+        }
     })
 }
 
@@ -578,7 +620,11 @@ fn decode_number(r: &mut Reader, tb: &mut BitReader, t: u8) -> Result<Bson, Stri
         ZERO => Num::Zero,
         NEG_LARGE | POS_LARGE => {
             let p = r.uint(8, negative)?;
-            let a = if p == u64::MAX { f64::INFINITY } else { f64::from_bits((p | 1 << 63) >> 1) };
+            let a = if p == u64::MAX {
+                f64::INFINITY
+            } else {
+                f64::from_bits((p | 1 << 63) >> 1)
+            };
             Num::Float(if negative { -a } else { a })
         }
         NEG_SMALL | POS_SMALL => {
@@ -593,7 +639,11 @@ fn decode_number(r: &mut Reader, tb: &mut BitReader, t: u8) -> Result<Bson, Stri
             Num::Float(if negative { -a } else { a })
         }
         _ => {
-            let n = if negative { (NEG_SMALL - t) as usize } else { (t - POS_SMALL) as usize };
+            let n = if negative {
+                (NEG_SMALL - t) as usize
+            } else {
+                (t - POS_SMALL) as usize
+            };
             let head = r.uint(n, negative)?;
             if head & 1 == 0 {
                 let m = (head >> 1) as i64;
@@ -604,7 +654,11 @@ fn decode_number(r: &mut Reader, tb: &mut BitReader, t: u8) -> Result<Bson, Stri
                 if p & 3 != 0 {
                     return Err("decimal continuation in key is not supported".into());
                 }
-                let frac_bits = if f == 0 { 0 } else { p & (u64::MAX >> (64 - 8 * f)) };
+                let frac_bits = if f == 0 {
+                    0
+                } else {
+                    p & (u64::MAX >> (64 - 8 * f))
+                };
                 let a = (head >> 1) as f64 + frac_bits as f64 * pow2(-8 * f as i32);
                 Num::Float(if negative { -a } else { a })
             }
@@ -659,7 +713,10 @@ mod tests {
     }
 
     fn bin(subtype: u8, bytes: Vec<u8>) -> Bson {
-        Bson::Binary(Binary { subtype: BinarySubtype::from(subtype), bytes })
+        Bson::Binary(Binary {
+            subtype: BinarySubtype::from(subtype),
+            bytes,
+        })
     }
 
     /// Exact equality (types, -0.0, NaN) via the BSON bytes.
@@ -717,11 +774,20 @@ mod tests {
         assert_eq!(enc(&bson!({"_id": 1})), "461E5F6964002B0200");
         assert_eq!(enc(&bson!([1, "x"])), "502B023C780000");
         assert_eq!(
-            enc(&Bson::Timestamp(Timestamp { time: 1_666_193_824, increment: 1 })),
+            enc(&Bson::Timestamp(Timestamp {
+                time: 1_666_193_824,
+                increment: 1
+            })),
             "82635019A000000001"
         );
-        assert_eq!(enc(&Bson::DateTime(bson::DateTime::from_millis(0))), "788000000000000000");
-        assert_eq!(enc(&bin(4, vec![0xAB; 16])), format!("5A1004{}", "AB".repeat(16)));
+        assert_eq!(
+            enc(&Bson::DateTime(bson::DateTime::from_millis(0))),
+            "788000000000000000"
+        );
+        assert_eq!(
+            enc(&bin(4, vec![0xAB; 16])),
+            format!("5A1004{}", "AB".repeat(16))
+        );
         let big = enc(&bin(0, vec![1; 300]));
         assert_eq!(&big[..14], "5AFF0000012C00");
         let mut desc = Vec::new();
@@ -732,10 +798,23 @@ mod tests {
     /// Values in ascending MongoDB order (ties allowed); the pairwise test checks everything.
     fn values() -> Vec<Bson> {
         let oid = |b: u8| Bson::ObjectId(ObjectId::from_bytes([b; 12]));
-        let ts = |t, i| Bson::Timestamp(Timestamp { time: t, increment: i });
-        let re = |p: &str, o: &str| Bson::RegularExpression(Regex { pattern: p.into(), options: o.into() });
+        let ts = |t, i| {
+            Bson::Timestamp(Timestamp {
+                time: t,
+                increment: i,
+            })
+        };
+        let re = |p: &str, o: &str| {
+            Bson::RegularExpression(Regex {
+                pattern: p.into(),
+                options: o.into(),
+            })
+        };
         let cws = |c: &str, s: Document| {
-            Bson::JavaScriptCodeWithScope(JavaScriptCodeWithScope { code: c.into(), scope: s })
+            Bson::JavaScriptCodeWithScope(JavaScriptCodeWithScope {
+                code: c.into(),
+                scope: s,
+            })
         };
         let date = |ms| Bson::DateTime(bson::DateTime::from_millis(ms));
         vec![
@@ -905,15 +984,24 @@ mod tests {
             for j in 0..vals.len() {
                 let (a, b) = (&vals[i], &vals[j]);
                 let want = cmp_values(a, b);
-                assert!(i > j || want != Ordering::Greater, "list not sorted: {a:?} {b:?}");
+                assert!(
+                    i > j || want != Ordering::Greater,
+                    "list not sorted: {a:?} {b:?}"
+                );
                 assert_eq!(keys[i].cmp(&keys[j]), want, "{a:?} vs {b:?}");
                 assert_eq!(desc[i].cmp(&desc[j]), want.reverse(), "desc {a:?} vs {b:?}");
                 // Inside an object and an array, and as the first of two key fields.
                 let (da, db) = (bson!({"k": a.clone()}), bson!({"k": b.clone()}));
-                assert_eq!(encode_key(&[(&da, false)]).cmp(&encode_key(&[(&db, false)])), want);
+                assert_eq!(
+                    encode_key(&[(&da, false)]).cmp(&encode_key(&[(&db, false)])),
+                    want
+                );
                 let (aa, ab) = (bson!([a.clone(), 1]), bson!([b.clone(), 0]));
                 let want_arr = cmp_values(&aa, &ab);
-                assert_eq!(encode_key(&[(&aa, false)]).cmp(&encode_key(&[(&ab, false)])), want_arr);
+                assert_eq!(
+                    encode_key(&[(&aa, false)]).cmp(&encode_key(&[(&ab, false)])),
+                    want_arr
+                );
                 let z = Bson::MaxKey;
                 let two = |v| encode_key(&[(v, false), (&z, true)]);
                 assert_eq!(two(a).cmp(&two(b)), want);
@@ -932,7 +1020,14 @@ mod tests {
     fn equal_values_have_equal_bytes() {
         let groups = [
             vec![bson!(1), bson!(1_i64), bson!(1.0), dec("1"), dec("1.000")],
-            vec![bson!(0), bson!(0_i64), bson!(0.0), bson!(-0.0), dec("0"), dec("-0")],
+            vec![
+                bson!(0),
+                bson!(0_i64),
+                bson!(0.0),
+                bson!(-0.0),
+                dec("0"),
+                dec("-0"),
+            ],
             vec![bson!(-7), bson!(-7_i64), bson!(-7.0), dec("-7")],
             vec![bson!(2.5), dec("2.5"), dec("2.50")],
             vec![bson!(i64::MIN), bson!(-TWO_63)],
@@ -941,7 +1036,11 @@ mod tests {
         ];
         for g in groups {
             for v in &g {
-                assert_eq!(encode_key(&[(v, false)]), encode_key(&[(&g[0], false)]), "{v:?}");
+                assert_eq!(
+                    encode_key(&[(v, false)]),
+                    encode_key(&[(&g[0], false)]),
+                    "{v:?}"
+                );
             }
         }
     }
@@ -951,7 +1050,8 @@ mod tests {
         let vals = values();
         for v in vals.iter().chain([Bson::Undefined].iter()) {
             for nested in [v.clone(), bson!({"x": [v.clone()], "y": v.clone()})] {
-                let (key, tb) = encode_key_with_type_bits(&[(&nested, false), (&bson!(5_i64), false)]);
+                let (key, tb) =
+                    encode_key_with_type_bits(&[(&nested, false), (&bson!(5_i64), false)]);
                 let got = decode_key(&key, Some(&tb.to_bytes())).unwrap();
                 assert_eq!(got.len(), 2);
                 assert!(same(&got[0], &nested), "{nested:?} -> {:?}", got[0]);
@@ -959,7 +1059,7 @@ mod tests {
             }
         }
         // Many values: type bits over 127 bytes use the long form.
-        let many: Vec<Bson> = (0..600).map(|i| Bson::Int64(i)).collect();
+        let many: Vec<Bson> = (0..600).map(Bson::Int64).collect();
         let refs: Vec<(&Bson, bool)> = many.iter().map(|v| (v, false)).collect();
         let (key, tb) = encode_key_with_type_bits(&refs);
         assert_eq!(tb.to_bytes()[0], 0x80);
@@ -968,8 +1068,15 @@ mod tests {
 
     #[test]
     fn decoding_without_type_bits_defaults() {
-        let key = encode_key(&[(&bson!(5_i64), false), (&bson!(1.5), false), (&bson!(1e10), false)]);
-        assert_eq!(decode_key(&key, None).unwrap(), vec![bson!(5), bson!(1.5), bson!(10_000_000_000_i64)]);
+        let key = encode_key(&[
+            (&bson!(5_i64), false),
+            (&bson!(1.5), false),
+            (&bson!(1e10), false),
+        ]);
+        assert_eq!(
+            decode_key(&key, None).unwrap(),
+            vec![bson!(5), bson!(1.5), bson!(10_000_000_000_i64)]
+        );
     }
 
     #[test]
@@ -989,7 +1096,15 @@ mod tests {
 
     #[test]
     fn malformed_keys_error_without_panicking() {
-        for bad in [&b""[..], b"\x2B", b"\x2B\x02", b"\x3C\x61", b"\x04\x04", b"\x07\x04", b"\x5A\xFF\xFF\xFF\xFF\xFF\x00\x04"] {
+        for bad in [
+            &b""[..],
+            b"\x2B",
+            b"\x2B\x02",
+            b"\x3C\x61",
+            b"\x04\x04",
+            b"\x07\x04",
+            b"\x5A\xFF\xFF\xFF\xFF\xFF\x00\x04",
+        ] {
             assert!(decode_key(bad, None).is_err(), "{bad:?}");
         }
         assert!(decode_key(b"\x04", Some(&[0x85, 1])).is_err());
@@ -1003,7 +1118,10 @@ mod tests {
             seed ^= seed << 17;
             seed
         };
-        let sample = encode_key(&[(&bson!({"a": [1.5, "x", {"b": dec("3.25")}], "c": i64::MAX}), false)]);
+        let sample = encode_key(&[(
+            &bson!({"a": [1.5, "x", {"b": dec("3.25")}], "c": i64::MAX}),
+            false,
+        )]);
         for _ in 0..20_000 {
             let len = (next() % 40) as usize;
             let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();

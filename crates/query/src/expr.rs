@@ -4,11 +4,15 @@
 //! Evaluation returns `Ok(None)` for a missing value (a missing field or `$$REMOVE`), which
 //! callers drop from output documents; arrays turn missing elements into `null`.
 
+#![allow(clippy::collapsible_if, clippy::collapsible_match)]
+
 pub(crate) mod accum;
 mod convert;
 mod date;
 pub(crate) mod num;
 mod ops;
+
+pub(crate) use ops::as_int as ops_as_int;
 
 use std::collections::HashMap;
 
@@ -67,14 +71,25 @@ impl Default for Vars {
     fn default() -> Vars {
         let now = DateTime::now();
         let secs = (now.timestamp_millis() / 1000).clamp(0, i64::from(u32::MAX)) as u32;
-        Vars::new(now, Timestamp { time: secs, increment: 1 })
+        Vars::new(
+            now,
+            Timestamp {
+                time: secs,
+                increment: 1,
+            },
+        )
     }
 }
 
 impl Vars {
     /// Variables with the given `$$NOW` and `$$CLUSTER_TIME`.
     pub fn new(now: DateTime, cluster_time: Timestamp) -> Vars {
-        Vars { now, cluster_time, user: HashMap::new(), current: None }
+        Vars {
+            now,
+            cluster_time,
+            user: HashMap::new(),
+            current: None,
+        }
     }
 
     /// `$$NOW`.
@@ -141,7 +156,10 @@ fn field_parts(path: &str) -> Result<Vec<String>> {
     let parts: Vec<String> = path.split('.').map(str::to_string).collect();
     for p in &parts {
         if p.is_empty() {
-            return Err(err(15998, "FieldPath field names may not be empty strings."));
+            return Err(err(
+                15998,
+                "FieldPath field names may not be empty strings.",
+            ));
         }
         if p.starts_with('$') {
             return Err(err(16410, "FieldPath field names may not start with '$'."));
@@ -160,9 +178,14 @@ fn parse_string(s: &str) -> Result<Node> {
             .chars()
             .next()
             .is_some_and(|c| c.is_ascii_lowercase() || !c.is_ascii() || c.is_ascii_uppercase())
-            && name.chars().all(|c| c == '_' || c.is_alphanumeric() || !c.is_ascii());
+            && name
+                .chars()
+                .all(|c| c == '_' || c.is_alphanumeric() || !c.is_ascii());
         if !valid {
-            return Err(err(16870, format!("'{name}' starts with an invalid character for a user variable name")));
+            return Err(err(
+                16870,
+                format!("'{name}' starts with an invalid character for a user variable name"),
+            ));
         }
         let path = match rest {
             Some(r) => field_parts(r)?,
@@ -202,19 +225,31 @@ fn parse_object(d: &Document) -> Result<Node> {
                 ),
             ));
         }
-        let (k, v) = d.iter().next().ok_or_else(|| MongoError::internal("empty"))?;
+        let (k, v) = d
+            .iter()
+            .next()
+            .ok_or_else(|| MongoError::internal("empty"))?;
         return ops::parse_op(k, v);
     }
     let mut fields = Vec::with_capacity(d.len());
     for (k, v) in d {
         if k.starts_with('$') {
-            return Err(err(16410, format!("FieldPath field names may not start with '$'. Consider using $getField or $setField.")));
+            return Err(err(
+                16410,
+                "FieldPath field names may not start with '$'. Consider using $getField or $setField.",
+            ));
         }
         if k.contains('.') {
-            return Err(err(16412, format!("FieldPath field names may not contain '.'. Consider using $getField or $setField.")));
+            return Err(err(
+                16412,
+                "FieldPath field names may not contain '.'. Consider using $getField or $setField.",
+            ));
         }
         if k.is_empty() {
-            return Err(err(16411, "FieldPath field names may not be empty strings."));
+            return Err(err(
+                16411,
+                "FieldPath field names may not be empty strings.",
+            ));
         }
         fields.push((k.clone(), parse_node(v)?));
     }
@@ -260,9 +295,9 @@ impl Node {
             Node::Var(name, parts) => {
                 let base = match name.as_str() {
                     "ROOT" => Some(Bson::Document(cx.root.clone())),
-                    "CURRENT" => {
-                        Some(Bson::Document(cx.vars.current.as_ref().unwrap_or(cx.root).clone()))
-                    }
+                    "CURRENT" => Some(Bson::Document(
+                        cx.vars.current.as_ref().unwrap_or(cx.root).clone(),
+                    )),
                     "NOW" => Some(Bson::DateTime(cx.vars.now)),
                     "CLUSTER_TIME" => Some(Bson::Timestamp(cx.vars.cluster_time)),
                     "REMOVE" => None,
@@ -334,7 +369,10 @@ impl Expr {
 }
 
 pub(crate) fn invalid_op(name: &str) -> MongoError {
-    MongoError::new(ErrorCode::InvalidPipelineOperator, format!("Unrecognized expression '{name}'"))
+    MongoError::new(
+        ErrorCode::InvalidPipelineOperator,
+        format!("Unrecognized expression '{name}'"),
+    )
 }
 
 #[cfg(test)]

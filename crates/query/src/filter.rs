@@ -5,6 +5,8 @@
 //! (or, for most operators, any element of a reached array) matches, comparisons only match
 //! values of the same canonical type, and a missing value matches `null`.
 
+#![allow(clippy::collapsible_if, clippy::collapsible_match)]
+
 mod regex;
 mod schema;
 
@@ -32,7 +34,10 @@ pub enum Predicate {
     /// Equality with any of the values (no arrays or regexes).
     In(Vec<Bson>),
     /// A range; bounds are of one canonical type (type bracketing applies).
-    Range { lower: Option<(Bson, bool)>, upper: Option<(Bson, bool)> },
+    Range {
+        lower: Option<(Bson, bool)>,
+        upper: Option<(Bson, bool)>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -54,7 +59,10 @@ struct Path {
 
 impl Path {
     fn new(dotted: &str) -> Path {
-        Path { dotted: dotted.to_string(), parts: dotted.split('.').map(str::to_string).collect() }
+        Path {
+            dotted: dotted.to_string(),
+            parts: dotted.split('.').map(str::to_string).collect(),
+        }
     }
 }
 
@@ -132,7 +140,10 @@ const TYPE_ALIASES: &[(&str, i32)] = &[
 
 /// The MongoDB alias of a BSON type code (`"double"`, `"string"`, ...).
 pub(crate) fn type_alias(code: i32) -> &'static str {
-    TYPE_ALIASES.iter().find(|(_, c)| *c == code).map_or("unknown", |(n, _)| n)
+    TYPE_ALIASES
+        .iter()
+        .find(|(_, c)| *c == code)
+        .map_or("unknown", |(n, _)| n)
 }
 
 /// Parses a `$type` operand element (alias string or numeric code).
@@ -160,7 +171,9 @@ pub(crate) fn parse_type_sel(v: &Bson) -> Result<TypeSel> {
             if TYPE_ALIASES.iter().any(|(_, c)| i64::from(*c) == code) {
                 Ok(TypeSel::Code(code as i32))
             } else {
-                Err(MongoError::bad_value(format!("Invalid numerical type code: {code}")))
+                Err(MongoError::bad_value(format!(
+                    "Invalid numerical type code: {code}"
+                )))
             }
         }
     }
@@ -185,7 +198,10 @@ enum Op {
 impl Op {
     /// Whether a reached array's elements are tested as well as the array itself.
     fn expands(&self) -> bool {
-        !matches!(self, Op::Size(_) | Op::Exists | Op::ElemMatchObj(_) | Op::ElemMatchVal(_))
+        !matches!(
+            self,
+            Op::Size(_) | Op::Exists | Op::ElemMatchObj(_) | Op::ElemMatchVal(_)
+        )
     }
 
     /// Tests one value (no array expansion); `None` is a missing value.
@@ -206,22 +222,12 @@ impl Op {
             Op::Type(ts) => v.is_some_and(|v| ts.iter().any(|t| t.matches(v))),
             Op::Size(n) => matches!(v, Some(Bson::Array(a)) if a.len() as i64 == *n),
             Op::Regex(r) => v.is_some_and(|v| r.matches_value(v)),
-            Op::Mod(d, r) => v.and_then(int_of_value).is_some_and(|x| {
-                x.checked_rem(*d).unwrap_or(0) == *r
-            }),
+            Op::Mod(d, r) => v
+                .and_then(int_of_value)
+                .is_some_and(|x| x.checked_rem(*d).unwrap_or(0) == *r),
             Op::Bits(op, positions) => v.is_some_and(|v| bits_match(*op, positions, v)),
-            Op::ElemMatchObj(node) => match v {
-                Some(Bson::Array(a)) => a.iter().any(|e| match e {
-                    Bson::Document(d) => node.matches(d, &mut None, ctx),
-                    Bson::Array(inner) => node.matches(&array_as_doc(inner), &mut None, ctx),
-                    _ => false,
-                }),
-                _ => false,
-            },
-            Op::ElemMatchVal(preds) => match v {
-                Some(Bson::Array(a)) => {
-                    a.iter().any(|e| preds.iter().all(|p| p.matches_single(Some(e), ctx)))
-                }
+            Op::ElemMatchObj(_) | Op::ElemMatchVal(_) => match v {
+                Some(Bson::Array(a)) => self.elem_match_index(a, ctx).is_some(),
                 _ => false,
             },
             Op::Never => false,
@@ -229,8 +235,28 @@ impl Op {
     }
 }
 
+impl Op {
+    /// For `$elemMatch`: the index of the first matching element.
+    fn elem_match_index(&self, a: &[Bson], ctx: &mut Ctx) -> Option<usize> {
+        match self {
+            Op::ElemMatchObj(node) => a.iter().position(|e| match e {
+                Bson::Document(d) => node.matches(d, &mut None, ctx),
+                Bson::Array(inner) => node.matches(&array_as_doc(inner), &mut None, ctx),
+                _ => false,
+            }),
+            Op::ElemMatchVal(preds) => a
+                .iter()
+                .position(|e| preds.iter().all(|p| p.matches_single(Some(e), ctx))),
+            _ => None,
+        }
+    }
+}
+
 fn array_as_doc(a: &[Bson]) -> Document {
-    a.iter().enumerate().map(|(i, v)| (i.to_string(), v.clone())).collect()
+    a.iter()
+        .enumerate()
+        .map(|(i, v)| (i.to_string(), v.clone()))
+        .collect()
 }
 
 fn eq_match(x: &Bson, v: &Bson) -> bool {
@@ -284,14 +310,17 @@ fn bits_match(op: BitsOp, positions: &[u32], v: &Bson) -> bool {
         Bson::Binary(b) => {
             let bytes = b.bytes.clone();
             Box::new(move |p| {
-                bytes.get((p / 8) as usize).is_some_and(|byte| (byte >> (p % 8)) & 1 == 1)
+                bytes
+                    .get((p / 8) as usize)
+                    .is_some_and(|byte| (byte >> (p % 8)) & 1 == 1)
             })
         }
         _ => {
             let x = match as_number(v) {
                 Some(Number::Int(i)) => i,
                 Some(Number::Float(f))
-                    if f.fract() == 0.0 && f >= -9.223_372_036_854_776e18 && f < 9.223_372_036_854_776e18 =>
+                    if f.fract() == 0.0
+                        && (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&f) =>
                 {
                     f as i64
                 }
@@ -368,7 +397,13 @@ fn is_array_index(p: &str) -> bool {
 }
 
 impl Pred {
-    fn matches_path(&self, d: &Document, parts: &[String], pos: &mut Option<usize>, ctx: &mut Ctx) -> bool {
+    fn matches_path(
+        &self,
+        d: &Document,
+        parts: &[String],
+        pos: &mut Option<usize>,
+        ctx: &mut Ctx,
+    ) -> bool {
         match self {
             Pred::Op(op) => {
                 let mut found = None;
@@ -382,6 +417,15 @@ impl Pred {
                                 }
                             }
                         }
+                    }
+                    if let (Op::ElemMatchObj(_) | Op::ElemMatchVal(_), Some(Bson::Array(a))) =
+                        (op, v)
+                    {
+                        if let Some(i) = op.elem_match_index(a, ctx) {
+                            found = idx.or(Some(i));
+                            return true;
+                        }
+                        return false;
                     }
                     if op.matches_single(v, ctx) {
                         found = idx;
@@ -441,12 +485,16 @@ impl Node {
 impl Filter {
     /// Parses a query filter document.
     pub fn parse(filter: &Document) -> Result<Filter> {
-        Ok(Filter { root: parse_doc(filter, 0)? })
+        Ok(Filter {
+            root: parse_doc(filter, 0)?,
+        })
     }
 
     /// A filter that matches every document.
     pub fn match_all() -> Filter {
-        Filter { root: Node::And(Vec::new()) }
+        Filter {
+            root: Node::And(Vec::new()),
+        }
     }
 
     /// Whether the document matches (an `$expr` that fails to evaluate does not match; see
@@ -462,7 +510,10 @@ impl Filter {
 
     /// Like [`Filter::try_matches`], with variables for `$expr` (`$$NOW`, `let` variables).
     pub fn try_matches_with(&self, doc: &Document, vars: Option<&Vars>) -> Result<bool> {
-        let mut ctx = Ctx { error: None, vars: vars.cloned() };
+        let mut ctx = Ctx {
+            error: None,
+            vars: vars.cloned(),
+        };
         let m = self.root.matches(doc, &mut None, &mut ctx);
         match ctx.error {
             Some(e) => Err(e),
@@ -474,7 +525,11 @@ impl Filter {
     /// in the first array traversed by the query, if any.
     pub fn match_position(&self, doc: &Document) -> Option<usize> {
         let mut pos = None;
-        if self.root.matches(doc, &mut pos, &mut Ctx::default()) { pos } else { None }
+        if self.root.matches(doc, &mut pos, &mut Ctx::default()) {
+            pos
+        } else {
+            None
+        }
     }
 
     /// Whether the filter is empty (matches everything).
@@ -563,7 +618,9 @@ const MAX_DEPTH: usize = 100;
 
 fn parse_doc(d: &Document, depth: usize) -> Result<Node> {
     if depth > MAX_DEPTH {
-        return Err(MongoError::bad_value("exceeded maximum query tree depth of 100"));
+        return Err(MongoError::bad_value(
+            "exceeded maximum query tree depth of 100",
+        ));
     }
     let mut nodes = Vec::new();
     for (k, v) in d {
@@ -626,7 +683,11 @@ fn parse_doc(d: &Document, depth: usize) -> Result<Node> {
             nodes.push(Node::Path(Path::new(k), parse_value(v, depth)?));
         }
     }
-    Ok(if nodes.len() == 1 { nodes.pop().unwrap_or(Node::Const(true)) } else { Node::And(nodes) })
+    Ok(if nodes.len() == 1 {
+        nodes.pop().unwrap_or(Node::Const(true))
+    } else {
+        Node::And(nodes)
+    })
 }
 
 fn is_operator_doc(d: &Document) -> bool {
@@ -656,7 +717,11 @@ fn parse_operators(d: &Document, depth: usize) -> Result<Pred> {
         }
         preds.push(parse_operator(k, v, regex_opts, depth)?);
     }
-    Ok(if preds.len() == 1 { preds.pop().unwrap_or(Pred::And(Vec::new())) } else { Pred::And(preds) })
+    Ok(if preds.len() == 1 {
+        preds.pop().unwrap_or(Pred::And(Vec::new()))
+    } else {
+        Pred::And(preds)
+    })
 }
 
 fn array_arg<'a>(name: &str, v: &'a Bson) -> Result<&'a Vec<Bson>> {
@@ -700,7 +765,11 @@ fn parse_operator(k: &str, v: &Bson, regex_opts: Option<&Bson>, depth: usize) ->
         "$nin" => Ok(Pred::Not(Box::new(Pred::Op(parse_in_list("$nin", v)?)))),
         "$exists" => {
             let yes = truthy(v);
-            Ok(if yes { Pred::Op(Op::Exists) } else { Pred::Not(Box::new(Pred::Op(Op::Exists))) })
+            Ok(if yes {
+                Pred::Op(Op::Exists)
+            } else {
+                Pred::Not(Box::new(Pred::Op(Op::Exists)))
+            })
         }
         "$type" => {
             let sels = match v {
@@ -737,12 +806,12 @@ fn parse_operator(k: &str, v: &Bson, regex_opts: Option<&Bson>, depth: usize) ->
             if arr.is_empty() {
                 return op(Op::Never);
             }
-            let elem_match = |e: &Bson| {
-                matches!(e, Bson::Document(d) if d.keys().next().is_some_and(|k| k == "$elemMatch"))
-            };
+            let elem_match = |e: &Bson| matches!(e, Bson::Document(d) if d.keys().next().is_some_and(|k| k == "$elemMatch"));
             let n_em = arr.iter().filter(|e| elem_match(e)).count();
             if n_em > 0 && n_em != arr.len() {
-                return Err(MongoError::bad_value("$all/$elemMatch has to be consistent"));
+                return Err(MongoError::bad_value(
+                    "$all/$elemMatch has to be consistent",
+                ));
             }
             let mut preds = Vec::new();
             for e in arr {
@@ -751,7 +820,9 @@ fn parse_operator(k: &str, v: &Bson, regex_opts: Option<&Bson>, depth: usize) ->
                     Bson::Document(d) if is_operator_doc(d) => {
                         return Err(MongoError::bad_value("no $ expressions in $all"));
                     }
-                    Bson::RegularExpression(r) => Pred::Op(Op::Regex(Rx::new(&r.pattern, &r.options)?)),
+                    Bson::RegularExpression(r) => {
+                        Pred::Op(Op::Regex(Rx::new(&r.pattern, &r.options)?))
+                    }
                     other => Pred::Op(Op::Eq(other.clone())),
                 });
             }
@@ -763,7 +834,18 @@ fn parse_operator(k: &str, v: &Bson, regex_opts: Option<&Bson>, depth: usize) ->
             };
             let value_form = d.keys().next().is_some_and(|k| {
                 k.starts_with('$')
-                    && !matches!(k.as_str(), "$and" | "$or" | "$nor" | "$where" | "$expr" | "$jsonSchema" | "$alwaysTrue" | "$alwaysFalse" | "$comment")
+                    && !matches!(
+                        k.as_str(),
+                        "$and"
+                            | "$or"
+                            | "$nor"
+                            | "$where"
+                            | "$expr"
+                            | "$jsonSchema"
+                            | "$alwaysTrue"
+                            | "$alwaysFalse"
+                            | "$comment"
+                    )
             });
             if value_form {
                 let mut preds = Vec::new();
@@ -792,7 +874,9 @@ fn parse_operator(k: &str, v: &Bson, regex_opts: Option<&Bson>, depth: usize) ->
                     return Err(MongoError::bad_value("$options has to be a string"));
                 };
                 if !options.is_empty() && !o.is_empty() {
-                    return Err(MongoError::bad_value("options set in both $regex and $options"));
+                    return Err(MongoError::bad_value(
+                        "options set in both $regex and $options",
+                    ));
                 }
                 if options.is_empty() {
                     options = o.clone();
@@ -810,21 +894,19 @@ fn parse_operator(k: &str, v: &Bson, regex_opts: Option<&Bson>, depth: usize) ->
             if a.len() > 2 {
                 return Err(MongoError::bad_value("malformed mod, too many elements"));
             }
-            let d = int_of_value(&a[0]).ok_or_else(|| {
-                MongoError::bad_value("malformed mod, divisor not a number")
-            })?;
-            let r = int_of_value(&a[1]).ok_or_else(|| {
-                MongoError::bad_value("malformed mod, remainder not a number")
-            })?;
+            let d = int_of_value(&a[0])
+                .ok_or_else(|| MongoError::bad_value("malformed mod, divisor not a number"))?;
+            let r = int_of_value(&a[1])
+                .ok_or_else(|| MongoError::bad_value("malformed mod, remainder not a number"))?;
             if d == 0 {
                 return Err(MongoError::bad_value("divisor cannot be 0"));
             }
             op(Op::Mod(d, r))
         }
         "$not" => match v {
-            Bson::RegularExpression(r) => {
-                Ok(Pred::Not(Box::new(Pred::Op(Op::Regex(Rx::new(&r.pattern, &r.options)?)))))
-            }
+            Bson::RegularExpression(r) => Ok(Pred::Not(Box::new(Pred::Op(Op::Regex(Rx::new(
+                &r.pattern, &r.options,
+            )?))))),
             Bson::Document(d) => {
                 if d.is_empty() {
                     return Err(MongoError::bad_value("$not cannot be empty"));
@@ -870,7 +952,9 @@ fn parse_bit_positions(name: &str, v: &Bson) -> Result<Vec<u32>> {
             .iter()
             .map(|e| match as_number(e) {
                 Some(Number::Int(i)) if (0..=i64::from(u32::MAX)).contains(&i) => Ok(i as u32),
-                Some(Number::Float(f)) if f.fract() == 0.0 && f >= 0.0 && f < 4e9 => Ok(f as u32),
+                Some(Number::Float(f)) if f.fract() == 0.0 && (0.0..4e9).contains(&f) => {
+                    Ok(f as u32)
+                }
                 Some(_) => Err(MongoError::bad_value(format!(
                     "bit positions must be >= 0 but got: {e}"
                 ))),

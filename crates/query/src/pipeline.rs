@@ -1,1 +1,1433 @@
-//! pipeline: being written.
+//! Aggregation pipelines: parsing stages and running them over documents in memory.
+//!
+//! The pipeline is pure: the few stages that read other collections (`$lookup`,
+//! `$unionWith`) go through [`Env`], and a final `$out`/`$merge` is returned to the caller as
+//! an [`OutStage`] rather than executed.
+
+#![allow(clippy::collapsible_if, clippy::collapsible_match)]
+
+mod group;
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+
+use bson::{Bson, DateTime, Document, Timestamp};
+use doc::compare::cmp_values;
+use errors::{MongoError, Result};
+
+use self::group::{AccSpec, Grouper, parse_accumulators};
+use crate::expr::{Expr, Vars};
+use crate::filter::Filter;
+use crate::projection::Projection;
+use crate::sort::SortSpec;
+
+/// I/O the stages need, provided by the server.
+pub trait Env {
+    /// All documents of a collection (`$lookup`, `$unionWith`); empty if it doesn't exist.
+    fn collection_docs(&self, db: &str, coll: &str) -> Result<Vec<Document>>;
+    /// `$$NOW`.
+    fn now(&self) -> DateTime;
+    /// `$$CLUSTER_TIME`.
+    fn cluster_time(&self) -> Timestamp;
+}
+
+/// A final `$out` or `$merge`, for the caller to execute.
+#[derive(Debug, Clone)]
+pub enum OutStage {
+    Out {
+        db: String,
+        coll: String,
+    },
+    Merge {
+        db: String,
+        coll: String,
+        on: Vec<String>,
+        when_matched: Bson,
+        when_not_matched: String,
+    },
+}
+
+/// A parsed aggregation pipeline.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    stages: Vec<(&'static str, Stage)>,
+    out: Option<(&'static str, OutStage)>,
+}
+
+#[derive(Debug, Clone)]
+enum Stage {
+    Match(Filter),
+    Project(Projection),
+    AddFields(Vec<(Vec<String>, Expr)>),
+    ReplaceRoot(Expr),
+    Redact(Expr),
+    Sort(SortSpec),
+    Limit(usize),
+    Skip(usize),
+    Group(Expr, Vec<AccSpec>),
+    Count(String),
+    Unwind {
+        path: Vec<String>,
+        index: Option<String>,
+        preserve: bool,
+    },
+    Lookup(Box<Lookup>),
+    Facet(Vec<(String, Pipeline)>),
+    Bucket {
+        group_by: Expr,
+        boundaries: Vec<Bson>,
+        default: Option<Bson>,
+        output: Vec<AccSpec>,
+    },
+    BucketAuto {
+        group_by: Expr,
+        buckets: usize,
+        output: Vec<AccSpec>,
+    },
+    SortByCount(Expr),
+    Sample(usize),
+    Documents(Expr),
+    UnionWith {
+        db: String,
+        coll: Option<String>,
+        pipeline: Option<Pipeline>,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Lookup {
+    db: String,
+    from: Option<String>,
+    local: Option<String>,
+    foreign: Option<String>,
+    as_: Vec<String>,
+    lets: Vec<(String, Expr)>,
+    pipeline: Option<Pipeline>,
+}
+
+fn err(code: i32, msg: impl Into<String>) -> MongoError {
+    MongoError::with_code(code, msg)
+}
+
+fn bad(msg: impl Into<String>) -> MongoError {
+    MongoError::bad_value(msg)
+}
+
+const STAGE_NAMES: &[&str] = &[
+    "$match",
+    "$project",
+    "$addFields",
+    "$set",
+    "$unset",
+    "$replaceRoot",
+    "$replaceWith",
+    "$redact",
+    "$sort",
+    "$limit",
+    "$skip",
+    "$group",
+    "$count",
+    "$unwind",
+    "$lookup",
+    "$facet",
+    "$bucket",
+    "$bucketAuto",
+    "$sortByCount",
+    "$sample",
+    "$out",
+    "$merge",
+    "$documents",
+    "$unionWith",
+];
+
+fn positive_int(v: &Bson) -> Option<i64> {
+    crate::expr::ops_as_int(v)
+}
+
+fn dotted(path: &str) -> Vec<String> {
+    path.split('.').map(str::to_string).collect()
+}
+
+fn field_path_arg(stage: &str, v: &Bson, code: i32) -> Result<String> {
+    match v {
+        Bson::String(s) if s.starts_with('$') && s.len() > 1 && !s.starts_with("$$") => {
+            Ok(s[1..].to_string())
+        }
+        Bson::String(s) => Err(err(
+            code,
+            format!("path option to {stage} stage should be prefixed with a '$': {s}"),
+        )),
+        other => Err(err(
+            code,
+            format!("expected a string as the path for {stage} stage, got {other}"),
+        )),
+    }
+}
+
+fn namespace(v: &Bson, default_db: &str, stage: &str) -> Result<(String, String)> {
+    match v {
+        Bson::String(s) => Ok((default_db.to_string(), s.clone())),
+        Bson::Document(d) => {
+            let db = match d.get("db") {
+                Some(Bson::String(s)) => s.clone(),
+                None => default_db.to_string(),
+                _ => return Err(err(13111, format!("{stage}: 'db' must be a string"))),
+            };
+            match d.get("coll") {
+                Some(Bson::String(c)) => Ok((db, c.clone())),
+                _ => Err(err(13111, format!("{stage}: 'coll' must be a string"))),
+            }
+        }
+        _ => Err(err(
+            13111,
+            format!("{stage}: expected a string or an object"),
+        )),
+    }
+}
+
+/// Flattens an `$addFields` specification: nested plain objects are paths.
+fn flatten_add_fields(
+    d: &Document,
+    prefix: &[String],
+    out: &mut Vec<(Vec<String>, Expr)>,
+) -> Result<()> {
+    for (k, v) in d {
+        if k.starts_with('$') {
+            return Err(err(
+                16410,
+                format!(
+                    "FieldPath field names may not start with '$'. Consider using $getField or $setField. (in {k})"
+                ),
+            ));
+        }
+        if k.is_empty() || k.split('.').any(str::is_empty) {
+            return Err(err(
+                40352,
+                "FieldPath cannot be constructed with empty string",
+            ));
+        }
+        let mut path = prefix.to_vec();
+        path.extend(dotted(k));
+        match v {
+            Bson::Document(sub)
+                if !sub.is_empty() && !sub.keys().next().is_some_and(|k| k.starts_with('$')) =>
+            {
+                flatten_add_fields(sub, &path, out)?;
+            }
+            other => out.push((path, Expr::parse(other)?)),
+        }
+    }
+    Ok(())
+}
+
+impl Pipeline {
+    /// Parses a pipeline; unknown stages fail with 40324.
+    pub fn parse(stages: &[Document], default_db: &str) -> Result<Pipeline> {
+        Self::parse_depth(stages, default_db, 0)
+    }
+
+    fn parse_depth(stages: &[Document], default_db: &str, depth: usize) -> Result<Pipeline> {
+        if depth > 20 {
+            return Err(MongoError::new(
+                errors::ErrorCode::MaxSubPipelineDepthExceeded,
+                "Maximum number of nested sub-pipelines exceeded. Limit is 20",
+            ));
+        }
+        let mut out_stages = Vec::new();
+        let mut out = None;
+        for (i, s) in stages.iter().enumerate() {
+            if s.len() != 1 {
+                return Err(err(
+                    40323,
+                    "A pipeline stage specification object must contain exactly one field.",
+                ));
+            }
+            let Some((name, v)) = s.iter().next() else {
+                continue;
+            };
+            let Some(static_name) = STAGE_NAMES.iter().find(|n| **n == name).copied() else {
+                return Err(err(
+                    40324,
+                    format!("Unrecognized pipeline stage name: '{name}'"),
+                ));
+            };
+            if out.is_some() {
+                let prev = out.as_ref().map_or("$out", |(n, _): &(&str, OutStage)| *n);
+                return Err(err(
+                    40601,
+                    format!("{prev} can only be the final stage in the pipeline"),
+                ));
+            }
+            let stage = match static_name {
+                "$match" => {
+                    let Bson::Document(d) = v else {
+                        return Err(err(
+                            15959,
+                            "the match filter must be an expression in an object",
+                        ));
+                    };
+                    Stage::Match(Filter::parse(d)?)
+                }
+                "$project" => {
+                    let Bson::Document(d) = v else {
+                        return Err(err(15969, "$project specification must be an object"));
+                    };
+                    Stage::Project(Projection::parse_aggregation(d)?)
+                }
+                "$addFields" | "$set" => {
+                    let Bson::Document(d) = v else {
+                        return Err(err(
+                            40272,
+                            format!(
+                                "{name} specification stage must be an object, got {}",
+                                crate::expr::type_name(Some(v))
+                            ),
+                        ));
+                    };
+                    let mut fields = Vec::new();
+                    flatten_add_fields(d, &[], &mut fields)?;
+                    Stage::AddFields(fields)
+                }
+                "$unset" => {
+                    let paths: Vec<String> = match v {
+                        Bson::String(s) => vec![s.clone()],
+                        Bson::Array(a) if !a.is_empty() => a
+                            .iter()
+                            .map(|e| match e {
+                                Bson::String(s) => Ok(s.clone()),
+                                _ => Err(err(31120, "$unset specification must be a string or an array containing only string values")),
+                            })
+                            .collect::<Result<_>>()?,
+                        _ => return Err(err(31002, "$unset specification must be a string or an array with at least one field")),
+                    };
+                    Stage::Project(Projection::exclusion(&paths)?)
+                }
+                "$replaceRoot" => {
+                    let Bson::Document(d) = v else {
+                        return Err(err(
+                            40228,
+                            "expected an object as specification for $replaceRoot stage",
+                        ));
+                    };
+                    let nr = d.get("newRoot").ok_or_else(|| {
+                        err(40231, "no newRoot specified for the $replaceRoot stage")
+                    })?;
+                    if let Some(k) = d.keys().find(|k| *k != "newRoot") {
+                        return Err(err(
+                            40415,
+                            format!("BSON field '$replaceRoot.{k}' is an unknown field."),
+                        ));
+                    }
+                    Stage::ReplaceRoot(Expr::parse(nr)?)
+                }
+                "$replaceWith" => Stage::ReplaceRoot(Expr::parse(v)?),
+                "$redact" => Stage::Redact(Expr::parse(v)?),
+                "$sort" => {
+                    let Bson::Document(d) = v else {
+                        return Err(err(15973, "the $sort key specification must be an object"));
+                    };
+                    if d.is_empty() {
+                        return Err(err(15976, "$sort stage must have at least one sort key"));
+                    }
+                    Stage::Sort(SortSpec::parse(d)?)
+                }
+                "$limit" => match positive_int(v) {
+                    Some(n) if n > 0 => Stage::Limit(n as usize),
+                    Some(_) => return Err(err(15958, "the limit must be positive")),
+                    None => return Err(err(15957, "the limit must be specified as a number")),
+                },
+                "$skip" => match positive_int(v) {
+                    Some(n) if n >= 0 => Stage::Skip(n as usize),
+                    Some(_) => {
+                        return Err(err(
+                            15956,
+                            "invalid argument to $skip stage: Cannot skip a negative number of documents",
+                        ));
+                    }
+                    None => {
+                        return Err(err(
+                            15972,
+                            "invalid argument to $skip stage: Argument must be a number",
+                        ));
+                    }
+                },
+                "$group" => {
+                    let Bson::Document(d) = v else {
+                        return Err(err(
+                            15947,
+                            "a group's fields must be specified in an object",
+                        ));
+                    };
+                    let id = d
+                        .get("_id")
+                        .ok_or_else(|| err(15955, "a group specification must include an _id"))?;
+                    let id = Expr::parse(id)?;
+                    let mut rest = d.clone();
+                    rest.remove("_id");
+                    Stage::Group(id, parse_accumulators(&rest)?)
+                }
+                "$count" => {
+                    let Bson::String(s) = v else {
+                        return Err(err(40156, "the count field must be a non-empty string"));
+                    };
+                    if s.is_empty() {
+                        return Err(err(40157, "the count field must be a non-empty string"));
+                    }
+                    if s.starts_with('$') {
+                        return Err(err(40158, "the count field cannot be a $-prefixed path"));
+                    }
+                    if s.contains('.') {
+                        return Err(err(40160, "the count field cannot contain '.'"));
+                    }
+                    Stage::Count(s.clone())
+                }
+                "$unwind" => {
+                    let (path, index, preserve) = match v {
+                        Bson::String(_) => (field_path_arg("$unwind", v, 28818)?, None, false),
+                        Bson::Document(d) => {
+                            let path = d
+                                .get("path")
+                                .ok_or_else(|| err(28812, "no path specified to $unwind stage"))?;
+                            let path = field_path_arg("$unwind", path, 28818)?;
+                            let index = match d.get("includeArrayIndex") {
+                                None => None,
+                                Some(Bson::String(s)) if !s.is_empty() && !s.starts_with('$') => {
+                                    Some(s.clone())
+                                }
+                                Some(_) => {
+                                    return Err(err(
+                                        28810,
+                                        "includeArrayIndex option to $unwind stage should not be prefixed with a '$'",
+                                    ));
+                                }
+                            };
+                            let preserve = match d.get("preserveNullAndEmptyArrays") {
+                                None => false,
+                                Some(Bson::Boolean(b)) => *b,
+                                Some(_) => {
+                                    return Err(err(
+                                        28809,
+                                        "expected a boolean for the preserveNullAndEmptyArrays option to $unwind stage",
+                                    ));
+                                }
+                            };
+                            if let Some(k) = d.keys().find(|k| {
+                                !matches!(
+                                    k.as_str(),
+                                    "path" | "includeArrayIndex" | "preserveNullAndEmptyArrays"
+                                )
+                            }) {
+                                return Err(err(
+                                    28811,
+                                    format!("unrecognized option to $unwind stage: {k}"),
+                                ));
+                            }
+                            (path, index, preserve)
+                        }
+                        _ => {
+                            return Err(err(
+                                15981,
+                                "expected either a string or an object as specification for $unwind stage",
+                            ));
+                        }
+                    };
+                    Stage::Unwind {
+                        path: dotted(&path),
+                        index,
+                        preserve,
+                    }
+                }
+                "$lookup" => Stage::Lookup(Box::new(parse_lookup(v, default_db, depth)?)),
+                "$facet" => {
+                    let Bson::Document(d) = v else {
+                        return Err(err(15947, "$facet argument must be an object"));
+                    };
+                    if d.is_empty() {
+                        return Err(err(
+                            40169,
+                            "the $facet specification must be a non-empty object",
+                        ));
+                    }
+                    let mut facets = Vec::new();
+                    for (k, sub) in d {
+                        let Bson::Array(a) = sub else {
+                            return Err(err(
+                                40170,
+                                format!(
+                                    "arguments to $facet must be arrays, {k} is type {}",
+                                    crate::expr::type_name(Some(sub))
+                                ),
+                            ));
+                        };
+                        let docs = stage_docs(a)?;
+                        let p = Pipeline::parse_depth(&docs, default_db, depth + 1)?;
+                        if let Some(bad) = p
+                            .stage_names()
+                            .into_iter()
+                            .find(|n| matches!(*n, "$facet" | "$out" | "$merge" | "$documents"))
+                        {
+                            return Err(err(
+                                40600,
+                                format!("{bad} is not allowed to be used within a $facet stage"),
+                            ));
+                        }
+                        if p.out.is_some() {
+                            return Err(err(
+                                40600,
+                                "$out is not allowed to be used within a $facet stage",
+                            ));
+                        }
+                        facets.push((k.clone(), p));
+                    }
+                    Stage::Facet(facets)
+                }
+                "$bucket" => parse_bucket(v)?,
+                "$bucketAuto" => {
+                    let Bson::Document(d) = v else {
+                        return Err(err(40240, "the $bucketAuto stage must be an object"));
+                    };
+                    let group_by = Expr::parse(d.get("groupBy").ok_or_else(|| {
+                        err(
+                            40246,
+                            "$bucketAuto requires 'groupBy' and 'buckets' to be specified",
+                        )
+                    })?)?;
+                    let buckets = match d.get("buckets").and_then(positive_int) {
+                        Some(n) if n > 0 => n as usize,
+                        _ => {
+                            return Err(err(
+                                40243,
+                                "$bucketAuto 'buckets' field must be greater than 0",
+                            ));
+                        }
+                    };
+                    let output = match d.get("output") {
+                        Some(Bson::Document(o)) => parse_accumulators(o)?,
+                        None => parse_accumulators(&bson::doc! {"count": {"$sum": 1}})?,
+                        Some(_) => {
+                            return Err(err(40244, "$bucketAuto 'output' field must be an object"));
+                        }
+                    };
+                    Stage::BucketAuto {
+                        group_by,
+                        buckets,
+                        output,
+                    }
+                }
+                "$sortByCount" => {
+                    let ok = match v {
+                        Bson::String(s) => s.starts_with('$'),
+                        Bson::Document(d) => {
+                            d.keys().next().is_some_and(|k| k.starts_with('$')) && d.len() == 1
+                        }
+                        _ => false,
+                    };
+                    if !ok {
+                        return Err(err(
+                            40148,
+                            "the sortKey specification must be an expression",
+                        ));
+                    }
+                    Stage::SortByCount(Expr::parse(v)?)
+                }
+                "$sample" => {
+                    let size = match v {
+                        Bson::Document(d) => d.get("size").and_then(positive_int),
+                        _ => {
+                            return Err(err(
+                                28745,
+                                "the $sample stage specification must be an object",
+                            ));
+                        }
+                    };
+                    match size {
+                        Some(n) if n >= 0 => Stage::Sample(n as usize),
+                        Some(_) => {
+                            return Err(err(
+                                28747,
+                                "size argument to $sample must not be negative",
+                            ));
+                        }
+                        None => return Err(err(28749, "$sample stage must specify a size")),
+                    }
+                }
+                "$documents" => {
+                    if i != 0 {
+                        return Err(err(
+                            40602,
+                            "$documents is only valid as the first stage in a pipeline",
+                        ));
+                    }
+                    Stage::Documents(Expr::parse(v)?)
+                }
+                "$unionWith" => {
+                    let (db, coll, pipeline) = match v {
+                        Bson::String(s) => (default_db.to_string(), Some(s.clone()), None),
+                        Bson::Document(d) => {
+                            let coll = match d.get("coll") {
+                                Some(Bson::String(s)) => Some(s.clone()),
+                                None => None,
+                                Some(_) => {
+                                    return Err(err(40415, "$unionWith 'coll' must be a string"));
+                                }
+                            };
+                            let pipeline = match d.get("pipeline") {
+                                Some(Bson::Array(a)) => Some(Pipeline::parse_depth(
+                                    &stage_docs(a)?,
+                                    default_db,
+                                    depth + 1,
+                                )?),
+                                None => None,
+                                Some(_) => {
+                                    return Err(err(
+                                        10065,
+                                        "$unionWith 'pipeline' must be an array",
+                                    ));
+                                }
+                            };
+                            if coll.is_none() && !starts_with_documents(pipeline.as_ref()) {
+                                return Err(err(
+                                    ErrorCodeNum::MISSING_COLL,
+                                    "$unionWith stage without explicit collection must have a pipeline with $documents as first stage",
+                                ));
+                            }
+                            (default_db.to_string(), coll, pipeline)
+                        }
+                        _ => {
+                            return Err(err(
+                                ErrorCodeNum::MISSING_COLL,
+                                "the $unionWith stage specification must be an object or string",
+                            ));
+                        }
+                    };
+                    Stage::UnionWith { db, coll, pipeline }
+                }
+                "$out" => {
+                    let (db, coll) = namespace(v, default_db, "$out")?;
+                    out = Some((static_name, OutStage::Out { db, coll }));
+                    continue;
+                }
+                _ => {
+                    out = Some((static_name, parse_merge(v, default_db)?));
+                    continue;
+                }
+            };
+            out_stages.push((static_name, stage));
+        }
+        Ok(Pipeline {
+            stages: out_stages,
+            out,
+        })
+    }
+
+    /// The final `$out`/`$merge`, if any.
+    pub fn out_stage(&self) -> Option<&OutStage> {
+        self.out.as_ref().map(|(_, o)| o)
+    }
+
+    /// Stage names in order (`"$match"`, ...), including a final `$out`/`$merge`.
+    pub fn stage_names(&self) -> Vec<&'static str> {
+        let mut v: Vec<&'static str> = self.stages.iter().map(|(n, _)| *n).collect();
+        if let Some((n, _)) = &self.out {
+            v.push(n);
+        }
+        v
+    }
+
+    /// Leading `$match` filter, usable for index planning / pushdown.
+    pub fn leading_match(&self) -> Option<&Filter> {
+        match self.stages.first() {
+            Some((_, Stage::Match(f))) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// Runs all stages except a final `$out`/`$merge` over the input.
+    pub fn run(&self, input: Vec<Document>, env: &dyn Env) -> Result<Vec<Document>> {
+        let vars = Vars::new(env.now(), env.cluster_time());
+        self.run_with(input, env, &vars)
+    }
+
+    /// Like [`Pipeline::run`], with variables (e.g. `$lookup`'s `let`).
+    pub fn run_with(
+        &self,
+        input: Vec<Document>,
+        env: &dyn Env,
+        vars: &Vars,
+    ) -> Result<Vec<Document>> {
+        let mut docs = input;
+        let mut cache = HashMap::new();
+        for (_, stage) in &self.stages {
+            docs = run_stage(stage, docs, env, vars, &mut cache)?;
+        }
+        Ok(docs)
+    }
+
+    /// For pipelines made only of per-document stages: applies them to one document;
+    /// `None` if filtered out.
+    pub fn apply_one(&self, doc: Document, env: &dyn Env) -> Result<Option<Document>> {
+        let vars = Vars::new(env.now(), env.cluster_time());
+        self.apply_one_with(doc, &vars)
+    }
+
+    /// Like [`Pipeline::apply_one`], with explicit variables.
+    pub fn apply_one_with(&self, doc: Document, vars: &Vars) -> Result<Option<Document>> {
+        let mut doc = doc;
+        for (name, stage) in &self.stages {
+            match per_doc(stage, doc, vars)? {
+                PerDoc::One(d) => doc = d,
+                PerDoc::Dropped => return Ok(None),
+                PerDoc::Other => {
+                    return Err(bad(format!("{name} is not allowed in this pipeline")));
+                }
+            }
+        }
+        Ok(Some(doc))
+    }
+
+    /// Whether every stage maps one document to at most one document.
+    pub fn is_per_document(&self) -> bool {
+        self.out.is_none()
+            && self.stages.iter().all(|(_, s)| {
+                matches!(
+                    s,
+                    Stage::Match(_)
+                        | Stage::Project(_)
+                        | Stage::AddFields(_)
+                        | Stage::ReplaceRoot(_)
+                        | Stage::Redact(_)
+                )
+            })
+    }
+}
+
+struct ErrorCodeNum;
+impl ErrorCodeNum {
+    const MISSING_COLL: i32 = 40_415;
+}
+
+fn starts_with_documents(p: Option<&Pipeline>) -> bool {
+    p.is_some_and(|p| p.stage_names().first() == Some(&"$documents"))
+}
+
+fn stage_docs(a: &[Bson]) -> Result<Vec<Document>> {
+    a.iter()
+        .map(|s| match s {
+            Bson::Document(d) => Ok(d.clone()),
+            _ => Err(err(
+                40323,
+                "A pipeline stage specification object must contain exactly one field.",
+            )),
+        })
+        .collect()
+}
+
+fn parse_lookup(v: &Bson, default_db: &str, depth: usize) -> Result<Lookup> {
+    let Bson::Document(d) = v else {
+        return Err(err(
+            40319,
+            "the $lookup stage specification must be an object",
+        ));
+    };
+    let mut l = Lookup {
+        db: default_db.to_string(),
+        from: None,
+        local: None,
+        foreign: None,
+        as_: Vec::new(),
+        lets: Vec::new(),
+        pipeline: None,
+    };
+    for (k, val) in d {
+        match k.as_str() {
+            "from" => {
+                let (db, coll) = namespace(val, default_db, "$lookup")?;
+                l.db = db;
+                l.from = Some(coll);
+            }
+            "localField" | "foreignField" | "as" => {
+                let Bson::String(s) = val else {
+                    return Err(err(
+                        40321,
+                        format!("$lookup argument '{k}: {val}' must be a string"),
+                    ));
+                };
+                match k.as_str() {
+                    "localField" => l.local = Some(s.clone()),
+                    "foreignField" => l.foreign = Some(s.clone()),
+                    _ => l.as_ = dotted(s),
+                }
+            }
+            "let" => {
+                let Bson::Document(lets) = val else {
+                    return Err(err(9, "$lookup argument 'let' must be an object"));
+                };
+                for (name, e) in lets {
+                    l.lets.push((name.clone(), Expr::parse(e)?));
+                }
+            }
+            "pipeline" => {
+                let Bson::Array(a) = val else {
+                    return Err(err(9, "$lookup argument 'pipeline' must be an array"));
+                };
+                let p = Pipeline::parse_depth(&stage_docs(a)?, default_db, depth + 1)?;
+                if p.out.is_some() {
+                    return Err(err(
+                        51047,
+                        "$out is not allowed within a $lookup's sub-pipeline",
+                    ));
+                }
+                l.pipeline = Some(p);
+            }
+            _ => return Err(err(9, format!("unknown argument to $lookup: {k}"))),
+        }
+    }
+    if l.as_.is_empty() {
+        return Err(err(9, "must specify 'as' field for a $lookup"));
+    }
+    if l.local.is_some() != l.foreign.is_some() {
+        return Err(err(
+            9,
+            "$lookup requires both or neither of 'localField' and 'foreignField' to be specified",
+        ));
+    }
+    if l.pipeline.is_none() && l.local.is_none() {
+        return Err(err(
+            9,
+            "$lookup requires either 'pipeline' or both 'localField' and 'foreignField' to be specified",
+        ));
+    }
+    if l.from.is_none() && !starts_with_documents(l.pipeline.as_ref()) {
+        return Err(err(9, "must specify 'from' field for a $lookup"));
+    }
+    Ok(l)
+}
+
+fn parse_bucket(v: &Bson) -> Result<Stage> {
+    let Bson::Document(d) = v else {
+        return Err(err(40201, "Argument to $bucket stage must be an object"));
+    };
+    for k in d.keys() {
+        if !matches!(k.as_str(), "groupBy" | "boundaries" | "default" | "output") {
+            return Err(err(40197, format!("Unrecognized option to $bucket: {k}.")));
+        }
+    }
+    let group_by = d.get("groupBy").ok_or_else(|| {
+        err(
+            40198,
+            "$bucket requires 'groupBy' and 'boundaries' to be specified.",
+        )
+    })?;
+    let ok_group = matches!(group_by, Bson::String(s) if s.starts_with('$'))
+        || matches!(group_by, Bson::Document(_));
+    if !ok_group {
+        return Err(err(
+            40202,
+            "The $bucket 'groupBy' field must be defined as a $-prefixed path or an expression",
+        ));
+    }
+    let Some(Bson::Array(boundaries)) = d.get("boundaries") else {
+        return Err(err(
+            40200,
+            "The $bucket 'boundaries' field must be an array",
+        ));
+    };
+    if boundaries.len() < 2 {
+        return Err(err(
+            40192,
+            format!(
+                "The $bucket 'boundaries' field must have at least 2 values, but found {} value(s).",
+                boundaries.len()
+            ),
+        ));
+    }
+    for w in boundaries.windows(2) {
+        if doc::compare::type_rank(&w[0]) != doc::compare::type_rank(&w[1]) {
+            return Err(err(
+                40193,
+                "All values in the the 'boundaries' option to $bucket must have the same type.",
+            ));
+        }
+        if cmp_values(&w[0], &w[1]) != std::cmp::Ordering::Less {
+            return Err(err(
+                40194,
+                "The 'boundaries' option to $bucket must be sorted in ascending order",
+            ));
+        }
+    }
+    let default = d.get("default").cloned();
+    if let Some(def) = &default {
+        let lo = &boundaries[0];
+        let hi = &boundaries[boundaries.len() - 1];
+        if doc::compare::type_rank(def) == doc::compare::type_rank(lo)
+            && cmp_values(def, lo).is_ge()
+            && cmp_values(def, hi).is_lt()
+        {
+            return Err(err(
+                40199,
+                "The $bucket 'default' field must be less than the lowest boundary or greater than or equal to the highest boundary.",
+            ));
+        }
+    }
+    let output = match d.get("output") {
+        Some(Bson::Document(o)) => parse_accumulators(o)?,
+        None => parse_accumulators(&bson::doc! {"count": {"$sum": 1}})?,
+        Some(_) => return Err(err(40196, "The $bucket 'output' field must be an object")),
+    };
+    Ok(Stage::Bucket {
+        group_by: Expr::parse(group_by)?,
+        boundaries: boundaries.clone(),
+        default,
+        output,
+    })
+}
+
+fn parse_merge(v: &Bson, default_db: &str) -> Result<OutStage> {
+    let (into, d) = match v {
+        Bson::String(_) => (v.clone(), Document::new()),
+        Bson::Document(d) => (
+            d.get("into").cloned().ok_or_else(|| {
+                err(
+                    40414,
+                    "BSON field '$merge.into' is missing but a required field",
+                )
+            })?,
+            d.clone(),
+        ),
+        _ => return Err(err(51182, "$merge requires a string or object argument")),
+    };
+    let (db, coll) = namespace(&into, default_db, "$merge")?;
+    let on = match d.get("on") {
+        None => vec!["_id".to_string()],
+        Some(Bson::String(s)) => vec![s.clone()],
+        Some(Bson::Array(a)) if !a.is_empty() => a
+            .iter()
+            .map(|e| match e {
+                Bson::String(s) => Ok(s.clone()),
+                _ => Err(err(51134, "$merge 'on' array elements must be strings")),
+            })
+            .collect::<Result<_>>()?,
+        Some(_) => {
+            return Err(err(
+                51186,
+                "$merge 'on' field must be either a string or an array of strings",
+            ));
+        }
+    };
+    let when_matched = match d.get("whenMatched") {
+        None => Bson::String("merge".into()),
+        Some(Bson::String(s))
+            if matches!(s.as_str(), "replace" | "keepExisting" | "merge" | "fail") =>
+        {
+            Bson::String(s.clone())
+        }
+        Some(Bson::Array(a)) => Bson::Array(a.clone()),
+        Some(other) => {
+            return Err(bad(format!(
+                "Enumeration value '{other}' for field 'whenMatched' is not a valid value."
+            )));
+        }
+    };
+    let when_not_matched = match d.get("whenNotMatched") {
+        None => "insert".to_string(),
+        Some(Bson::String(s)) if matches!(s.as_str(), "insert" | "discard" | "fail") => s.clone(),
+        Some(other) => {
+            return Err(bad(format!(
+                "Enumeration value '{other}' for field 'whenNotMatched' is not a valid value."
+            )));
+        }
+    };
+    Ok(OutStage::Merge {
+        db,
+        coll,
+        on,
+        when_matched,
+        when_not_matched,
+    })
+}
+
+enum PerDoc {
+    One(Document),
+    Dropped,
+    Other,
+}
+
+/// Sets `value` at `path`, creating documents and mapping over arrays as `$addFields` does;
+/// `None` removes the field.
+fn set_field(d: &mut Document, path: &[String], value: Option<Bson>) {
+    let Some((head, rest)) = path.split_first() else {
+        return;
+    };
+    if rest.is_empty() {
+        match value {
+            Some(v) => {
+                d.insert(head.clone(), v);
+            }
+            None => {
+                d.remove(head);
+            }
+        }
+        return;
+    }
+    match d.get_mut(head) {
+        Some(Bson::Document(sub)) => set_field(sub, rest, value),
+        Some(Bson::Array(a)) => {
+            for e in a.iter_mut() {
+                set_in_value(e, rest, value.clone());
+            }
+        }
+        _ => {
+            if value.is_none() {
+                return;
+            }
+            let mut sub = Document::new();
+            set_field(&mut sub, rest, value);
+            d.insert(head.clone(), sub);
+        }
+    }
+}
+
+fn set_in_value(v: &mut Bson, path: &[String], value: Option<Bson>) {
+    match v {
+        Bson::Document(d) => set_field(d, path, value),
+        Bson::Array(a) => {
+            for e in a.iter_mut() {
+                set_in_value(e, path, value.clone());
+            }
+        }
+        other => {
+            let mut sub = Document::new();
+            set_field(&mut sub, path, value);
+            *other = Bson::Document(sub);
+        }
+    }
+}
+
+fn get_literal<'a>(d: &'a Document, path: &[String]) -> Option<&'a Bson> {
+    let (head, rest) = path.split_first()?;
+    let mut cur = d.get(head)?;
+    for p in rest {
+        cur = match cur {
+            Bson::Document(sub) => sub.get(p)?,
+            _ => return None,
+        };
+    }
+    Some(cur)
+}
+
+fn per_doc(stage: &Stage, doc: Document, vars: &Vars) -> Result<PerDoc> {
+    Ok(match stage {
+        Stage::Match(f) => {
+            if f.try_matches_with(&doc, Some(vars))? {
+                PerDoc::One(doc)
+            } else {
+                PerDoc::Dropped
+            }
+        }
+        Stage::Project(p) => PerDoc::One(p.apply_with(&doc, None, vars)?),
+        Stage::AddFields(fields) => {
+            let mut values = Vec::with_capacity(fields.len());
+            for (path, e) in fields {
+                values.push((path, e.eval(&doc, vars)?));
+            }
+            let mut out = doc;
+            for (path, v) in values {
+                set_field(&mut out, path, v);
+            }
+            PerDoc::One(out)
+        }
+        Stage::ReplaceRoot(e) => match e.eval(&doc, vars)? {
+            Some(Bson::Document(d)) => PerDoc::One(d),
+            other => {
+                return Err(err(
+                    40228,
+                    format!(
+                        "'replacement document' must evaluate to an object, but resulting value was: {}. Type of resulting value: '{}'. Input document: {doc}",
+                        other
+                            .as_ref()
+                            .map_or_else(|| "MISSING".to_string(), ToString::to_string),
+                        crate::expr::type_name(other.as_ref())
+                    ),
+                ));
+            }
+        },
+        Stage::Redact(e) => match redact(&doc, &doc, e, vars)? {
+            Some(d) => PerDoc::One(d),
+            None => PerDoc::Dropped,
+        },
+        _ => PerDoc::Other,
+    })
+}
+
+fn redact(root: &Document, cur: &Document, e: &Expr, vars: &Vars) -> Result<Option<Document>> {
+    let mut v = vars.clone();
+    v.set_current(Some(cur.clone()));
+    match e.eval(root, &v)? {
+        Some(Bson::String(s)) if s == "keep" => Ok(Some(cur.clone())),
+        Some(Bson::String(s)) if s == "prune" => Ok(None),
+        Some(Bson::String(s)) if s == "descend" => {
+            let mut out = Document::new();
+            for (k, val) in cur {
+                match val {
+                    Bson::Document(sub) => {
+                        if let Some(r) = redact(root, sub, e, vars)? {
+                            out.insert(k.clone(), r);
+                        }
+                    }
+                    Bson::Array(a) => {
+                        let mut items = Vec::new();
+                        for item in a {
+                            match item {
+                                Bson::Document(sub) => {
+                                    if let Some(r) = redact(root, sub, e, vars)? {
+                                        items.push(Bson::Document(r));
+                                    }
+                                }
+                                other => items.push(other.clone()),
+                            }
+                        }
+                        out.insert(k.clone(), items);
+                    }
+                    other => {
+                        out.insert(k.clone(), other.clone());
+                    }
+                }
+            }
+            Ok(Some(out))
+        }
+        _ => Err(err(
+            17053,
+            "$redact's expression should not return anything aside from the variables $$KEEP, $$DESCEND, and $$PRUNE",
+        )),
+    }
+}
+
+fn random_u64() -> u64 {
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+}
+
+type Cache = HashMap<(String, String), Vec<Document>>;
+
+fn foreign_docs<'a>(
+    cache: &'a mut Cache,
+    env: &dyn Env,
+    db: &str,
+    coll: &str,
+) -> Result<&'a Vec<Document>> {
+    let key = (db.to_string(), coll.to_string());
+    if !cache.contains_key(&key) {
+        let docs = env.collection_docs(db, coll)?;
+        cache.insert(key.clone(), docs);
+    }
+    cache
+        .get(&key)
+        .ok_or_else(|| MongoError::internal("lookup cache"))
+}
+
+/// Values a `$lookup` local field yields: array elements are matched individually; a missing
+/// value matches null.
+fn local_values(d: &Document, path: &str) -> Vec<Bson> {
+    let mut out = Vec::new();
+    for v in doc::path::lookup_all(d, path) {
+        match v {
+            None => out.push(Bson::Null),
+            Some(Bson::Array(a)) => {
+                if a.is_empty() {
+                    out.push(Bson::Array(Vec::new()));
+                }
+                out.extend(a);
+            }
+            Some(v) => out.push(v),
+        }
+    }
+    if out.is_empty() {
+        out.push(Bson::Null);
+    }
+    out
+}
+
+fn run_stage(
+    stage: &Stage,
+    docs: Vec<Document>,
+    env: &dyn Env,
+    vars: &Vars,
+    cache: &mut Cache,
+) -> Result<Vec<Document>> {
+    Ok(match stage {
+        Stage::Match(_)
+        | Stage::Project(_)
+        | Stage::AddFields(_)
+        | Stage::ReplaceRoot(_)
+        | Stage::Redact(_) => {
+            let mut out = Vec::with_capacity(docs.len());
+            for d in docs {
+                if let PerDoc::One(d) = per_doc(stage, d, vars)? {
+                    out.push(d);
+                }
+            }
+            out
+        }
+        Stage::Sort(s) => {
+            let mut docs = docs;
+            s.sort(&mut docs);
+            docs
+        }
+        Stage::Limit(n) => docs.into_iter().take(*n).collect(),
+        Stage::Skip(n) => docs.into_iter().skip(*n).collect(),
+        Stage::Group(id, accs) => {
+            let mut g = Grouper::new(accs);
+            for d in &docs {
+                let key = id.eval(d, vars)?.unwrap_or(Bson::Null);
+                g.add(key, d, vars)?;
+            }
+            g.finish("_id")
+        }
+        Stage::Count(name) => {
+            if docs.is_empty() {
+                Vec::new()
+            } else {
+                let mut d = Document::new();
+                d.insert(name.clone(), crate::expr::num::narrow(docs.len() as i64));
+                vec![d]
+            }
+        }
+        Stage::Unwind {
+            path,
+            index,
+            preserve,
+        } => {
+            let mut out = Vec::new();
+            for d in docs {
+                let (items, keep) = match get_literal(&d, path) {
+                    Some(Bson::Array(a)) if !a.is_empty() => (Some(a.clone()), false),
+                    Some(Bson::Array(_)) | Some(Bson::Null) | None => (None, *preserve),
+                    Some(_) => (None, true),
+                };
+                match items {
+                    Some(a) => {
+                        for (i, e) in a.into_iter().enumerate() {
+                            let mut nd = d.clone();
+                            set_field(&mut nd, path, Some(e));
+                            if let Some(ix) = index {
+                                nd.insert(ix.clone(), Bson::Int64(i as i64));
+                            }
+                            out.push(nd);
+                        }
+                    }
+                    None if keep => {
+                        let mut nd = d;
+                        if let Some(ix) = index {
+                            nd.insert(ix.clone(), Bson::Null);
+                        }
+                        out.push(nd);
+                    }
+                    None => {}
+                }
+            }
+            out
+        }
+        Stage::Lookup(l) => {
+            let foreign: Vec<Document> = match (&l.from, &l.pipeline) {
+                (Some(coll), _) => foreign_docs(cache, env, &l.db, coll)?.clone(),
+                (None, _) => Vec::new(),
+            };
+            let mut out = Vec::with_capacity(docs.len());
+            for mut d in docs {
+                let mut matched: Vec<Document> = match (&l.local, &l.foreign) {
+                    (Some(lf), Some(ff)) => {
+                        let vals = local_values(&d, lf);
+                        let mut f = Document::new();
+                        f.insert(ff.clone(), bson::doc! {"$in": vals});
+                        let filter = Filter::parse(&f)?;
+                        foreign
+                            .iter()
+                            .filter(|fd| filter.matches(fd))
+                            .cloned()
+                            .collect()
+                    }
+                    _ => foreign.clone(),
+                };
+                if let Some(p) = &l.pipeline {
+                    let mut v = vars.clone();
+                    for (name, e) in &l.lets {
+                        v.set(name, e.eval(&d, vars)?.unwrap_or(Bson::Null));
+                    }
+                    matched = p.run_with(matched, env, &v)?;
+                }
+                set_field(
+                    &mut d,
+                    &l.as_,
+                    Some(Bson::Array(
+                        matched.into_iter().map(Bson::Document).collect(),
+                    )),
+                );
+                out.push(d);
+            }
+            out
+        }
+        Stage::Facet(facets) => {
+            let mut d = Document::new();
+            for (name, p) in facets {
+                let r = p.run_with(docs.clone(), env, vars)?;
+                d.insert(
+                    name.clone(),
+                    Bson::Array(r.into_iter().map(Bson::Document).collect()),
+                );
+            }
+            vec![d]
+        }
+        Stage::Bucket {
+            group_by,
+            boundaries,
+            default,
+            output,
+        } => {
+            let mut g = Grouper::new(output);
+            for d in &docs {
+                let v = group_by.eval(d, vars)?.unwrap_or(Bson::Null);
+                let same = |b: &Bson| doc::compare::type_rank(b) == doc::compare::type_rank(&v);
+                let idx = (0..boundaries.len() - 1).find(|&i| {
+                    same(&boundaries[i])
+                        && cmp_values(&v, &boundaries[i]).is_ge()
+                        && cmp_values(&v, &boundaries[i + 1]).is_lt()
+                });
+                let key = match (idx, default) {
+                    (Some(i), _) => boundaries[i].clone(),
+                    (None, Some(def)) => def.clone(),
+                    (None, None) => {
+                        return Err(err(
+                            40066,
+                            "$switch could not find a matching branch for an input, and no default was specified.",
+                        ));
+                    }
+                };
+                g.add(key, d, vars)?;
+            }
+            let mut res = g.finish("_id");
+            let pos = |d: &Document| {
+                let id = d.get("_id").cloned().unwrap_or(Bson::Null);
+                boundaries
+                    .iter()
+                    .position(|b| doc::compare::values_equal(b, &id))
+                    .unwrap_or(usize::MAX)
+            };
+            res.sort_by_key(pos);
+            res
+        }
+        Stage::BucketAuto {
+            group_by,
+            buckets,
+            output,
+        } => {
+            let mut keyed = Vec::with_capacity(docs.len());
+            for d in docs {
+                let v = group_by.eval(&d, vars)?.unwrap_or(Bson::Null);
+                keyed.push((v, d));
+            }
+            keyed.sort_by(|a, b| cmp_values(&a.0, &b.0));
+            let n = keyed.len();
+            let per = n.div_ceil(*buckets).max(1);
+            let mut groups: Vec<Vec<(Bson, Document)>> = Vec::new();
+            let mut cur: Vec<(Bson, Document)> = Vec::new();
+            for item in keyed {
+                let boundary = cur.len() >= per
+                    && cur
+                        .last()
+                        .is_some_and(|l| !doc::compare::values_equal(&l.0, &item.0));
+                if boundary {
+                    groups.push(std::mem::take(&mut cur));
+                }
+                cur.push(item);
+            }
+            if !cur.is_empty() {
+                groups.push(cur);
+            }
+            let mut out = Vec::new();
+            for (i, grp) in groups.iter().enumerate() {
+                let min = grp.first().map(|x| x.0.clone()).unwrap_or(Bson::Null);
+                let max = match groups.get(i + 1) {
+                    Some(next) => next.first().map(|x| x.0.clone()).unwrap_or(Bson::Null),
+                    None => grp.last().map(|x| x.0.clone()).unwrap_or(Bson::Null),
+                };
+                let mut g = Grouper::new(output);
+                for (_, d) in grp {
+                    g.add(Bson::Null, d, vars)?;
+                }
+                for mut r in g.finish("_id") {
+                    r.insert("_id", bson::doc! {"min": min.clone(), "max": max.clone()});
+                    let id = r.remove("_id").unwrap_or(Bson::Null);
+                    let mut nd = Document::new();
+                    nd.insert("_id", id);
+                    nd.extend(r);
+                    out.push(nd);
+                }
+            }
+            out
+        }
+        Stage::SortByCount(e) => {
+            let accs = parse_accumulators(&bson::doc! {"count": {"$sum": 1}})?;
+            let mut g = Grouper::new(&accs);
+            for d in &docs {
+                g.add(e.eval(d, vars)?.unwrap_or(Bson::Null), d, vars)?;
+            }
+            let mut res = g.finish("_id");
+            SortSpec::parse(&bson::doc! {"count": -1})?.sort(&mut res);
+            res
+        }
+        Stage::Sample(n) => {
+            let mut docs = docs;
+            let len = docs.len();
+            for i in 0..len.min(*n) {
+                let j = i + (random_u64() % (len - i) as u64) as usize;
+                docs.swap(i, j);
+            }
+            docs.truncate(*n);
+            docs
+        }
+        Stage::Documents(e) => {
+            let empty = Document::new();
+            match e.eval(&empty, vars)? {
+                Some(Bson::Array(a)) => a
+                    .into_iter()
+                    .map(|v| match v {
+                        Bson::Document(d) => Ok(d),
+                        other => Err(err(
+                            40228,
+                            format!(
+                                "$documents: elements must be objects, got {}",
+                                crate::expr::type_name(Some(&other))
+                            ),
+                        )),
+                    })
+                    .collect::<Result<_>>()?,
+                other => {
+                    return Err(err(
+                        5858203,
+                        format!(
+                            "$documents must evaluate to an array of objects, got {}",
+                            crate::expr::type_name(other.as_ref())
+                        ),
+                    ));
+                }
+            }
+        }
+        Stage::UnionWith { db, coll, pipeline } => {
+            let other = match coll {
+                Some(c) => foreign_docs(cache, env, db, c)?.clone(),
+                None => Vec::new(),
+            };
+            let other = match pipeline {
+                Some(p) => p.run_with(other, env, vars)?,
+                None => other,
+            };
+            let mut docs = docs;
+            docs.extend(other);
+            docs
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests;

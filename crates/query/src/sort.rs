@@ -1,1 +1,326 @@
-//! sort: being written.
+//! Sort specifications (`{a: 1, "b.c": -1}`) and MongoDB's sort order over documents.
+//!
+//! A key's sort value is taken over every value its path reaches: arrays contribute their
+//! elements, ascending sorts use the smallest and descending sorts the largest; a missing
+//! value sorts as `null`, and an empty array below `null`.
+
+#![allow(clippy::collapsible_if, clippy::collapsible_match)]
+
+use std::cmp::Ordering;
+
+use bson::{Bson, Document};
+use doc::compare::cmp_values;
+use errors::{MongoError, Result};
+
+/// A parsed sort specification.
+#[derive(Debug, Clone, Default)]
+pub struct SortSpec {
+    keys: Vec<(String, bool)>,
+    parts: Vec<Vec<String>>,
+}
+
+/// One key's sort value: an empty array sorts before everything but MinKey.
+#[derive(Debug, Clone)]
+enum Key {
+    EmptyArray,
+    Val(Bson),
+}
+
+fn cmp_key(a: &Key, b: &Key) -> Ordering {
+    match (a, b) {
+        (Key::EmptyArray, Key::EmptyArray) => Ordering::Equal,
+        (Key::EmptyArray, Key::Val(Bson::MinKey)) => Ordering::Greater,
+        (Key::EmptyArray, _) => Ordering::Less,
+        (Key::Val(Bson::MinKey), Key::EmptyArray) => Ordering::Less,
+        (_, Key::EmptyArray) => Ordering::Greater,
+        (Key::Val(x), Key::Val(y)) => cmp_values(x, y),
+    }
+}
+
+fn collect(v: &Bson, parts: &[String], out: &mut Vec<Key>) {
+    if parts.is_empty() {
+        match v {
+            Bson::Array(a) if a.is_empty() => out.push(Key::EmptyArray),
+            Bson::Array(a) => out.extend(a.iter().map(|e| Key::Val(e.clone()))),
+            other => out.push(Key::Val(other.clone())),
+        }
+        return;
+    }
+    match v {
+        Bson::Document(d) => match d.get(&parts[0]) {
+            Some(next) => collect(next, &parts[1..], out),
+            None => out.push(Key::Val(Bson::Null)),
+        },
+        Bson::Array(a) => {
+            if let Ok(i) = parts[0].parse::<usize>() {
+                if let Some(e) = a.get(i) {
+                    collect(e, &parts[1..], out);
+                    return;
+                }
+            }
+            if a.is_empty() {
+                out.push(Key::Val(Bson::Null));
+            }
+            for e in a {
+                match e {
+                    Bson::Document(_) => collect(e, parts, out),
+                    _ => out.push(Key::Val(Bson::Null)),
+                }
+            }
+        }
+        _ => out.push(Key::Val(Bson::Null)),
+    }
+}
+
+impl SortSpec {
+    /// Parses a sort specification. `{$meta: ...}` keys are rejected.
+    pub fn parse(spec: &Document) -> Result<SortSpec> {
+        let mut keys = Vec::with_capacity(spec.len());
+        for (k, v) in spec {
+            if k.is_empty() || k.split('.').any(str::is_empty) {
+                return Err(MongoError::with_code(
+                    40352,
+                    "FieldPath cannot be constructed with empty string",
+                ));
+            }
+            if k.starts_with('$') {
+                return Err(MongoError::with_code(
+                    16410,
+                    format!(
+                        "FieldPath field names may not start with '$'. Consider using $getField or $setField. (in {k})"
+                    ),
+                ));
+            }
+            let asc = match v {
+                Bson::Int32(1) | Bson::Int64(1) => true,
+                Bson::Int32(-1) | Bson::Int64(-1) => false,
+                Bson::Double(d) if *d == 1.0 => true,
+                Bson::Double(d) if *d == -1.0 => false,
+                Bson::Decimal128(_) if doc::compare::as_f64(v) == Some(1.0) => true,
+                Bson::Decimal128(_) if doc::compare::as_f64(v) == Some(-1.0) => false,
+                Bson::Document(d) if d.contains_key("$meta") => {
+                    return Err(MongoError::bad_value(format!(
+                        "$meta sort by {} is not supported",
+                        d.get("$meta").map_or_else(String::new, ToString::to_string)
+                    )));
+                }
+                _ => {
+                    return Err(MongoError::with_code(
+                        15975,
+                        "$sort key ordering must be 1 (for ascending) or -1 (for descending)",
+                    ));
+                }
+            };
+            keys.push((k.clone(), asc));
+        }
+        let parts = keys
+            .iter()
+            .map(|(k, _)| k.split('.').map(str::to_string).collect())
+            .collect();
+        Ok(SortSpec { keys, parts })
+    }
+
+    /// The keys in order: (dotted path, ascending).
+    pub fn keys(&self) -> &[(String, bool)] {
+        &self.keys
+    }
+
+    /// Whether there are no keys.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    fn key(&self, i: usize, doc: &Document) -> Key {
+        let mut vals = Vec::new();
+        if let Some(first) = self.parts[i].first() {
+            match doc.get(first) {
+                Some(v) => collect(v, &self.parts[i][1..], &mut vals),
+                None => vals.push(Key::Val(Bson::Null)),
+            }
+        }
+        let asc = self.keys[i].1;
+        vals.into_iter()
+            .reduce(|a, b| {
+                let o = cmp_key(&a, &b);
+                if (asc && o == Ordering::Greater) || (!asc && o == Ordering::Less) {
+                    b
+                } else {
+                    a
+                }
+            })
+            .unwrap_or(Key::Val(Bson::Null))
+    }
+
+    fn keys_of(&self, doc: &Document) -> Vec<Key> {
+        (0..self.keys.len()).map(|i| self.key(i, doc)).collect()
+    }
+
+    fn cmp_keys(&self, a: &[Key], b: &[Key]) -> Ordering {
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            let o = cmp_key(x, y);
+            if o != Ordering::Equal {
+                return if self.keys[i].1 { o } else { o.reverse() };
+            }
+        }
+        Ordering::Equal
+    }
+
+    /// Compares two documents by this sort.
+    pub fn compare(&self, a: &Document, b: &Document) -> Ordering {
+        for i in 0..self.keys.len() {
+            let o = cmp_key(&self.key(i, a), &self.key(i, b));
+            if o != Ordering::Equal {
+                return if self.keys[i].1 { o } else { o.reverse() };
+            }
+        }
+        Ordering::Equal
+    }
+
+    /// Sorts documents stably, computing each document's sort keys once.
+    pub fn sort(&self, docs: &mut Vec<Document>) {
+        if self.keys.is_empty() {
+            return;
+        }
+        let mut keyed: Vec<(Vec<Key>, Document)> =
+            docs.drain(..).map(|d| (self.keys_of(&d), d)).collect();
+        keyed.sort_by(|a, b| self.cmp_keys(&a.0, &b.0));
+        docs.extend(keyed.into_iter().map(|(_, d)| d));
+    }
+
+    /// The `limit` smallest documents in sort order (a top-k sort).
+    pub fn top_k(&self, docs: Vec<Document>, limit: usize) -> Vec<Document> {
+        let mut docs = docs;
+        self.sort(&mut docs);
+        docs.truncate(limit);
+        docs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::doc;
+
+    fn sorted(spec: Document, docs: Vec<Document>) -> Vec<Bson> {
+        let s = SortSpec::parse(&spec).unwrap();
+        let mut docs = docs;
+        s.sort(&mut docs);
+        docs.iter()
+            .map(|d| d.get("_id").cloned().unwrap_or(Bson::Null))
+            .collect()
+    }
+
+    #[test]
+    fn parse_errors() {
+        assert_eq!(SortSpec::parse(&doc! {"a": 2}).unwrap_err().code, 15975);
+        assert_eq!(SortSpec::parse(&doc! {"a": "x"}).unwrap_err().code, 15975);
+        assert!(SortSpec::parse(&doc! {"a": {"$meta": "textScore"}}).is_err());
+        assert!(SortSpec::parse(&doc! {"a..b": 1}).is_err());
+        assert_eq!(
+            SortSpec::parse(&doc! {"a": 1.0, "b": -1i64})
+                .unwrap()
+                .keys(),
+            &[("a".to_string(), true), ("b".to_string(), false)]
+        );
+    }
+
+    #[test]
+    fn mixed_types_and_missing() {
+        let docs = vec![
+            doc! {"_id": 1, "a": "x"},
+            doc! {"_id": 2, "a": 5},
+            doc! {"_id": 3},
+            doc! {"_id": 4, "a": null},
+            doc! {"_id": 5, "a": 1.5},
+            doc! {"_id": 6, "a": {"b": 1}},
+        ];
+        let ids = sorted(doc! {"a": 1, "_id": 1}, docs.clone());
+        assert_eq!(
+            ids,
+            vec![
+                Bson::Int32(3),
+                Bson::Int32(4),
+                Bson::Int32(5),
+                Bson::Int32(2),
+                Bson::Int32(1),
+                Bson::Int32(6)
+            ]
+        );
+        let ids = sorted(doc! {"a": -1, "_id": 1}, docs);
+        assert_eq!(
+            ids,
+            vec![
+                Bson::Int32(6),
+                Bson::Int32(1),
+                Bson::Int32(2),
+                Bson::Int32(5),
+                Bson::Int32(3),
+                Bson::Int32(4)
+            ]
+        );
+    }
+
+    #[test]
+    fn arrays_use_min_or_max() {
+        let docs = vec![
+            doc! {"_id": 1, "a": [1, 10]},
+            doc! {"_id": 2, "a": [5]},
+            doc! {"_id": 3, "a": []},
+            doc! {"_id": 4, "a": null},
+        ];
+        assert_eq!(
+            sorted(doc! {"a": 1}, docs.clone()),
+            vec![
+                Bson::Int32(3),
+                Bson::Int32(4),
+                Bson::Int32(1),
+                Bson::Int32(2)
+            ]
+        );
+        assert_eq!(
+            sorted(doc! {"a": -1}, docs),
+            vec![
+                Bson::Int32(1),
+                Bson::Int32(2),
+                Bson::Int32(4),
+                Bson::Int32(3)
+            ]
+        );
+    }
+
+    #[test]
+    fn dotted_through_arrays() {
+        let docs = vec![
+            doc! {"_id": 1, "a": [{"b": 3}, {"b": 0}]},
+            doc! {"_id": 2, "a": {"b": 1}},
+            doc! {"_id": 3, "a": [{"b": 2}]},
+        ];
+        assert_eq!(
+            sorted(doc! {"a.b": 1}, docs.clone()),
+            vec![Bson::Int32(1), Bson::Int32(2), Bson::Int32(3)]
+        );
+        assert_eq!(
+            sorted(doc! {"a.b": -1}, docs),
+            vec![Bson::Int32(1), Bson::Int32(3), Bson::Int32(2)]
+        );
+    }
+
+    #[test]
+    fn stable_and_numeric_mix() {
+        let docs = vec![
+            doc! {"_id": 1, "a": 2i64},
+            doc! {"_id": 2, "a": 2.0},
+            doc! {"_id": 3, "a": f64::NAN},
+            doc! {"_id": 4, "a": -0.0},
+        ];
+        assert_eq!(
+            sorted(doc! {"a": 1}, docs),
+            vec![
+                Bson::Int32(3),
+                Bson::Int32(4),
+                Bson::Int32(1),
+                Bson::Int32(2)
+            ]
+        );
+    }
+}

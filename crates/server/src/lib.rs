@@ -1,1 +1,263 @@
-//! server
+//! The `eddy` server: listeners, connections and shutdown. The binary (`main.rs`) only
+//! parses the command line and calls [`start`].
+//!
+//! Each connection is a task that reads whole messages (the 4-byte length decides when one
+//! is complete), decodes them with `wire`, runs the command, and writes the reply. A
+//! message that cannot be framed closes only its own connection; one that is framed but
+//! malformed gets an error reply and the connection goes on.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bson::{Bson, Document, doc};
+use commands::{ServerConfig, ServerCtx};
+use storage::{Store, StoreOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use wire::{Compressor, Request};
+
+/// Everything the server needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub bind_ip: Vec<String>,
+    pub port: u16,
+    pub advertise: Option<String>,
+    pub dbpath: PathBuf,
+    pub repl_set: String,
+    pub oplog_size_mb: u64,
+    pub oplog_min_retention_hours: Option<f64>,
+    /// `--setParameter` values.
+    pub parameters: Document,
+    pub argv: Vec<String>,
+}
+
+impl Config {
+    /// Defaults for a server on `dbpath` and `port` (tests use port 0).
+    pub fn new(dbpath: PathBuf, port: u16) -> Config {
+        Config {
+            bind_ip: vec!["127.0.0.1".into()],
+            port,
+            advertise: None,
+            dbpath,
+            repl_set: "rs0".into(),
+            oplog_size_mb: 1024,
+            oplog_min_retention_hours: None,
+            parameters: Document::new(),
+            argv: vec!["eddy".into()],
+        }
+    }
+
+    fn parsed(&self) -> Document {
+        let mut d = doc! {
+            "net": {"bindIp": self.bind_ip.join(","), "port": i32::from(self.port)},
+            "replication": {"replSet": &self.repl_set, "oplogSizeMB": self.oplog_size_mb as i64},
+            "storage": {"dbPath": self.dbpath.display().to_string()},
+        };
+        if !self.parameters.is_empty() {
+            d.insert("setParameter", self.parameters.clone());
+        }
+        d
+    }
+}
+
+/// Parses a `--setParameter name=value` value as MongoDB does: booleans and numbers are
+/// typed, anything else is a string.
+pub fn parse_parameter(s: &str) -> Option<(String, Bson)> {
+    let (k, v) = s.split_once('=')?;
+    let v = match v {
+        "true" | "1" if k == "enableTestCommands" => Bson::Boolean(true),
+        "false" | "0" if k == "enableTestCommands" => Bson::Boolean(false),
+        "true" => Bson::Boolean(true),
+        "false" => Bson::Boolean(false),
+        _ => match v.parse::<i32>() {
+            Ok(i) => Bson::Int32(i),
+            Err(_) => match v.parse::<i64>() {
+                Ok(i) => Bson::Int64(i),
+                Err(_) => Bson::String(v.to_string()),
+            },
+        },
+    };
+    Some((k.to_string(), v))
+}
+
+/// A running server.
+pub struct Running {
+    /// The port it listens on (the real one when asked for 0).
+    pub port: u16,
+    pub ctx: Arc<ServerCtx>,
+    accept_tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Waits until the `shutdown` command or [`Running::shutdown`] asks the server to stop.
+    pub async fn stopped(&self) {
+        let mut rx = self.ctx.shutdown.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    /// Stops accepting, and closes the store after the writes already queued.
+    pub fn shutdown(&self) {
+        self.ctx.shutdown.send_replace(true);
+        for t in &self.accept_tasks {
+            t.abort();
+        }
+        self.ctx.store.close();
+    }
+}
+
+/// Opens the store, binds the listeners and starts serving.
+///
+/// # Errors
+/// When the data directory is locked or unreadable, or an address cannot be bound.
+pub async fn start(cfg: Config) -> anyhow::Result<Running> {
+    let opts = StoreOptions {
+        oplog_size_bytes: cfg.oplog_size_mb.max(1) * 1024 * 1024,
+        oplog_min_retention: cfg.oplog_min_retention_hours.map(|h| Duration::from_secs_f64(h * 3600.0)),
+    };
+    let store = Store::open(&cfg.dbpath, opts).map_err(anyhow::Error::msg)?;
+    let mut listeners = Vec::new();
+    let mut port = cfg.port;
+    for ip in &cfg.bind_ip {
+        let addr: SocketAddr = format!("{ip}:{port}")
+            .parse()
+            .or_else(|_| format!("[{ip}]:{port}").parse())
+            .map_err(|e| anyhow::anyhow!("bad --bind_ip address {ip}: {e}"))?;
+        let l = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        port = l.local_addr()?.port();
+        listeners.push(l);
+    }
+    let loopback = cfg.bind_ip.iter().all(|ip| ip == "127.0.0.1" || ip == "localhost" || ip == "::1");
+    let advertised = match &cfg.advertise {
+        Some(a) => a.clone(),
+        None if loopback => format!("localhost:{port}"),
+        None => format!("{}:{port}", gethostname()),
+    };
+    let mut cfg2 = cfg.clone();
+    cfg2.port = port;
+    let config = ServerConfig {
+        advertised,
+        repl_set: cfg.repl_set.clone(),
+        argv: cfg.argv.clone(),
+        parsed: cfg2.parsed(),
+        port,
+    };
+    let ctx = ServerCtx::new(store, config, cfg.parameters.clone());
+    let accept_tasks = listeners
+        .into_iter()
+        .map(|l| {
+            let ctx = ctx.clone();
+            tokio::spawn(accept_loop(l, ctx))
+        })
+        .collect();
+    tracing::info!(port, dbpath = %cfg.dbpath.display(), "eddy is ready for connections");
+    Ok(Running { port, ctx, accept_tasks })
+}
+
+fn gethostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_lowercase())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+async fn accept_loop(listener: TcpListener, ctx: Arc<ServerCtx>) {
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                backoff = Duration::from_millis(10);
+                let ctx = ctx.clone();
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(async move {
+                    serve(ctx, stream, peer).await;
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// Serves one connection until the peer closes it, it sends something unframeable, or a
+/// fail point asks to drop it.
+async fn serve(ctx: Arc<ServerCtx>, mut stream: TcpStream, peer: SocketAddr) {
+    let mut conn = ctx.connect(peer.to_string());
+    tracing::debug!(conn_id = conn.id, %peer, "connection accepted");
+    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut next_id: i32 = 1;
+    'conn: loop {
+        let n = loop {
+            match wire::check(&buf) {
+                Ok(Some(n)) => break n,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(conn_id = conn.id, error = %e, "closing connection: unframeable message");
+                    break 'conn;
+                }
+            }
+            let mut chunk = [0u8; 64 * 1024];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break 'conn,
+                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+            }
+        };
+        let msg: Vec<u8> = buf.drain(..n).collect();
+        let Ok(header) = wire::parse_header(&msg) else { break };
+        next_id = next_id.wrapping_add(1);
+        let out = match wire::decode(&msg) {
+            Err(e) => {
+                tracing::debug!(conn_id = conn.id, error = %e, "malformed message");
+                let reply = commands::reply::error_doc(&e.to_mongo_error());
+                wire::encode_msg(next_id, header.request_id, 0, &reply, None)
+            }
+            Ok(frame) => {
+                let compressor = frame.compressor.filter(|c| *c != Compressor::Noop);
+                match frame.request {
+                    Request::Msg(m) => {
+                        let more_to_come = m.more_to_come();
+                        let cmd = m.into_command();
+                        let reply = commands::handle(&ctx, &mut conn, cmd).await;
+                        if reply.close_connection {
+                            break;
+                        }
+                        if more_to_come {
+                            continue;
+                        }
+                        wire::encode_msg(next_id, header.request_id, 0, &reply.doc, compressor)
+                    }
+                    Request::Query(q) => {
+                        let reply = legacy_query(&ctx, &mut conn, q).await;
+                        if reply.close_connection {
+                            break;
+                        }
+                        wire::encode_reply(next_id, header.request_id, 0, &reply.doc)
+                    }
+                }
+            }
+        };
+        if stream.write_all(&out).await.is_err() {
+            break;
+        }
+    }
+    ctx.disconnect(&conn);
+}
+
+/// OP_QUERY: only commands on `<db>.$cmd` (the first handshake of older clients).
+async fn legacy_query(ctx: &Arc<ServerCtx>, conn: &mut commands::ConnInfo, q: wire::OpQuery) -> commands::Reply {
+    let Some(db) = q.full_collection_name.strip_suffix(".$cmd") else {
+        return commands::Reply::error(errors::MongoError::new(
+            errors::ErrorCode::UnsupportedFormat,
+            "OP_QUERY is no longer supported except for commands on $cmd",
+        ));
+    };
+    let mut cmd = match q.query.get("$query").or_else(|| q.query.get("query")) {
+        Some(Bson::Document(inner)) => inner.clone(),
+        _ => q.query.clone(),
+    };
+    cmd.insert("$db", db);
+    commands::handle(ctx, conn, cmd).await
+}

@@ -1,1 +1,104 @@
-fn main() {}
+//! `eddy`: a MongoDB-wire database server whose centrepiece is change streams.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use bson::Document;
+use clap::Parser;
+
+/// Command-line flags, with mongod's names so that habits carry over.
+#[derive(Parser, Debug)]
+#[command(name = "eddy", version, about = "A MongoDB-wire database server built around change streams")]
+struct Cli {
+    /// Port to listen on.
+    #[arg(long, default_value_t = 27017)]
+    port: u16,
+    /// Comma-separated addresses to bind.
+    #[arg(long = "bind_ip", default_value = "127.0.0.1")]
+    bind_ip: String,
+    /// host:port to advertise to drivers in hello (default: localhost:<port> on loopback,
+    /// else the machine's host name).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Data directory (created if missing).
+    #[arg(long, default_value = "./eddy-data")]
+    dbpath: PathBuf,
+    /// Replica set name the server reports.
+    #[arg(long = "replSet", default_value = "rs0")]
+    repl_set: String,
+    /// Oplog size bound, in megabytes.
+    #[arg(long = "oplogSize", default_value_t = 1024)]
+    oplog_size: u64,
+    /// Minimum hours of oplog to keep regardless of size.
+    #[arg(long = "oplogMinRetentionHours")]
+    oplog_min_retention_hours: Option<f64>,
+    /// Server parameter as name=value (repeatable), e.g. enableTestCommands=1.
+    #[arg(long = "setParameter", value_name = "NAME=VALUE")]
+    set_parameter: Vec<String>,
+    /// Log only warnings and errors.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = if cli.quiet { "warn" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EDDY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+
+    let mut params = Document::new();
+    for p in &cli.set_parameter {
+        match server::parse_parameter(p) {
+            Some((k, v)) => {
+                params.insert(k, v);
+            }
+            None => {
+                eprintln!("eddy: --setParameter expects name=value, got '{p}'");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let cfg = server::Config {
+        bind_ip: cli.bind_ip.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+        port: cli.port,
+        advertise: cli.advertise,
+        dbpath: cli.dbpath,
+        repl_set: cli.repl_set,
+        oplog_size_mb: cli.oplog_size,
+        oplog_min_retention_hours: cli.oplog_min_retention_hours,
+        parameters: params,
+        argv: std::env::args().collect(),
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("eddy: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let running = match server::start(cfg).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("eddy: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("eddy: cannot install SIGTERM handler: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
+            _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+            () = running.stopped() => {}
+        }
+        running.shutdown();
+        tracing::info!("eddy stopped");
+        ExitCode::SUCCESS
+    })
+}

@@ -93,7 +93,11 @@ impl Acc {
                         None => true,
                         Some(cur) => {
                             let o = cmp_values(&v, cur);
-                            if self.kind == AccKind::Min { o == Ordering::Less } else { o == Ordering::Greater }
+                            if self.kind == AccKind::Min {
+                                o == Ordering::Less
+                            } else {
+                                o == Ordering::Greater
+                            }
                         }
                     };
                     if better {

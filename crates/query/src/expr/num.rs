@@ -6,7 +6,7 @@
 use std::str::FromStr;
 
 use bson::{Bson, Decimal128};
-use doc::compare::{as_f64, decimal_to_f64};
+use doc::compare::as_f64;
 
 /// The numeric type of a value, ordered by width.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -74,13 +74,22 @@ fn parse_dec(s: &str) -> Option<Dec> {
         return None;
     }
     let coef: i128 = digits.parse().ok()?;
-    Some(Dec { coef: if neg { -coef } else { coef }, exp: exp - frac.len() as i32 })
+    Some(Dec {
+        coef: if neg { -coef } else { coef },
+        exp: exp - frac.len() as i32,
+    })
 }
 
 fn to_dec(v: &Bson) -> Option<Dec> {
     match v {
-        Bson::Int32(i) => Some(Dec { coef: i128::from(*i), exp: 0 }),
-        Bson::Int64(i) => Some(Dec { coef: i128::from(*i), exp: 0 }),
+        Bson::Int32(i) => Some(Dec {
+            coef: i128::from(*i),
+            exp: 0,
+        }),
+        Bson::Int64(i) => Some(Dec {
+            coef: i128::from(*i),
+            exp: 0,
+        }),
         Bson::Double(d) if d.is_finite() => parse_dec(&format!("{d:e}")),
         Bson::Decimal128(d) => parse_dec(&d.to_string()),
         _ => None,
@@ -96,7 +105,9 @@ fn dec_bson(d: Dec) -> Option<Bson> {
         d.coef /= 10;
         d.exp += 1;
     }
-    Decimal128::from_str(&format!("{}E{}", d.coef, d.exp)).ok().map(Bson::Decimal128)
+    Decimal128::from_str(&format!("{}E{}", d.coef, d.exp))
+        .ok()
+        .map(Bson::Decimal128)
 }
 
 /// A double as a decimal128.
@@ -104,7 +115,11 @@ pub(crate) fn dec_from_f64(x: f64) -> Bson {
     let s = if x.is_nan() {
         "NaN".to_string()
     } else if x.is_infinite() {
-        if x > 0.0 { "Infinity".into() } else { "-Infinity".into() }
+        if x > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        }
     } else {
         format!("{x:e}")
     };
@@ -116,7 +131,9 @@ pub(crate) fn to_decimal(v: &Bson) -> Bson {
     match v {
         Bson::Decimal128(_) => v.clone(),
         Bson::Double(d) => dec_from_f64(*d),
-        _ => to_dec(v).and_then(dec_bson).unwrap_or_else(|| dec_from_f64(f(v))),
+        _ => to_dec(v)
+            .and_then(dec_bson)
+            .unwrap_or_else(|| dec_from_f64(f(v))),
     }
 }
 
@@ -135,13 +152,22 @@ fn dec_op(a: &Bson, b: &Bson, op: char) -> Bson {
         let r = match op {
             '+' => {
                 let (x, y, exp) = align(x, y)?;
-                Dec { coef: x.checked_add(y)?, exp }
+                Dec {
+                    coef: x.checked_add(y)?,
+                    exp,
+                }
             }
             '-' => {
                 let (x, y, exp) = align(x, y)?;
-                Dec { coef: x.checked_sub(y)?, exp }
+                Dec {
+                    coef: x.checked_sub(y)?,
+                    exp,
+                }
             }
-            _ => Dec { coef: x.coef.checked_mul(y.coef)?, exp: x.exp + y.exp },
+            _ => Dec {
+                coef: x.coef.checked_mul(y.coef)?,
+                exp: x.exp + y.exp,
+            },
         };
         dec_bson(r)
     })();
@@ -156,7 +182,9 @@ fn dec_op(a: &Bson, b: &Bson, op: char) -> Bson {
 }
 
 fn widest(a: &Bson, b: &Bson) -> Kind {
-    kind(a).unwrap_or(Kind::Double).max(kind(b).unwrap_or(Kind::Double))
+    kind(a)
+        .unwrap_or(Kind::Double)
+        .max(kind(b).unwrap_or(Kind::Double))
 }
 
 /// `a + b` for two numbers.
@@ -214,7 +242,11 @@ pub(crate) fn div(a: &Bson, b: &Bson) -> Option<Bson> {
         return None;
     }
     let q = f(a) / y;
-    Some(if widest(a, b) == Kind::Dec { dec_from_f64(q) } else { Bson::Double(q) })
+    Some(if widest(a, b) == Kind::Dec {
+        dec_from_f64(q)
+    } else {
+        Bson::Double(q)
+    })
 }
 
 /// `a % b` keeping integer types; `None` when the divisor is zero.
@@ -226,7 +258,11 @@ pub(crate) fn modulo(a: &Bson, b: &Bson) -> Option<Bson> {
                 return None;
             }
             let r = x.wrapping_rem(y);
-            Some(if widest(a, b) == Kind::Int { narrow(r) } else { Bson::Int64(r) })
+            Some(if widest(a, b) == Kind::Int {
+                narrow(r)
+            } else {
+                Bson::Int64(r)
+            })
         }
         k => {
             let y = f(b);
@@ -234,7 +270,11 @@ pub(crate) fn modulo(a: &Bson, b: &Bson) -> Option<Bson> {
                 return None;
             }
             let r = f(a) % y;
-            Some(if k == Kind::Dec { dec_from_f64(r) } else { Bson::Double(r) })
+            Some(if k == Kind::Dec {
+                dec_from_f64(r)
+            } else {
+                Bson::Double(r)
+            })
         }
     }
 }
@@ -242,12 +282,11 @@ pub(crate) fn modulo(a: &Bson, b: &Bson) -> Option<Bson> {
 /// A number with the same kind as `like` from an f64 (for unary double functions applied to
 /// decimals).
 pub(crate) fn same_kind_float(like: &Bson, x: f64) -> Bson {
-    if matches!(like, Bson::Decimal128(_)) { dec_from_f64(x) } else { Bson::Double(x) }
-}
-
-/// Decimal128 value as f64.
-pub(crate) fn dec_f64(d: &Decimal128) -> f64 {
-    decimal_to_f64(d)
+    if matches!(like, Bson::Decimal128(_)) {
+        dec_from_f64(x)
+    } else {
+        Bson::Double(x)
+    }
 }
 
 #[cfg(test)]
@@ -256,8 +295,14 @@ mod tests {
 
     #[test]
     fn int_overflow_widens() {
-        assert_eq!(add(&Bson::Int32(i32::MAX), &Bson::Int32(1)), Bson::Int64(1 << 31));
-        assert_eq!(add(&Bson::Int64(i64::MAX), &Bson::Int32(1)), Bson::Double(9.223372036854775808e18));
+        assert_eq!(
+            add(&Bson::Int32(i32::MAX), &Bson::Int32(1)),
+            Bson::Int64(1 << 31)
+        );
+        assert_eq!(
+            add(&Bson::Int64(i64::MAX), &Bson::Int32(1)),
+            Bson::Double(9.223_372_036_854_776e18)
+        );
         assert_eq!(mul(&Bson::Int32(3), &Bson::Int32(4)), Bson::Int32(12));
         assert_eq!(sub(&Bson::Int32(3), &Bson::Int64(4)), Bson::Int64(-1));
         assert_eq!(add(&Bson::Int32(3), &Bson::Double(0.5)), Bson::Double(3.5));
@@ -272,7 +317,13 @@ mod tests {
         assert!(matches!(s, Bson::Decimal128(_)));
         assert!(matches!(mul(&a, &Bson::Int32(3)), Bson::Decimal128(_)));
         assert_eq!(modulo(&Bson::Int32(7), &Bson::Int32(0)), None);
-        assert_eq!(modulo(&Bson::Int32(-7), &Bson::Int32(2)), Some(Bson::Int32(-1)));
-        assert_eq!(div(&Bson::Int32(1), &Bson::Int32(4)), Some(Bson::Double(0.25)));
+        assert_eq!(
+            modulo(&Bson::Int32(-7), &Bson::Int32(2)),
+            Some(Bson::Int32(-1))
+        );
+        assert_eq!(
+            div(&Bson::Int32(1), &Bson::Int32(4)),
+            Some(Bson::Double(0.25))
+        );
     }
 }

@@ -107,12 +107,7 @@ fn positional(v: &Bson) -> Result<Vec<Node>> {
     }
 }
 
-fn named(
-    name: &str,
-    v: &Bson,
-    allowed: &[&str],
-    required: &[&str],
-) -> Result<Vec<(String, Node)>> {
+fn named(name: &str, v: &Bson, allowed: &[&str], required: &[&str]) -> Result<Vec<(String, Node)>> {
     let Bson::Document(d) = v else {
         return Err(err(
             40441,
@@ -137,7 +132,10 @@ fn named(
 fn var_name(op: &str, v: &Bson) -> Result<String> {
     match v {
         Bson::String(s) if !s.is_empty() && !s.starts_with('$') => Ok(s.clone()),
-        _ => Err(err(16866, format!("{op}: 'as' must be a valid variable name"))),
+        _ => Err(err(
+            16866,
+            format!("{op}: 'as' must be a valid variable name"),
+        )),
     }
 }
 
@@ -154,12 +152,21 @@ pub(crate) fn parse_op(name: &str, v: &Bson) -> Result<Node> {
     };
     let args = match spec {
         Spec::Pos(min, max) => {
-            let list = positional(v)?;
+            let list = match v {
+                Bson::Document(d) if d.is_empty() && *max == 0 => Vec::new(),
+                _ => positional(v)?,
+            };
             if list.len() < *min || list.len() > *max {
                 let msg = if min == max {
-                    format!("Expression {name} takes exactly {min} arguments. {} were passed in.", list.len())
+                    format!(
+                        "Expression {name} takes exactly {min} arguments. {} were passed in.",
+                        list.len()
+                    )
                 } else if *max == ANY {
-                    format!("Expression {name} takes at least {min} arguments, but {} were passed in.", list.len())
+                    format!(
+                        "Expression {name} takes at least {min} arguments, but {} were passed in.",
+                        list.len()
+                    )
                 } else {
                     format!(
                         "Expression {name} takes at least {min} arguments, and at most {max}, but {} were passed in.",
@@ -186,18 +193,32 @@ pub(crate) fn parse_op(name: &str, v: &Bson) -> Result<Node> {
                     Some((_, Node::Arr(bs))) => {
                         for b in bs {
                             let Node::Obj(fields) = b else {
-                                return Err(err(40061, "$switch expected each branch to be an object"));
+                                return Err(err(
+                                    40061,
+                                    "$switch expected each branch to be an object",
+                                ));
                             };
                             for (k, _) in fields {
                                 if k != "case" && k != "then" {
-                                    return Err(err(40063, format!("$switch found an unknown argument to a branch: {k}")));
+                                    return Err(err(
+                                        40063,
+                                        format!(
+                                            "$switch found an unknown argument to a branch: {k}"
+                                        ),
+                                    ));
                                 }
                             }
                             if !fields.iter().any(|(k, _)| k == "case") {
-                                return Err(err(40064, "$switch requires each branch have a 'case' expression"));
+                                return Err(err(
+                                    40064,
+                                    "$switch requires each branch have a 'case' expression",
+                                ));
                             }
                             if !fields.iter().any(|(k, _)| k == "then") {
-                                return Err(err(40065, "$switch requires each branch have a 'then' expression."));
+                                return Err(err(
+                                    40065,
+                                    "$switch requires each branch have a 'then' expression.",
+                                ));
                             }
                         }
                     }
@@ -211,14 +232,26 @@ pub(crate) fn parse_op(name: &str, v: &Bson) -> Result<Node> {
                 Args::Named(named(name, v, &["date", "timezone"], &["date"])?)
             }
             Bson::Array(a) if a.len() != 1 => {
-                return Err(err(40536, format!("{name} accepts exactly one argument if given an array, but was given {}", a.len())));
+                return Err(err(
+                    40536,
+                    format!(
+                        "{name} accepts exactly one argument if given an array, but was given {}",
+                        a.len()
+                    ),
+                ));
             }
             other => Args::List(positional(other)?),
         },
         Spec::Cond => match v {
             Bson::Array(a) => {
                 if a.len() != 3 {
-                    return Err(err(16020, format!("Expression $cond takes exactly 3 arguments. {} were passed in.", a.len())));
+                    return Err(err(
+                        16020,
+                        format!(
+                            "Expression $cond takes exactly 3 arguments. {} were passed in.",
+                            a.len()
+                        ),
+                    ));
                 }
                 Args::List(a.iter().map(parse_node).collect::<Result<_>>()?)
             }
@@ -230,12 +263,19 @@ pub(crate) fn parse_op(name: &str, v: &Bson) -> Result<Node> {
                     }
                 }
                 for k in ["if", "then", "else"] {
-                    let x = d.get(k).ok_or_else(|| err(17080, format!("Missing '{k}' parameter to $cond")))?;
+                    let x = d
+                        .get(k)
+                        .ok_or_else(|| err(17080, format!("Missing '{k}' parameter to $cond")))?;
                     list.push(parse_node(x)?);
                 }
                 Args::List(list)
             }
-            _ => return Err(err(16020, "Expression $cond takes exactly 3 arguments. 1 were passed in.")),
+            _ => {
+                return Err(err(
+                    16020,
+                    "Expression $cond takes exactly 3 arguments. 1 were passed in.",
+                ));
+            }
         },
         Spec::GetField => match v {
             Bson::Document(d) if d.keys().next().is_some_and(|k| !k.starts_with('$')) => {
@@ -258,8 +298,20 @@ pub(crate) fn parse_op(name: &str, v: &Bson) -> Result<Node> {
                 Some(Bson::Document(vs)) => {
                     let mut out = Vec::new();
                     for (k, e) in vs {
-                        if k.is_empty() || k.starts_with('$') || k.contains('.') || k.chars().next().is_some_and(|c| c.is_ascii_uppercase() || c.is_ascii_digit()) && k != "CURRENT" {
-                            return Err(err(16867, format!("'{k}' starts with an invalid character for a user variable name")));
+                        if k.is_empty()
+                            || k.starts_with('$')
+                            || k.contains('.')
+                            || k.chars()
+                                .next()
+                                .is_some_and(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+                                && k != "CURRENT"
+                        {
+                            return Err(err(
+                                16867,
+                                format!(
+                                    "'{k}' starts with an invalid character for a user variable name"
+                                ),
+                            ));
                         }
                         out.push((k.clone(), parse_node(e)?));
                     }
@@ -268,11 +320,16 @@ pub(crate) fn parse_op(name: &str, v: &Bson) -> Result<Node> {
                 Some(_) => return Err(err(10065, "invalid parameter: expected an object (vars)")),
                 None => return Err(err(16876, "Missing 'vars' parameter to $let")),
             };
-            let body = d.get("in").ok_or_else(|| err(16877, "Missing 'in' parameter to $let"))?;
+            let body = d
+                .get("in")
+                .ok_or_else(|| err(16877, "Missing 'in' parameter to $let"))?;
             if let Some(k) = d.keys().find(|k| *k != "vars" && *k != "in") {
                 return Err(err(16875, format!("Unrecognized parameter to $let: {k}")));
             }
-            Args::Named(vec![("vars".into(), Node::Obj(vars)), ("in".into(), parse_node(body)?)])
+            Args::Named(vec![
+                ("vars".into(), Node::Obj(vars)),
+                ("in".into(), parse_node(body)?),
+            ])
         }
     };
     Ok(Node::Op(key, args))
@@ -328,7 +385,9 @@ pub(crate) fn as_int(v: &Bson) -> Option<i64> {
 }
 
 fn random_f64() -> f64 {
-    let h = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    let h = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
     (h >> 11) as f64 / (1u64 << 53) as f64
 }
 
@@ -338,7 +397,11 @@ pub(crate) fn fmt_double(d: f64) -> String {
         return "NaN".into();
     }
     if d.is_infinite() {
-        return if d > 0.0 { "Infinity".into() } else { "-Infinity".into() };
+        return if d > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        };
     }
     let a = d.abs();
     if a != 0.0 && !(1e-4..1e15).contains(&a) {
@@ -371,7 +434,10 @@ pub(crate) fn coerce_str(op: &str, v: &Option<Bson>) -> Result<String> {
         Some(other) => {
             return Err(err(
                 16007,
-                format!("{op}: can't convert from BSON type {} to String", type_name(Some(other))),
+                format!(
+                    "{op}: can't convert from BSON type {} to String",
+                    type_name(Some(other))
+                ),
             ));
         }
     })
@@ -414,24 +480,44 @@ fn regex_args(op: &str, args: &Args, cx: &Ctx<'_>) -> Result<Option<(String, Rx)
         Some(Bson::String(s)) => (s.clone(), String::new()),
         Some(Bson::RegularExpression(r)) => (r.pattern.clone(), r.options.clone()),
         r if nullish(r) => (String::new(), String::new()),
-        _ => return Err(err(51105, format!("{op} needs 'regex' to be of type string or regex"))),
+        _ => {
+            return Err(err(
+                51105,
+                format!("{op} needs 'regex' to be of type string or regex"),
+            ));
+        }
     };
     match &options {
         Some(Bson::String(o)) => {
             if !opts.is_empty() && !o.is_empty() {
-                return Err(err(51107, format!("{op} found regex option(s) specified in both 'regex' and 'option' fields")));
+                return Err(err(
+                    51107,
+                    format!(
+                        "{op} found regex option(s) specified in both 'regex' and 'option' fields"
+                    ),
+                ));
             }
             if opts.is_empty() {
                 opts = o.clone();
             }
         }
         o if nullish(o) => {}
-        _ => return Err(err(51106, format!("{op} needs 'options' to be of type string"))),
+        _ => {
+            return Err(err(
+                51106,
+                format!("{op} needs 'options' to be of type string"),
+            ));
+        }
     }
     let input = match input {
         Some(Bson::String(s)) => s,
         i if nullish(&i) => return Ok(None),
-        _ => return Err(err(51104, format!("{op} needs 'input' to be of type string"))),
+        _ => {
+            return Err(err(
+                51104,
+                format!("{op} needs 'input' to be of type string"),
+            ));
+        }
     };
     if nullish(&regex) {
         return Ok(None);
@@ -444,7 +530,10 @@ fn regex_result(input: &str, caps: &fancy_regex::Captures<'_>) -> Bson {
     let start = caps.get(0).map_or(0, |m| m.start());
     let idx = input[..start].chars().count();
     let captures: Vec<Bson> = (1..caps.len())
-        .map(|i| caps.get(i).map_or(Bson::Null, |c| Bson::String(c.as_str().to_string())))
+        .map(|i| {
+            caps.get(i)
+                .map_or(Bson::Null, |c| Bson::String(c.as_str().to_string()))
+        })
         .collect();
     let mut d = Document::new();
     d.insert("match", m);
@@ -461,7 +550,9 @@ fn array_arg(v: Option<Bson>, code: i32, msg: impl Fn(&str) -> String) -> Result
 }
 
 fn int_arg(v: &Option<Bson>, code: i32, msg: &str) -> Result<i64> {
-    v.as_ref().and_then(as_int).ok_or_else(|| err(code, msg.to_string()))
+    v.as_ref()
+        .and_then(as_int)
+        .ok_or_else(|| err(code, msg.to_string()))
 }
 
 fn round_places(x: f64, places: i64, trunc: bool) -> f64 {
@@ -470,7 +561,11 @@ fn round_places(x: f64, places: i64, trunc: bool) -> f64 {
     if !scaled.is_finite() {
         return x;
     }
-    let r = if trunc { scaled.trunc() } else { scaled.round_ties_even() };
+    let r = if trunc {
+        scaled.trunc()
+    } else {
+        scaled.round_ties_even()
+    };
     r / p
 }
 
@@ -485,20 +580,31 @@ fn round_int(i: i64, places: i64, trunc: bool) -> Option<i64> {
         return Some(q * p);
     }
     let twice = r.abs() * 2;
-    let q = if twice > p || (twice == p && q % 2 != 0) { q + r.signum() } else { q };
+    let q = if twice > p || (twice == p && q % 2 != 0) {
+        q + r.signum()
+    } else {
+        q
+    };
     q.checked_mul(p)
 }
 
 fn pow(base: &Bson, exp: &Bson) -> Result<Bson> {
     let (bf, ef) = (num::f(base), num::f(exp));
     if bf == 0.0 && ef < 0.0 {
-        return Err(err(28764, "$pow cannot take a base of 0 and a negative exponent"));
+        return Err(err(
+            28764,
+            "$pow cannot take a base of 0 and a negative exponent",
+        ));
     }
     let k = num::kind(base).max(num::kind(exp));
     if let (Some(b), Some(e)) = (num::int(base), num::int(exp)) {
         if e >= 0 {
             if let Some(r) = u32::try_from(e).ok().and_then(|e| b.checked_pow(e)) {
-                return Ok(if k == Some(num::Kind::Int) { num::narrow(r) } else { Bson::Int64(r) });
+                return Ok(if k == Some(num::Kind::Int) {
+                    num::narrow(r)
+                } else {
+                    Bson::Int64(r)
+                });
             }
         } else if b == 1 {
             return Ok(num::narrow(1));
@@ -507,7 +613,11 @@ fn pow(base: &Bson, exp: &Bson) -> Result<Bson> {
         }
         return Ok(Bson::Double(bf.powf(ef)));
     }
-    Ok(if k == Some(num::Kind::Dec) { num::dec_from_f64(bf.powf(ef)) } else { Bson::Double(bf.powf(ef)) })
+    Ok(if k == Some(num::Kind::Dec) {
+        num::dec_from_f64(bf.powf(ef))
+    } else {
+        Bson::Double(bf.powf(ef))
+    })
 }
 
 fn trim_chars(op: &str, args: &Args, cx: &Ctx<'_>) -> Result<Option<Bson>> {
@@ -515,15 +625,37 @@ fn trim_chars(op: &str, args: &Args, cx: &Ctx<'_>) -> Result<Option<Bson>> {
     let s = match &input {
         Some(Bson::String(s)) => s.clone(),
         i if nullish(i) => return Ok(Some(Bson::Null)),
-        other => return Err(err(50699, format!("{op} requires its input to be a string, got {} (of type {}) instead.", other.clone().unwrap_or(Bson::Null), tn(other)))),
+        other => {
+            return Err(err(
+                50699,
+                format!(
+                    "{op} requires its input to be a string, got {} (of type {}) instead.",
+                    other.clone().unwrap_or(Bson::Null),
+                    tn(other)
+                ),
+            ));
+        }
     };
     let chars: Vec<char> = match eval_named(args, "chars", cx)? {
         None if arg(args, "chars").is_none() => {
-            vec!['\0', ' ', '\t', '\n', '\u{0B}', '\u{0C}', '\r', '\u{00A0}', '\u{1680}', '\u{2000}', '\u{2001}', '\u{2002}', '\u{2003}', '\u{2004}', '\u{2005}', '\u{2006}', '\u{2007}', '\u{2008}', '\u{2009}', '\u{200A}', '\u{2028}', '\u{2029}', '\u{202F}', '\u{205F}', '\u{3000}']
+            vec![
+                '\0', ' ', '\t', '\n', '\u{0B}', '\u{0C}', '\r', '\u{00A0}', '\u{1680}',
+                '\u{2000}', '\u{2001}', '\u{2002}', '\u{2003}', '\u{2004}', '\u{2005}', '\u{2006}',
+                '\u{2007}', '\u{2008}', '\u{2009}', '\u{200A}', '\u{2028}', '\u{2029}', '\u{202F}',
+                '\u{205F}', '\u{3000}',
+            ]
         }
         Some(Bson::String(c)) => c.chars().collect(),
         c if nullish(&c) => return Ok(Some(Bson::Null)),
-        other => return Err(err(50700, format!("{op} requires 'chars' to be a string, got {} instead.", tn(&other)))),
+        other => {
+            return Err(err(
+                50700,
+                format!(
+                    "{op} requires 'chars' to be a string, got {} instead.",
+                    tn(&other)
+                ),
+            ));
+        }
     };
     let t = match op {
         "$trim" => s.trim_matches(|c| chars.contains(&c)),
@@ -537,18 +669,43 @@ fn index_of_str(op: &str, vals: &[Option<Bson>]) -> Result<Option<Bson>> {
     let s = match &vals[0] {
         Some(Bson::String(s)) => s,
         v if nullish(v) => return Ok(Some(Bson::Null)),
-        other => return Err(err(40091, format!("{op} requires a string as the first argument, found: {}", tn(other)))),
+        other => {
+            return Err(err(
+                40091,
+                format!(
+                    "{op} requires a string as the first argument, found: {}",
+                    tn(other)
+                ),
+            ));
+        }
     };
     let Some(Bson::String(sub)) = &vals[1] else {
-        return Err(err(40092, format!("{op} requires a string as the second argument, found: {}", tn(&vals[1]))));
+        return Err(err(
+            40092,
+            format!(
+                "{op} requires a string as the second argument, found: {}",
+                tn(&vals[1])
+            ),
+        ));
     };
     let bound = |i: usize, code: i32| -> Result<Option<usize>> {
         match vals.get(i) {
             None => Ok(None),
             Some(v) => {
-                let n = v.as_ref().and_then(as_int).ok_or_else(|| err(code, format!("{op} requires an integral starting index, found a value of type: {}", tn(v))))?;
+                let n = v.as_ref().and_then(as_int).ok_or_else(|| {
+                    err(
+                        code,
+                        format!(
+                            "{op} requires an integral starting index, found a value of type: {}",
+                            tn(v)
+                        ),
+                    )
+                })?;
                 if n < 0 {
-                    return Err(err(code + 3, format!("{op} requires a nonnegative start index, found: {n}")));
+                    return Err(err(
+                        code + 3,
+                        format!("{op} requires a nonnegative start index, found: {n}"),
+                    ));
                 }
                 Ok(Some(n as usize))
             }
@@ -556,16 +713,25 @@ fn index_of_str(op: &str, vals: &[Option<Bson>]) -> Result<Option<Bson>> {
     };
     let start = bound(2, 40093)?.unwrap_or(0);
     let cp = op == "$indexOfCP";
-    let units: Vec<usize> = if cp { s.char_indices().map(|(i, _)| i).chain([s.len()]).collect() } else { Vec::new() };
+    let units: Vec<usize> = if cp {
+        s.char_indices().map(|(i, _)| i).chain([s.len()]).collect()
+    } else {
+        Vec::new()
+    };
     let len = if cp { units.len() - 1 } else { s.len() };
     let end = bound(3, 40094)?.unwrap_or(len).min(len);
     if start > len || start > end {
         return Ok(Some(Bson::Int32(-1)));
     }
-    let (bs, be) = if cp { (units[start], units[end]) } else { (start, end) };
+    let (bs, be) = if cp {
+        (units[start], units[end])
+    } else {
+        (start, end)
+    };
     let hay = s.as_bytes().get(bs..be).unwrap_or(&[]);
     let needle = sub.as_bytes();
-    let pos = (0..=hay.len()).find(|&i| hay[i..].starts_with(needle) && (!cp || s.is_char_boundary(bs + i)));
+    let pos = (0..=hay.len())
+        .find(|&i| hay[i..].starts_with(needle) && (!cp || s.is_char_boundary(bs + i)));
     Ok(Some(match pos {
         None => Bson::Int32(-1),
         Some(i) if cp => num::narrow(s[..bs + i].chars().count() as i64),
@@ -575,20 +741,50 @@ fn index_of_str(op: &str, vals: &[Option<Bson>]) -> Result<Option<Bson>> {
 
 fn substr(op: &str, vals: &[Option<Bson>]) -> Result<Option<Bson>> {
     let s = coerce_str(op, &vals[0])?;
-    let start = vals[1].as_ref().filter(|v| num::kind(v).is_some()).ok_or_else(|| {
-        err(16034, format!("{op}: starting index must be a numeric type (is BSON type {})", tn(&vals[1])))
-    })?;
-    let len = vals[2].as_ref().filter(|v| num::kind(v).is_some()).ok_or_else(|| {
-        err(16035, format!("{op}: length must be a numeric type (is BSON type {})", tn(&vals[2])))
-    })?;
+    let start = vals[1]
+        .as_ref()
+        .filter(|v| num::kind(v).is_some())
+        .ok_or_else(|| {
+            err(
+                16034,
+                format!(
+                    "{op}: starting index must be a numeric type (is BSON type {})",
+                    tn(&vals[1])
+                ),
+            )
+        })?;
+    let len = vals[2]
+        .as_ref()
+        .filter(|v| num::kind(v).is_some())
+        .ok_or_else(|| {
+            err(
+                16035,
+                format!(
+                    "{op}: length must be a numeric type (is BSON type {})",
+                    tn(&vals[2])
+                ),
+            )
+        })?;
     if op == "$substrCP" {
-        let start = as_int(start).ok_or_else(|| err(34452, "$substrCP: the starting index must be nonnegative integer."))?;
-        let len = as_int(len).ok_or_else(|| err(34450, "$substrCP: length must be a nonnegative integer."))?;
+        let start = as_int(start).ok_or_else(|| {
+            err(
+                34452,
+                "$substrCP: the starting index must be nonnegative integer.",
+            )
+        })?;
+        let len = as_int(len)
+            .ok_or_else(|| err(34450, "$substrCP: length must be a nonnegative integer."))?;
         if start < 0 {
-            return Err(err(34455, "$substrCP: the starting index must be nonnegative integer."));
+            return Err(err(
+                34455,
+                "$substrCP: the starting index must be nonnegative integer.",
+            ));
         }
         if len < 0 {
-            return Err(err(34454, "$substrCP: length must be a nonnegative integer."));
+            return Err(err(
+                34454,
+                "$substrCP: length must be a nonnegative integer.",
+            ));
         }
         let out: String = s.chars().skip(start as usize).take(len as usize).collect();
         return Ok(Some(Bson::String(out)));
@@ -603,11 +799,21 @@ fn substr(op: &str, vals: &[Option<Bson>]) -> Result<Option<Bson>> {
         return Ok(Some(Bson::String(String::new())));
     }
     if !s.is_char_boundary(start) {
-        return Err(err(28656, format!("{op}:  Invalid range, starting index is a UTF-8 continuation byte.")));
+        return Err(err(
+            28656,
+            format!("{op}:  Invalid range, starting index is a UTF-8 continuation byte."),
+        ));
     }
-    let end = if len < 0.0 { s.len() } else { start.saturating_add(len as usize).min(s.len()) };
+    let end = if len < 0.0 {
+        s.len()
+    } else {
+        start.saturating_add(len as usize).min(s.len())
+    };
     if !s.is_char_boundary(end) {
-        return Err(err(28657, format!("{op}:  Invalid range, ending index is in the middle of a UTF-8 character.")));
+        return Err(err(
+            28657,
+            format!("{op}:  Invalid range, ending index is in the middle of a UTF-8 character."),
+        ));
     }
     Ok(Some(Bson::String(s[start..end].to_string())))
 }
@@ -622,20 +828,36 @@ fn slice_array(a: Vec<Bson>, pos: Option<i64>, n: i64) -> Vec<Bson> {
             (s, n)
         }
     };
-    a.into_iter().skip(start as usize).take(count.max(0) as usize).collect()
+    a.into_iter()
+        .skip(start as usize)
+        .take(count.max(0) as usize)
+        .collect()
 }
 
 fn first_n(op: &str, args: &Args, cx: &Ctx<'_>) -> Result<Option<Bson>> {
     let n = eval_named(args, "n", cx)?;
     let n = match n.as_ref().and_then(as_int) {
         Some(n) if n > 0 => n as usize,
-        _ => return Err(err(5787908, format!("Value for 'n' must be a positive integer, found: {}", n.unwrap_or(Bson::Null)))),
+        _ => {
+            return Err(err(
+                5787908,
+                format!(
+                    "Value for 'n' must be a positive integer, found: {}",
+                    n.unwrap_or(Bson::Null)
+                ),
+            ));
+        }
     };
     let input = eval_named(args, "input", cx)?;
     let a = match input {
         Some(Bson::Array(a)) => a,
         i if nullish(&i) && matches!(op, "$maxN" | "$minN") => return Ok(Some(Bson::Null)),
-        other => return Err(err(5788200, format!("Input for '{op}' must be an array, found: {}", tn(&other)))),
+        other => {
+            return Err(err(
+                5788200,
+                format!("Input for '{op}' must be an array, found: {}", tn(&other)),
+            ));
+        }
     };
     Ok(Some(Bson::Array(match op {
         "$firstN" => a.into_iter().take(n).collect(),
@@ -644,8 +866,17 @@ fn first_n(op: &str, args: &Args, cx: &Ctx<'_>) -> Result<Option<Bson>> {
             a.into_iter().skip(skip).collect()
         }
         _ => {
-            let mut v: Vec<Bson> = a.into_iter().filter(|x| !matches!(x, Bson::Null | Bson::Undefined)).collect();
-            v.sort_by(|x, y| if op == "$maxN" { cmp_values(y, x) } else { cmp_values(x, y) });
+            let mut v: Vec<Bson> = a
+                .into_iter()
+                .filter(|x| !matches!(x, Bson::Null | Bson::Undefined))
+                .collect();
+            v.sort_by(|x, y| {
+                if op == "$maxN" {
+                    cmp_values(y, x)
+                } else {
+                    cmp_values(x, y)
+                }
+            });
             v.truncate(n);
             v
         }
@@ -657,7 +888,15 @@ fn sort_array(args: &Args, cx: &Ctx<'_>) -> Result<Option<Bson>> {
     let mut a = match input {
         Some(Bson::Array(a)) => a,
         i if nullish(&i) => return Ok(Some(Bson::Null)),
-        other => return Err(err(2942504, format!("The input argument to $sortArray must be an array, but was of type: {}", tn(&other)))),
+        other => {
+            return Err(err(
+                2942504,
+                format!(
+                    "The input argument to $sortArray must be an array, but was of type: {}",
+                    tn(&other)
+                ),
+            ));
+        }
     };
     let by = eval_named(args, "sortBy", cx)?;
     match &by {
@@ -674,9 +913,20 @@ fn sort_array(args: &Args, cx: &Ctx<'_>) -> Result<Option<Bson>> {
         }
         Some(v) if matches!(as_int(v), Some(1) | Some(-1)) => {
             let desc = as_int(v) == Some(-1);
-            a.sort_by(|x, y| if desc { cmp_values(y, x) } else { cmp_values(x, y) });
+            a.sort_by(|x, y| {
+                if desc {
+                    cmp_values(y, x)
+                } else {
+                    cmp_values(x, y)
+                }
+            });
         }
-        _ => return Err(err(2942505, "$sortArray requires sortBy to be either 1, -1, or an object")),
+        _ => {
+            return Err(err(
+                2942505,
+                "$sortArray requires sortBy to be either 1, -1, or an object",
+            ));
+        }
     }
     Ok(Some(Bson::Array(a)))
 }
@@ -685,7 +935,15 @@ fn array_to_object(v: Option<Bson>) -> Result<Option<Bson>> {
     let a = match v {
         Some(Bson::Array(a)) => a,
         v if nullish(&v) => return Ok(Some(Bson::Null)),
-        other => return Err(err(40386, format!("$arrayToObject requires an array input, found: {}", tn(&other)))),
+        other => {
+            return Err(err(
+                40386,
+                format!(
+                    "$arrayToObject requires an array input, found: {}",
+                    tn(&other)
+                ),
+            ));
+        }
     };
     let mut d = Document::new();
     let mut pair_form = None;
@@ -693,40 +951,79 @@ fn array_to_object(v: Option<Bson>) -> Result<Option<Bson>> {
         let (k, v) = match e {
             Bson::Array(p) => {
                 if pair_form == Some(false) {
-                    return Err(err(40391, "$arrayToObject requires a consistent input format. Elements must all be arrays or all be objects."));
+                    return Err(err(
+                        40391,
+                        "$arrayToObject requires a consistent input format. Elements must all be arrays or all be objects.",
+                    ));
                 }
                 pair_form = Some(true);
                 if p.len() != 2 {
-                    return Err(err(40397, format!("$arrayToObject requires an array of size 2 arrays,found array of size: {}", p.len())));
+                    return Err(err(
+                        40397,
+                        format!(
+                            "$arrayToObject requires an array of size 2 arrays,found array of size: {}",
+                            p.len()
+                        ),
+                    ));
                 }
                 let mut it = p.into_iter();
-                let (k, v) = (it.next().unwrap_or(Bson::Null), it.next().unwrap_or(Bson::Null));
+                let (k, v) = (
+                    it.next().unwrap_or(Bson::Null),
+                    it.next().unwrap_or(Bson::Null),
+                );
                 let Bson::String(k) = k else {
-                    return Err(err(40395, format!("$arrayToObject requires an array of key-value pairs, where the key must be of type string. Found key type: {}", type_name(Some(&k)))));
+                    return Err(err(
+                        40395,
+                        format!(
+                            "$arrayToObject requires an array of key-value pairs, where the key must be of type string. Found key type: {}",
+                            type_name(Some(&k))
+                        ),
+                    ));
                 };
                 (k, v)
             }
             Bson::Document(mut kv) => {
                 if pair_form == Some(true) {
-                    return Err(err(40391, "$arrayToObject requires a consistent input format. Elements must all be arrays or all be objects."));
+                    return Err(err(
+                        40391,
+                        "$arrayToObject requires a consistent input format. Elements must all be arrays or all be objects.",
+                    ));
                 }
                 pair_form = Some(false);
                 if kv.len() != 2 || !kv.contains_key("k") || !kv.contains_key("v") {
-                    return Err(err(40392, "$arrayToObject requires an object keys of 'k' and 'v'. Found incorrect number of keys"));
+                    return Err(err(
+                        40392,
+                        "$arrayToObject requires an object keys of 'k' and 'v'. Found incorrect number of keys",
+                    ));
                 }
                 let k = kv.remove("k").unwrap_or(Bson::Null);
                 let v = kv.remove("v").unwrap_or(Bson::Null);
                 let Bson::String(k) = k else {
-                    return Err(err(40394, format!("$arrayToObject requires an object with keys 'k' and 'v', where the value of 'k' must be of type string. Found type: {}", type_name(Some(&k)))));
+                    return Err(err(
+                        40394,
+                        format!(
+                            "$arrayToObject requires an object with keys 'k' and 'v', where the value of 'k' must be of type string. Found type: {}",
+                            type_name(Some(&k))
+                        ),
+                    ));
                 };
                 (k, v)
             }
             other => {
-                return Err(err(40398, format!("Unrecognised input type format for $arrayToObject: {}", type_name(Some(&other)))));
+                return Err(err(
+                    40398,
+                    format!(
+                        "Unrecognised input type format for $arrayToObject: {}",
+                        type_name(Some(&other))
+                    ),
+                ));
             }
         };
         if k.contains('\0') {
-            return Err(err(4940401, "Key field cannot contain an embedded null byte"));
+            return Err(err(
+                4940401,
+                "Key field cannot contain an embedded null byte",
+            ));
         }
         d.insert(k, v);
     }
@@ -736,45 +1033,87 @@ fn array_to_object(v: Option<Bson>) -> Result<Option<Bson>> {
 fn field_name_arg(op: &str, args: &Args, cx: &Ctx<'_>) -> Result<String> {
     match eval_named(args, "field", cx)? {
         Some(Bson::String(s)) => Ok(s),
-        other => Err(err(3041704, format!("{op} requires 'field' to evaluate to type String, but got {}", tn(&other)))),
+        other => Err(err(
+            3041704,
+            format!(
+                "{op} requires 'field' to evaluate to type String, but got {}",
+                tn(&other)
+            ),
+        )),
     }
 }
 
 fn zip(args: &Args, cx: &Ctx<'_>) -> Result<Option<Bson>> {
     let inputs = match eval_named(args, "inputs", cx)? {
         Some(Bson::Array(a)) => a,
-        other => return Err(err(34461, format!("inputs must be an array of expressions, found {}", tn(&other)))),
+        other => {
+            return Err(err(
+                34461,
+                format!(
+                    "inputs must be an array of expressions, found {}",
+                    tn(&other)
+                ),
+            ));
+        }
     };
     let mut arrays = Vec::new();
     for i in inputs {
         match i {
             Bson::Array(a) => arrays.push(a),
             Bson::Null | Bson::Undefined => return Ok(Some(Bson::Null)),
-            other => return Err(err(34468, format!("$zip found a non-array expression in input: {other}"))),
+            other => {
+                return Err(err(
+                    34468,
+                    format!("$zip found a non-array expression in input: {other}"),
+                ));
+            }
         }
     }
-    let longest = eval_named(args, "useLongestLength", cx)?.as_ref().is_some_and(truthy);
+    let longest = eval_named(args, "useLongestLength", cx)?
+        .as_ref()
+        .is_some_and(truthy);
     let defaults = match eval_named(args, "defaults", cx)? {
         None => Vec::new(),
         Some(Bson::Array(d)) => {
             if !longest {
-                return Err(err(34466, "cannot specify defaults unless useLongestLength is true"));
+                return Err(err(
+                    34466,
+                    "cannot specify defaults unless useLongestLength is true",
+                ));
             }
             if d.len() != arrays.len() {
                 return Err(err(34467, "defaults and inputs must have the same length"));
             }
             d
         }
-        Some(other) => return Err(err(34462, format!("defaults must be an array of expressions, found {}", type_name(Some(&other))))),
+        Some(other) => {
+            return Err(err(
+                34462,
+                format!(
+                    "defaults must be an array of expressions, found {}",
+                    type_name(Some(&other))
+                ),
+            ));
+        }
     };
-    let n = if longest { arrays.iter().map(Vec::len).max() } else { arrays.iter().map(Vec::len).min() }.unwrap_or(0);
+    let n = if longest {
+        arrays.iter().map(Vec::len).max()
+    } else {
+        arrays.iter().map(Vec::len).min()
+    }
+    .unwrap_or(0);
     let out = (0..n)
         .map(|i| {
             Bson::Array(
                 arrays
                     .iter()
                     .enumerate()
-                    .map(|(j, a)| a.get(i).cloned().or_else(|| defaults.get(j).cloned()).unwrap_or(Bson::Null))
+                    .map(|(j, a)| {
+                        a.get(i)
+                            .cloned()
+                            .or_else(|| defaults.get(j).cloned())
+                            .unwrap_or(Bson::Null)
+                    })
                     .collect(),
             )
         })
@@ -788,7 +1127,11 @@ pub(crate) fn eval_op(name: &str, args: &Args, cx: &Ctx<'_>) -> Result<Option<Bs
     match name {
         "$cond" => {
             let c = list[0].eval(cx)?;
-            if c.as_ref().is_some_and(truthy) { list[1].eval(cx) } else { list[2].eval(cx) }
+            if c.as_ref().is_some_and(truthy) {
+                list[1].eval(cx)
+            } else {
+                list[2].eval(cx)
+            }
         }
         "$and" => {
             for n in list {
@@ -830,7 +1173,10 @@ pub(crate) fn eval_op(name: &str, args: &Args, cx: &Ctx<'_>) -> Result<Option<Bs
             }
             match arg(args, "default") {
                 Some(d) => d.eval(cx),
-                None => Err(err(40066, "$switch could not find a matching branch for an input, and no default was specified.")),
+                None => Err(err(
+                    40066,
+                    "$switch could not find a matching branch for an input, and no default was specified.",
+                )),
             }
         }
         "$let" => {
@@ -846,7 +1192,10 @@ pub(crate) fn eval_op(name: &str, args: &Args, cx: &Ctx<'_>) -> Result<Option<Bs
                     }
                 }
             }
-            let inner = Ctx { root: cx.root, vars: &vars };
+            let inner = Ctx {
+                root: cx.root,
+                vars: &vars,
+            };
             eval_named(args, "in", &inner)
         }
         "$map" | "$filter" => {
@@ -856,7 +1205,10 @@ pub(crate) fn eval_op(name: &str, args: &Args, cx: &Ctx<'_>) -> Result<Option<Bs
                 i if nullish(&i) => return Ok(Some(Bson::Null)),
                 other => {
                     let code = if name == "$map" { 16883 } else { 28651 };
-                    return Err(err(code, format!("input to {name} must be an array not {}", tn(&other))));
+                    return Err(err(
+                        code,
+                        format!("input to {name} must be an array not {}", tn(&other)),
+                    ));
                 }
             };
             let var = match arg(args, "as") {
@@ -868,19 +1220,33 @@ pub(crate) fn eval_op(name: &str, args: &Args, cx: &Ctx<'_>) -> Result<Option<Bs
                     None | Some(Bson::Null) => None,
                     Some(l) => match as_int(&l) {
                         Some(n) if n > 0 => Some(n as usize),
-                        _ => return Err(err(327391, format!("$filter: limit must be greater than 0: {l}"))),
+                        _ => {
+                            return Err(err(
+                                327391,
+                                format!("$filter: limit must be greater than 0: {l}"),
+                            ));
+                        }
                     },
                 }
             } else {
                 None
             };
-            let body = if name == "$map" { arg(args, "in") } else { arg(args, "cond") };
-            let Some(body) = body else { return Err(invalid_op(name)) };
+            let body = if name == "$map" {
+                arg(args, "in")
+            } else {
+                arg(args, "cond")
+            };
+            let Some(body) = body else {
+                return Err(invalid_op(name));
+            };
             let mut vars = cx.vars.clone();
             let mut out = Vec::new();
             for e in a {
                 vars.set(&var, e.clone());
-                let inner = Ctx { root: cx.root, vars: &vars };
+                let inner = Ctx {
+                    root: cx.root,
+                    vars: &vars,
+                };
                 let r = body.eval(&inner)?;
                 if name == "$map" {
                     out.push(r.unwrap_or(Bson::Null));
@@ -898,15 +1264,28 @@ pub(crate) fn eval_op(name: &str, args: &Args, cx: &Ctx<'_>) -> Result<Option<Bs
             let a = match input {
                 Some(Bson::Array(a)) => a,
                 i if nullish(&i) => return Ok(Some(Bson::Null)),
-                other => return Err(err(40080, format!("$reduce requires that 'input' be an array, found: {}", tn(&other)))),
+                other => {
+                    return Err(err(
+                        40080,
+                        format!(
+                            "$reduce requires that 'input' be an array, found: {}",
+                            tn(&other)
+                        ),
+                    ));
+                }
             };
             let mut acc = eval_named(args, "initialValue", cx)?;
-            let Some(body) = arg(args, "in") else { return Err(invalid_op(name)) };
+            let Some(body) = arg(args, "in") else {
+                return Err(invalid_op(name));
+            };
             let mut vars = cx.vars.clone();
             for e in a {
                 vars.set("this", e);
                 vars.set("value", acc.clone().unwrap_or(Bson::Null));
-                acc = body.eval(&Ctx { root: cx.root, vars: &vars })?;
+                acc = body.eval(&Ctx {
+                    root: cx.root,
+                    vars: &vars,
+                })?;
             }
             Ok(acc)
         }
@@ -929,7 +1308,9 @@ pub(crate) fn eval_op(name: &str, args: &Args, cx: &Ctx<'_>) -> Result<Option<Bs
             let mut out = Vec::new();
             let mut pos = 0;
             while pos <= input.len() {
-                let Ok(Some(c)) = rx.regex().captures_from_pos(&input, pos) else { break };
+                let Ok(Some(c)) = rx.regex().captures_from_pos(&input, pos) else {
+                    break;
+                };
                 let Some(m) = c.get(0) else { break };
                 out.push(regex_result(&input, &c));
                 pos = if m.end() > m.start() {
@@ -946,8 +1327,17 @@ pub(crate) fn eval_op(name: &str, args: &Args, cx: &Ctx<'_>) -> Result<Option<Bs
                 vals.push((k, eval_named(args, k, cx)?));
             }
             for (k, v) in &vals {
-                if !nullish(v) && !matches!(v, Some(Bson::String(_))) && !(*k == "find" && matches!(v, Some(Bson::RegularExpression(_)))) {
-                    return Err(err(51746, format!("{name} requires that '{k}' be a string, found: {}", v.clone().unwrap_or(Bson::Null))));
+                if !nullish(v)
+                    && !matches!(v, Some(Bson::String(_)))
+                    && (*k != "find" || !matches!(v, Some(Bson::RegularExpression(_))))
+                {
+                    return Err(err(
+                        51746,
+                        format!(
+                            "{name} requires that '{k}' be a string, found: {}",
+                            v.clone().unwrap_or(Bson::Null)
+                        ),
+                    ));
                 }
             }
             if vals.iter().any(|(_, v)| nullish(v)) {
@@ -962,11 +1352,21 @@ pub(crate) fn eval_op(name: &str, args: &Args, cx: &Ctx<'_>) -> Result<Option<Bs
                 Some(Bson::RegularExpression(r)) => {
                     let rx = Rx::new(&r.pattern, &r.options)?;
                     let rep = fancy_regex::NoExpand(&rep);
-                    if name == "$replaceOne" { rx.regex().replacen(&input, 1, rep).into_owned() } else { rx.regex().replace_all(&input, rep).into_owned() }
+                    if name == "$replaceOne" {
+                        rx.regex().replacen(&input, 1, rep).into_owned()
+                    } else {
+                        rx.regex().replace_all(&input, rep).into_owned()
+                    }
                 }
                 _ => {
                     let find = s(1);
-                    if name == "$replaceOne" { input.replacen(&find, &rep, 1) } else if find.is_empty() { input.clone() } else { input.replace(&find, &rep) }
+                    if name == "$replaceOne" {
+                        input.replacen(&find, &rep, 1)
+                    } else if find.is_empty() {
+                        input.clone()
+                    } else {
+                        input.replace(&find, &rep)
+                    }
                 }
             };
             Ok(Some(Bson::String(out)))
@@ -988,9 +1388,21 @@ pub(crate) fn eval_op(name: &str, args: &Args, cx: &Ctx<'_>) -> Result<Option<Bs
             let mut d = match eval_named(args, "input", cx)? {
                 Some(Bson::Document(d)) => d,
                 i if nullish(&i) => return Ok(Some(Bson::Null)),
-                other => return Err(err(4161105, format!("{name} requires 'input' to evaluate to type Object, but got {}", tn(&other)))),
+                other => {
+                    return Err(err(
+                        4161105,
+                        format!(
+                            "{name} requires 'input' to evaluate to type Object, but got {}",
+                            tn(&other)
+                        ),
+                    ));
+                }
             };
-            let value = if name == "$setField" { eval_named(args, "value", cx)? } else { None };
+            let value = if name == "$setField" {
+                eval_named(args, "value", cx)?
+            } else {
+                None
+            };
             match value {
                 Some(v) => {
                     d.insert(field, v);
@@ -1029,7 +1441,13 @@ fn eval_values(name: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> 
                     }
                     Some(n) if num::kind(n).is_some() => total = num::add(&total, n),
                     other => {
-                        return Err(err(16554, format!("$add only supports numeric or date types, not {}", tn(other))));
+                        return Err(err(
+                            16554,
+                            format!(
+                                "$add only supports numeric or date types, not {}",
+                                tn(other)
+                            ),
+                        ));
                     }
                 }
             }
@@ -1045,7 +1463,9 @@ fn eval_values(name: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> 
                             f.round() as i64
                         }
                     };
-                    some(Bson::DateTime(bson::DateTime::from_millis(ms.wrapping_add(add))))
+                    some(Bson::DateTime(bson::DateTime::from_millis(
+                        ms.wrapping_add(add),
+                    )))
                 }
                 None => some(total),
             }
@@ -1056,7 +1476,12 @@ fn eval_values(name: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> 
                 match v {
                     v if nullish(v) => return some(Bson::Null),
                     Some(n) if num::kind(n).is_some() => total = num::mul(&total, n),
-                    other => return Err(err(16555, format!("$multiply only supports numeric types, not {}", tn(other)))),
+                    other => {
+                        return Err(err(
+                            16555,
+                            format!("$multiply only supports numeric types, not {}", tn(other)),
+                        ));
+                    }
                 }
             }
             some(total)
@@ -1065,32 +1490,58 @@ fn eval_values(name: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> 
             if any_nullish {
                 return some(Bson::Null);
             }
-            let (a, b) = (vals[0].take().unwrap_or(Bson::Null), vals[1].take().unwrap_or(Bson::Null));
+            let (a, b) = (
+                vals[0].take().unwrap_or(Bson::Null),
+                vals[1].take().unwrap_or(Bson::Null),
+            );
             match (&a, &b) {
-                (Bson::DateTime(x), Bson::DateTime(y)) => {
-                    some(Bson::Int64(x.timestamp_millis().wrapping_sub(y.timestamp_millis())))
-                }
+                (Bson::DateTime(x), Bson::DateTime(y)) => some(Bson::Int64(
+                    x.timestamp_millis().wrapping_sub(y.timestamp_millis()),
+                )),
                 (Bson::DateTime(x), n) if num::kind(n).is_some() => {
                     let d = num::int(n).unwrap_or_else(|| num::f(n).round() as i64);
-                    some(Bson::DateTime(bson::DateTime::from_millis(x.timestamp_millis().wrapping_sub(d))))
+                    some(Bson::DateTime(bson::DateTime::from_millis(
+                        x.timestamp_millis().wrapping_sub(d),
+                    )))
                 }
                 (x, y) if num::kind(x).is_some() && num::kind(y).is_some() => some(num::sub(x, y)),
-                _ => Err(err(16556, format!("can't $subtract {} from {}", type_name(Some(&b)), type_name(Some(&a))))),
+                _ => Err(err(
+                    16556,
+                    format!(
+                        "can't $subtract {} from {}",
+                        type_name(Some(&b)),
+                        type_name(Some(&a))
+                    ),
+                )),
             }
         }
         "$divide" | "$mod" => {
             if any_nullish {
                 return some(Bson::Null);
             }
-            let (a, b) = (vals[0].take().unwrap_or(Bson::Null), vals[1].take().unwrap_or(Bson::Null));
+            let (a, b) = (
+                vals[0].take().unwrap_or(Bson::Null),
+                vals[1].take().unwrap_or(Bson::Null),
+            );
             if num::kind(&a).is_none() || num::kind(&b).is_none() {
                 let code = if name == "$divide" { 16609 } else { 16611 };
-                return Err(err(code, format!("{name} only supports numeric types, not {} and {}", type_name(Some(&a)), type_name(Some(&b)))));
+                return Err(err(
+                    code,
+                    format!(
+                        "{name} only supports numeric types, not {} and {}",
+                        type_name(Some(&a)),
+                        type_name(Some(&b))
+                    ),
+                ));
             }
             if name == "$divide" {
-                num::div(&a, &b).map(Some).ok_or_else(|| MongoError::bad_value("can't $divide by zero"))
+                num::div(&a, &b)
+                    .map(Some)
+                    .ok_or_else(|| MongoError::bad_value("can't $divide by zero"))
             } else {
-                num::modulo(&a, &b).map(Some).ok_or_else(|| err(16610, "can't $mod by zero"))
+                num::modulo(&a, &b)
+                    .map(Some)
+                    .ok_or_else(|| err(16610, "can't $mod by zero"))
             }
         }
         "$abs" | "$ceil" | "$floor" | "$sqrt" | "$exp" | "$ln" | "$log10" => {
@@ -1100,35 +1551,58 @@ fn eval_values(name: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> 
             }
             let v = v.unwrap_or(Bson::Null);
             if num::kind(&v).is_none() {
-                return Err(err(28765, format!("{name} only supports numeric types, not {}", type_name(Some(&v)))));
+                return Err(err(
+                    28765,
+                    format!(
+                        "{name} only supports numeric types, not {}",
+                        type_name(Some(&v))
+                    ),
+                ));
             }
             let x = num::f(&v);
             match name {
                 "$abs" => some(match v {
-                    Bson::Int32(i) => i.checked_abs().map_or(Bson::Int64(-i64::from(i)), Bson::Int32),
-                    Bson::Int64(i) => Bson::Int64(i.checked_abs().ok_or_else(|| err(28680, "can't take $abs of long long min"))?),
+                    Bson::Int32(i) => i
+                        .checked_abs()
+                        .map_or(Bson::Int64(-i64::from(i)), Bson::Int32),
+                    Bson::Int64(i) => Bson::Int64(
+                        i.checked_abs()
+                            .ok_or_else(|| err(28680, "can't take $abs of long long min"))?,
+                    ),
                     other => num::same_kind_float(&other, x.abs()),
                 }),
                 "$ceil" | "$floor" => some(match v {
                     Bson::Int32(_) | Bson::Int64(_) => v,
-                    other => num::same_kind_float(&other, if name == "$ceil" { x.ceil() } else { x.floor() }),
+                    other => num::same_kind_float(
+                        &other,
+                        if name == "$ceil" { x.ceil() } else { x.floor() },
+                    ),
                 }),
                 "$sqrt" => {
                     if x < 0.0 {
-                        return Err(err(28714, "$sqrt's argument must be greater than or equal to 0"));
+                        return Err(err(
+                            28714,
+                            "$sqrt's argument must be greater than or equal to 0",
+                        ));
                     }
                     some(num::same_kind_float(&v, x.sqrt()))
                 }
                 "$exp" => some(num::same_kind_float(&v, x.exp())),
                 "$ln" => {
                     if x <= 0.0 {
-                        return Err(err(28766, format!("$ln's argument must be a positive number, but is {v}")));
+                        return Err(err(
+                            28766,
+                            format!("$ln's argument must be a positive number, but is {v}"),
+                        ));
                     }
                     some(num::same_kind_float(&v, x.ln()))
                 }
                 _ => {
                     if x <= 0.0 {
-                        return Err(err(28761, format!("$log10's argument must be a positive number, but is {v}")));
+                        return Err(err(
+                            28761,
+                            format!("$log10's argument must be a positive number, but is {v}"),
+                        ));
                     }
                     some(num::same_kind_float(&v, x.log10()))
                 }
@@ -1138,25 +1612,54 @@ fn eval_values(name: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> 
             if any_nullish {
                 return some(Bson::Null);
             }
-            let (a, b) = (vals[0].take().unwrap_or(Bson::Null), vals[1].take().unwrap_or(Bson::Null));
+            let (a, b) = (
+                vals[0].take().unwrap_or(Bson::Null),
+                vals[1].take().unwrap_or(Bson::Null),
+            );
             if num::kind(&a).is_none() {
-                return Err(err(if name == "$log" { 28756 } else { 28762 }, format!("{name}'s {} must be numeric, not {}", if name == "$log" { "argument" } else { "base" }, type_name(Some(&a)))));
+                return Err(err(
+                    if name == "$log" { 28756 } else { 28762 },
+                    format!(
+                        "{name}'s {} must be numeric, not {}",
+                        if name == "$log" { "argument" } else { "base" },
+                        type_name(Some(&a))
+                    ),
+                ));
             }
             if num::kind(&b).is_none() {
-                return Err(err(if name == "$log" { 28757 } else { 28763 }, format!("{name}'s {} must be numeric, not {}", if name == "$log" { "base" } else { "exponent" }, type_name(Some(&b)))));
+                return Err(err(
+                    if name == "$log" { 28757 } else { 28763 },
+                    format!(
+                        "{name}'s {} must be numeric, not {}",
+                        if name == "$log" { "base" } else { "exponent" },
+                        type_name(Some(&b))
+                    ),
+                ));
             }
             if name == "$pow" {
                 return pow(&a, &b).map(Some);
             }
             let (x, base) = (num::f(&a), num::f(&b));
             if x <= 0.0 {
-                return Err(err(28758, format!("$log's argument must be a positive number, but is {a}")));
+                return Err(err(
+                    28758,
+                    format!("$log's argument must be a positive number, but is {a}"),
+                ));
             }
             if base <= 0.0 || base == 1.0 {
-                return Err(err(28759, format!("$log's base must be a positive number not equal to 1, but is {b}")));
+                return Err(err(
+                    28759,
+                    format!("$log's base must be a positive number not equal to 1, but is {b}"),
+                ));
             }
             let r = x.ln() / base.ln();
-            some(if num::kind(&a).max(num::kind(&b)) == Some(num::Kind::Dec) { num::dec_from_f64(r) } else { Bson::Double(r) })
+            some(
+                if num::kind(&a).max(num::kind(&b)) == Some(num::Kind::Dec) {
+                    num::dec_from_f64(r)
+                } else {
+                    Bson::Double(r)
+                },
+            )
         }
         "$round" | "$trunc" => {
             if any_nullish {
@@ -1167,7 +1670,15 @@ fn eval_values(name: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> 
                 None => 0,
                 Some(p) => match p.as_ref().and_then(as_int) {
                     Some(p) if (-20..=100).contains(&p) => p,
-                    _ => return Err(err(51083, format!("cannot apply {name} with precision value {} value must be in [-20, 100]", p.clone().unwrap_or(Bson::Null)))),
+                    _ => {
+                        return Err(err(
+                            51083,
+                            format!(
+                                "cannot apply {name} with precision value {} value must be in [-20, 100]",
+                                p.clone().unwrap_or(Bson::Null)
+                            ),
+                        ));
+                    }
                 },
             };
             let trunc = name == "$trunc";
@@ -1179,7 +1690,15 @@ fn eval_values(name: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> 
                 Bson::Int64(i) => Bson::Int64(round_int(*i, places, trunc).unwrap_or(0)),
                 Bson::Double(d) => Bson::Double(round_places(*d, places, trunc)),
                 Bson::Decimal128(_) => num::dec_from_f64(round_places(num::f(&v), places, trunc)),
-                other => return Err(err(51081, format!("{name} only supports numeric types, not {}", type_name(Some(other))))),
+                other => {
+                    return Err(err(
+                        51081,
+                        format!(
+                            "{name} only supports numeric types, not {}",
+                            type_name(Some(other))
+                        ),
+                    ));
+                }
             })
         }
         "$eq" | "$ne" | "$gt" | "$gte" | "$lt" | "$lte" | "$cmp" => {
@@ -1201,7 +1720,12 @@ fn eval_values(name: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> 
                 match v {
                     Some(Bson::String(s)) => out.push_str(s),
                     v if nullish(v) => return some(Bson::Null),
-                    other => return Err(err(16702, format!("$concat only supports strings, not {}", tn(other)))),
+                    other => {
+                        return Err(err(
+                            16702,
+                            format!("$concat only supports strings, not {}", tn(other)),
+                        ));
+                    }
                 }
             }
             some(Bson::String(out))
@@ -1209,10 +1733,18 @@ fn eval_values(name: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> 
         "$substr" | "$substrBytes" | "$substrCP" => substr(name, &vals),
         "$toLower" | "$toUpper" => {
             let s = coerce_str(name, &vals[0])?;
-            some(Bson::String(if name == "$toLower" { s.to_ascii_lowercase() } else { s.to_ascii_uppercase() }))
+            some(Bson::String(if name == "$toLower" {
+                s.to_ascii_lowercase()
+            } else {
+                s.to_ascii_uppercase()
+            }))
         }
         "$strLenBytes" | "$strLenCP" => match &vals[0] {
-            Some(Bson::String(s)) => some(num::narrow(if name == "$strLenCP" { s.chars().count() } else { s.len() } as i64)),
+            Some(Bson::String(s)) => some(num::narrow(if name == "$strLenCP" {
+                s.chars().count()
+            } else {
+                s.len()
+            } as i64)),
             other => Err(err(
                 if name == "$strLenCP" { 34471 } else { 34473 },
                 format!("{name} requires a string argument, found: {}", tn(other)),
@@ -1222,17 +1754,37 @@ fn eval_values(name: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> 
             let s = match &vals[0] {
                 Some(Bson::String(s)) => s.clone(),
                 v if nullish(v) => return some(Bson::Null),
-                other => return Err(err(40085, format!("$split requires an expression that evaluates to a string as a first argument, found: {}", tn(other)))),
+                other => {
+                    return Err(err(
+                        40085,
+                        format!(
+                            "$split requires an expression that evaluates to a string as a first argument, found: {}",
+                            tn(other)
+                        ),
+                    ));
+                }
             };
             let d = match &vals[1] {
                 Some(Bson::String(d)) => d.clone(),
                 v if nullish(v) => return some(Bson::Null),
-                other => return Err(err(40086, format!("$split requires an expression that evaluates to a string as a second argument, found: {}", tn(other)))),
+                other => {
+                    return Err(err(
+                        40086,
+                        format!(
+                            "$split requires an expression that evaluates to a string as a second argument, found: {}",
+                            tn(other)
+                        ),
+                    ));
+                }
             };
             if d.is_empty() {
                 return Err(err(40087, "$split requires a non-empty separator"));
             }
-            some(Bson::Array(s.split(d.as_str()).map(|p| Bson::String(p.to_string())).collect()))
+            some(Bson::Array(
+                s.split(d.as_str())
+                    .map(|p| Bson::String(p.to_string()))
+                    .collect(),
+            ))
         }
         "$indexOfBytes" | "$indexOfCP" => index_of_str(name, &vals),
         "$strcasecmp" => {
@@ -1242,16 +1794,33 @@ fn eval_values(name: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> 
         }
         "$size" => match &vals[0] {
             Some(Bson::Array(a)) => some(num::narrow(a.len() as i64)),
-            other => Err(err(17124, format!("The argument to $size must be an array. Type of argument is: {}", tn(other)))),
+            other => Err(err(
+                17124,
+                format!(
+                    "The argument to $size must be an array. Type of argument is: {}",
+                    tn(other)
+                ),
+            )),
         },
         "$arrayElemAt" => {
             if any_nullish {
                 return some(Bson::Null);
             }
-            let a = array_arg(vals[0].take(), 28689, |t| format!("$arrayElemAt's first argument must be an array, but is {t}"))?;
-            let i = vals[1].as_ref().filter(|v| num::kind(v).is_some()).ok_or_else(|| {
-                err(28690, format!("$arrayElemAt's second argument must be a numeric value, but is {}", tn(&vals[1])))
+            let a = array_arg(vals[0].take(), 28689, |t| {
+                format!("$arrayElemAt's first argument must be an array, but is {t}")
             })?;
+            let i = vals[1]
+                .as_ref()
+                .filter(|v| num::kind(v).is_some())
+                .ok_or_else(|| {
+                    err(
+                        28690,
+                        format!(
+                            "$arrayElemAt's second argument must be a numeric value, but is {}",
+                            tn(&vals[1])
+                        ),
+                    )
+                })?;
             let i = as_int(i).filter(|i| i32::try_from(*i).is_ok()).ok_or_else(|| {
                 err(28691, format!("$arrayElemAt's second argument must be representable as a 32-bit integer: {i}"))
             })?;
@@ -1259,13 +1828,22 @@ fn eval_values(name: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> 
             Ok(usize::try_from(idx).ok().and_then(|i| a.get(i).cloned()))
         }
         "$first" | "$last" => match vals[0].take() {
-            Some(Bson::Array(a)) => Ok(if name == "$first" { a.first().cloned() } else { a.last().cloned() }),
+            Some(Bson::Array(a)) => Ok(if name == "$first" {
+                a.first().cloned()
+            } else {
+                a.last().cloned()
+            }),
             None => Ok(None),
             Some(Bson::Null) | Some(Bson::Undefined) => some(Bson::Null),
-            other => Err(err(28689, format!("{name}'s argument must be an array, but is {}", tn(&other)))),
+            other => Err(err(
+                28689,
+                format!("{name}'s argument must be an array, but is {}", tn(&other)),
+            )),
         },
         "$in" => {
-            let a = array_arg(vals[1].take(), 40081, |t| format!("$in requires an array as a second argument, found: {t}"))?;
+            let a = array_arg(vals[1].take(), 40081, |t| {
+                format!("$in requires an array as a second argument, found: {t}")
+            })?;
             some(Bson::Boolean(match &vals[0] {
                 Some(x) => a.iter().any(|e| values_equal(e, x)),
                 None => false,
@@ -1277,7 +1855,12 @@ fn eval_values(name: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> 
                 match v {
                     Some(Bson::Array(a)) => out.extend(a),
                     v if nullish(&v) => return some(Bson::Null),
-                    other => return Err(err(28664, format!("$concatArrays only supports arrays, not {}", tn(&other)))),
+                    other => {
+                        return Err(err(
+                            28664,
+                            format!("$concatArrays only supports arrays, not {}", tn(&other)),
+                        ));
+                    }
                 }
             }
             some(Bson::Array(out))
@@ -1286,12 +1869,21 @@ fn eval_values(name: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> 
             if any_nullish {
                 return some(Bson::Null);
             }
-            let a = array_arg(vals[0].take(), 28724, |t| format!("First argument to $slice must be an array, but is of type: {t}"))?;
-            let n1 = int_arg(&vals[1], 28725, "Second argument to $slice must be a numeric value")?;
+            let a = array_arg(vals[0].take(), 28724, |t| {
+                format!("First argument to $slice must be an array, but is of type: {t}")
+            })?;
+            let n1 = int_arg(
+                &vals[1],
+                28725,
+                "Second argument to $slice must be a numeric value",
+            )?;
             if vals.len() == 3 {
                 let n2 = int_arg(&vals[2], 28726, "Third argument to $slice must be numeric")?;
                 if n2 <= 0 {
-                    return Err(err(28729, format!("Third argument to $slice must be positive: {n2}")));
+                    return Err(err(
+                        28729,
+                        format!("Third argument to $slice must be positive: {n2}"),
+                    ));
                 }
                 some(Bson::Array(slice_array(a, Some(n1), n2)))
             } else {
@@ -1301,12 +1893,27 @@ fn eval_values(name: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> 
         "$range" => {
             let get = |i: usize, what: &str, c1: i32, c2: i32| -> Result<i64> {
                 let v = &vals[i];
-                let n = v.as_ref().filter(|v| num::kind(v).is_some()).ok_or_else(|| err(c1, format!("$range requires a numeric {what}, found value of type: {}", tn(v))))?;
+                let n = v
+                    .as_ref()
+                    .filter(|v| num::kind(v).is_some())
+                    .ok_or_else(|| {
+                        err(
+                            c1,
+                            format!(
+                                "$range requires a numeric {what}, found value of type: {}",
+                                tn(v)
+                            ),
+                        )
+                    })?;
                 as_int(n).filter(|x| i32::try_from(*x).is_ok()).ok_or_else(|| err(c2, format!("$range requires a {what} that can be represented as a 32-bit integer, found value: {n}")))
             };
             let start = get(0, "starting value", 34443, 34444)?;
             let end = get(1, "ending value", 34445, 34446)?;
-            let step = if vals.len() == 3 { get(2, "step value", 34447, 34448)? } else { 1 };
+            let step = if vals.len() == 3 {
+                get(2, "step value", 34447, 34448)?
+            } else {
+                1
+            };
             if step == 0 {
                 return Err(err(34449, "$range requires a non-zero step value"));
             }
@@ -1324,13 +1931,27 @@ fn eval_values(name: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> 
                 some(Bson::Array(a))
             }
             v if nullish(&v) => some(Bson::Null),
-            other => Err(err(34435, format!("The argument to $reverseArray must be an array, but was of type: {}", tn(&other)))),
+            other => Err(err(
+                34435,
+                format!(
+                    "The argument to $reverseArray must be an array, but was of type: {}",
+                    tn(&other)
+                ),
+            )),
         },
         "$indexOfArray" => {
             let a = match vals[0].take() {
                 Some(Bson::Array(a)) => a,
                 v if nullish(&v) => return some(Bson::Null),
-                other => return Err(err(40090, format!("$indexOfArray requires an array as a first argument, found: {}", tn(&other)))),
+                other => {
+                    return Err(err(
+                        40090,
+                        format!(
+                            "$indexOfArray requires an array as a first argument, found: {}",
+                            tn(&other)
+                        ),
+                    ));
+                }
             };
             let bound = |i: usize, code: i32| -> Result<Option<usize>> {
                 match vals.get(i) {
@@ -1338,7 +1959,10 @@ fn eval_values(name: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> 
                     Some(v) => {
                         let n = v.as_ref().and_then(as_int).ok_or_else(|| err(code, format!("$indexOfArray requires an integral starting index, found a value of type: {}", tn(v))))?;
                         if n < 0 {
-                            return Err(err(code + 2, format!("$indexOfArray requires a nonnegative index, found: {n}")));
+                            return Err(err(
+                                code + 2,
+                                format!("$indexOfArray requires a nonnegative index, found: {n}"),
+                            ));
                         }
                         Ok(Some(n as usize))
                     }
@@ -1346,7 +1970,8 @@ fn eval_values(name: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> 
             };
             let start = bound(2, 40096)?.unwrap_or(0);
             let end = bound(3, 40096)?.unwrap_or(a.len()).min(a.len());
-            let found = (start..end).find(|&i| vals[1].as_ref().is_some_and(|x| values_equal(&a[i], x)));
+            let found =
+                (start..end).find(|&i| vals[1].as_ref().is_some_and(|x| values_equal(&a[i], x)));
             some(found.map_or(Bson::Int32(-1), |i| num::narrow(i as i64)))
         }
         "$isArray" => some(Bson::Boolean(matches!(vals[0], Some(Bson::Array(_))))),
@@ -1358,7 +1983,13 @@ fn eval_values(name: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> 
                     v if nullish(&v) => return some(Bson::Null),
                     other => {
                         let code = if name == "$setUnion" { 17043 } else { 17047 };
-                        return Err(err(code, format!("All operands of {name} must be arrays. One argument is of type: {}", tn(&other))));
+                        return Err(err(
+                            code,
+                            format!(
+                                "All operands of {name} must be arrays. One argument is of type: {}",
+                                tn(&other)
+                            ),
+                        ));
                     }
                 }
             }
@@ -1368,34 +1999,78 @@ fn eval_values(name: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> 
                 let mut it = sets.into_iter();
                 let first = dedup(it.next().unwrap_or_default());
                 let rest: Vec<Vec<Bson>> = it.collect();
-                some(Bson::Array(first.into_iter().filter(|x| rest.iter().all(|s| s.iter().any(|y| values_equal(x, y)))).collect()))
+                some(Bson::Array(
+                    first
+                        .into_iter()
+                        .filter(|x| rest.iter().all(|s| s.iter().any(|y| values_equal(x, y))))
+                        .collect(),
+                ))
             }
         }
         "$setDifference" => {
             if any_nullish {
                 return some(Bson::Null);
             }
-            let a = array_arg(vals[0].take(), 17048, |t| format!("both operands of $setDifference must be arrays. First argument is of type: {t}"))?;
-            let b = array_arg(vals[1].take(), 17049, |t| format!("both operands of $setDifference must be arrays. Second argument is of type: {t}"))?;
-            some(Bson::Array(dedup(a.into_iter().filter(|x| !b.iter().any(|y| values_equal(x, y))))))
+            let a = array_arg(vals[0].take(), 17048, |t| {
+                format!(
+                    "both operands of $setDifference must be arrays. First argument is of type: {t}"
+                )
+            })?;
+            let b = array_arg(vals[1].take(), 17049, |t| {
+                format!(
+                    "both operands of $setDifference must be arrays. Second argument is of type: {t}"
+                )
+            })?;
+            some(Bson::Array(dedup(
+                a.into_iter()
+                    .filter(|x| !b.iter().any(|y| values_equal(x, y))),
+            )))
         }
         "$setEquals" => {
             let mut sets = Vec::new();
             for v in vals {
-                sets.push(array_arg(v, 17044, |t| format!("All operands of $setEquals must be arrays. One argument is of type: {t}"))?);
+                sets.push(array_arg(v, 17044, |t| {
+                    format!(
+                        "All operands of $setEquals must be arrays. One argument is of type: {t}"
+                    )
+                })?);
             }
-            let subset = |a: &[Bson], b: &[Bson]| a.iter().all(|x| b.iter().any(|y| values_equal(x, y)));
-            some(Bson::Boolean(sets.windows(2).all(|w| subset(&w[0], &w[1]) && subset(&w[1], &w[0]))))
+            let subset =
+                |a: &[Bson], b: &[Bson]| a.iter().all(|x| b.iter().any(|y| values_equal(x, y)));
+            some(Bson::Boolean(
+                sets.windows(2)
+                    .all(|w| subset(&w[0], &w[1]) && subset(&w[1], &w[0])),
+            ))
         }
         "$setIsSubset" => {
-            let a = array_arg(vals[0].take(), 17046, |t| format!("both operands of $setIsSubset must be arrays. First argument is of type: {t}"))?;
-            let b = array_arg(vals[1].take(), 17042, |t| format!("both operands of $setIsSubset must be arrays. Second argument is of type: {t}"))?;
-            some(Bson::Boolean(a.iter().all(|x| b.iter().any(|y| values_equal(x, y)))))
+            let a = array_arg(vals[0].take(), 17046, |t| {
+                format!(
+                    "both operands of $setIsSubset must be arrays. First argument is of type: {t}"
+                )
+            })?;
+            let b = array_arg(vals[1].take(), 17042, |t| {
+                format!(
+                    "both operands of $setIsSubset must be arrays. Second argument is of type: {t}"
+                )
+            })?;
+            some(Bson::Boolean(
+                a.iter().all(|x| b.iter().any(|y| values_equal(x, y))),
+            ))
         }
         "$anyElementTrue" | "$allElementsTrue" => {
-            let code = if name == "$anyElementTrue" { 17041 } else { 17040 };
-            let a = array_arg(vals[0].take(), code, |t| format!("{name}'s argument must be an array, but is {t}"))?;
-            some(Bson::Boolean(if name == "$anyElementTrue" { a.iter().any(truthy) } else { a.iter().all(truthy) }))
+            let code = if name == "$anyElementTrue" {
+                17041
+            } else {
+                17040
+            };
+            let a = array_arg(vals[0].take(), code, |t| {
+                format!("{name}'s argument must be an array, but is {t}")
+            })?;
+            some(Bson::Boolean(if name == "$anyElementTrue" {
+                a.iter().any(truthy)
+            } else {
+                a.iter().all(truthy)
+            }))
         }
         "$mergeObjects" => {
             let mut acc = Acc::new(AccKind::MergeObjects);
@@ -1416,7 +2091,13 @@ fn eval_values(name: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> 
                     .collect(),
             )),
             v if nullish(&v) => some(Bson::Null),
-            other => Err(err(40390, format!("$objectToArray requires a document input, found: {}", tn(&other)))),
+            other => Err(err(
+                40390,
+                format!(
+                    "$objectToArray requires a document input, found: {}",
+                    tn(&other)
+                ),
+            )),
         },
         "$arrayToObject" => array_to_object(vals[0].take()),
         "$rand" => some(Bson::Double(random_f64())),
@@ -1430,16 +2111,26 @@ fn eval_values(name: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> 
             Some(Bson::String(s)) => some(num::narrow(s.len() as i64)),
             Some(Bson::Binary(b)) => some(num::narrow(b.bytes.len() as i64)),
             v if nullish(&v) => some(Bson::Null),
-            other => Err(err(51276, format!("$binarySize requires a string or BinData argument, found: {}", tn(&other)))),
+            other => Err(err(
+                51276,
+                format!(
+                    "$binarySize requires a string or BinData argument, found: {}",
+                    tn(&other)
+                ),
+            )),
         },
         "$bsonSize" => match vals[0].take() {
             Some(Bson::Document(d)) => {
                 let mut buf = Vec::new();
-                d.to_writer(&mut buf).map_err(|e| MongoError::internal(e.to_string()))?;
+                d.to_writer(&mut buf)
+                    .map_err(|e| MongoError::internal(e.to_string()))?;
                 some(num::narrow(buf.len() as i64))
             }
             v if nullish(&v) => some(Bson::Null),
-            other => Err(err(31393, format!("$bsonSize requires a document input, found: {}", tn(&other)))),
+            other => Err(err(
+                31393,
+                format!("$bsonSize requires a document input, found: {}", tn(&other)),
+            )),
         },
         _ if super::convert::handles(name) => super::convert::eval(name, vals),
         _ => super::date::eval_values(name, vals),

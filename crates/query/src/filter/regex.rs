@@ -43,15 +43,25 @@ impl Rx {
             }
         }
         if pattern.contains('\0') {
-            return Err(MongoError::bad_value("Regular expression cannot contain an embedded null byte"));
+            return Err(MongoError::bad_value(
+                "Regular expression cannot contain an embedded null byte",
+            ));
         }
-        let src = if flags.is_empty() { pattern.to_string() } else { format!("(?{flags}){pattern}") };
+        let src = if flags.is_empty() {
+            pattern.to_string()
+        } else {
+            format!("(?{flags}){pattern}")
+        };
         let re = fancy_regex::RegexBuilder::new(&src).build().map_err(|e| {
             MongoError::with_code(51091, format!("Regular expression is invalid: {e}"))
         })?;
         let mut sorted: Vec<char> = flags.chars().collect();
         sorted.sort_unstable();
-        Ok(Rx { pattern: pattern.to_string(), options: sorted.into_iter().collect(), re })
+        Ok(Rx {
+            pattern: pattern.to_string(),
+            options: sorted.into_iter().collect(),
+            re,
+        })
     }
 
     /// The compiled regex.

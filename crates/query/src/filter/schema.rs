@@ -54,7 +54,9 @@ fn count(k: &str, v: &Bson) -> Result<u64> {
     match as_number(v) {
         Some(doc::compare::Number::Int(i)) if i >= 0 => Ok(i as u64),
         Some(doc::compare::Number::Float(f)) if f >= 0.0 && f.fract() == 0.0 => Ok(f as u64),
-        _ => Err(bad(format!("$jsonSchema keyword '{k}' must be a non-negative integer"))),
+        _ => Err(bad(format!(
+            "$jsonSchema keyword '{k}' must be a non-negative integer"
+        ))),
     }
 }
 
@@ -81,10 +83,14 @@ fn schema_list(k: &str, v: &Bson) -> Result<Vec<Schema>> {
             .iter()
             .map(|e| match e {
                 Bson::Document(d) => Schema::parse(d),
-                _ => Err(bad(format!("$jsonSchema keyword '{k}' must be an array of objects"))),
+                _ => Err(bad(format!(
+                    "$jsonSchema keyword '{k}' must be an array of objects"
+                ))),
             })
             .collect(),
-        _ => Err(bad(format!("$jsonSchema keyword '{k}' must be a nonempty array"))),
+        _ => Err(bad(format!(
+            "$jsonSchema keyword '{k}' must be a nonempty array"
+        ))),
     }
 }
 
@@ -92,7 +98,9 @@ fn additional(k: &str, v: &Bson) -> Result<Additional> {
     match v {
         Bson::Boolean(b) => Ok(Additional::Allowed(*b)),
         Bson::Document(d) => Ok(Additional::Schema(Box::new(Schema::parse(d)?))),
-        _ => Err(bad(format!("$jsonSchema keyword '{k}' must be either an object or a boolean"))),
+        _ => Err(bad(format!(
+            "$jsonSchema keyword '{k}' must be either an object or a boolean"
+        ))),
     }
 }
 
@@ -107,9 +115,9 @@ impl Schema {
                     let one = |e: &Bson| -> Result<Vec<TypeSel>> {
                         match (k.as_str(), e) {
                             ("type", Bson::String(s)) => json_type(s),
-                            ("type", _) => {
-                                Err(bad("$jsonSchema keyword 'type' must be a string or an array"))
-                            }
+                            ("type", _) => Err(bad(
+                                "$jsonSchema keyword 'type' must be a string or an array",
+                            )),
                             (_, e) => Ok(vec![parse_type_sel(e)?]),
                         }
                     };
@@ -150,13 +158,16 @@ impl Schema {
                 }
                 "patternProperties" => {
                     let Bson::Document(p) = v else {
-                        return Err(bad("$jsonSchema keyword 'patternProperties' must be an object"));
+                        return Err(bad(
+                            "$jsonSchema keyword 'patternProperties' must be an object",
+                        ));
                     };
                     for (pat, sub) in p {
                         let Bson::Document(sub) = sub else {
                             return Err(bad("patternProperties values must be objects"));
                         };
-                        s.pattern_properties.push((Rx::new(pat, "")?, Schema::parse(sub)?));
+                        s.pattern_properties
+                            .push((Rx::new(pat, "")?, Schema::parse(sub)?));
                     }
                 }
                 "additionalProperties" => s.additional = Some(additional(k, v)?),
@@ -165,7 +176,11 @@ impl Schema {
                     if as_number(v).is_none() {
                         return Err(bad(format!("$jsonSchema keyword '{k}' must be a number")));
                     }
-                    let slot = if k == "minimum" { &mut s.minimum } else { &mut s.maximum };
+                    let slot = if k == "minimum" {
+                        &mut s.minimum
+                    } else {
+                        &mut s.maximum
+                    };
                     *slot = Some((v.clone(), false));
                 }
                 "exclusiveMinimum" => excl_min = super::truthy(v),
@@ -173,7 +188,9 @@ impl Schema {
                 "multipleOf" => {
                     s.multiple_of = as_f64(v).filter(|f| *f > 0.0);
                     if s.multiple_of.is_none() {
-                        return Err(bad("$jsonSchema keyword 'multipleOf' must be a positive number"));
+                        return Err(bad(
+                            "$jsonSchema keyword 'multipleOf' must be a positive number",
+                        ));
                     }
                 }
                 "enum" => {
@@ -197,7 +214,11 @@ impl Schema {
                     s.items = Some(match v {
                         Bson::Document(d) => Items::All(Box::new(Schema::parse(d)?)),
                         Bson::Array(_) => Items::Tuple(schema_list(k, v)?),
-                        _ => return Err(bad("$jsonSchema keyword 'items' must be an array or an object")),
+                        _ => {
+                            return Err(bad(
+                                "$jsonSchema keyword 'items' must be an array or an object",
+                            ));
+                        }
                     })
                 }
                 "minItems" => s.min_items = Some(count(k, v)?),
@@ -214,7 +235,8 @@ impl Schema {
                     };
                     s.not = Some(Box::new(Schema::parse(d)?));
                 }
-                "title" | "description" | "$schema" | "id" | "$id" | "dependencies" | "encrypt" => {}
+                "title" | "description" | "$schema" | "id" | "$id" | "dependencies" | "encrypt" => {
+                }
                 other => {
                     return Err(bad(format!("Unknown $jsonSchema keyword: {other}")));
                 }
@@ -240,7 +262,9 @@ impl Schema {
             }
         }
         if let Some(e) = &self.enum_ {
-            if !e.iter().any(|x| values_equal(x, v) && doc::compare::type_rank(x) == doc::compare::type_rank(v)) {
+            if !e.iter().any(|x| {
+                values_equal(x, v) && doc::compare::type_rank(x) == doc::compare::type_rank(v)
+            }) {
                 return false;
             }
         }

@@ -47,22 +47,34 @@ impl UpdateDelta {
     /// Reads back what [`UpdateDelta::to_document`] wrote.
     pub fn from_document(d: &Document) -> Result<UpdateDelta> {
         let bad = |what: &str| MongoError::bad_value(format!("malformed update delta: {what}"));
-        let updated_fields =
-            d.get_document("updatedFields").map_err(|_| bad("updatedFields"))?.clone();
+        let updated_fields = d
+            .get_document("updatedFields")
+            .map_err(|_| bad("updatedFields"))?
+            .clone();
         let removed_fields = d
             .get_array("removedFields")
             .map_err(|_| bad("removedFields"))?
             .iter()
-            .map(|v| v.as_str().map(str::to_string).ok_or_else(|| bad("removedFields entry")))
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| bad("removedFields entry"))
+            })
             .collect::<Result<Vec<_>>>()?;
         let truncated_arrays = d
             .get_array("truncatedArrays")
             .map_err(|_| bad("truncatedArrays"))?
             .iter()
             .map(|v| {
-                let t = v.as_document().ok_or_else(|| bad("truncatedArrays entry"))?;
-                let f = t.get_str("field").map_err(|_| bad("truncatedArrays.field"))?;
-                let n = t.get_i32("newSize").map_err(|_| bad("truncatedArrays.newSize"))?;
+                let t = v
+                    .as_document()
+                    .ok_or_else(|| bad("truncatedArrays entry"))?;
+                let f = t
+                    .get_str("field")
+                    .map_err(|_| bad("truncatedArrays.field"))?;
+                let n = t
+                    .get_i32("newSize")
+                    .map_err(|_| bad("truncatedArrays.newSize"))?;
                 Ok((f.to_string(), n))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -71,7 +83,12 @@ impl UpdateDelta {
             Some(Bson::Document(p)) => p.clone(),
             Some(_) => return Err(bad("disambiguatedPaths")),
         };
-        Ok(UpdateDelta { updated_fields, removed_fields, truncated_arrays, disambiguated_paths })
+        Ok(UpdateDelta {
+            updated_fields,
+            removed_fields,
+            truncated_arrays,
+            disambiguated_paths,
+        })
     }
 
     /// Whether the delta records no change at all.
@@ -100,7 +117,10 @@ impl Comp {
 
 /// The dotted form of a typed path.
 pub(crate) fn dotted(path: &[Comp]) -> String {
-    path.iter().map(Comp::as_string).collect::<Vec<_>>().join(".")
+    path.iter()
+        .map(Comp::as_string)
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 /// A node of MongoDB's `$v: 2` diff: a document diff or an array diff.
@@ -134,18 +154,17 @@ pub(crate) enum ArrEntry {
 }
 
 impl DocDiff {
-    pub(crate) fn is_empty(&self) -> bool {
-        self.deletes.is_empty()
-            && self.updates.is_empty()
-            && self.inserts.is_empty()
-            && self.subs.is_empty()
-    }
-
     /// The serialized `$v: 2` form (`{d, u, i, s<name>}`), for sizing and debugging.
     pub(crate) fn to_bson(&self) -> Document {
         let mut d = Document::new();
         if !self.deletes.is_empty() {
-            d.insert("d", self.deletes.iter().map(|k| (k.clone(), Bson::Boolean(false))).collect::<Document>());
+            d.insert(
+                "d",
+                self.deletes
+                    .iter()
+                    .map(|k| (k.clone(), Bson::Boolean(false)))
+                    .collect::<Document>(),
+            );
         }
         if !self.updates.is_empty() {
             d.insert("u", self.updates.iter().cloned().collect::<Document>());
@@ -217,7 +236,8 @@ fn walk_node(n: &DiffNode, prefix: &mut Vec<Comp>, out: &mut UpdateDelta) {
         DiffNode::Arr(a) => {
             if let Some(l) = a.resize {
                 report(prefix, out);
-                out.truncated_arrays.push((dotted(prefix), i32::try_from(l).unwrap_or(i32::MAX)));
+                out.truncated_arrays
+                    .push((dotted(prefix), i32::try_from(l).unwrap_or(i32::MAX)));
             }
             for (i, e) in &a.entries {
                 prefix.push(Comp::Index(*i));
@@ -276,7 +296,9 @@ pub(crate) fn identical(a: &Bson, b: &Bson) -> bool {
 /// Whether two documents are identical, field order included.
 pub(crate) fn identical_docs(a: &Document, b: &Document) -> bool {
     a.len() == b.len()
-        && a.iter().zip(b.iter()).all(|((ka, va), (kb, vb))| ka == kb && identical(va, vb))
+        && a.iter()
+            .zip(b.iter())
+            .all(|((ka, va), (kb, vb))| ka == kb && identical(va, vb))
 }
 
 /// What an operator update did at one path, as MongoDB's log builder records it.
@@ -319,11 +341,6 @@ impl LogTree {
     /// is covered by it and ignored.
     pub(crate) fn log(&mut self, path: &[Comp], kind: LogKind) {
         log_in_doc(&mut self.root, path, kind);
-    }
-
-    /// Whether nothing was logged.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.root.entries.is_empty()
     }
 
     /// The diff, with values read from the final document.
@@ -381,7 +398,8 @@ fn doc_child<'a>(d: &'a mut LogDoc, f: &str, next: &Comp) -> Option<&'a mut LogN
     let pos = match d.entries.iter().position(|(k, _)| k == f) {
         Some(p) => p,
         None => {
-            d.entries.push((f.to_string(), LogEntry::Sub(new_node(next))));
+            d.entries
+                .push((f.to_string(), LogEntry::Sub(new_node(next))));
             d.entries.len() - 1
         }
     };
@@ -408,10 +426,12 @@ fn resolve_doc(d: &LogDoc, cur: Option<&Document>) -> DocDiff {
         let v = cur.and_then(|c| c.get(k));
         match e {
             LogEntry::Leaf(LogKind::Update) => {
-                out.updates.push((k.clone(), v.cloned().unwrap_or(Bson::Null)));
+                out.updates
+                    .push((k.clone(), v.cloned().unwrap_or(Bson::Null)));
             }
             LogEntry::Leaf(LogKind::Insert) => {
-                out.inserts.push((k.clone(), v.cloned().unwrap_or(Bson::Null)));
+                out.inserts
+                    .push((k.clone(), v.cloned().unwrap_or(Bson::Null)));
             }
             LogEntry::Leaf(LogKind::Delete) => out.deletes.push(k.clone()),
             LogEntry::Sub(n) => out.subs.push((k.clone(), resolve_node(n, v))),
@@ -445,7 +465,10 @@ fn resolve_node(n: &LogNode, cur: Option<&Bson>) -> DiffNode {
                     (*k, entry)
                 })
                 .collect();
-            DiffNode::Arr(ArrDiff { resize: None, entries })
+            DiffNode::Arr(ArrDiff {
+                resize: None,
+                entries,
+            })
         }
     }
 }

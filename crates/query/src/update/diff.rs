@@ -33,11 +33,18 @@ pub(crate) fn value_size(v: &Bson) -> usize {
 
 /// The encoded size of a document.
 pub(crate) fn doc_size(d: &Document) -> usize {
-    5 + d.iter().map(|(k, v)| 2 + k.len() + value_size(v)).sum::<usize>()
+    5 + d
+        .iter()
+        .map(|(k, v)| 2 + k.len() + value_size(v))
+        .sum::<usize>()
 }
 
 fn array_size(a: &[Bson]) -> usize {
-    5 + a.iter().enumerate().map(|(i, v)| 2 + digits(i) + value_size(v)).sum::<usize>()
+    5 + a
+        .iter()
+        .enumerate()
+        .map(|(i, v)| 2 + digits(i) + value_size(v))
+        .sum::<usize>()
 }
 
 fn digits(i: usize) -> usize {
@@ -127,14 +134,27 @@ fn node_est(n: &DiffNode) -> usize {
 /// MongoDB's approximate size of a document diff node.
 fn doc_est(d: &DocDiff) -> usize {
     let mut est = 5;
-    for (present, _) in [(!d.deletes.is_empty(), 'd'), (!d.updates.is_empty(), 'u'), (!d.inserts.is_empty(), 'i')] {
+    for (present, _) in [
+        (!d.deletes.is_empty(), 'd'),
+        (!d.updates.is_empty(), 'u'),
+        (!d.inserts.is_empty(), 'i'),
+    ] {
         if present {
             est += 8;
         }
     }
     est += d.deletes.iter().map(|k| k.len() + 3).sum::<usize>();
-    est += d.updates.iter().chain(&d.inserts).map(|(k, v)| k.len() + 2 + value_size(v)).sum::<usize>();
-    est += d.subs.iter().map(|(k, n)| k.len() + 3 + node_est(n)).sum::<usize>();
+    est += d
+        .updates
+        .iter()
+        .chain(&d.inserts)
+        .map(|(k, v)| k.len() + 2 + value_size(v))
+        .sum::<usize>();
+    est += d
+        .subs
+        .iter()
+        .map(|(k, n)| k.len() + 3 + node_est(n))
+        .sum::<usize>();
     est
 }
 

@@ -10,7 +10,8 @@ pub(crate) fn element(name: &str, v: &Bson) -> String {
 
 /// The `_id` element of a document for messages (`_id: 1`), or `no id`.
 pub(crate) fn id_of(doc: &Document) -> String {
-    doc.get("_id").map_or_else(|| "no id".to_string(), |v| element("_id", v))
+    doc.get("_id")
+        .map_or_else(|| "no id".to_string(), |v| element("_id", v))
 }
 
 /// A value as MongoDB prints it inside messages.
@@ -63,7 +64,11 @@ fn double(d: f64) -> String {
     if d.is_nan() {
         "nan".to_string()
     } else if d.is_infinite() {
-        if d > 0.0 { "inf".to_string() } else { "-inf".to_string() }
+        if d > 0.0 {
+            "inf".to_string()
+        } else {
+            "-inf".to_string()
+        }
     } else if d.fract() == 0.0 && d.abs() < 1e16 {
         format!("{d:.1}")
     } else {

@@ -21,15 +21,21 @@ pub(crate) enum Op {
     Mul(Bson),
     Min(Bson),
     Max(Bson),
-    CurrentDate { timestamp: bool },
+    CurrentDate {
+        timestamp: bool,
+    },
     Bit(Vec<(BitOp, Bson)>),
     Push(Box<PushSpec>),
     AddToSet(Vec<Bson>),
-    Pop { front: bool },
+    Pop {
+        front: bool,
+    },
     Pull(PullMatcher),
     PullAll(Vec<Bson>),
     /// `$rename` at its destination; the source is removed when this applies.
-    Rename { from: String },
+    Rename {
+        from: String,
+    },
     /// `$rename`'s source: takes part in conflict checks only.
     RenameSource,
 }
@@ -105,13 +111,21 @@ impl Op {
             "$unset" => Op::Unset,
             "$inc" | "$mul" => {
                 if !is_number(arg) {
-                    let verb = if name == "$inc" { "increment" } else { "multiply" };
+                    let verb = if name == "$inc" {
+                        "increment"
+                    } else {
+                        "multiply"
+                    };
                     return Err(MongoError::type_mismatch(format!(
                         "Cannot {verb} with non-numeric argument: {}",
                         elem()
                     )));
                 }
-                if name == "$inc" { Op::Inc(arg.clone()) } else { Op::Mul(arg.clone()) }
+                if name == "$inc" {
+                    Op::Inc(arg.clone())
+                } else {
+                    Op::Mul(arg.clone())
+                }
             }
             "$min" => Op::Min(arg.clone()),
             "$max" => Op::Max(arg.clone()),
@@ -194,7 +208,11 @@ impl Op {
     /// Applies the operator to the existing value `cur`.
     pub(crate) fn modify(&self, cur: &Bson, cx: &OpCtx) -> Result<Modify> {
         let replace_if_changed = |v: Bson| {
-            if identical(cur, &v) { Modify::NoOp } else { Modify::Replace(v) }
+            if identical(cur, &v) {
+                Modify::NoOp
+            } else {
+                Modify::Replace(v)
+            }
         };
         Ok(match self {
             Op::Set(v) => replace_if_changed(v.clone()),
@@ -229,8 +247,16 @@ impl Op {
                 }
             }
             Op::Min(v) | Op::Max(v) => {
-                let want = if matches!(self, Op::Min(_)) { Ordering::Less } else { Ordering::Greater };
-                if cmp_values(v, cur) == want { Modify::Replace(v.clone()) } else { Modify::NoOp }
+                let want = if matches!(self, Op::Min(_)) {
+                    Ordering::Less
+                } else {
+                    Ordering::Greater
+                };
+                if cmp_values(v, cur) == want {
+                    Modify::Replace(v.clone())
+                } else {
+                    Modify::NoOp
+                }
             }
             Op::CurrentDate { timestamp } => replace_if_changed(current_date(*timestamp, cx)),
             Op::Bit(ops) => {
@@ -272,7 +298,11 @@ impl Op {
                     .filter(|v| !arr.iter().any(|e| values_equal(e, v)))
                     .cloned()
                     .collect();
-                if add.is_empty() { Modify::NoOp } else { Modify::Append(add) }
+                if add.is_empty() {
+                    Modify::NoOp
+                } else {
+                    Modify::Append(add)
+                }
             }
             Op::Pop { front } => {
                 let Bson::Array(arr) = cur else {
@@ -296,10 +326,16 @@ impl Op {
             }
             Op::Pull(_) | Op::PullAll(_) => {
                 let Bson::Array(arr) = cur else {
-                    return Err(MongoError::bad_value("Cannot apply $pull to a non-array value"));
+                    return Err(MongoError::bad_value(
+                        "Cannot apply $pull to a non-array value",
+                    ));
                 };
                 let kept: Vec<Bson> = arr.iter().filter(|e| !self.pulls(e)).cloned().collect();
-                if kept.len() == arr.len() { Modify::NoOp } else { Modify::Replace(Bson::Array(kept)) }
+                if kept.len() == arr.len() {
+                    Modify::NoOp
+                } else {
+                    Modify::Replace(Bson::Array(kept))
+                }
             }
             Op::Rename { .. } | Op::RenameSource => Modify::NoOp,
         })
@@ -324,18 +360,26 @@ impl Op {
 }
 
 fn is_number(v: &Bson) -> bool {
-    matches!(v, Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_) | Bson::Decimal128(_))
+    matches!(
+        v,
+        Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_) | Bson::Decimal128(_)
+    )
 }
 
 fn decimal(f: f64) -> Bson {
     let s = if f.is_nan() {
         "NaN".to_string()
     } else if f.is_infinite() {
-        if f > 0.0 { "Infinity".to_string() } else { "-Infinity".to_string() }
+        if f > 0.0 {
+            "Infinity".to_string()
+        } else {
+            "-Infinity".to_string()
+        }
     } else {
         format!("{f}")
     };
-    s.parse::<bson::Decimal128>().map_or(Bson::Double(f), Bson::Decimal128)
+    s.parse::<bson::Decimal128>()
+        .map_or(Bson::Double(f), Bson::Decimal128)
 }
 
 /// `$inc`/`$mul` arithmetic with MongoDB's result types; `None` on int64 overflow.
@@ -351,11 +395,15 @@ fn arith(a: &Bson, b: &Bson, add: bool) -> Option<Bson> {
     }
     match (int(a), int(b)) {
         (Some(x), Some(y)) => {
-            let r = if add { x.checked_add(y) } else { x.checked_mul(y) }?;
-            if let (Bson::Int32(_), Bson::Int32(_)) = (a, b) {
-                if let Ok(r32) = i32::try_from(r) {
-                    return Some(Bson::Int32(r32));
-                }
+            let r = if add {
+                x.checked_add(y)
+            } else {
+                x.checked_mul(y)
+            }?;
+            if let (Bson::Int32(_), Bson::Int32(_)) = (a, b)
+                && let Ok(r32) = i32::try_from(r)
+            {
+                return Some(Bson::Int32(r32));
             }
             Some(Bson::Int64(r))
         }
@@ -395,7 +443,11 @@ fn bit(op: BitOp, cur: &Bson, arg: &Bson) -> Bson {
 }
 
 fn current_date(timestamp: bool, cx: &OpCtx) -> Bson {
-    if timestamp { Bson::Timestamp(cx.cluster_time) } else { Bson::DateTime(cx.now) }
+    if timestamp {
+        Bson::Timestamp(cx.cluster_time)
+    } else {
+        Bson::DateTime(cx.now)
+    }
 }
 
 fn parse_current_date(field: &str, arg: &Bson) -> Result<Op> {
@@ -420,7 +472,9 @@ fn parse_current_date(field: &str, arg: &Bson) -> Result<Op> {
                     _ => return Err(bad()),
                 };
             }
-            timestamp.map(|timestamp| Op::CurrentDate { timestamp }).ok_or_else(bad)
+            timestamp
+                .map(|timestamp| Op::CurrentDate { timestamp })
+                .ok_or_else(bad)
         }
         _ => Err(MongoError::bad_value(format!(
             "{field} is not valid type for $currentDate. Please use a boolean ('true') or a $type expression ({{$type: 'timestamp/date'}})."
@@ -479,8 +533,15 @@ fn integral(v: &Bson) -> Option<i64> {
 }
 
 fn parse_push(arg: &Bson) -> Result<PushSpec> {
-    let mut spec = PushSpec { each: vec![arg.clone()], slice: None, sort: None, position: None };
-    let Bson::Document(d) = arg else { return Ok(spec) };
+    let mut spec = PushSpec {
+        each: vec![arg.clone()],
+        slice: None,
+        sort: None,
+        position: None,
+    };
+    let Bson::Document(d) = arg else {
+        return Ok(spec);
+    };
     if !d.contains_key("$each") {
         return Ok(spec);
     }
@@ -513,7 +574,9 @@ fn parse_push(arg: &Bson) -> Result<PushSpec> {
             }
             "$sort" => spec.sort = Some(parse_sort(v)?),
             other => {
-                return Err(MongoError::bad_value(format!("Unrecognized clause in $push: {other}")));
+                return Err(MongoError::bad_value(format!(
+                    "Unrecognized clause in $push: {other}"
+                )));
             }
         }
     }
@@ -529,7 +592,9 @@ fn parse_sort(v: &Bson) -> Result<SortSpec> {
     let dir = |v: &Bson| match integral(v) {
         Some(1) => Ok(true),
         Some(-1) => Ok(false),
-        _ => Err(MongoError::bad_value("The $sort element value must be either 1 or -1")),
+        _ => Err(MongoError::bad_value(
+            "The $sort element value must be either 1 or -1",
+        )),
     };
     match v {
         Bson::Document(d) => {
@@ -589,7 +654,11 @@ fn push_into(arr: &mut Vec<Bson>, spec: &PushSpec) -> bool {
     if !spec.each.is_empty() {
         match spec.position {
             Some(p) if len > 0 && p <= len as i64 => {
-                let at = if p >= 0 { p as usize } else { len.saturating_sub(p.unsigned_abs() as usize) };
+                let at = if p >= 0 {
+                    p as usize
+                } else {
+                    len.saturating_sub(p.unsigned_abs() as usize)
+                };
                 arr.splice(at..at, spec.each.iter().cloned());
                 whole = true;
             }
@@ -663,7 +732,11 @@ fn parse_add_to_set(arg: &Bson) -> Result<Vec<Bson>> {
 /// Whether a `$pull` object's first field is a query operator that applies to a value
 /// (`$gt`, `$in`, `$elemMatch`, ...), as opposed to a field name or `$and`-style operator.
 fn is_value_operator(name: &str) -> bool {
-    name.starts_with('$') && !matches!(name, "$and" | "$or" | "$nor" | "$expr" | "$where" | "$text" | "$comment" | "$jsonSchema")
+    name.starts_with('$')
+        && !matches!(
+            name,
+            "$and" | "$or" | "$nor" | "$expr" | "$where" | "$text" | "$comment" | "$jsonSchema"
+        )
 }
 
 fn parse_pull(arg: &Bson) -> Result<PullMatcher> {

@@ -1,0 +1,378 @@
+//! Handshake, diagnostics, parameters, sessions and fail points.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bson::{Bson, DateTime, Document, doc, oid::ObjectId};
+use errors::{ErrorCode, MongoError, Result};
+
+use crate::{ConnInfo, FailPoint, Reply, ServerCtx, util};
+
+/// The version Eddy reports (MongoDB 8.0's wire behaviour).
+pub const VERSION: &str = "8.0.4";
+/// MongoDB 8.0's wire version.
+pub const MAX_WIRE_VERSION: i32 = 25;
+
+fn election_id() -> ObjectId {
+    ObjectId::parse_str("7fffffff0000000000000001").expect("valid constant")
+}
+
+/// `hello` / `isMaster` / `ismaster`, awaitable when the client sends `topologyVersion`.
+///
+/// # Errors
+/// Never in practice; the signature matches the other handlers.
+pub async fn hello(ctx: &Arc<ServerCtx>, conn: &mut ConnInfo, cmd: &Document, name: &str) -> Result<Reply> {
+    if let Ok(client) = cmd.get_document("client") {
+        if let Ok(app) = client.get_document("application").and_then(|a| a.get_str("name")) {
+            conn.app_name = Some(app.to_string());
+        }
+    }
+    if let Ok(list) = cmd.get_array("compression") {
+        conn.compressors = list
+            .iter()
+            .filter_map(|c| c.as_str())
+            .filter(|c| wire::Compressor::from_name(c).is_some_and(|c| c != wire::Compressor::Noop))
+            .map(String::from)
+            .collect();
+    }
+    // Awaitable hello: the topology never changes, so hold the reply for maxAwaitTimeMS
+    // (or until shutdown), as monitors expect.
+    if cmd.contains_key("topologyVersion") {
+        if let Some(ms) = util::get_i64(cmd, "maxAwaitTimeMS") {
+            let mut stop = ctx.shutdown.subscribe();
+            let wait = Duration::from_millis(ms.clamp(0, 60_000) as u64);
+            let _ = tokio::time::timeout(wait, stop.wait_for(|s| *s)).await;
+        }
+    }
+    let me = ctx.config.advertised.clone();
+    let snap_ts = ctx.store.committed_ts();
+    let mut d = Document::new();
+    if name == "hello" {
+        d.insert("isWritablePrimary", true);
+    } else {
+        d.insert("ismaster", true);
+    }
+    d.insert("topologyVersion", doc! {"processId": ctx.process_id, "counter": 0i64});
+    d.insert("hosts", vec![Bson::String(me.clone())]);
+    d.insert("setName", ctx.config.repl_set.clone());
+    d.insert("setVersion", 1);
+    d.insert("secondary", false);
+    d.insert("primary", me.clone());
+    d.insert("me", me);
+    d.insert("electionId", election_id());
+    d.insert("lastWrite", doc! {
+        "opTime": {"ts": snap_ts, "t": 1i64},
+        "lastWriteDate": DateTime::now(),
+        "majorityOpTime": {"ts": snap_ts, "t": 1i64},
+        "majorityWriteDate": DateTime::now(),
+    });
+    d.insert("helloOk", true);
+    d.insert("maxBsonObjectSize", wire::MAX_BSON_OBJECT_SIZE as i32);
+    d.insert("maxMessageSizeBytes", wire::MAX_MESSAGE_SIZE_BYTES as i32);
+    d.insert("maxWriteBatchSize", wire::MAX_WRITE_BATCH_SIZE as i32);
+    d.insert("localTime", DateTime::now());
+    d.insert("logicalSessionTimeoutMinutes", 30);
+    d.insert("connectionId", conn.id);
+    d.insert("minWireVersion", 0);
+    d.insert("maxWireVersion", MAX_WIRE_VERSION);
+    d.insert("readOnly", false);
+    if !conn.compressors.is_empty() {
+        d.insert("compression", conn.compressors.iter().map(|c| Bson::String(c.clone())).collect::<Vec<_>>());
+    }
+    Ok(Reply::ok(d))
+}
+
+/// `buildInfo`.
+pub fn build_info() -> Reply {
+    Reply::ok(doc! {
+        "version": VERSION,
+        "gitVersion": "eddy",
+        "versionArray": [8, 0, 4, 0],
+        "bits": 64,
+        "debug": false,
+        "maxBsonObjectSize": wire::MAX_BSON_OBJECT_SIZE as i32,
+        "storageEngines": ["redb"],
+        "javascriptEngine": "none",
+        "modules": [],
+        "openssl": {"running": "disabled"},
+        "buildEnvironment": {},
+        "eddyVersion": env!("CARGO_PKG_VERSION"),
+    })
+}
+
+/// `serverStatus`, with real counters.
+///
+/// # Errors
+/// On storage failure.
+pub fn server_status(ctx: &ServerCtx) -> Result<Reply> {
+    let s = &ctx.stats;
+    let snap = ctx.store.snapshot()?;
+    let bounds = snap.oplog_bounds()?;
+    let mut oplog = doc! {"entries": snap.oplog_len()? as i64};
+    if let Some((first, last)) = bounds {
+        oplog.insert("earliestOptime", first);
+        oplog.insert("latestOptime", last);
+    }
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as i64;
+    Ok(Reply::ok(doc! {
+        "host": &ctx.config.advertised,
+        "version": VERSION,
+        "process": "eddy",
+        "pid": std::process::id() as i64,
+        "uptime": ctx.started.elapsed().as_secs_f64().floor(),
+        "uptimeMillis": ctx.started.elapsed().as_millis() as i64,
+        "uptimeEstimate": ctx.started.elapsed().as_secs() as i64,
+        "localTime": DateTime::now(),
+        "connections": {
+            "current": load(&s.connections_current),
+            "available": 1_000_000i64 - load(&s.connections_current),
+            "totalCreated": load(&s.connections_total),
+        },
+        "opcounters": {
+            "insert": load(&s.insert),
+            "query": load(&s.query),
+            "update": load(&s.update),
+            "delete": load(&s.delete),
+            "getmore": load(&s.getmore),
+            "command": load(&s.command),
+        },
+        "storageEngine": {"name": "redb", "supportsCommittedReads": true, "persistent": true},
+        "repl": {"setName": &ctx.config.repl_set, "isWritablePrimary": true, "secondary": false, "primary": &ctx.config.advertised, "me": &ctx.config.advertised},
+        "oplog": oplog,
+        "metrics": {"cursor": {"open": {"total": ctx.cursors.len() as i64}}},
+    }))
+}
+
+/// `hostInfo`.
+pub fn host_info() -> Reply {
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    Reply::ok(doc! {
+        "system": {
+            "currentTime": DateTime::now(),
+            "hostname": host,
+            "cpuAddrSize": 64,
+            "numCores": std::thread::available_parallelism().map(|n| n.get() as i32).unwrap_or(1),
+            "cpuArch": std::env::consts::ARCH,
+        },
+        "os": {"type": std::env::consts::OS, "name": std::env::consts::OS},
+        "extra": {},
+    })
+}
+
+/// `getCmdLineOpts`.
+pub fn get_cmd_line_opts(ctx: &ServerCtx) -> Reply {
+    Reply::ok(doc! {
+        "argv": ctx.config.argv.iter().map(|a| Bson::String(a.clone())).collect::<Vec<_>>(),
+        "parsed": ctx.config.parsed.clone(),
+    })
+}
+
+/// `getParameter`: `"*"`, or `{name: 1, ...}`.
+///
+/// # Errors
+/// InvalidOptions when no parameter asked for exists.
+pub fn get_parameter(ctx: &ServerCtx, cmd: &Document) -> Result<Reply> {
+    let params = ctx.parameters.lock().unwrap().clone();
+    if matches!(cmd.get("getParameter"), Some(Bson::String(s)) if s == "*") {
+        return Ok(Reply::ok(params));
+    }
+    let mut out = Document::new();
+    for (k, _) in cmd.iter().skip(1) {
+        if k.starts_with('$') || matches!(k.as_str(), "lsid" | "comment") {
+            continue;
+        }
+        if let Some(v) = params.get(k) {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    if out.is_empty() {
+        return Err(MongoError::new(ErrorCode::InvalidOptions, "no option found to get"));
+    }
+    Ok(Reply::ok(out))
+}
+
+/// `setParameter: 1, name: value`.
+///
+/// # Errors
+/// InvalidOptions for unknown parameters.
+pub fn set_parameter(ctx: &ServerCtx, cmd: &Document) -> Result<Reply> {
+    let mut params = ctx.parameters.lock().unwrap();
+    let mut was = Document::new();
+    for (k, v) in cmd.iter().skip(1) {
+        if k.starts_with('$') || matches!(k.as_str(), "lsid" | "comment") {
+            continue;
+        }
+        if k == "enableTestCommands" {
+            return Err(MongoError::bad_value("not allowed to change [enableTestCommands] at runtime"));
+        }
+        match params.get(k) {
+            Some(old) => {
+                was.insert("was", old.clone());
+                params.insert(k.clone(), v.clone());
+            }
+            None => {
+                return Err(MongoError::new(ErrorCode::InvalidOptions, format!("attempted to set unrecognized parameter [{k}], use help:true to see options ")));
+            }
+        }
+    }
+    Ok(Reply::ok(was))
+}
+
+/// `listCommands`.
+pub fn list_commands() -> Reply {
+    let names = [
+        "aggregate", "buildInfo", "collMod", "collStats", "configureFailPoint", "connectionStatus", "count",
+        "create", "createIndexes", "dbStats", "delete", "distinct", "drop", "dropDatabase", "dropIndexes",
+        "endSessions", "explain", "find", "findAndModify", "getCmdLineOpts", "getMore", "getParameter",
+        "hello", "hostInfo", "insert", "isMaster", "killAllSessions", "killCursors", "killSessions",
+        "listCollections", "listCommands", "listDatabases", "listIndexes", "ping", "refreshSessions",
+        "renameCollection", "replSetGetConfig", "replSetGetStatus", "serverStatus", "setParameter",
+        "shutdown", "update", "whatsmyuri",
+    ];
+    let mut cmds = Document::new();
+    for n in names {
+        cmds.insert(n, doc! {"help": "", "requiresAuth": false, "secondaryOk": true, "adminOnly": false});
+    }
+    Reply::ok(doc! {"commands": cmds})
+}
+
+/// `replSetGetStatus`: a single healthy primary.
+///
+/// # Errors
+/// On storage failure.
+pub fn repl_set_get_status(ctx: &ServerCtx) -> Result<Reply> {
+    let snap = ctx.store.snapshot()?;
+    let ts = ctx.store.committed_ts();
+    let optime = doc! {"ts": ts, "t": 1i64};
+    let mut r = doc! {
+        "set": &ctx.config.repl_set,
+        "date": DateTime::now(),
+        "myState": 1,
+        "term": 1i64,
+        "heartbeatIntervalMillis": 2000i64,
+        "optimes": {
+            "lastCommittedOpTime": optime.clone(),
+            "appliedOpTime": optime.clone(),
+            "durableOpTime": optime.clone(),
+        },
+        "members": [{
+            "_id": 0,
+            "name": &ctx.config.advertised,
+            "health": 1.0,
+            "state": 1,
+            "stateStr": "PRIMARY",
+            "uptime": ctx.started.elapsed().as_secs() as i64,
+            "optime": optime,
+            "self": true,
+        }],
+    };
+    if let Some((first, last)) = snap.oplog_bounds()? {
+        r.insert("oplog", doc! {"earliestOptime": first, "latestOptime": last});
+    }
+    Ok(Reply::ok(r))
+}
+
+/// `replSetGetConfig`.
+pub fn repl_set_get_config(ctx: &ServerCtx) -> Reply {
+    Reply::ok(doc! {"config": {
+        "_id": &ctx.config.repl_set,
+        "version": 1,
+        "term": 1i64,
+        "members": [{"_id": 0, "host": &ctx.config.advertised, "arbiterOnly": false, "priority": 1.0, "votes": 1, "hidden": false}],
+        "settings": {"electionTimeoutMillis": 10000i64},
+    }})
+}
+
+/// Session housekeeping: sessions hold no server state yet beyond retryable-write records,
+/// which outlive the session as in MongoDB.
+pub fn sessions(name: &str) -> Reply {
+    if name == "startSession" {
+        let id = bson::Uuid::new();
+        return Reply::ok(doc! {"id": {"id": id}, "timeoutMinutes": 30});
+    }
+    Reply::ok(Document::new())
+}
+
+/// `shutdown` (on `admin` only).
+///
+/// # Errors
+/// Unauthorized when run on another database.
+pub fn shutdown(ctx: &ServerCtx, db: &str) -> Result<Reply> {
+    if db != "admin" {
+        return Err(MongoError::new(ErrorCode::Unauthorized, "shutdown must run from admin db"));
+    }
+    tracing::info!("shutdown command received");
+    ctx.shutdown.send_replace(true);
+    Ok(Reply::ok(Document::new()))
+}
+
+/// `configureFailPoint` (only with `enableTestCommands`).
+///
+/// # Errors
+/// CommandNotFound without test commands; BadValue for bad modes and unknown fail points.
+pub fn configure_fail_point(ctx: &ServerCtx, cmd: &Document) -> Result<Reply> {
+    if !ctx.test_commands() {
+        return Err(MongoError::new(
+            ErrorCode::CommandNotFound,
+            "no such command: 'configureFailPoint' (start eddy with --setParameter enableTestCommands=1)",
+        ));
+    }
+    let name = cmd.get_str("configureFailPoint").map_err(|_| MongoError::bad_value("configureFailPoint needs a name"))?;
+    if !matches!(name, "failCommand" | "failGetMoreAfterCursorCheckout") {
+        return Err(MongoError::bad_value(format!("Cannot find failpoint {name}")));
+    }
+    let times = match cmd.get("mode") {
+        Some(Bson::String(m)) if m == "off" => {
+            ctx.fail_points.lock().unwrap().remove(name);
+            return Ok(Reply::ok(doc! {"count": 0}));
+        }
+        Some(Bson::String(m)) if m == "alwaysOn" => None,
+        Some(Bson::Document(d)) if d.contains_key("times") => {
+            Some(util::get_i64(d, "times").ok_or_else(|| MongoError::bad_value("times must be a number"))?.max(0) as u64)
+        }
+        Some(Bson::Document(d)) if d.contains_key("skip") || d.contains_key("activationProbability") => None,
+        _ => return Err(MongoError::bad_value("unknown fail point mode")),
+    };
+    let data = util::opt_doc(cmd, "data")?.cloned().unwrap_or_default();
+    ctx.fail_points.lock().unwrap().insert(name.to_string(), FailPoint { times, data });
+    Ok(Reply::ok(doc! {"count": 0}))
+}
+
+/// Takes one activation of `failCommand` if it applies to this command on this connection.
+pub fn fail_point_for(ctx: &ServerCtx, conn: &ConnInfo, cmd_name: &str) -> Option<Document> {
+    take_fail_point(ctx, "failCommand", |data| {
+        let listed = data
+            .get_array("failCommands")
+            .is_ok_and(|a| a.iter().any(|c| c.as_str() == Some(cmd_name)));
+        let app_ok = match data.get_str("appName") {
+            Ok(a) => conn.app_name.as_deref() == Some(a),
+            Err(_) => true,
+        };
+        listed && app_ok
+    })
+}
+
+/// Takes one activation of a named fail point when `applies` says it concerns this call.
+pub fn take_fail_point(ctx: &ServerCtx, name: &str, applies: impl Fn(&Document) -> bool) -> Option<Document> {
+    let mut fps = ctx.fail_points.lock().unwrap();
+    let fp = fps.get_mut(name)?;
+    if !applies(&fp.data) {
+        return None;
+    }
+    let data = fp.data.clone();
+    match &mut fp.times {
+        None => {}
+        Some(0) => {
+            fps.remove(name);
+            return None;
+        }
+        Some(n) => {
+            *n -= 1;
+            if *n == 0 {
+                fps.remove(name);
+            }
+        }
+    }
+    Some(data)
+}

@@ -1,0 +1,804 @@
+//! insert, update, delete, findAndModify, find, count, distinct, aggregate, explain.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bson::{Bson, DateTime, Document, Timestamp, doc, oid::ObjectId};
+use errors::{ErrorCode, MongoError, Result};
+use exec::{Plan, plan_query, scan};
+use query::filter::Filter;
+use query::pipeline::{Env, OutStage, Pipeline};
+use query::projection::Projection;
+use query::sort::SortSpec;
+use query::update::{Update, UpdateCtx, upsert_seed, validate_replacement};
+use storage::{CollectionMeta, Namespace, OpKind, OplogEntry, Snapshot, WriteCtx};
+
+use crate::cursor::{DocSource, SnapEnv, cursor_reply};
+use crate::ddl::ensure_collection;
+use crate::reply::write_error;
+use crate::{Reply, ServerCtx, util};
+
+/// The session fields a write came with.
+#[derive(Debug, Clone, Default)]
+struct Session {
+    lsid: Option<Document>,
+    txn_number: Option<i64>,
+}
+
+impl Session {
+    fn of(cmd: &Document) -> Session {
+        Session { lsid: cmd.get_document("lsid").ok().cloned(), txn_number: util::get_i64(cmd, "txnNumber") }
+    }
+
+    /// The key of this session's retryable-write record, when the write is retryable.
+    fn retry_key(&self) -> Option<(Vec<u8>, i64)> {
+        let id = match self.lsid.as_ref()?.get("id")? {
+            Bson::Binary(b) => b.bytes.clone(),
+            _ => return None,
+        };
+        Some((id, self.txn_number?))
+    }
+
+    fn entry(&self, mut e: OplogEntry, stmt: usize) -> OplogEntry {
+        if self.txn_number.is_some() {
+            e.lsid.clone_from(&self.lsid);
+            e.txn_number = self.txn_number;
+            e.stmt_id = Some(stmt as i32);
+        }
+        e
+    }
+}
+
+/// Runs a write command once per (lsid, txnNumber): a retry gets the first reply back.
+fn retryable(w: &mut WriteCtx<'_>, s: &Session, f: impl FnOnce(&mut WriteCtx<'_>) -> Result<Document>) -> Result<Document> {
+    let Some((key, txn)) = s.retry_key() else { return f(w) };
+    if let Some(rec) = w.session_record(&key)? {
+        let stored = rec.get_i64("txnNumber").unwrap_or(-1);
+        if txn < stored {
+            return Err(MongoError::new(
+                ErrorCode::TransactionTooOld,
+                format!("Retryable write with txnNumber {txn} is prohibited on session because a newer retryable write with txnNumber {stored} has already started on this session."),
+            ));
+        }
+        if txn == stored {
+            if let Ok(r) = rec.get_document("reply") {
+                let mut r = r.clone();
+                r.insert("retriedStmtIds", true);
+                return Ok(r);
+            }
+        }
+    }
+    let reply = f(w)?;
+    w.put_session_record(&key, &doc! {"txnNumber": txn, "reply": reply.clone()})?;
+    Ok(reply)
+}
+
+/// Pipelines inside the commit pipeline (update pipelines) see no other collection.
+struct WriteEnv;
+
+impl Env for WriteEnv {
+    fn collection_docs(&self, _db: &str, _coll: &str) -> Result<Vec<Document>> {
+        Ok(Vec::new())
+    }
+    fn now(&self) -> DateTime {
+        DateTime::now()
+    }
+    fn cluster_time(&self) -> Timestamp {
+        Timestamp { time: 0, increment: 0 }
+    }
+}
+
+fn batch<'a>(cmd: &'a Document, key: &str) -> Result<&'a Vec<Bson>> {
+    let a = cmd
+        .get_array(key)
+        .map_err(|_| MongoError::failed_to_parse(format!("BSON field '{key}' is missing but a required field")))?;
+    if a.is_empty() || a.len() > wire::MAX_WRITE_BATCH_SIZE {
+        return Err(MongoError::new(
+            ErrorCode::InvalidLength,
+            format!("Write batch sizes must be between 1 and {}. Got {} operations.", wire::MAX_WRITE_BATCH_SIZE, a.len()),
+        ));
+    }
+    Ok(a)
+}
+
+fn check_id(d: &Document) -> Result<()> {
+    match d.get("_id") {
+        Some(Bson::Array(_)) => Err(MongoError::new(ErrorCode::InvalidIdField, "The '_id' value cannot be of type array")),
+        Some(Bson::RegularExpression(_)) => Err(MongoError::new(ErrorCode::InvalidIdField, "The '_id' value cannot be of type regex")),
+        Some(Bson::Undefined) => Err(MongoError::new(ErrorCode::InvalidIdField, "can't use a undefined for _id")),
+        _ => Ok(()),
+    }
+}
+
+/// The document with `_id` first, generated as an ObjectId when missing.
+fn with_id(d: &Document) -> Document {
+    let mut out = Document::new();
+    out.insert("_id", d.get("_id").cloned().unwrap_or_else(|| Bson::ObjectId(ObjectId::new())));
+    for (k, v) in d {
+        if k != "_id" {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    out
+}
+
+fn insert_one(w: &mut WriteCtx<'_>, meta: &mut CollectionMeta, d: &Document, s: &Session, stmt: usize) -> Result<()> {
+    exec::write::insert_doc(w, meta, d)?;
+    let key = doc! {"_id": d.get("_id").cloned().unwrap_or(Bson::Null)};
+    w.log(s.entry(OplogEntry::new(OpKind::Insert, meta.ns.full(), Some(meta.uuid), d.clone()).with_o2(key), stmt))?;
+    Ok(())
+}
+
+/// `insert`.
+///
+/// # Errors
+/// Command-level errors; per-document failures are `writeErrors`.
+pub async fn insert(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Reply> {
+    let ns = util::coll_arg(cmd, "insert", db)?;
+    let docs = batch(cmd, "documents")?;
+    let ordered = util::get_bool(cmd, "ordered").unwrap_or(true);
+    let mut prepared: Vec<Result<Document>> = Vec::with_capacity(docs.len());
+    for d in docs {
+        prepared.push(match d {
+            Bson::Document(d) => {
+                let d = with_id(d);
+                validate_replacement(&d).and(check_id(&d)).map(|()| d)
+            }
+            _ => Err(MongoError::type_mismatch("documents to insert must be objects")),
+        });
+    }
+    ctx.stats.insert.fetch_add(docs.len() as u64, Ordering::Relaxed);
+    let s = Session::of(cmd);
+    let reply = ctx
+        .store
+        .write(move |w| {
+            retryable(w, &s, |w| {
+                let (mut meta, _) = ensure_collection(w, &ns)?;
+                let mut n = 0;
+                let mut errs = Vec::new();
+                for (i, d) in prepared.into_iter().enumerate() {
+                    match d.and_then(|d| insert_one(w, &mut meta, &d, &s, i)) {
+                        Ok(()) => n += 1,
+                        Err(e) => {
+                            errs.push(Bson::Document(write_error(i, &e)));
+                            if ordered {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let mut r = doc! {"n": n};
+                if !errs.is_empty() {
+                    r.insert("writeErrors", errs);
+                }
+                Ok(r)
+            })
+        })
+        .await?;
+    Ok(Reply::ok(reply))
+}
+
+/// The documents of a collection matching a filter, inside the commit pipeline.
+fn matching(w: &mut WriteCtx<'_>, meta: &CollectionMeta, filter: &Filter) -> Result<Vec<Document>> {
+    if let Ok(Plan::IdLookup(ids)) = plan_query(meta, filter, None, None) {
+        let mut out = Vec::new();
+        for id in ids {
+            if let Some(d) = w.get_doc(meta.id, &exec::id_key(&id))? {
+                if filter.matches(&d) {
+                    out.push(d);
+                }
+            }
+        }
+        return Ok(out);
+    }
+    Ok(w.scan_docs(meta.id)?.into_iter().map(|(_, d)| d).filter(|d| filter.matches(d)).collect())
+}
+
+/// Applies an update to one document, logging it; returns whether it changed.
+fn update_one(w: &mut WriteCtx<'_>, meta: &mut CollectionMeta, old: &Document, new: &Document, delta: Option<Document>, s: &Session, stmt: usize) -> Result<()> {
+    exec::write::replace_doc(w, meta, old, new)?;
+    let key = doc! {"_id": new.get("_id").cloned().unwrap_or(Bson::Null)};
+    let o = match delta {
+        Some(d) => doc! {"$v": 2, "diff": d},
+        None => new.clone(),
+    };
+    let ts = w.log(s.entry(OplogEntry::new(OpKind::Update, meta.ns.full(), Some(meta.uuid), o).with_o2(key), stmt))?;
+    if meta.pre_post_images() {
+        w.put_preimage(ts, &bson::to_vec(old).map_err(|e| MongoError::internal(e.to_string()))?)?;
+    }
+    Ok(())
+}
+
+fn delete_one(w: &mut WriteCtx<'_>, meta: &CollectionMeta, d: &Document, s: &Session, stmt: usize) -> Result<()> {
+    exec::write::delete_doc(w, meta, d)?;
+    let key = doc! {"_id": d.get("_id").cloned().unwrap_or(Bson::Null)};
+    let ts = w.log(s.entry(OplogEntry::new(OpKind::Delete, meta.ns.full(), Some(meta.uuid), key), stmt))?;
+    if meta.pre_post_images() {
+        w.put_preimage(ts, &bson::to_vec(d).map_err(|e| MongoError::internal(e.to_string()))?)?;
+    }
+    Ok(())
+}
+
+struct UpdateOutcome {
+    n: i64,
+    modified: i64,
+    upserted: Option<Bson>,
+    /// The document before (or after, with `new`) for findAndModify.
+    value: Option<Document>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_update(
+    w: &mut WriteCtx<'_>,
+    ns: &Namespace,
+    filter: &Filter,
+    update: &Update,
+    upsert: bool,
+    multi: bool,
+    sort: Option<&SortSpec>,
+    return_new: bool,
+    s: &Session,
+    stmt: usize,
+) -> Result<UpdateOutcome> {
+    let meta = w.collection(ns)?;
+    let mut out = UpdateOutcome { n: 0, modified: 0, upserted: None, value: None };
+    if let Some(mut meta) = meta {
+        if meta.is_view() {
+            return Err(MongoError::new(ErrorCode::CommandNotSupportedOnView, format!("Namespace {} is a view, not a collection", ns.full())));
+        }
+        let mut docs = matching(w, &meta, filter)?;
+        if let Some(s) = sort {
+            s.sort(&mut docs);
+        }
+        for old in docs {
+            let uctx = UpdateCtx { is_upsert_insert: false, now: DateTime::now(), positional: filter.match_position(&old) };
+            let res = update.apply(&old, &uctx, &WriteEnv)?;
+            out.n += 1;
+            if res.modified {
+                out.modified += 1;
+                update_one(w, &mut meta, &old, &res.doc, res.delta.map(|d| d.to_document()), s, stmt)?;
+            }
+            out.value = Some(if return_new { res.doc } else { old });
+            if !multi {
+                break;
+            }
+        }
+    }
+    if out.n == 0 && upsert {
+        let (mut meta, _) = ensure_collection(w, ns)?;
+        let seed = upsert_seed(&filter.equality_fields())?;
+        let uctx = UpdateCtx { is_upsert_insert: true, now: DateTime::now(), positional: None };
+        let mut doc = update.apply(&seed, &uctx, &WriteEnv)?.doc;
+        if update.is_replacement() {
+            if let (Some(id), false) = (seed.get("_id"), doc.contains_key("_id")) {
+                doc.insert("_id", id.clone());
+            }
+        }
+        let doc = with_id(&doc);
+        check_id(&doc)?;
+        insert_one(w, &mut meta, &doc, s, stmt)?;
+        out.upserted = doc.get("_id").cloned();
+        out.value = if return_new { Some(doc) } else { None };
+    }
+    Ok(out)
+}
+
+/// `update`.
+///
+/// # Errors
+/// Command-level errors; per-statement failures are `writeErrors`.
+pub async fn update(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Reply> {
+    let ns = util::coll_arg(cmd, "update", db)?;
+    let stmts = batch(cmd, "updates")?.clone();
+    let ordered = util::get_bool(cmd, "ordered").unwrap_or(true);
+    ctx.stats.update.fetch_add(stmts.len() as u64, Ordering::Relaxed);
+    let s = Session::of(cmd);
+    let reply = ctx
+        .store
+        .write(move |w| {
+            retryable(w, &s, |w| {
+                let (mut n, mut modified) = (0i64, 0i64);
+                let mut upserted = Vec::new();
+                let mut errs = Vec::new();
+                for (i, st) in stmts.iter().enumerate() {
+                    let r = (|| {
+                        let Bson::Document(st) = st else { return Err(MongoError::type_mismatch("update statements must be objects")) };
+                        let q = util::opt_doc(st, "q")?.cloned().unwrap_or_default();
+                        let u = st.get("u").ok_or_else(|| MongoError::failed_to_parse("BSON field 'update.updates.u' is missing but a required field"))?;
+                        let af: Option<Vec<Document>> = match st.get("arrayFilters") {
+                            Some(Bson::Array(a)) => Some(a.iter().filter_map(|v| v.as_document().cloned()).collect()),
+                            _ => None,
+                        };
+                        let filter = Filter::parse(&q)?;
+                        let update = Update::parse(u, af.as_deref())?;
+                        let multi = util::get_bool(st, "multi").unwrap_or(false);
+                        if multi && update.is_replacement() {
+                            return Err(MongoError::failed_to_parse("multi update is not supported for replacement-style update"));
+                        }
+                        run_update(w, &ns, &filter, &update, util::get_bool(st, "upsert").unwrap_or(false), multi, None, false, &s, i)
+                    })();
+                    match r {
+                        Ok(o) => {
+                            n += o.n;
+                            modified += o.modified;
+                            if let Some(id) = o.upserted {
+                                n += 1;
+                                upserted.push(Bson::Document(doc! {"index": i as i32, "_id": id}));
+                            }
+                        }
+                        Err(e) => {
+                            errs.push(Bson::Document(write_error(i, &e)));
+                            if ordered {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let mut r = doc! {"n": n as i32, "nModified": modified as i32};
+                if !upserted.is_empty() {
+                    r.insert("upserted", upserted);
+                }
+                if !errs.is_empty() {
+                    r.insert("writeErrors", errs);
+                }
+                Ok(r)
+            })
+        })
+        .await?;
+    Ok(Reply::ok(reply))
+}
+
+/// `delete`.
+///
+/// # Errors
+/// Command-level errors; per-statement failures are `writeErrors`.
+pub async fn delete(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Reply> {
+    let ns = util::coll_arg(cmd, "delete", db)?;
+    let stmts = batch(cmd, "deletes")?.clone();
+    let ordered = util::get_bool(cmd, "ordered").unwrap_or(true);
+    ctx.stats.delete.fetch_add(stmts.len() as u64, Ordering::Relaxed);
+    let s = Session::of(cmd);
+    let reply = ctx
+        .store
+        .write(move |w| {
+            retryable(w, &s, |w| {
+                let mut n = 0i64;
+                let mut errs = Vec::new();
+                for (i, st) in stmts.iter().enumerate() {
+                    let r = (|| {
+                        let Bson::Document(st) = st else { return Err(MongoError::type_mismatch("delete statements must be objects")) };
+                        let q = util::opt_doc(st, "q")?.cloned().unwrap_or_default();
+                        let limit = util::get_i64(st, "limit").ok_or_else(|| MongoError::failed_to_parse("BSON field 'delete.deletes.limit' is missing but a required field"))?;
+                        if limit != 0 && limit != 1 {
+                            return Err(MongoError::failed_to_parse(format!("The limit field in delete objects must be 0 or 1. Got {limit}")));
+                        }
+                        let filter = Filter::parse(&q)?;
+                        let Some(meta) = w.collection(&ns)? else { return Ok(0) };
+                        let mut k = 0;
+                        for d in matching(w, &meta, &filter)? {
+                            delete_one(w, &meta, &d, &s, i)?;
+                            k += 1;
+                            if limit == 1 {
+                                break;
+                            }
+                        }
+                        Ok(k)
+                    })();
+                    match r {
+                        Ok(k) => n += k,
+                        Err(e) => {
+                            errs.push(Bson::Document(write_error(i, &e)));
+                            if ordered {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let mut r = doc! {"n": n as i32};
+                if !errs.is_empty() {
+                    r.insert("writeErrors", errs);
+                }
+                Ok(r)
+            })
+        })
+        .await?;
+    Ok(Reply::ok(reply))
+}
+
+/// `findAndModify`.
+///
+/// # Errors
+/// FailedToParse for contradictory options, and the update's errors.
+pub async fn find_and_modify(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Reply> {
+    let name = crate::command_name(cmd).to_string();
+    let ns = util::coll_arg(cmd, &name, db)?;
+    let filter = Filter::parse(&util::opt_doc(cmd, "query")?.cloned().unwrap_or_default())?;
+    let sort = util::opt_doc(cmd, "sort")?.map(SortSpec::parse).transpose()?;
+    let fields = util::opt_doc(cmd, "fields")?.map(Projection::parse).transpose()?;
+    let remove = util::get_bool(cmd, "remove").unwrap_or(false);
+    let upsert = util::get_bool(cmd, "upsert").unwrap_or(false);
+    let return_new = util::get_bool(cmd, "new").unwrap_or(false);
+    let af: Option<Vec<Document>> = match cmd.get("arrayFilters") {
+        Some(Bson::Array(a)) => Some(a.iter().filter_map(|v| v.as_document().cloned()).collect()),
+        _ => None,
+    };
+    let update = match cmd.get("update") {
+        Some(u) if remove => {
+            let _ = u;
+            return Err(MongoError::failed_to_parse("Cannot specify both an update and remove=true"));
+        }
+        Some(u) => Some(Update::parse(u, af.as_deref())?),
+        None if remove => None,
+        None => return Err(MongoError::failed_to_parse("Either an update or remove=true must be specified")),
+    };
+    if remove && (upsert || return_new) {
+        return Err(MongoError::failed_to_parse("Cannot specify both upsert=true and remove=true"));
+    }
+    ctx.stats.update.fetch_add(1, Ordering::Relaxed);
+    let s = Session::of(cmd);
+    let reply = ctx
+        .store
+        .write(move |w| {
+            retryable(w, &s, |w| {
+                let (value, leo) = match update {
+                    None => {
+                        let Some(meta) = w.collection(&ns)? else {
+                            return Ok(doc! {"lastErrorObject": {"n": 0}, "value": Bson::Null});
+                        };
+                        let mut docs = matching(w, &meta, &filter)?;
+                        if let Some(s) = &sort {
+                            s.sort(&mut docs);
+                        }
+                        match docs.into_iter().next() {
+                            Some(d) => {
+                                delete_one(w, &meta, &d, &s, 0)?;
+                                (Some(d), doc! {"n": 1})
+                            }
+                            None => (None, doc! {"n": 0}),
+                        }
+                    }
+                    Some(u) => {
+                        let o = run_update(w, &ns, &filter, &u, upsert, false, sort.as_ref(), return_new, &s, 0)?;
+                        let mut leo = doc! {"n": (o.n + i64::from(o.upserted.is_some())) as i32, "updatedExisting": o.n > 0};
+                        if let Some(id) = o.upserted {
+                            leo.insert("upserted", id);
+                        }
+                        (o.value, leo)
+                    }
+                };
+                let value = match (value, &fields) {
+                    (Some(v), Some(p)) => Bson::Document(p.apply(&v, None)?),
+                    (Some(v), None) => Bson::Document(v),
+                    (None, _) => Bson::Null,
+                };
+                Ok(doc! {"lastErrorObject": leo, "value": value})
+            })
+        })
+        .await?;
+    Ok(Reply::ok(reply))
+}
+
+/// The documents of a collection (or view) matching a filter, read from a snapshot, in
+/// plan order.
+fn query_source(snap: &Arc<Snapshot>, meta: &CollectionMeta, filter: Filter, plan: &Plan) -> Result<DocSource> {
+    if meta.is_view() {
+        let docs = view_docs(snap, meta)?;
+        return Ok(Box::new(docs.into_iter().filter(move |d| filter.matches(d)).map(Ok)));
+    }
+    let it = scan(snap.clone(), meta, plan)?;
+    Ok(Box::new(it.filter(move |r| r.as_ref().map_or(true, |d| filter.matches(d)))))
+}
+
+fn view_docs(snap: &Arc<Snapshot>, meta: &CollectionMeta) -> Result<Vec<Document>> {
+    let on = meta.options.get_str("viewOn").unwrap_or("");
+    let src_ns = Namespace::new(meta.ns.db.clone(), on);
+    let stages: Vec<Document> = match meta.options.get_array("pipeline") {
+        Ok(a) => a.iter().filter_map(|s| s.as_document().cloned()).collect(),
+        Err(_) => Vec::new(),
+    };
+    let input = match snap.collection(&src_ns)? {
+        Some(m) if m.is_view() => view_docs(snap, &m)?,
+        Some(m) => snap.scan_docs(m.id, None)?.map(|r| r.map(|(_, d)| d)).collect::<Result<_>>()?,
+        None => Vec::new(),
+    };
+    let p = Pipeline::parse(&stages, &meta.ns.db)?;
+    p.run(input, &SnapEnv { snap })
+}
+
+fn oplog_source(snap: &Snapshot, filter: Filter, reverse: bool) -> Result<DocSource> {
+    let decode = |r: Result<(Timestamp, Vec<u8>)>| r.and_then(|(_, b)| OplogEntry::from_bytes(&b).map(|e| e.to_document()));
+    let items: Vec<Result<Document>> = if reverse {
+        snap.oplog_rev()?.map(decode).collect()
+    } else {
+        snap.oplog_after(None)?.map(decode).collect()
+    };
+    Ok(Box::new(items.into_iter().filter(move |r| r.as_ref().map_or(true, |d| filter.matches(d)))))
+}
+
+/// `find`.
+///
+/// # Errors
+/// Bad filters, projections, sorts, hints.
+pub fn find(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
+    ctx.stats.query.fetch_add(1, Ordering::Relaxed);
+    let ns = util::coll_arg(cmd, "find", db)?;
+    let filter = Filter::parse(&util::opt_doc(cmd, "filter")?.cloned().unwrap_or_default())?;
+    let sort = util::opt_doc(cmd, "sort")?.filter(|s| !s.is_empty()).cloned();
+    let projection = util::opt_doc(cmd, "projection")?.filter(|p| !p.is_empty()).map(Projection::parse).transpose()?;
+    let skip = util::opt_count(cmd, "skip")?.unwrap_or(0);
+    if skip < 0 {
+        return Err(MongoError::bad_value("Skip value must be non-negative, but received: ".to_string() + &skip.to_string()));
+    }
+    let limit = util::opt_count(cmd, "limit")?.unwrap_or(0);
+    let mut single = util::get_bool(cmd, "singleBatch").unwrap_or(false);
+    let mut batch_size = util::opt_count(cmd, "batchSize")?;
+    if batch_size.is_some_and(|b| b < 0) {
+        return Err(MongoError::bad_value("BatchSize value must be non-negative"));
+    }
+    let limit = if limit < 0 {
+        single = true;
+        -limit
+    } else {
+        limit
+    };
+    if limit > 0 {
+        batch_size = Some(batch_size.map_or(limit, |b| if b == 0 { 0 } else { b.min(limit) }));
+    }
+    let snap = Arc::new(ctx.store.snapshot()?);
+    let natural_rev = sort.as_ref().is_some_and(|s| matches!(s.get("$natural"), Some(v) if doc::compare::as_f64(v).is_some_and(|d| d < 0.0)));
+    let sort_spec = match &sort {
+        Some(s) if s.contains_key("$natural") => None,
+        Some(s) => Some(SortSpec::parse(s)?),
+        None => None,
+    };
+    let mut src: DocSource;
+    let mut plan_sorted = false;
+    if db == "local" && ns.coll == "oplog.rs" {
+        src = oplog_source(&snap, filter.clone(), natural_rev)?;
+    } else {
+        let Some(meta) = snap.collection(&ns)? else {
+            return Ok(Reply::ok(doc! {"cursor": {"firstBatch": [], "id": 0i64, "ns": ns.full()}}));
+        };
+        let plan = plan_query(&meta, &filter, sort_spec.as_ref(), cmd.get("hint"))?;
+        plan_sorted = plan.provides_sort();
+        src = query_source(&snap, &meta, filter.clone(), &plan)?;
+    }
+    if let (Some(s), false) = (&sort_spec, plan_sorted) {
+        let docs: Vec<Document> = src.collect::<Result<_>>()?;
+        let docs = if limit > 0 { s.top_k(docs, (limit + skip) as usize) } else {
+            let mut d = docs;
+            s.sort(&mut d);
+            d
+        };
+        src = Box::new(docs.into_iter().map(Ok));
+    }
+    let mut src: DocSource = Box::new(src.skip(skip as usize));
+    if limit > 0 {
+        src = Box::new(src.take(limit as usize));
+    }
+    if let Some(p) = projection {
+        let f = filter;
+        src = Box::new(src.map(move |r| r.and_then(|d| p.apply(&d, Some(&f)))));
+    }
+    cursor_reply(ctx, &ns.full(), src, batch_size, single)
+}
+
+fn count_matching(snap: &Arc<Snapshot>, ns: &Namespace, filter: Filter, hint: Option<&Bson>) -> Result<Option<DocSource>> {
+    let Some(meta) = snap.collection(ns)? else { return Ok(None) };
+    let plan = plan_query(&meta, &filter, None, hint)?;
+    query_source(snap, &meta, filter, &plan).map(Some)
+}
+
+/// `count`.
+///
+/// # Errors
+/// Bad filters.
+pub fn count(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
+    let ns = util::coll_arg(cmd, "count", db)?;
+    let filter = Filter::parse(&util::opt_doc(cmd, "query")?.cloned().unwrap_or_default())?;
+    let skip = util::opt_count(cmd, "skip")?.unwrap_or(0).max(0) as usize;
+    let limit = util::opt_count(cmd, "limit")?.unwrap_or(0).unsigned_abs() as usize;
+    let snap = Arc::new(ctx.store.snapshot()?);
+    let n = match count_matching(&snap, &ns, filter, cmd.get("hint"))? {
+        None => 0,
+        Some(src) => {
+            let mut n = 0usize;
+            for d in src.skip(skip) {
+                d?;
+                n += 1;
+                if limit > 0 && n >= limit {
+                    break;
+                }
+            }
+            n
+        }
+    };
+    Ok(Reply::ok(doc! {"n": n as i64}))
+}
+
+/// `distinct`.
+///
+/// # Errors
+/// Bad filters or keys.
+pub fn distinct(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
+    let ns = util::coll_arg(cmd, "distinct", db)?;
+    let key = cmd.get_str("key").map_err(|_| MongoError::failed_to_parse("BSON field 'distinct.key' is missing but a required field"))?;
+    if key.is_empty() {
+        return Err(MongoError::failed_to_parse("FieldPath cannot be constructed with empty string"));
+    }
+    let filter = Filter::parse(&util::opt_doc(cmd, "query")?.cloned().unwrap_or_default())?;
+    let snap = Arc::new(ctx.store.snapshot()?);
+    let mut values: Vec<Bson> = Vec::new();
+    if let Some(src) = count_matching(&snap, &ns, filter, None)? {
+        for d in src {
+            for v in doc::lookup_all(&d?, key).into_iter().flatten() {
+                let vals = match v {
+                    Bson::Array(a) => a,
+                    v => vec![v],
+                };
+                for v in vals {
+                    if !values.iter().any(|x| doc::values_equal(x, &v) && doc::compare::type_rank(x) == doc::compare::type_rank(&v)) {
+                        values.push(v);
+                    }
+                }
+            }
+        }
+    }
+    values.sort_by(doc::cmp_values);
+    Ok(Reply::ok(doc! {"values": values}))
+}
+
+fn pipeline_of(cmd: &Document) -> Result<Vec<Document>> {
+    let stages = cmd
+        .get_array("pipeline")
+        .map_err(|_| MongoError::type_mismatch("'pipeline' option must be specified as an array"))?;
+    stages
+        .iter()
+        .map(|s| match s {
+            Bson::Document(d) if d.len() == 1 => Ok(d.clone()),
+            Bson::Document(_) => Err(MongoError::with_code(40323, "A pipeline stage specification object must contain exactly one field.")),
+            _ => Err(MongoError::type_mismatch("Each element of the 'pipeline' array must be an object")),
+        })
+        .collect()
+}
+
+/// `aggregate`, including `$changeStream`.
+///
+/// # Errors
+/// Bad pipelines, and change stream errors.
+pub async fn aggregate(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Reply> {
+    let stages = pipeline_of(cmd)?;
+    if stages.first().is_some_and(|s| s.contains_key("$changeStream")) {
+        return crate::cursor::open_change_stream(ctx, db, cmd, &stages).await;
+    }
+    let explain = util::get_bool(cmd, "explain").unwrap_or(false);
+    let batch_size = match cmd.get_document("cursor") {
+        Ok(c) => util::opt_count(c, "batchSize")?,
+        Err(_) if explain => None,
+        Err(_) => return Err(MongoError::failed_to_parse("The 'cursor' option is required, except for aggregate with the explain argument")),
+    };
+    ctx.stats.query.fetch_add(1, Ordering::Relaxed);
+    let coll = match cmd.get("aggregate") {
+        Some(Bson::String(_)) => Some(util::coll_arg(cmd, "aggregate", db)?),
+        Some(v) if doc::compare::as_f64(v) == Some(1.0) => None,
+        _ => return Err(MongoError::failed_to_parse("Invalid {aggregate: ...} value: must be a collection name or 1")),
+    };
+    let pipeline = Pipeline::parse(&stages, db)?;
+    let snap = Arc::new(ctx.store.snapshot()?);
+    let (input, plan) = match &coll {
+        Some(ns) => match snap.collection(ns)? {
+            Some(meta) => {
+                let filter = pipeline.leading_match().cloned().unwrap_or_else(Filter::match_all);
+                let plan = plan_query(&meta, &filter, None, cmd.get("hint"))?;
+                (query_source(&snap, &meta, filter, &plan)?.collect::<Result<Vec<_>>>()?, plan)
+            }
+            None => (Vec::new(), Plan::CollScan),
+        },
+        None => (Vec::new(), Plan::CollScan),
+    };
+    if explain {
+        return Ok(Reply::ok(doc! {"queryPlanner": {"namespace": coll.map(|n| n.full()).unwrap_or_default(), "winningPlan": plan.explain(), "rejectedPlans": []}}));
+    }
+    let out = pipeline.run(input, &SnapEnv { snap: &snap })?;
+    let ns = coll.map_or_else(|| format!("{db}.$cmd.aggregate"), |n| n.full());
+    if let Some(stage) = pipeline.out_stage().cloned() {
+        write_out(ctx, stage, out).await?;
+        return Ok(Reply::ok(doc! {"cursor": {"firstBatch": [], "id": 0i64, "ns": ns}}));
+    }
+    cursor_reply(ctx, &ns, Box::new(out.into_iter().map(Ok)), batch_size, false)
+}
+
+/// Writes the results of `$out` (replacing the target) or `$merge`.
+async fn write_out(ctx: &Arc<ServerCtx>, stage: OutStage, docs: Vec<Document>) -> Result<()> {
+    ctx.store
+        .write(move |w| {
+            let s = Session::default();
+            match stage {
+                OutStage::Out { db, coll } => {
+                    let ns = Namespace::new(db, coll);
+                    storage::catalog::validate_coll_name(&ns)?;
+                    if let Some(m) = w.collection(&ns)? {
+                        crate::ddl::drop_in(w, &m)?;
+                    }
+                    let (mut meta, _) = ensure_collection(w, &ns)?;
+                    for (i, d) in docs.iter().enumerate() {
+                        insert_one(w, &mut meta, &with_id(d), &s, i)?;
+                    }
+                }
+                OutStage::Merge { db, coll, on, when_matched, when_not_matched } => {
+                    let ns = Namespace::new(db, coll);
+                    let (mut meta, _) = ensure_collection(w, &ns)?;
+                    for (i, d) in docs.iter().enumerate() {
+                        let d = with_id(d);
+                        let mut q = Document::new();
+                        for f in &on {
+                            q.insert(f.clone(), doc::get_path(&d, f).cloned().unwrap_or(Bson::Null));
+                        }
+                        let existing = matching(w, &meta, &Filter::parse(&q)?)?.into_iter().next();
+                        match existing {
+                            Some(old) => match when_matched.as_str() {
+                                Some("keepExisting") => {}
+                                Some("fail") => return Err(MongoError::new(ErrorCode::DuplicateKey, "$merge found an existing document with whenMatched: fail")),
+                                Some("merge") | None => {
+                                    let mut new = old.clone();
+                                    for (k, v) in &d {
+                                        if k != "_id" {
+                                            new.insert(k.clone(), v.clone());
+                                        }
+                                    }
+                                    update_one(w, &mut meta, &old, &new, None, &s, i)?;
+                                }
+                                Some(_) => {
+                                    let mut new = d.clone();
+                                    new.insert("_id", old.get("_id").cloned().unwrap_or(Bson::Null));
+                                    update_one(w, &mut meta, &old, &new, None, &s, i)?;
+                                }
+                            },
+                            None => match when_not_matched.as_str() {
+                                "discard" => {}
+                                "fail" => return Err(MongoError::with_code(13113, "$merge could not find a matching document and whenNotMatched is fail")),
+                                _ => insert_one(w, &mut meta, &d, &s, i)?,
+                            },
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await
+}
+
+/// `explain` of find, count, distinct or aggregate.
+///
+/// # Errors
+/// Bad inner commands.
+pub fn explain(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
+    let inner = cmd.get_document("explain").map_err(|_| MongoError::type_mismatch("explain command requires a nested object"))?;
+    let name = crate::command_name(inner);
+    let ns = util::coll_arg(inner, name, db)?;
+    let (filter_key, sort_key) = match name {
+        "find" => ("filter", Some("sort")),
+        "count" | "distinct" => ("query", None),
+        "delete" | "update" | "findAndModify" => ("query", Some("sort")),
+        _ => ("filter", None),
+    };
+    let filter = Filter::parse(&util::opt_doc(inner, filter_key)?.cloned().unwrap_or_default())?;
+    let sort = match sort_key.and_then(|k| inner.get_document(k).ok()) {
+        Some(s) if !s.is_empty() => Some(SortSpec::parse(s)?),
+        _ => None,
+    };
+    let snap = ctx.store.snapshot()?;
+    let plan = match snap.collection(&ns)? {
+        Some(meta) => plan_query(&meta, &filter, sort.as_ref(), inner.get("hint"))?,
+        None => Plan::CollScan,
+    };
+    let mut winning = plan.explain();
+    if sort.is_some() && !plan.provides_sort() {
+        winning = doc! {"stage": "SORT", "inputStage": winning};
+    }
+    Ok(Reply::ok(doc! {
+        "queryPlanner": {"namespace": ns.full(), "parsedQuery": inner.get(filter_key).cloned().unwrap_or(Bson::Document(Document::new())), "winningPlan": winning, "rejectedPlans": []},
+        "serverInfo": {"host": &ctx.config.advertised, "version": crate::admin::VERSION},
+        "command": inner.clone(),
+    }))
+}

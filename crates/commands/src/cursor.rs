@@ -1,0 +1,377 @@
+//! The cursor table, `getMore`, `killCursors`, and change stream cursors.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use bson::{Bson, DateTime, Document, Timestamp, doc};
+use changestream::{ChangeStream, Lookup};
+use errors::{ErrorCode, MongoError, Result, labels};
+use query::pipeline::Env;
+use storage::{Namespace, Snapshot};
+use tokio::sync::Notify;
+
+use crate::{Reply, ServerCtx, util};
+
+/// Idle cursors are closed after this long, as in MongoDB.
+pub const CURSOR_TIMEOUT: Duration = Duration::from_secs(600);
+/// The default batch size of a first batch.
+pub const DEFAULT_FIRST_BATCH: usize = 101;
+/// A batch stops growing past this many bytes (16 MiB less room for the envelope).
+const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024 - 64 * 1024;
+/// How long a change stream getMore waits without `maxTimeMS`.
+const DEFAULT_AWAIT: Duration = Duration::from_secs(1);
+
+/// Documents a find or aggregate cursor still has to return.
+pub type DocSource = Box<dyn Iterator<Item = Result<Document>> + Send>;
+
+/// What a cursor reads.
+pub enum CursorKind {
+    Query(DocSource),
+    Change(Box<ChangeStream>),
+}
+
+/// An open cursor.
+pub struct Cursor {
+    pub ns: String,
+    pub kind: CursorKind,
+    pub last_used: Instant,
+}
+
+struct Entry {
+    cursor: Arc<tokio::sync::Mutex<Cursor>>,
+    killed: Arc<Notify>,
+    last_used: Instant,
+}
+
+/// The table of open cursors.
+#[derive(Default)]
+pub struct Cursors {
+    map: Mutex<HashMap<i64, Entry>>,
+}
+
+impl Cursors {
+    /// Registers a cursor and returns its id.
+    pub fn add(&self, cursor: Cursor) -> i64 {
+        let mut map = self.map.lock().unwrap();
+        let mut id: i64;
+        loop {
+            id = (rand_u64() >> 1) as i64;
+            if id != 0 && !map.contains_key(&id) {
+                break;
+            }
+        }
+        map.insert(id, Entry {
+            cursor: Arc::new(tokio::sync::Mutex::new(cursor)),
+            killed: Arc::new(Notify::new()),
+            last_used: Instant::now(),
+        });
+        id
+    }
+
+    fn get(&self, id: i64) -> Option<(Arc<tokio::sync::Mutex<Cursor>>, Arc<Notify>)> {
+        let mut map = self.map.lock().unwrap();
+        let e = map.get_mut(&id)?;
+        e.last_used = Instant::now();
+        Some((e.cursor.clone(), e.killed.clone()))
+    }
+
+    fn remove(&self, id: i64) -> bool {
+        match self.map.lock().unwrap().remove(&id) {
+            Some(e) => {
+                e.killed.notify_waiters();
+                e.killed.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The number of open cursors.
+    pub fn len(&self) -> usize {
+        self.map.lock().unwrap().len()
+    }
+
+    /// Whether no cursor is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn reap(&self) {
+        let now = Instant::now();
+        let mut map = self.map.lock().unwrap();
+        map.retain(|_, e| now.duration_since(e.last_used) < CURSOR_TIMEOUT || Arc::strong_count(&e.cursor) > 1);
+    }
+}
+
+fn rand_u64() -> u64 {
+    let b = bson::Uuid::new().bytes();
+    u64::from_le_bytes(b[..8].try_into().expect("8 bytes"))
+}
+
+/// Closes idle cursors every minute.
+pub fn spawn_reaper(ctx: Weak<ServerCtx>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            let Some(ctx) = ctx.upgrade() else { break };
+            ctx.cursors.reap();
+        }
+    });
+}
+
+/// Takes a first batch from a document source: the batch, and the source if more remain.
+///
+/// # Errors
+/// The source's error.
+pub fn take_batch(src: &mut DocSource, n: usize) -> Result<(Vec<Document>, bool)> {
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    while out.len() < n && bytes < MAX_BATCH_BYTES {
+        match src.next() {
+            Some(d) => {
+                let d = d?;
+                bytes += bson::to_vec(&d).map(|b| b.len()).unwrap_or(0);
+                out.push(d);
+            }
+            None => return Ok((out, true)),
+        }
+    }
+    Ok((out, false))
+}
+
+/// Builds a cursor reply, registering the rest of the source as a cursor if any remains.
+///
+/// # Errors
+/// The source's error.
+pub fn cursor_reply(ctx: &ServerCtx, ns: &str, mut src: DocSource, batch_size: Option<i64>, single: bool) -> Result<Reply> {
+    let n = batch_size.map_or(DEFAULT_FIRST_BATCH, |b| b.max(0) as usize);
+    let (batch, done) = take_batch(&mut src, n)?;
+    let id = if done || single {
+        0
+    } else {
+        ctx.cursors.add(Cursor { ns: ns.to_string(), kind: CursorKind::Query(src), last_used: Instant::now() })
+    };
+    Ok(Reply::ok(doc! {"cursor": {"firstBatch": batch, "id": id, "ns": ns}}))
+}
+
+/// `getMore`.
+///
+/// # Errors
+/// CursorNotFound for unknown (or killed) cursors, and the cursor's own errors.
+pub async fn get_more(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Reply> {
+    ctx.stats.getmore.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let id = match cmd.get("getMore") {
+        Some(Bson::Int64(i)) => *i,
+        Some(Bson::Int32(i)) => i64::from(*i),
+        Some(other) => {
+            return Err(MongoError::type_mismatch(format!(
+                "Field 'getMore' must be of type long in: {{ getMore: {other} }}"
+            )));
+        }
+        None => return Err(MongoError::failed_to_parse("getMore requires a cursor id")),
+    };
+    let coll = match cmd.get("collection") {
+        Some(Bson::String(c)) => c.clone(),
+        _ => return Err(MongoError::type_mismatch("BSON field 'getMore.collection' is missing but a required field")),
+    };
+    let batch_size = util::opt_count(cmd, "batchSize")?.filter(|b| *b > 0);
+    let max_time = util::get_i64(cmd, "maxTimeMS");
+    let Some((cursor, killed)) = ctx.cursors.get(id) else {
+        return Err(MongoError::new(ErrorCode::CursorNotFound, format!("cursor id {id} not found")));
+    };
+    let mut c = cursor.lock().await;
+    let ns = c.ns.clone();
+    if ns != format!("{db}.{coll}") {
+        return Err(MongoError::new(
+            ErrorCode::Unauthorized,
+            format!("Requested getMore on namespace '{db}.{coll}', but cursor belongs to a different namespace {ns}"),
+        ));
+    }
+    c.last_used = Instant::now();
+    match &mut c.kind {
+        CursorKind::Query(src) => {
+            let n = batch_size.map_or(usize::MAX, |b| b as usize);
+            let (batch, done) = match take_batch(src, n) {
+                Ok(r) => r,
+                Err(e) => {
+                    drop(c);
+                    ctx.cursors.remove(id);
+                    return Err(e);
+                }
+            };
+            drop(c);
+            let out_id = if done {
+                ctx.cursors.remove(id);
+                0
+            } else {
+                id
+            };
+            Ok(Reply::ok(doc! {"cursor": {"nextBatch": batch, "id": out_id, "ns": ns}}))
+        }
+        CursorKind::Change(stream) => {
+            if let Some(fp) = crate::admin::take_fail_point(ctx, "failGetMoreAfterCursorCheckout", |_| true) {
+                if let Some(code) = util::get_i64(&fp, "errorCode") {
+                    let mut e = MongoError::with_code(code as i32, "Failing getMore via 'failGetMoreAfterCursorCheckout' failpoint");
+                    if errors::RESUMABLE_CHANGE_STREAM_CODES.contains(&e.code) {
+                        e = e.with_label(labels::RESUMABLE_CHANGE_STREAM_ERROR);
+                    }
+                    return Err(e);
+                }
+            }
+            let wait = max_time.map_or(DEFAULT_AWAIT, |ms| Duration::from_millis(ms.max(0) as u64));
+            let n = batch_size.map_or(usize::MAX, |b| b as usize);
+            let res = await_events(ctx, stream, n, wait, &killed).await;
+            let (batch, finished) = match res {
+                Ok(b) => b,
+                Err(e) => {
+                    drop(c);
+                    ctx.cursors.remove(id);
+                    return Err(e);
+                }
+            };
+            let pbrt = stream.post_batch_resume_token();
+            drop(c);
+            let out_id = if finished {
+                ctx.cursors.remove(id);
+                0
+            } else {
+                id
+            };
+            Ok(Reply::ok(doc! {"cursor": {"nextBatch": batch, "postBatchResumeToken": pbrt, "id": out_id, "ns": ns}}))
+        }
+    }
+}
+
+/// Reads events, waiting up to `wait` for the first one; returns as soon as any arrive.
+async fn await_events(
+    ctx: &Arc<ServerCtx>,
+    stream: &mut ChangeStream,
+    n: usize,
+    wait: Duration,
+    killed: &Notify,
+) -> Result<(Vec<Document>, bool)> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut tail = ctx.hub.subscribe();
+    loop {
+        tail.borrow_and_update();
+        let batch = read_now(ctx, stream, n)?;
+        if !batch.is_empty() || stream.is_finished() {
+            let finished = stream.is_finished();
+            return Ok((batch, finished));
+        }
+        tokio::select! {
+            r = tail.changed() => { if r.is_err() { return Ok((batch, false)); } }
+            () = tokio::time::sleep_until(deadline) => return Ok((batch, false)),
+            () = killed.notified() => {
+                return Err(MongoError::new(ErrorCode::CursorKilled, "cursor was killed while a getMore waited"));
+            }
+        }
+    }
+}
+
+fn read_now(ctx: &ServerCtx, stream: &mut ChangeStream, n: usize) -> Result<Vec<Document>> {
+    let snap = ctx.store.snapshot()?;
+    let env = SnapEnv { snap: &snap };
+    let batch = stream.next_batch(&ctx.hub, &env, &env, n)?;
+    ChangeStream::check_sizes(&batch)?;
+    Ok(batch)
+}
+
+/// `killCursors`.
+///
+/// # Errors
+/// BadValue for a malformed cursor list.
+pub fn kill_cursors(ctx: &ServerCtx, cmd: &Document) -> Result<Reply> {
+    let ids = cmd
+        .get_array("cursors")
+        .map_err(|_| MongoError::failed_to_parse("BSON field 'killCursors.cursors' is missing but a required field"))?;
+    let (mut killed, mut not_found) = (Vec::new(), Vec::new());
+    for v in ids {
+        let id = match v {
+            Bson::Int64(i) => *i,
+            Bson::Int32(i) => i64::from(*i),
+            _ => return Err(MongoError::type_mismatch("cursor ids must be longs")),
+        };
+        if ctx.cursors.remove(id) {
+            killed.push(Bson::Int64(id));
+        } else {
+            not_found.push(Bson::Int64(id));
+        }
+    }
+    Ok(Reply::ok(doc! {"cursorsKilled": killed, "cursorsNotFound": not_found, "cursorsAlive": [], "cursorsUnknown": []}))
+}
+
+/// Opens a change stream cursor for an `aggregate` whose first stage is `$changeStream`.
+///
+/// # Errors
+/// The stream's option errors, history lost, read concern `local`.
+pub async fn open_change_stream(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document, pipeline: &[Document]) -> Result<Reply> {
+    if let Ok(rc) = cmd.get_document("readConcern") {
+        if let Ok(level) = rc.get_str("level") {
+            if level != "majority" {
+                return Err(MongoError::new(
+                    ErrorCode::InvalidOptions,
+                    format!("Read concern level '{level}' is not supported for $changeStream; use 'majority'"),
+                ));
+            }
+        }
+    }
+    let coll = match cmd.get("aggregate") {
+        Some(Bson::String(c)) => Some(c.as_str()),
+        _ => None,
+    };
+    let spec = changestream::spec::parse(db, coll, &pipeline[0]["$changeStream"], &pipeline[1..])?;
+    let ns = match &spec.target {
+        changestream::Target::Collection(n) => n.full(),
+        _ => format!("{db}.$cmd.aggregate"),
+    };
+    let mut stream = ChangeStream::open(spec, &ctx.hub)?;
+    let batch_size = match cmd.get_document("cursor") {
+        Ok(c) => util::opt_count(c, "batchSize")?,
+        Err(_) => return Err(MongoError::failed_to_parse("The 'cursor' option is required, except for aggregate with the explain argument")),
+    };
+    let n = batch_size.map_or(DEFAULT_FIRST_BATCH, |b| b.max(0) as usize);
+    // The first batch holds what is already there (events from a resume point); it never waits.
+    let batch = if n == 0 { Vec::new() } else { read_now(ctx, &mut stream, n)? };
+    let pbrt = stream.post_batch_resume_token();
+    let id = if stream.is_finished() {
+        0
+    } else {
+        ctx.cursors.add(Cursor { ns: ns.clone(), kind: CursorKind::Change(Box::new(stream)), last_used: Instant::now() })
+    };
+    Ok(Reply::ok(doc! {"cursor": {"firstBatch": batch, "postBatchResumeToken": pbrt, "id": id, "ns": ns}}))
+}
+
+/// Pipelines' and streams' access to a snapshot.
+pub struct SnapEnv<'a> {
+    pub snap: &'a Snapshot,
+}
+
+impl Env for SnapEnv<'_> {
+    fn collection_docs(&self, db: &str, coll: &str) -> Result<Vec<Document>> {
+        let Some(meta) = self.snap.collection(&Namespace::new(db, coll))? else { return Ok(Vec::new()) };
+        self.snap.scan_docs(meta.id, None)?.map(|r| r.map(|(_, d)| d)).collect()
+    }
+
+    fn now(&self) -> DateTime {
+        DateTime::now()
+    }
+
+    fn cluster_time(&self) -> Timestamp {
+        self.snap.ts()
+    }
+}
+
+impl Lookup for SnapEnv<'_> {
+    fn current(&self, ns: &Namespace, document_key: &Document) -> Result<Option<Document>> {
+        let Some(meta) = self.snap.collection(ns)? else { return Ok(None) };
+        let Some(id) = document_key.get("_id") else { return Ok(None) };
+        self.snap.get_doc(meta.id, &exec::id_key(id))
+    }
+
+    fn preimage(&self, ts: Timestamp) -> Result<Option<Document>> {
+        self.snap.preimage(ts)
+    }
+}

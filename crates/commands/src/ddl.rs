@@ -1,0 +1,520 @@
+//! Catalog commands: create, drop, rename, collMod, indexes, listings.
+
+use std::sync::Arc;
+
+use bson::{Bson, Document, doc};
+use errors::{ErrorCode, MongoError, Result};
+use query::filter::Filter;
+use storage::{CollectionMeta, IndexMeta, Namespace, OpKind, OplogEntry, WriteCtx, catalog};
+
+use crate::cursor::{DocSource, cursor_reply};
+use crate::{Reply, ServerCtx, util};
+
+/// Fields of a command that are not collection options.
+const GENERIC: &[&str] = &[
+    "writeConcern", "lsid", "txnNumber", "$db", "$clusterTime", "$readPreference", "comment",
+    "maxTimeMS", "apiVersion", "apiStrict", "apiDeprecationErrors", "autocommit", "startTransaction",
+    "readConcern", "stmtId",
+];
+
+fn id_index_meta(ctx: &mut WriteCtx<'_>) -> IndexMeta {
+    IndexMeta {
+        id: ctx.new_id(),
+        name: "_id_".into(),
+        key: doc! {"_id": 1},
+        unique: true,
+        sparse: false,
+        partial_filter: None,
+        spec: doc! {"v": 2, "key": {"_id": 1}, "name": "_id_"},
+        multikey: false,
+    }
+}
+
+/// Creates a collection (or view) in the commit pipeline, logging a `create` entry.
+///
+/// # Errors
+/// A storage error.
+pub fn create_in(ctx: &mut WriteCtx<'_>, ns: &Namespace, options: Document) -> Result<CollectionMeta> {
+    let is_view = options.contains_key("viewOn");
+    let id = ctx.new_id();
+    let indexes = if is_view { Vec::new() } else { vec![id_index_meta(ctx)] };
+    let meta = CollectionMeta { ns: ns.clone(), uuid: bson::Uuid::new(), id, options: options.clone(), indexes };
+    ctx.put_collection(&meta)?;
+    let mut o = doc! {"create": &ns.coll};
+    o.extend(options);
+    if !is_view {
+        o.insert("idIndex", doc! {"v": 2, "key": {"_id": 1}, "name": "_id_"});
+    }
+    ctx.log(OplogEntry::new(OpKind::Command, format!("{}.$cmd", ns.db), Some(meta.uuid), o))?;
+    Ok(meta)
+}
+
+/// The collection's record, creating it (implicitly, as a first insert does) if missing.
+///
+/// # Errors
+/// A storage error; CommandNotSupportedOnView for a view.
+pub fn ensure_collection(ctx: &mut WriteCtx<'_>, ns: &Namespace) -> Result<(CollectionMeta, bool)> {
+    match ctx.collection(ns)? {
+        Some(m) if m.is_view() => Err(MongoError::new(
+            ErrorCode::CommandNotSupportedOnView,
+            format!("Namespace {} is a view, not a collection", ns.full()),
+        )),
+        Some(m) => Ok((m, false)),
+        None => Ok((create_in(ctx, ns, Document::new())?, true)),
+    }
+}
+
+fn validate_options(opts: &Document) -> Result<()> {
+    for (k, v) in opts {
+        match k.as_str() {
+            "capped" | "autoIndexId" => {
+                if !matches!(v, Bson::Boolean(_)) {
+                    return Err(MongoError::type_mismatch(format!("BSON field 'create.{k}' is the wrong type '{}', expected type 'bool'", util::type_name(v))));
+                }
+            }
+            "size" | "max" => {
+                if doc::compare::as_f64(v).is_none() {
+                    return Err(MongoError::type_mismatch(format!("BSON field 'create.{k}' is the wrong type")));
+                }
+            }
+            "changeStreamPreAndPostImages" => {
+                let Bson::Document(d) = v else {
+                    return Err(MongoError::type_mismatch("BSON field 'changeStreamPreAndPostImages' is the wrong type, expected type 'object'"));
+                };
+                if !matches!(d.get("enabled"), Some(Bson::Boolean(_))) || d.len() != 1 {
+                    return Err(MongoError::failed_to_parse("BSON field 'changeStreamPreAndPostImages.enabled' is missing but a required field"));
+                }
+            }
+            "viewOn" => {
+                if !matches!(v, Bson::String(s) if !s.is_empty()) {
+                    return Err(MongoError::type_mismatch("'viewOn' option must be a string"));
+                }
+            }
+            "pipeline" => {
+                if !matches!(v, Bson::Array(_)) {
+                    return Err(MongoError::type_mismatch("'pipeline' option must be an array"));
+                }
+            }
+            "validator" | "collation" | "storageEngine" | "indexOptionDefaults" | "clusteredIndex" | "timeseries"
+            | "idIndex" => {}
+            "validationLevel" | "validationAction" => {}
+            "expireAfterSeconds" | "encryptedFields" | "recordPreImages" => {}
+            other => {
+                return Err(MongoError::with_code(40415, format!("BSON field 'create.{other}' is an unknown field.")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `create`.
+///
+/// # Errors
+/// NamespaceExists, InvalidNamespace, bad options.
+pub async fn create(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Reply> {
+    let ns = util::coll_arg(cmd, "create", db)?;
+    let mut options = Document::new();
+    for (k, v) in cmd.iter().skip(1) {
+        if !GENERIC.contains(&k.as_str()) {
+            options.insert(k.clone(), v.clone());
+        }
+    }
+    validate_options(&options)?;
+    if options.contains_key("pipeline") && !options.contains_key("viewOn") {
+        return Err(MongoError::bad_value("'pipeline' requires 'viewOn' to also be specified"));
+    }
+    ctx.store
+        .write(move |w| {
+            if let Some(existing) = w.collection(&ns)? {
+                if existing.options == options {
+                    return Ok(());
+                }
+                return Err(MongoError::new(ErrorCode::NamespaceExists, format!("Collection {} already exists.", ns.full())));
+            }
+            create_in(w, &ns, options).map(|_| ())
+        })
+        .await?;
+    Ok(Reply::ok(Document::new()))
+}
+
+/// Drops a collection in the commit pipeline, logging a `drop` entry.
+///
+/// # Errors
+/// A storage error.
+pub fn drop_in(ctx: &mut WriteCtx<'_>, meta: &CollectionMeta) -> Result<()> {
+    ctx.remove_collection(meta)?;
+    ctx.log(OplogEntry::new(OpKind::Command, format!("{}.$cmd", meta.ns.db), Some(meta.uuid), doc! {"drop": &meta.ns.coll}))?;
+    Ok(())
+}
+
+/// `drop`: succeeds on a missing collection, as MongoDB 7.0+ does.
+///
+/// # Errors
+/// InvalidNamespace.
+pub async fn drop(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Reply> {
+    let ns = util::coll_arg(cmd, "drop", db)?;
+    let n = ctx
+        .store
+        .write(move |w| match w.collection(&ns)? {
+            Some(m) => {
+                drop_in(w, &m)?;
+                Ok(Some(m.indexes.len() as i32))
+            }
+            None => Ok(None),
+        })
+        .await?;
+    let mut r = doc! {"ns": format!("{db}.{}", cmd.get_str("drop").unwrap_or(""))};
+    if let Some(n) = n {
+        r.insert("nIndexesWas", n);
+    }
+    Ok(Reply::ok(r))
+}
+
+/// `dropDatabase`: a `drop` entry per collection, then `dropDatabase`.
+///
+/// # Errors
+/// A storage error.
+pub async fn drop_database(ctx: &Arc<ServerCtx>, db: &str) -> Result<Reply> {
+    catalog::validate_db_name(db)?;
+    let name = db.to_string();
+    ctx.store
+        .write(move |w| {
+            let colls = w.collections(Some(&name))?;
+            if colls.is_empty() {
+                return Ok(());
+            }
+            for m in &colls {
+                drop_in(w, m)?;
+            }
+            w.log(OplogEntry::new(OpKind::Command, format!("{name}.$cmd"), None, doc! {"dropDatabase": 1}))?;
+            Ok(())
+        })
+        .await?;
+    Ok(Reply::ok(doc! {"dropped": db}))
+}
+
+/// `renameCollection` (on admin): `{renameCollection: "db.a", to: "db.b", dropTarget}`.
+///
+/// # Errors
+/// NamespaceNotFound, NamespaceExists, IllegalOperation.
+pub async fn rename_collection(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Reply> {
+    if db != "admin" {
+        return Err(MongoError::new(ErrorCode::Unauthorized, "renameCollection may only be run against the admin database."));
+    }
+    let parse = |k: &str| -> Result<Namespace> {
+        let s = cmd.get_str(k).map_err(|_| MongoError::type_mismatch(format!("'{k}' must be of type String")))?;
+        let ns = Namespace::parse(s).ok_or_else(|| MongoError::new(ErrorCode::InvalidNamespace, format!("Invalid namespace specified '{s}'")))?;
+        catalog::validate_coll_name(&ns)?;
+        Ok(ns)
+    };
+    let from = parse("renameCollection")?;
+    let to = parse("to")?;
+    let drop_target = util::get_bool(cmd, "dropTarget").unwrap_or(false);
+    if from == to {
+        return Err(MongoError::new(ErrorCode::IllegalOperation, "Can't rename a collection to itself"));
+    }
+    ctx.store
+        .write(move |w| {
+            let Some(src) = w.collection(&from)? else {
+                return Err(MongoError::new(ErrorCode::NamespaceNotFound, format!("Source collection {} does not exist", from.full())));
+            };
+            let mut dropped = Bson::Boolean(false);
+            if let Some(target) = w.collection(&to)? {
+                if !drop_target {
+                    return Err(MongoError::new(ErrorCode::NamespaceExists, "target namespace exists"));
+                }
+                w.remove_collection(&target)?;
+                dropped = target.uuid_bson();
+            }
+            w.rename_collection(&src, &to)?;
+            let o = doc! {"renameCollection": from.full(), "to": to.full(), "stayTemp": false, "dropTarget": dropped};
+            w.log(OplogEntry::new(OpKind::Command, format!("{}.$cmd", from.db), Some(src.uuid), o))?;
+            Ok(())
+        })
+        .await?;
+    Ok(Reply::ok(Document::new()))
+}
+
+/// `collMod`.
+///
+/// # Errors
+/// NamespaceNotFound, bad options.
+pub async fn coll_mod(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Reply> {
+    let ns = util::coll_arg(cmd, "collMod", db)?;
+    let mut changes = Document::new();
+    for (k, v) in cmd.iter().skip(1) {
+        if !GENERIC.contains(&k.as_str()) {
+            changes.insert(k.clone(), v.clone());
+        }
+    }
+    let mut check = changes.clone();
+    check.remove("index");
+    check.remove("validationLevel");
+    check.remove("validationAction");
+    validate_options(&check)?;
+    ctx.store
+        .write(move |w| {
+            let Some(mut meta) = w.collection(&ns)? else {
+                return Err(MongoError::new(ErrorCode::NamespaceNotFound, format!("ns does not exist: {}", ns.full())));
+            };
+            let mut before = doc! {"uuid": meta.uuid};
+            before.extend(meta.options.clone());
+            for (k, v) in &changes {
+                if k == "index" {
+                    continue;
+                }
+                meta.options.insert(k.clone(), v.clone());
+            }
+            w.put_collection(&meta)?;
+            let mut o = doc! {"collMod": &ns.coll};
+            o.extend(changes);
+            let e = OplogEntry::new(OpKind::Command, format!("{}.$cmd", ns.db), Some(meta.uuid), o)
+                .with_o2(doc! {"collectionOptions": before});
+            w.log(e)?;
+            Ok(())
+        })
+        .await?;
+    Ok(Reply::ok(Document::new()))
+}
+
+/// `listDatabases`.
+///
+/// # Errors
+/// A storage error, a bad filter.
+pub fn list_databases(ctx: &ServerCtx, cmd: &Document) -> Result<Reply> {
+    let snap = ctx.store.snapshot()?;
+    let mut names: Vec<String> = snap.collections(None)?.into_iter().map(|m| m.ns.db).collect();
+    names.dedup();
+    let filter = util::opt_doc(cmd, "filter")?.map(Filter::parse).transpose()?;
+    let name_only = util::get_bool(cmd, "nameOnly").unwrap_or(false);
+    let mut dbs = Vec::new();
+    for n in names {
+        let d = if name_only { doc! {"name": &n} } else { doc! {"name": &n, "sizeOnDisk": 8192i64, "empty": false} };
+        if filter.as_ref().is_none_or(|f| f.matches(&d)) {
+            dbs.push(Bson::Document(d));
+        }
+    }
+    let mut r = doc! {"databases": dbs};
+    if !name_only {
+        r.insert("totalSize", 8192i64);
+        r.insert("totalSizeMb", 0i64);
+    }
+    Ok(Reply::ok(r))
+}
+
+fn collection_info(m: &CollectionMeta) -> Document {
+    if m.is_view() {
+        return doc! {"name": &m.ns.coll, "type": "view", "options": m.options.clone(), "info": {"readOnly": true}};
+    }
+    doc! {
+        "name": &m.ns.coll,
+        "type": "collection",
+        "options": m.options.clone(),
+        "info": {"readOnly": false, "uuid": m.uuid_bson()},
+        "idIndex": {"v": 2, "key": {"_id": 1}, "name": "_id_"},
+    }
+}
+
+/// `listCollections`.
+///
+/// # Errors
+/// A storage error, a bad filter.
+pub fn list_collections(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
+    let snap = ctx.store.snapshot()?;
+    let filter = util::opt_doc(cmd, "filter")?.map(Filter::parse).transpose()?;
+    let name_only = util::get_bool(cmd, "nameOnly").unwrap_or(false);
+    let mut out = Vec::new();
+    for m in snap.collections(Some(db))? {
+        let info = collection_info(&m);
+        if filter.as_ref().is_none_or(|f| f.matches(&info)) {
+            out.push(if name_only { doc! {"name": &m.ns.coll, "type": info.get_str("type").unwrap_or("collection")} } else { info });
+        }
+    }
+    let batch = cmd.get_document("cursor").ok().and_then(|c| util::get_i64(c, "batchSize"));
+    let src: DocSource = Box::new(out.into_iter().map(Ok));
+    cursor_reply(ctx, &format!("{db}.$cmd.listCollections"), src, batch, false)
+}
+
+/// `listIndexes`.
+///
+/// # Errors
+/// NamespaceNotFound.
+pub fn list_indexes(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
+    let ns = util::coll_arg(cmd, "listIndexes", db)?;
+    let snap = ctx.store.snapshot()?;
+    let Some(m) = snap.collection(&ns)? else {
+        return Err(MongoError::new(ErrorCode::NamespaceNotFound, format!("ns does not exist: {}", ns.full())));
+    };
+    let specs: Vec<Document> = m.indexes.iter().map(|i| i.spec.clone()).collect();
+    let batch = cmd.get_document("cursor").ok().and_then(|c| util::get_i64(c, "batchSize"));
+    cursor_reply(ctx, &ns.full(), Box::new(specs.into_iter().map(Ok)), batch, false)
+}
+
+fn parse_index(spec: &Document) -> Result<IndexMeta> {
+    let key = spec
+        .get_document("key")
+        .map_err(|_| MongoError::failed_to_parse("The 'key' field is a required property of an index specification"))?
+        .clone();
+    if key.is_empty() {
+        return Err(MongoError::new(ErrorCode::CannotCreateIndex, "Index keys cannot be an empty field."));
+    }
+    for (f, v) in &key {
+        let ok = matches!(doc::compare::as_f64(v), Some(d) if d != 0.0) || matches!(v, Bson::String(_));
+        if !ok || f.is_empty() {
+            return Err(MongoError::new(ErrorCode::CannotCreateIndex, format!("Values in the index key pattern can't be 0 or invalid: {f}: {v}")));
+        }
+    }
+    let name = spec
+        .get_str("name")
+        .map_err(|_| MongoError::failed_to_parse("The 'name' field is a required property of an index specification"))?
+        .to_string();
+    let partial = util::opt_doc(spec, "partialFilterExpression")?.cloned();
+    if let Some(p) = &partial {
+        Filter::parse(p)?;
+    }
+    let mut full = doc! {"v": 2, "key": key.clone(), "name": &name};
+    for (k, v) in spec {
+        if !matches!(k.as_str(), "key" | "name" | "v" | "ns") {
+            full.insert(k.clone(), v.clone());
+        }
+    }
+    Ok(IndexMeta {
+        id: 0,
+        unique: util::get_bool(spec, "unique").unwrap_or(false),
+        sparse: util::get_bool(spec, "sparse").unwrap_or(false),
+        name,
+        key,
+        partial_filter: partial,
+        spec: full,
+        multikey: false,
+    })
+}
+
+/// `createIndexes`.
+///
+/// # Errors
+/// CannotCreateIndex, IndexOptionsConflict, IndexKeySpecsConflict, DuplicateKey.
+pub async fn create_indexes(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Reply> {
+    let ns = util::coll_arg(cmd, "createIndexes", db)?;
+    let specs = cmd.get_array("indexes").map_err(|_| MongoError::type_mismatch("'indexes' must be an array"))?;
+    if specs.is_empty() {
+        return Err(MongoError::bad_value("Must specify at least one index to create"));
+    }
+    let mut wanted = Vec::new();
+    for s in specs {
+        let Bson::Document(d) = s else { return Err(MongoError::type_mismatch("index specification must be an object")) };
+        wanted.push(parse_index(d)?);
+    }
+    let (before, after, created) = ctx
+        .store
+        .write(move |w| {
+            let (mut meta, created) = ensure_collection(w, &ns)?;
+            let before = meta.indexes.len() as i32;
+            for mut ix in wanted {
+                if let Some(existing) = meta.indexes.iter().find(|e| e.name == ix.name) {
+                    if existing.key == ix.key && existing.unique == ix.unique && existing.sparse == ix.sparse && existing.partial_filter == ix.partial_filter {
+                        continue;
+                    }
+                    let code = if existing.key == ix.key { ErrorCode::IndexOptionsConflict } else { ErrorCode::IndexKeySpecsConflict };
+                    return Err(MongoError::new(code, format!("An existing index has the same name as the requested index. When index names are not specified, they are auto generated and can cause conflicts. Please refer to our documentation. Requested index: {}, existing index: {}", ix.spec, existing.spec)));
+                }
+                if let Some(existing) = meta.indexes.iter().find(|e| e.key == ix.key && e.partial_filter == ix.partial_filter) {
+                    if existing.unique == ix.unique && existing.sparse == ix.sparse {
+                        return Err(MongoError::new(ErrorCode::IndexOptionsConflict, format!("Index already exists with a different name: {}", existing.name)));
+                    }
+                    return Err(MongoError::new(ErrorCode::IndexKeySpecsConflict, format!("An equivalent index already exists with the same name but different options. Requested index: {}, existing index: {}", ix.spec, existing.spec)));
+                }
+                ix.id = w.new_id();
+                exec::write::build_index(w, &meta, &mut ix)?;
+                meta.indexes.push(ix.clone());
+                w.put_collection(&meta)?;
+                let mut o = doc! {"createIndexes": &ns.coll};
+                o.extend(ix.spec.clone());
+                w.log(OplogEntry::new(OpKind::Command, format!("{}.$cmd", ns.db), Some(meta.uuid), o))?;
+            }
+            Ok((before, meta.indexes.len() as i32, created))
+        })
+        .await?;
+    let mut r = doc! {"numIndexesBefore": before, "numIndexesAfter": after, "createdCollectionAutomatically": created};
+    if before == after {
+        r.insert("note", "all indexes already exist");
+    }
+    Ok(Reply::ok(r))
+}
+
+/// `dropIndexes`: a name, `"*"`, a key pattern, or a list of names.
+///
+/// # Errors
+/// NamespaceNotFound, IndexNotFound, InvalidOptions for `_id_`.
+pub async fn drop_indexes(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Reply> {
+    let name = crate::command_name(cmd).to_string();
+    let ns = util::coll_arg(cmd, &name, db)?;
+    let target = cmd.get("index").cloned().ok_or_else(|| MongoError::failed_to_parse("BSON field 'dropIndexes.index' is missing but a required field"))?;
+    let was = ctx
+        .store
+        .write(move |w| {
+            let Some(mut meta) = w.collection(&ns)? else {
+                return Err(MongoError::new(ErrorCode::NamespaceNotFound, format!("ns not found {}", ns.full())));
+            };
+            let was = meta.indexes.len() as i32;
+            let names: Vec<String> = match &target {
+                Bson::String(s) if s == "*" => meta.indexes.iter().filter(|i| !i.is_id()).map(|i| i.name.clone()).collect(),
+                Bson::String(s) => vec![s.clone()],
+                Bson::Array(a) => a.iter().filter_map(|v| v.as_str().map(String::from)).collect(),
+                Bson::Document(k) => match meta.indexes.iter().find(|i| &i.key == k) {
+                    Some(i) => vec![i.name.clone()],
+                    None => return Err(MongoError::new(ErrorCode::IndexNotFound, format!("can't find index with key: {k}"))),
+                },
+                _ => return Err(MongoError::type_mismatch("'index' must be a string, object or array")),
+            };
+            for n in &names {
+                if n == "_id_" {
+                    return Err(MongoError::new(ErrorCode::InvalidOptions, "cannot drop _id index"));
+                }
+                if meta.index(n).is_none() {
+                    return Err(MongoError::new(ErrorCode::IndexNotFound, format!("index not found with name [{n}]")));
+                }
+            }
+            for n in names {
+                let pos = meta.indexes.iter().position(|i| i.name == n).expect("checked above");
+                let ix = meta.indexes.remove(pos);
+                w.remove_index_entries(ix.id)?;
+                w.put_collection(&meta)?;
+                let e = OplogEntry::new(OpKind::Command, format!("{}.$cmd", ns.db), Some(meta.uuid), doc! {"dropIndexes": &ns.coll, "index": &ix.name})
+                    .with_o2(ix.spec.clone());
+                w.log(e)?;
+            }
+            Ok(was)
+        })
+        .await?;
+    Ok(Reply::ok(doc! {"nIndexesWas": was}))
+}
+
+/// `dbStats`.
+///
+/// # Errors
+/// A storage error.
+pub fn db_stats(ctx: &ServerCtx, db: &str) -> Result<Reply> {
+    let snap = ctx.store.snapshot()?;
+    let colls = snap.collections(Some(db))?;
+    let mut objects = 0i64;
+    for m in &colls {
+        objects += snap.scan_docs(m.id, None)?.count() as i64;
+    }
+    let indexes: i64 = colls.iter().map(|m| m.indexes.len() as i64).sum();
+    Ok(Reply::ok(doc! {"db": db, "collections": colls.len() as i64, "views": 0, "objects": objects, "indexes": indexes, "dataSize": 0.0, "storageSize": 0.0}))
+}
+
+/// `collStats`.
+///
+/// # Errors
+/// A storage error.
+pub fn coll_stats(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
+    let ns = util::coll_arg(cmd, "collStats", db)?;
+    let snap = ctx.store.snapshot()?;
+    let Some(m) = snap.collection(&ns)? else {
+        return Err(MongoError::new(ErrorCode::NamespaceNotFound, format!("Collection [{}] not found.", ns.full())));
+    };
+    let count = snap.scan_docs(m.id, None)?.count() as i64;
+    Ok(Reply::ok(doc! {"ns": ns.full(), "count": count, "nindexes": m.indexes.len() as i32, "capped": false}))
+}

@@ -1,0 +1,82 @@
+//! Replies: the only code that builds `{ok: 1, ...}` and `{ok: 0, errmsg, code, codeName}`.
+
+use bson::{Bson, Document};
+use errors::{ExtraInfo, MongoError, labels};
+
+/// A command's reply, and whether the connection must close without sending it.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub doc: Document,
+    pub close_connection: bool,
+}
+
+impl Reply {
+    /// `{...fields, ok: 1}`.
+    pub fn ok(mut fields: Document) -> Reply {
+        fields.insert("ok", 1.0);
+        Reply { doc: fields, close_connection: false }
+    }
+
+    /// An error reply.
+    pub fn error(e: MongoError) -> Reply {
+        Reply { doc: error_doc(&e), close_connection: false }
+    }
+
+    /// Drop the connection with no reply (a fail point's `closeConnection`).
+    pub fn close() -> Reply {
+        Reply { doc: Document::new(), close_connection: true }
+    }
+}
+
+/// `{ok: 0, errmsg, code, codeName, errorLabels?}` plus any extra fields of the error.
+pub fn error_doc(e: &MongoError) -> Document {
+    let mut d = Document::new();
+    d.insert("ok", 0.0);
+    d.insert("errmsg", e.message.clone());
+    d.insert("code", e.code);
+    d.insert("codeName", e.code_name.clone());
+    add_extra(&mut d, e);
+    if !e.labels.is_empty() {
+        d.insert("errorLabels", e.labels.iter().map(|l| Bson::String(l.clone())).collect::<Vec<_>>());
+    }
+    d
+}
+
+/// A write error entry: `{index, code, errmsg, ...}`.
+pub fn write_error(index: usize, e: &MongoError) -> Document {
+    let mut d = Document::new();
+    d.insert("index", index as i32);
+    d.insert("code", e.code);
+    d.insert("errmsg", e.message.clone());
+    add_extra(&mut d, e);
+    d
+}
+
+fn add_extra(d: &mut Document, e: &MongoError) {
+    if let Some(extra) = &e.extra {
+        match extra.as_ref() {
+            ExtraInfo::DuplicateKey { key_pattern, key_value } => {
+                if let Ok(k) = Document::from_reader(key_pattern.as_slice()) {
+                    d.insert("keyPattern", k);
+                }
+                if let Ok(v) = Document::from_reader(key_value.as_slice()) {
+                    d.insert("keyValue", v);
+                }
+            }
+        }
+    }
+}
+
+/// Adds the labels the server itself attaches: `RetryableWriteError` for retryable codes on
+/// retryable writes, `ResumableChangeStreamError` for resumable codes on change stream
+/// getMores (the caller adds that one, since it knows the cursor kind).
+pub fn add_server_labels(mut e: MongoError, cmd_name: &str, cmd: &Document) -> MongoError {
+    let is_write = matches!(
+        cmd_name,
+        "insert" | "update" | "delete" | "findAndModify" | "findandmodify" | "commitTransaction" | "abortTransaction"
+    );
+    if is_write && cmd.contains_key("txnNumber") && errors::RETRYABLE_WRITE_CODES.contains(&e.code) {
+        e = e.with_label(labels::RETRYABLE_WRITE_ERROR);
+    }
+    e
+}

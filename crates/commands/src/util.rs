@@ -1,0 +1,115 @@
+//! Argument readers shared by the handlers.
+
+use bson::{Bson, Document};
+use errors::{ErrorCode, MongoError, Result};
+use storage::Namespace;
+
+/// The command's `$db`.
+///
+/// # Errors
+/// When missing or not a string.
+pub fn db_of(cmd: &Document) -> Result<String> {
+    match cmd.get("$db") {
+        Some(Bson::String(s)) => Ok(s.clone()),
+        None => Err(MongoError::new(ErrorCode::FailedToParse, "Missing required field '$db'")),
+        Some(_) => Err(MongoError::type_mismatch("Field '$db' must be a string")),
+    }
+}
+
+/// A number field as i64 (int32, int64 or integral double).
+pub fn get_i64(d: &Document, key: &str) -> Option<i64> {
+    match d.get(key)? {
+        Bson::Int32(i) => Some(i64::from(*i)),
+        Bson::Int64(i) => Some(*i),
+        Bson::Double(f) if f.fract() == 0.0 => Some(*f as i64),
+        _ => None,
+    }
+}
+
+/// A boolean-ish option: bool, or a number (non-zero = true).
+pub fn get_bool(d: &Document, key: &str) -> Option<bool> {
+    match d.get(key)? {
+        Bson::Boolean(b) => Some(*b),
+        Bson::Int32(i) => Some(*i != 0),
+        Bson::Int64(i) => Some(*i != 0),
+        Bson::Double(f) => Some(*f != 0.0),
+        Bson::Null => None,
+        _ => None,
+    }
+}
+
+/// The collection name a command targets (`{find: "coll"}`), checked.
+///
+/// # Errors
+/// InvalidNamespace for a bad name, TypeMismatch for a non-string.
+pub fn coll_arg(cmd: &Document, name: &str, db: &str) -> Result<Namespace> {
+    match cmd.get(name) {
+        Some(Bson::String(c)) => {
+            let ns = Namespace::new(db, c.as_str());
+            storage::catalog::validate_coll_name(&ns)?;
+            Ok(ns)
+        }
+        Some(other) => Err(MongoError::new(
+            ErrorCode::InvalidNamespace,
+            format!("collection name has invalid type {}", type_name(other)),
+        )),
+        None => Err(MongoError::new(ErrorCode::InvalidNamespace, "Invalid namespace specified")),
+    }
+}
+
+/// An optional document field.
+///
+/// # Errors
+/// TypeMismatch when present and not a document.
+pub fn opt_doc<'a>(cmd: &'a Document, key: &str) -> Result<Option<&'a Document>> {
+    match cmd.get(key) {
+        None | Some(Bson::Null) => Ok(None),
+        Some(Bson::Document(d)) => Ok(Some(d)),
+        Some(other) => Err(MongoError::type_mismatch(format!(
+            "BSON field '{key}' is the wrong type '{}', expected type 'object'",
+            type_name(other)
+        ))),
+    }
+}
+
+/// An optional non-negative integer field.
+///
+/// # Errors
+/// TypeMismatch / BadValue for other values.
+pub fn opt_count(cmd: &Document, key: &str) -> Result<Option<i64>> {
+    match cmd.get(key) {
+        None | Some(Bson::Null) => Ok(None),
+        Some(Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_)) => {
+            let v = get_i64(cmd, key).ok_or_else(|| MongoError::bad_value(format!("{key} must be an integer")))?;
+            Ok(Some(v))
+        }
+        Some(other) => Err(MongoError::type_mismatch(format!(
+            "BSON field '{key}' is the wrong type '{}', expected types '[long, int, decimal, double]'",
+            type_name(other)
+        ))),
+    }
+}
+
+/// MongoDB's name for a value's type, for messages.
+pub fn type_name(v: &Bson) -> &'static str {
+    match v {
+        Bson::Double(_) => "double",
+        Bson::String(_) => "string",
+        Bson::Document(_) => "object",
+        Bson::Array(_) => "array",
+        Bson::Binary(_) => "binData",
+        Bson::Undefined => "undefined",
+        Bson::ObjectId(_) => "objectId",
+        Bson::Boolean(_) => "bool",
+        Bson::DateTime(_) => "date",
+        Bson::Null => "null",
+        Bson::RegularExpression(_) => "regex",
+        Bson::Int32(_) => "int",
+        Bson::Timestamp(_) => "timestamp",
+        Bson::Int64(_) => "long",
+        Bson::Decimal128(_) => "decimal",
+        Bson::MinKey => "minKey",
+        Bson::MaxKey => "maxKey",
+        _ => "other",
+    }
+}

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs every test: format and lint checks, the Rust unit and integration tests (which
+# start real servers), and the PyMongo smoke test against a freshly built eddy.
+# Installs what it needs itself (a Python venv with pymongo and pytest).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo test"
+cargo test --workspace
+
+echo "== pymongo smoke test"
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/pip install --quiet --disable-pip-version-check "pymongo==4.10.1" "pytest==8.3.4"
+cargo build --release --bin eddy
+data=$(mktemp -d)
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+./target/release/eddy --port "$port" --dbpath "$data" --quiet --setParameter enableTestCommands=1 &
+pid=$!
+trap 'kill $pid 2>/dev/null || true; rm -rf "$data"' EXIT
+for _ in $(seq 1 100); do
+  (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break
+  sleep 0.1
+done
+EDDY_PORT=$port .venv/bin/python -m pytest -q tests/python
