@@ -18,7 +18,11 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args { what: "all".into(), uri: None, seconds: 5 };
+    let mut a = Args {
+        what: "all".into(),
+        uri: None,
+        seconds: 5,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
         match x.as_str() {
@@ -68,7 +72,9 @@ async fn single_inserts(client: &Client, clients: usize, secs: Duration) {
         tasks.push(tokio::spawn(async move {
             let mut i = 0u64;
             while start.elapsed() < secs {
-                c.insert_one(doc! {"w": w as i32, "i": i as i64, "payload": "x".repeat(100)}).await.unwrap();
+                c.insert_one(doc! {"w": w as i32, "i": i as i64, "payload": "x".repeat(100)})
+                    .await
+                    .unwrap();
                 i += 1;
                 n.fetch_add(1, Ordering::Relaxed);
             }
@@ -92,10 +98,12 @@ async fn batch_inserts(client: &Client, batch: usize, secs: Duration) {
     let mut total = 0u64;
     let mut i = 0i64;
     while start.elapsed() < secs {
-        let docs: Vec<Document> = (0..batch).map(|_| {
-            i += 1;
-            doc! {"i": i, "payload": "x".repeat(100)}
-        }).collect();
+        let docs: Vec<Document> = (0..batch)
+            .map(|_| {
+                i += 1;
+                doc! {"i": i, "payload": "x".repeat(100)}
+            })
+            .collect();
         c.insert_many(docs).await.unwrap();
         total += batch as u64;
     }
@@ -118,12 +126,25 @@ async fn find_scan(client: &Client, n: usize) {
     let filter = doc! {"a": 42, "b": {"$gte": 3}, "c": {"$ne": "s1"}};
     for label in ["without an index", "with an index on a"] {
         if label.starts_with("with an") {
-            c.create_index(mongodb::IndexModel::builder().keys(doc! {"a": 1}).build()).await.unwrap();
+            c.create_index(mongodb::IndexModel::builder().keys(doc! {"a": 1}).build())
+                .await
+                .unwrap();
         }
         let start = Instant::now();
-        let found: Vec<Document> = c.find(filter.clone()).await.unwrap().try_collect().await.unwrap();
+        let found: Vec<Document> = c
+            .find(filter.clone())
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
         let el = start.elapsed().as_secs_f64();
-        println!("find with a 3-clause filter over {n} documents {label}: {:.0} documents/s examined-equivalent ({} matched in {:.3}s)", n as f64 / el, found.len(), el);
+        println!(
+            "find with a 3-clause filter over {n} documents {label}: {:.0} documents/s examined-equivalent ({} matched in {:.3}s)",
+            n as f64 / el,
+            found.len(),
+            el
+        );
     }
 }
 

@@ -52,7 +52,10 @@ pub struct Event {
 }
 
 fn uuid_bson(u: bson::Uuid) -> Bson {
-    Bson::Binary(bson::Binary { subtype: BinarySubtype::Uuid, bytes: u.bytes().to_vec() })
+    Bson::Binary(bson::Binary {
+        subtype: BinarySubtype::Uuid,
+        bytes: u.bytes().to_vec(),
+    })
 }
 
 fn ns_doc(ns: &Namespace) -> Document {
@@ -79,10 +82,17 @@ fn covers(spec: &StreamSpec, ns: &Namespace) -> bool {
 ///
 /// # Errors
 /// On a lookup failure, or an entry that cannot be decoded.
-pub fn events_for(entry: &OplogEntry, spec: &StreamSpec, lookup: &dyn Lookup) -> Result<Vec<Event>> {
+pub fn events_for(
+    entry: &OplogEntry,
+    spec: &StreamSpec,
+    lookup: &dyn Lookup,
+) -> Result<Vec<Event>> {
     let mut out = Vec::new();
     if entry.op == OpKind::Command && entry.o.contains_key("applyOps") {
-        let ops = entry.o.get_array("applyOps").map_err(|_| errors::MongoError::internal("bad applyOps"))?;
+        let ops = entry
+            .o
+            .get_array("applyOps")
+            .map_err(|_| errors::MongoError::internal("bad applyOps"))?;
         for op in ops {
             if let Bson::Document(d) = op {
                 let inner = OplogEntry::from_document(d)?;
@@ -100,7 +110,10 @@ pub fn events_for(entry: &OplogEntry, spec: &StreamSpec, lookup: &dyn Lookup) ->
         Some(c) => c,
         None => return Ok(out),
     };
-    let expanded_only = matches!(op_type, "create" | "createIndexes" | "dropIndexes" | "modify");
+    let expanded_only = matches!(
+        op_type,
+        "create" | "createIndexes" | "dropIndexes" | "modify"
+    );
     if expanded_only && !spec.show_expanded_events {
         return Ok(out);
     }
@@ -116,7 +129,10 @@ pub fn events_for(entry: &OplogEntry, spec: &StreamSpec, lookup: &dyn Lookup) ->
             let hits = covers(spec, &ns) || to.is_some_and(|t| covers(spec, t));
             (hits, matches!(spec.target, Target::Collection(_)))
         }
-        "drop" => (covers(spec, &ns), matches!(spec.target, Target::Collection(_))),
+        "drop" => (
+            covers(spec, &ns),
+            matches!(spec.target, Target::Collection(_)),
+        ),
         _ => (covers(spec, &ns), false),
     };
     if !seen {
@@ -131,7 +147,11 @@ pub fn events_for(entry: &OplogEntry, spec: &StreamSpec, lookup: &dyn Lookup) ->
     } else if let Some(d) = &extra.operation_description {
         ident.insert("operationDescription", d.clone());
     }
-    let uuid = if op_type == "dropDatabase" { None } else { entry.ui };
+    let uuid = if op_type == "dropDatabase" {
+        None
+    } else {
+        entry.ui
+    };
     let token = ResumeTokenData::event(entry.ts, entry.txn_op_index, uuid, ident);
     ev.insert("_id", token.to_document());
     ev.insert("operationType", op_type);
@@ -174,7 +194,10 @@ pub fn events_for(entry: &OplogEntry, spec: &StreamSpec, lookup: &dyn Lookup) ->
                 if pre.is_none() && mode == FullDocumentBeforeChange::Required {
                     return Err(no_image("pre", entry, &ns));
                 }
-                ev.insert("fullDocumentBeforeChange", pre.map_or(Bson::Null, Bson::Document));
+                ev.insert(
+                    "fullDocumentBeforeChange",
+                    pre.map_or(Bson::Null, Bson::Document),
+                );
             }
         }
     }
@@ -200,7 +223,10 @@ pub fn events_for(entry: &OplogEntry, spec: &StreamSpec, lookup: &dyn Lookup) ->
             .get_document("diff")
             .map_err(|_| errors::MongoError::internal("update entry without diff"))
             .and_then(UpdateDelta::from_document)?;
-        ev.insert("updateDescription", delta.to_update_description(spec.show_expanded_events));
+        ev.insert(
+            "updateDescription",
+            delta.to_update_description(spec.show_expanded_events),
+        );
     }
     if let Some(sb) = extra.state_before_change {
         ev.insert("stateBeforeChange", sb);
@@ -213,12 +239,19 @@ pub fn events_for(entry: &OplogEntry, spec: &StreamSpec, lookup: &dyn Lookup) ->
             ev.insert("txnNumber", t);
         }
     }
-    out.push(Event { pos, doc: ev, invalidate: false });
+    out.push(Event {
+        pos,
+        doc: ev,
+        invalidate: false,
+    });
     if invalidates {
         let mut t = token;
         t.from_invalidate = true;
         out.push(Event {
-            pos: EventPos { from_invalidate: true, ..pos },
+            pos: EventPos {
+                from_invalidate: true,
+                ..pos
+            },
             doc: doc! {
                 "_id": t.to_document(),
                 "operationType": "invalidate",
@@ -232,7 +265,11 @@ pub fn events_for(entry: &OplogEntry, spec: &StreamSpec, lookup: &dyn Lookup) ->
 }
 
 fn no_image(which: &str, entry: &OplogEntry, ns: &Namespace) -> errors::MongoError {
-    let what = if which == "pre" { "pre-image" } else { "post-image" };
+    let what = if which == "pre" {
+        "pre-image"
+    } else {
+        "post-image"
+    };
     errors::MongoError::new(
         errors::ErrorCode::NoMatchingDocument,
         format!(
@@ -245,7 +282,9 @@ fn no_image(which: &str, entry: &OplogEntry, ns: &Namespace) -> errors::MongoErr
 
 /// The document after an update: the pre-image with the delta applied.
 fn post_image(entry: &OplogEntry, lookup: &dyn Lookup) -> Result<Option<Document>> {
-    let Some(pre) = lookup.preimage(entry.ts)? else { return Ok(None) };
+    let Some(pre) = lookup.preimage(entry.ts)? else {
+        return Ok(None);
+    };
     let delta = entry
         .o
         .get_document("diff")
@@ -287,13 +326,38 @@ fn classify(e: &OplogEntry) -> Option<(&'static str, Namespace, Extra)> {
     match e.op {
         OpKind::Insert => {
             let k = e.o2.clone().or_else(|| key_of(&e.o));
-            Some(("insert", ns?, Extra { document_key: k, ..Extra::default() }))
+            Some((
+                "insert",
+                ns?,
+                Extra {
+                    document_key: k,
+                    ..Extra::default()
+                },
+            ))
         }
         OpKind::Update => {
-            let t = if e.is_replacement() { "replace" } else { "update" };
-            Some((t, ns?, Extra { document_key: e.o2.clone(), ..Extra::default() }))
+            let t = if e.is_replacement() {
+                "replace"
+            } else {
+                "update"
+            };
+            Some((
+                t,
+                ns?,
+                Extra {
+                    document_key: e.o2.clone(),
+                    ..Extra::default()
+                },
+            ))
         }
-        OpKind::Delete => Some(("delete", ns?, Extra { document_key: key_of(&e.o), ..Extra::default() })),
+        OpKind::Delete => Some((
+            "delete",
+            ns?,
+            Extra {
+                document_key: key_of(&e.o),
+                ..Extra::default()
+            },
+        )),
         OpKind::Noop => None,
         OpKind::Command => {
             let db = ns?.db;
@@ -310,18 +374,29 @@ fn classify(e: &OplogEntry) -> Option<(&'static str, Namespace, Extra)> {
             };
             match name.as_str() {
                 "drop" => Some(("drop", coll("drop")?, Extra::default())),
-                "dropDatabase" => Some(("dropDatabase", Namespace::new(db.clone(), ""), Extra::default())),
+                "dropDatabase" => Some((
+                    "dropDatabase",
+                    Namespace::new(db.clone(), ""),
+                    Extra::default(),
+                )),
                 "renameCollection" => {
                     let from = Namespace::parse(e.o.get_str("renameCollection").ok()?)?;
                     let to = Namespace::parse(e.o.get_str("to").ok()?)?;
                     let mut desc = doc! {"to": ns_doc(&to)};
-                    if let Some(dt) = e.o.get("dropTarget").filter(|v| matches!(v, Bson::Binary(_))) {
+                    if let Some(dt) =
+                        e.o.get("dropTarget")
+                            .filter(|v| matches!(v, Bson::Binary(_)))
+                    {
                         desc.insert("dropTarget", dt.clone());
                     }
                     Some((
                         "rename",
                         from,
-                        Extra { to: Some(to), operation_description: Some(desc), ..Extra::default() },
+                        Extra {
+                            to: Some(to),
+                            operation_description: Some(desc),
+                            ..Extra::default()
+                        },
                     ))
                 }
                 "create" => {
@@ -330,17 +405,29 @@ fn classify(e: &OplogEntry) -> Option<(&'static str, Namespace, Extra)> {
                         let idx = desc.remove("idIndex");
                         desc.insert(
                             "idIndex",
-                            idx.unwrap_or_else(|| Bson::Document(doc! {"v": 2, "key": {"_id": 1}, "name": "_id_"})),
+                            idx.unwrap_or_else(|| {
+                                Bson::Document(doc! {"v": 2, "key": {"_id": 1}, "name": "_id_"})
+                            }),
                         );
                     }
-                    Some(("create", coll("create")?, Extra { operation_description: Some(desc), ..Extra::default() }))
+                    Some((
+                        "create",
+                        coll("create")?,
+                        Extra {
+                            operation_description: Some(desc),
+                            ..Extra::default()
+                        },
+                    ))
                 }
                 "createIndexes" => {
                     let spec = rest(&["createIndexes"]);
                     Some((
                         "createIndexes",
                         coll("createIndexes")?,
-                        Extra { operation_description: Some(doc! {"indexes": [spec]}), ..Extra::default() },
+                        Extra {
+                            operation_description: Some(doc! {"indexes": [spec]}),
+                            ..Extra::default()
+                        },
                     ))
                 }
                 "dropIndexes" => {
@@ -348,7 +435,10 @@ fn classify(e: &OplogEntry) -> Option<(&'static str, Namespace, Extra)> {
                     Some((
                         "dropIndexes",
                         coll("dropIndexes")?,
-                        Extra { operation_description: Some(doc! {"indexes": [spec]}), ..Extra::default() },
+                        Extra {
+                            operation_description: Some(doc! {"indexes": [spec]}),
+                            ..Extra::default()
+                        },
                     ))
                 }
                 "collMod" => Some((

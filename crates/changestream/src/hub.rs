@@ -49,7 +49,11 @@ impl Hub {
         let (tailed, _) = watch::channel(now);
         let hub = Arc::new(Hub {
             store: store.clone(),
-            window: RwLock::new(Window { entries: VecDeque::new(), bytes: 0, covered_from: ts_key(now) + 1 }),
+            window: RwLock::new(Window {
+                entries: VecDeque::new(),
+                bytes: 0,
+                covered_from: ts_key(now) + 1,
+            }),
             tailed,
         });
         let h = hub.clone();
@@ -75,7 +79,10 @@ impl Hub {
         for item in snap.oplog_after(Some(from))? {
             let (ts, bytes) = item?;
             let entry = OplogEntry::from_bytes(&bytes)?;
-            fresh.push(Arc::new(Decoded { entry, bytes: bytes.len() }));
+            fresh.push(Arc::new(Decoded {
+                entry,
+                bytes: bytes.len(),
+            }));
             last = ts;
         }
         if fresh.is_empty() {
@@ -143,7 +150,10 @@ impl Hub {
             if ts_key(ts) > upto || out.len() >= limit {
                 break;
             }
-            out.push(Arc::new(Decoded { entry: OplogEntry::from_bytes(&bytes)?, bytes: bytes.len() }));
+            out.push(Arc::new(Decoded {
+                entry: OplogEntry::from_bytes(&bytes)?,
+                bytes: bytes.len(),
+            }));
         }
         Ok(out)
     }

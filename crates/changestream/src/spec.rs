@@ -38,7 +38,10 @@ pub enum Start {
     /// After everything committed when the stream opens.
     Now,
     /// After the event (or invalidate, with `start_after`) of this token.
-    After { token: ResumeTokenData, start_after: bool },
+    After {
+        token: ResumeTokenData,
+        start_after: bool,
+    },
     /// At this clusterTime, inclusive.
     AtTime(Timestamp),
 }
@@ -58,8 +61,16 @@ pub struct StreamSpec {
 }
 
 /// Stages allowed after `$changeStream`.
-const ALLOWED: &[&str] =
-    &["$match", "$project", "$addFields", "$set", "$unset", "$replaceRoot", "$replaceWith", "$redact"];
+const ALLOWED: &[&str] = &[
+    "$match",
+    "$project",
+    "$addFields",
+    "$set",
+    "$unset",
+    "$replaceRoot",
+    "$replaceWith",
+    "$redact",
+];
 
 fn type_err(field: &str, want: &str, got: &Bson) -> MongoError {
     MongoError::new(
@@ -91,12 +102,7 @@ fn type_name(v: &Bson) -> &'static str {
 ///
 /// # Errors
 /// MongoDB's errors for bad options, conflicts, forbidden targets and stages.
-pub fn parse(
-    db: &str,
-    coll: Option<&str>,
-    stage: &Bson,
-    rest: &[Document],
-) -> Result<StreamSpec> {
+pub fn parse(db: &str, coll: Option<&str>, stage: &Bson, rest: &[Document]) -> Result<StreamSpec> {
     let Bson::Document(opts) = stage else {
         return Err(MongoError::with_code(
             50808,
@@ -113,7 +119,9 @@ pub fn parse(
     for (k, v) in opts {
         match k.as_str() {
             "fullDocument" => {
-                let Bson::String(s) = v else { return Err(type_err(k, "string", v)) };
+                let Bson::String(s) = v else {
+                    return Err(type_err(k, "string", v));
+                };
                 full_document = match s.as_str() {
                     "default" => FullDocument::Default,
                     "updateLookup" => FullDocument::UpdateLookup,
@@ -127,7 +135,9 @@ pub fn parse(
                 };
             }
             "fullDocumentBeforeChange" => {
-                let Bson::String(s) = v else { return Err(type_err(k, "string", v)) };
+                let Bson::String(s) = v else {
+                    return Err(type_err(k, "string", v));
+                };
                 before = match s.as_str() {
                     "off" => FullDocumentBeforeChange::Off,
                     "whenAvailable" => FullDocumentBeforeChange::WhenAvailable,
@@ -140,15 +150,21 @@ pub fn parse(
                 };
             }
             "showExpandedEvents" => {
-                let Bson::Boolean(b) = v else { return Err(type_err(k, "bool", v)) };
+                let Bson::Boolean(b) = v else {
+                    return Err(type_err(k, "bool", v));
+                };
                 show_expanded = *b;
             }
             "allChangesForCluster" => {
-                let Bson::Boolean(b) = v else { return Err(type_err(k, "bool", v)) };
+                let Bson::Boolean(b) = v else {
+                    return Err(type_err(k, "bool", v));
+                };
                 all_changes = *b;
             }
             "resumeAfter" | "startAfter" => {
-                let Bson::Document(d) = v else { return Err(type_err(k, "object", v)) };
+                let Bson::Document(d) = v else {
+                    return Err(type_err(k, "object", v));
+                };
                 let t = ResumeTokenData::from_document(d)?;
                 if k == "resumeAfter" {
                     resume_after = Some(t);
@@ -157,11 +173,16 @@ pub fn parse(
                 }
             }
             "startAtOperationTime" => {
-                let Bson::Timestamp(t) = v else { return Err(type_err(k, "timestamp", v)) };
+                let Bson::Timestamp(t) = v else {
+                    return Err(type_err(k, "timestamp", v));
+                };
                 at_time = Some(*t);
             }
             // Accepted and ignored, as internal or sharding-only options.
-            "allowToRunOnConfigDB" | "allowToRunOnSystemNS" | "showSystemEvents" | "showMigrationEvents"
+            "allowToRunOnConfigDB"
+            | "allowToRunOnSystemNS"
+            | "showSystemEvents"
+            | "showMigrationEvents"
             | "showRawUpdateDescription" => {}
             other => {
                 return Err(MongoError::with_code(
@@ -171,7 +192,9 @@ pub fn parse(
             }
         }
     }
-    let starts = usize::from(resume_after.is_some()) + usize::from(start_after.is_some()) + usize::from(at_time.is_some());
+    let starts = usize::from(resume_after.is_some())
+        + usize::from(start_after.is_some())
+        + usize::from(at_time.is_some());
     if starts > 1 {
         return Err(MongoError::with_code(
             40674,
@@ -185,9 +208,15 @@ pub fn parse(
                 "Attempting to resume a change stream using 'resumeAfter' is not allowed from an invalidate notification.",
             ));
         }
-        Start::After { token: t, start_after: false }
+        Start::After {
+            token: t,
+            start_after: false,
+        }
     } else if let Some(t) = start_after {
-        Start::After { token: t, start_after: true }
+        Start::After {
+            token: t,
+            start_after: true,
+        }
     } else if let Some(t) = at_time {
         Start::AtTime(t)
     } else {
@@ -200,7 +229,10 @@ pub fn parse(
             if matches!(db, "admin" | "local" | "config") || ns.is_system() {
                 return Err(MongoError::new(
                     ErrorCode::InvalidNamespace,
-                    format!("$changeStream may not be opened on the internal {} collection", ns.full()),
+                    format!(
+                        "$changeStream may not be opened on the internal {} collection",
+                        ns.full()
+                    ),
                 ));
             }
             if all_changes {
@@ -237,7 +269,10 @@ pub fn parse(
 
     let mut stages: Vec<Document> = rest.to_vec();
     let mut split_large_events = false;
-    if let Some(pos) = stages.iter().position(|s| s.contains_key("$changeStreamSplitLargeEvent")) {
+    if let Some(pos) = stages
+        .iter()
+        .position(|s| s.contains_key("$changeStreamSplitLargeEvent"))
+    {
         if pos != stages.len() - 1 {
             return Err(MongoError::with_code(
                 7182802,
@@ -250,7 +285,10 @@ pub fn parse(
     for s in &stages {
         let name = s.keys().next().map(String::as_str).unwrap_or("");
         if name == "$changeStream" {
-            return Err(MongoError::with_code(40602, "$changeStream is only valid as the first stage in a pipeline"));
+            return Err(MongoError::with_code(
+                40602,
+                "$changeStream is only valid as the first stage in a pipeline",
+            ));
         }
     }
     let pipeline = if stages.is_empty() {

@@ -41,12 +41,22 @@ impl ChangeStream {
         let (next, skip_until, pbrt) = match &spec.start {
             Start::Now => {
                 let n = ts_key(now) + 1;
-                (n, None, ResumeTokenData::high_water_mark(key_ts(n)).to_document())
+                (
+                    n,
+                    None,
+                    ResumeTokenData::high_water_mark(key_ts(n)).to_document(),
+                )
             }
-            Start::AtTime(t) => (ts_key(*t), None, ResumeTokenData::high_water_mark(*t).to_document()),
-            Start::After { token, .. } => {
-                (ts_key(token.cluster_time), Some(EventPos::of_token(token)), token.to_document())
-            }
+            Start::AtTime(t) => (
+                ts_key(*t),
+                None,
+                ResumeTokenData::high_water_mark(*t).to_document(),
+            ),
+            Start::After { token, .. } => (
+                ts_key(token.cluster_time),
+                Some(EventPos::of_token(token)),
+                token.to_document(),
+            ),
         };
         if !matches!(spec.start, Start::Now) {
             let bounds = hub.store().snapshot()?.oplog_bounds()?;
@@ -56,7 +66,14 @@ impl ChangeStream {
                 }
             }
         }
-        Ok(ChangeStream { spec, next, skip_until, leftover: VecDeque::new(), pbrt, invalidated: false })
+        Ok(ChangeStream {
+            spec,
+            next,
+            skip_until,
+            leftover: VecDeque::new(),
+            pbrt,
+            invalidated: false,
+        })
     }
 
     /// The stream's options.
@@ -92,7 +109,11 @@ impl ChangeStream {
         let max = max.max(1);
         self.drain_leftover(&mut batch, &mut bytes, max);
         let upto = hub.tailed();
-        while !self.invalidated && batch.len() < max && bytes < MAX_BATCH_BYTES && self.next <= ts_key(upto) {
+        while !self.invalidated
+            && batch.len() < max
+            && bytes < MAX_BATCH_BYTES
+            && self.next <= ts_key(upto)
+        {
             let entries = hub.read(self.next, upto, READ_CHUNK)?;
             if entries.is_empty() {
                 // Nothing between our position and the tail: either the oplog was truncated
@@ -134,7 +155,10 @@ impl ChangeStream {
                     }
                 }
                 self.next = key + 1;
-                if self.skip_until.is_some_and(|s| s.ts <= (d.entry.ts.time, d.entry.ts.increment)) {
+                if self
+                    .skip_until
+                    .is_some_and(|s| s.ts <= (d.entry.ts.time, d.entry.ts.increment))
+                {
                     self.skip_until = None;
                 }
                 let had_events = !events.is_empty();
@@ -159,7 +183,9 @@ impl ChangeStream {
 
     fn drain_leftover(&mut self, batch: &mut Vec<Document>, bytes: &mut usize, max: usize) {
         while batch.len() < max && *bytes < MAX_BATCH_BYTES {
-            let Some((doc, _)) = self.leftover.pop_front() else { break };
+            let Some((doc, _)) = self.leftover.pop_front() else {
+                break;
+            };
             *bytes += bson::to_vec(&doc).map(|b| b.len()).unwrap_or(0);
             if let Some(Bson::Document(id)) = doc.get("_id") {
                 self.pbrt = id.clone();
@@ -178,7 +204,9 @@ impl ChangeStream {
             if n > 16 * 1024 * 1024 {
                 return Err(MongoError::new(
                     ErrorCode::BSONObjectTooLarge,
-                    format!("Executor error during getMore :: caused by :: BSONObj size: {n} is invalid. Size must be between 0 and 16793600(16MB)"),
+                    format!(
+                        "Executor error during getMore :: caused by :: BSONObj size: {n} is invalid. Size must be between 0 and 16793600(16MB)"
+                    ),
                 ));
             }
         }

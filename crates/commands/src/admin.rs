@@ -22,9 +22,17 @@ fn election_id() -> ObjectId {
 ///
 /// # Errors
 /// Never in practice; the signature matches the other handlers.
-pub async fn hello(ctx: &Arc<ServerCtx>, conn: &mut ConnInfo, cmd: &Document, name: &str) -> Result<Reply> {
+pub async fn hello(
+    ctx: &Arc<ServerCtx>,
+    conn: &mut ConnInfo,
+    cmd: &Document,
+    name: &str,
+) -> Result<Reply> {
     if let Ok(client) = cmd.get_document("client") {
-        if let Ok(app) = client.get_document("application").and_then(|a| a.get_str("name")) {
+        if let Ok(app) = client
+            .get_document("application")
+            .and_then(|a| a.get_str("name"))
+        {
             conn.app_name = Some(app.to_string());
         }
     }
@@ -53,7 +61,10 @@ pub async fn hello(ctx: &Arc<ServerCtx>, conn: &mut ConnInfo, cmd: &Document, na
     } else {
         d.insert("ismaster", true);
     }
-    d.insert("topologyVersion", doc! {"processId": ctx.process_id, "counter": 0i64});
+    d.insert(
+        "topologyVersion",
+        doc! {"processId": ctx.process_id, "counter": 0i64},
+    );
     d.insert("hosts", vec![Bson::String(me.clone())]);
     d.insert("setName", ctx.config.repl_set.clone());
     d.insert("setVersion", 1);
@@ -61,12 +72,15 @@ pub async fn hello(ctx: &Arc<ServerCtx>, conn: &mut ConnInfo, cmd: &Document, na
     d.insert("primary", me.clone());
     d.insert("me", me);
     d.insert("electionId", election_id());
-    d.insert("lastWrite", doc! {
-        "opTime": {"ts": snap_ts, "t": 1i64},
-        "lastWriteDate": DateTime::now(),
-        "majorityOpTime": {"ts": snap_ts, "t": 1i64},
-        "majorityWriteDate": DateTime::now(),
-    });
+    d.insert(
+        "lastWrite",
+        doc! {
+            "opTime": {"ts": snap_ts, "t": 1i64},
+            "lastWriteDate": DateTime::now(),
+            "majorityOpTime": {"ts": snap_ts, "t": 1i64},
+            "majorityWriteDate": DateTime::now(),
+        },
+    );
     d.insert("helloOk", true);
     d.insert("maxBsonObjectSize", wire::MAX_BSON_OBJECT_SIZE as i32);
     d.insert("maxMessageSizeBytes", wire::MAX_MESSAGE_SIZE_BYTES as i32);
@@ -78,7 +92,13 @@ pub async fn hello(ctx: &Arc<ServerCtx>, conn: &mut ConnInfo, cmd: &Document, na
     d.insert("maxWireVersion", MAX_WIRE_VERSION);
     d.insert("readOnly", false);
     if !conn.compressors.is_empty() {
-        d.insert("compression", conn.compressors.iter().map(|c| Bson::String(c.clone())).collect::<Vec<_>>());
+        d.insert(
+            "compression",
+            conn.compressors
+                .iter()
+                .map(|c| Bson::String(c.clone()))
+                .collect::<Vec<_>>(),
+        );
     }
     Ok(Reply::ok(d))
 }
@@ -187,7 +207,10 @@ pub fn get_parameter(ctx: &ServerCtx, cmd: &Document) -> Result<Reply> {
         }
     }
     if out.is_empty() {
-        return Err(MongoError::new(ErrorCode::InvalidOptions, "no option found to get"));
+        return Err(MongoError::new(
+            ErrorCode::InvalidOptions,
+            "no option found to get",
+        ));
     }
     Ok(Reply::ok(out))
 }
@@ -204,7 +227,9 @@ pub fn set_parameter(ctx: &ServerCtx, cmd: &Document) -> Result<Reply> {
             continue;
         }
         if k == "enableTestCommands" {
-            return Err(MongoError::bad_value("not allowed to change [enableTestCommands] at runtime"));
+            return Err(MongoError::bad_value(
+                "not allowed to change [enableTestCommands] at runtime",
+            ));
         }
         match params.get(k) {
             Some(old) => {
@@ -212,7 +237,12 @@ pub fn set_parameter(ctx: &ServerCtx, cmd: &Document) -> Result<Reply> {
                 params.insert(k.clone(), v.clone());
             }
             None => {
-                return Err(MongoError::new(ErrorCode::InvalidOptions, format!("attempted to set unrecognized parameter [{k}], use help:true to see options ")));
+                return Err(MongoError::new(
+                    ErrorCode::InvalidOptions,
+                    format!(
+                        "attempted to set unrecognized parameter [{k}], use help:true to see options "
+                    ),
+                ));
             }
         }
     }
@@ -222,17 +252,56 @@ pub fn set_parameter(ctx: &ServerCtx, cmd: &Document) -> Result<Reply> {
 /// `listCommands`.
 pub fn list_commands() -> Reply {
     let names = [
-        "aggregate", "buildInfo", "collMod", "collStats", "configureFailPoint", "connectionStatus", "count",
-        "create", "createIndexes", "dbStats", "delete", "distinct", "drop", "dropDatabase", "dropIndexes",
-        "endSessions", "explain", "find", "findAndModify", "getCmdLineOpts", "getMore", "getParameter",
-        "hello", "hostInfo", "insert", "isMaster", "killAllSessions", "killCursors", "killSessions",
-        "listCollections", "listCommands", "listDatabases", "listIndexes", "ping", "refreshSessions",
-        "renameCollection", "replSetGetConfig", "replSetGetStatus", "serverStatus", "setParameter",
-        "shutdown", "update", "whatsmyuri",
+        "aggregate",
+        "buildInfo",
+        "collMod",
+        "collStats",
+        "configureFailPoint",
+        "connectionStatus",
+        "count",
+        "create",
+        "createIndexes",
+        "dbStats",
+        "delete",
+        "distinct",
+        "drop",
+        "dropDatabase",
+        "dropIndexes",
+        "endSessions",
+        "explain",
+        "find",
+        "findAndModify",
+        "getCmdLineOpts",
+        "getMore",
+        "getParameter",
+        "hello",
+        "hostInfo",
+        "insert",
+        "isMaster",
+        "killAllSessions",
+        "killCursors",
+        "killSessions",
+        "listCollections",
+        "listCommands",
+        "listDatabases",
+        "listIndexes",
+        "ping",
+        "refreshSessions",
+        "renameCollection",
+        "replSetGetConfig",
+        "replSetGetStatus",
+        "serverStatus",
+        "setParameter",
+        "shutdown",
+        "update",
+        "whatsmyuri",
     ];
     let mut cmds = Document::new();
     for n in names {
-        cmds.insert(n, doc! {"help": "", "requiresAuth": false, "secondaryOk": true, "adminOnly": false});
+        cmds.insert(
+            n,
+            doc! {"help": "", "requiresAuth": false, "secondaryOk": true, "adminOnly": false},
+        );
     }
     Reply::ok(doc! {"commands": cmds})
 }
@@ -268,7 +337,10 @@ pub fn repl_set_get_status(ctx: &ServerCtx) -> Result<Reply> {
         }],
     };
     if let Some((first, last)) = snap.oplog_bounds()? {
-        r.insert("oplog", doc! {"earliestOptime": first, "latestOptime": last});
+        r.insert(
+            "oplog",
+            doc! {"earliestOptime": first, "latestOptime": last},
+        );
     }
     Ok(Reply::ok(r))
 }
@@ -300,7 +372,10 @@ pub fn sessions(name: &str) -> Reply {
 /// Unauthorized when run on another database.
 pub fn shutdown(ctx: &ServerCtx, db: &str) -> Result<Reply> {
     if db != "admin" {
-        return Err(MongoError::new(ErrorCode::Unauthorized, "shutdown must run from admin db"));
+        return Err(MongoError::new(
+            ErrorCode::Unauthorized,
+            "shutdown must run from admin db",
+        ));
     }
     tracing::info!("shutdown command received");
     ctx.shutdown.send_replace(true);
@@ -318,9 +393,13 @@ pub fn configure_fail_point(ctx: &ServerCtx, cmd: &Document) -> Result<Reply> {
             "no such command: 'configureFailPoint' (start eddy with --setParameter enableTestCommands=1)",
         ));
     }
-    let name = cmd.get_str("configureFailPoint").map_err(|_| MongoError::bad_value("configureFailPoint needs a name"))?;
+    let name = cmd
+        .get_str("configureFailPoint")
+        .map_err(|_| MongoError::bad_value("configureFailPoint needs a name"))?;
     if !matches!(name, "failCommand" | "failGetMoreAfterCursorCheckout") {
-        return Err(MongoError::bad_value(format!("Cannot find failpoint {name}")));
+        return Err(MongoError::bad_value(format!(
+            "Cannot find failpoint {name}"
+        )));
     }
     let times = match cmd.get("mode") {
         Some(Bson::String(m)) if m == "off" => {
@@ -328,14 +407,23 @@ pub fn configure_fail_point(ctx: &ServerCtx, cmd: &Document) -> Result<Reply> {
             return Ok(Reply::ok(doc! {"count": 0}));
         }
         Some(Bson::String(m)) if m == "alwaysOn" => None,
-        Some(Bson::Document(d)) if d.contains_key("times") => {
-            Some(util::get_i64(d, "times").ok_or_else(|| MongoError::bad_value("times must be a number"))?.max(0) as u64)
+        Some(Bson::Document(d)) if d.contains_key("times") => Some(
+            util::get_i64(d, "times")
+                .ok_or_else(|| MongoError::bad_value("times must be a number"))?
+                .max(0) as u64,
+        ),
+        Some(Bson::Document(d))
+            if d.contains_key("skip") || d.contains_key("activationProbability") =>
+        {
+            None
         }
-        Some(Bson::Document(d)) if d.contains_key("skip") || d.contains_key("activationProbability") => None,
         _ => return Err(MongoError::bad_value("unknown fail point mode")),
     };
     let data = util::opt_doc(cmd, "data")?.cloned().unwrap_or_default();
-    ctx.fail_points.lock().unwrap().insert(name.to_string(), FailPoint { times, data });
+    ctx.fail_points
+        .lock()
+        .unwrap()
+        .insert(name.to_string(), FailPoint { times, data });
     Ok(Reply::ok(doc! {"count": 0}))
 }
 
@@ -354,7 +442,11 @@ pub fn fail_point_for(ctx: &ServerCtx, conn: &ConnInfo, cmd_name: &str) -> Optio
 }
 
 /// Takes one activation of a named fail point when `applies` says it concerns this call.
-pub fn take_fail_point(ctx: &ServerCtx, name: &str, applies: impl Fn(&Document) -> bool) -> Option<Document> {
+pub fn take_fail_point(
+    ctx: &ServerCtx,
+    name: &str,
+    applies: impl Fn(&Document) -> bool,
+) -> Option<Document> {
     let mut fps = ctx.fail_points.lock().unwrap();
     let fp = fps.get_mut(name)?;
     if !applies(&fp.data) {

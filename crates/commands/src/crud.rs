@@ -27,7 +27,10 @@ struct Session {
 
 impl Session {
     fn of(cmd: &Document) -> Session {
-        Session { lsid: cmd.get_document("lsid").ok().cloned(), txn_number: util::get_i64(cmd, "txnNumber") }
+        Session {
+            lsid: cmd.get_document("lsid").ok().cloned(),
+            txn_number: util::get_i64(cmd, "txnNumber"),
+        }
     }
 
     /// The key of this session's retryable-write record, when the write is retryable.
@@ -50,14 +53,22 @@ impl Session {
 }
 
 /// Runs a write command once per (lsid, txnNumber): a retry gets the first reply back.
-fn retryable(w: &mut WriteCtx<'_>, s: &Session, f: impl FnOnce(&mut WriteCtx<'_>) -> Result<Document>) -> Result<Document> {
-    let Some((key, txn)) = s.retry_key() else { return f(w) };
+fn retryable(
+    w: &mut WriteCtx<'_>,
+    s: &Session,
+    f: impl FnOnce(&mut WriteCtx<'_>) -> Result<Document>,
+) -> Result<Document> {
+    let Some((key, txn)) = s.retry_key() else {
+        return f(w);
+    };
     if let Some(rec) = w.session_record(&key)? {
         let stored = rec.get_i64("txnNumber").unwrap_or(-1);
         if txn < stored {
             return Err(MongoError::new(
                 ErrorCode::TransactionTooOld,
-                format!("Retryable write with txnNumber {txn} is prohibited on session because a newer retryable write with txnNumber {stored} has already started on this session."),
+                format!(
+                    "Retryable write with txnNumber {txn} is prohibited on session because a newer retryable write with txnNumber {stored} has already started on this session."
+                ),
             ));
         }
         if txn == stored {
@@ -84,18 +95,27 @@ impl Env for WriteEnv {
         DateTime::now()
     }
     fn cluster_time(&self) -> Timestamp {
-        Timestamp { time: 0, increment: 0 }
+        Timestamp {
+            time: 0,
+            increment: 0,
+        }
     }
 }
 
 fn batch<'a>(cmd: &'a Document, key: &str) -> Result<&'a Vec<Bson>> {
-    let a = cmd
-        .get_array(key)
-        .map_err(|_| MongoError::failed_to_parse(format!("BSON field '{key}' is missing but a required field")))?;
+    let a = cmd.get_array(key).map_err(|_| {
+        MongoError::failed_to_parse(format!(
+            "BSON field '{key}' is missing but a required field"
+        ))
+    })?;
     if a.is_empty() || a.len() > wire::MAX_WRITE_BATCH_SIZE {
         return Err(MongoError::new(
             ErrorCode::InvalidLength,
-            format!("Write batch sizes must be between 1 and {}. Got {} operations.", wire::MAX_WRITE_BATCH_SIZE, a.len()),
+            format!(
+                "Write batch sizes must be between 1 and {}. Got {} operations.",
+                wire::MAX_WRITE_BATCH_SIZE,
+                a.len()
+            ),
         ));
     }
     Ok(a)
@@ -103,9 +123,18 @@ fn batch<'a>(cmd: &'a Document, key: &str) -> Result<&'a Vec<Bson>> {
 
 fn check_id(d: &Document) -> Result<()> {
     match d.get("_id") {
-        Some(Bson::Array(_)) => Err(MongoError::new(ErrorCode::InvalidIdField, "The '_id' value cannot be of type array")),
-        Some(Bson::RegularExpression(_)) => Err(MongoError::new(ErrorCode::InvalidIdField, "The '_id' value cannot be of type regex")),
-        Some(Bson::Undefined) => Err(MongoError::new(ErrorCode::InvalidIdField, "can't use a undefined for _id")),
+        Some(Bson::Array(_)) => Err(MongoError::new(
+            ErrorCode::InvalidIdField,
+            "The '_id' value cannot be of type array",
+        )),
+        Some(Bson::RegularExpression(_)) => Err(MongoError::new(
+            ErrorCode::InvalidIdField,
+            "The '_id' value cannot be of type regex",
+        )),
+        Some(Bson::Undefined) => Err(MongoError::new(
+            ErrorCode::InvalidIdField,
+            "can't use a undefined for _id",
+        )),
         _ => Ok(()),
     }
 }
@@ -113,7 +142,12 @@ fn check_id(d: &Document) -> Result<()> {
 /// The document with `_id` first, generated as an ObjectId when missing.
 fn with_id(d: &Document) -> Document {
     let mut out = Document::new();
-    out.insert("_id", d.get("_id").cloned().unwrap_or_else(|| Bson::ObjectId(ObjectId::new())));
+    out.insert(
+        "_id",
+        d.get("_id")
+            .cloned()
+            .unwrap_or_else(|| Bson::ObjectId(ObjectId::new())),
+    );
     for (k, v) in d {
         if k != "_id" {
             out.insert(k.clone(), v.clone());
@@ -122,10 +156,19 @@ fn with_id(d: &Document) -> Document {
     out
 }
 
-fn insert_one(w: &mut WriteCtx<'_>, meta: &mut CollectionMeta, d: &Document, s: &Session, stmt: usize) -> Result<()> {
+fn insert_one(
+    w: &mut WriteCtx<'_>,
+    meta: &mut CollectionMeta,
+    d: &Document,
+    s: &Session,
+    stmt: usize,
+) -> Result<()> {
     exec::write::insert_doc(w, meta, d)?;
     let key = doc! {"_id": d.get("_id").cloned().unwrap_or(Bson::Null)};
-    w.log(s.entry(OplogEntry::new(OpKind::Insert, meta.ns.full(), Some(meta.uuid), d.clone()).with_o2(key), stmt))?;
+    w.log(s.entry(
+        OplogEntry::new(OpKind::Insert, meta.ns.full(), Some(meta.uuid), d.clone()).with_o2(key),
+        stmt,
+    ))?;
     Ok(())
 }
 
@@ -144,10 +187,14 @@ pub async fn insert(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Re
                 let d = with_id(d);
                 validate_replacement(&d).and(check_id(&d)).map(|()| d)
             }
-            _ => Err(MongoError::type_mismatch("documents to insert must be objects")),
+            _ => Err(MongoError::type_mismatch(
+                "documents to insert must be objects",
+            )),
         });
     }
-    ctx.stats.insert.fetch_add(docs.len() as u64, Ordering::Relaxed);
+    ctx.stats
+        .insert
+        .fetch_add(docs.len() as u64, Ordering::Relaxed);
     let s = Session::of(cmd);
     let reply = ctx
         .store
@@ -191,30 +238,60 @@ fn matching(w: &mut WriteCtx<'_>, meta: &CollectionMeta, filter: &Filter) -> Res
         }
         return Ok(out);
     }
-    Ok(w.scan_docs(meta.id)?.into_iter().map(|(_, d)| d).filter(|d| filter.matches(d)).collect())
+    Ok(w.scan_docs(meta.id)?
+        .into_iter()
+        .map(|(_, d)| d)
+        .filter(|d| filter.matches(d))
+        .collect())
 }
 
 /// Applies an update to one document, logging it; returns whether it changed.
-fn update_one(w: &mut WriteCtx<'_>, meta: &mut CollectionMeta, old: &Document, new: &Document, delta: Option<Document>, s: &Session, stmt: usize) -> Result<()> {
+fn update_one(
+    w: &mut WriteCtx<'_>,
+    meta: &mut CollectionMeta,
+    old: &Document,
+    new: &Document,
+    delta: Option<Document>,
+    s: &Session,
+    stmt: usize,
+) -> Result<()> {
     exec::write::replace_doc(w, meta, old, new)?;
     let key = doc! {"_id": new.get("_id").cloned().unwrap_or(Bson::Null)};
     let o = match delta {
         Some(d) => doc! {"$v": 2, "diff": d},
         None => new.clone(),
     };
-    let ts = w.log(s.entry(OplogEntry::new(OpKind::Update, meta.ns.full(), Some(meta.uuid), o).with_o2(key), stmt))?;
+    let ts = w.log(s.entry(
+        OplogEntry::new(OpKind::Update, meta.ns.full(), Some(meta.uuid), o).with_o2(key),
+        stmt,
+    ))?;
     if meta.pre_post_images() {
-        w.put_preimage(ts, &bson::to_vec(old).map_err(|e| MongoError::internal(e.to_string()))?)?;
+        w.put_preimage(
+            ts,
+            &bson::to_vec(old).map_err(|e| MongoError::internal(e.to_string()))?,
+        )?;
     }
     Ok(())
 }
 
-fn delete_one(w: &mut WriteCtx<'_>, meta: &CollectionMeta, d: &Document, s: &Session, stmt: usize) -> Result<()> {
+fn delete_one(
+    w: &mut WriteCtx<'_>,
+    meta: &CollectionMeta,
+    d: &Document,
+    s: &Session,
+    stmt: usize,
+) -> Result<()> {
     exec::write::delete_doc(w, meta, d)?;
     let key = doc! {"_id": d.get("_id").cloned().unwrap_or(Bson::Null)};
-    let ts = w.log(s.entry(OplogEntry::new(OpKind::Delete, meta.ns.full(), Some(meta.uuid), key), stmt))?;
+    let ts = w.log(s.entry(
+        OplogEntry::new(OpKind::Delete, meta.ns.full(), Some(meta.uuid), key),
+        stmt,
+    ))?;
     if meta.pre_post_images() {
-        w.put_preimage(ts, &bson::to_vec(d).map_err(|e| MongoError::internal(e.to_string()))?)?;
+        w.put_preimage(
+            ts,
+            &bson::to_vec(d).map_err(|e| MongoError::internal(e.to_string()))?,
+        )?;
     }
     Ok(())
 }
@@ -241,22 +318,42 @@ fn run_update(
     stmt: usize,
 ) -> Result<UpdateOutcome> {
     let meta = w.collection(ns)?;
-    let mut out = UpdateOutcome { n: 0, modified: 0, upserted: None, value: None };
+    let mut out = UpdateOutcome {
+        n: 0,
+        modified: 0,
+        upserted: None,
+        value: None,
+    };
     if let Some(mut meta) = meta {
         if meta.is_view() {
-            return Err(MongoError::new(ErrorCode::CommandNotSupportedOnView, format!("Namespace {} is a view, not a collection", ns.full())));
+            return Err(MongoError::new(
+                ErrorCode::CommandNotSupportedOnView,
+                format!("Namespace {} is a view, not a collection", ns.full()),
+            ));
         }
         let mut docs = matching(w, &meta, filter)?;
         if let Some(s) = sort {
             s.sort(&mut docs);
         }
         for old in docs {
-            let uctx = UpdateCtx { is_upsert_insert: false, now: DateTime::now(), positional: filter.match_position(&old) };
+            let uctx = UpdateCtx {
+                is_upsert_insert: false,
+                now: DateTime::now(),
+                positional: filter.match_position(&old),
+            };
             let res = update.apply(&old, &uctx, &WriteEnv)?;
             out.n += 1;
             if res.modified {
                 out.modified += 1;
-                update_one(w, &mut meta, &old, &res.doc, res.delta.map(|d| d.to_document()), s, stmt)?;
+                update_one(
+                    w,
+                    &mut meta,
+                    &old,
+                    &res.doc,
+                    res.delta.map(|d| d.to_document()),
+                    s,
+                    stmt,
+                )?;
             }
             out.value = Some(if return_new { res.doc } else { old });
             if !multi {
@@ -267,7 +364,11 @@ fn run_update(
     if out.n == 0 && upsert {
         let (mut meta, _) = ensure_collection(w, ns)?;
         let seed = upsert_seed(&filter.equality_fields())?;
-        let uctx = UpdateCtx { is_upsert_insert: true, now: DateTime::now(), positional: None };
+        let uctx = UpdateCtx {
+            is_upsert_insert: true,
+            now: DateTime::now(),
+            positional: None,
+        };
         let mut doc = update.apply(&seed, &uctx, &WriteEnv)?.doc;
         if update.is_replacement() {
             if let (Some(id), false) = (seed.get("_id"), doc.contains_key("_id")) {
@@ -291,7 +392,9 @@ pub async fn update(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Re
     let ns = util::coll_arg(cmd, "update", db)?;
     let stmts = batch(cmd, "updates")?.clone();
     let ordered = util::get_bool(cmd, "ordered").unwrap_or(true);
-    ctx.stats.update.fetch_add(stmts.len() as u64, Ordering::Relaxed);
+    ctx.stats
+        .update
+        .fetch_add(stmts.len() as u64, Ordering::Relaxed);
     let s = Session::of(cmd);
     let reply = ctx
         .store
@@ -302,20 +405,43 @@ pub async fn update(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Re
                 let mut errs = Vec::new();
                 for (i, st) in stmts.iter().enumerate() {
                     let r = (|| {
-                        let Bson::Document(st) = st else { return Err(MongoError::type_mismatch("update statements must be objects")) };
+                        let Bson::Document(st) = st else {
+                            return Err(MongoError::type_mismatch(
+                                "update statements must be objects",
+                            ));
+                        };
                         let q = util::opt_doc(st, "q")?.cloned().unwrap_or_default();
-                        let u = st.get("u").ok_or_else(|| MongoError::failed_to_parse("BSON field 'update.updates.u' is missing but a required field"))?;
+                        let u = st.get("u").ok_or_else(|| {
+                            MongoError::failed_to_parse(
+                                "BSON field 'update.updates.u' is missing but a required field",
+                            )
+                        })?;
                         let af: Option<Vec<Document>> = match st.get("arrayFilters") {
-                            Some(Bson::Array(a)) => Some(a.iter().filter_map(|v| v.as_document().cloned()).collect()),
+                            Some(Bson::Array(a)) => {
+                                Some(a.iter().filter_map(|v| v.as_document().cloned()).collect())
+                            }
                             _ => None,
                         };
                         let filter = Filter::parse(&q)?;
                         let update = Update::parse(u, af.as_deref())?;
                         let multi = util::get_bool(st, "multi").unwrap_or(false);
                         if multi && update.is_replacement() {
-                            return Err(MongoError::failed_to_parse("multi update is not supported for replacement-style update"));
+                            return Err(MongoError::failed_to_parse(
+                                "multi update is not supported for replacement-style update",
+                            ));
                         }
-                        run_update(w, &ns, &filter, &update, util::get_bool(st, "upsert").unwrap_or(false), multi, None, false, &s, i)
+                        run_update(
+                            w,
+                            &ns,
+                            &filter,
+                            &update,
+                            util::get_bool(st, "upsert").unwrap_or(false),
+                            multi,
+                            None,
+                            false,
+                            &s,
+                            i,
+                        )
                     })();
                     match r {
                         Ok(o) => {
@@ -356,7 +482,9 @@ pub async fn delete(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Re
     let ns = util::coll_arg(cmd, "delete", db)?;
     let stmts = batch(cmd, "deletes")?.clone();
     let ordered = util::get_bool(cmd, "ordered").unwrap_or(true);
-    ctx.stats.delete.fetch_add(stmts.len() as u64, Ordering::Relaxed);
+    ctx.stats
+        .delete
+        .fetch_add(stmts.len() as u64, Ordering::Relaxed);
     let s = Session::of(cmd);
     let reply = ctx
         .store
@@ -366,14 +494,26 @@ pub async fn delete(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Re
                 let mut errs = Vec::new();
                 for (i, st) in stmts.iter().enumerate() {
                     let r = (|| {
-                        let Bson::Document(st) = st else { return Err(MongoError::type_mismatch("delete statements must be objects")) };
+                        let Bson::Document(st) = st else {
+                            return Err(MongoError::type_mismatch(
+                                "delete statements must be objects",
+                            ));
+                        };
                         let q = util::opt_doc(st, "q")?.cloned().unwrap_or_default();
-                        let limit = util::get_i64(st, "limit").ok_or_else(|| MongoError::failed_to_parse("BSON field 'delete.deletes.limit' is missing but a required field"))?;
+                        let limit = util::get_i64(st, "limit").ok_or_else(|| {
+                            MongoError::failed_to_parse(
+                                "BSON field 'delete.deletes.limit' is missing but a required field",
+                            )
+                        })?;
                         if limit != 0 && limit != 1 {
-                            return Err(MongoError::failed_to_parse(format!("The limit field in delete objects must be 0 or 1. Got {limit}")));
+                            return Err(MongoError::failed_to_parse(format!(
+                                "The limit field in delete objects must be 0 or 1. Got {limit}"
+                            )));
                         }
                         let filter = Filter::parse(&q)?;
-                        let Some(meta) = w.collection(&ns)? else { return Ok(0) };
+                        let Some(meta) = w.collection(&ns)? else {
+                            return Ok(0);
+                        };
                         let mut k = 0;
                         for d in matching(w, &meta, &filter)? {
                             delete_one(w, &meta, &d, &s, i)?;
@@ -413,8 +553,12 @@ pub async fn find_and_modify(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> 
     let name = crate::command_name(cmd).to_string();
     let ns = util::coll_arg(cmd, &name, db)?;
     let filter = Filter::parse(&util::opt_doc(cmd, "query")?.cloned().unwrap_or_default())?;
-    let sort = util::opt_doc(cmd, "sort")?.map(SortSpec::parse).transpose()?;
-    let fields = util::opt_doc(cmd, "fields")?.map(Projection::parse).transpose()?;
+    let sort = util::opt_doc(cmd, "sort")?
+        .map(SortSpec::parse)
+        .transpose()?;
+    let fields = util::opt_doc(cmd, "fields")?
+        .map(Projection::parse)
+        .transpose()?;
     let remove = util::get_bool(cmd, "remove").unwrap_or(false);
     let upsert = util::get_bool(cmd, "upsert").unwrap_or(false);
     let return_new = util::get_bool(cmd, "new").unwrap_or(false);
@@ -425,14 +569,22 @@ pub async fn find_and_modify(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> 
     let update = match cmd.get("update") {
         Some(u) if remove => {
             let _ = u;
-            return Err(MongoError::failed_to_parse("Cannot specify both an update and remove=true"));
+            return Err(MongoError::failed_to_parse(
+                "Cannot specify both an update and remove=true",
+            ));
         }
         Some(u) => Some(Update::parse(u, af.as_deref())?),
         None if remove => None,
-        None => return Err(MongoError::failed_to_parse("Either an update or remove=true must be specified")),
+        None => {
+            return Err(MongoError::failed_to_parse(
+                "Either an update or remove=true must be specified",
+            ));
+        }
     };
     if remove && (upsert || return_new) {
-        return Err(MongoError::failed_to_parse("Cannot specify both upsert=true and remove=true"));
+        return Err(MongoError::failed_to_parse(
+            "Cannot specify both upsert=true and remove=true",
+        ));
     }
     ctx.stats.update.fetch_add(1, Ordering::Relaxed);
     let s = Session::of(cmd);
@@ -480,13 +632,22 @@ pub async fn find_and_modify(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> 
 
 /// The documents of a collection (or view) matching a filter, read from a snapshot, in
 /// plan order.
-fn query_source(snap: &Arc<Snapshot>, meta: &CollectionMeta, filter: Filter, plan: &Plan) -> Result<DocSource> {
+fn query_source(
+    snap: &Arc<Snapshot>,
+    meta: &CollectionMeta,
+    filter: Filter,
+    plan: &Plan,
+) -> Result<DocSource> {
     if meta.is_view() {
         let docs = view_docs(snap, meta)?;
-        return Ok(Box::new(docs.into_iter().filter(move |d| filter.matches(d)).map(Ok)));
+        return Ok(Box::new(
+            docs.into_iter().filter(move |d| filter.matches(d)).map(Ok),
+        ));
     }
     let it = scan(snap.clone(), meta, plan)?;
-    Ok(Box::new(it.filter(move |r| r.as_ref().map_or(true, |d| filter.matches(d)))))
+    Ok(Box::new(it.filter(move |r| {
+        r.as_ref().map_or(true, |d| filter.matches(d))
+    })))
 }
 
 fn view_docs(snap: &Arc<Snapshot>, meta: &CollectionMeta) -> Result<Vec<Document>> {
@@ -498,7 +659,10 @@ fn view_docs(snap: &Arc<Snapshot>, meta: &CollectionMeta) -> Result<Vec<Document
     };
     let input = match snap.collection(&src_ns)? {
         Some(m) if m.is_view() => view_docs(snap, &m)?,
-        Some(m) => snap.scan_docs(m.id, None)?.map(|r| r.map(|(_, d)| d)).collect::<Result<_>>()?,
+        Some(m) => snap
+            .scan_docs(m.id, None)?
+            .map(|r| r.map(|(_, d)| d))
+            .collect::<Result<_>>()?,
         None => Vec::new(),
     };
     let p = Pipeline::parse(&stages, &meta.ns.db)?;
@@ -506,13 +670,17 @@ fn view_docs(snap: &Arc<Snapshot>, meta: &CollectionMeta) -> Result<Vec<Document
 }
 
 fn oplog_source(snap: &Snapshot, filter: Filter, reverse: bool) -> Result<DocSource> {
-    let decode = |r: Result<(Timestamp, Vec<u8>)>| r.and_then(|(_, b)| OplogEntry::from_bytes(&b).map(|e| e.to_document()));
+    let decode = |r: Result<(Timestamp, Vec<u8>)>| {
+        r.and_then(|(_, b)| OplogEntry::from_bytes(&b).map(|e| e.to_document()))
+    };
     let items: Vec<Result<Document>> = if reverse {
         snap.oplog_rev()?.map(decode).collect()
     } else {
         snap.oplog_after(None)?.map(decode).collect()
     };
-    Ok(Box::new(items.into_iter().filter(move |r| r.as_ref().map_or(true, |d| filter.matches(d)))))
+    Ok(Box::new(items.into_iter().filter(move |r| {
+        r.as_ref().map_or(true, |d| filter.matches(d))
+    })))
 }
 
 /// `find`.
@@ -523,17 +691,26 @@ pub fn find(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
     ctx.stats.query.fetch_add(1, Ordering::Relaxed);
     let ns = util::coll_arg(cmd, "find", db)?;
     let filter = Filter::parse(&util::opt_doc(cmd, "filter")?.cloned().unwrap_or_default())?;
-    let sort = util::opt_doc(cmd, "sort")?.filter(|s| !s.is_empty()).cloned();
-    let projection = util::opt_doc(cmd, "projection")?.filter(|p| !p.is_empty()).map(Projection::parse).transpose()?;
+    let sort = util::opt_doc(cmd, "sort")?
+        .filter(|s| !s.is_empty())
+        .cloned();
+    let projection = util::opt_doc(cmd, "projection")?
+        .filter(|p| !p.is_empty())
+        .map(Projection::parse)
+        .transpose()?;
     let skip = util::opt_count(cmd, "skip")?.unwrap_or(0);
     if skip < 0 {
-        return Err(MongoError::bad_value("Skip value must be non-negative, but received: ".to_string() + &skip.to_string()));
+        return Err(MongoError::bad_value(
+            "Skip value must be non-negative, but received: ".to_string() + &skip.to_string(),
+        ));
     }
     let limit = util::opt_count(cmd, "limit")?.unwrap_or(0);
     let mut single = util::get_bool(cmd, "singleBatch").unwrap_or(false);
     let mut batch_size = util::opt_count(cmd, "batchSize")?;
     if batch_size.is_some_and(|b| b < 0) {
-        return Err(MongoError::bad_value("BatchSize value must be non-negative"));
+        return Err(MongoError::bad_value(
+            "BatchSize value must be non-negative",
+        ));
     }
     let limit = if limit < 0 {
         single = true;
@@ -557,7 +734,9 @@ pub fn find(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
         src = oplog_source(&snap, filter.clone(), natural_rev)?;
     } else {
         let Some(meta) = snap.collection(&ns)? else {
-            return Ok(Reply::ok(doc! {"cursor": {"firstBatch": [], "id": 0i64, "ns": ns.full()}}));
+            return Ok(Reply::ok(
+                doc! {"cursor": {"firstBatch": [], "id": 0i64, "ns": ns.full()}},
+            ));
         };
         let plan = plan_query(&meta, &filter, sort_spec.as_ref(), cmd.get("hint"))?;
         plan_sorted = plan.provides_sort();
@@ -565,7 +744,9 @@ pub fn find(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
     }
     if let (Some(s), false) = (&sort_spec, plan_sorted) {
         let docs: Vec<Document> = src.collect::<Result<_>>()?;
-        let docs = if limit > 0 { s.top_k(docs, (limit + skip) as usize) } else {
+        let docs = if limit > 0 {
+            s.top_k(docs, (limit + skip) as usize)
+        } else {
             let mut d = docs;
             s.sort(&mut d);
             d
@@ -583,8 +764,15 @@ pub fn find(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
     cursor_reply(ctx, &ns.full(), src, batch_size, single)
 }
 
-fn count_matching(snap: &Arc<Snapshot>, ns: &Namespace, filter: Filter, hint: Option<&Bson>) -> Result<Option<DocSource>> {
-    let Some(meta) = snap.collection(ns)? else { return Ok(None) };
+fn count_matching(
+    snap: &Arc<Snapshot>,
+    ns: &Namespace,
+    filter: Filter,
+    hint: Option<&Bson>,
+) -> Result<Option<DocSource>> {
+    let Some(meta) = snap.collection(ns)? else {
+        return Ok(None);
+    };
     let plan = plan_query(&meta, &filter, None, hint)?;
     query_source(snap, &meta, filter, &plan).map(Some)
 }
@@ -622,9 +810,13 @@ pub fn count(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
 /// Bad filters or keys.
 pub fn distinct(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
     let ns = util::coll_arg(cmd, "distinct", db)?;
-    let key = cmd.get_str("key").map_err(|_| MongoError::failed_to_parse("BSON field 'distinct.key' is missing but a required field"))?;
+    let key = cmd.get_str("key").map_err(|_| {
+        MongoError::failed_to_parse("BSON field 'distinct.key' is missing but a required field")
+    })?;
     if key.is_empty() {
-        return Err(MongoError::failed_to_parse("FieldPath cannot be constructed with empty string"));
+        return Err(MongoError::failed_to_parse(
+            "FieldPath cannot be constructed with empty string",
+        ));
     }
     let filter = Filter::parse(&util::opt_doc(cmd, "query")?.cloned().unwrap_or_default())?;
     let snap = Arc::new(ctx.store.snapshot()?);
@@ -637,7 +829,10 @@ pub fn distinct(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
                     v => vec![v],
                 };
                 for v in vals {
-                    if !values.iter().any(|x| doc::values_equal(x, &v) && doc::compare::type_rank(x) == doc::compare::type_rank(&v)) {
+                    if !values.iter().any(|x| {
+                        doc::values_equal(x, &v)
+                            && doc::compare::type_rank(x) == doc::compare::type_rank(&v)
+                    }) {
                         values.push(v);
                     }
                 }
@@ -649,15 +844,20 @@ pub fn distinct(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
 }
 
 fn pipeline_of(cmd: &Document) -> Result<Vec<Document>> {
-    let stages = cmd
-        .get_array("pipeline")
-        .map_err(|_| MongoError::type_mismatch("'pipeline' option must be specified as an array"))?;
+    let stages = cmd.get_array("pipeline").map_err(|_| {
+        MongoError::type_mismatch("'pipeline' option must be specified as an array")
+    })?;
     stages
         .iter()
         .map(|s| match s {
             Bson::Document(d) if d.len() == 1 => Ok(d.clone()),
-            Bson::Document(_) => Err(MongoError::with_code(40323, "A pipeline stage specification object must contain exactly one field.")),
-            _ => Err(MongoError::type_mismatch("Each element of the 'pipeline' array must be an object")),
+            Bson::Document(_) => Err(MongoError::with_code(
+                40323,
+                "A pipeline stage specification object must contain exactly one field.",
+            )),
+            _ => Err(MongoError::type_mismatch(
+                "Each element of the 'pipeline' array must be an object",
+            )),
         })
         .collect()
 }
@@ -668,44 +868,81 @@ fn pipeline_of(cmd: &Document) -> Result<Vec<Document>> {
 /// Bad pipelines, and change stream errors.
 pub async fn aggregate(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Reply> {
     let stages = pipeline_of(cmd)?;
-    if stages.first().is_some_and(|s| s.contains_key("$changeStream")) {
+    if stages
+        .first()
+        .is_some_and(|s| s.contains_key("$changeStream"))
+    {
         return crate::cursor::open_change_stream(ctx, db, cmd, &stages).await;
     }
     let explain = util::get_bool(cmd, "explain").unwrap_or(false);
     let batch_size = match cmd.get_document("cursor") {
         Ok(c) => util::opt_count(c, "batchSize")?,
         Err(_) if explain => None,
-        Err(_) => return Err(MongoError::failed_to_parse("The 'cursor' option is required, except for aggregate with the explain argument")),
+        Err(_) => {
+            return Err(MongoError::failed_to_parse(
+                "The 'cursor' option is required, except for aggregate with the explain argument",
+            ));
+        }
     };
     ctx.stats.query.fetch_add(1, Ordering::Relaxed);
     let coll = match cmd.get("aggregate") {
         Some(Bson::String(_)) => Some(util::coll_arg(cmd, "aggregate", db)?),
         Some(v) if doc::compare::as_f64(v) == Some(1.0) => None,
-        _ => return Err(MongoError::failed_to_parse("Invalid {aggregate: ...} value: must be a collection name or 1")),
+        _ => {
+            return Err(MongoError::failed_to_parse(
+                "Invalid {aggregate: ...} value: must be a collection name or 1",
+            ));
+        }
     };
     let pipeline = Pipeline::parse(&stages, db)?;
     let snap = Arc::new(ctx.store.snapshot()?);
     let (input, plan) = match &coll {
+        Some(ns) if ns.db == "local" && ns.coll == "oplog.rs" => {
+            let filter = pipeline
+                .leading_match()
+                .cloned()
+                .unwrap_or_else(Filter::match_all);
+            (
+                oplog_source(&snap, filter, false)?.collect::<Result<Vec<_>>>()?,
+                Plan::CollScan,
+            )
+        }
         Some(ns) => match snap.collection(ns)? {
             Some(meta) => {
-                let filter = pipeline.leading_match().cloned().unwrap_or_else(Filter::match_all);
+                let filter = pipeline
+                    .leading_match()
+                    .cloned()
+                    .unwrap_or_else(Filter::match_all);
                 let plan = plan_query(&meta, &filter, None, cmd.get("hint"))?;
-                (query_source(&snap, &meta, filter, &plan)?.collect::<Result<Vec<_>>>()?, plan)
+                (
+                    query_source(&snap, &meta, filter, &plan)?.collect::<Result<Vec<_>>>()?,
+                    plan,
+                )
             }
             None => (Vec::new(), Plan::CollScan),
         },
         None => (Vec::new(), Plan::CollScan),
     };
     if explain {
-        return Ok(Reply::ok(doc! {"queryPlanner": {"namespace": coll.map(|n| n.full()).unwrap_or_default(), "winningPlan": plan.explain(), "rejectedPlans": []}}));
+        return Ok(Reply::ok(
+            doc! {"queryPlanner": {"namespace": coll.map(|n| n.full()).unwrap_or_default(), "winningPlan": plan.explain(), "rejectedPlans": []}},
+        ));
     }
     let out = pipeline.run(input, &SnapEnv { snap: &snap })?;
     let ns = coll.map_or_else(|| format!("{db}.$cmd.aggregate"), |n| n.full());
     if let Some(stage) = pipeline.out_stage().cloned() {
         write_out(ctx, stage, out).await?;
-        return Ok(Reply::ok(doc! {"cursor": {"firstBatch": [], "id": 0i64, "ns": ns}}));
+        return Ok(Reply::ok(
+            doc! {"cursor": {"firstBatch": [], "id": 0i64, "ns": ns}},
+        ));
     }
-    cursor_reply(ctx, &ns, Box::new(out.into_iter().map(Ok)), batch_size, false)
+    cursor_reply(
+        ctx,
+        &ns,
+        Box::new(out.into_iter().map(Ok)),
+        batch_size,
+        false,
+    )
 }
 
 /// Writes the results of `$out` (replacing the target) or `$merge`.
@@ -773,7 +1010,9 @@ async fn write_out(ctx: &Arc<ServerCtx>, stage: OutStage, docs: Vec<Document>) -
 /// # Errors
 /// Bad inner commands.
 pub fn explain(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
-    let inner = cmd.get_document("explain").map_err(|_| MongoError::type_mismatch("explain command requires a nested object"))?;
+    let inner = cmd
+        .get_document("explain")
+        .map_err(|_| MongoError::type_mismatch("explain command requires a nested object"))?;
     let name = crate::command_name(inner);
     let ns = util::coll_arg(inner, name, db)?;
     let (filter_key, sort_key) = match name {
@@ -782,7 +1021,11 @@ pub fn explain(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
         "delete" | "update" | "findAndModify" => ("query", Some("sort")),
         _ => ("filter", None),
     };
-    let filter = Filter::parse(&util::opt_doc(inner, filter_key)?.cloned().unwrap_or_default())?;
+    let filter = Filter::parse(
+        &util::opt_doc(inner, filter_key)?
+            .cloned()
+            .unwrap_or_default(),
+    )?;
     let sort = match sort_key.and_then(|k| inner.get_document(k).ok()) {
         Some(s) if !s.is_empty() => Some(SortSpec::parse(s)?),
         _ => None,

@@ -61,11 +61,14 @@ impl Cursors {
                 break;
             }
         }
-        map.insert(id, Entry {
-            cursor: Arc::new(tokio::sync::Mutex::new(cursor)),
-            killed: Arc::new(Notify::new()),
-            last_used: Instant::now(),
-        });
+        map.insert(
+            id,
+            Entry {
+                cursor: Arc::new(tokio::sync::Mutex::new(cursor)),
+                killed: Arc::new(Notify::new()),
+                last_used: Instant::now(),
+            },
+        );
         id
     }
 
@@ -100,7 +103,9 @@ impl Cursors {
     fn reap(&self) {
         let now = Instant::now();
         let mut map = self.map.lock().unwrap();
-        map.retain(|_, e| now.duration_since(e.last_used) < CURSOR_TIMEOUT || Arc::strong_count(&e.cursor) > 1);
+        map.retain(|_, e| {
+            now.duration_since(e.last_used) < CURSOR_TIMEOUT || Arc::strong_count(&e.cursor) > 1
+        });
     }
 }
 
@@ -145,15 +150,27 @@ pub fn take_batch(src: &mut DocSource, n: usize) -> Result<(Vec<Document>, bool)
 ///
 /// # Errors
 /// The source's error.
-pub fn cursor_reply(ctx: &ServerCtx, ns: &str, mut src: DocSource, batch_size: Option<i64>, single: bool) -> Result<Reply> {
+pub fn cursor_reply(
+    ctx: &ServerCtx,
+    ns: &str,
+    mut src: DocSource,
+    batch_size: Option<i64>,
+    single: bool,
+) -> Result<Reply> {
     let n = batch_size.map_or(DEFAULT_FIRST_BATCH, |b| b.max(0) as usize);
     let (batch, done) = take_batch(&mut src, n)?;
     let id = if done || single {
         0
     } else {
-        ctx.cursors.add(Cursor { ns: ns.to_string(), kind: CursorKind::Query(src), last_used: Instant::now() })
+        ctx.cursors.add(Cursor {
+            ns: ns.to_string(),
+            kind: CursorKind::Query(src),
+            last_used: Instant::now(),
+        })
     };
-    Ok(Reply::ok(doc! {"cursor": {"firstBatch": batch, "id": id, "ns": ns}}))
+    Ok(Reply::ok(
+        doc! {"cursor": {"firstBatch": batch, "id": id, "ns": ns}},
+    ))
 }
 
 /// `getMore`.
@@ -161,7 +178,9 @@ pub fn cursor_reply(ctx: &ServerCtx, ns: &str, mut src: DocSource, batch_size: O
 /// # Errors
 /// CursorNotFound for unknown (or killed) cursors, and the cursor's own errors.
 pub async fn get_more(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Reply> {
-    ctx.stats.getmore.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    ctx.stats
+        .getmore
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let id = match cmd.get("getMore") {
         Some(Bson::Int64(i)) => *i,
         Some(Bson::Int32(i)) => i64::from(*i),
@@ -174,19 +193,28 @@ pub async fn get_more(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<
     };
     let coll = match cmd.get("collection") {
         Some(Bson::String(c)) => c.clone(),
-        _ => return Err(MongoError::type_mismatch("BSON field 'getMore.collection' is missing but a required field")),
+        _ => {
+            return Err(MongoError::type_mismatch(
+                "BSON field 'getMore.collection' is missing but a required field",
+            ));
+        }
     };
     let batch_size = util::opt_count(cmd, "batchSize")?.filter(|b| *b > 0);
     let max_time = util::get_i64(cmd, "maxTimeMS");
     let Some((cursor, killed)) = ctx.cursors.get(id) else {
-        return Err(MongoError::new(ErrorCode::CursorNotFound, format!("cursor id {id} not found")));
+        return Err(MongoError::new(
+            ErrorCode::CursorNotFound,
+            format!("cursor id {id} not found"),
+        ));
     };
     let mut c = cursor.lock().await;
     let ns = c.ns.clone();
     if ns != format!("{db}.{coll}") {
         return Err(MongoError::new(
             ErrorCode::Unauthorized,
-            format!("Requested getMore on namespace '{db}.{coll}', but cursor belongs to a different namespace {ns}"),
+            format!(
+                "Requested getMore on namespace '{db}.{coll}', but cursor belongs to a different namespace {ns}"
+            ),
         ));
     }
     c.last_used = Instant::now();
@@ -208,12 +236,19 @@ pub async fn get_more(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<
             } else {
                 id
             };
-            Ok(Reply::ok(doc! {"cursor": {"nextBatch": batch, "id": out_id, "ns": ns}}))
+            Ok(Reply::ok(
+                doc! {"cursor": {"nextBatch": batch, "id": out_id, "ns": ns}},
+            ))
         }
         CursorKind::Change(stream) => {
-            if let Some(fp) = crate::admin::take_fail_point(ctx, "failGetMoreAfterCursorCheckout", |_| true) {
+            if let Some(fp) =
+                crate::admin::take_fail_point(ctx, "failGetMoreAfterCursorCheckout", |_| true)
+            {
                 if let Some(code) = util::get_i64(&fp, "errorCode") {
-                    let mut e = MongoError::with_code(code as i32, "Failing getMore via 'failGetMoreAfterCursorCheckout' failpoint");
+                    let mut e = MongoError::with_code(
+                        code as i32,
+                        "Failing getMore via 'failGetMoreAfterCursorCheckout' failpoint",
+                    );
                     if errors::RESUMABLE_CHANGE_STREAM_CODES.contains(&e.code) {
                         e = e.with_label(labels::RESUMABLE_CHANGE_STREAM_ERROR);
                     }
@@ -239,7 +274,9 @@ pub async fn get_more(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<
             } else {
                 id
             };
-            Ok(Reply::ok(doc! {"cursor": {"nextBatch": batch, "postBatchResumeToken": pbrt, "id": out_id, "ns": ns}}))
+            Ok(Reply::ok(
+                doc! {"cursor": {"nextBatch": batch, "postBatchResumeToken": pbrt, "id": out_id, "ns": ns}},
+            ))
         }
     }
 }
@@ -284,9 +321,11 @@ fn read_now(ctx: &ServerCtx, stream: &mut ChangeStream, n: usize) -> Result<Vec<
 /// # Errors
 /// BadValue for a malformed cursor list.
 pub fn kill_cursors(ctx: &ServerCtx, cmd: &Document) -> Result<Reply> {
-    let ids = cmd
-        .get_array("cursors")
-        .map_err(|_| MongoError::failed_to_parse("BSON field 'killCursors.cursors' is missing but a required field"))?;
+    let ids = cmd.get_array("cursors").map_err(|_| {
+        MongoError::failed_to_parse(
+            "BSON field 'killCursors.cursors' is missing but a required field",
+        )
+    })?;
     let (mut killed, mut not_found) = (Vec::new(), Vec::new());
     for v in ids {
         let id = match v {
@@ -300,20 +339,29 @@ pub fn kill_cursors(ctx: &ServerCtx, cmd: &Document) -> Result<Reply> {
             not_found.push(Bson::Int64(id));
         }
     }
-    Ok(Reply::ok(doc! {"cursorsKilled": killed, "cursorsNotFound": not_found, "cursorsAlive": [], "cursorsUnknown": []}))
+    Ok(Reply::ok(
+        doc! {"cursorsKilled": killed, "cursorsNotFound": not_found, "cursorsAlive": [], "cursorsUnknown": []},
+    ))
 }
 
 /// Opens a change stream cursor for an `aggregate` whose first stage is `$changeStream`.
 ///
 /// # Errors
 /// The stream's option errors, history lost, read concern `local`.
-pub async fn open_change_stream(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document, pipeline: &[Document]) -> Result<Reply> {
+pub async fn open_change_stream(
+    ctx: &Arc<ServerCtx>,
+    db: &str,
+    cmd: &Document,
+    pipeline: &[Document],
+) -> Result<Reply> {
     if let Ok(rc) = cmd.get_document("readConcern") {
         if let Ok(level) = rc.get_str("level") {
             if level != "majority" {
                 return Err(MongoError::new(
                     ErrorCode::InvalidOptions,
-                    format!("Read concern level '{level}' is not supported for $changeStream; use 'majority'"),
+                    format!(
+                        "Read concern level '{level}' is not supported for $changeStream; use 'majority'"
+                    ),
                 ));
             }
         }
@@ -330,18 +378,32 @@ pub async fn open_change_stream(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document, 
     let mut stream = ChangeStream::open(spec, &ctx.hub)?;
     let batch_size = match cmd.get_document("cursor") {
         Ok(c) => util::opt_count(c, "batchSize")?,
-        Err(_) => return Err(MongoError::failed_to_parse("The 'cursor' option is required, except for aggregate with the explain argument")),
+        Err(_) => {
+            return Err(MongoError::failed_to_parse(
+                "The 'cursor' option is required, except for aggregate with the explain argument",
+            ));
+        }
     };
     let n = batch_size.map_or(DEFAULT_FIRST_BATCH, |b| b.max(0) as usize);
     // The first batch holds what is already there (events from a resume point); it never waits.
-    let batch = if n == 0 { Vec::new() } else { read_now(ctx, &mut stream, n)? };
+    let batch = if n == 0 {
+        Vec::new()
+    } else {
+        read_now(ctx, &mut stream, n)?
+    };
     let pbrt = stream.post_batch_resume_token();
     let id = if stream.is_finished() {
         0
     } else {
-        ctx.cursors.add(Cursor { ns: ns.clone(), kind: CursorKind::Change(Box::new(stream)), last_used: Instant::now() })
+        ctx.cursors.add(Cursor {
+            ns: ns.clone(),
+            kind: CursorKind::Change(Box::new(stream)),
+            last_used: Instant::now(),
+        })
     };
-    Ok(Reply::ok(doc! {"cursor": {"firstBatch": batch, "postBatchResumeToken": pbrt, "id": id, "ns": ns}}))
+    Ok(Reply::ok(
+        doc! {"cursor": {"firstBatch": batch, "postBatchResumeToken": pbrt, "id": id, "ns": ns}},
+    ))
 }
 
 /// Pipelines' and streams' access to a snapshot.
@@ -351,8 +413,13 @@ pub struct SnapEnv<'a> {
 
 impl Env for SnapEnv<'_> {
     fn collection_docs(&self, db: &str, coll: &str) -> Result<Vec<Document>> {
-        let Some(meta) = self.snap.collection(&Namespace::new(db, coll))? else { return Ok(Vec::new()) };
-        self.snap.scan_docs(meta.id, None)?.map(|r| r.map(|(_, d)| d)).collect()
+        let Some(meta) = self.snap.collection(&Namespace::new(db, coll))? else {
+            return Ok(Vec::new());
+        };
+        self.snap
+            .scan_docs(meta.id, None)?
+            .map(|r| r.map(|(_, d)| d))
+            .collect()
     }
 
     fn now(&self) -> DateTime {
@@ -366,8 +433,12 @@ impl Env for SnapEnv<'_> {
 
 impl Lookup for SnapEnv<'_> {
     fn current(&self, ns: &Namespace, document_key: &Document) -> Result<Option<Document>> {
-        let Some(meta) = self.snap.collection(ns)? else { return Ok(None) };
-        let Some(id) = document_key.get("_id") else { return Ok(None) };
+        let Some(meta) = self.snap.collection(ns)? else {
+            return Ok(None);
+        };
+        let Some(id) = document_key.get("_id") else {
+            return Ok(None);
+        };
         self.snap.get_doc(meta.id, &exec::id_key(id))
     }
 

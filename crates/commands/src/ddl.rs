@@ -12,9 +12,21 @@ use crate::{Reply, ServerCtx, util};
 
 /// Fields of a command that are not collection options.
 const GENERIC: &[&str] = &[
-    "writeConcern", "lsid", "txnNumber", "$db", "$clusterTime", "$readPreference", "comment",
-    "maxTimeMS", "apiVersion", "apiStrict", "apiDeprecationErrors", "autocommit", "startTransaction",
-    "readConcern", "stmtId",
+    "writeConcern",
+    "lsid",
+    "txnNumber",
+    "$db",
+    "$clusterTime",
+    "$readPreference",
+    "comment",
+    "maxTimeMS",
+    "apiVersion",
+    "apiStrict",
+    "apiDeprecationErrors",
+    "autocommit",
+    "startTransaction",
+    "readConcern",
+    "stmtId",
 ];
 
 fn id_index_meta(ctx: &mut WriteCtx<'_>) -> IndexMeta {
@@ -34,18 +46,37 @@ fn id_index_meta(ctx: &mut WriteCtx<'_>) -> IndexMeta {
 ///
 /// # Errors
 /// A storage error.
-pub fn create_in(ctx: &mut WriteCtx<'_>, ns: &Namespace, options: Document) -> Result<CollectionMeta> {
+pub fn create_in(
+    ctx: &mut WriteCtx<'_>,
+    ns: &Namespace,
+    options: Document,
+) -> Result<CollectionMeta> {
     let is_view = options.contains_key("viewOn");
     let id = ctx.new_id();
-    let indexes = if is_view { Vec::new() } else { vec![id_index_meta(ctx)] };
-    let meta = CollectionMeta { ns: ns.clone(), uuid: bson::Uuid::new(), id, options: options.clone(), indexes };
+    let indexes = if is_view {
+        Vec::new()
+    } else {
+        vec![id_index_meta(ctx)]
+    };
+    let meta = CollectionMeta {
+        ns: ns.clone(),
+        uuid: bson::Uuid::new(),
+        id,
+        options: options.clone(),
+        indexes,
+    };
     ctx.put_collection(&meta)?;
     let mut o = doc! {"create": &ns.coll};
     o.extend(options);
     if !is_view {
         o.insert("idIndex", doc! {"v": 2, "key": {"_id": 1}, "name": "_id_"});
     }
-    ctx.log(OplogEntry::new(OpKind::Command, format!("{}.$cmd", ns.db), Some(meta.uuid), o))?;
+    ctx.log(OplogEntry::new(
+        OpKind::Command,
+        format!("{}.$cmd", ns.db),
+        Some(meta.uuid),
+        o,
+    ))?;
     Ok(meta)
 }
 
@@ -69,38 +100,59 @@ fn validate_options(opts: &Document) -> Result<()> {
         match k.as_str() {
             "capped" | "autoIndexId" => {
                 if !matches!(v, Bson::Boolean(_)) {
-                    return Err(MongoError::type_mismatch(format!("BSON field 'create.{k}' is the wrong type '{}', expected type 'bool'", util::type_name(v))));
+                    return Err(MongoError::type_mismatch(format!(
+                        "BSON field 'create.{k}' is the wrong type '{}', expected type 'bool'",
+                        util::type_name(v)
+                    )));
                 }
             }
             "size" | "max" => {
                 if doc::compare::as_f64(v).is_none() {
-                    return Err(MongoError::type_mismatch(format!("BSON field 'create.{k}' is the wrong type")));
+                    return Err(MongoError::type_mismatch(format!(
+                        "BSON field 'create.{k}' is the wrong type"
+                    )));
                 }
             }
             "changeStreamPreAndPostImages" => {
                 let Bson::Document(d) = v else {
-                    return Err(MongoError::type_mismatch("BSON field 'changeStreamPreAndPostImages' is the wrong type, expected type 'object'"));
+                    return Err(MongoError::type_mismatch(
+                        "BSON field 'changeStreamPreAndPostImages' is the wrong type, expected type 'object'",
+                    ));
                 };
                 if !matches!(d.get("enabled"), Some(Bson::Boolean(_))) || d.len() != 1 {
-                    return Err(MongoError::failed_to_parse("BSON field 'changeStreamPreAndPostImages.enabled' is missing but a required field"));
+                    return Err(MongoError::failed_to_parse(
+                        "BSON field 'changeStreamPreAndPostImages.enabled' is missing but a required field",
+                    ));
                 }
             }
             "viewOn" => {
                 if !matches!(v, Bson::String(s) if !s.is_empty()) {
-                    return Err(MongoError::type_mismatch("'viewOn' option must be a string"));
+                    return Err(MongoError::type_mismatch(
+                        "'viewOn' option must be a string",
+                    ));
                 }
             }
             "pipeline" => {
                 if !matches!(v, Bson::Array(_)) {
-                    return Err(MongoError::type_mismatch("'pipeline' option must be an array"));
+                    return Err(MongoError::type_mismatch(
+                        "'pipeline' option must be an array",
+                    ));
                 }
             }
-            "validator" | "collation" | "storageEngine" | "indexOptionDefaults" | "clusteredIndex" | "timeseries"
+            "validator"
+            | "collation"
+            | "storageEngine"
+            | "indexOptionDefaults"
+            | "clusteredIndex"
+            | "timeseries"
             | "idIndex" => {}
             "validationLevel" | "validationAction" => {}
             "expireAfterSeconds" | "encryptedFields" | "recordPreImages" => {}
             other => {
-                return Err(MongoError::with_code(40415, format!("BSON field 'create.{other}' is an unknown field.")));
+                return Err(MongoError::with_code(
+                    40415,
+                    format!("BSON field 'create.{other}' is an unknown field."),
+                ));
             }
         }
     }
@@ -121,7 +173,9 @@ pub async fn create(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Re
     }
     validate_options(&options)?;
     if options.contains_key("pipeline") && !options.contains_key("viewOn") {
-        return Err(MongoError::bad_value("'pipeline' requires 'viewOn' to also be specified"));
+        return Err(MongoError::bad_value(
+            "'pipeline' requires 'viewOn' to also be specified",
+        ));
     }
     ctx.store
         .write(move |w| {
@@ -129,7 +183,10 @@ pub async fn create(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Re
                 if existing.options == options {
                     return Ok(());
                 }
-                return Err(MongoError::new(ErrorCode::NamespaceExists, format!("Collection {} already exists.", ns.full())));
+                return Err(MongoError::new(
+                    ErrorCode::NamespaceExists,
+                    format!("Collection {} already exists.", ns.full()),
+                ));
             }
             create_in(w, &ns, options).map(|_| ())
         })
@@ -143,7 +200,12 @@ pub async fn create(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Re
 /// A storage error.
 pub fn drop_in(ctx: &mut WriteCtx<'_>, meta: &CollectionMeta) -> Result<()> {
     ctx.remove_collection(meta)?;
-    ctx.log(OplogEntry::new(OpKind::Command, format!("{}.$cmd", meta.ns.db), Some(meta.uuid), doc! {"drop": &meta.ns.coll}))?;
+    ctx.log(OplogEntry::new(
+        OpKind::Command,
+        format!("{}.$cmd", meta.ns.db),
+        Some(meta.uuid),
+        doc! {"drop": &meta.ns.coll},
+    ))?;
     Ok(())
 }
 
@@ -186,7 +248,12 @@ pub async fn drop_database(ctx: &Arc<ServerCtx>, db: &str) -> Result<Reply> {
             for m in &colls {
                 drop_in(w, m)?;
             }
-            w.log(OplogEntry::new(OpKind::Command, format!("{name}.$cmd"), None, doc! {"dropDatabase": 1}))?;
+            w.log(OplogEntry::new(
+                OpKind::Command,
+                format!("{name}.$cmd"),
+                None,
+                doc! {"dropDatabase": 1},
+            ))?;
             Ok(())
         })
         .await?;
@@ -199,11 +266,21 @@ pub async fn drop_database(ctx: &Arc<ServerCtx>, db: &str) -> Result<Reply> {
 /// NamespaceNotFound, NamespaceExists, IllegalOperation.
 pub async fn rename_collection(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Reply> {
     if db != "admin" {
-        return Err(MongoError::new(ErrorCode::Unauthorized, "renameCollection may only be run against the admin database."));
+        return Err(MongoError::new(
+            ErrorCode::Unauthorized,
+            "renameCollection may only be run against the admin database.",
+        ));
     }
     let parse = |k: &str| -> Result<Namespace> {
-        let s = cmd.get_str(k).map_err(|_| MongoError::type_mismatch(format!("'{k}' must be of type String")))?;
-        let ns = Namespace::parse(s).ok_or_else(|| MongoError::new(ErrorCode::InvalidNamespace, format!("Invalid namespace specified '{s}'")))?;
+        let s = cmd
+            .get_str(k)
+            .map_err(|_| MongoError::type_mismatch(format!("'{k}' must be of type String")))?;
+        let ns = Namespace::parse(s).ok_or_else(|| {
+            MongoError::new(
+                ErrorCode::InvalidNamespace,
+                format!("Invalid namespace specified '{s}'"),
+            )
+        })?;
         catalog::validate_coll_name(&ns)?;
         Ok(ns)
     };
@@ -211,7 +288,10 @@ pub async fn rename_collection(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -
     let to = parse("to")?;
     let drop_target = util::get_bool(cmd, "dropTarget").unwrap_or(false);
     if from == to {
-        return Err(MongoError::new(ErrorCode::IllegalOperation, "Can't rename a collection to itself"));
+        return Err(MongoError::new(
+            ErrorCode::IllegalOperation,
+            "Can't rename a collection to itself",
+        ));
     }
     ctx.store
         .write(move |w| {
@@ -255,7 +335,10 @@ pub async fn coll_mod(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<
     ctx.store
         .write(move |w| {
             let Some(mut meta) = w.collection(&ns)? else {
-                return Err(MongoError::new(ErrorCode::NamespaceNotFound, format!("ns does not exist: {}", ns.full())));
+                return Err(MongoError::new(
+                    ErrorCode::NamespaceNotFound,
+                    format!("ns does not exist: {}", ns.full()),
+                ));
             };
             let mut before = doc! {"uuid": meta.uuid};
             before.extend(meta.options.clone());
@@ -268,8 +351,13 @@ pub async fn coll_mod(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<
             w.put_collection(&meta)?;
             let mut o = doc! {"collMod": &ns.coll};
             o.extend(changes);
-            let e = OplogEntry::new(OpKind::Command, format!("{}.$cmd", ns.db), Some(meta.uuid), o)
-                .with_o2(doc! {"collectionOptions": before});
+            let e = OplogEntry::new(
+                OpKind::Command,
+                format!("{}.$cmd", ns.db),
+                Some(meta.uuid),
+                o,
+            )
+            .with_o2(doc! {"collectionOptions": before});
             w.log(e)?;
             Ok(())
         })
@@ -283,13 +371,23 @@ pub async fn coll_mod(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<
 /// A storage error, a bad filter.
 pub fn list_databases(ctx: &ServerCtx, cmd: &Document) -> Result<Reply> {
     let snap = ctx.store.snapshot()?;
-    let mut names: Vec<String> = snap.collections(None)?.into_iter().map(|m| m.ns.db).collect();
+    let mut names: Vec<String> = snap
+        .collections(None)?
+        .into_iter()
+        .map(|m| m.ns.db)
+        .collect();
     names.dedup();
-    let filter = util::opt_doc(cmd, "filter")?.map(Filter::parse).transpose()?;
+    let filter = util::opt_doc(cmd, "filter")?
+        .map(Filter::parse)
+        .transpose()?;
     let name_only = util::get_bool(cmd, "nameOnly").unwrap_or(false);
     let mut dbs = Vec::new();
     for n in names {
-        let d = if name_only { doc! {"name": &n} } else { doc! {"name": &n, "sizeOnDisk": 8192i64, "empty": false} };
+        let d = if name_only {
+            doc! {"name": &n}
+        } else {
+            doc! {"name": &n, "sizeOnDisk": 8192i64, "empty": false}
+        };
         if filter.as_ref().is_none_or(|f| f.matches(&d)) {
             dbs.push(Bson::Document(d));
         }
@@ -321,18 +419,33 @@ fn collection_info(m: &CollectionMeta) -> Document {
 /// A storage error, a bad filter.
 pub fn list_collections(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
     let snap = ctx.store.snapshot()?;
-    let filter = util::opt_doc(cmd, "filter")?.map(Filter::parse).transpose()?;
+    let filter = util::opt_doc(cmd, "filter")?
+        .map(Filter::parse)
+        .transpose()?;
     let name_only = util::get_bool(cmd, "nameOnly").unwrap_or(false);
     let mut out = Vec::new();
     for m in snap.collections(Some(db))? {
         let info = collection_info(&m);
         if filter.as_ref().is_none_or(|f| f.matches(&info)) {
-            out.push(if name_only { doc! {"name": &m.ns.coll, "type": info.get_str("type").unwrap_or("collection")} } else { info });
+            out.push(if name_only {
+                doc! {"name": &m.ns.coll, "type": info.get_str("type").unwrap_or("collection")}
+            } else {
+                info
+            });
         }
     }
-    let batch = cmd.get_document("cursor").ok().and_then(|c| util::get_i64(c, "batchSize"));
+    let batch = cmd
+        .get_document("cursor")
+        .ok()
+        .and_then(|c| util::get_i64(c, "batchSize"));
     let src: DocSource = Box::new(out.into_iter().map(Ok));
-    cursor_reply(ctx, &format!("{db}.$cmd.listCollections"), src, batch, false)
+    cursor_reply(
+        ctx,
+        &format!("{db}.$cmd.listCollections"),
+        src,
+        batch,
+        false,
+    )
 }
 
 /// `listIndexes`.
@@ -343,30 +456,57 @@ pub fn list_indexes(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> 
     let ns = util::coll_arg(cmd, "listIndexes", db)?;
     let snap = ctx.store.snapshot()?;
     let Some(m) = snap.collection(&ns)? else {
-        return Err(MongoError::new(ErrorCode::NamespaceNotFound, format!("ns does not exist: {}", ns.full())));
+        return Err(MongoError::new(
+            ErrorCode::NamespaceNotFound,
+            format!("ns does not exist: {}", ns.full()),
+        ));
     };
     let specs: Vec<Document> = m.indexes.iter().map(|i| i.spec.clone()).collect();
-    let batch = cmd.get_document("cursor").ok().and_then(|c| util::get_i64(c, "batchSize"));
-    cursor_reply(ctx, &ns.full(), Box::new(specs.into_iter().map(Ok)), batch, false)
+    let batch = cmd
+        .get_document("cursor")
+        .ok()
+        .and_then(|c| util::get_i64(c, "batchSize"));
+    cursor_reply(
+        ctx,
+        &ns.full(),
+        Box::new(specs.into_iter().map(Ok)),
+        batch,
+        false,
+    )
 }
 
 fn parse_index(spec: &Document) -> Result<IndexMeta> {
     let key = spec
         .get_document("key")
-        .map_err(|_| MongoError::failed_to_parse("The 'key' field is a required property of an index specification"))?
+        .map_err(|_| {
+            MongoError::failed_to_parse(
+                "The 'key' field is a required property of an index specification",
+            )
+        })?
         .clone();
     if key.is_empty() {
-        return Err(MongoError::new(ErrorCode::CannotCreateIndex, "Index keys cannot be an empty field."));
+        return Err(MongoError::new(
+            ErrorCode::CannotCreateIndex,
+            "Index keys cannot be an empty field.",
+        ));
     }
     for (f, v) in &key {
-        let ok = matches!(doc::compare::as_f64(v), Some(d) if d != 0.0) || matches!(v, Bson::String(_));
+        let ok =
+            matches!(doc::compare::as_f64(v), Some(d) if d != 0.0) || matches!(v, Bson::String(_));
         if !ok || f.is_empty() {
-            return Err(MongoError::new(ErrorCode::CannotCreateIndex, format!("Values in the index key pattern can't be 0 or invalid: {f}: {v}")));
+            return Err(MongoError::new(
+                ErrorCode::CannotCreateIndex,
+                format!("Values in the index key pattern can't be 0 or invalid: {f}: {v}"),
+            ));
         }
     }
     let name = spec
         .get_str("name")
-        .map_err(|_| MongoError::failed_to_parse("The 'name' field is a required property of an index specification"))?
+        .map_err(|_| {
+            MongoError::failed_to_parse(
+                "The 'name' field is a required property of an index specification",
+            )
+        })?
         .to_string();
     let partial = util::opt_doc(spec, "partialFilterExpression")?.cloned();
     if let Some(p) = &partial {
@@ -396,13 +536,21 @@ fn parse_index(spec: &Document) -> Result<IndexMeta> {
 /// CannotCreateIndex, IndexOptionsConflict, IndexKeySpecsConflict, DuplicateKey.
 pub async fn create_indexes(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Reply> {
     let ns = util::coll_arg(cmd, "createIndexes", db)?;
-    let specs = cmd.get_array("indexes").map_err(|_| MongoError::type_mismatch("'indexes' must be an array"))?;
+    let specs = cmd
+        .get_array("indexes")
+        .map_err(|_| MongoError::type_mismatch("'indexes' must be an array"))?;
     if specs.is_empty() {
-        return Err(MongoError::bad_value("Must specify at least one index to create"));
+        return Err(MongoError::bad_value(
+            "Must specify at least one index to create",
+        ));
     }
     let mut wanted = Vec::new();
     for s in specs {
-        let Bson::Document(d) = s else { return Err(MongoError::type_mismatch("index specification must be an object")) };
+        let Bson::Document(d) = s else {
+            return Err(MongoError::type_mismatch(
+                "index specification must be an object",
+            ));
+        };
         wanted.push(parse_index(d)?);
     }
     let (before, after, created) = ctx
@@ -449,39 +597,78 @@ pub async fn create_indexes(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> R
 pub async fn drop_indexes(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Reply> {
     let name = crate::command_name(cmd).to_string();
     let ns = util::coll_arg(cmd, &name, db)?;
-    let target = cmd.get("index").cloned().ok_or_else(|| MongoError::failed_to_parse("BSON field 'dropIndexes.index' is missing but a required field"))?;
+    let target = cmd.get("index").cloned().ok_or_else(|| {
+        MongoError::failed_to_parse(
+            "BSON field 'dropIndexes.index' is missing but a required field",
+        )
+    })?;
     let was = ctx
         .store
         .write(move |w| {
             let Some(mut meta) = w.collection(&ns)? else {
-                return Err(MongoError::new(ErrorCode::NamespaceNotFound, format!("ns not found {}", ns.full())));
+                return Err(MongoError::new(
+                    ErrorCode::NamespaceNotFound,
+                    format!("ns not found {}", ns.full()),
+                ));
             };
             let was = meta.indexes.len() as i32;
             let names: Vec<String> = match &target {
-                Bson::String(s) if s == "*" => meta.indexes.iter().filter(|i| !i.is_id()).map(|i| i.name.clone()).collect(),
+                Bson::String(s) if s == "*" => meta
+                    .indexes
+                    .iter()
+                    .filter(|i| !i.is_id())
+                    .map(|i| i.name.clone())
+                    .collect(),
                 Bson::String(s) => vec![s.clone()],
-                Bson::Array(a) => a.iter().filter_map(|v| v.as_str().map(String::from)).collect(),
+                Bson::Array(a) => a
+                    .iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect(),
                 Bson::Document(k) => match meta.indexes.iter().find(|i| &i.key == k) {
                     Some(i) => vec![i.name.clone()],
-                    None => return Err(MongoError::new(ErrorCode::IndexNotFound, format!("can't find index with key: {k}"))),
+                    None => {
+                        return Err(MongoError::new(
+                            ErrorCode::IndexNotFound,
+                            format!("can't find index with key: {k}"),
+                        ));
+                    }
                 },
-                _ => return Err(MongoError::type_mismatch("'index' must be a string, object or array")),
+                _ => {
+                    return Err(MongoError::type_mismatch(
+                        "'index' must be a string, object or array",
+                    ));
+                }
             };
             for n in &names {
                 if n == "_id_" {
-                    return Err(MongoError::new(ErrorCode::InvalidOptions, "cannot drop _id index"));
+                    return Err(MongoError::new(
+                        ErrorCode::InvalidOptions,
+                        "cannot drop _id index",
+                    ));
                 }
                 if meta.index(n).is_none() {
-                    return Err(MongoError::new(ErrorCode::IndexNotFound, format!("index not found with name [{n}]")));
+                    return Err(MongoError::new(
+                        ErrorCode::IndexNotFound,
+                        format!("index not found with name [{n}]"),
+                    ));
                 }
             }
             for n in names {
-                let pos = meta.indexes.iter().position(|i| i.name == n).expect("checked above");
+                let pos = meta
+                    .indexes
+                    .iter()
+                    .position(|i| i.name == n)
+                    .expect("checked above");
                 let ix = meta.indexes.remove(pos);
                 w.remove_index_entries(ix.id)?;
                 w.put_collection(&meta)?;
-                let e = OplogEntry::new(OpKind::Command, format!("{}.$cmd", ns.db), Some(meta.uuid), doc! {"dropIndexes": &ns.coll, "index": &ix.name})
-                    .with_o2(ix.spec.clone());
+                let e = OplogEntry::new(
+                    OpKind::Command,
+                    format!("{}.$cmd", ns.db),
+                    Some(meta.uuid),
+                    doc! {"dropIndexes": &ns.coll, "index": &ix.name},
+                )
+                .with_o2(ix.spec.clone());
                 w.log(e)?;
             }
             Ok(was)
@@ -502,7 +689,9 @@ pub fn db_stats(ctx: &ServerCtx, db: &str) -> Result<Reply> {
         objects += snap.scan_docs(m.id, None)?.count() as i64;
     }
     let indexes: i64 = colls.iter().map(|m| m.indexes.len() as i64).sum();
-    Ok(Reply::ok(doc! {"db": db, "collections": colls.len() as i64, "views": 0, "objects": objects, "indexes": indexes, "dataSize": 0.0, "storageSize": 0.0}))
+    Ok(Reply::ok(
+        doc! {"db": db, "collections": colls.len() as i64, "views": 0, "objects": objects, "indexes": indexes, "dataSize": 0.0, "storageSize": 0.0},
+    ))
 }
 
 /// `collStats`.
@@ -513,8 +702,13 @@ pub fn coll_stats(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
     let ns = util::coll_arg(cmd, "collStats", db)?;
     let snap = ctx.store.snapshot()?;
     let Some(m) = snap.collection(&ns)? else {
-        return Err(MongoError::new(ErrorCode::NamespaceNotFound, format!("Collection [{}] not found.", ns.full())));
+        return Err(MongoError::new(
+            ErrorCode::NamespaceNotFound,
+            format!("Collection [{}] not found.", ns.full()),
+        ));
     };
     let count = snap.scan_docs(m.id, None)?.count() as i64;
-    Ok(Reply::ok(doc! {"ns": ns.full(), "count": count, "nindexes": m.indexes.len() as i32, "capped": false}))
+    Ok(Reply::ok(
+        doc! {"ns": ns.full(), "count": count, "nindexes": m.indexes.len() as i32, "capped": false},
+    ))
 }

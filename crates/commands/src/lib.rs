@@ -114,7 +114,9 @@ impl ServerCtx {
 
     /// A new connection's state.
     pub fn connect(&self, peer: String) -> ConnInfo {
-        self.stats.connections_current.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .connections_current
+            .fetch_add(1, Ordering::Relaxed);
         self.stats.connections_total.fetch_add(1, Ordering::Relaxed);
         ConnInfo {
             id: self.next_conn.fetch_add(1, Ordering::Relaxed),
@@ -126,12 +128,17 @@ impl ServerCtx {
 
     /// Forgets a closed connection.
     pub fn disconnect(&self, _conn: &ConnInfo) {
-        self.stats.connections_current.fetch_sub(1, Ordering::Relaxed);
+        self.stats
+            .connections_current
+            .fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Whether `enableTestCommands` is on.
     pub fn test_commands(&self) -> bool {
-        matches!(self.parameters.lock().unwrap().get("enableTestCommands"), Some(Bson::Boolean(true)) | Some(Bson::Int32(1)))
+        matches!(
+            self.parameters.lock().unwrap().get("enableTestCommands"),
+            Some(Bson::Boolean(true)) | Some(Bson::Int32(1))
+        )
     }
 }
 
@@ -166,10 +173,16 @@ pub async fn handle(ctx: &Arc<ServerCtx>, conn: &mut ConnInfo, cmd: Document) ->
             tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
         }
         if let Some(code) = util::get_i64(&fp, "errorCode") {
-            let mut e = MongoError::with_code(code as i32, format!("Failing command {name} via 'failCommand' failpoint"));
+            let mut e = MongoError::with_code(
+                code as i32,
+                format!("Failing command {name} via 'failCommand' failpoint"),
+            );
             match fp.get_array("errorLabels") {
                 Ok(labels) => {
-                    e.labels = labels.iter().filter_map(|l| l.as_str().map(String::from)).collect();
+                    e.labels = labels
+                        .iter()
+                        .filter_map(|l| l.as_str().map(String::from))
+                        .collect();
                 }
                 Err(_) => e = reply::add_server_labels(e, &name, &cmd),
             }
@@ -209,7 +222,12 @@ fn finish(ctx: &ServerCtx, mut r: Reply, _injected: bool) -> Reply {
     r
 }
 
-async fn dispatch(ctx: &Arc<ServerCtx>, conn: &mut ConnInfo, name: &str, cmd: &Document) -> Result<Reply> {
+async fn dispatch(
+    ctx: &Arc<ServerCtx>,
+    conn: &mut ConnInfo,
+    name: &str,
+    cmd: &Document,
+) -> Result<Reply> {
     let db = util::db_of(cmd)?;
     if cmd.contains_key("autocommit") || name == "commitTransaction" || name == "abortTransaction" {
         return Err(MongoError::new(
@@ -228,11 +246,17 @@ async fn dispatch(ctx: &Arc<ServerCtx>, conn: &mut ConnInfo, name: &str, cmd: &D
         "getParameter" => admin::get_parameter(ctx, cmd)?,
         "setParameter" => admin::set_parameter(ctx, cmd)?,
         "whatsmyuri" => Reply::ok(doc! {"you": &conn.peer}),
-        "connectionStatus" => Reply::ok(doc! {"authInfo": {"authenticatedUsers": [], "authenticatedUserRoles": []}}),
+        "connectionStatus" => {
+            Reply::ok(doc! {"authInfo": {"authenticatedUsers": [], "authenticatedUserRoles": []}})
+        }
         "listCommands" => admin::list_commands(),
         "replSetGetStatus" => admin::repl_set_get_status(ctx)?,
         "replSetGetConfig" => admin::repl_set_get_config(ctx),
-        "endSessions" | "killSessions" | "killAllSessions" | "refreshSessions" | "startSession"
+        "endSessions"
+        | "killSessions"
+        | "killAllSessions"
+        | "refreshSessions"
+        | "startSession"
         | "killAllSessionsByPattern" => admin::sessions(name),
         "shutdown" => admin::shutdown(ctx, &db)?,
         "configureFailPoint" => admin::configure_fail_point(ctx, cmd)?,
@@ -241,7 +265,10 @@ async fn dispatch(ctx: &Arc<ServerCtx>, conn: &mut ConnInfo, name: &str, cmd: &D
         "dbStats" => ddl::db_stats(ctx, &db)?,
         "collStats" => ddl::coll_stats(ctx, &db, cmd)?,
         "logout" | "saslStart" | "saslContinue" | "authenticate" => {
-            return Err(MongoError::new(ErrorCode::AuthenticationFailed, "Authentication is not supported yet"));
+            return Err(MongoError::new(
+                ErrorCode::AuthenticationFailed,
+                "Authentication is not supported yet",
+            ));
         }
         // DDL.
         "create" => ddl::create(ctx, &db, cmd).await?,
@@ -266,9 +293,17 @@ async fn dispatch(ctx: &Arc<ServerCtx>, conn: &mut ConnInfo, name: &str, cmd: &D
         "explain" => crud::explain(ctx, &db, cmd)?,
         "getMore" => cursor::get_more(ctx, &db, cmd).await?,
         "killCursors" => cursor::kill_cursors(ctx, cmd)?,
-        "" => return Err(MongoError::new(ErrorCode::CommandNotFound, "no such command: ''")),
+        "" => {
+            return Err(MongoError::new(
+                ErrorCode::CommandNotFound,
+                "no such command: ''",
+            ));
+        }
         other => {
-            return Err(MongoError::new(ErrorCode::CommandNotFound, format!("no such command: '{other}'")));
+            return Err(MongoError::new(
+                ErrorCode::CommandNotFound,
+                format!("no such command: '{other}'"),
+            ));
         }
     };
     Ok(r)

@@ -14,17 +14,26 @@ impl Reply {
     /// `{...fields, ok: 1}`.
     pub fn ok(mut fields: Document) -> Reply {
         fields.insert("ok", 1.0);
-        Reply { doc: fields, close_connection: false }
+        Reply {
+            doc: fields,
+            close_connection: false,
+        }
     }
 
     /// An error reply.
     pub fn error(e: MongoError) -> Reply {
-        Reply { doc: error_doc(&e), close_connection: false }
+        Reply {
+            doc: error_doc(&e),
+            close_connection: false,
+        }
     }
 
     /// Drop the connection with no reply (a fail point's `closeConnection`).
     pub fn close() -> Reply {
-        Reply { doc: Document::new(), close_connection: true }
+        Reply {
+            doc: Document::new(),
+            close_connection: true,
+        }
     }
 }
 
@@ -37,7 +46,13 @@ pub fn error_doc(e: &MongoError) -> Document {
     d.insert("codeName", e.code_name.clone());
     add_extra(&mut d, e);
     if !e.labels.is_empty() {
-        d.insert("errorLabels", e.labels.iter().map(|l| Bson::String(l.clone())).collect::<Vec<_>>());
+        d.insert(
+            "errorLabels",
+            e.labels
+                .iter()
+                .map(|l| Bson::String(l.clone()))
+                .collect::<Vec<_>>(),
+        );
     }
     d
 }
@@ -55,7 +70,10 @@ pub fn write_error(index: usize, e: &MongoError) -> Document {
 fn add_extra(d: &mut Document, e: &MongoError) {
     if let Some(extra) = &e.extra {
         match extra.as_ref() {
-            ExtraInfo::DuplicateKey { key_pattern, key_value } => {
+            ExtraInfo::DuplicateKey {
+                key_pattern,
+                key_value,
+            } => {
                 if let Ok(k) = Document::from_reader(key_pattern.as_slice()) {
                     d.insert("keyPattern", k);
                 }
@@ -73,9 +91,16 @@ fn add_extra(d: &mut Document, e: &MongoError) {
 pub fn add_server_labels(mut e: MongoError, cmd_name: &str, cmd: &Document) -> MongoError {
     let is_write = matches!(
         cmd_name,
-        "insert" | "update" | "delete" | "findAndModify" | "findandmodify" | "commitTransaction" | "abortTransaction"
+        "insert"
+            | "update"
+            | "delete"
+            | "findAndModify"
+            | "findandmodify"
+            | "commitTransaction"
+            | "abortTransaction"
     );
-    if is_write && cmd.contains_key("txnNumber") && errors::RETRYABLE_WRITE_CODES.contains(&e.code) {
+    if is_write && cmd.contains_key("txnNumber") && errors::RETRYABLE_WRITE_CODES.contains(&e.code)
+    {
         e = e.with_label(labels::RETRYABLE_WRITE_ERROR);
     }
     e

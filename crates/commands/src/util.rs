@@ -11,7 +11,10 @@ use storage::Namespace;
 pub fn db_of(cmd: &Document) -> Result<String> {
     match cmd.get("$db") {
         Some(Bson::String(s)) => Ok(s.clone()),
-        None => Err(MongoError::new(ErrorCode::FailedToParse, "Missing required field '$db'")),
+        None => Err(MongoError::new(
+            ErrorCode::FailedToParse,
+            "Missing required field '$db'",
+        )),
         Some(_) => Err(MongoError::type_mismatch("Field '$db' must be a string")),
     }
 }
@@ -53,7 +56,10 @@ pub fn coll_arg(cmd: &Document, name: &str, db: &str) -> Result<Namespace> {
             ErrorCode::InvalidNamespace,
             format!("collection name has invalid type {}", type_name(other)),
         )),
-        None => Err(MongoError::new(ErrorCode::InvalidNamespace, "Invalid namespace specified")),
+        None => Err(MongoError::new(
+            ErrorCode::InvalidNamespace,
+            "Invalid namespace specified",
+        )),
     }
 }
 
@@ -80,7 +86,8 @@ pub fn opt_count(cmd: &Document, key: &str) -> Result<Option<i64>> {
     match cmd.get(key) {
         None | Some(Bson::Null) => Ok(None),
         Some(Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_)) => {
-            let v = get_i64(cmd, key).ok_or_else(|| MongoError::bad_value(format!("{key} must be an integer")))?;
+            let v = get_i64(cmd, key)
+                .ok_or_else(|| MongoError::bad_value(format!("{key} must be an integer")))?;
             Ok(Some(v))
         }
         Some(other) => Err(MongoError::type_mismatch(format!(

@@ -142,19 +142,19 @@ pub fn cmp_values(a: &Bson, b: &Bson) -> Ordering {
             .then_with(|| x.bytes.cmp(&y.bytes)),
         (Bson::ObjectId(x), Bson::ObjectId(y)) => x.bytes().cmp(&y.bytes()),
         (Bson::Boolean(x), Bson::Boolean(y)) => x.cmp(y),
-        (Bson::DateTime(x), Bson::DateTime(y)) => {
-            x.timestamp_millis().cmp(&y.timestamp_millis())
-        }
+        (Bson::DateTime(x), Bson::DateTime(y)) => x.timestamp_millis().cmp(&y.timestamp_millis()),
         (Bson::Timestamp(x), Bson::Timestamp(y)) => {
             (x.time, x.increment).cmp(&(y.time, y.increment))
         }
-        (Bson::RegularExpression(x), Bson::RegularExpression(y)) => {
-            x.pattern.cmp(&y.pattern).then_with(|| x.options.cmp(&y.options))
-        }
+        (Bson::RegularExpression(x), Bson::RegularExpression(y)) => x
+            .pattern
+            .cmp(&y.pattern)
+            .then_with(|| x.options.cmp(&y.options)),
         (Bson::JavaScriptCode(x), Bson::JavaScriptCode(y)) => x.cmp(y),
-        (Bson::JavaScriptCodeWithScope(x), Bson::JavaScriptCodeWithScope(y)) => {
-            x.code.cmp(&y.code).then_with(|| cmp_documents(&x.scope, &y.scope))
-        }
+        (Bson::JavaScriptCodeWithScope(x), Bson::JavaScriptCodeWithScope(y)) => x
+            .code
+            .cmp(&y.code)
+            .then_with(|| cmp_documents(&x.scope, &y.scope)),
         (Bson::DbPointer(_), Bson::DbPointer(_)) => Ordering::Equal,
         _ => Ordering::Equal,
     }
@@ -214,10 +214,19 @@ mod tests {
     fn numbers_compare_across_types() {
         assert!(values_equal(&Bson::Int32(1), &Bson::Double(1.0)));
         assert!(values_equal(&Bson::Int64(1), &Bson::Int32(1)));
-        assert_eq!(cmp_values(&Bson::Int64(i64::MAX), &Bson::Double(9.3e18)), Ordering::Less);
-        assert_eq!(cmp_values(&Bson::Double(f64::NAN), &Bson::Int32(-5)), Ordering::Less);
+        assert_eq!(
+            cmp_values(&Bson::Int64(i64::MAX), &Bson::Double(9.3e18)),
+            Ordering::Less
+        );
+        assert_eq!(
+            cmp_values(&Bson::Double(f64::NAN), &Bson::Int32(-5)),
+            Ordering::Less
+        );
         assert!(values_equal(&Bson::Double(-0.0), &Bson::Int32(0)));
-        assert_eq!(cmp_values(&Bson::Double(1.5), &Bson::Int64(1)), Ordering::Greater);
+        assert_eq!(
+            cmp_values(&Bson::Double(1.5), &Bson::Int64(1)),
+            Ordering::Greater
+        );
     }
 
     #[test]
@@ -235,14 +244,26 @@ mod tests {
             Bson::MaxKey,
         ];
         for w in order.windows(2) {
-            assert_eq!(cmp_values(&w[0], &w[1]), Ordering::Less, "{:?} < {:?}", w[0], w[1]);
+            assert_eq!(
+                cmp_values(&w[0], &w[1]),
+                Ordering::Less,
+                "{:?} < {:?}",
+                w[0],
+                w[1]
+            );
         }
     }
 
     #[test]
     fn documents_and_arrays() {
-        assert_eq!(cmp_documents(&doc! {"a": 1}, &doc! {"a": 1, "b": 1}), Ordering::Less);
+        assert_eq!(
+            cmp_documents(&doc! {"a": 1}, &doc! {"a": 1, "b": 1}),
+            Ordering::Less
+        );
         assert_eq!(cmp_values(&bson!([1, 2]), &bson!([1, 3])), Ordering::Less);
-        assert_eq!(cmp_documents(&doc! {"a": 1}, &doc! {"b": 1}), Ordering::Less);
+        assert_eq!(
+            cmp_documents(&doc! {"a": 1}, &doc! {"b": 1}),
+            Ordering::Less
+        );
     }
 }

@@ -46,10 +46,8 @@ fn walk(v: &Bson, parts: &[&str], out: &mut Vec<Option<Bson>>, in_array: bool) {
             None => out.push(None),
         },
         Bson::Array(arr) => {
-            if let Ok(i) = p.parse::<usize>() {
-                if let Some(e) = arr.get(i) {
-                    walk(e, &parts[1..], out, false);
-                }
+            if let Some(e) = p.parse::<usize>().ok().and_then(|i| arr.get(i)) {
+                walk(e, &parts[1..], out, false);
             }
             for e in arr {
                 if let Bson::Document(_) = e {
@@ -77,7 +75,9 @@ pub fn set_path(doc: &mut Document, path: &str, value: Bson) -> Result<(), Strin
             Ok(())
         }
         Some((head, rest)) => {
-            let entry = doc.entry(head.to_string()).or_insert_with(|| Bson::Document(Document::new()));
+            let entry = doc
+                .entry(head.to_string())
+                .or_insert_with(|| Bson::Document(Document::new()));
             set_in_value(entry, rest, value)
         }
     }

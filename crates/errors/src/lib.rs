@@ -200,7 +200,10 @@ pub struct MongoError {
 pub enum ExtraInfo {
     /// DuplicateKey: the index key pattern and the offending key value, each as raw BSON
     /// document bytes (so this crate need not depend on `bson`).
-    DuplicateKey { key_pattern: Vec<u8>, key_value: Vec<u8> },
+    DuplicateKey {
+        key_pattern: Vec<u8>,
+        key_value: Vec<u8>,
+    },
 }
 
 impl MongoError {
@@ -219,7 +222,13 @@ impl MongoError {
     pub fn with_code(code: i32, message: impl Into<String>) -> MongoError {
         let code_name = ErrorCode::from_code(code)
             .map_or_else(|| format!("Location{code}"), |c| c.name().to_string());
-        MongoError { code, code_name, message: message.into(), labels: Vec::new(), extra: None }
+        MongoError {
+            code,
+            code_name,
+            message: message.into(),
+            labels: Vec::new(),
+            extra: None,
+        }
     }
 
     /// BadValue (2).
@@ -276,7 +285,10 @@ mod tests {
     fn codes_and_names_round_trip() {
         assert_eq!(ErrorCode::DuplicateKey.code(), 11000);
         assert_eq!(ErrorCode::DuplicateKey.name(), "DuplicateKey");
-        assert_eq!(ErrorCode::from_code(286), Some(ErrorCode::ChangeStreamHistoryLost));
+        assert_eq!(
+            ErrorCode::from_code(286),
+            Some(ErrorCode::ChangeStreamHistoryLost)
+        );
         let e = MongoError::with_code(40324, "Unrecognized pipeline stage name");
         assert_eq!(e.code_name, "Location40324");
         let e = MongoError::with_code(43, "x");

@@ -43,7 +43,9 @@ pub fn key_tuples(ix: &IndexMeta, doc: &Document) -> (Vec<Vec<Bson>>, bool) {
             // A missing value beside real ones adds nothing (e.g. `a.b` over `[{b:1},{}]`
             // still indexes the null, as MongoDB does, but only once).
             vals.sort_by(doc::cmp_values);
-            vals.dedup_by(|a, b| doc::values_equal(a, b) && doc::compare::type_rank(a) == doc::compare::type_rank(b));
+            vals.dedup_by(|a, b| {
+                doc::values_equal(a, b) && doc::compare::type_rank(a) == doc::compare::type_rank(b)
+            });
         }
         if vals.is_empty() {
             vals.push(Bson::Null);

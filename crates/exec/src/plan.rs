@@ -25,6 +25,7 @@ pub type KeyRange = (Bound<Vec<u8>>, Bound<Vec<u8>>);
 
 /// How a query reads its collection.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // One plan per query; boxing buys nothing.
 pub enum Plan {
     /// Every document, in `_id` order.
     CollScan,
@@ -45,7 +46,13 @@ pub enum Plan {
 impl Plan {
     /// Whether documents come out in the sort order asked for.
     pub fn provides_sort(&self) -> bool {
-        matches!(self, Plan::IxScan { provides_sort: true, .. })
+        matches!(
+            self,
+            Plan::IxScan {
+                provides_sort: true,
+                ..
+            }
+        )
     }
 
     /// The plan as explain's `winningPlan`.
@@ -53,7 +60,12 @@ impl Plan {
         match self {
             Plan::CollScan => doc! {"stage": "COLLSCAN", "direction": "forward"},
             Plan::IdLookup(_) => doc! {"stage": "IDHACK"},
-            Plan::IxScan { index, reverse, bounds, .. } => doc! {
+            Plan::IxScan {
+                index,
+                reverse,
+                bounds,
+                ..
+            } => doc! {
                 "stage": "FETCH",
                 "inputStage": {
                     "stage": "IXSCAN",
@@ -136,10 +148,21 @@ pub fn plan_query(
     }
 
     let mut best: Option<(&IndexMeta, u8)> = None;
-    for ix in meta.indexes.iter().filter(|i| !i.is_id() && i.partial_filter.is_none() && !i.sparse) {
+    for ix in meta
+        .indexes
+        .iter()
+        .filter(|i| !i.is_id() && i.partial_filter.is_none() && !i.sparse)
+    {
         let first = &ix.fields()[0].0;
-        if let Some(r) = preds.iter().filter(|(f, _)| f == first).map(|(_, p)| rank(p)).max() {
-            if best.is_none_or(|(_, br)| r > br) {
+        let r = preds
+            .iter()
+            .filter(|(f, _)| f == first)
+            .map(|(_, p)| rank(p))
+            .max();
+        if let Some(r) = r
+            && best.is_none_or(|(_, br)| r > br)
+        {
+            {
                 best = Some((ix, r));
             }
         }
@@ -149,7 +172,11 @@ pub fn plan_query(
     }
     // No predicate uses an index; a sort still may.
     if let Some(s) = sort {
-        for ix in meta.indexes.iter().filter(|i| !i.is_id() && i.partial_filter.is_none() && !i.sparse) {
+        for ix in meta
+            .indexes
+            .iter()
+            .filter(|i| !i.is_id() && i.partial_filter.is_none() && !i.sparse)
+        {
             if sort_direction(ix, s).is_some() {
                 return Ok(index_plan(ix, &preds, sort));
             }
@@ -189,7 +216,10 @@ fn index_plan(ix: &IndexMeta, preds: &[(String, Predicate)], sort: Option<&SortS
         .map(|(_, p)| p.clone());
     let pfx = index_prefix(ix.id);
     let (ranges, shown): (Vec<KeyRange>, Vec<Bson>) = match &pred {
-        None => (vec![whole(&pfx)], vec![Bson::String("[MinKey, MaxKey]".into())]),
+        None => (
+            vec![whole(&pfx)],
+            vec![Bson::String("[MinKey, MaxKey]".into())],
+        ),
         Some(Predicate::Eq(v)) => (vec![point(&pfx, v, desc)], vec![show_point(v)]),
         Some(Predicate::In(vs)) => {
             let mut rs: Vec<KeyRange> = vs.iter().map(|v| point(&pfx, v, desc)).collect();
@@ -200,12 +230,27 @@ fn index_plan(ix: &IndexMeta, preds: &[(String, Predicate)], sort: Option<&SortS
         Some(Predicate::Range { lower, upper }) => {
             let shown = format!(
                 "{}{}, {}{}",
-                if lower.as_ref().is_some_and(|l| l.1) { "[" } else { "(" },
-                lower.as_ref().map_or("MinKey".to_string(), |l| l.0.to_string()),
-                upper.as_ref().map_or("MaxKey".to_string(), |u| u.0.to_string()),
-                if upper.as_ref().is_some_and(|u| u.1) { "]" } else { ")" },
+                if lower.as_ref().is_some_and(|l| l.1) {
+                    "["
+                } else {
+                    "("
+                },
+                lower
+                    .as_ref()
+                    .map_or("MinKey".to_string(), |l| l.0.to_string()),
+                upper
+                    .as_ref()
+                    .map_or("MaxKey".to_string(), |u| u.0.to_string()),
+                if upper.as_ref().is_some_and(|u| u.1) {
+                    "]"
+                } else {
+                    ")"
+                },
             );
-            (vec![range(&pfx, lower.as_ref(), upper.as_ref(), desc)], vec![Bson::String(shown)])
+            (
+                vec![range(&pfx, lower.as_ref(), upper.as_ref(), desc)],
+                vec![Bson::String(shown)],
+            )
         }
     };
     let (reverse, provides_sort) = match sort.and_then(|s| sort_direction(ix, s)) {
@@ -214,7 +259,13 @@ fn index_plan(ix: &IndexMeta, preds: &[(String, Predicate)], sort: Option<&SortS
     };
     let mut bounds = Document::new();
     bounds.insert(first, shown);
-    Plan::IxScan { index: ix.clone(), ranges, reverse, provides_sort, bounds }
+    Plan::IxScan {
+        index: ix.clone(),
+        ranges,
+        reverse,
+        provides_sort,
+        bounds,
+    }
 }
 
 fn show_point(v: &Bson) -> Bson {
@@ -277,6 +328,9 @@ fn range(
     (lo, hi)
 }
 
+/// An index entry as scanned: its key and the `_id` key it points to.
+type IndexEntry = Result<(Vec<u8>, Vec<u8>)>;
+
 /// Documents a plan yields, before the filter is applied.
 pub type DocIter = Box<dyn Iterator<Item = Result<Document>> + Send>;
 
@@ -295,11 +349,16 @@ pub fn scan(snap: Arc<Snapshot>, meta: &CollectionMeta, plan: &Plan) -> Result<D
             let mut keys: Vec<Vec<u8>> = ids.iter().map(id_key).collect();
             keys.sort();
             keys.dedup();
-            Ok(Box::new(
-                keys.into_iter().filter_map(move |k| snap.get_doc(coll_id, &k).transpose()),
-            ))
+            Ok(Box::new(keys.into_iter().filter_map(move |k| {
+                snap.get_doc(coll_id, &k).transpose()
+            })))
         }
-        Plan::IxScan { ranges, reverse, index, .. } => {
+        Plan::IxScan {
+            ranges,
+            reverse,
+            index,
+            ..
+        } => {
             let mut ranges = ranges.clone();
             if *reverse {
                 ranges.reverse();
@@ -309,12 +368,11 @@ pub fn scan(snap: Arc<Snapshot>, meta: &CollectionMeta, plan: &Plan) -> Result<D
             let s2 = snap.clone();
             let reverse = *reverse;
             let entries = ranges.into_iter().flat_map(move |(lo, hi)| {
-                let it: Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + Send> =
-                    match s2.scan_index(lo, hi) {
-                        Ok(r) if reverse => Box::new(r.rev()),
-                        Ok(r) => Box::new(r),
-                        Err(e) => Box::new(std::iter::once(Err(e))),
-                    };
+                let it: Box<dyn Iterator<Item = IndexEntry> + Send> = match s2.scan_index(lo, hi) {
+                    Ok(r) if reverse => Box::new(r.rev()),
+                    Ok(r) => Box::new(r),
+                    Err(e) => Box::new(std::iter::once(Err(e))),
+                };
                 it
             });
             Ok(Box::new(entries.filter_map(move |r| match r {

@@ -27,7 +27,10 @@ pub fn encode_doc(doc: &Document) -> Result<Vec<u8>> {
     if b.len() > MAX_DOC_BYTES {
         return Err(MongoError::new(
             ErrorCode::BSONObjectTooLarge,
-            format!("object to insert too large. size in bytes: {}, max size: {MAX_DOC_BYTES}", b.len()),
+            format!(
+                "object to insert too large. size in bytes: {}, max size: {MAX_DOC_BYTES}",
+                b.len()
+            ),
         ));
     }
     Ok(b)
@@ -40,7 +43,10 @@ pub fn duplicate_key(meta: &CollectionMeta, ix: &IndexMeta, doc: &Document) -> M
         let v = doc::get_path(doc, &f).cloned().unwrap_or(Bson::Null);
         key_value.insert(f, v);
     }
-    let shown: Vec<String> = key_value.iter().map(|(k, v)| format!("{k}: {}", display(v))).collect();
+    let shown: Vec<String> = key_value
+        .iter()
+        .map(|(k, v)| format!("{k}: {}", display(v)))
+        .collect();
     let mut e = MongoError::new(
         ErrorCode::DuplicateKey,
         format!(
@@ -82,7 +88,9 @@ fn id_index(meta: &CollectionMeta) -> IndexMeta {
 /// # Errors
 /// DuplicateKey, BSONObjectTooLarge, or a storage error.
 pub fn insert_doc(ctx: &mut WriteCtx<'_>, meta: &mut CollectionMeta, doc: &Document) -> Result<()> {
-    let id = doc.get("_id").ok_or_else(|| MongoError::internal("document without _id"))?;
+    let id = doc
+        .get("_id")
+        .ok_or_else(|| MongoError::internal("document without _id"))?;
     let idk = id_key(id);
     let bytes = encode_doc(doc)?;
     if ctx.get_doc(meta.id, &idk)?.is_some() {
@@ -121,10 +129,8 @@ fn mark_multikey(
     planned: &[(u64, Vec<Vec<u8>>, bool)],
 ) -> Result<()> {
     for (id, _, mk) in planned {
-        if *mk {
-            if let Some(ix) = meta.indexes.iter_mut().find(|i| i.id == *id) {
-                ix.multikey = true;
-            }
+        if *mk && let Some(ix) = meta.indexes.iter_mut().find(|i| i.id == *id) {
+            ix.multikey = true;
         }
     }
     ctx.put_collection(meta)
@@ -140,7 +146,9 @@ pub fn replace_doc(
     old: &Document,
     new: &Document,
 ) -> Result<()> {
-    let id = new.get("_id").ok_or_else(|| MongoError::internal("document without _id"))?;
+    let id = new
+        .get("_id")
+        .ok_or_else(|| MongoError::internal("document without _id"))?;
     let idk = id_key(id);
     let bytes = encode_doc(new)?;
     let mut planned = Vec::new();
@@ -149,8 +157,15 @@ pub fn replace_doc(
         let pf = partial(ix)?;
         let (old_keys, _) = entry_keys(ix, pf.as_ref(), old, &idk);
         let (new_keys, mk) = entry_keys(ix, pf.as_ref(), new, &idk);
-        let added: Vec<Vec<u8>> = new_keys.iter().filter(|k| !old_keys.contains(k)).cloned().collect();
-        let removed: Vec<Vec<u8>> = old_keys.into_iter().filter(|k| !new_keys.contains(k)).collect();
+        let added: Vec<Vec<u8>> = new_keys
+            .iter()
+            .filter(|k| !old_keys.contains(k))
+            .cloned()
+            .collect();
+        let removed: Vec<Vec<u8>> = old_keys
+            .into_iter()
+            .filter(|k| !new_keys.contains(k))
+            .collect();
         if ix.unique {
             for k in &added {
                 if ctx.index_get(k)?.is_some_and(|owner| owner != idk) {
@@ -171,8 +186,10 @@ pub fn replace_doc(
         }
     }
     if became_multikey {
-        let flags: Vec<(u64, Vec<Vec<u8>>, bool)> =
-            planned.into_iter().map(|(id, _, _, mk)| (id, Vec::new(), mk)).collect();
+        let flags: Vec<(u64, Vec<Vec<u8>>, bool)> = planned
+            .into_iter()
+            .map(|(id, _, _, mk)| (id, Vec::new(), mk))
+            .collect();
         mark_multikey(ctx, meta, &flags)?;
     }
     Ok(())
@@ -183,7 +200,9 @@ pub fn replace_doc(
 /// # Errors
 /// A storage error.
 pub fn delete_doc(ctx: &mut WriteCtx<'_>, meta: &CollectionMeta, doc: &Document) -> Result<()> {
-    let id = doc.get("_id").ok_or_else(|| MongoError::internal("document without _id"))?;
+    let id = doc
+        .get("_id")
+        .ok_or_else(|| MongoError::internal("document without _id"))?;
     let idk = id_key(id);
     for ix in meta.indexes.iter().filter(|i| !i.is_id()) {
         let pf = partial(ix)?;
@@ -199,7 +218,11 @@ pub fn delete_doc(ctx: &mut WriteCtx<'_>, meta: &CollectionMeta, doc: &Document)
 ///
 /// # Errors
 /// DuplicateKey or a storage error.
-pub fn build_index(ctx: &mut WriteCtx<'_>, meta: &CollectionMeta, ix: &mut IndexMeta) -> Result<()> {
+pub fn build_index(
+    ctx: &mut WriteCtx<'_>,
+    meta: &CollectionMeta,
+    ix: &mut IndexMeta,
+) -> Result<()> {
     let pf = partial(ix)?;
     for (idk, doc) in ctx.scan_docs(meta.id)? {
         let (keys, mk) = entry_keys(ix, pf.as_ref(), &doc, &idk);

@@ -114,7 +114,9 @@ impl Running {
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let opts = StoreOptions {
         oplog_size_bytes: cfg.oplog_size_mb.max(1) * 1024 * 1024,
-        oplog_min_retention: cfg.oplog_min_retention_hours.map(|h| Duration::from_secs_f64(h * 3600.0)),
+        oplog_min_retention: cfg
+            .oplog_min_retention_hours
+            .map(|h| Duration::from_secs_f64(h * 3600.0)),
     };
     let store = Store::open(&cfg.dbpath, opts).map_err(anyhow::Error::msg)?;
     let mut listeners = Vec::new();
@@ -124,11 +126,16 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             .parse()
             .or_else(|_| format!("[{ip}]:{port}").parse())
             .map_err(|e| anyhow::anyhow!("bad --bind_ip address {ip}: {e}"))?;
-        let l = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
         port = l.local_addr()?.port();
         listeners.push(l);
     }
-    let loopback = cfg.bind_ip.iter().all(|ip| ip == "127.0.0.1" || ip == "localhost" || ip == "::1");
+    let loopback = cfg
+        .bind_ip
+        .iter()
+        .all(|ip| ip == "127.0.0.1" || ip == "localhost" || ip == "::1");
     let advertised = match &cfg.advertise {
         Some(a) => a.clone(),
         None if loopback => format!("localhost:{port}"),
@@ -152,7 +159,11 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         })
         .collect();
     tracing::info!(port, dbpath = %cfg.dbpath.display(), "eddy is ready for connections");
-    Ok(Running { port, ctx, accept_tasks })
+    Ok(Running {
+        port,
+        ctx,
+        accept_tasks,
+    })
 }
 
 fn gethostname() -> String {
@@ -206,7 +217,9 @@ async fn serve(ctx: Arc<ServerCtx>, mut stream: TcpStream, peer: SocketAddr) {
             }
         };
         let msg: Vec<u8> = buf.drain(..n).collect();
-        let Ok(header) = wire::parse_header(&msg) else { break };
+        let Ok(header) = wire::parse_header(&msg) else {
+            break;
+        };
         next_id = next_id.wrapping_add(1);
         let out = match wire::decode(&msg) {
             Err(e) => {
@@ -247,7 +260,11 @@ async fn serve(ctx: Arc<ServerCtx>, mut stream: TcpStream, peer: SocketAddr) {
 }
 
 /// OP_QUERY: only commands on `<db>.$cmd` (the first handshake of older clients).
-async fn legacy_query(ctx: &Arc<ServerCtx>, conn: &mut commands::ConnInfo, q: wire::OpQuery) -> commands::Reply {
+async fn legacy_query(
+    ctx: &Arc<ServerCtx>,
+    conn: &mut commands::ConnInfo,
+    q: wire::OpQuery,
+) -> commands::Reply {
     let Some(db) = q.full_collection_name.strip_suffix(".$cmd") else {
         return commands::Reply::error(errors::MongoError::new(
             errors::ErrorCode::UnsupportedFormat,

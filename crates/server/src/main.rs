@@ -8,7 +8,11 @@ use clap::Parser;
 
 /// Command-line flags, with mongod's names so that habits carry over.
 #[derive(Parser, Debug)]
-#[command(name = "eddy", version, about = "A MongoDB-wire database server built around change streams")]
+#[command(
+    name = "eddy",
+    version,
+    about = "A MongoDB-wire database server built around change streams"
+)]
 struct Cli {
     /// Port to listen on.
     #[arg(long, default_value_t = 27017)]
@@ -45,7 +49,10 @@ fn main() -> ExitCode {
     let level = if cli.quiet { "warn" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("EDDY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 
     let mut params = Document::new();
     for p in &cli.set_parameter {
@@ -60,7 +67,12 @@ fn main() -> ExitCode {
         }
     }
     let cfg = server::Config {
-        bind_ip: cli.bind_ip.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+        bind_ip: cli
+            .bind_ip
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
         port: cli.port,
         advertise: cli.advertise,
         dbpath: cli.dbpath,
@@ -70,7 +82,10 @@ fn main() -> ExitCode {
         parameters: params,
         argv: std::env::args().collect(),
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("eddy: cannot start the runtime: {e}");
@@ -85,13 +100,14 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("eddy: cannot install SIGTERM handler: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("eddy: cannot install SIGTERM handler: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
             _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),

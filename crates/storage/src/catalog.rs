@@ -13,7 +13,10 @@ pub struct Namespace {
 impl Namespace {
     /// A namespace from its parts.
     pub fn new(db: impl Into<String>, coll: impl Into<String>) -> Namespace {
-        Namespace { db: db.into(), coll: coll.into() }
+        Namespace {
+            db: db.into(),
+            coll: coll.into(),
+        }
     }
 
     /// Parses `db.coll`; the collection is everything after the first dot.
@@ -42,7 +45,10 @@ impl std::fmt::Display for Namespace {
 /// Checks a database name as MongoDB does (InvalidNamespace, 73).
 pub fn validate_db_name(db: &str) -> Result<()> {
     if db.is_empty() {
-        return Err(MongoError::new(ErrorCode::InvalidNamespace, "database name cannot be empty"));
+        return Err(MongoError::new(
+            ErrorCode::InvalidNamespace,
+            "database name cannot be empty",
+        ));
     }
     if db.len() >= 64 {
         return Err(MongoError::new(
@@ -50,7 +56,10 @@ pub fn validate_db_name(db: &str) -> Result<()> {
             format!("db name '{db}' is too long (max 63 characters)"),
         ));
     }
-    if db.chars().any(|c| matches!(c, '/' | '\\' | '.' | ' ' | '"' | '$' | '\0')) {
+    if db
+        .chars()
+        .any(|c| matches!(c, '/' | '\\' | '.' | ' ' | '"' | '$' | '\0'))
+    {
         return Err(MongoError::new(
             ErrorCode::InvalidNamespace,
             format!("Invalid database name: '{db}'"),
@@ -163,7 +172,10 @@ impl CollectionMeta {
 
     /// The collection UUID as BSON (binary subtype 4).
     pub fn uuid_bson(&self) -> Bson {
-        Bson::Binary(bson::Binary { subtype: BinarySubtype::Uuid, bytes: self.uuid.bytes().to_vec() })
+        Bson::Binary(bson::Binary {
+            subtype: BinarySubtype::Uuid,
+            bytes: self.uuid.bytes().to_vec(),
+        })
     }
 
     /// Whether change stream pre- and post-images are enabled.
@@ -196,7 +208,10 @@ impl CollectionMeta {
         let d = Document::from_reader(b).map_err(corrupt)?;
         let uuid = match d.get("uuid") {
             Some(Bson::Binary(b)) => bson::Uuid::from_bytes(
-                b.bytes.as_slice().try_into().map_err(|_| MongoError::internal("bad uuid"))?,
+                b.bytes
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| MongoError::internal("bad uuid"))?,
             ),
             _ => return Err(MongoError::internal("catalog record without uuid")),
         };
@@ -210,7 +225,10 @@ impl CollectionMeta {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(CollectionMeta {
-            ns: Namespace::new(d.get_str("db").map_err(corrupt)?, d.get_str("coll").map_err(corrupt)?),
+            ns: Namespace::new(
+                d.get_str("db").map_err(corrupt)?,
+                d.get_str("coll").map_err(corrupt)?,
+            ),
             uuid,
             id: d.get_i64("id").map_err(corrupt)? as u64,
             options: d.get_document("options").map_err(corrupt)?.clone(),

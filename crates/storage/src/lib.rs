@@ -70,7 +70,10 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { oplog_size_bytes: 990 * 1024 * 1024, oplog_min_retention: None }
+        StoreOptions {
+            oplog_size_bytes: 990 * 1024 * 1024,
+            oplog_min_retention: None,
+        }
     }
 }
 
@@ -109,7 +112,8 @@ impl Store {
     /// When the directory cannot be created, another process holds the lock, or the data
     /// file is unreadable.
     pub fn open(dir: &Path, opts: StoreOptions) -> std::result::Result<Store, String> {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let lock_path = dir.join("eddy.lock");
         let lock = File::options()
             .create(true)
@@ -232,7 +236,10 @@ impl WriterState {
     fn load(db: &Database, opts: &StoreOptions) -> Result<WriterState> {
         let txn = db.begin_write().map_err(storage_err)?;
         let mut state = WriterState {
-            last_ts: Timestamp { time: 0, increment: 0 },
+            last_ts: Timestamp {
+                time: 0,
+                increment: 0,
+            },
             next_id: 1,
             oplog_bytes: 0,
             opts: opts.clone(),
@@ -247,12 +254,16 @@ impl WriterState {
             let meta = txn.open_table(META).map_err(storage_err)?;
             if let Some(v) = meta.get(META_LAST_TS).map_err(storage_err)? {
                 state.last_ts = oplog::key_ts(u64::from_be_bytes(
-                    v.value().try_into().map_err(|_| MongoError::internal("bad last_ts"))?,
+                    v.value()
+                        .try_into()
+                        .map_err(|_| MongoError::internal("bad last_ts"))?,
                 ));
             }
             if let Some(v) = meta.get(META_NEXT_ID).map_err(storage_err)? {
                 state.next_id = u64::from_be_bytes(
-                    v.value().try_into().map_err(|_| MongoError::internal("bad next_id"))?,
+                    v.value()
+                        .try_into()
+                        .map_err(|_| MongoError::internal("bad next_id"))?,
                 );
             }
             let oplog = txn.open_table(OPLOG).map_err(storage_err)?;
@@ -268,11 +279,20 @@ impl WriterState {
     /// The next clusterTime: wall-clock seconds, with the increment counting writes within
     /// a second; never goes backwards even if the clock does.
     fn next_ts(&mut self) -> Timestamp {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as u32;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs() as u32;
         let ts = if now > self.last_ts.time {
-            Timestamp { time: now, increment: 1 }
+            Timestamp {
+                time: now,
+                increment: 1,
+            }
         } else {
-            Timestamp { time: self.last_ts.time, increment: self.last_ts.increment + 1 }
+            Timestamp {
+                time: self.last_ts.time,
+                increment: self.last_ts.increment + 1,
+            }
         };
         self.last_ts = ts;
         ts
@@ -388,26 +408,40 @@ impl<'t> WriteCtx<'t> {
         self.truncate_oplog()?;
         let last = oplog::ts_key(self.state.last_ts).to_be_bytes();
         let next = self.state.next_id.to_be_bytes();
-        self.meta.insert(META_LAST_TS, last.as_slice()).map_err(storage_err)?;
-        self.meta.insert(META_NEXT_ID, next.as_slice()).map_err(storage_err)?;
+        self.meta
+            .insert(META_LAST_TS, last.as_slice())
+            .map_err(storage_err)?;
+        self.meta
+            .insert(META_NEXT_ID, next.as_slice())
+            .map_err(storage_err)?;
         Ok(())
     }
 
     fn truncate_oplog(&mut self) -> Result<()> {
         let min_keep = self.state.opts.oplog_min_retention.map(|d| {
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
             now.saturating_sub(d).as_secs() as u32
         });
         while self.state.oplog_bytes > self.state.opts.oplog_size_bytes {
-            let first =
-                self.oplog.first().map_err(storage_err)?.map(|(k, v)| (k.value(), v.value().len()));
+            let first = self
+                .oplog
+                .first()
+                .map_err(storage_err)?
+                .map(|(k, v)| (k.value(), v.value().len()));
             let Some((key, len)) = first else { break };
             let len = len as u64;
             if min_keep.is_some_and(|t| oplog::key_ts(key).time >= t) {
                 break;
             }
             // Keep the newest entry so that the oplog always knows its last time.
-            if self.oplog.last().map_err(storage_err)?.is_some_and(|(l, _)| l.value() == key) {
+            if self
+                .oplog
+                .last()
+                .map_err(storage_err)?
+                .is_some_and(|(l, _)| l.value() == key)
+            {
                 break;
             }
             self.oplog.remove(key).map_err(storage_err)?;
@@ -429,7 +463,10 @@ impl<'t> WriteCtx<'t> {
     /// # Errors
     /// On storage failure.
     pub fn collection(&mut self, ns: &Namespace) -> Result<Option<CollectionMeta>> {
-        let r = self.catalog.get(ns.full().as_str()).map(|o| o.map(|v| v.value().to_vec()));
+        let r = self
+            .catalog
+            .get(ns.full().as_str())
+            .map(|o| o.map(|v| v.value().to_vec()));
         match r {
             Ok(Some(b)) => CollectionMeta::from_bytes(&b).map(Some),
             Ok(None) => Ok(None),
@@ -452,7 +489,10 @@ impl<'t> WriteCtx<'t> {
     /// On storage failure.
     pub fn put_collection(&mut self, meta: &CollectionMeta) -> Result<()> {
         let b = meta.to_bytes();
-        let r = self.catalog.insert(meta.ns.full().as_str(), b.as_slice()).map(|_| ());
+        let r = self
+            .catalog
+            .insert(meta.ns.full().as_str(), b.as_slice())
+            .map(|_| ());
         r.map_err(|e| self.fail(e))
     }
 
@@ -475,7 +515,11 @@ impl<'t> WriteCtx<'t> {
     ///
     /// # Errors
     /// On storage failure.
-    pub fn rename_collection(&mut self, meta: &CollectionMeta, to: &Namespace) -> Result<CollectionMeta> {
+    pub fn rename_collection(
+        &mut self,
+        meta: &CollectionMeta,
+        to: &Namespace,
+    ) -> Result<CollectionMeta> {
         let r = self.catalog.remove(meta.ns.full().as_str()).map(|_| ());
         r.map_err(|e| self.fail(e))?;
         let mut m = meta.clone();
@@ -488,7 +532,9 @@ impl<'t> WriteCtx<'t> {
         let (lo, hi) = prefix_range(prefix);
         let r = self
             .docs
-            .retain_in::<&[u8], _>((Bound::Included(lo.as_slice()), hi_bound(&hi)), |_, _| false);
+            .retain_in::<&[u8], _>((Bound::Included(lo.as_slice()), hi_bound(&hi)), |_, _| {
+                false
+            });
         r.map_err(|e| self.fail(e))
     }
 
@@ -500,7 +546,9 @@ impl<'t> WriteCtx<'t> {
         let (lo, hi) = prefix_range(&index_id.to_be_bytes());
         let r = self
             .indexes
-            .retain_in::<&[u8], _>((Bound::Included(lo.as_slice()), hi_bound(&hi)), |_, _| false);
+            .retain_in::<&[u8], _>((Bound::Included(lo.as_slice()), hi_bound(&hi)), |_, _| {
+                false
+            });
         r.map_err(|e| self.fail(e))
     }
 
@@ -510,7 +558,10 @@ impl<'t> WriteCtx<'t> {
     /// On storage failure.
     pub fn get_doc(&mut self, coll_id: u64, id_key: &[u8]) -> Result<Option<Document>> {
         let k = doc_key(coll_id, id_key);
-        let r = self.docs.get(k.as_slice()).map(|o| o.map(|v| v.value().to_vec()));
+        let r = self
+            .docs
+            .get(k.as_slice())
+            .map(|o| o.map(|v| v.value().to_vec()));
         match r {
             Ok(Some(b)) => decode_doc(&b).map(Some),
             Ok(None) => Ok(None),
@@ -544,16 +595,22 @@ impl<'t> WriteCtx<'t> {
     /// On storage failure.
     pub fn scan_docs(&mut self, coll_id: u64) -> Result<Vec<(Vec<u8>, Document)>> {
         let (lo, hi) = prefix_range(&coll_id.to_be_bytes());
-        let r: std::result::Result<Vec<(Vec<u8>, Vec<u8>)>, redb::StorageError> = (|| {
+        type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+        let r: std::result::Result<Rows, redb::StorageError> = (|| {
             let mut out = Vec::new();
-            for item in self.docs.range::<&[u8]>((Bound::Included(lo.as_slice()), hi_bound(&hi)))? {
+            for item in self
+                .docs
+                .range::<&[u8]>((Bound::Included(lo.as_slice()), hi_bound(&hi)))?
+            {
                 let (k, v) = item?;
                 out.push((k.value()[8..].to_vec(), v.value().to_vec()));
             }
             Ok(out)
         })();
         let rows = r.map_err(|e| self.fail(e))?;
-        rows.into_iter().map(|(k, v)| Ok((k, decode_doc(&v)?))).collect()
+        rows.into_iter()
+            .map(|(k, v)| Ok((k, decode_doc(&v)?)))
+            .collect()
     }
 
     /// The `_id` key stored under an index key, if any.
@@ -572,8 +629,9 @@ impl<'t> WriteCtx<'t> {
     pub fn index_first_with_prefix(&mut self, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         let (lo, hi) = prefix_range(prefix);
         let r: std::result::Result<_, redb::StorageError> = (|| {
-            let mut it =
-                self.indexes.range::<&[u8]>((Bound::Included(lo.as_slice()), hi_bound(&hi)))?;
+            let mut it = self
+                .indexes
+                .range::<&[u8]>((Bound::Included(lo.as_slice()), hi_bound(&hi)))?;
             match it.next() {
                 Some(item) => {
                     let (k, v) = item?;
@@ -613,7 +671,10 @@ impl<'t> WriteCtx<'t> {
         entry.wall = DateTime::now();
         let bytes = entry.to_bytes();
         self.state.oplog_bytes += bytes.len() as u64;
-        let r = self.oplog.insert(oplog::ts_key(ts), bytes.as_slice()).map(|_| ());
+        let r = self
+            .oplog
+            .insert(oplog::ts_key(ts), bytes.as_slice())
+            .map(|_| ());
         r.map_err(|e| self.fail(e))?;
         Ok(ts)
     }
@@ -636,12 +697,20 @@ impl<'t> WriteCtx<'t> {
                 bson::Bson::Document(e.to_document())
             })
             .collect();
-        let mut wrapper = OplogEntry::new(OpKind::Command, "admin.$cmd", None, bson::doc! {"applyOps": ops});
+        let mut wrapper = OplogEntry::new(
+            OpKind::Command,
+            "admin.$cmd",
+            None,
+            bson::doc! {"applyOps": ops},
+        );
         wrapper.ts = ts;
         wrapper.wall = wall;
         let bytes = wrapper.to_bytes();
         self.state.oplog_bytes += bytes.len() as u64;
-        let r = self.oplog.insert(oplog::ts_key(ts), bytes.as_slice()).map(|_| ());
+        let r = self
+            .oplog
+            .insert(oplog::ts_key(ts), bytes.as_slice())
+            .map(|_| ());
         r.map_err(|e| self.fail(e))?;
         Ok(ts)
     }
@@ -651,7 +720,10 @@ impl<'t> WriteCtx<'t> {
     /// # Errors
     /// On storage failure.
     pub fn put_preimage(&mut self, ts: Timestamp, doc_bytes: &[u8]) -> Result<()> {
-        let r = self.preimages.insert(oplog::ts_key(ts), doc_bytes).map(|_| ());
+        let r = self
+            .preimages
+            .insert(oplog::ts_key(ts), doc_bytes)
+            .map(|_| ());
         r.map_err(|e| self.fail(e))
     }
 
@@ -660,7 +732,10 @@ impl<'t> WriteCtx<'t> {
     /// # Errors
     /// On storage failure.
     pub fn session_record(&mut self, key: &[u8]) -> Result<Option<Document>> {
-        let r = self.sessions.get(key).map(|o| o.map(|v| v.value().to_vec()));
+        let r = self
+            .sessions
+            .get(key)
+            .map(|o| o.map(|v| v.value().to_vec()));
         match r {
             Ok(Some(b)) => decode_doc(&b).map(Some),
             Ok(None) => Ok(None),
@@ -695,9 +770,14 @@ impl Snapshot {
         let meta = txn.open_table(META).map_err(storage_err)?;
         let ts = match meta.get(META_LAST_TS).map_err(storage_err)? {
             Some(v) => oplog::key_ts(u64::from_be_bytes(
-                v.value().try_into().map_err(|_| MongoError::internal("bad last_ts"))?,
+                v.value()
+                    .try_into()
+                    .map_err(|_| MongoError::internal("bad last_ts"))?,
             )),
-            None => Timestamp { time: 0, increment: 0 },
+            None => Timestamp {
+                time: 0,
+                increment: 0,
+            },
         };
         Ok(Snapshot {
             catalog: txn.open_table(CATALOG).map_err(storage_err)?,
@@ -788,7 +868,10 @@ impl Snapshot {
             Some(t) => Bound::Excluded(oplog::ts_key(t)),
             None => Bound::Unbounded,
         };
-        let range = self.oplog.range::<u64>((lower, Bound::Unbounded)).map_err(storage_err)?;
+        let range = self
+            .oplog
+            .range::<u64>((lower, Bound::Unbounded))
+            .map_err(storage_err)?;
         Ok(OplogScan { range })
     }
 
@@ -796,7 +879,7 @@ impl Snapshot {
     ///
     /// # Errors
     /// On storage failure.
-    pub fn oplog_rev(&self) -> Result<impl Iterator<Item = Result<(Timestamp, Vec<u8>)>>> {
+    pub fn oplog_rev(&self) -> Result<impl Iterator<Item = OplogItem>> {
         let range = self.oplog.range::<u64>(..).map_err(storage_err)?;
         Ok(range.rev().map(|r| {
             let (k, v) = r.map_err(storage_err)?;
@@ -809,9 +892,19 @@ impl Snapshot {
     /// # Errors
     /// On storage failure.
     pub fn oplog_bounds(&self) -> Result<Option<(Timestamp, Timestamp)>> {
-        let first = self.oplog.first().map_err(storage_err)?.map(|(k, _)| k.value());
-        let last = self.oplog.last().map_err(storage_err)?.map(|(k, _)| k.value());
-        Ok(first.zip(last).map(|(f, l)| (oplog::key_ts(f), oplog::key_ts(l))))
+        let first = self
+            .oplog
+            .first()
+            .map_err(storage_err)?
+            .map(|(k, _)| k.value());
+        let last = self
+            .oplog
+            .last()
+            .map_err(storage_err)?
+            .map(|(k, _)| k.value());
+        Ok(first
+            .zip(last)
+            .map(|(f, l)| (oplog::key_ts(f), oplog::key_ts(l))))
     }
 
     /// The number of oplog entries.
@@ -834,6 +927,9 @@ impl Snapshot {
     }
 }
 
+/// One oplog entry as read: its clusterTime and encoded bytes.
+pub type OplogItem = Result<(Timestamp, Vec<u8>)>;
+
 /// A lazy scan over a collection's documents: `(id_key, doc)`.
 pub struct DocScan {
     range: redb::Range<'static, &'static [u8], &'static [u8]>,
@@ -844,9 +940,10 @@ impl Iterator for DocScan {
 
     fn next(&mut self) -> Option<Self::Item> {
         let item = self.range.next()?;
-        Some(item.map_err(storage_err).and_then(|(k, v)| {
-            Ok((k.value()[8..].to_vec(), decode_doc(v.value())?))
-        }))
+        Some(
+            item.map_err(storage_err)
+                .and_then(|(k, v)| Ok((k.value()[8..].to_vec(), decode_doc(v.value())?))),
+        )
     }
 }
 
@@ -860,14 +957,20 @@ impl Iterator for IndexScan {
 
     fn next(&mut self) -> Option<Self::Item> {
         let item = self.range.next()?;
-        Some(item.map_err(storage_err).map(|(k, v)| (k.value().to_vec(), v.value().to_vec())))
+        Some(
+            item.map_err(storage_err)
+                .map(|(k, v)| (k.value().to_vec(), v.value().to_vec())),
+        )
     }
 }
 
 impl DoubleEndedIterator for IndexScan {
     fn next_back(&mut self) -> Option<Self::Item> {
         let item = self.range.next_back()?;
-        Some(item.map_err(storage_err).map(|(k, v)| (k.value().to_vec(), v.value().to_vec())))
+        Some(
+            item.map_err(storage_err)
+                .map(|(k, v)| (k.value().to_vec(), v.value().to_vec())),
+        )
     }
 }
 
@@ -881,7 +984,10 @@ impl Iterator for OplogScan {
 
     fn next(&mut self) -> Option<Self::Item> {
         let item = self.range.next()?;
-        Some(item.map_err(storage_err).map(|(k, v)| (oplog::key_ts(k.value()), v.value().to_vec())))
+        Some(
+            item.map_err(storage_err)
+                .map(|(k, v)| (oplog::key_ts(k.value()), v.value().to_vec())),
+        )
     }
 }
 
@@ -894,7 +1000,8 @@ fn list_catalog(
         Some(db) => {
             let lo = format!("{db}.");
             let hi = format!("{db}/");
-            t.range::<&str>(lo.as_str()..hi.as_str()).map_err(storage_err)?
+            t.range::<&str>(lo.as_str()..hi.as_str())
+                .map_err(storage_err)?
         }
         None => t.range::<&str>(..).map_err(storage_err)?,
     };
@@ -968,13 +1075,21 @@ mod tests {
         let dir = tempdir();
         {
             let store = Store::open(&dir, StoreOptions::default()).unwrap();
-            assert!(Store::open(&dir, StoreOptions::default()).is_err(), "lock is held");
+            assert!(
+                Store::open(&dir, StoreOptions::default()).is_err(),
+                "lock is held"
+            );
             let ts = store
                 .write(|ctx| {
                     let m = meta(ctx.new_id());
                     ctx.put_collection(&m)?;
                     ctx.put_doc(m.id, b"k1", &bson::to_vec(&doc! {"_id": 1}).unwrap())?;
-                    ctx.log(OplogEntry::new(OpKind::Insert, "d.c", Some(m.uuid), doc! {"_id": 1}))
+                    ctx.log(OplogEntry::new(
+                        OpKind::Insert,
+                        "d.c",
+                        Some(m.uuid),
+                        doc! {"_id": 1},
+                    ))
                 })
                 .await
                 .unwrap();
@@ -988,7 +1103,11 @@ mod tests {
         let store = Store::open(&dir, StoreOptions::default()).unwrap();
         let snap = store.snapshot().unwrap();
         let m = snap.collection(&ns()).unwrap().unwrap();
-        let docs: Vec<_> = snap.scan_docs(m.id, None).unwrap().collect::<Result<_>>().unwrap();
+        let docs: Vec<_> = snap
+            .scan_docs(m.id, None)
+            .unwrap()
+            .collect::<Result<_>>()
+            .unwrap();
         assert_eq!(docs.len(), 1);
         assert!(snap.ts().time > 0);
         std::fs::remove_dir_all(&dir).unwrap();
@@ -997,14 +1116,18 @@ mod tests {
     #[tokio::test]
     async fn timestamps_strictly_increase_and_oplog_truncates() {
         let dir = tempdir();
-        let opts = StoreOptions { oplog_size_bytes: 2000, oplog_min_retention: None };
+        let opts = StoreOptions {
+            oplog_size_bytes: 2000,
+            oplog_min_retention: None,
+        };
         let store = Store::open(&dir, opts).unwrap();
-        let mut last = Timestamp { time: 0, increment: 0 };
+        let mut last = Timestamp {
+            time: 0,
+            increment: 0,
+        };
         for i in 0..100 {
             let ts = store
-                .write(move |ctx| {
-                    ctx.log(OplogEntry::new(OpKind::Noop, "", None, doc! {"msg": i}))
-                })
+                .write(move |ctx| ctx.log(OplogEntry::new(OpKind::Noop, "", None, doc! {"msg": i})))
                 .await
                 .unwrap();
             assert!(oplog::ts_key(ts) > oplog::ts_key(last));

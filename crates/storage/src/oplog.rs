@@ -70,7 +70,10 @@ impl OplogEntry {
     /// A new entry; `ts` and `wall` are assigned by the commit pipeline.
     pub fn new(op: OpKind, ns: impl Into<String>, ui: Option<bson::Uuid>, o: Document) -> Self {
         OplogEntry {
-            ts: Timestamp { time: 0, increment: 0 },
+            ts: Timestamp {
+                time: 0,
+                increment: 0,
+            },
             wall: DateTime::from_millis(0),
             op,
             ns: ns.into(),
@@ -134,7 +137,8 @@ impl OplogEntry {
 
     /// Decodes an entry from the oplog table.
     pub fn from_bytes(b: &[u8]) -> Result<OplogEntry> {
-        let d = Document::from_reader(b).map_err(|e| MongoError::internal(format!("oplog: {e}")))?;
+        let d =
+            Document::from_reader(b).map_err(|e| MongoError::internal(format!("oplog: {e}")))?;
         Self::from_document(&d)
     }
 
@@ -142,9 +146,9 @@ impl OplogEntry {
     pub fn from_document(d: &Document) -> Result<OplogEntry> {
         let bad = || MongoError::internal("corrupt oplog entry");
         let ui = match d.get("ui") {
-            Some(Bson::Binary(b)) => {
-                Some(bson::Uuid::from_bytes(b.bytes.as_slice().try_into().map_err(|_| bad())?))
-            }
+            Some(Bson::Binary(b)) => Some(bson::Uuid::from_bytes(
+                b.bytes.as_slice().try_into().map_err(|_| bad())?,
+            )),
             _ => None,
         };
         Ok(OplogEntry {
@@ -171,7 +175,10 @@ pub fn ts_key(ts: Timestamp) -> u64 {
 
 /// The timestamp of an oplog table key.
 pub fn key_ts(k: u64) -> Timestamp {
-    Timestamp { time: (k >> 32) as u32, increment: k as u32 }
+    Timestamp {
+        time: (k >> 32) as u32,
+        increment: k as u32,
+    }
 }
 
 #[cfg(test)]
@@ -180,13 +187,29 @@ mod tests {
 
     #[test]
     fn entry_round_trip() {
-        let mut e = OplogEntry::new(OpKind::Insert, "d.c", Some(bson::Uuid::new()), doc! {"_id": 1})
-            .with_o2(doc! {"_id": 1});
-        e.ts = Timestamp { time: 5, increment: 2 };
+        let mut e = OplogEntry::new(
+            OpKind::Insert,
+            "d.c",
+            Some(bson::Uuid::new()),
+            doc! {"_id": 1},
+        )
+        .with_o2(doc! {"_id": 1});
+        e.ts = Timestamp {
+            time: 5,
+            increment: 2,
+        };
         e.wall = DateTime::from_millis(5000);
         e.txn_number = Some(3);
         assert_eq!(OplogEntry::from_bytes(&e.to_bytes()).unwrap(), e);
         assert_eq!(key_ts(ts_key(e.ts)), e.ts);
-        assert!(ts_key(Timestamp { time: 5, increment: 9 }) < ts_key(Timestamp { time: 6, increment: 0 }));
+        assert!(
+            ts_key(Timestamp {
+                time: 5,
+                increment: 9
+            }) < ts_key(Timestamp {
+                time: 6,
+                increment: 0
+            })
+        );
     }
 }

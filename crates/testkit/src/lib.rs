@@ -27,7 +27,8 @@ impl Drop for TestServer {
 
 /// A client connected directly to `127.0.0.1:port`.
 pub async fn client_for(port: u16) -> Client {
-    let uri = format!("mongodb://127.0.0.1:{port}/?directConnection=true&serverSelectionTimeoutMS=5000");
+    let uri =
+        format!("mongodb://127.0.0.1:{port}/?directConnection=true&serverSelectionTimeoutMS=5000");
     let opts = ClientOptions::parse(uri).await.expect("valid uri");
     Client::with_options(opts).expect("client")
 }
@@ -46,5 +47,10 @@ pub async fn spawn_with(adjust: impl FnOnce(&mut server::Config)) -> TestServer 
     let running = server::start(cfg).await.expect("server starts");
     let port = running.port;
     let client = client_for(port).await;
-    TestServer { running, client, port, _dir: dir }
+    TestServer {
+        running,
+        client,
+        port,
+        _dir: dir,
+    }
 }

@@ -245,6 +245,13 @@ pub(crate) fn apply_operators(
         mute: 0,
     };
     ap.run(&ex.out, &mut Vec::new())?;
+    if ap.orig_id.is_none()
+        && let Some(id) = ap.doc.get("_id")
+    {
+        let mut d = Document::new();
+        d.insert("_id", id.clone());
+        super::validate_replacement(&d)?;
+    }
     let diff = ap.log.resolve(&ap.doc);
     let delta = to_delta(&diff);
     let modified = ap.modified;

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use bson::{Bson, Document, doc};
+use bson::{Bson, Document};
 
 use super::delta::{ArrDiff, ArrEntry, DiffNode, DocDiff, identical};
 
@@ -71,18 +71,16 @@ pub(crate) fn diff_doc(pre: &Document, post: &Document) -> (DocDiff, usize) {
         }
         p.next();
     }
+    // Leftover old fields are deleted in document order, then the tentative deletes that no
+    // later insert cancelled, in name order (MongoDB keeps those in a std::set).
+    for (pk, _) in p {
+        out.deletes.push(pk.clone());
+    }
     for (qk, qv) in q {
         deletes.remove(qk.as_str());
         out.inserts.push((qk.clone(), qv.clone()));
     }
-    for (pk, _) in p {
-        deletes.insert(pk.as_str());
-    }
-    for d in deletes {
-        if !post.contains_key(d) {
-            out.deletes.push(d.to_string());
-        }
-    }
+    out.deletes.extend(deletes.into_iter().map(str::to_string));
     let est = doc_est(&out);
     (out, est)
 }
@@ -172,13 +170,13 @@ fn arr_est(a: &ArrDiff) -> usize {
 }
 
 /// The top-level diff of a pipeline update, or `None` when MongoDB would log a
-/// replacement instead (the diff is not smaller than the new document).
+/// replacement instead: the estimate (plus 15 bytes for the `{$v: 2, diff}` wrapper) or the
+/// serialized diff is not smaller than the new document (`computeOplogDiff`).
 pub(crate) fn top_level_diff(pre: &Document, post: &Document) -> Option<DocDiff> {
     let (d, est) = diff_doc(pre, post);
     let size = doc_size(post);
     if est + 15 >= size {
         return None;
     }
-    let real = doc_size(&doc! {"$v": 2, "diff": d.to_bson()});
-    (real < size).then_some(d)
+    (doc_size(&d.to_bson()) < size).then_some(d)
 }

@@ -1946,3 +1946,26 @@ fn signed_zero_and_nested_dollar_fields() {
     let e = Update::parse(&bson!({"$set": {"$x.y": 1}}), None).unwrap_err();
     assert_eq!(e.code, 52);
 }
+
+#[test]
+fn pipeline_diff_delete_order() {
+    // Old fields left over at the end are deleted in document order, before the tentative
+    // deletes (name order).
+    let pre = doc! {"_id": 1, "s": pad(), "z": 1, "k": 1, "y": 2, "b": 3};
+    let post = doc! {"_id": 1, "s": pad(), "k": 1};
+    let d = pipeline_delta(&pre, &post).unwrap();
+    assert_eq!(d.removed_fields, ["y", "b", "z"]);
+}
+
+#[test]
+fn upsert_id_type_is_validated() {
+    let c = UpdateCtx {
+        is_upsert_insert: true,
+        ..ctx()
+    };
+    let e = apply_full(&doc! {"a": 1}, bson!({"$set": {"_id": [1]}}), None, &c).unwrap_err();
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (53, "The '_id' value cannot be of type array")
+    );
+}

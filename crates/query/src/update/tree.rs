@@ -64,11 +64,13 @@ pub(crate) enum Node {
     Leaf(Op),
 }
 
-/// MongoDB's order of update fields: lexicographic, numeric names of different lengths by
-/// length (so `"10"` after `"9"`).
+/// MongoDB's order of update fields (`cmpPathsAndArrayIndexes`): names starting with a digit
+/// (and not zero-padded) order by length first, so `"9"` precedes `"10"`; otherwise bytewise.
 pub(crate) fn field_cmp(a: &str, b: &str) -> Ordering {
-    let num = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
-    if a.len() != b.len() && num(a) && num(b) {
+    let numberish = |s: &str| {
+        s.as_bytes().first().is_some_and(u8::is_ascii_digit) && !(s.starts_with('0') && s.len() > 1)
+    };
+    if numberish(a) && numberish(b) && a.len() != b.len() {
         a.len().cmp(&b.len())
     } else {
         a.cmp(b)

@@ -7,19 +7,32 @@ use bson::doc;
 use tokio::process::{Child, Command};
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn start(dir: &std::path::Path, port: u16) -> Child {
     let child = Command::new(env!("CARGO_BIN_EXE_eddy"))
-        .args(["--port", &port.to_string(), "--dbpath", dir.to_str().unwrap(), "--quiet"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--dbpath",
+            dir.to_str().unwrap(),
+            "--quiet",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
     for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             return child;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -52,20 +65,34 @@ async fn sigkill_loses_no_acknowledged_write() {
     child.wait().await.unwrap();
     let _ = writer.await;
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() > 10, "some writes were acknowledged before the kill");
+    assert!(
+        acked.len() > 10,
+        "some writes were acknowledged before the kill"
+    );
 
     let _child = start(dir.path(), port).await;
     let client = testkit::client_for(port).await;
     let c = client.database("crash").collection::<bson::Document>("c");
     let n = c.count_documents(doc! {}).await.unwrap() as usize;
     assert!(n >= acked.len(), "found {n}, acknowledged {}", acked.len());
-    assert!(n <= acked.len() + 1, "at most the one in-flight write extra");
+    assert!(
+        n <= acked.len() + 1,
+        "at most the one in-flight write extra"
+    );
     for i in acked.iter().step_by(97) {
         assert_eq!(c.count_documents(doc! {"_id": *i}).await.unwrap(), 1);
     }
     // The oplog survived with them: one insert entry per document.
-    let oplog = client.database("local").collection::<bson::Document>("oplog.rs");
-    assert_eq!(oplog.count_documents(doc! {"op": "i", "ns": "crash.c"}).await.unwrap() as usize, n);
+    let oplog = client
+        .database("local")
+        .collection::<bson::Document>("oplog.rs");
+    assert_eq!(
+        oplog
+            .count_documents(doc! {"op": "i", "ns": "crash.c"})
+            .await
+            .unwrap() as usize,
+        n
+    );
 }
 
 #[tokio::test]
@@ -74,7 +101,12 @@ async fn second_server_on_same_dbpath_refuses() {
     let port = free_port();
     let _child = start(dir.path(), port).await;
     let out = Command::new(env!("CARGO_BIN_EXE_eddy"))
-        .args(["--port", &free_port().to_string(), "--dbpath", dir.path().to_str().unwrap()])
+        .args([
+            "--port",
+            &free_port().to_string(),
+            "--dbpath",
+            dir.path().to_str().unwrap(),
+        ])
         .output()
         .await
         .unwrap();

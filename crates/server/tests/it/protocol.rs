@@ -31,7 +31,8 @@ async fn malformed_input_does_not_hurt_other_connections() {
     let ping = wire::encode_msg_request(7, &doc! {"ping": 1, "$db": "admin"}, &[], false, None);
 
     // Bad checksum: an error reply, and the connection stays usable.
-    let mut bad_sum = wire::encode_msg_request(8, &doc! {"ping": 1, "$db": "admin"}, &[], true, None);
+    let mut bad_sum =
+        wire::encode_msg_request(8, &doc! {"ping": 1, "$db": "admin"}, &[], true, None);
     let last = bad_sum.len() - 1;
     bad_sum[last] ^= 0xFF;
     let r = roundtrip(port, &bad_sum).await.expect("an error reply");
@@ -66,22 +67,43 @@ async fn malformed_input_does_not_hurt_other_connections() {
     // A well-formed ping still works on a fresh connection, and through the driver.
     let r = roundtrip(port, &ping).await.expect("reply");
     assert_eq!(reply_doc(&r).get_f64("ok").unwrap(), 1.0);
-    s.client.database("admin").run_command(doc! {"ping": 1}).await.unwrap();
+    s.client
+        .database("admin")
+        .run_command(doc! {"ping": 1})
+        .await
+        .unwrap();
 
     // Legacy OP_QUERY handshake gets an OP_REPLY.
     let q = wire::encode_query_request(3, "admin.$cmd", &doc! {"isMaster": 1});
     let r = roundtrip(port, &q).await.expect("reply");
-    assert_eq!(i32::from_le_bytes(r[12..16].try_into().unwrap()), wire::op::REPLY);
+    assert_eq!(
+        i32::from_le_bytes(r[12..16].try_into().unwrap()),
+        wire::op::REPLY
+    );
 
     // Compressed requests get compressed replies.
-    for c in [wire::Compressor::Snappy, wire::Compressor::Zlib, wire::Compressor::Zstd] {
-        let m = wire::encode_msg_request(11, &doc! {"ping": 1, "$db": "admin"}, &[], false, Some(c));
+    for c in [
+        wire::Compressor::Snappy,
+        wire::Compressor::Zlib,
+        wire::Compressor::Zstd,
+    ] {
+        let m =
+            wire::encode_msg_request(11, &doc! {"ping": 1, "$db": "admin"}, &[], false, Some(c));
         let r = roundtrip(port, &m).await.expect("reply");
-        assert_eq!(i32::from_le_bytes(r[12..16].try_into().unwrap()), wire::op::COMPRESSED);
+        assert_eq!(
+            i32::from_le_bytes(r[12..16].try_into().unwrap()),
+            wire::op::COMPRESSED
+        );
         assert_eq!(reply_doc(&r).get_f64("ok").unwrap(), 1.0);
     }
     // unacknowledged write (moreToCome): no reply, but it is applied.
-    let w = wire::encode_msg_request(12, &doc! {"insert": "u", "documents": [{"_id": 1}], "$db": "t", "writeConcern": {"w": 0}}, &[], false, None);
+    let w = wire::encode_msg_request(
+        12,
+        &doc! {"insert": "u", "documents": [{"_id": 1}], "$db": "t", "writeConcern": {"w": 0}},
+        &[],
+        false,
+        None,
+    );
     let mut flagged = w.clone();
     flagged[16..20].copy_from_slice(&wire::flags::MORE_TO_COME.to_le_bytes());
     let mut sock = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
@@ -89,7 +111,11 @@ async fn malformed_input_does_not_hurt_other_connections() {
     sock.write_all(&ping).await.unwrap();
     let mut buf = vec![0u8; 4096];
     let n = sock.read(&mut buf).await.unwrap();
-    assert_eq!(reply_doc(&buf[..n]).get_f64("ok").unwrap(), 1.0, "the first reply is the ping's");
+    assert_eq!(
+        reply_doc(&buf[..n]).get_f64("ok").unwrap(),
+        1.0,
+        "the first reply is the ping's"
+    );
     let c = s.client.database("t").collection::<bson::Document>("u");
     assert_eq!(c.count_documents(doc! {}).await.unwrap(), 1);
 }
