@@ -9,7 +9,7 @@ use storage::oplog::{key_ts, ts_key};
 
 use crate::event::{EventPos, Lookup, events_for};
 use crate::hub::Hub;
-use crate::resume_token::ResumeTokenData;
+use crate::resume_token::{ResumeTokenData, TokenType};
 use crate::spec::{Start, StreamSpec};
 
 /// Oplog entries read from the hub per step.
@@ -52,6 +52,11 @@ impl ChangeStream {
                 None,
                 ResumeTokenData::high_water_mark(*t).to_document(),
             ),
+            // A high-water mark means "everything from its time on": it sorts before every
+            // event at that time, so nothing at that time is skipped.
+            Start::After { token, .. } if token.token_type == TokenType::HighWaterMark => {
+                (ts_key(token.cluster_time), None, token.to_document())
+            }
             Start::After { token, .. } => (
                 ts_key(token.cluster_time),
                 Some(EventPos::of_token(token)),
