@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test: format and lint checks, the Rust unit and integration tests (which
-# start real servers), and the PyMongo smoke test against a freshly built eddy.
-# Installs what it needs itself (a Python venv with pymongo and pytest).
+# start real servers), the PyMongo smoke and resume-token tests against a freshly built
+# eddy, and the drivers' change streams specification tests through PyMongo's runner.
+# Installs what it needs itself (Python venvs with pymongo and pytest, the npm token
+# decoder).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,4 +29,8 @@ for _ in $(seq 1 100); do
   (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break
   sleep 0.1
 done
+(cd tests/node && npm ci --silent --no-audit --no-fund)
 EDDY_PORT=$port .venv/bin/python -m pytest -q tests/python
+
+echo "== drivers' specification tests (change streams)"
+EDDY_BIN=target/release/eddy ./scripts/spec-tests.sh changestreams
