@@ -9,7 +9,7 @@
 //! Idle streams sleep on that channel and cost no CPU.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use bson::Timestamp;
 use errors::Result;
@@ -40,6 +40,8 @@ pub struct Hub {
     window: RwLock<Window>,
     /// The last clusterTime the window holds (all entries up to it are decoded).
     tailed: watch::Sender<Timestamp>,
+    /// Serialises catching up, which the tailer and readers may both start.
+    catching_up: Mutex<()>,
 }
 
 impl Hub {
@@ -55,6 +57,7 @@ impl Hub {
                 covered_from: ts_key(now) + 1,
             }),
             tailed,
+            catching_up: Mutex::new(()),
         });
         let h = hub.clone();
         let mut commits = store.subscribe();
@@ -71,7 +74,20 @@ impl Hub {
         hub
     }
 
+    /// Makes sure every write acknowledged so far is in the window, so that a stream
+    /// opened (or resumed) right after a write sees it without waiting for the tailer.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn sync(&self) -> Result<()> {
+        if ts_key(self.tailed()) < ts_key(self.store.committed_ts()) {
+            self.catch_up()?;
+        }
+        Ok(())
+    }
+
     fn catch_up(&self) -> Result<()> {
+        let _guard = self.catching_up.lock().unwrap();
         let from = *self.tailed.borrow();
         let snap = self.store.snapshot()?;
         let mut last = from;

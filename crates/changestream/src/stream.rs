@@ -113,6 +113,7 @@ impl ChangeStream {
         let mut bytes = 0usize;
         let max = max.max(1);
         self.drain_leftover(&mut batch, &mut bytes, max);
+        hub.sync()?;
         let upto = hub.tailed();
         while !self.invalidated
             && batch.len() < max

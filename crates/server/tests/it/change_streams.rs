@@ -324,12 +324,31 @@ async fn resume_from_high_water_mark_misses_nothing() {
     let s = testkit::spawn().await;
     let db = s.client.database("cs");
     db.create_collection("h").await.unwrap();
-    let r = db.run_command(doc! {"aggregate": "h", "pipeline": [{"$changeStream": {}}], "cursor": {}}).await.unwrap();
-    let pbrt = r.get_document("cursor").unwrap().get_document("postBatchResumeToken").unwrap().clone();
-    db.collection::<Document>("h").insert_one(doc! {"_id": 1}).await.unwrap();
+    let r = db
+        .run_command(doc! {"aggregate": "h", "pipeline": [{"$changeStream": {}}], "cursor": {}})
+        .await
+        .unwrap();
+    let pbrt = r
+        .get_document("cursor")
+        .unwrap()
+        .get_document("postBatchResumeToken")
+        .unwrap()
+        .clone();
+    db.collection::<Document>("h")
+        .insert_one(doc! {"_id": 1})
+        .await
+        .unwrap();
     let r = db.run_command(doc! {"aggregate": "h", "pipeline": [{"$changeStream": {"resumeAfter": pbrt}}], "cursor": {}}).await.unwrap();
-    let batch = r.get_document("cursor").unwrap().get_array("firstBatch").unwrap();
-    assert_eq!(batch.len(), 1, "the insert right after the high-water mark is delivered");
+    let batch = r
+        .get_document("cursor")
+        .unwrap()
+        .get_array("firstBatch")
+        .unwrap();
+    assert_eq!(
+        batch.len(),
+        1,
+        "the insert right after the high-water mark is delivered"
+    );
 }
 
 #[tokio::test]
@@ -341,12 +360,20 @@ async fn history_lost_when_the_oplog_has_moved_on() {
     let first = next(&mut cs).await.id;
     let pad = "x".repeat(4000);
     for chunk in 0..10 {
-        c.insert_many((0..100).map(|i| doc! {"_id": chunk * 100 + i, "pad": pad.clone()})).await.unwrap();
+        c.insert_many((0..100).map(|i| doc! {"_id": chunk * 100 + i, "pad": pad.clone()}))
+            .await
+            .unwrap();
     }
     let db = s.client.database("cs");
     let token = bson::to_document(&first).unwrap();
     let (code, _) = cmd_error(&db, doc! {"aggregate": "lost", "pipeline": [{"$changeStream": {"resumeAfter": token}}], "cursor": {}}).await;
     assert_eq!(code, 286);
-    let oplog = s.client.database("local").collection::<Document>("oplog.rs");
-    assert!(oplog.count_documents(doc! {}).await.unwrap() < 1001, "the oplog was truncated");
+    let oplog = s
+        .client
+        .database("local")
+        .collection::<Document>("oplog.rs");
+    assert!(
+        oplog.count_documents(doc! {}).await.unwrap() < 1001,
+        "the oplog was truncated"
+    );
 }
