@@ -1,8 +1,14 @@
-//! `eddy-bench`: prints throughput figures for an in-process Eddy server (or any server
-//! given by `--uri`). A program that prints figures, never a timed test.
+//! `eddy-bench`: prints throughput and latency figures. A program that prints figures,
+//! never a timed test.
 //!
-//! Usage: `cargo run --release -p bench -- [inserts|find|stream|all] [--uri URI] [--seconds N]`
+//! By default it starts the `eddy` binary built next to it (`target/release/eddy`) on a free
+//! port with a temporary data directory, so that the server's CPU time can be read from
+//! `/proc`; `--uri URI --pid PID` measures a server that is already running.
+//!
+//! Usage: `cargo build --release && target/release/eddy-bench [inserts|find|stream|fanout|all]
+//! [--seconds N] [--docs N] [--uri URI --pid PID]`
 
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -10,54 +16,137 @@ use std::time::{Duration, Instant};
 use bson::{Document, doc};
 use futures_util::{StreamExt, TryStreamExt};
 use mongodb::Client;
+use mongodb::options::ClientOptions;
 
 struct Args {
     what: String,
     uri: Option<String>,
+    pid: Option<u32>,
     seconds: u64,
+    docs: usize,
 }
 
 fn args() -> Args {
     let mut a = Args {
         what: "all".into(),
         uri: None,
+        pid: None,
         seconds: 5,
+        docs: 1_000_000,
     };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
         match x.as_str() {
             "--uri" => a.uri = it.next(),
+            "--pid" => a.pid = it.next().and_then(|s| s.parse().ok()),
             "--seconds" => a.seconds = it.next().and_then(|s| s.parse().ok()).unwrap_or(5),
+            "--docs" => a.docs = it.next().and_then(|s| s.parse().ok()).unwrap_or(1_000_000),
             other => a.what = other.to_string(),
         }
     }
     a
 }
 
+/// A server process started for the benchmark; killed on drop.
+struct Server {
+    child: Child,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn start_server() -> (Server, String) {
+    let bin = std::env::current_exe().expect("exe").with_file_name("eddy");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = std::env::temp_dir().join(format!("eddy-bench-{port}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let child = Command::new(&bin)
+        .args([
+            "--port",
+            &port.to_string(),
+            "--dbpath",
+            dir.to_str().unwrap(),
+            "--quiet",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start {}: {e} (cargo build --release first)",
+                bin.display()
+            )
+        });
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    (
+        Server { child, dir },
+        format!("mongodb://127.0.0.1:{port}/?directConnection=true"),
+    )
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at ") ".
+    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the full line: 11 and 12 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+async fn client(uri: &str, pool: u32) -> Client {
+    let mut o = ClientOptions::parse(uri).await.expect("uri");
+    o.max_pool_size = Some(pool);
+    Client::with_options(o).expect("client")
+}
+
 #[tokio::main]
 async fn main() {
     let a = args();
-    let _server;
-    let client = match &a.uri {
-        Some(u) => Client::with_uri_str(u).await.expect("uri"),
+    let (server, uri, pid) = match &a.uri {
+        Some(u) => (None, u.clone(), a.pid),
         None => {
-            let s = testkit::spawn().await;
-            let c = s.client.clone();
-            _server = s;
-            c
+            let (s, u) = start_server();
+            let pid = s.child.id();
+            (Some(s), u, Some(pid))
         }
     };
+    let c = client(&uri, 64).await;
     let secs = Duration::from_secs(a.seconds);
-    if a.what == "inserts" || a.what == "all" {
-        single_inserts(&client, 8, secs).await;
-        batch_inserts(&client, 1000, secs).await;
+    let all = a.what == "all";
+    if all || a.what == "inserts" {
+        single_inserts(&c, 8, secs).await;
+        batch_inserts(&c, 1000, secs).await;
     }
-    if a.what == "find" || a.what == "all" {
-        find_scan(&client, if a.what == "find" { 1_000_000 } else { 200_000 }).await;
+    if all || a.what == "find" {
+        find_scan(&c, a.docs).await;
     }
-    if a.what == "stream" || a.what == "all" {
-        stream_latency(&client, secs).await;
+    if all || a.what == "stream" {
+        stream_latency(&c, secs).await;
+        stream_throughput(&c, secs).await;
     }
+    if all || a.what == "fanout" {
+        for n in [1, 100, 1000] {
+            fanout(&uri, n, pid).await;
+        }
+    }
+    drop(server);
 }
 
 async fn single_inserts(client: &Client, clients: usize, secs: Duration) {
@@ -70,9 +159,9 @@ async fn single_inserts(client: &Client, clients: usize, secs: Duration) {
         let c = c.clone();
         let n = n.clone();
         tasks.push(tokio::spawn(async move {
-            let mut i = 0u64;
+            let mut i = 0i64;
             while start.elapsed() < secs {
-                c.insert_one(doc! {"w": w as i32, "i": i as i64, "payload": "x".repeat(100)})
+                c.insert_one(doc! {"w": w as i32, "i": i, "payload": "x".repeat(100)})
                     .await
                     .unwrap();
                 i += 1;
@@ -84,10 +173,10 @@ async fn single_inserts(client: &Client, clients: usize, secs: Duration) {
         t.await.unwrap();
     }
     let total = n.load(Ordering::Relaxed);
+    let el = start.elapsed().as_secs_f64();
     println!(
-        "single-document inserts, {clients} concurrent clients, default write concern: {:.0} inserts/s ({total} in {:.1}s)",
-        total as f64 / start.elapsed().as_secs_f64(),
-        start.elapsed().as_secs_f64()
+        "inserts: single-document, {clients} concurrent clients, default write concern: {:.0} inserts/s ({total} in {el:.1} s)",
+        total as f64 / el
     );
 }
 
@@ -95,8 +184,7 @@ async fn batch_inserts(client: &Client, batch: usize, secs: Duration) {
     let c = client.database("bench").collection::<Document>("batch");
     let _ = c.drop().await;
     let start = Instant::now();
-    let mut total = 0u64;
-    let mut i = 0i64;
+    let (mut total, mut i) = (0u64, 0i64);
     while start.elapsed() < secs {
         let docs: Vec<Document> = (0..batch)
             .map(|_| {
@@ -107,10 +195,10 @@ async fn batch_inserts(client: &Client, batch: usize, secs: Duration) {
         c.insert_many(docs).await.unwrap();
         total += batch as u64;
     }
+    let el = start.elapsed().as_secs_f64();
     println!(
-        "insertMany batches of {batch}: {:.0} inserts/s ({total} in {:.1}s)",
-        total as f64 / start.elapsed().as_secs_f64(),
-        start.elapsed().as_secs_f64()
+        "inserts: insertMany batches of {batch}: {:.0} inserts/s ({total} in {el:.1} s)",
+        total as f64 / el
     );
 }
 
@@ -119,7 +207,9 @@ async fn find_scan(client: &Client, n: usize) {
     let _ = c.drop().await;
     let mut i = 0;
     while i < n {
-        let docs: Vec<Document> = (i..(i + 10_000).min(n)).map(|k| doc! {"_id": k as i64, "a": (k % 100) as i32, "b": (k % 7) as i32, "c": format!("s{}", k % 13)}).collect();
+        let docs: Vec<Document> = (i..(i + 10_000).min(n))
+            .map(|k| doc! {"_id": k as i64, "a": (k % 100) as i32, "b": (k % 7) as i32, "c": format!("s{}", k % 13)})
+            .collect();
         i += docs.len();
         c.insert_many(docs).await.unwrap();
     }
@@ -140,10 +230,9 @@ async fn find_scan(client: &Client, n: usize) {
             .unwrap();
         let el = start.elapsed().as_secs_f64();
         println!(
-            "find with a 3-clause filter over {n} documents {label}: {:.0} documents/s examined-equivalent ({} matched in {:.3}s)",
+            "find: 3-clause filter over {n} documents {label}: {:.0} documents/s ({} matched in {el:.3} s)",
             n as f64 / el,
-            found.len(),
-            el
+            found.len()
         );
     }
 }
@@ -177,6 +266,7 @@ async fn stream_latency(client: &Client, secs: Duration) {
         }
     }
     let acks = writer.await.unwrap();
+    let rate = acks.len() as f64 / secs.as_secs_f64();
     let mut lat: Vec<f64> = acks
         .iter()
         .zip(arrivals.iter())
@@ -184,14 +274,113 @@ async fn stream_latency(client: &Client, secs: Duration) {
         .collect();
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
     if lat.is_empty() {
-        println!("stream: no events");
+        println!("stream latency: no events");
         return;
     }
     let p = |q: f64| lat[((lat.len() as f64 - 1.0) * q) as usize];
     println!(
-        "change stream, writes paced at up to 1,000/s: {} events, latency ack->arrival p50 {:.2} ms, p99 {:.2} ms",
+        "stream latency: writes at {rate:.0}/s (target 1,000/s), {} events, ack->arrival p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
         lat.len(),
         p(0.5),
-        p(0.99)
+        p(0.99),
+        p(1.0)
+    );
+}
+
+async fn stream_throughput(client: &Client, secs: Duration) {
+    let c = client.database("bench").collection::<Document>("flat");
+    let _ = c.drop().await;
+    let mut cs = c.watch().batch_size(10_000).await.unwrap();
+    let writer = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let mut n = 0u64;
+            while start.elapsed() < secs {
+                let docs: Vec<Document> = (0..1000)
+                    .map(|i| doc! {"i": i, "payload": "x".repeat(100)})
+                    .collect();
+                c.insert_many(docs).await.unwrap();
+                n += 1000;
+            }
+            n
+        })
+    };
+    let start = Instant::now();
+    let mut got = 0u64;
+    let mut last = start;
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(3), cs.next()).await {
+        got += 1;
+        last = Instant::now();
+    }
+    let written = writer.await.unwrap();
+    let el = last.duration_since(start).as_secs_f64();
+    println!(
+        "stream throughput: writer flat out (insertMany of 1,000): {written} written, {got} delivered to one stream, {:.0} events/s",
+        got as f64 / el
+    );
+}
+
+/// `n` streams, each matching one of 10 values of `k`, so each sees a tenth of the events.
+async fn fanout(uri: &str, n: usize, pid: Option<u32>) {
+    const SHARES: i32 = 10;
+    const DOCS: usize = 20_000;
+    let c = client(uri, n as u32 + 16).await;
+    let coll = c
+        .database("bench")
+        .collection::<Document>(&format!("fan{n}"));
+    let _ = coll.drop().await;
+    coll.insert_one(doc! {"warm": true}).await.unwrap();
+    let total = Arc::new(AtomicU64::new(0));
+    let mut streams = Vec::new();
+    for j in 0..n {
+        let mut cs = coll
+            .watch()
+            .pipeline(vec![
+                doc! {"$match": {"fullDocument.k": (j as i32) % SHARES}},
+            ])
+            .max_await_time(Duration::from_millis(500))
+            .await
+            .unwrap();
+        let total = total.clone();
+        let expect = DOCS / SHARES as usize;
+        streams.push(tokio::spawn(async move {
+            let mut got = 0;
+            while got < expect {
+                match tokio::time::timeout(Duration::from_secs(60), cs.next()).await {
+                    Ok(Some(Ok(_))) => {
+                        got += 1;
+                        total.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => break,
+                }
+            }
+            Instant::now()
+        }));
+    }
+    let cpu0 = pid.map(cpu_seconds);
+    let start = Instant::now();
+    for b in 0..(DOCS / 100) {
+        let docs: Vec<Document> = (0..100)
+            .map(|i| doc! {"k": ((b * 100 + i) as i32) % SHARES, "b": b as i32})
+            .collect();
+        coll.insert_many(docs).await.unwrap();
+    }
+    let mut end = start;
+    for s in streams {
+        end = end.max(s.await.unwrap());
+    }
+    let cpu = pid.map(|p| cpu_seconds(p) - cpu0.unwrap_or(0.0));
+    let delivered = total.load(Ordering::Relaxed);
+    let el = end.duration_since(start).as_secs_f64();
+    let cpu_txt = cpu.map_or("server CPU n/a".to_string(), |s| {
+        format!(
+            "server CPU {:.1} ms per 1,000 deliveries ({s:.2} s)",
+            s * 1000.0 / (delivered as f64 / 1000.0)
+        )
+    });
+    println!(
+        "fan-out: {n} streams, each matching 1/{SHARES} of {DOCS} inserts (100-doc batches): {delivered} deliveries, {:.0} deliveries/s, {cpu_txt}",
+        delivered as f64 / el
     );
 }

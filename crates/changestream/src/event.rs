@@ -87,8 +87,8 @@ pub fn events_for(
     spec: &StreamSpec,
     lookup: &dyn Lookup,
 ) -> Result<Vec<Event>> {
-    let mut out = Vec::new();
     if entry.op == OpKind::Command && entry.o.contains_key("applyOps") {
+        let mut out = Vec::new();
         let ops = entry
             .o
             .get_array("applyOps")
@@ -101,44 +101,121 @@ pub fn events_for(
         }
         return Ok(out);
     }
-    let pos = EventPos {
-        ts: (entry.ts.time, entry.ts.increment),
-        txn_op_index: entry.txn_op_index,
-        from_invalidate: false,
+    let Some((op_type, ns, extra)) = classify(entry) else {
+        return Ok(Vec::new());
     };
-    let (op_type, ns, extra) = match classify(entry) {
-        Some(c) => c,
-        None => return Ok(out),
+    if is_expanded_only(op_type) && !spec.show_expanded_events {
+        return Ok(Vec::new());
+    }
+    let (seen, invalidates) = visibility(op_type, &ns, extra.to.as_ref(), spec);
+    if !seen {
+        return Ok(Vec::new());
+    }
+    let (doc, token) = build(entry, op_type, &ns, &extra, spec, lookup)?;
+    Ok(finish(entry, doc, token, invalidates))
+}
+
+/// The part of an entry's event that is the same for every stream with default options
+/// (no `fullDocument` lookups or images, no expanded events): built once per entry.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    op_type: &'static str,
+    ns: Namespace,
+    to: Option<Namespace>,
+    doc: Document,
+    token: ResumeTokenData,
+}
+
+/// Per-entry cache of [`Shared`].
+pub type SharedCache = std::sync::OnceLock<std::result::Result<Option<Shared>, errors::MongoError>>;
+
+/// Like [`events_for`], but for streams with default options reuses the event built for
+/// the first stream that saw this entry, so fan-out costs a visibility check and a copy.
+///
+/// # Errors
+/// As [`events_for`].
+pub fn events_for_shared(
+    entry: &OplogEntry,
+    cache: &SharedCache,
+    spec: &StreamSpec,
+    lookup: &dyn Lookup,
+) -> Result<Vec<Event>> {
+    let default_shape = spec.full_document == FullDocument::Default
+        && spec.full_document_before_change == FullDocumentBeforeChange::Off
+        && !spec.show_expanded_events;
+    if !default_shape || (entry.op == OpKind::Command && entry.o.contains_key("applyOps")) {
+        return events_for(entry, spec, lookup);
+    }
+    let shared = cache.get_or_init(|| {
+        let Some((op_type, ns, extra)) = classify(entry) else {
+            return Ok(None);
+        };
+        if is_expanded_only(op_type) {
+            return Ok(None);
+        }
+        let (doc, token) = build(entry, op_type, &ns, &extra, spec, lookup)?;
+        Ok(Some(Shared {
+            op_type,
+            ns,
+            to: extra.to,
+            doc,
+            token,
+        }))
+    });
+    let sh = match shared {
+        Ok(Some(sh)) => sh,
+        Ok(None) => return Ok(Vec::new()),
+        Err(e) => return Err(e.clone()),
     };
-    let expanded_only = matches!(
+    let (seen, invalidates) = visibility(sh.op_type, &sh.ns, sh.to.as_ref(), spec);
+    if !seen {
+        return Ok(Vec::new());
+    }
+    Ok(finish(entry, sh.doc.clone(), sh.token.clone(), invalidates))
+}
+
+fn is_expanded_only(op_type: &str) -> bool {
+    matches!(
         op_type,
         "create" | "createIndexes" | "dropIndexes" | "modify"
-    );
-    if expanded_only && !spec.show_expanded_events {
-        return Ok(out);
-    }
-    // Which streams see the entry, and which it invalidates.
-    let (seen, invalidates) = match op_type {
+    )
+}
+
+/// Whether a stream sees an event, and whether the event invalidates it.
+fn visibility(
+    op_type: &str,
+    ns: &Namespace,
+    to: Option<&Namespace>,
+    spec: &StreamSpec,
+) -> (bool, bool) {
+    match op_type {
         "dropDatabase" => match &spec.target {
             Target::Database(db) => (db == &ns.db, true),
             Target::Cluster => (!internal_db(&ns.db), false),
             Target::Collection(_) => (false, false),
         },
         "rename" => {
-            let to = extra.to.as_ref();
-            let hits = covers(spec, &ns) || to.is_some_and(|t| covers(spec, t));
+            let hits = covers(spec, ns) || to.is_some_and(|t| covers(spec, t));
             (hits, matches!(spec.target, Target::Collection(_)))
         }
         "drop" => (
-            covers(spec, &ns),
+            covers(spec, ns),
             matches!(spec.target, Target::Collection(_)),
         ),
-        _ => (covers(spec, &ns), false),
-    };
-    if !seen {
-        return Ok(out);
+        _ => (covers(spec, ns), false),
     }
+}
 
+/// The event document and its token, as the stream's options shape it.
+fn build(
+    entry: &OplogEntry,
+    op_type: &'static str,
+    ns: &Namespace,
+    extra: &Extra,
+    spec: &StreamSpec,
+    lookup: &dyn Lookup,
+) -> Result<(Document, ResumeTokenData)> {
+    let ns = ns.clone();
     let mut ev = Document::new();
     let document_key = extra.document_key.clone();
     let mut ident = doc! {"operationType": op_type};
@@ -228,7 +305,7 @@ pub fn events_for(
             delta.to_update_description(spec.show_expanded_events),
         );
     }
-    if let Some(sb) = extra.state_before_change {
+    if let Some(sb) = extra.state_before_change.clone() {
         ev.insert("stateBeforeChange", sb);
     }
     if entry.in_txn {
@@ -239,11 +316,26 @@ pub fn events_for(
             ev.insert("txnNumber", t);
         }
     }
-    out.push(Event {
+    Ok((ev, token))
+}
+
+/// The event, followed by an `invalidate` when it ends the stream.
+fn finish(
+    entry: &OplogEntry,
+    doc: Document,
+    token: ResumeTokenData,
+    invalidates: bool,
+) -> Vec<Event> {
+    let pos = EventPos {
+        ts: (entry.ts.time, entry.ts.increment),
+        txn_op_index: entry.txn_op_index,
+        from_invalidate: false,
+    };
+    let mut out = vec![Event {
         pos,
-        doc: ev,
+        doc,
         invalidate: false,
-    });
+    }];
     if invalidates {
         let mut t = token;
         t.from_invalidate = true;
@@ -261,7 +353,7 @@ pub fn events_for(
             invalidate: true,
         });
     }
-    Ok(out)
+    out
 }
 
 fn no_image(which: &str, entry: &OplogEntry, ns: &Namespace) -> errors::MongoError {

@@ -9,6 +9,7 @@
 //! Idle streams sleep on that channel and cost no CPU.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bson::Timestamp;
@@ -16,15 +17,29 @@ use errors::Result;
 use storage::{OplogEntry, Store, oplog::ts_key};
 use tokio::sync::watch;
 
+use crate::event::SharedCache;
+
 /// Bytes of decoded entries the shared window keeps: 64 MiB, enough for about 200,000
 /// small-document events, so a stream that is a few seconds behind at 50,000 events/s
 /// still reads from memory.
 pub const WINDOW_BYTES: usize = 64 * 1024 * 1024;
 
-/// A decoded entry with its encoded size.
+/// A decoded entry with its encoded size, and the event it makes for default-option
+/// streams once the first such stream has built it.
 pub struct Decoded {
     pub entry: OplogEntry,
     pub bytes: usize,
+    pub shared: SharedCache,
+}
+
+impl Decoded {
+    fn new(entry: OplogEntry, bytes: usize) -> Decoded {
+        Decoded {
+            entry,
+            bytes,
+            shared: SharedCache::new(),
+        }
+    }
 }
 
 struct Window {
@@ -42,6 +57,17 @@ pub struct Hub {
     tailed: watch::Sender<Timestamp>,
     /// Serialises catching up, which the tailer and readers may both start.
     catching_up: Mutex<()>,
+    /// Open streams; while there are none the tailer decodes nothing.
+    open_streams: Arc<AtomicUsize>,
+}
+
+/// Counts an open stream for as long as it lives.
+pub struct StreamSlot(Arc<AtomicUsize>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Hub {
@@ -58,12 +84,18 @@ impl Hub {
             }),
             tailed,
             catching_up: Mutex::new(()),
+            open_streams: Arc::new(AtomicUsize::new(0)),
         });
         let h = hub.clone();
         let mut commits = store.subscribe();
         tokio::spawn(async move {
             loop {
-                if let Err(e) = h.catch_up() {
+                // With no stream waiting, decoding would be wasted work: move the window
+                // past the new entries instead, and let a later reader catch up (from the
+                // oplog, if it starts earlier).
+                let idle = h.open_streams.load(Ordering::Relaxed) == 0;
+                let r = if idle { h.skip_ahead() } else { h.catch_up() };
+                if let Err(e) = r {
                     tracing::error!(error = %e, "change hub could not read the oplog");
                 }
                 if commits.changed().await.is_err() {
@@ -86,6 +118,18 @@ impl Hub {
         Ok(())
     }
 
+    fn skip_ahead(&self) -> Result<()> {
+        let _guard = self.catching_up.lock().unwrap();
+        let now = self.store.committed_ts();
+        let mut w = self.window.write().unwrap();
+        w.entries.clear();
+        w.bytes = 0;
+        w.covered_from = ts_key(now) + 1;
+        drop(w);
+        self.tailed.send_replace(now);
+        Ok(())
+    }
+
     fn catch_up(&self) -> Result<()> {
         let _guard = self.catching_up.lock().unwrap();
         let from = *self.tailed.borrow();
@@ -95,10 +139,7 @@ impl Hub {
         for item in snap.oplog_after(Some(from))? {
             let (ts, bytes) = item?;
             let entry = OplogEntry::from_bytes(&bytes)?;
-            fresh.push(Arc::new(Decoded {
-                entry,
-                bytes: bytes.len(),
-            }));
+            fresh.push(Arc::new(Decoded::new(entry, bytes.len())));
             last = ts;
         }
         if fresh.is_empty() {
@@ -119,6 +160,12 @@ impl Hub {
         }
         self.tailed.send_replace(last);
         Ok(())
+    }
+
+    /// Registers an open stream (the tailer decodes only while some are open).
+    pub fn register(&self) -> StreamSlot {
+        self.open_streams.fetch_add(1, Ordering::Relaxed);
+        StreamSlot(self.open_streams.clone())
     }
 
     /// The last clusterTime every stream can read up to.
@@ -166,10 +213,10 @@ impl Hub {
             if ts_key(ts) > upto || out.len() >= limit {
                 break;
             }
-            out.push(Arc::new(Decoded {
-                entry: OplogEntry::from_bytes(&bytes)?,
-                bytes: bytes.len(),
-            }));
+            out.push(Arc::new(Decoded::new(
+                OplogEntry::from_bytes(&bytes)?,
+                bytes.len(),
+            )));
         }
         Ok(out)
     }

@@ -7,7 +7,7 @@ use errors::{ErrorCode, MongoError, Result, labels};
 use query::pipeline::Env;
 use storage::oplog::{key_ts, ts_key};
 
-use crate::event::{EventPos, Lookup, events_for};
+use crate::event::{EventPos, Lookup, events_for_shared};
 use crate::hub::Hub;
 use crate::resume_token::{ResumeTokenData, TokenType};
 use crate::spec::{Start, StreamSpec};
@@ -29,6 +29,7 @@ pub struct ChangeStream {
     leftover: VecDeque<(Document, bool)>,
     pbrt: Document,
     invalidated: bool,
+    _slot: crate::hub::StreamSlot,
 }
 
 impl ChangeStream {
@@ -78,6 +79,7 @@ impl ChangeStream {
             leftover: VecDeque::new(),
             pbrt,
             invalidated: false,
+            _slot: hub.register(),
         })
     }
 
@@ -135,7 +137,7 @@ impl ChangeStream {
             for d in entries {
                 let key = ts_key(d.entry.ts);
                 let mut events = VecDeque::new();
-                for ev in events_for(&d.entry, &self.spec, lookup)? {
+                for ev in events_for_shared(&d.entry, &d.shared, &self.spec, lookup)? {
                     if self.skip_until.is_some_and(|s| ev.pos <= s) {
                         continue;
                     }

@@ -48,7 +48,6 @@ const SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sessions")
 /// Change stream pre-images, keyed by oplog key of the write that replaced them.
 const PREIMAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("preimages");
 
-const META_LAST_TS: &str = "last_ts";
 const META_NEXT_ID: &str = "next_id";
 
 /// Jobs taken into one group commit at most. Bounds the latency a batch adds to the first
@@ -226,8 +225,12 @@ fn shutting_down() -> MongoError {
 
 /// What the writer thread carries between batches.
 struct WriterState {
+    /// The last clusterTime assigned. Never stored on its own: it is the oplog's newest key,
+    /// which truncation never removes, so a commit writes no extra page for it.
     last_ts: Timestamp,
     next_id: u64,
+    /// `next_id` as last stored; it is written only when it changed.
+    stored_next_id: u64,
     oplog_bytes: u64,
     opts: StoreOptions,
 }
@@ -241,6 +244,7 @@ impl WriterState {
                 increment: 0,
             },
             next_id: 1,
+            stored_next_id: 1,
             oplog_bytes: 0,
             opts: opts.clone(),
         };
@@ -252,21 +256,18 @@ impl WriterState {
             txn.open_table(SESSIONS).map_err(storage_err)?;
             txn.open_table(PREIMAGES).map_err(storage_err)?;
             let meta = txn.open_table(META).map_err(storage_err)?;
-            if let Some(v) = meta.get(META_LAST_TS).map_err(storage_err)? {
-                state.last_ts = oplog::key_ts(u64::from_be_bytes(
-                    v.value()
-                        .try_into()
-                        .map_err(|_| MongoError::internal("bad last_ts"))?,
-                ));
-            }
             if let Some(v) = meta.get(META_NEXT_ID).map_err(storage_err)? {
                 state.next_id = u64::from_be_bytes(
                     v.value()
                         .try_into()
                         .map_err(|_| MongoError::internal("bad next_id"))?,
                 );
+                state.stored_next_id = state.next_id;
             }
             let oplog = txn.open_table(OPLOG).map_err(storage_err)?;
+            if let Some((k, _)) = oplog.last().map_err(storage_err)? {
+                state.last_ts = oplog::key_ts(k.value());
+            }
             for item in oplog.iter().map_err(storage_err)? {
                 let (_, v) = item.map_err(storage_err)?;
                 state.oplog_bytes += v.value().len() as u64;
@@ -313,7 +314,12 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        let before = (state.last_ts, state.next_id, state.oplog_bytes);
+        let before = (
+            state.last_ts,
+            state.next_id,
+            state.stored_next_id,
+            state.oplog_bytes,
+        );
         let result = run_batch(db, state, batch);
         match result {
             Ok(completions) => {
@@ -324,7 +330,12 @@ fn writer_loop(
             }
             Err((e, completions)) => {
                 tracing::error!(error = %e, "commit failed; the batch is lost");
-                (state.last_ts, state.next_id, state.oplog_bytes) = before;
+                (
+                    state.last_ts,
+                    state.next_id,
+                    state.stored_next_id,
+                    state.oplog_bytes,
+                ) = before;
                 for c in completions {
                     c(Err(e.clone()));
                 }
@@ -406,14 +417,13 @@ impl<'t> WriteCtx<'t> {
 
     fn finish(&mut self) -> Result<()> {
         self.truncate_oplog()?;
-        let last = oplog::ts_key(self.state.last_ts).to_be_bytes();
-        let next = self.state.next_id.to_be_bytes();
-        self.meta
-            .insert(META_LAST_TS, last.as_slice())
-            .map_err(storage_err)?;
-        self.meta
-            .insert(META_NEXT_ID, next.as_slice())
-            .map_err(storage_err)?;
+        if self.state.next_id != self.state.stored_next_id {
+            let next = self.state.next_id.to_be_bytes();
+            self.meta
+                .insert(META_NEXT_ID, next.as_slice())
+                .map_err(storage_err)?;
+            self.state.stored_next_id = self.state.next_id;
+        }
         Ok(())
     }
 
@@ -767,13 +777,9 @@ pub struct Snapshot {
 
 impl Snapshot {
     fn new(txn: ReadTransaction) -> Result<Snapshot> {
-        let meta = txn.open_table(META).map_err(storage_err)?;
-        let ts = match meta.get(META_LAST_TS).map_err(storage_err)? {
-            Some(v) => oplog::key_ts(u64::from_be_bytes(
-                v.value()
-                    .try_into()
-                    .map_err(|_| MongoError::internal("bad last_ts"))?,
-            )),
+        let log: ReadOnlyTable<u64, &'static [u8]> = txn.open_table(OPLOG).map_err(storage_err)?;
+        let ts = match log.last().map_err(storage_err)? {
+            Some((k, _)) => oplog::key_ts(k.value()),
             None => Timestamp {
                 time: 0,
                 increment: 0,
@@ -783,7 +789,7 @@ impl Snapshot {
             catalog: txn.open_table(CATALOG).map_err(storage_err)?,
             docs: txn.open_table(DOCS).map_err(storage_err)?,
             indexes: txn.open_table(INDEXES).map_err(storage_err)?,
-            oplog: txn.open_table(OPLOG).map_err(storage_err)?,
+            oplog: log,
             preimages: txn.open_table(PREIMAGES).map_err(storage_err)?,
             _txn: txn,
             ts,

@@ -377,3 +377,189 @@ async fn history_lost_when_the_oplog_has_moved_on() {
         "the oplog was truncated"
     );
 }
+
+#[tokio::test]
+async fn expanded_events_rename_and_start_after_invalidate() {
+    let s = testkit::spawn().await;
+    let db = s.client.database("ex");
+    let r = db.run_command(doc! {"aggregate": 1, "pipeline": [{"$changeStream": {"showExpandedEvents": true}}], "cursor": {}}).await.unwrap();
+    let id = r.get_document("cursor").unwrap().get_i64("id").unwrap();
+    assert_eq!(
+        r.get_document("cursor").unwrap().get_str("ns").unwrap(),
+        "ex.$cmd.aggregate"
+    );
+    db.create_collection("a").await.unwrap();
+    let uuid = db
+        .run_command(doc! {"listCollections": 1, "filter": {"name": "a"}})
+        .await
+        .unwrap()
+        .get_document("cursor")
+        .unwrap()
+        .get_array("firstBatch")
+        .unwrap()[0]
+        .as_document()
+        .unwrap()
+        .get_document("info")
+        .unwrap()
+        .get("uuid")
+        .unwrap()
+        .clone();
+    db.run_command(doc! {"createIndexes": "a", "indexes": [{"key": {"x": 1}, "name": "x_1"}]})
+        .await
+        .unwrap();
+    db.run_command(doc! {"collMod": "a"}).await.unwrap();
+    db.run_command(doc! {"dropIndexes": "a", "index": "x_1"})
+        .await
+        .unwrap();
+    db.collection::<Document>("a")
+        .insert_one(doc! {"_id": 1})
+        .await
+        .unwrap();
+    s.client
+        .database("admin")
+        .run_command(doc! {"renameCollection": "ex.a", "to": "ex.b"})
+        .await
+        .unwrap();
+    let mut events: Vec<Document> = Vec::new();
+    while events.len() < 6 {
+        let r = db
+            .run_command(doc! {"getMore": id, "collection": "$cmd.aggregate", "maxTimeMS": 2000})
+            .await
+            .unwrap();
+        for e in r
+            .get_document("cursor")
+            .unwrap()
+            .get_array("nextBatch")
+            .unwrap()
+        {
+            events.push(e.as_document().unwrap().clone());
+        }
+    }
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e.get_str("operationType").unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            "create",
+            "createIndexes",
+            "modify",
+            "dropIndexes",
+            "insert",
+            "rename"
+        ]
+    );
+    for e in &events {
+        assert_eq!(e.get("collectionUUID"), Some(&uuid), "{e}");
+    }
+    assert_eq!(
+        events[0].get_document("operationDescription").unwrap(),
+        &doc! {"idIndex": {"v": 2, "key": {"_id": 1}, "name": "_id_"}}
+    );
+    assert_eq!(
+        events[1].get_document("operationDescription").unwrap(),
+        &doc! {"indexes": [{"v": 2, "key": {"x": 1}, "name": "x_1"}]}
+    );
+    assert_eq!(
+        events[5].get_document("to").unwrap(),
+        &doc! {"db": "ex", "coll": "b"}
+    );
+    assert_eq!(
+        events[5].get_document("operationDescription").unwrap(),
+        &doc! {"to": {"db": "ex", "coll": "b"}}
+    );
+
+    // A collection stream on the renamed-away collection is invalidated; startAfter that
+    // invalidate sees the collection when it comes back, resumeAfter is refused.
+    let coll = db.collection::<Document>("b");
+    let mut cs = coll.watch().await.unwrap();
+    coll.drop().await.unwrap();
+    assert_eq!(next(&mut cs).await.operation_type, OperationType::Drop);
+    let inv = next(&mut cs).await;
+    assert_eq!(inv.operation_type, OperationType::Invalidate);
+    let t = bson::to_document(&inv.id).unwrap();
+    let (code, _) = cmd_error(&db, doc! {"aggregate": "b", "pipeline": [{"$changeStream": {"resumeAfter": t.clone()}}], "cursor": {}}).await;
+    assert_eq!(code, 260);
+    let mut again = coll.watch().start_after(inv.id.clone()).await.unwrap();
+    coll.insert_one(doc! {"_id": "back"}).await.unwrap();
+    assert_eq!(
+        next(&mut again).await.document_key,
+        Some(doc! {"_id": "back"})
+    );
+}
+
+#[tokio::test]
+async fn start_at_operation_time_and_pre_images() {
+    let s = testkit::spawn().await;
+    let db = s.client.database("t");
+    db.run_command(doc! {"create": "img", "changeStreamPreAndPostImages": {"enabled": true}})
+        .await
+        .unwrap();
+    let c = db.collection::<Document>("img");
+    c.insert_one(doc! {"_id": 1, "v": 1}).await.unwrap();
+    let ping = db.run_command(doc! {"ping": 1}).await.unwrap();
+    let t = ping.get_timestamp("operationTime").unwrap();
+    c.update_one(doc! {"_id": 1}, doc! {"$set": {"v": 2}})
+        .await
+        .unwrap();
+    c.delete_one(doc! {"_id": 1}).await.unwrap();
+    // Starting at the insert's time includes the insert.
+    let mut cs = c
+        .watch()
+        .start_at_operation_time(t)
+        .full_document(FullDocumentType::WhenAvailable)
+        .full_document_before_change(mongodb::options::FullDocumentBeforeChangeType::WhenAvailable)
+        .await
+        .unwrap();
+    let e = next(&mut cs).await;
+    assert_eq!(e.operation_type, OperationType::Insert);
+    let e = next(&mut cs).await;
+    assert_eq!(e.operation_type, OperationType::Update);
+    assert_eq!(e.full_document_before_change, Some(doc! {"_id": 1, "v": 1}));
+    assert_eq!(
+        e.full_document,
+        Some(doc! {"_id": 1, "v": 2}),
+        "the post-image as of the event"
+    );
+    let e = next(&mut cs).await;
+    assert_eq!(e.operation_type, OperationType::Delete);
+    assert_eq!(e.full_document_before_change, Some(doc! {"_id": 1, "v": 2}));
+}
+
+#[tokio::test]
+async fn kill_cursors_while_a_get_more_waits() {
+    let s = testkit::spawn().await;
+    let db = s.client.database("k");
+    db.create_collection("c").await.unwrap();
+    let r = db
+        .run_command(doc! {"aggregate": "c", "pipeline": [{"$changeStream": {}}], "cursor": {}})
+        .await
+        .unwrap();
+    let id = r.get_document("cursor").unwrap().get_i64("id").unwrap();
+    let waiter = {
+        let db = s.client.database("k");
+        tokio::spawn(async move {
+            db.run_command(doc! {"getMore": id, "collection": "c", "maxTimeMS": 10_000})
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    db.run_command(doc! {"killCursors": "c", "cursors": [id]})
+        .await
+        .unwrap();
+    let res = waiter.await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the waiting getMore ended promptly"
+    );
+    if let Err(e) = res {
+        assert!(
+            e.to_string().contains("237") || e.to_string().contains("CursorKilled"),
+            "{e}"
+        );
+    }
+    let (code, _) = cmd_error(&db, doc! {"getMore": id, "collection": "c"}).await;
+    assert_eq!(code, 43);
+}
