@@ -134,11 +134,15 @@ pub type SharedCache = std::sync::OnceLock<std::result::Result<Option<Shared>, e
 ///
 /// # Errors
 /// As [`events_for`].
+///
+/// `pre` is the pipeline's leading `$match`, checked against the shared event before it
+/// is copied, so a stream pays a copy only for the events it keeps.
 pub fn events_for_shared(
     entry: &OplogEntry,
     cache: &SharedCache,
     spec: &StreamSpec,
     lookup: &dyn Lookup,
+    pre: Option<&query::filter::Filter>,
 ) -> Result<Vec<Event>> {
     let default_shape = spec.full_document == FullDocument::Default
         && spec.full_document_before_change == FullDocumentBeforeChange::Off
@@ -171,7 +175,13 @@ pub fn events_for_shared(
     if !seen {
         return Ok(Vec::new());
     }
-    Ok(finish(entry, sh.doc.clone(), sh.token.clone(), invalidates))
+    let mut events = finish(entry, Document::new(), sh.token.clone(), invalidates);
+    if pre.is_some_and(|f| !f.matches(&sh.doc)) {
+        events.remove(0);
+    } else {
+        events[0].doc = sh.doc.clone();
+    }
+    Ok(events)
 }
 
 fn is_expanded_only(op_type: &str) -> bool {

@@ -12,6 +12,8 @@ use crate::hub::Hub;
 use crate::resume_token::{ResumeTokenData, TokenType};
 use crate::spec::{Start, StreamSpec};
 
+/// The largest event a stream returns (MongoDB's BSON object limit).
+const MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
 /// Oplog entries read from the hub per step.
 const READ_CHUNK: usize = 1024;
 /// A batch stops growing past this many bytes of events (MongoDB's 16 MiB reply limit,
@@ -28,6 +30,9 @@ pub struct ChangeStream {
     /// Events produced but not yet returned (a batch filled up mid-entry).
     leftover: VecDeque<(Document, bool)>,
     pbrt: Document,
+    /// When set, the resume token is the high-water mark at this oplog key, and `pbrt`
+    /// is stale. Kept as a key so that skipping entries costs no token encoding.
+    pbrt_hwm: Option<u64>,
     invalidated: bool,
     _slot: crate::hub::StreamSlot,
 }
@@ -78,6 +83,7 @@ impl ChangeStream {
             skip_until,
             leftover: VecDeque::new(),
             pbrt,
+            pbrt_hwm: None,
             invalidated: false,
             _slot: hub.register(),
         })
@@ -90,7 +96,10 @@ impl ChangeStream {
 
     /// The `postBatchResumeToken` for the batch just returned.
     pub fn post_batch_resume_token(&self) -> Document {
-        self.pbrt.clone()
+        match self.pbrt_hwm {
+            Some(k) => ResumeTokenData::high_water_mark(key_ts(k)).to_document(),
+            None => self.pbrt.clone(),
+        }
     }
 
     /// Whether the stream has delivered its `invalidate` and is over.
@@ -114,7 +123,7 @@ impl ChangeStream {
         let mut batch = Vec::new();
         let mut bytes = 0usize;
         let max = max.max(1);
-        self.drain_leftover(&mut batch, &mut bytes, max);
+        self.drain_leftover(&mut batch, &mut bytes, max)?;
         hub.sync()?;
         let upto = hub.tailed();
         while !self.invalidated
@@ -137,7 +146,8 @@ impl ChangeStream {
             for d in entries {
                 let key = ts_key(d.entry.ts);
                 let mut events = VecDeque::new();
-                for ev in events_for_shared(&d.entry, &d.shared, &self.spec, lookup)? {
+                let pre = self.spec.pipeline.as_ref().and_then(|p| p.leading_match());
+                for ev in events_for_shared(&d.entry, &d.shared, &self.spec, lookup, pre)? {
                     if self.skip_until.is_some_and(|s| ev.pos <= s) {
                         continue;
                     }
@@ -171,9 +181,9 @@ impl ChangeStream {
                 }
                 let had_events = !events.is_empty();
                 self.leftover.extend(events);
-                self.drain_leftover(&mut batch, &mut bytes, max);
+                self.drain_leftover(&mut batch, &mut bytes, max)?;
                 if !had_events {
-                    self.pbrt = ResumeTokenData::high_water_mark(key_ts(key + 1)).to_document();
+                    self.pbrt_hwm = Some(key + 1);
                 }
                 if self.invalidated || batch.len() >= max || bytes >= MAX_BATCH_BYTES {
                     break;
@@ -181,35 +191,34 @@ impl ChangeStream {
             }
         }
         if batch.is_empty() && self.leftover.is_empty() && !self.invalidated {
-            let hwm = ResumeTokenData::high_water_mark(key_ts(self.next));
-            if self.skip_until.is_none() && hwm_after(&self.pbrt, &hwm) {
-                self.pbrt = hwm.to_document();
+            let later = match self.pbrt_hwm {
+                Some(k) => self.next > k,
+                None => hwm_after(
+                    &self.pbrt,
+                    &ResumeTokenData::high_water_mark(key_ts(self.next)),
+                ),
+            };
+            if self.skip_until.is_none() && later {
+                self.pbrt_hwm = Some(self.next);
             }
         }
         Ok(batch)
     }
 
-    fn drain_leftover(&mut self, batch: &mut Vec<Document>, bytes: &mut usize, max: usize) {
+    /// Moves produced events into the batch while it has room, checking each against the
+    /// BSON size limit as it is measured.
+    fn drain_leftover(
+        &mut self,
+        batch: &mut Vec<Document>,
+        bytes: &mut usize,
+        max: usize,
+    ) -> Result<()> {
         while batch.len() < max && *bytes < MAX_BATCH_BYTES {
             let Some((doc, _)) = self.leftover.pop_front() else {
                 break;
             };
-            *bytes += bson::to_vec(&doc).map(|b| b.len()).unwrap_or(0);
-            if let Some(Bson::Document(id)) = doc.get("_id") {
-                self.pbrt = id.clone();
-            }
-            batch.push(doc);
-        }
-    }
-
-    /// Checks every event of a batch against the BSON size limit.
-    ///
-    /// # Errors
-    /// BSONObjectTooLarge (10334).
-    pub fn check_sizes(batch: &[Document]) -> Result<()> {
-        for d in batch {
-            let n = bson::to_vec(d).map(|b| b.len()).unwrap_or(0);
-            if n > 16 * 1024 * 1024 {
+            let n = bson::to_vec(&doc).map_or(usize::MAX, |b| b.len());
+            if n > MAX_EVENT_BYTES {
                 return Err(MongoError::new(
                     ErrorCode::BSONObjectTooLarge,
                     format!(
@@ -217,6 +226,12 @@ impl ChangeStream {
                     ),
                 ));
             }
+            *bytes += n;
+            if let Some(Bson::Document(id)) = doc.get("_id") {
+                self.pbrt = id.clone();
+                self.pbrt_hwm = None;
+            }
+            batch.push(doc);
         }
         Ok(())
     }

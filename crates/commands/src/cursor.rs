@@ -309,11 +309,55 @@ async fn await_events(
 }
 
 fn read_now(ctx: &ServerCtx, stream: &mut ChangeStream, n: usize) -> Result<Vec<Document>> {
-    let snap = ctx.store.snapshot()?;
-    let env = SnapEnv { snap: &snap };
+    let env = LazyEnv {
+        ctx,
+        snap: std::cell::OnceCell::new(),
+    };
     let batch = stream.next_batch(&ctx.hub, &env, &env, n)?;
-    ChangeStream::check_sizes(&batch)?;
     Ok(batch)
+}
+
+/// A stream's access to the database, taking a snapshot only if an event needs one
+/// (`updateLookup`, images, `$lookup`-free pipelines never do).
+struct LazyEnv<'a> {
+    ctx: &'a ServerCtx,
+    snap: std::cell::OnceCell<Snapshot>,
+}
+
+impl LazyEnv<'_> {
+    fn snap(&self) -> Result<SnapEnv<'_>> {
+        if self.snap.get().is_none() {
+            let s = self.ctx.store.snapshot()?;
+            let _ = self.snap.set(s);
+        }
+        Ok(SnapEnv {
+            snap: self.snap.get().expect("set above"),
+        })
+    }
+}
+
+impl Env for LazyEnv<'_> {
+    fn collection_docs(&self, db: &str, coll: &str) -> Result<Vec<Document>> {
+        self.snap()?.collection_docs(db, coll)
+    }
+
+    fn now(&self) -> DateTime {
+        DateTime::now()
+    }
+
+    fn cluster_time(&self) -> Timestamp {
+        self.ctx.store.committed_ts()
+    }
+}
+
+impl Lookup for LazyEnv<'_> {
+    fn current(&self, ns: &Namespace, document_key: &Document) -> Result<Option<Document>> {
+        self.snap()?.current(ns, document_key)
+    }
+
+    fn preimage(&self, ts: Timestamp) -> Result<Option<Document>> {
+        self.snap()?.preimage(ts)
+    }
 }
 
 /// `killCursors`.

@@ -30,7 +30,10 @@ pub fn get_path<'a>(doc: &'a Document, path: &str) -> Option<&'a Bson> {
 pub fn lookup_all(doc: &Document, path: &str) -> Vec<Option<Bson>> {
     let parts: Vec<&str> = path.split('.').collect();
     let mut out = Vec::new();
-    walk(&Bson::Document(doc.clone()), &parts, &mut out, false);
+    match doc.get(parts[0]) {
+        Some(next) => walk(next, &parts[1..], &mut out, false),
+        None => out.push(None),
+    }
     out
 }
 
