@@ -206,7 +206,13 @@ impl Store {
             };
             sender.send(job).map_err(|_| shutting_down())?;
         }
-        rx.await.map_err(|_| shutting_down())?
+        rx.await.map_err(|_| {
+            if self.inner.closed.load(Ordering::SeqCst) {
+                shutting_down()
+            } else {
+                MongoError::internal("the write was not applied: its commit batch was rolled back")
+            }
+        })?
     }
 
     /// Stops the commit pipeline after the jobs already queued.
@@ -362,7 +368,16 @@ fn run_batch(
     let outcome = (|| -> Result<()> {
         let mut ctx = WriteCtx::open(&txn, state)?;
         for job in batch {
-            completions.push(job(&mut ctx));
+            // A panic in one job must not take the commit pipeline down with it: the batch
+            // is rolled back (the job may have written half a statement) and every caller
+            // in it hears about it.
+            let c = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut ctx)))
+                .map_err(|_| {
+                    MongoError::internal(
+                        "a write failed unexpectedly; its commit batch was rolled back",
+                    )
+                })?;
+            completions.push(c);
             if let Some(e) = ctx.failed.take() {
                 return Err(e);
             }

@@ -113,3 +113,38 @@ async fn second_server_on_same_dbpath_refuses() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("another eddy process"));
 }
+
+#[tokio::test]
+async fn retryable_write_record_survives_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = start(dir.path(), port).await;
+    let lsid = doc! {"id": bson::Uuid::new()};
+    let cmd = doc! {
+        "update": "r",
+        "updates": [{"q": {"_id": 1}, "u": {"$inc": {"n": 1}}, "upsert": true}],
+        "lsid": lsid,
+        "txnNumber": 1i64,
+        "$db": "rw",
+    };
+    let first = crate::raw_command(port, cmd.clone()).await;
+    assert_eq!(first.get_i32("n").unwrap(), 1);
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    let _child = start(dir.path(), port).await;
+    let r = crate::raw_command(port, cmd).await;
+    assert_eq!(
+        r.get_i32("n").unwrap(),
+        1,
+        "the retry answers as the first attempt did"
+    );
+    let client = testkit::client_for(port).await;
+    let d = client
+        .database("rw")
+        .collection::<bson::Document>("r")
+        .find_one(doc! {"_id": 1})
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.get_i32("n").unwrap(), 1, "and does not apply twice");
+}

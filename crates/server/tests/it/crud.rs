@@ -305,9 +305,9 @@ async fn retryable_write_applies_once() {
     let s = testkit::spawn().await;
     let db = s.client.database("app");
     let lsid = doc! {"id": bson::Uuid::new()};
-    let cmd = doc! {"update": "r", "updates": [{"q": {"_id": 1}, "u": {"$inc": {"n": 1}}, "upsert": true}], "lsid": lsid.clone(), "txnNumber": 5i64};
-    let first = db.run_command(cmd.clone()).await.unwrap();
-    let again = db.run_command(cmd).await.unwrap();
+    let cmd = doc! {"update": "r", "updates": [{"q": {"_id": 1}, "u": {"$inc": {"n": 1}}, "upsert": true}], "lsid": lsid.clone(), "txnNumber": 5i64, "$db": "app"};
+    let first = crate::raw_command(s.port, cmd.clone()).await;
+    let again = crate::raw_command(s.port, cmd).await;
     assert_eq!(first.get_i32("n").unwrap(), again.get_i32("n").unwrap());
     let d = db
         .collection::<bson::Document>("r")
@@ -316,7 +316,7 @@ async fn retryable_write_applies_once() {
         .unwrap()
         .unwrap();
     assert_eq!(d.get_i32("n").unwrap(), 1, "the retry did not apply twice");
-    let old = doc! {"insert": "r", "documents": [{"x": 1}], "lsid": lsid, "txnNumber": 4i64};
-    let (code, _) = cmd_error(&db, old).await;
-    assert_eq!(code, 225);
+    let old = doc! {"insert": "r", "documents": [{"x": 1}], "lsid": lsid, "txnNumber": 4i64, "$db": "app"};
+    let r = crate::raw_command(s.port, old).await;
+    assert_eq!(r.get_i32("code").unwrap(), 225);
 }

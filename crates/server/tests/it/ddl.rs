@@ -190,3 +190,112 @@ async fn fail_points_need_test_commands() {
     .await;
     assert_eq!(code, 59);
 }
+
+#[tokio::test]
+async fn more_admin_and_cursor_commands() {
+    let s = testkit::spawn().await;
+    let admin = s.client.database("admin");
+    let db = s.client.database("m");
+    db.collection::<bson::Document>("c")
+        .insert_many((0..30).map(|i| doc! {"_id": i, "even": i % 2 == 0}))
+        .await
+        .unwrap();
+    let r = db
+        .run_command(doc! {"count": "c", "query": {"even": true}})
+        .await
+        .unwrap();
+    assert_eq!(r.get_i64("n").unwrap(), 15);
+    let r = db
+        .run_command(doc! {"count": "c", "query": {}, "skip": 10, "limit": 5})
+        .await
+        .unwrap();
+    assert_eq!(r.get_i64("n").unwrap(), 5);
+    // A find cursor: first batch, getMore, killCursors, then CursorNotFound.
+    let r = db
+        .run_command(doc! {"find": "c", "batchSize": 4})
+        .await
+        .unwrap();
+    let cur = r.get_document("cursor").unwrap();
+    assert_eq!(cur.get_array("firstBatch").unwrap().len(), 4);
+    let id = cur.get_i64("id").unwrap();
+    let r = db
+        .run_command(doc! {"getMore": id, "collection": "c", "batchSize": 6})
+        .await
+        .unwrap();
+    assert_eq!(
+        r.get_document("cursor")
+            .unwrap()
+            .get_array("nextBatch")
+            .unwrap()
+            .len(),
+        6
+    );
+    let r = db
+        .run_command(doc! {"killCursors": "c", "cursors": [id]})
+        .await
+        .unwrap();
+    assert_eq!(
+        r.get_array("cursorsKilled").unwrap(),
+        &vec![Bson::Int64(id)]
+    );
+    let (code, _) = cmd_error(&db, doc! {"getMore": id, "collection": "c"}).await;
+    assert_eq!(code, 43);
+    // The rest of a cursor drained by getMore ends with id 0.
+    let r = db
+        .run_command(doc! {"find": "c", "batchSize": 20})
+        .await
+        .unwrap();
+    let id = r.get_document("cursor").unwrap().get_i64("id").unwrap();
+    let r = db
+        .run_command(doc! {"getMore": id, "collection": "c"})
+        .await
+        .unwrap();
+    assert_eq!(r.get_document("cursor").unwrap().get_i64("id").unwrap(), 0);
+    // Parameters.
+    let r = admin
+        .run_command(doc! {"setParameter": 1, "cursorTimeoutMillis": 1000i64})
+        .await
+        .unwrap();
+    assert_eq!(r.get_i64("was").unwrap(), 600_000);
+    let r = admin
+        .run_command(doc! {"getParameter": 1, "cursorTimeoutMillis": 1})
+        .await
+        .unwrap();
+    assert_eq!(r.get_i64("cursorTimeoutMillis").unwrap(), 1000);
+    let (code, _) = cmd_error(&admin, doc! {"setParameter": 1, "noSuchThing": 1}).await;
+    assert_eq!(code, 72);
+    admin.run_command(doc! {"killSessions": []}).await.unwrap();
+    let r = admin
+        .run_command(doc! {"listDatabases": 1, "nameOnly": true})
+        .await
+        .unwrap();
+    assert_eq!(
+        r.get_array("databases").unwrap(),
+        &vec![Bson::Document(doc! {"name": "m"})]
+    );
+    // A views reads through its pipeline.
+    db.run_command(
+        doc! {"create": "evens", "viewOn": "c", "pipeline": [{"$match": {"even": true}}]},
+    )
+    .await
+    .unwrap();
+    let r = db
+        .run_command(doc! {"find": "evens", "filter": {"_id": {"$lt": 6}}})
+        .await
+        .unwrap();
+    assert_eq!(
+        r.get_document("cursor")
+            .unwrap()
+            .get_array("firstBatch")
+            .unwrap()
+            .len(),
+        3
+    );
+    // shutdown on a database other than admin is refused; on admin it stops the server.
+    let (code, _) = cmd_error(&db, doc! {"shutdown": 1}).await;
+    assert_eq!(code, 13);
+    let _ = admin.run_command(doc! {"shutdown": 1}).await;
+    tokio::time::timeout(std::time::Duration::from_secs(5), s.running.stopped())
+        .await
+        .expect("server stops");
+}

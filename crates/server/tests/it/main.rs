@@ -20,3 +20,25 @@ pub async fn cmd_error(db: &Database, cmd: Document) -> (i32, String) {
         },
     }
 }
+
+/// Sends one command over a raw connection, exactly as given (drivers add their own
+/// `lsid`; tests of session semantics need theirs kept), and returns the reply body.
+pub async fn raw_command(port: u16, cmd: Document) -> Document {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(&wire::encode_msg_request(1, &cmd, &[], false, None))
+        .await
+        .unwrap();
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).await.unwrap();
+    let n = i32::from_le_bytes(len) as usize;
+    let mut msg = len.to_vec();
+    msg.resize(n, 0);
+    s.read_exact(&mut msg[4..]).await.unwrap();
+    match wire::decode(&msg).unwrap().request {
+        wire::Request::Msg(m) => m.body,
+        wire::Request::Query(_) => panic!("unexpected reply"),
+    }
+}
