@@ -15,6 +15,8 @@ pub struct EventPos {
     pub ts: (u32, u32),
     pub txn_op_index: i32,
     pub from_invalidate: bool,
+    /// The fragment of a split event (`None` for a whole event, which sorts first).
+    pub fragment: Option<i32>,
 }
 
 impl EventPos {
@@ -24,6 +26,7 @@ impl EventPos {
             ts: (t.cluster_time.time, t.cluster_time.increment),
             txn_op_index: t.txn_op_index,
             from_invalidate: t.from_invalidate,
+            fragment: t.fragment_num,
         }
     }
 }
@@ -340,6 +343,7 @@ fn finish(
         ts: (entry.ts.time, entry.ts.increment),
         txn_op_index: entry.txn_op_index,
         from_invalidate: false,
+        fragment: None,
     };
     let mut out = vec![Event {
         pos,

@@ -28,7 +28,8 @@ pub struct ChangeStream {
     /// Events at or before this position are skipped (the resume point).
     skip_until: Option<EventPos>,
     /// Events produced but not yet returned (a batch filled up mid-entry).
-    leftover: VecDeque<(Document, bool)>,
+    /// Events produced but not yet returned, with their encoded sizes.
+    leftover: VecDeque<(Document, usize)>,
     pbrt: Document,
     /// When set, the resume token is the high-water mark at this oplog key, and `pbrt`
     /// is stale. Kept as a key so that skipping entries costs no token encoding.
@@ -148,7 +149,7 @@ impl ChangeStream {
                 let mut events = VecDeque::new();
                 let pre = self.spec.pipeline.as_ref().and_then(|p| p.leading_match());
                 for ev in events_for_shared(&d.entry, &d.shared, &self.spec, lookup, pre)? {
-                    if self.skip_until.is_some_and(|s| ev.pos <= s) {
+                    if self.skipped(ev.pos) {
                         continue;
                     }
                     let original_id = ev.doc.get("_id").cloned();
@@ -169,7 +170,9 @@ impl ChangeStream {
                         self.invalidated = true;
                     }
                     if let Some(out) = out {
-                        events.push_back((out, ev.invalidate));
+                        for (frag, n) in self.fit(out, ev.pos)? {
+                            events.push_back((frag, n));
+                        }
                     }
                 }
                 self.next = key + 1;
@@ -205,27 +208,64 @@ impl ChangeStream {
         Ok(batch)
     }
 
-    /// Moves produced events into the batch while it has room, checking each against the
-    /// BSON size limit as it is measured.
+    /// Whether an event is at or before the resume point. A resume point inside a split
+    /// event lets that event through, so that `fit` can drop the fragments already seen.
+    fn skipped(&self, pos: EventPos) -> bool {
+        match self.skip_until {
+            None => false,
+            Some(s) if s.fragment.is_some() => {
+                pos < EventPos {
+                    fragment: None,
+                    ..s
+                }
+            }
+            Some(s) => pos <= s,
+        }
+    }
+
+    /// Measures an event and, if it is over the BSON limit, splits it into fragments when the
+    /// pipeline ends with `$changeStreamSplitLargeEvent` (dropping fragments at or before
+    /// the resume point), or fails as MongoDB does.
+    fn fit(&self, ev: Document, pos: EventPos) -> Result<Vec<(Document, usize)>> {
+        let n = bson::to_vec(&ev).map_or(usize::MAX, |b| b.len());
+        if n <= MAX_EVENT_BYTES {
+            return Ok(vec![(ev, n)]);
+        }
+        if !self.spec.split_large_events {
+            return Err(too_large(n));
+        }
+        let fragments = split_event(&ev)?;
+        let mut out = Vec::with_capacity(fragments.len());
+        for (i, f) in fragments.into_iter().enumerate() {
+            let fpos = EventPos {
+                fragment: Some(i as i32),
+                ..pos
+            };
+            if self.skip_until.is_some_and(|s| fpos <= s) {
+                continue;
+            }
+            let n = bson::to_vec(&f).map_or(usize::MAX, |b| b.len());
+            out.push((f, n));
+        }
+        Ok(out)
+    }
+
+    /// Moves produced events into the batch while it has room: a batch never exceeds the
+    /// reply's byte budget unless one event alone does.
     fn drain_leftover(
         &mut self,
         batch: &mut Vec<Document>,
         bytes: &mut usize,
         max: usize,
     ) -> Result<()> {
-        while batch.len() < max && *bytes < MAX_BATCH_BYTES {
-            let Some((doc, _)) = self.leftover.pop_front() else {
+        while batch.len() < max {
+            let Some((_, n)) = self.leftover.front() else {
                 break;
             };
-            let n = bson::to_vec(&doc).map_or(usize::MAX, |b| b.len());
-            if n > MAX_EVENT_BYTES {
-                return Err(MongoError::new(
-                    ErrorCode::BSONObjectTooLarge,
-                    format!(
-                        "Executor error during getMore :: caused by :: BSONObj size: {n} is invalid. Size must be between 0 and 16793600(16MB)"
-                    ),
-                ));
+            if !batch.is_empty() && *bytes + n > MAX_BATCH_BYTES {
+                break;
             }
+            let (doc, n) = self.leftover.pop_front().expect("front exists");
             *bytes += n;
             if let Some(Bson::Document(id)) = doc.get("_id") {
                 self.pbrt = id.clone();
@@ -235,6 +275,56 @@ impl ChangeStream {
         }
         Ok(())
     }
+}
+
+fn too_large(n: usize) -> MongoError {
+    MongoError::new(
+        ErrorCode::BSONObjectTooLarge,
+        format!(
+            "Executor error during getMore :: caused by :: BSONObj size: {n} is invalid. Size must be between 0 and 16793600(16MB)"
+        ),
+    )
+}
+
+/// Splits an oversized event into fragments as `$changeStreamSplitLargeEvent` does: each
+/// fragment carries `_id` (the event's token with its fragment number) and
+/// `splitEvent: {fragment, of}`, then as many of the event's top-level fields, in order, as
+/// fit under the limit.
+fn split_event(ev: &Document) -> Result<Vec<Document>> {
+    let Some(Bson::Document(id)) = ev.get("_id") else {
+        return Err(MongoError::internal("event without a resume token"));
+    };
+    let token = ResumeTokenData::from_document(id)?;
+    // Room for `_id` and `splitEvent` in every fragment.
+    const OVERHEAD: usize = 1024;
+    let mut groups: Vec<Vec<(&String, &Bson)>> = vec![Vec::new()];
+    let mut size = OVERHEAD;
+    for (k, v) in ev.iter().filter(|(k, _)| k.as_str() != "_id") {
+        let n = bson::to_vec(&bson::doc! {k.clone(): v.clone()}).map_or(usize::MAX, |b| b.len());
+        if n + OVERHEAD > MAX_EVENT_BYTES {
+            return Err(too_large(n));
+        }
+        if size + n > MAX_EVENT_BYTES {
+            groups.push(Vec::new());
+            size = OVERHEAD;
+        }
+        size += n;
+        groups.last_mut().expect("one group").push((k, v));
+    }
+    let of = groups.len() as i32;
+    Ok(groups
+        .into_iter()
+        .enumerate()
+        .map(|(i, fields)| {
+            let mut t = token.clone();
+            t.fragment_num = Some(i as i32);
+            let mut d = bson::doc! {"_id": t.to_document(), "splitEvent": {"fragment": i as i32 + 1, "of": of}};
+            for (k, v) in fields {
+                d.insert(k.clone(), v.clone());
+            }
+            d
+        })
+        .collect())
 }
 
 /// Whether a high-water mark is later than the current token (tokens order as strings).

@@ -10,7 +10,7 @@ use query::filter::Filter;
 use query::pipeline::{Env, OutStage, Pipeline};
 use query::projection::Projection;
 use query::sort::SortSpec;
-use query::update::{Update, UpdateCtx, upsert_seed, validate_replacement};
+use query::update::{Update, UpdateCtx, upsert_seed};
 use storage::{CollectionMeta, Namespace, OpKind, OplogEntry, Snapshot, WriteCtx};
 
 use crate::cursor::{DocSource, SnapEnv, cursor_reply};
@@ -121,7 +121,19 @@ fn batch<'a>(cmd: &'a Document, key: &str) -> Result<&'a Vec<Bson>> {
     Ok(a)
 }
 
+/// Checks an inserted document's `_id`. Since MongoDB 5.0 other fields may start with `$`,
+/// but the fields of an `_id` document may not.
 fn check_id(d: &Document) -> Result<()> {
+    if let Some(Bson::Document(id)) = d.get("_id") {
+        if let Some(k) = id.keys().find(|k| k.starts_with('$')) {
+            return Err(MongoError::new(
+                ErrorCode::DollarPrefixedFieldName,
+                format!(
+                    "_id fields may not contain '$'-prefixed fields: {k} is not valid for storage."
+                ),
+            ));
+        }
+    }
     match d.get("_id") {
         Some(Bson::Array(_)) => Err(MongoError::new(
             ErrorCode::InvalidIdField,
@@ -185,7 +197,7 @@ pub async fn insert(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Re
         prepared.push(match d {
             Bson::Document(d) => {
                 let d = with_id(d);
-                validate_replacement(&d).and(check_id(&d)).map(|()| d)
+                check_id(&d).map(|()| d)
             }
             _ => Err(MongoError::type_mismatch(
                 "documents to insert must be objects",
@@ -430,6 +442,15 @@ pub async fn update(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Re
                                 "multi update is not supported for replacement-style update",
                             ));
                         }
+                        // `sort` picks which document a single update changes (8.0).
+                        let sort = util::opt_doc(st, "sort")?
+                            .map(SortSpec::parse)
+                            .transpose()?;
+                        if multi && sort.is_some() {
+                            return Err(MongoError::failed_to_parse(
+                                "Cannot specify sort with multi=true",
+                            ));
+                        }
                         run_update(
                             w,
                             &ns,
@@ -437,7 +458,7 @@ pub async fn update(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Re
                             &update,
                             util::get_bool(st, "upsert").unwrap_or(false),
                             multi,
-                            None,
+                            sort.as_ref(),
                             false,
                             &s,
                             i,

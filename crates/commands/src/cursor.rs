@@ -158,7 +158,14 @@ pub fn cursor_reply(
     single: bool,
 ) -> Result<Reply> {
     let n = batch_size.map_or(DEFAULT_FIRST_BATCH, |b| b.max(0) as usize);
-    let (batch, done) = take_batch(&mut src, n)?;
+    let (batch, mut done) = take_batch(&mut src, n)?;
+    // A full batch may still be the last one (e.g. batchSize == limit): look one ahead so
+    // that the cursor is not left open with nothing in it.
+    if !done && !single {
+        let mut p = src.peekable();
+        done = p.peek().is_none();
+        src = Box::new(p);
+    }
     let id = if done || single {
         0
     } else {
@@ -260,9 +267,13 @@ pub async fn get_more(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<
             let res = await_events(ctx, stream, n, wait, &killed).await;
             let (batch, finished) = match res {
                 Ok(b) => b,
-                Err(e) => {
+                Err(mut e) => {
                     drop(c);
                     ctx.cursors.remove(id);
+                    // The specification's resumable errors tell the driver to resume.
+                    if errors::RESUMABLE_CHANGE_STREAM_CODES.contains(&e.code) {
+                        e = e.with_label(labels::RESUMABLE_CHANGE_STREAM_ERROR);
+                    }
                     return Err(e);
                 }
             };

@@ -563,3 +563,101 @@ async fn kill_cursors_while_a_get_more_waits() {
     let (code, _) = cmd_error(&db, doc! {"getMore": id, "collection": "c"}).await;
     assert_eq!(code, 43);
 }
+
+#[tokio::test]
+async fn large_events_split_and_resume_mid_event() {
+    let s = testkit::spawn().await;
+    let db = s.client.database("big");
+    db.run_command(doc! {"create": "c", "changeStreamPreAndPostImages": {"enabled": true}})
+        .await
+        .unwrap();
+    let c = db.collection::<Document>("c");
+    c.insert_one(doc! {"_id": 1, "v": "a".repeat(10 * 1024 * 1024)})
+        .await
+        .unwrap();
+    let open = doc! {"aggregate": "c", "pipeline": [{"$changeStream": {"fullDocumentBeforeChange": "required"}}], "cursor": {}};
+    let r = db.run_command(open).await.unwrap();
+    let plain = r.get_document("cursor").unwrap().get_i64("id").unwrap();
+    let split = doc! {"aggregate": "c", "pipeline": [{"$changeStream": {"fullDocumentBeforeChange": "required"}}, {"$changeStreamSplitLargeEvent": {}}], "cursor": {}};
+    let r = db.run_command(split.clone()).await.unwrap();
+    let id = r.get_document("cursor").unwrap().get_i64("id").unwrap();
+    c.update_one(
+        doc! {"_id": 1},
+        doc! {"$set": {"v": "b".repeat(10 * 1024 * 1024)}},
+    )
+    .await
+    .unwrap();
+    // Without splitting, the 20 MB event fails the stream.
+    let (code, _) = cmd_error(
+        &db,
+        doc! {"getMore": plain, "collection": "c", "maxTimeMS": 2000},
+    )
+    .await;
+    assert_eq!(code, 10334);
+    let mut frags: Vec<Document> = Vec::new();
+    while frags.len() < 2 {
+        let r = db
+            .run_command(doc! {"getMore": id, "collection": "c", "maxTimeMS": 2000})
+            .await
+            .unwrap();
+        for e in r
+            .get_document("cursor")
+            .unwrap()
+            .get_array("nextBatch")
+            .unwrap()
+        {
+            frags.push(e.as_document().unwrap().clone());
+        }
+    }
+    assert_eq!(
+        frags[0].get_document("splitEvent").unwrap(),
+        &doc! {"fragment": 1, "of": 2}
+    );
+    assert_eq!(
+        frags[1].get_document("splitEvent").unwrap(),
+        &doc! {"fragment": 2, "of": 2}
+    );
+    // Reassembled, the fragments are the whole event.
+    let mut whole = Document::new();
+    for f in &frags {
+        for (k, v) in f {
+            if k != "_id" && k != "splitEvent" {
+                whole.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    assert_eq!(whole.get_str("operationType").unwrap(), "update");
+    assert_eq!(
+        whole
+            .get_document("fullDocumentBeforeChange")
+            .unwrap()
+            .get_str("v")
+            .unwrap()
+            .len(),
+        10 * 1024 * 1024
+    );
+    assert!(whole.get_document("updateDescription").is_ok());
+    // Resuming from the first fragment yields the second.
+    let mut resume = split.clone();
+    resume.get_array_mut("pipeline").unwrap()[0]
+        .as_document_mut()
+        .unwrap()
+        .get_document_mut("$changeStream")
+        .unwrap()
+        .insert("resumeAfter", frags[0].get_document("_id").unwrap().clone());
+    let r = db.run_command(resume).await.unwrap();
+    let first = r
+        .get_document("cursor")
+        .unwrap()
+        .get_array("firstBatch")
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(
+        first[0]
+            .as_document()
+            .unwrap()
+            .get_document("splitEvent")
+            .unwrap(),
+        &doc! {"fragment": 2, "of": 2}
+    );
+}
