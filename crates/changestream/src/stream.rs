@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 
-use bson::{Bson, Document, Timestamp};
+use bson::{Bson, Document};
 use errors::{ErrorCode, MongoError, Result, labels};
 use query::pipeline::Env;
 use storage::oplog::{key_ts, ts_key};
@@ -339,9 +339,4 @@ fn history_lost() -> MongoError {
         ErrorCode::ChangeStreamHistoryLost,
         "Resume of change stream was not possible, as the resume point may no longer be in the oplog.",
     )
-}
-
-/// The clusterTime a stream will report when idle, for tests.
-pub fn next_time(s: &ChangeStream) -> Timestamp {
-    key_ts(s.next)
 }

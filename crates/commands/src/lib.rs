@@ -186,7 +186,7 @@ pub async fn handle(ctx: &Arc<ServerCtx>, conn: &mut ConnInfo, cmd: Document) ->
                 }
                 Err(_) => e = reply::add_server_labels(e, &name, &cmd),
             }
-            return finish(ctx, Reply::error(e), true);
+            return finish(ctx, Reply::error(e));
         }
         if let Ok(w) = fp.get_document("writeConcernError") {
             wce = Some(w.clone());
@@ -209,10 +209,10 @@ pub async fn handle(ctx: &Arc<ServerCtx>, conn: &mut ConnInfo, cmd: Document) ->
             r.doc.insert("errorLabels", labels.clone());
         }
     }
-    finish(ctx, r, false)
+    finish(ctx, r)
 }
 
-fn finish(ctx: &ServerCtx, mut r: Reply, _injected: bool) -> Reply {
+fn finish(ctx: &ServerCtx, mut r: Reply) -> Reply {
     let ts = ctx.store.committed_ts();
     r.doc.insert("$clusterTime", doc! {
         "clusterTime": ts,

@@ -647,27 +647,6 @@ impl<'t> WriteCtx<'t> {
         r.map_err(|e| self.fail(e))
     }
 
-    /// The first entry of an index whose key starts with `prefix`: `(key, id_key)`.
-    ///
-    /// # Errors
-    /// On storage failure.
-    pub fn index_first_with_prefix(&mut self, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
-        let (lo, hi) = prefix_range(prefix);
-        let r: std::result::Result<_, redb::StorageError> = (|| {
-            let mut it = self
-                .indexes
-                .range::<&[u8]>((Bound::Included(lo.as_slice()), hi_bound(&hi)))?;
-            match it.next() {
-                Some(item) => {
-                    let (k, v) = item?;
-                    Ok(Some((k.value().to_vec(), v.value().to_vec())))
-                }
-                None => Ok(None),
-            }
-        })();
-        r.map_err(|e| self.fail(e))
-    }
-
     /// Adds an index entry.
     ///
     /// # Errors
