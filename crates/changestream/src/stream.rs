@@ -70,13 +70,8 @@ impl ChangeStream {
                 token.to_document(),
             ),
         };
-        if !matches!(spec.start, Start::Now) {
-            let bounds = hub.store().snapshot()?.oplog_bounds()?;
-            if let Some((first, _)) = bounds {
-                if next < ts_key(first) {
-                    return Err(history_lost());
-                }
-            }
+        if !matches!(spec.start, Start::Now) && hub.store().truncated_upto() >= next {
+            return Err(history_lost());
         }
         Ok(ChangeStream {
             spec,
@@ -125,6 +120,11 @@ impl ChangeStream {
         let mut bytes = 0usize;
         let max = max.max(1);
         self.drain_leftover(&mut batch, &mut bytes, max)?;
+        // Truncation passed this stream's position: what it has not read is gone, even if
+        // the hub's window still holds some of it, and it must not skip silently.
+        if hub.store().truncated_upto() >= self.next {
+            return Err(history_lost());
+        }
         hub.sync()?;
         let upto = hub.tailed();
         while !self.invalidated
@@ -134,13 +134,6 @@ impl ChangeStream {
         {
             let entries = hub.read(self.next, upto, READ_CHUNK)?;
             if entries.is_empty() {
-                // Nothing between our position and the tail: either the oplog was truncated
-                // past us, or there is simply nothing more.
-                if let Some((first, _)) = hub.store().snapshot()?.oplog_bounds()? {
-                    if self.next < ts_key(first) {
-                        return Err(history_lost());
-                    }
-                }
                 self.next = ts_key(upto) + 1;
                 break;
             }

@@ -23,7 +23,7 @@ pub mod oplog;
 use std::fs::File;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -83,6 +83,7 @@ struct Inner {
     db: Arc<Database>,
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     committed: watch::Sender<Timestamp>,
+    truncated_upto: Arc<AtomicU64>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     closed: AtomicBool,
     _lock: File,
@@ -135,18 +136,21 @@ impl Store {
         let db = Arc::new(db);
         let mut state = WriterState::load(&db, &opts).map_err(|e| e.message)?;
         let (committed, _) = watch::channel(state.last_ts);
+        let truncated_upto = Arc::new(AtomicU64::new(state.truncated_upto));
+        let truncated_w = truncated_upto.clone();
         let (tx, rx) = mpsc::channel::<Job>();
         let committed_tx = committed.clone();
         let wdb = db.clone();
         let handle = std::thread::Builder::new()
             .name("eddy-commit".into())
-            .spawn(move || writer_loop(&wdb, &mut state, &rx, &committed_tx))
+            .spawn(move || writer_loop(&wdb, &mut state, &rx, &committed_tx, &truncated_w))
             .map_err(|e| e.to_string())?;
         Ok(Store {
             inner: Arc::new(Inner {
                 db,
                 jobs: Mutex::new(Some(tx)),
                 committed,
+                truncated_upto,
                 writer: Mutex::new(Some(handle)),
                 closed: AtomicBool::new(false),
                 _lock: lock,
@@ -172,6 +176,12 @@ impl Store {
     /// The clusterTime of the last committed write.
     pub fn committed_ts(&self) -> Timestamp {
         *self.inner.committed.borrow()
+    }
+
+    /// The newest oplog key truncation has removed (0 if none): a stream whose next key is
+    /// at or before it has lost history.
+    pub fn truncated_upto(&self) -> u64 {
+        self.inner.truncated_upto.load(Ordering::SeqCst)
     }
 
     /// A receiver that changes whenever a batch commits (the value is its last clusterTime).
@@ -238,6 +248,9 @@ struct WriterState {
     /// `next_id` as last stored; it is written only when it changed.
     stored_next_id: u64,
     oplog_bytes: u64,
+    /// The newest oplog key removed by truncation (0 if none): history at or before it is
+    /// gone.
+    truncated_upto: u64,
     opts: StoreOptions,
 }
 
@@ -252,6 +265,7 @@ impl WriterState {
             next_id: 1,
             stored_next_id: 1,
             oplog_bytes: 0,
+            truncated_upto: 0,
             opts: opts.clone(),
         };
         {
@@ -273,6 +287,10 @@ impl WriterState {
             let oplog = txn.open_table(OPLOG).map_err(storage_err)?;
             if let Some((k, _)) = oplog.last().map_err(storage_err)? {
                 state.last_ts = oplog::key_ts(k.value());
+            }
+            // What came before the oldest retained entry was truncated at some point.
+            if let Some((k, _)) = oplog.first().map_err(storage_err)? {
+                state.truncated_upto = k.value().saturating_sub(1);
             }
             for item in oplog.iter().map_err(storage_err)? {
                 let (_, v) = item.map_err(storage_err)?;
@@ -311,6 +329,7 @@ fn writer_loop(
     state: &mut WriterState,
     rx: &mpsc::Receiver<Job>,
     committed: &watch::Sender<Timestamp>,
+    truncated_upto: &AtomicU64,
 ) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -329,6 +348,7 @@ fn writer_loop(
         let result = run_batch(db, state, batch);
         match result {
             Ok(completions) => {
+                truncated_upto.store(state.truncated_upto, Ordering::SeqCst);
                 committed.send_replace(state.last_ts);
                 for c in completions {
                     c(Ok(()));
@@ -471,6 +491,7 @@ impl<'t> WriteCtx<'t> {
             }
             self.oplog.remove(key).map_err(storage_err)?;
             self.preimages.remove(key).map_err(storage_err)?;
+            self.state.truncated_upto = key;
             self.state.oplog_bytes = self.state.oplog_bytes.saturating_sub(len);
         }
         Ok(())

@@ -661,3 +661,30 @@ async fn large_events_split_and_resume_mid_event() {
         &doc! {"fragment": 2, "of": 2}
     );
 }
+
+#[tokio::test]
+async fn an_open_stream_that_falls_behind_truncation_loses_history() {
+    let s = testkit::spawn_with(|c| c.oplog_size_mb = 1).await;
+    let db = s.client.database("cs");
+    db.create_collection("behind").await.unwrap();
+    let r = db
+        .run_command(
+            doc! {"aggregate": "behind", "pipeline": [{"$changeStream": {}}], "cursor": {}},
+        )
+        .await
+        .unwrap();
+    let id = r.get_document("cursor").unwrap().get_i64("id").unwrap();
+    let c = db.collection::<Document>("behind");
+    let pad = "x".repeat(4000);
+    for chunk in 0..10 {
+        c.insert_many((0..100).map(|i| doc! {"_id": chunk * 100 + i, "pad": pad.clone()}))
+            .await
+            .unwrap();
+    }
+    let (code, _) = cmd_error(
+        &db,
+        doc! {"getMore": id, "collection": "behind", "maxTimeMS": 1000},
+    )
+    .await;
+    assert_eq!(code, 286);
+}
