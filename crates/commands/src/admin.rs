@@ -468,3 +468,173 @@ pub fn take_fail_point(
     }
     Some(data)
 }
+
+/// The one cluster parameter Eddy has.
+pub const CHANGE_STREAM_OPTIONS: &str = "changeStreamOptions";
+
+/// `expireAfterSeconds` of a stored `changeStreamOptions`, `None` for "off".
+pub fn expire_after_seconds(p: &Document) -> Option<i64> {
+    p.get_document("preAndPostImages")
+        .ok()
+        .and_then(|i| util::get_i64(i, "expireAfterSeconds"))
+}
+
+fn default_change_stream_options() -> Document {
+    doc! {"_id": CHANGE_STREAM_OPTIONS, "preAndPostImages": {"expireAfterSeconds": "off"}}
+}
+
+/// `setClusterParameter: {changeStreamOptions: {preAndPostImages: {expireAfterSeconds: N | "off"}}}`.
+///
+/// # Errors
+/// Unauthorized off `admin`, NoSuchKey for other parameters, BadValue for bad values.
+pub async fn set_cluster_parameter(
+    ctx: &Arc<ServerCtx>,
+    db: &str,
+    cmd: &Document,
+) -> Result<Reply> {
+    if db != "admin" {
+        return Err(MongoError::new(
+            ErrorCode::Unauthorized,
+            "setClusterParameter may only be run against the admin database.",
+        ));
+    }
+    let p = util::opt_doc(cmd, "setClusterParameter")?
+        .ok_or_else(|| MongoError::type_mismatch("setClusterParameter expects an object"))?;
+    if p.len() != 1 {
+        return Err(MongoError::bad_value(
+            "setClusterParameter expects exactly one parameter",
+        ));
+    }
+    let (name, value) = p.iter().next().expect("one field");
+    if name != CHANGE_STREAM_OPTIONS {
+        return Err(MongoError::new(
+            ErrorCode::NoSuchKey,
+            format!("Unknown Cluster Parameter {name}"),
+        ));
+    }
+    let Bson::Document(value) = value else {
+        return Err(MongoError::type_mismatch(
+            "changeStreamOptions must be an object",
+        ));
+    };
+    let mut images = default_change_stream_options()
+        .get_document("preAndPostImages")
+        .cloned()
+        .unwrap_or_default();
+    for (k, v) in value {
+        match k.as_str() {
+            "preAndPostImages" => {
+                let Bson::Document(pp) = v else {
+                    return Err(MongoError::type_mismatch(
+                        "preAndPostImages must be an object",
+                    ));
+                };
+                for (k2, v2) in pp {
+                    if k2 != "expireAfterSeconds" {
+                        return Err(MongoError::with_code(
+                            40415,
+                            format!("BSON field 'preAndPostImages.{k2}' is an unknown field."),
+                        ));
+                    }
+                    let n = match (v2, util::get_i64(pp, "expireAfterSeconds")) {
+                        (Bson::String(s), _) if s == "off" => Bson::String("off".into()),
+                        (_, Some(n)) if n > 0 => Bson::Int64(n),
+                        _ => {
+                            return Err(MongoError::bad_value(
+                                "Invalid value for 'expireAfterSeconds': expected a positive number or 'off'",
+                            ));
+                        }
+                    };
+                    images.insert("expireAfterSeconds", n);
+                }
+            }
+            other => {
+                return Err(MongoError::with_code(
+                    40415,
+                    format!("BSON field 'changeStreamOptions.{other}' is an unknown field."),
+                ));
+            }
+        }
+    }
+    let stored = doc! {"_id": CHANGE_STREAM_OPTIONS, "preAndPostImages": images, "clusterParameterTime": ctx.store.committed_ts()};
+    let expiry = expire_after_seconds(&stored);
+    ctx.store
+        .write(move |w| w.put_setting(CHANGE_STREAM_OPTIONS, &stored))
+        .await?;
+    *ctx.image_expiry.lock().unwrap() = expiry;
+    Ok(Reply::ok(Document::new()))
+}
+
+/// `getClusterParameter: "changeStreamOptions" | ["changeStreamOptions"] | "*"`.
+///
+/// # Errors
+/// NoSuchKey for unknown parameters.
+pub fn get_cluster_parameter(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
+    if db != "admin" {
+        return Err(MongoError::new(
+            ErrorCode::Unauthorized,
+            "getClusterParameter may only be run against the admin database.",
+        ));
+    }
+    let names: Vec<String> = match cmd.get("getClusterParameter") {
+        Some(Bson::String(s)) if s == "*" => vec![CHANGE_STREAM_OPTIONS.to_string()],
+        Some(Bson::String(s)) => vec![s.clone()],
+        Some(Bson::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect(),
+        _ => {
+            return Err(MongoError::type_mismatch(
+                "getClusterParameter expects a string or an array of strings",
+            ));
+        }
+    };
+    let mut out = Vec::new();
+    for n in names {
+        if n != CHANGE_STREAM_OPTIONS {
+            return Err(MongoError::new(
+                ErrorCode::NoSuchKey,
+                format!("Unknown Cluster Parameter {n}"),
+            ));
+        }
+        let stored = ctx.store.snapshot()?.setting(CHANGE_STREAM_OPTIONS)?;
+        out.push(Bson::Document(
+            stored.unwrap_or_else(default_change_stream_options),
+        ));
+    }
+    Ok(Reply::ok(doc! {"clusterParameters": out}))
+}
+
+/// Removes pre-images older than `expireAfterSeconds`, once a second. With "off", images
+/// live as long as their oplog entries (truncation removes them with the entry).
+pub fn spawn_image_expiry(ctx: std::sync::Weak<ServerCtx>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let Some(ctx) = ctx.upgrade() else { break };
+            let Some(secs) = *ctx.image_expiry.lock().unwrap() else {
+                continue;
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs() as i64;
+            let cutoff = u32::try_from((now - secs).max(0)).unwrap_or(0);
+            let due = ctx
+                .store
+                .snapshot()
+                .and_then(|s| s.has_preimage_before(cutoff))
+                .unwrap_or(false);
+            if due {
+                if let Err(e) = ctx
+                    .store
+                    .write(move |w| w.expire_preimages_before(cutoff))
+                    .await
+                {
+                    tracing::warn!(error = %e, "pre-image expiry failed");
+                }
+            }
+        }
+    });
+}

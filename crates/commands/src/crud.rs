@@ -278,10 +278,7 @@ fn update_one(
         stmt,
     ))?;
     if meta.pre_post_images() {
-        w.put_preimage(
-            ts,
-            &bson::to_vec(old).map_err(|e| MongoError::internal(e.to_string()))?,
-        )?;
+        w.put_preimage(ts, meta.uuid, old)?;
     }
     Ok(())
 }
@@ -300,10 +297,7 @@ fn delete_one(
         stmt,
     ))?;
     if meta.pre_post_images() {
-        w.put_preimage(
-            ts,
-            &bson::to_vec(d).map_err(|e| MongoError::internal(e.to_string()))?,
-        )?;
+        w.put_preimage(ts, meta.uuid, d)?;
     }
     Ok(())
 }
@@ -753,6 +747,10 @@ pub fn find(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
     let mut plan_sorted = false;
     if db == "local" && ns.coll == "oplog.rs" {
         src = oplog_source(&snap, filter.clone(), natural_rev)?;
+    } else if db == "config" && ns.coll == "system.preimages" {
+        let f = filter.clone();
+        let recs = snap.preimage_records()?;
+        src = Box::new(recs.into_iter().filter(move |d| f.matches(d)).map(Ok));
     } else {
         let Some(meta) = snap.collection(&ns)? else {
             return Ok(Reply::ok(
@@ -918,6 +916,9 @@ pub async fn aggregate(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result
     let pipeline = Pipeline::parse(&stages, db)?;
     let snap = Arc::new(ctx.store.snapshot()?);
     let (input, plan) = match &coll {
+        Some(ns) if ns.db == "config" && ns.coll == "system.preimages" => {
+            (snap.preimage_records()?, Plan::CollScan)
+        }
         Some(ns) if ns.db == "local" && ns.coll == "oplog.rs" => {
             let filter = pipeline
                 .leading_match()

@@ -76,6 +76,8 @@ pub struct ServerCtx {
     next_conn: AtomicI64,
     /// Fired by the `shutdown` command.
     pub shutdown: tokio::sync::watch::Sender<bool>,
+    /// `changeStreamOptions.preAndPostImages.expireAfterSeconds`, when not "off".
+    pub image_expiry: Mutex<Option<i64>>,
 }
 
 impl ServerCtx {
@@ -107,8 +109,17 @@ impl ServerCtx {
             fail_points: Mutex::new(HashMap::new()),
             next_conn: AtomicI64::new(1),
             shutdown,
+            image_expiry: Mutex::new(None),
         });
+        if let Ok(Some(p)) = ctx
+            .store
+            .snapshot()
+            .and_then(|s| s.setting(admin::CHANGE_STREAM_OPTIONS))
+        {
+            *ctx.image_expiry.lock().unwrap() = admin::expire_after_seconds(&p);
+        }
         cursor::spawn_reaper(Arc::downgrade(&ctx));
+        admin::spawn_image_expiry(Arc::downgrade(&ctx));
         ctx
     }
 
@@ -260,6 +271,8 @@ async fn dispatch(
         | "killAllSessionsByPattern" => admin::sessions(name),
         "shutdown" => admin::shutdown(ctx, &db)?,
         "configureFailPoint" => admin::configure_fail_point(ctx, cmd)?,
+        "setClusterParameter" => admin::set_cluster_parameter(ctx, &db, cmd).await?,
+        "getClusterParameter" => admin::get_cluster_parameter(ctx, &db, cmd)?,
         "getLog" => Reply::ok(doc! {"totalLinesWritten": 0, "log": []}),
         "getFreeMonitoringStatus" => Reply::ok(doc! {"state": "disabled"}),
         "dbStats" => ddl::db_stats(ctx, &db)?,

@@ -740,15 +740,48 @@ impl<'t> WriteCtx<'t> {
         Ok(ts)
     }
 
-    /// Stores a pre-image for the oplog entry at `ts`.
+    /// Stores a pre-image for the oplog entry at `ts`, in the shape of MongoDB's
+    /// `config.system.preimages`.
     ///
     /// # Errors
     /// On storage failure.
-    pub fn put_preimage(&mut self, ts: Timestamp, doc_bytes: &[u8]) -> Result<()> {
+    pub fn put_preimage(
+        &mut self,
+        ts: Timestamp,
+        ns_uuid: bson::Uuid,
+        doc: &Document,
+    ) -> Result<()> {
+        let rec = bson::doc! {
+            "_id": {"nsUUID": ns_uuid, "ts": ts, "applyOpsIndex": 0i64},
+            "preImage": doc.clone(),
+            "operationTime": DateTime::now(),
+        };
+        let b = bson::to_vec(&rec).map_err(|e| MongoError::internal(e.to_string()))?;
         let r = self
             .preimages
-            .insert(oplog::ts_key(ts), doc_bytes)
+            .insert(oplog::ts_key(ts), b.as_slice())
             .map(|_| ());
+        r.map_err(|e| self.fail(e))
+    }
+
+    /// Removes the pre-images of writes made before `cutoff` (seconds since the epoch).
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn expire_preimages_before(&mut self, cutoff: u32) -> Result<()> {
+        let hi = u64::from(cutoff) << 32;
+        let r = self.preimages.retain_in(0..hi, |_, _| false);
+        r.map_err(|e| self.fail(e))
+    }
+
+    /// Stores a named settings document (cluster parameters).
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn put_setting(&mut self, name: &str, value: &Document) -> Result<()> {
+        let b = bson::to_vec(value).map_err(|e| MongoError::internal(e.to_string()))?;
+        let key = format!("setting:{name}");
+        let r = self.meta.insert(key.as_str(), b.as_slice()).map(|_| ());
         r.map_err(|e| self.fail(e))
     }
 
@@ -787,6 +820,7 @@ pub struct Snapshot {
     indexes: ReadOnlyTable<&'static [u8], &'static [u8]>,
     oplog: ReadOnlyTable<u64, &'static [u8]>,
     preimages: ReadOnlyTable<u64, &'static [u8]>,
+    meta: ReadOnlyTable<&'static str, &'static [u8]>,
     ts: Timestamp,
 }
 
@@ -806,6 +840,7 @@ impl Snapshot {
             indexes: txn.open_table(INDEXES).map_err(storage_err)?,
             oplog: log,
             preimages: txn.open_table(PREIMAGES).map_err(storage_err)?,
+            meta: txn.open_table(META).map_err(storage_err)?,
             _txn: txn,
             ts,
         })
@@ -942,6 +977,47 @@ impl Snapshot {
     /// On storage failure.
     pub fn preimage(&self, ts: Timestamp) -> Result<Option<Document>> {
         match self.preimages.get(oplog::ts_key(ts)).map_err(storage_err)? {
+            Some(v) => Ok(decode_doc(v.value())?
+                .get_document("preImage")
+                .ok()
+                .cloned()),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether some pre-image belongs to a write made before `cutoff` (seconds).
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn has_preimage_before(&self, cutoff: u32) -> Result<bool> {
+        let first = self
+            .preimages
+            .first()
+            .map_err(storage_err)?
+            .map(|(k, _)| k.value());
+        Ok(first.is_some_and(|k| k < u64::from(cutoff) << 32))
+    }
+
+    /// Every stored pre-image record, oldest first, as `config.system.preimages` shows them.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn preimage_records(&self) -> Result<Vec<Document>> {
+        let mut out = Vec::new();
+        for item in self.preimages.range::<u64>(..).map_err(storage_err)? {
+            let (_, v) = item.map_err(storage_err)?;
+            out.push(decode_doc(v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// A named settings document (cluster parameters), if stored.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn setting(&self, name: &str) -> Result<Option<Document>> {
+        let key = format!("setting:{name}");
+        match self.meta.get(key.as_str()).map_err(storage_err)? {
             Some(v) => decode_doc(v.value()).map(Some),
             None => Ok(None),
         }

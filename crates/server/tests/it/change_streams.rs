@@ -688,3 +688,163 @@ async fn an_open_stream_that_falls_behind_truncation_loses_history() {
     .await;
     assert_eq!(code, 286);
 }
+
+/// The update event's (fullDocument, fullDocumentBeforeChange) for `_id: 1` with
+/// `whenAvailable` for both, read by resuming at `t`.
+async fn images_at(
+    db: &mongodb::Database,
+    coll: &str,
+    t: bson::Timestamp,
+) -> (Option<Document>, Option<Document>) {
+    let r = db
+        .run_command(doc! {"aggregate": coll, "pipeline": [
+            {"$changeStream": {"startAtOperationTime": t, "fullDocument": "whenAvailable", "fullDocumentBeforeChange": "whenAvailable"}},
+            {"$match": {"operationType": "update"}}], "cursor": {}})
+        .await
+        .unwrap();
+    let batch = r
+        .get_document("cursor")
+        .unwrap()
+        .get_array("firstBatch")
+        .unwrap();
+    let e = batch[0].as_document().unwrap();
+    let get = |k: &str| match e.get(k) {
+        Some(bson::Bson::Document(d)) => Some(d.clone()),
+        Some(bson::Bson::Null) => None,
+        other => panic!("{k} must be present (null when unavailable), got {other:?}"),
+    };
+    (get("fullDocument"), get("fullDocumentBeforeChange"))
+}
+
+#[tokio::test]
+async fn image_modes_enablement_and_expiry() {
+    let s = testkit::spawn().await;
+    let db = s.client.database("img");
+    let admin = s.client.database("admin");
+    let c = db.collection::<Document>("c");
+    c.insert_one(doc! {"_id": 1, "v": 0}).await.unwrap();
+    let t0 = db
+        .run_command(doc! {"ping": 1})
+        .await
+        .unwrap()
+        .get_timestamp("operationTime")
+        .unwrap();
+    // Disabled at the time of the write: no images.
+    c.update_one(doc! {"_id": 1}, doc! {"$set": {"v": 1}})
+        .await
+        .unwrap();
+    assert_eq!(images_at(&db, "c", t0).await, (None, None));
+    let (code, _) = cmd_error(&db, doc! {"aggregate": "c", "pipeline": [{"$changeStream": {"startAtOperationTime": t0, "fullDocumentBeforeChange": "required"}}], "cursor": {}}).await;
+    assert_eq!(code, 47, "required with no pre-image fails the stream");
+    // Enabled after that write: the earlier event still has none; later writes have both.
+    db.run_command(doc! {"collMod": "c", "changeStreamPreAndPostImages": {"enabled": true}})
+        .await
+        .unwrap();
+    assert_eq!(images_at(&db, "c", t0).await, (None, None));
+    let t1 = db
+        .run_command(doc! {"ping": 1})
+        .await
+        .unwrap()
+        .get_timestamp("operationTime")
+        .unwrap();
+    c.update_one(doc! {"_id": 1}, doc! {"$set": {"v": 2}})
+        .await
+        .unwrap();
+    let t1 = bson::Timestamp {
+        time: t1.time,
+        increment: t1.increment + 1,
+    };
+    assert_eq!(
+        images_at(&db, "c", t1).await,
+        (Some(doc! {"_id": 1, "v": 2}), Some(doc! {"_id": 1, "v": 1}))
+    );
+    // The pre-image is readable where MongoDB keeps it.
+    let pre = s
+        .client
+        .database("config")
+        .collection::<Document>("system.preimages")
+        .find_one(doc! {})
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        pre.get_document("preImage").unwrap(),
+        &doc! {"_id": 1, "v": 1}
+    );
+    assert!(pre.get_document("_id").unwrap().get_timestamp("ts").is_ok());
+    // Expiry by time.
+    let p = admin
+        .run_command(doc! {"getClusterParameter": "changeStreamOptions"})
+        .await
+        .unwrap();
+    let first = p.get_array("clusterParameters").unwrap()[0]
+        .as_document()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        first
+            .get_document("preAndPostImages")
+            .unwrap()
+            .get_str("expireAfterSeconds")
+            .unwrap(),
+        "off"
+    );
+    let (code, _) = cmd_error(&admin, doc! {"setClusterParameter": {"changeStreamOptions": {"preAndPostImages": {"expireAfterSeconds": -1}}}}).await;
+    assert_eq!(code, 2);
+    admin.run_command(doc! {"setClusterParameter": {"changeStreamOptions": {"preAndPostImages": {"expireAfterSeconds": 1}}}}).await.unwrap();
+    let mut gone = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if images_at(&db, "c", t1).await == (None, None) {
+            gone = true;
+            break;
+        }
+    }
+    assert!(gone, "images older than expireAfterSeconds are removed");
+    let p = admin
+        .run_command(doc! {"getClusterParameter": ["changeStreamOptions"]})
+        .await
+        .unwrap();
+    let first = p.get_array("clusterParameters").unwrap()[0]
+        .as_document()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        first
+            .get_document("preAndPostImages")
+            .unwrap()
+            .get_i64("expireAfterSeconds")
+            .unwrap(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn images_go_with_their_truncated_oplog_entries() {
+    let s = testkit::spawn_with(|c| c.oplog_size_mb = 1).await;
+    let db = s.client.database("img");
+    db.run_command(doc! {"create": "t", "changeStreamPreAndPostImages": {"enabled": true}})
+        .await
+        .unwrap();
+    let c = db.collection::<Document>("t");
+    c.insert_one(doc! {"_id": 1, "v": 0}).await.unwrap();
+    c.update_one(doc! {"_id": 1}, doc! {"$set": {"v": 1}})
+        .await
+        .unwrap();
+    let pre = s
+        .client
+        .database("config")
+        .collection::<Document>("system.preimages");
+    assert_eq!(pre.count_documents(doc! {}).await.unwrap(), 1);
+    let pad = "x".repeat(4000);
+    for chunk in 0..10 {
+        c.insert_many((0..100).map(|i| doc! {"_id": 10 + chunk * 100 + i, "pad": pad.clone()}))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        pre.count_documents(doc! {}).await.unwrap(),
+        0,
+        "the image left with its oplog entry"
+    );
+}

@@ -148,3 +148,32 @@ async fn retryable_write_record_survives_a_crash() {
         .unwrap();
     assert_eq!(d.get_i32("n").unwrap(), 1, "and does not apply twice");
 }
+
+#[tokio::test]
+async fn cluster_parameters_persist_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = start(dir.path(), port).await;
+    let cmd = doc! {"setClusterParameter": {"changeStreamOptions": {"preAndPostImages": {"expireAfterSeconds": 3600}}}, "$db": "admin"};
+    let r = crate::raw_command(port, cmd).await;
+    assert_eq!(r.get_f64("ok").unwrap(), 1.0, "{r}");
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    let _child = start(dir.path(), port).await;
+    let r = crate::raw_command(
+        port,
+        doc! {"getClusterParameter": "changeStreamOptions", "$db": "admin"},
+    )
+    .await;
+    let p = r.get_array("clusterParameters").unwrap()[0]
+        .as_document()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        p.get_document("preAndPostImages")
+            .unwrap()
+            .get_i64("expireAfterSeconds")
+            .unwrap(),
+        3600
+    );
+}
