@@ -5,7 +5,7 @@
 //! port with a temporary data directory, so that the server's CPU time can be read from
 //! `/proc`; `--uri URI --pid PID` measures a server that is already running.
 //!
-//! Usage: `cargo build --release && target/release/eddy-bench [inserts|find|stream|fanout|all]
+//! Usage: `cargo build --release && target/release/eddy-bench [inserts|find|stream|images|fanout|all]
 //! [--seconds N] [--docs N] [--uri URI --pid PID]`
 
 use std::process::{Child, Command, Stdio};
@@ -140,6 +140,11 @@ async fn main() {
     if all || a.what == "stream" {
         stream_latency(&c, secs).await;
         stream_throughput(&c, secs).await;
+    }
+    if all || a.what == "images" {
+        for enabled in [false, true] {
+            images_cost(&c, enabled, secs).await;
+        }
     }
     if all || a.what == "fanout" {
         for n in [1, 100, 1000] {
@@ -319,6 +324,55 @@ async fn stream_throughput(client: &Client, secs: Duration) {
         "stream throughput: writer flat out (insertMany of 1,000): {written} written, {got} delivered to one stream, {:.0} events/s",
         got as f64 / el
     );
+}
+
+/// Inserts/s and updates/s from 8 clients, with `changeStreamPreAndPostImages` off or on.
+async fn images_cost(client: &Client, enabled: bool, secs: Duration) {
+    let db = client.database("bench");
+    let name = format!("images_{enabled}");
+    let _ = db.collection::<Document>(&name).drop().await;
+    db.run_command(doc! {"create": &name, "changeStreamPreAndPostImages": {"enabled": enabled}})
+        .await
+        .unwrap();
+    let c = db.collection::<Document>(&name);
+    for (label, update) in [("inserts", false), ("updates", true)] {
+        let n = Arc::new(AtomicU64::new(0));
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for w in 0..8i64 {
+            let c = c.clone();
+            let n = n.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut i = 0i64;
+                while start.elapsed() < secs {
+                    if update {
+                        let id = w * 1_000_000 + (i % 1000);
+                        c.update_one(doc! {"_id": id}, doc! {"$inc": {"n": 1}})
+                            .await
+                            .unwrap();
+                    } else {
+                        c.insert_one(
+                            doc! {"_id": w * 1_000_000 + i, "n": 0, "payload": "x".repeat(100)},
+                        )
+                        .await
+                        .unwrap();
+                    }
+                    i += 1;
+                    n.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let total = n.load(Ordering::Relaxed);
+        let el = start.elapsed().as_secs_f64();
+        println!(
+            "images {}: {label} from 8 clients: {:.0}/s",
+            if enabled { "on " } else { "off" },
+            total as f64 / el
+        );
+    }
 }
 
 /// `n` streams, each matching one of 10 values of `k`, so each sees a tenth of the events.

@@ -848,3 +848,103 @@ async fn images_go_with_their_truncated_oplog_entries() {
         "the image left with its oplog entry"
     );
 }
+
+#[tokio::test]
+async fn fifteen_mb_document_with_both_images_splits_and_resumes_mid_event() {
+    let s = testkit::spawn().await;
+    let db = s.client.database("big");
+    db.run_command(doc! {"create": "f", "changeStreamPreAndPostImages": {"enabled": true}})
+        .await
+        .unwrap();
+    let c = db.collection::<Document>("f");
+    let mb15 = 15 * 1024 * 1024;
+    c.insert_one(doc! {"_id": 1, "v": "a".repeat(mb15)})
+        .await
+        .unwrap();
+    let open = doc! {"aggregate": "f", "pipeline": [
+    {"$changeStream": {"fullDocument": "required", "fullDocumentBeforeChange": "required"}},
+    {"$match": {"operationType": "update"}},
+    {"$changeStreamSplitLargeEvent": {}}], "cursor": {}};
+    let r = db.run_command(open.clone()).await.unwrap();
+    let id = r.get_document("cursor").unwrap().get_i64("id").unwrap();
+    c.update_one(doc! {"_id": 1}, doc! {"$set": {"v": "b".repeat(mb15)}})
+        .await
+        .unwrap();
+    let mut frags: Vec<Document> = Vec::new();
+    while frags.len() < 3 {
+        let r = db
+            .run_command(doc! {"getMore": id, "collection": "f", "maxTimeMS": 3000})
+            .await
+            .unwrap();
+        for e in r
+            .get_document("cursor")
+            .unwrap()
+            .get_array("nextBatch")
+            .unwrap()
+        {
+            frags.push(e.as_document().unwrap().clone());
+        }
+    }
+    let mut whole = Document::new();
+    for (i, f) in frags.iter().enumerate() {
+        assert_eq!(
+            f.get_document("splitEvent").unwrap(),
+            &doc! {"fragment": i as i32 + 1, "of": 3}
+        );
+        for (k, v) in f {
+            if k != "_id" && k != "splitEvent" {
+                whole.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    assert_eq!(
+        whole
+            .get_document("fullDocument")
+            .unwrap()
+            .get_str("v")
+            .unwrap(),
+        "b".repeat(mb15)
+    );
+    assert_eq!(
+        whole
+            .get_document("fullDocumentBeforeChange")
+            .unwrap()
+            .get_str("v")
+            .unwrap(),
+        "a".repeat(mb15)
+    );
+    assert_eq!(
+        whole
+            .get_document("updateDescription")
+            .unwrap()
+            .get_document("updatedFields")
+            .unwrap()
+            .get_str("v")
+            .unwrap()
+            .len(),
+        mb15
+    );
+    // Resume from the middle fragment: the last one follows.
+    let mut resume = open;
+    resume.get_array_mut("pipeline").unwrap()[0]
+        .as_document_mut()
+        .unwrap()
+        .get_document_mut("$changeStream")
+        .unwrap()
+        .insert("resumeAfter", frags[1].get_document("_id").unwrap().clone());
+    let r = db.run_command(resume).await.unwrap();
+    let first = r
+        .get_document("cursor")
+        .unwrap()
+        .get_array("firstBatch")
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(
+        first[0]
+            .as_document()
+            .unwrap()
+            .get_document("splitEvent")
+            .unwrap(),
+        &doc! {"fragment": 3, "of": 3}
+    );
+}
