@@ -948,3 +948,40 @@ async fn fifteen_mb_document_with_both_images_splits_and_resumes_mid_event() {
         &doc! {"fragment": 3, "of": 3}
     );
 }
+
+#[tokio::test]
+async fn min_retention_keeps_history_past_the_size_bound() {
+    let s = testkit::spawn_with(|c| {
+        c.oplog_size_mb = 1;
+        c.oplog_min_retention_hours = Some(1.0);
+    })
+    .await;
+    let c = s.client.database("keep").collection::<Document>("c");
+    let mut cs = c.watch().await.unwrap();
+    c.insert_one(doc! {"_id": -1}).await.unwrap();
+    let first = next(&mut cs).await.id;
+    let pad = "x".repeat(4000);
+    for chunk in 0..10 {
+        c.insert_many((0..100).map(|i| doc! {"_id": chunk * 100 + i, "pad": pad.clone()}))
+            .await
+            .unwrap();
+    }
+    let oplog = s
+        .client
+        .database("local")
+        .collection::<Document>("oplog.rs");
+    assert!(
+        oplog.count_documents(doc! {"ns": "keep.c"}).await.unwrap() >= 1001,
+        "nothing younger than an hour is truncated"
+    );
+    let mut resumed = c.watch().resume_after(first).await.unwrap();
+    assert_eq!(next(&mut resumed).await.document_key, Some(doc! {"_id": 0}));
+    let status = s
+        .client
+        .database("admin")
+        .run_command(doc! {"replSetGetStatus": 1})
+        .await
+        .unwrap();
+    let o = status.get_document("oplog").unwrap();
+    assert!(o.get_timestamp("earliestOptime").unwrap() <= o.get_timestamp("latestOptime").unwrap());
+}
