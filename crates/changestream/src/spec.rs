@@ -1,6 +1,7 @@
 //! Parsing a `$changeStream` stage and the stages after it.
 
 use bson::{Bson, Document, Timestamp};
+use doc::type_name;
 use errors::{ErrorCode, MongoError, Result};
 use query::pipeline::Pipeline;
 use storage::Namespace;
@@ -80,21 +81,6 @@ fn type_err(field: &str, want: &str, got: &Bson) -> MongoError {
             type_name(got)
         ),
     )
-}
-
-fn type_name(v: &Bson) -> &'static str {
-    match v {
-        Bson::Double(_) => "double",
-        Bson::String(_) => "string",
-        Bson::Document(_) => "object",
-        Bson::Array(_) => "array",
-        Bson::Boolean(_) => "bool",
-        Bson::Int32(_) => "int",
-        Bson::Int64(_) => "long",
-        Bson::Timestamp(_) => "timestamp",
-        Bson::Null => "null",
-        _ => "other",
-    }
 }
 
 /// Parses `{$changeStream: {...}}` and the rest of the pipeline for a request on `db` with

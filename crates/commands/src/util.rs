@@ -1,6 +1,7 @@
 //! Argument readers shared by the handlers.
 
 use bson::{Bson, Document};
+pub use doc::type_name;
 use errors::{ErrorCode, MongoError, Result};
 use storage::Namespace;
 
@@ -94,29 +95,5 @@ pub fn opt_count(cmd: &Document, key: &str) -> Result<Option<i64>> {
             "BSON field '{key}' is the wrong type '{}', expected types '[long, int, decimal, double]'",
             type_name(other)
         ))),
-    }
-}
-
-/// MongoDB's name for a value's type, for messages.
-pub fn type_name(v: &Bson) -> &'static str {
-    match v {
-        Bson::Double(_) => "double",
-        Bson::String(_) => "string",
-        Bson::Document(_) => "object",
-        Bson::Array(_) => "array",
-        Bson::Binary(_) => "binData",
-        Bson::Undefined => "undefined",
-        Bson::ObjectId(_) => "objectId",
-        Bson::Boolean(_) => "bool",
-        Bson::DateTime(_) => "date",
-        Bson::Null => "null",
-        Bson::RegularExpression(_) => "regex",
-        Bson::Int32(_) => "int",
-        Bson::Timestamp(_) => "timestamp",
-        Bson::Int64(_) => "long",
-        Bson::Decimal128(_) => "decimal",
-        Bson::MinKey => "minKey",
-        Bson::MaxKey => "maxKey",
-        _ => "other",
     }
 }

@@ -9,5 +9,5 @@ pub mod compare;
 pub mod keystring;
 pub mod path;
 
-pub use compare::{cmp_documents, cmp_values, values_equal};
+pub use compare::{cmp_documents, cmp_values, type_name, values_equal};
 pub use path::{get_path, lookup_all, remove_path, set_path};

@@ -147,7 +147,7 @@ pub(crate) fn err(code: i32, msg: impl Into<String>) -> MongoError {
 pub(crate) fn type_name(v: Option<&Bson>) -> &'static str {
     match v {
         None => "missing",
-        Some(v) => crate::filter::type_alias(crate::filter::bson_type_code(v)),
+        Some(v) => doc::type_name(v),
     }
 }
 
