@@ -124,6 +124,67 @@ impl Vars {
     pub fn set_current(&mut self, doc: Option<Document>) {
         self.current = doc;
     }
+
+    /// Binds a command's `let` parameters (find, aggregate, update, delete, findAndModify,
+    /// bulkWrite): each value is an expression evaluated once, before any document is read,
+    /// so it may use `$$NOW`, `$$CLUSTER_TIME` and the parameters before it, but no field.
+    ///
+    /// # Errors
+    /// FailedToParse for a bad variable name, 4738901 for a system variable name, 4890500
+    /// for an expression that reads a field, and the expression's own errors.
+    pub fn bind_let(&mut self, params: &Document) -> Result<()> {
+        for (name, v) in params {
+            check_let_name(name)?;
+            let node = parse_node(v)?;
+            if node.reads_document() {
+                return Err(err(
+                    4890500,
+                    "Command let Expression tried to access a field, but this is not allowed \
+                     because Command let Expressions run before the query examines any documents.",
+                ));
+            }
+            let value = node
+                .eval(&Ctx {
+                    root: &Document::new(),
+                    vars: self,
+                })?
+                .unwrap_or(Bson::Null);
+            self.set(name, value);
+        }
+        Ok(())
+    }
+}
+
+/// Checks a `let` parameter's name the way MongoDB checks names users may write.
+fn check_let_name(name: &str) -> Result<()> {
+    const SYSTEM: &[&str] = &["NOW", "CLUSTER_TIME", "JS_SCOPE", "IS_MR", "USER_ROLES"];
+    let invalid = |why: String| {
+        MongoError::new(
+            ErrorCode::FailedToParse,
+            format!("Invalid 'let' parameter :: caused by :: {why}"),
+        )
+    };
+    let mut chars = name.chars();
+    let Some(first) = chars.next() else {
+        return Err(invalid("empty variable names are not allowed".into()));
+    };
+    if !(first.is_ascii_lowercase() || !first.is_ascii()) {
+        if SYSTEM.contains(&name) {
+            return Err(err(
+                4738901,
+                format!("Attempt to set internal constant: {name}"),
+            ));
+        }
+        return Err(invalid(format!(
+            "'{name}' starts with an invalid character for a user variable name"
+        )));
+    }
+    if let Some(c) = chars.find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || !c.is_ascii())) {
+        return Err(invalid(format!(
+            "'{name}' contains an invalid character for a variable name: '{c}'"
+        )));
+    }
+    Ok(())
 }
 
 /// MongoDB truthiness: false, null, undefined, missing and numeric zero are false.
@@ -285,6 +346,20 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl Node {
+    /// Whether evaluating the node may read the document (a field path, `$$ROOT` or
+    /// `$$CURRENT`).
+    fn reads_document(&self) -> bool {
+        match self {
+            Node::Lit(_) => false,
+            Node::Field(_) => true,
+            Node::Var(name, _) => name == "ROOT" || name == "CURRENT",
+            Node::Obj(fields) => fields.iter().any(|(_, n)| n.reads_document()),
+            Node::Arr(items) => items.iter().any(Node::reads_document),
+            Node::Op(_, Args::List(items)) => items.iter().any(Node::reads_document),
+            Node::Op(_, Args::Named(items)) => items.iter().any(|(_, n)| n.reads_document()),
+        }
+    }
+
     pub(crate) fn eval(&self, cx: &Ctx<'_>) -> Result<Option<Bson>> {
         match self {
             Node::Lit(v) => Ok(Some(v.clone())),

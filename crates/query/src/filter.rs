@@ -24,6 +24,8 @@ use crate::expr::{Expr, Vars, truthy};
 #[derive(Debug, Clone)]
 pub struct Filter {
     root: Node,
+    /// Variables bound with [`Filter::bind`] (a command's `let`), for `$expr`.
+    vars: Option<Box<Vars>>,
 }
 
 /// A simple predicate on one path, for index planning.
@@ -205,7 +207,7 @@ impl Op {
     }
 
     /// Tests one value (no array expansion); `None` is a missing value.
-    fn matches_single(&self, v: Option<&Bson>, ctx: &mut Ctx) -> bool {
+    fn matches_single(&self, v: Option<&Bson>, ctx: &mut Ctx<'_>) -> bool {
         match self {
             Op::Eq(x) => match v {
                 None => matches!(x, Bson::Null),
@@ -237,7 +239,7 @@ impl Op {
 
 impl Op {
     /// For `$elemMatch`: the index of the first matching element.
-    fn elem_match_index(&self, a: &[Bson], ctx: &mut Ctx) -> Option<usize> {
+    fn elem_match_index(&self, a: &[Bson], ctx: &mut Ctx<'_>) -> Option<usize> {
         match self {
             Op::ElemMatchObj(node) => a.iter().position(|e| match e {
                 Bson::Document(d) => node.matches(d, &mut None, ctx),
@@ -339,9 +341,9 @@ fn bits_match(op: BitsOp, positions: &[u32], v: &Bson) -> bool {
 
 /// Evaluation state: the error from a failing `$expr`, if any.
 #[derive(Default)]
-struct Ctx {
+struct Ctx<'v> {
     error: Option<MongoError>,
-    vars: Option<Vars>,
+    vars: Option<&'v Vars>,
 }
 
 /// Visits every value a path reaches from a document (MongoDB's matcher traversal). `f` gets
@@ -402,7 +404,7 @@ impl Pred {
         d: &Document,
         parts: &[String],
         pos: &mut Option<usize>,
-        ctx: &mut Ctx,
+        ctx: &mut Ctx<'_>,
     ) -> bool {
         match self {
             Pred::Op(op) => {
@@ -443,7 +445,7 @@ impl Pred {
         }
     }
 
-    fn matches_single(&self, v: Option<&Bson>, ctx: &mut Ctx) -> bool {
+    fn matches_single(&self, v: Option<&Bson>, ctx: &mut Ctx<'_>) -> bool {
         match self {
             Pred::Op(op) => op.matches_single(v, ctx),
             Pred::Not(p) => !p.matches_single(v, ctx),
@@ -453,7 +455,7 @@ impl Pred {
 }
 
 impl Node {
-    fn matches(&self, d: &Document, pos: &mut Option<usize>, ctx: &mut Ctx) -> bool {
+    fn matches(&self, d: &Document, pos: &mut Option<usize>, ctx: &mut Ctx<'_>) -> bool {
         match self {
             Node::And(ns) => ns.iter().all(|n| n.matches(d, pos, ctx)),
             Node::Or(ns) => ns.iter().any(|n| n.matches(d, pos, ctx)),
@@ -461,7 +463,7 @@ impl Node {
             Node::Path(p, pred) => pred.matches_path(d, &p.parts, pos, ctx),
             Node::Expr(e) => {
                 let default_vars;
-                let vars = match &ctx.vars {
+                let vars = match ctx.vars {
                     Some(v) => v,
                     None => {
                         default_vars = Vars::default();
@@ -487,6 +489,7 @@ impl Filter {
     pub fn parse(filter: &Document) -> Result<Filter> {
         Ok(Filter {
             root: parse_doc(filter, 0)?,
+            vars: None,
         })
     }
 
@@ -494,13 +497,29 @@ impl Filter {
     pub fn match_all() -> Filter {
         Filter {
             root: Node::And(Vec::new()),
+            vars: None,
         }
     }
 
     /// Whether the document matches (an `$expr` that fails to evaluate does not match; see
     /// [`Filter::try_matches`]).
     pub fn matches(&self, doc: &Document) -> bool {
-        self.root.matches(doc, &mut None, &mut Ctx::default())
+        self.root.matches(doc, &mut None, &mut self.ctx(None))
+    }
+
+    /// The filter with variables bound for its `$expr`s (a command's `let` parameters and
+    /// `$$NOW`); [`Filter::matches`] and [`Filter::try_matches`] then use them.
+    #[must_use]
+    pub fn bind(mut self, vars: &Vars) -> Filter {
+        self.vars = Some(Box::new(vars.clone()));
+        self
+    }
+
+    fn ctx<'v>(&'v self, vars: Option<&'v Vars>) -> Ctx<'v> {
+        Ctx {
+            error: None,
+            vars: vars.or(self.vars.as_deref()),
+        }
     }
 
     /// Like [`Filter::matches`], but reports an `$expr` evaluation error.
@@ -510,10 +529,7 @@ impl Filter {
 
     /// Like [`Filter::try_matches`], with variables for `$expr` (`$$NOW`, `let` variables).
     pub fn try_matches_with(&self, doc: &Document, vars: Option<&Vars>) -> Result<bool> {
-        let mut ctx = Ctx {
-            error: None,
-            vars: vars.cloned(),
-        };
+        let mut ctx = self.ctx(vars);
         let m = self.root.matches(doc, &mut None, &mut ctx);
         match ctx.error {
             Some(e) => Err(e),
@@ -525,7 +541,7 @@ impl Filter {
     /// in the first array traversed by the query, if any.
     pub fn match_position(&self, doc: &Document) -> Option<usize> {
         let mut pos = None;
-        if self.root.matches(doc, &mut pos, &mut Ctx::default()) {
+        if self.root.matches(doc, &mut pos, &mut self.ctx(None)) {
             pos
         } else {
             None

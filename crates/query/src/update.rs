@@ -24,12 +24,15 @@ use errors::{ErrorCode, MongoError, Result};
 pub use self::delta::UpdateDelta;
 use self::delta::{identical_docs, to_delta};
 use self::tree::{OpUpdate, parse_array_filters, parse_operators};
+use crate::expr::Vars;
 use crate::pipeline::{Env, Pipeline};
 
 /// A parsed update: operators, a replacement document or a pipeline.
 #[derive(Debug, Clone)]
 pub struct Update {
     kind: Kind,
+    /// Variables bound with [`Update::bind`] (a command's `let`), for pipeline updates.
+    vars: Option<Box<Vars>>,
 }
 
 #[derive(Debug, Clone)]
@@ -102,7 +105,15 @@ impl Update {
                 ));
             }
         };
-        Ok(Update { kind })
+        Ok(Update { kind, vars: None })
+    }
+
+    /// The update with variables bound for a pipeline-style update's expressions (a
+    /// command's `let` parameters and `$$NOW`).
+    #[must_use]
+    pub fn bind(mut self, vars: &Vars) -> Update {
+        self.vars = Some(Box::new(vars.clone()));
+        self
     }
 
     /// Whether this is a replacement document.
@@ -130,7 +141,11 @@ impl Update {
                 })
             }
             Kind::Pipeline(p) => {
-                let out = p.apply_one(doc.clone(), env)?.ok_or_else(|| {
+                let out = match &self.vars {
+                    Some(vars) => p.apply_one_with(doc.clone(), vars)?,
+                    None => p.apply_one(doc.clone(), env)?,
+                };
+                let out = out.ok_or_else(|| {
                     MongoError::internal("the update pipeline produced no document")
                 })?;
                 let new = finish_replacement(doc, out)?;

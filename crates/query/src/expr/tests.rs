@@ -763,3 +763,44 @@ fn dates() {
         ],
     );
 }
+
+#[test]
+fn let_parameters_are_evaluated_once_before_any_document() {
+    let now = DateTime::from_millis(1_700_000_000_000);
+    let mut vars = Vars::new(
+        now,
+        bson::Timestamp {
+            time: 5,
+            increment: 1,
+        },
+    );
+    vars.bind_let(&doc! {
+        "id": 1,
+        "y": {"$literal": "$bar"},
+        "when": "$$NOW",
+        "twice": {"$multiply": ["$$id", 2]},
+    })
+    .unwrap();
+    assert_eq!(vars.get("id"), Some(&Bson::Int32(1)));
+    assert_eq!(vars.get("y"), Some(&Bson::String("$bar".into())));
+    assert_eq!(vars.get("when"), Some(&Bson::DateTime(now)));
+    assert_eq!(vars.get("twice"), Some(&Bson::Int32(2)));
+    let e = Expr::parse(&bson!({"$eq": ["$_id", "$$id"]})).unwrap();
+    assert_eq!(
+        e.eval(&doc! {"_id": 1}, &vars).unwrap(),
+        Some(Bson::Boolean(true))
+    );
+}
+
+#[test]
+fn let_parameters_reject_bad_names_and_field_paths() {
+    let code = |d: Document| Vars::default().bind_let(&d).unwrap_err().code;
+    assert_eq!(code(doc! {"Upper": 1}), 9);
+    assert_eq!(code(doc! {"a-b": 1}), 9);
+    assert_eq!(code(doc! {"": 1}), 9);
+    assert_eq!(code(doc! {"NOW": 1}), 4738901);
+    assert_eq!(code(doc! {"x": "$field"}), 4890500);
+    assert_eq!(code(doc! {"x": {"$add": [1, "$$ROOT.a"]}}), 4890500);
+    assert_eq!(code(doc! {"x": "$$undefinedVar"}), 17276);
+    assert!(Vars::default().bind_let(&doc! {"é": 1, "a_1": 2}).is_ok());
+}

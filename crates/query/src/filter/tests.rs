@@ -476,3 +476,20 @@ fn planning_and_upsert_fields() {
         ]
     );
 }
+
+#[test]
+fn bound_variables_reach_expr() {
+    let f = Filter::parse(&doc! {"$expr": {"$eq": ["$_id", "$$id"]}}).unwrap();
+    // Unbound, the variable is undefined: no match, and try_matches reports why.
+    assert!(!f.matches(&doc! {"_id": 1}));
+    assert_eq!(f.try_matches(&doc! {"_id": 1}).unwrap_err().code, 17276);
+    let mut vars = Vars::default();
+    vars.set("id", Bson::Int32(1));
+    let f = f.bind(&vars);
+    assert!(f.matches(&doc! {"_id": 1}));
+    assert!(!f.matches(&doc! {"_id": 2}));
+    assert!(f.try_matches(&doc! {"_id": 1}).unwrap());
+    // Explicit variables win over bound ones.
+    let other = Vars::default().with("id", Bson::Int32(2));
+    assert!(f.try_matches_with(&doc! {"_id": 2}, Some(&other)).unwrap());
+}

@@ -1969,3 +1969,21 @@ fn upsert_id_type_is_validated() {
         (53, "The '_id' value cannot be of type array")
     );
 }
+
+#[test]
+fn bound_variables_reach_pipeline_updates() {
+    let u = Update::parse(&bson!([{"$set": {"x": "$$x"}}]), None).unwrap();
+    assert_eq!(
+        u.apply(&doc! {"_id": 1}, &ctx(), &TestEnv)
+            .unwrap_err()
+            .code,
+        17276
+    );
+    let vars = crate::expr::Vars::default().with("x", Bson::String("foo".into()));
+    let r = u
+        .bind(&vars)
+        .apply(&doc! {"_id": 1}, &ctx(), &TestEnv)
+        .unwrap();
+    assert_eq!(r.doc, doc! {"_id": 1, "x": "foo"});
+    assert!(r.modified);
+}
