@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use bson::{Bson, DateTime, Document, Timestamp, doc, oid::ObjectId};
 use errors::{ErrorCode, MongoError, Result};
 use exec::{Plan, plan_query, scan};
+use query::expr::Vars;
 use query::filter::Filter;
 use query::pipeline::{Env, OutStage, Pipeline};
 use query::projection::Projection;
@@ -20,13 +21,13 @@ use crate::{Reply, ServerCtx, util};
 
 /// The session fields a write came with.
 #[derive(Debug, Clone, Default)]
-struct Session {
+pub(crate) struct Session {
     lsid: Option<Document>,
     txn_number: Option<i64>,
 }
 
 impl Session {
-    fn of(cmd: &Document) -> Session {
+    pub(crate) fn of(cmd: &Document) -> Session {
         Session {
             lsid: cmd.get_document("lsid").ok().cloned(),
             txn_number: util::get_i64(cmd, "txnNumber"),
@@ -53,7 +54,7 @@ impl Session {
 }
 
 /// Runs a write command once per (lsid, txnNumber): a retry gets the first reply back.
-fn retryable(
+pub(crate) fn retryable(
     w: &mut WriteCtx<'_>,
     s: &Session,
     f: impl FnOnce(&mut WriteCtx<'_>) -> Result<Document>,
@@ -123,7 +124,7 @@ fn batch<'a>(cmd: &'a Document, key: &str) -> Result<&'a Vec<Bson>> {
 
 /// Checks an inserted document's `_id`. Since MongoDB 5.0 other fields may start with `$`,
 /// but the fields of an `_id` document may not.
-fn check_id(d: &Document) -> Result<()> {
+pub(crate) fn check_id(d: &Document) -> Result<()> {
     if let Some(Bson::Document(id)) = d.get("_id") {
         if let Some(k) = id.keys().find(|k| k.starts_with('$')) {
             return Err(MongoError::new(
@@ -152,7 +153,7 @@ fn check_id(d: &Document) -> Result<()> {
 }
 
 /// The document with `_id` first, generated as an ObjectId when missing.
-fn with_id(d: &Document) -> Document {
+pub(crate) fn with_id(d: &Document) -> Document {
     let mut out = Document::new();
     out.insert(
         "_id",
@@ -168,7 +169,7 @@ fn with_id(d: &Document) -> Document {
     out
 }
 
-fn insert_one(
+pub(crate) fn insert_one(
     w: &mut WriteCtx<'_>,
     meta: &mut CollectionMeta,
     d: &Document,
@@ -243,18 +244,20 @@ fn matching(w: &mut WriteCtx<'_>, meta: &CollectionMeta, filter: &Filter) -> Res
         let mut out = Vec::new();
         for id in ids {
             if let Some(d) = w.get_doc(meta.id, &exec::id_key(&id))? {
-                if filter.matches(&d) {
+                if filter.try_matches(&d)? {
                     out.push(d);
                 }
             }
         }
         return Ok(out);
     }
-    Ok(w.scan_docs(meta.id)?
-        .into_iter()
-        .map(|(_, d)| d)
-        .filter(|d| filter.matches(d))
-        .collect())
+    let mut out = Vec::new();
+    for (_, d) in w.scan_docs(meta.id)? {
+        if filter.try_matches(&d)? {
+            out.push(d);
+        }
+    }
+    Ok(out)
 }
 
 /// Applies an update to one document, logging it; returns whether it changed.
@@ -302,10 +305,10 @@ fn delete_one(
     Ok(())
 }
 
-struct UpdateOutcome {
-    n: i64,
-    modified: i64,
-    upserted: Option<Bson>,
+pub(crate) struct UpdateOutcome {
+    pub(crate) n: i64,
+    pub(crate) modified: i64,
+    pub(crate) upserted: Option<Bson>,
     /// The document before (or after, with `new`) for findAndModify.
     value: Option<Document>,
 }
@@ -390,6 +393,60 @@ fn run_update(
     Ok(out)
 }
 
+/// One statement of an `update` command (`{q, u, multi, upsert, arrayFilters, sort}`); the
+/// bulkWrite command's update operations come here too.
+pub(crate) fn update_statement(
+    w: &mut WriteCtx<'_>,
+    ns: &Namespace,
+    st: &Bson,
+    vars: &Vars,
+    s: &Session,
+    i: usize,
+) -> Result<UpdateOutcome> {
+    let Bson::Document(st) = st else {
+        return Err(MongoError::type_mismatch(
+            "update statements must be objects",
+        ));
+    };
+    let q = util::opt_doc(st, "q")?.cloned().unwrap_or_default();
+    let u = st.get("u").ok_or_else(|| {
+        MongoError::failed_to_parse("BSON field 'update.updates.u' is missing but a required field")
+    })?;
+    let af: Option<Vec<Document>> = match st.get("arrayFilters") {
+        Some(Bson::Array(a)) => Some(a.iter().filter_map(|v| v.as_document().cloned()).collect()),
+        _ => None,
+    };
+    let filter = Filter::parse(&q)?.bind(vars);
+    let update = Update::parse(u, af.as_deref())?.bind(vars);
+    let multi = util::get_bool(st, "multi").unwrap_or(false);
+    if multi && update.is_replacement() {
+        return Err(MongoError::failed_to_parse(
+            "multi update is not supported for replacement-style update",
+        ));
+    }
+    // `sort` picks which document a single update changes (8.0).
+    let sort = util::opt_doc(st, "sort")?
+        .map(SortSpec::parse)
+        .transpose()?;
+    if multi && sort.is_some() {
+        return Err(MongoError::failed_to_parse(
+            "Cannot specify sort with multi=true",
+        ));
+    }
+    run_update(
+        w,
+        ns,
+        &filter,
+        &update,
+        util::get_bool(st, "upsert").unwrap_or(false),
+        multi,
+        sort.as_ref(),
+        false,
+        s,
+        i,
+    )
+}
+
 /// `update`.
 ///
 /// # Errors
@@ -398,6 +455,7 @@ pub async fn update(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Re
     let ns = util::coll_arg(cmd, "update", db)?;
     let stmts = batch(cmd, "updates")?.clone();
     let ordered = util::get_bool(cmd, "ordered").unwrap_or(true);
+    let vars = util::command_vars(ctx, cmd)?;
     ctx.stats
         .update
         .fetch_add(stmts.len() as u64, Ordering::Relaxed);
@@ -410,54 +468,7 @@ pub async fn update(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Re
                 let mut upserted = Vec::new();
                 let mut errs = Vec::new();
                 for (i, st) in stmts.iter().enumerate() {
-                    let r = (|| {
-                        let Bson::Document(st) = st else {
-                            return Err(MongoError::type_mismatch(
-                                "update statements must be objects",
-                            ));
-                        };
-                        let q = util::opt_doc(st, "q")?.cloned().unwrap_or_default();
-                        let u = st.get("u").ok_or_else(|| {
-                            MongoError::failed_to_parse(
-                                "BSON field 'update.updates.u' is missing but a required field",
-                            )
-                        })?;
-                        let af: Option<Vec<Document>> = match st.get("arrayFilters") {
-                            Some(Bson::Array(a)) => {
-                                Some(a.iter().filter_map(|v| v.as_document().cloned()).collect())
-                            }
-                            _ => None,
-                        };
-                        let filter = Filter::parse(&q)?;
-                        let update = Update::parse(u, af.as_deref())?;
-                        let multi = util::get_bool(st, "multi").unwrap_or(false);
-                        if multi && update.is_replacement() {
-                            return Err(MongoError::failed_to_parse(
-                                "multi update is not supported for replacement-style update",
-                            ));
-                        }
-                        // `sort` picks which document a single update changes (8.0).
-                        let sort = util::opt_doc(st, "sort")?
-                            .map(SortSpec::parse)
-                            .transpose()?;
-                        if multi && sort.is_some() {
-                            return Err(MongoError::failed_to_parse(
-                                "Cannot specify sort with multi=true",
-                            ));
-                        }
-                        run_update(
-                            w,
-                            &ns,
-                            &filter,
-                            &update,
-                            util::get_bool(st, "upsert").unwrap_or(false),
-                            multi,
-                            sort.as_ref(),
-                            false,
-                            &s,
-                            i,
-                        )
-                    })();
+                    let r = update_statement(w, &ns, st, &vars, &s, i);
                     match r {
                         Ok(o) => {
                             n += o.n;
@@ -489,6 +500,47 @@ pub async fn update(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Re
     Ok(Reply::ok(reply))
 }
 
+/// One statement of a `delete` command (`{q, limit}`); the bulkWrite command's delete
+/// operations come here too. Returns the number of documents deleted.
+pub(crate) fn delete_statement(
+    w: &mut WriteCtx<'_>,
+    ns: &Namespace,
+    st: &Bson,
+    vars: &Vars,
+    s: &Session,
+    i: usize,
+) -> Result<i64> {
+    let Bson::Document(st) = st else {
+        return Err(MongoError::type_mismatch(
+            "delete statements must be objects",
+        ));
+    };
+    let q = util::opt_doc(st, "q")?.cloned().unwrap_or_default();
+    let limit = util::get_i64(st, "limit").ok_or_else(|| {
+        MongoError::failed_to_parse(
+            "BSON field 'delete.deletes.limit' is missing but a required field",
+        )
+    })?;
+    if limit != 0 && limit != 1 {
+        return Err(MongoError::failed_to_parse(format!(
+            "The limit field in delete objects must be 0 or 1. Got {limit}"
+        )));
+    }
+    let filter = Filter::parse(&q)?.bind(vars);
+    let Some(meta) = w.collection(ns)? else {
+        return Ok(0);
+    };
+    let mut k = 0;
+    for d in matching(w, &meta, &filter)? {
+        delete_one(w, &meta, &d, s, i)?;
+        k += 1;
+        if limit == 1 {
+            break;
+        }
+    }
+    Ok(k)
+}
+
 /// `delete`.
 ///
 /// # Errors
@@ -497,6 +549,7 @@ pub async fn delete(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Re
     let ns = util::coll_arg(cmd, "delete", db)?;
     let stmts = batch(cmd, "deletes")?.clone();
     let ordered = util::get_bool(cmd, "ordered").unwrap_or(true);
+    let vars = util::command_vars(ctx, cmd)?;
     ctx.stats
         .delete
         .fetch_add(stmts.len() as u64, Ordering::Relaxed);
@@ -508,37 +561,7 @@ pub async fn delete(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Re
                 let mut n = 0i64;
                 let mut errs = Vec::new();
                 for (i, st) in stmts.iter().enumerate() {
-                    let r = (|| {
-                        let Bson::Document(st) = st else {
-                            return Err(MongoError::type_mismatch(
-                                "delete statements must be objects",
-                            ));
-                        };
-                        let q = util::opt_doc(st, "q")?.cloned().unwrap_or_default();
-                        let limit = util::get_i64(st, "limit").ok_or_else(|| {
-                            MongoError::failed_to_parse(
-                                "BSON field 'delete.deletes.limit' is missing but a required field",
-                            )
-                        })?;
-                        if limit != 0 && limit != 1 {
-                            return Err(MongoError::failed_to_parse(format!(
-                                "The limit field in delete objects must be 0 or 1. Got {limit}"
-                            )));
-                        }
-                        let filter = Filter::parse(&q)?;
-                        let Some(meta) = w.collection(&ns)? else {
-                            return Ok(0);
-                        };
-                        let mut k = 0;
-                        for d in matching(w, &meta, &filter)? {
-                            delete_one(w, &meta, &d, &s, i)?;
-                            k += 1;
-                            if limit == 1 {
-                                break;
-                            }
-                        }
-                        Ok(k)
-                    })();
+                    let r = delete_statement(w, &ns, st, &vars, &s, i);
                     match r {
                         Ok(k) => n += k,
                         Err(e) => {
@@ -567,7 +590,9 @@ pub async fn delete(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Re
 pub async fn find_and_modify(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Reply> {
     let name = crate::command_name(cmd).to_string();
     let ns = util::coll_arg(cmd, &name, db)?;
-    let filter = Filter::parse(&util::opt_doc(cmd, "query")?.cloned().unwrap_or_default())?;
+    let vars = util::command_vars(ctx, cmd)?;
+    let filter =
+        Filter::parse(&util::opt_doc(cmd, "query")?.cloned().unwrap_or_default())?.bind(&vars);
     let sort = util::opt_doc(cmd, "sort")?
         .map(SortSpec::parse)
         .transpose()?;
@@ -588,7 +613,7 @@ pub async fn find_and_modify(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> 
                 "Cannot specify both an update and remove=true",
             ));
         }
-        Some(u) => Some(Update::parse(u, af.as_deref())?),
+        Some(u) => Some(Update::parse(u, af.as_deref())?.bind(&vars)),
         None if remove => None,
         None => {
             return Err(MongoError::failed_to_parse(
@@ -660,8 +685,9 @@ fn query_source(
         ));
     }
     let it = scan(snap.clone(), meta, plan)?;
-    Ok(Box::new(it.filter(move |r| {
-        r.as_ref().map_or(true, |d| filter.matches(d))
+    Ok(Box::new(it.filter_map(move |r| match r {
+        Ok(d) => filter.try_matches(&d).map(|m| m.then_some(d)).transpose(),
+        Err(e) => Some(Err(e)),
     })))
 }
 
@@ -705,7 +731,9 @@ fn oplog_source(snap: &Snapshot, filter: Filter, reverse: bool) -> Result<DocSou
 pub fn find(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
     ctx.stats.query.fetch_add(1, Ordering::Relaxed);
     let ns = util::coll_arg(cmd, "find", db)?;
-    let filter = Filter::parse(&util::opt_doc(cmd, "filter")?.cloned().unwrap_or_default())?;
+    let vars = util::command_vars(ctx, cmd)?;
+    let filter =
+        Filter::parse(&util::opt_doc(cmd, "filter")?.cloned().unwrap_or_default())?.bind(&vars);
     let sort = util::opt_doc(cmd, "sort")?
         .filter(|s| !s.is_empty())
         .cloned();
@@ -778,7 +806,7 @@ pub fn find(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
     }
     if let Some(p) = projection {
         let f = filter;
-        src = Box::new(src.map(move |r| r.and_then(|d| p.apply(&d, Some(&f)))));
+        src = Box::new(src.map(move |r| r.and_then(|d| p.apply_with(&d, Some(&f), &vars))));
     }
     cursor_reply(ctx, &ns.full(), src, batch_size, single)
 }
@@ -914,6 +942,7 @@ pub async fn aggregate(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result
         }
     };
     let pipeline = Pipeline::parse(&stages, db)?;
+    let vars = util::command_vars(ctx, cmd)?;
     let snap = Arc::new(ctx.store.snapshot()?);
     let (input, plan) = match &coll {
         Some(ns) if ns.db == "config" && ns.coll == "system.preimages" => {
@@ -923,7 +952,8 @@ pub async fn aggregate(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result
             let filter = pipeline
                 .leading_match()
                 .cloned()
-                .unwrap_or_else(Filter::match_all);
+                .unwrap_or_else(Filter::match_all)
+                .bind(&vars);
             (
                 oplog_source(&snap, filter, false)?.collect::<Result<Vec<_>>>()?,
                 Plan::CollScan,
@@ -934,7 +964,8 @@ pub async fn aggregate(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result
                 let filter = pipeline
                     .leading_match()
                     .cloned()
-                    .unwrap_or_else(Filter::match_all);
+                    .unwrap_or_else(Filter::match_all)
+                    .bind(&vars);
                 let plan = plan_query(&meta, &filter, None, cmd.get("hint"))?;
                 (
                     query_source(&snap, &meta, filter, &plan)?.collect::<Result<Vec<_>>>()?,
@@ -950,7 +981,7 @@ pub async fn aggregate(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result
             doc! {"queryPlanner": {"namespace": coll.map(|n| n.full()).unwrap_or_default(), "winningPlan": plan.explain(), "rejectedPlans": []}},
         ));
     }
-    let out = pipeline.run(input, &SnapEnv { snap: &snap })?;
+    let out = pipeline.run_with(input, &SnapEnv { snap: &snap }, &vars)?;
     let ns = coll.map_or_else(|| format!("{db}.$cmd.aggregate"), |n| n.full());
     if let Some(stage) = pipeline.out_stage().cloned() {
         write_out(ctx, stage, out).await?;

@@ -97,3 +97,17 @@ pub fn opt_count(cmd: &Document, key: &str) -> Result<Option<i64>> {
         ))),
     }
 }
+
+/// The variables a command's expressions see: `$$NOW` and `$$CLUSTER_TIME` fixed for the
+/// whole command, and its `let` parameters (find, aggregate, update, delete, findAndModify,
+/// bulkWrite).
+///
+/// # Errors
+/// TypeMismatch when `let` is not a document, and the parameters' own errors.
+pub fn command_vars(ctx: &crate::ServerCtx, cmd: &Document) -> Result<query::expr::Vars> {
+    let mut vars = query::expr::Vars::new(bson::DateTime::now(), ctx.store.committed_ts());
+    if let Some(params) = opt_doc(cmd, "let")? {
+        vars.bind_let(params)?;
+    }
+    Ok(vars)
+}
