@@ -254,6 +254,7 @@ pub fn list_commands() -> Reply {
     let names = [
         "aggregate",
         "buildInfo",
+        "bulkWrite",
         "collMod",
         "collStats",
         "configureFailPoint",

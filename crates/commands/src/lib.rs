@@ -7,10 +7,12 @@
 //! - [`admin`]: handshake, diagnostics, parameters, sessions, fail points.
 //! - [`ddl`]: create, drop, rename, collMod, indexes, listings.
 //! - [`crud`]: insert, update, delete, findAndModify, find, count, distinct, aggregate.
+//! - [`bulk_write`]: the `bulkWrite` command (8.0 client bulk write).
 //! - [`cursor`]: the cursor table, getMore, killCursors, and change stream cursors.
 //! - [`util`]: argument readers shared by the handlers.
 
 pub mod admin;
+pub mod bulk_write;
 pub mod crud;
 pub mod cursor;
 pub mod ddl;
@@ -299,6 +301,7 @@ async fn dispatch(
         "update" => crud::update(ctx, &db, cmd).await?,
         "delete" => crud::delete(ctx, &db, cmd).await?,
         "findAndModify" | "findandmodify" => crud::find_and_modify(ctx, &db, cmd).await?,
+        "bulkWrite" => bulk_write::bulk_write(ctx, &db, cmd).await?,
         "find" => crud::find(ctx, &db, cmd)?,
         "count" => crud::count(ctx, &db, cmd)?,
         "distinct" => crud::distinct(ctx, &db, cmd)?,

@@ -96,6 +96,7 @@ pub fn add_server_labels(mut e: MongoError, cmd_name: &str, cmd: &Document) -> M
             | "delete"
             | "findAndModify"
             | "findandmodify"
+            | "bulkWrite"
             | "commitTransaction"
             | "abortTransaction"
     );
