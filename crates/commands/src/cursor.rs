@@ -137,7 +137,17 @@ pub fn take_batch(src: &mut DocSource, n: usize) -> Result<(Vec<Document>, bool)
         match src.next() {
             Some(d) => {
                 let d = d?;
-                bytes += bson::to_vec(&d).map(|b| b.len()).unwrap_or(0);
+                // The document, plus its array element header: type byte, index key, NUL.
+                let key_len = out.len().checked_ilog10().unwrap_or(0) as usize + 1;
+                let size = bson::to_vec(&d).map(|b| b.len()).unwrap_or(0) + key_len + 2;
+                // A document that would overflow the batch waits for the next one (unless it
+                // is alone), as in MongoDB, so that the reply stays under the message limit.
+                if !out.is_empty() && bytes + size > MAX_BATCH_BYTES {
+                    let rest = std::mem::replace(src, Box::new(std::iter::empty()));
+                    *src = Box::new(std::iter::once(Ok(d)).chain(rest));
+                    return Ok((out, false));
+                }
+                bytes += size;
                 out.push(d);
             }
             None => return Ok((out, true)),
