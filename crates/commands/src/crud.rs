@@ -921,6 +921,7 @@ pub async fn aggregate(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result
     {
         return crate::cursor::open_change_stream(ctx, db, cmd, &stages).await;
     }
+    let (stages, local_sessions) = crate::sessions::take_list_local_sessions(ctx, cmd, stages)?;
     let explain = util::get_bool(cmd, "explain").unwrap_or(false);
     let batch_size = match cmd.get_document("cursor") {
         Ok(c) => util::opt_count(c, "batchSize")?,
@@ -974,7 +975,7 @@ pub async fn aggregate(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result
             }
             None => (Vec::new(), Plan::CollScan),
         },
-        None => (Vec::new(), Plan::CollScan),
+        None => (local_sessions.unwrap_or_default(), Plan::CollScan),
     };
     if explain {
         return Ok(Reply::ok(

@@ -9,6 +9,7 @@
 //! - [`crud`]: insert, update, delete, findAndModify, find, count, distinct, aggregate.
 //! - [`bulk_write`]: the `bulkWrite` command (8.0 client bulk write).
 //! - [`cursor`]: the cursor table, getMore, killCursors, and change stream cursors.
+//! - [`sessions`]: the logical session cache (`$listLocalSessions`).
 //! - [`util`]: argument readers shared by the handlers.
 
 pub mod admin;
@@ -17,6 +18,7 @@ pub mod crud;
 pub mod cursor;
 pub mod ddl;
 pub mod reply;
+pub mod sessions;
 pub mod util;
 
 use std::collections::HashMap;
@@ -80,6 +82,8 @@ pub struct ServerCtx {
     pub shutdown: tokio::sync::watch::Sender<bool>,
     /// `changeStreamOptions.preAndPostImages.expireAfterSeconds`, when not "off".
     pub image_expiry: Mutex<Option<i64>>,
+    /// The sessions commands have come with (`$listLocalSessions`).
+    pub local_sessions: sessions::LocalSessions,
 }
 
 impl ServerCtx {
@@ -112,6 +116,7 @@ impl ServerCtx {
             next_conn: AtomicI64::new(1),
             shutdown,
             image_expiry: Mutex::new(None),
+            local_sessions: sessions::LocalSessions::default(),
         });
         if let Ok(Some(p)) = ctx
             .store
@@ -175,6 +180,7 @@ pub fn command_name(cmd: &Document) -> &str {
 pub async fn handle(ctx: &Arc<ServerCtx>, conn: &mut ConnInfo, cmd: Document) -> Reply {
     let name = command_name(&cmd).to_string();
     ctx.stats.command.fetch_add(1, Ordering::Relaxed);
+    ctx.local_sessions.touch(&cmd);
     let fp = admin::fail_point_for(ctx, conn, &name);
     let mut wce = None;
     if let Some(fp) = fp {
