@@ -985,6 +985,18 @@ pub async fn aggregate(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result
     let out = pipeline.run_with(input, &SnapEnv { snap: &snap }, &vars)?;
     let ns = coll.map_or_else(|| format!("{db}.$cmd.aggregate"), |n| n.full());
     if let Some(stage) = pipeline.out_stage().cloned() {
+        let level = util::opt_doc(cmd, "readConcern")?.and_then(|r| r.get_str("level").ok());
+        if level == Some("linearizable") {
+            let name = if matches!(stage, OutStage::Out { .. }) {
+                "$out"
+            } else {
+                "$merge"
+            };
+            return Err(MongoError::new(
+                ErrorCode::InvalidOptions,
+                format!("{name} cannot be used with a 'linearizable' read concern level"),
+            ));
+        }
         write_out(ctx, stage, out).await?;
         return Ok(Reply::ok(
             doc! {"cursor": {"firstBatch": [], "id": 0i64, "ns": ns}},
