@@ -1041,7 +1041,8 @@ async fn write_out(ctx: &Arc<ServerCtx>, stage: OutStage, docs: Vec<Document>) -
                         match existing {
                             Some(old) => match when_matched.as_str() {
                                 Some("keepExisting") => {}
-                                Some("fail") => return Err(MongoError::new(ErrorCode::DuplicateKey, "$merge found an existing document with whenMatched: fail")),
+                                // MongoDB inserts, and reports the unique index on `on` that refuses it.
+                                Some("fail") => return Err(merge_conflict(&meta, &on, &d)),
                                 Some("merge") | None => {
                                     let mut new = old.clone();
                                     for (k, v) in &d {
@@ -1069,6 +1070,25 @@ async fn write_out(ctx: &Arc<ServerCtx>, stage: OutStage, docs: Vec<Document>) -
             Ok(())
         })
         .await
+}
+
+/// The DuplicateKey error of a `$merge` with `whenMatched: "fail"` that found a match: on the
+/// unique index of the `on` fields (`_id_` by default), with its keyPattern and keyValue.
+fn merge_conflict(meta: &CollectionMeta, on: &[String], d: &Document) -> MongoError {
+    let mut want: Vec<&str> = on.iter().map(String::as_str).collect();
+    want.sort_unstable();
+    let ix = meta.indexes.iter().find(|ix| {
+        let mut fields: Vec<String> = ix.fields().into_iter().map(|(f, _)| f).collect();
+        fields.sort_unstable();
+        ix.unique && fields == want
+    });
+    match ix.or_else(|| meta.index("_id_")) {
+        Some(ix) => exec::write::duplicate_key(meta, ix, d),
+        None => MongoError::new(
+            ErrorCode::DuplicateKey,
+            "$merge found an existing document with whenMatched: fail",
+        ),
+    }
 }
 
 /// `explain` of find, count, distinct or aggregate.
