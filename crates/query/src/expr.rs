@@ -168,7 +168,7 @@ fn check_let_name(name: &str) -> Result<()> {
     let Some(first) = chars.next() else {
         return Err(invalid("empty variable names are not allowed".into()));
     };
-    if !(first.is_ascii_lowercase() || !first.is_ascii()) {
+    if first.is_ascii() && !first.is_ascii_lowercase() {
         if SYSTEM.contains(&name) {
             return Err(err(
                 4738901,
