@@ -174,10 +174,19 @@ mod tests {
         s.touch(&doc! {"find": "c"});
         let recs = s.records();
         assert_eq!(recs.len(), 2);
-        // Most recently used first.
-        let id = recs[0].get_document("_id").unwrap();
-        assert_eq!(id.get_binary_generic("uid").unwrap().len(), 32);
-        assert!(matches!(id.get("id"), Some(Bson::Binary(b)) if b.bytes == vec![1; 16]));
+        let mut ids: Vec<Vec<u8>> = recs
+            .iter()
+            .map(|r| {
+                let id = r.get_document("_id").unwrap();
+                assert_eq!(id.get_binary_generic("uid").unwrap().len(), 32);
+                match id.get("id") {
+                    Some(Bson::Binary(b)) => b.bytes.clone(),
+                    other => panic!("bad id {other:?}"),
+                }
+            })
+            .collect();
+        ids.sort();
+        assert_eq!(ids, vec![vec![1; 16], vec![2; 16]]);
         assert!(recs[0].get_datetime("lastUse").is_ok());
     }
 
