@@ -44,7 +44,8 @@ enum Op {
     /// An operation that fails when its turn comes (a bad `_id`, say), only by itself.
     Failed {
         ns: usize,
-        update: bool,
+        /// "insert", "update" or "delete".
+        kind: &'static str,
         error: MongoError,
     },
 }
@@ -191,7 +192,7 @@ fn parse_op(v: &Bson, n_ns: usize, idx: usize) -> Result<Op> {
             Ok(()) => Op::Insert(ns, d),
             Err(error) => Op::Failed {
                 ns,
-                update: false,
+                kind: "insert",
                 error,
             },
         });
@@ -201,7 +202,7 @@ fn parse_op(v: &Bson, n_ns: usize, idx: usize) -> Result<Op> {
     if op.contains_key("return") || op.contains_key("returnFields") {
         return Ok(Op::Failed {
             ns,
-            update: kind == "update",
+            kind,
             error: MongoError::new(
                 ErrorCode::InvalidOptions,
                 "bulkWrite 'return' and 'returnFields' are not supported",
@@ -274,9 +275,9 @@ struct Outcome {
 }
 
 impl Outcome {
-    fn to_document(&self) -> Document {
+    fn into_document(self) -> Document {
         doc! {
-            "items": self.items.clone(),
+            "items": self.items,
             "nErrors": self.n_errors,
             "nInserted": self.n_inserted,
             "nMatched": self.n_matched,
@@ -391,9 +392,9 @@ pub async fn bulk_write(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Resul
     let vars = util::command_vars(ctx, cmd)?;
     for op in &ops {
         let stat = match op {
-            Op::Insert(..) | Op::Failed { update: false, .. } => &ctx.stats.insert,
-            Op::Update(..) | Op::Failed { update: true, .. } => &ctx.stats.update,
-            Op::Delete(..) => &ctx.stats.delete,
+            Op::Insert(..) | Op::Failed { kind: "insert", .. } => &ctx.stats.insert,
+            Op::Update(..) | Op::Failed { kind: "update", .. } => &ctx.stats.update,
+            Op::Delete(..) | Op::Failed { .. } => &ctx.stats.delete,
         };
         stat.fetch_add(1, Ordering::Relaxed);
     }
@@ -416,7 +417,7 @@ pub async fn bulk_write(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Resul
                             let mut item = error_doc(&e);
                             item.insert("idx", i as i32);
                             item.insert("n", 0);
-                            if matches!(op, Op::Update(..) | Op::Failed { update: true, .. }) {
+                            if matches!(op, Op::Update(..) | Op::Failed { kind: "update", .. }) {
                                 item.insert("nModified", 0);
                             }
                             out.items.push(Bson::Document(item));
@@ -426,7 +427,7 @@ pub async fn bulk_write(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Resul
                         }
                     }
                 }
-                Ok(out.to_document())
+                Ok(out.into_document())
             })
         })
         .await?;
@@ -513,7 +514,7 @@ mod tests {
         assert!(matches!(d.get("_id"), Some(Bson::ObjectId(_))));
         let Op::Failed {
             ns: 0,
-            update: false,
+            kind: "insert",
             error,
         } = op(doc! {"insert": 0, "document": {"_id": [1]}}).unwrap()
         else {
@@ -521,7 +522,7 @@ mod tests {
         };
         assert_eq!(error.code, ErrorCode::InvalidIdField.code());
         let Op::Failed {
-            update: true,
+            kind: "update",
             error,
             ..
         } = op(doc! {
