@@ -443,3 +443,49 @@ async fn let_constants_in_find_update_delete_aggregate_and_bulk_write() {
         4890500
     );
 }
+
+#[tokio::test]
+async fn results_over_16mb_are_split_between_batches() {
+    let s = testkit::spawn().await;
+    // Two upserts whose reply items carry 8 MB `_id`s: both cannot fit one reply.
+    let big = |c: &str| c.repeat(8 * 1024 * 1024 - 64);
+    let ops: Vec<Document> = ["a", "b"]
+        .iter()
+        .map(|c| {
+            doc! {"update": 0, "filter": {"_id": big(c)}, "updateMods": {"$set": {"x": 1}}, "upsert": true}
+        })
+        .collect();
+    let r = raw_with_sequences(
+        s.port,
+        doc! {"bulkWrite": 1, "$db": "admin"},
+        &[
+            ("ops".into(), ops),
+            ("nsInfo".into(), vec![doc! {"ns": "big.c"}]),
+        ],
+    )
+    .await;
+    assert_eq!(counts(&r), [0, 0, 0, 0, 2, 0]);
+    let first = first_batch(&r);
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].get_i32("idx").unwrap(), 0);
+    let id = r.get_document("cursor").unwrap().get_i64("id").unwrap();
+    assert_ne!(id, 0);
+    let more = raw_command(
+        s.port,
+        doc! {"getMore": id, "collection": "$cmd.bulkWrite", "$db": "admin"},
+    )
+    .await;
+    let cursor = more.get_document("cursor").unwrap();
+    assert_eq!(cursor.get_i64("id").unwrap(), 0);
+    let next = cursor.get_array("nextBatch").unwrap();
+    assert_eq!(next.len(), 1);
+    let item = next[0].as_document().unwrap();
+    assert_eq!(item.get_i32("idx").unwrap(), 1);
+    assert_eq!(
+        item.get_document("upserted")
+            .unwrap()
+            .get_str("_id")
+            .unwrap(),
+        big("b")
+    );
+}
