@@ -27,6 +27,11 @@ struct Session {
 
 impl Session {
     fn of(cmd: &Document) -> Session {
+        // Inside a transaction the session fields go on the commit's applyOps entry, and
+        // statements are not individually retryable.
+        if crate::txn::in_txn() {
+            return Session::default();
+        }
         Session {
             lsid: cmd.get_document("lsid").ok().cloned(),
             txn_number: util::get_i64(cmd, "txnNumber"),
@@ -208,32 +213,30 @@ pub async fn insert(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Re
         .insert
         .fetch_add(docs.len() as u64, Ordering::Relaxed);
     let s = Session::of(cmd);
-    let reply = ctx
-        .store
-        .write(move |w| {
-            retryable(w, &s, |w| {
-                let (mut meta, _) = ensure_collection(w, &ns)?;
-                let mut n = 0;
-                let mut errs = Vec::new();
-                for (i, d) in prepared.into_iter().enumerate() {
-                    match d.and_then(|d| insert_one(w, &mut meta, &d, &s, i)) {
-                        Ok(()) => n += 1,
-                        Err(e) => {
-                            errs.push(Bson::Document(write_error(i, &e)));
-                            if ordered {
-                                break;
-                            }
+    let reply = crate::txn::write(ctx, move |w| {
+        retryable(w, &s, |w| {
+            let (mut meta, _) = ensure_collection(w, &ns)?;
+            let mut n = 0;
+            let mut errs = Vec::new();
+            for (i, d) in prepared.into_iter().enumerate() {
+                match d.and_then(|d| insert_one(w, &mut meta, &d, &s, i)) {
+                    Ok(()) => n += 1,
+                    Err(e) => {
+                        errs.push(Bson::Document(write_error(i, &e)));
+                        if ordered {
+                            break;
                         }
                     }
                 }
-                let mut r = doc! {"n": n};
-                if !errs.is_empty() {
-                    r.insert("writeErrors", errs);
-                }
-                Ok(r)
-            })
+            }
+            let mut r = doc! {"n": n};
+            if !errs.is_empty() {
+                r.insert("writeErrors", errs);
+            }
+            Ok(r)
         })
-        .await?;
+    })
+    .await?;
     Ok(Reply::ok(reply))
 }
 
@@ -402,90 +405,88 @@ pub async fn update(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Re
         .update
         .fetch_add(stmts.len() as u64, Ordering::Relaxed);
     let s = Session::of(cmd);
-    let reply = ctx
-        .store
-        .write(move |w| {
-            retryable(w, &s, |w| {
-                let (mut n, mut modified) = (0i64, 0i64);
-                let mut upserted = Vec::new();
-                let mut errs = Vec::new();
-                for (i, st) in stmts.iter().enumerate() {
-                    let r = (|| {
-                        let Bson::Document(st) = st else {
-                            return Err(MongoError::type_mismatch(
-                                "update statements must be objects",
-                            ));
-                        };
-                        let q = util::opt_doc(st, "q")?.cloned().unwrap_or_default();
-                        let u = st.get("u").ok_or_else(|| {
-                            MongoError::failed_to_parse(
-                                "BSON field 'update.updates.u' is missing but a required field",
-                            )
-                        })?;
-                        let af: Option<Vec<Document>> = match st.get("arrayFilters") {
-                            Some(Bson::Array(a)) => {
-                                Some(a.iter().filter_map(|v| v.as_document().cloned()).collect())
-                            }
-                            _ => None,
-                        };
-                        let filter = Filter::parse(&q)?;
-                        let update = Update::parse(u, af.as_deref())?;
-                        let multi = util::get_bool(st, "multi").unwrap_or(false);
-                        if multi && update.is_replacement() {
-                            return Err(MongoError::failed_to_parse(
-                                "multi update is not supported for replacement-style update",
-                            ));
-                        }
-                        // `sort` picks which document a single update changes (8.0).
-                        let sort = util::opt_doc(st, "sort")?
-                            .map(SortSpec::parse)
-                            .transpose()?;
-                        if multi && sort.is_some() {
-                            return Err(MongoError::failed_to_parse(
-                                "Cannot specify sort with multi=true",
-                            ));
-                        }
-                        run_update(
-                            w,
-                            &ns,
-                            &filter,
-                            &update,
-                            util::get_bool(st, "upsert").unwrap_or(false),
-                            multi,
-                            sort.as_ref(),
-                            false,
-                            &s,
-                            i,
+    let reply = crate::txn::write(ctx, move |w| {
+        retryable(w, &s, |w| {
+            let (mut n, mut modified) = (0i64, 0i64);
+            let mut upserted = Vec::new();
+            let mut errs = Vec::new();
+            for (i, st) in stmts.iter().enumerate() {
+                let r = (|| {
+                    let Bson::Document(st) = st else {
+                        return Err(MongoError::type_mismatch(
+                            "update statements must be objects",
+                        ));
+                    };
+                    let q = util::opt_doc(st, "q")?.cloned().unwrap_or_default();
+                    let u = st.get("u").ok_or_else(|| {
+                        MongoError::failed_to_parse(
+                            "BSON field 'update.updates.u' is missing but a required field",
                         )
-                    })();
-                    match r {
-                        Ok(o) => {
-                            n += o.n;
-                            modified += o.modified;
-                            if let Some(id) = o.upserted {
-                                n += 1;
-                                upserted.push(Bson::Document(doc! {"index": i as i32, "_id": id}));
-                            }
+                    })?;
+                    let af: Option<Vec<Document>> = match st.get("arrayFilters") {
+                        Some(Bson::Array(a)) => {
+                            Some(a.iter().filter_map(|v| v.as_document().cloned()).collect())
                         }
-                        Err(e) => {
-                            errs.push(Bson::Document(write_error(i, &e)));
-                            if ordered {
-                                break;
-                            }
+                        _ => None,
+                    };
+                    let filter = Filter::parse(&q)?;
+                    let update = Update::parse(u, af.as_deref())?;
+                    let multi = util::get_bool(st, "multi").unwrap_or(false);
+                    if multi && update.is_replacement() {
+                        return Err(MongoError::failed_to_parse(
+                            "multi update is not supported for replacement-style update",
+                        ));
+                    }
+                    // `sort` picks which document a single update changes (8.0).
+                    let sort = util::opt_doc(st, "sort")?
+                        .map(SortSpec::parse)
+                        .transpose()?;
+                    if multi && sort.is_some() {
+                        return Err(MongoError::failed_to_parse(
+                            "Cannot specify sort with multi=true",
+                        ));
+                    }
+                    run_update(
+                        w,
+                        &ns,
+                        &filter,
+                        &update,
+                        util::get_bool(st, "upsert").unwrap_or(false),
+                        multi,
+                        sort.as_ref(),
+                        false,
+                        &s,
+                        i,
+                    )
+                })();
+                match r {
+                    Ok(o) => {
+                        n += o.n;
+                        modified += o.modified;
+                        if let Some(id) = o.upserted {
+                            n += 1;
+                            upserted.push(Bson::Document(doc! {"index": i as i32, "_id": id}));
+                        }
+                    }
+                    Err(e) => {
+                        errs.push(Bson::Document(write_error(i, &e)));
+                        if ordered {
+                            break;
                         }
                     }
                 }
-                let mut r = doc! {"n": n as i32, "nModified": modified as i32};
-                if !upserted.is_empty() {
-                    r.insert("upserted", upserted);
-                }
-                if !errs.is_empty() {
-                    r.insert("writeErrors", errs);
-                }
-                Ok(r)
-            })
+            }
+            let mut r = doc! {"n": n as i32, "nModified": modified as i32};
+            if !upserted.is_empty() {
+                r.insert("upserted", upserted);
+            }
+            if !errs.is_empty() {
+                r.insert("writeErrors", errs);
+            }
+            Ok(r)
         })
-        .await?;
+    })
+    .await?;
     Ok(Reply::ok(reply))
 }
 
@@ -501,62 +502,60 @@ pub async fn delete(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Re
         .delete
         .fetch_add(stmts.len() as u64, Ordering::Relaxed);
     let s = Session::of(cmd);
-    let reply = ctx
-        .store
-        .write(move |w| {
-            retryable(w, &s, |w| {
-                let mut n = 0i64;
-                let mut errs = Vec::new();
-                for (i, st) in stmts.iter().enumerate() {
-                    let r = (|| {
-                        let Bson::Document(st) = st else {
-                            return Err(MongoError::type_mismatch(
-                                "delete statements must be objects",
-                            ));
-                        };
-                        let q = util::opt_doc(st, "q")?.cloned().unwrap_or_default();
-                        let limit = util::get_i64(st, "limit").ok_or_else(|| {
-                            MongoError::failed_to_parse(
-                                "BSON field 'delete.deletes.limit' is missing but a required field",
-                            )
-                        })?;
-                        if limit != 0 && limit != 1 {
-                            return Err(MongoError::failed_to_parse(format!(
-                                "The limit field in delete objects must be 0 or 1. Got {limit}"
-                            )));
+    let reply = crate::txn::write(ctx, move |w| {
+        retryable(w, &s, |w| {
+            let mut n = 0i64;
+            let mut errs = Vec::new();
+            for (i, st) in stmts.iter().enumerate() {
+                let r = (|| {
+                    let Bson::Document(st) = st else {
+                        return Err(MongoError::type_mismatch(
+                            "delete statements must be objects",
+                        ));
+                    };
+                    let q = util::opt_doc(st, "q")?.cloned().unwrap_or_default();
+                    let limit = util::get_i64(st, "limit").ok_or_else(|| {
+                        MongoError::failed_to_parse(
+                            "BSON field 'delete.deletes.limit' is missing but a required field",
+                        )
+                    })?;
+                    if limit != 0 && limit != 1 {
+                        return Err(MongoError::failed_to_parse(format!(
+                            "The limit field in delete objects must be 0 or 1. Got {limit}"
+                        )));
+                    }
+                    let filter = Filter::parse(&q)?;
+                    let Some(meta) = w.collection(&ns)? else {
+                        return Ok(0);
+                    };
+                    let mut k = 0;
+                    for d in matching(w, &meta, &filter)? {
+                        delete_one(w, &meta, &d, &s, i)?;
+                        k += 1;
+                        if limit == 1 {
+                            break;
                         }
-                        let filter = Filter::parse(&q)?;
-                        let Some(meta) = w.collection(&ns)? else {
-                            return Ok(0);
-                        };
-                        let mut k = 0;
-                        for d in matching(w, &meta, &filter)? {
-                            delete_one(w, &meta, &d, &s, i)?;
-                            k += 1;
-                            if limit == 1 {
-                                break;
-                            }
-                        }
-                        Ok(k)
-                    })();
-                    match r {
-                        Ok(k) => n += k,
-                        Err(e) => {
-                            errs.push(Bson::Document(write_error(i, &e)));
-                            if ordered {
-                                break;
-                            }
+                    }
+                    Ok(k)
+                })();
+                match r {
+                    Ok(k) => n += k,
+                    Err(e) => {
+                        errs.push(Bson::Document(write_error(i, &e)));
+                        if ordered {
+                            break;
                         }
                     }
                 }
-                let mut r = doc! {"n": n as i32};
-                if !errs.is_empty() {
-                    r.insert("writeErrors", errs);
-                }
-                Ok(r)
-            })
+            }
+            let mut r = doc! {"n": n as i32};
+            if !errs.is_empty() {
+                r.insert("writeErrors", errs);
+            }
+            Ok(r)
         })
-        .await?;
+    })
+    .await?;
     Ok(Reply::ok(reply))
 }
 
@@ -603,9 +602,7 @@ pub async fn find_and_modify(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> 
     }
     ctx.stats.update.fetch_add(1, Ordering::Relaxed);
     let s = Session::of(cmd);
-    let reply = ctx
-        .store
-        .write(move |w| {
+    let reply = crate::txn::write(ctx, move |w| {
             retryable(w, &s, |w| {
                 let (value, leo) = match update {
                     None => {
@@ -736,7 +733,7 @@ pub fn find(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
     if limit > 0 {
         batch_size = Some(batch_size.map_or(limit, |b| if b == 0 { 0 } else { b.min(limit) }));
     }
-    let snap = Arc::new(ctx.store.snapshot()?);
+    let (snap, at_ts) = crate::txn::read_snapshot(ctx, cmd)?;
     let natural_rev = sort.as_ref().is_some_and(|s| matches!(s.get("$natural"), Some(v) if doc::compare::as_f64(v).is_some_and(|d| d < 0.0)));
     let sort_spec = match &sort {
         Some(s) if s.contains_key("$natural") => None,
@@ -780,7 +777,16 @@ pub fn find(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
         let f = filter;
         src = Box::new(src.map(move |r| r.and_then(|d| p.apply(&d, Some(&f)))));
     }
-    cursor_reply(ctx, &ns.full(), src, batch_size, single)
+    let r = cursor_reply(ctx, &ns.full(), src, batch_size, single)?;
+    Ok(with_at_cluster_time(r, at_ts))
+}
+
+/// Adds a snapshot read's `atClusterTime` to its cursor reply.
+fn with_at_cluster_time(mut r: Reply, at: Option<Timestamp>) -> Reply {
+    if let (Some(t), Ok(c)) = (at, r.doc.get_document_mut("cursor")) {
+        c.insert("atClusterTime", t);
+    }
+    r
 }
 
 fn count_matching(
@@ -805,7 +811,7 @@ pub fn count(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
     let filter = Filter::parse(&util::opt_doc(cmd, "query")?.cloned().unwrap_or_default())?;
     let skip = util::opt_count(cmd, "skip")?.unwrap_or(0).max(0) as usize;
     let limit = util::opt_count(cmd, "limit")?.unwrap_or(0).unsigned_abs() as usize;
-    let snap = Arc::new(ctx.store.snapshot()?);
+    let (snap, _) = crate::txn::read_snapshot(ctx, cmd)?;
     let n = match count_matching(&snap, &ns, filter, cmd.get("hint"))? {
         None => 0,
         Some(src) => {
@@ -838,7 +844,7 @@ pub fn distinct(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
         ));
     }
     let filter = Filter::parse(&util::opt_doc(cmd, "query")?.cloned().unwrap_or_default())?;
-    let snap = Arc::new(ctx.store.snapshot()?);
+    let (snap, at_ts) = crate::txn::read_snapshot(ctx, cmd)?;
     let mut values: Vec<Bson> = Vec::new();
     if let Some(src) = count_matching(&snap, &ns, filter, None)? {
         for d in src {
@@ -859,7 +865,11 @@ pub fn distinct(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
         }
     }
     values.sort_by(doc::cmp_values);
-    Ok(Reply::ok(doc! {"values": values}))
+    let mut r = doc! {"values": values};
+    if let Some(t) = at_ts {
+        r.insert("atClusterTime", t);
+    }
+    Ok(Reply::ok(r))
 }
 
 fn pipeline_of(cmd: &Document) -> Result<Vec<Document>> {
@@ -914,7 +924,13 @@ pub async fn aggregate(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result
         }
     };
     let pipeline = Pipeline::parse(&stages, db)?;
-    let snap = Arc::new(ctx.store.snapshot()?);
+    if pipeline.out_stage().is_some() && crate::txn::in_txn() {
+        return Err(MongoError::new(
+            ErrorCode::OperationNotSupportedInTransaction,
+            "Cannot run aggregate with $out or $merge in a multi-document transaction.",
+        ));
+    }
+    let (snap, at_ts) = crate::txn::read_snapshot(ctx, cmd)?;
     let (input, plan) = match &coll {
         Some(ns) if ns.db == "config" && ns.coll == "system.preimages" => {
             (snap.preimage_records()?, Plan::CollScan)
@@ -958,13 +974,14 @@ pub async fn aggregate(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result
             doc! {"cursor": {"firstBatch": [], "id": 0i64, "ns": ns}},
         ));
     }
-    cursor_reply(
+    let r = cursor_reply(
         ctx,
         &ns,
         Box::new(out.into_iter().map(Ok)),
         batch_size,
         false,
-    )
+    )?;
+    Ok(with_at_cluster_time(r, at_ts))
 }
 
 /// Writes the results of `$out` (replacing the target) or `$merge`.

@@ -177,20 +177,19 @@ pub async fn create(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Re
             "'pipeline' requires 'viewOn' to also be specified",
         ));
     }
-    ctx.store
-        .write(move |w| {
-            if let Some(existing) = w.collection(&ns)? {
-                if existing.options == options {
-                    return Ok(());
-                }
-                return Err(MongoError::new(
-                    ErrorCode::NamespaceExists,
-                    format!("Collection {} already exists.", ns.full()),
-                ));
+    crate::txn::write(ctx, move |w| {
+        if let Some(existing) = w.collection(&ns)? {
+            if existing.options == options && !w.in_txn() {
+                return Ok(());
             }
-            create_in(w, &ns, options).map(|_| ())
-        })
-        .await?;
+            return Err(MongoError::new(
+                ErrorCode::NamespaceExists,
+                format!("Collection {} already exists.", ns.full()),
+            ));
+        }
+        create_in(w, &ns, options).map(|_| ())
+    })
+    .await?;
     Ok(Reply::ok(Document::new()))
 }
 
@@ -553,10 +552,11 @@ pub async fn create_indexes(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> R
         };
         wanted.push(parse_index(d)?);
     }
-    let (before, after, created) = ctx
-        .store
-        .write(move |w| {
+    let (before, after, created) = crate::txn::write(ctx, move |w| {
             let (mut meta, created) = ensure_collection(w, &ns)?;
+            if w.in_txn() && !created && !w.created_in_txn(&ns)? {
+                return Err(MongoError::new(ErrorCode::OperationNotSupportedInTransaction, format!("Cannot create new indexes on existing collection {} in a multi-document transaction.", ns.full())));
+            }
             let before = meta.indexes.len() as i32;
             for mut ix in wanted {
                 if let Some(existing) = meta.indexes.iter().find(|e| e.name == ix.name) {
