@@ -6,6 +6,7 @@ mod crash;
 mod crud;
 mod ddl;
 mod protocol;
+mod transactions;
 
 use bson::Document;
 use mongodb::Database;
