@@ -49,6 +49,9 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sessions");
 /// Change stream pre-images, keyed by oplog key of the write that replaced them.
 const PREIMAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("preimages");
+/// Pre-images of writes inside transactions, keyed by (oplog key of the transaction's
+/// `applyOps` entry, the operation's index in it).
+const TXN_PREIMAGES: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("txn_preimages");
 
 const META_NEXT_ID: &str = "next_id";
 
@@ -297,6 +300,7 @@ impl WriterState {
             txn.open_table(INDEXES).map_err(storage_err)?;
             txn.open_table(SESSIONS).map_err(storage_err)?;
             txn.open_table(PREIMAGES).map_err(storage_err)?;
+            txn.open_table(TXN_PREIMAGES).map_err(storage_err)?;
             let meta = txn.open_table(META).map_err(storage_err)?;
             if let Some(v) = meta.get(META_NEXT_ID).map_err(storage_err)? {
                 let next = u64::from_be_bytes(
@@ -446,6 +450,7 @@ pub(crate) struct Tables<'t> {
     meta: Table<'t, &'static str, &'static [u8]>,
     sessions: Table<'t, &'static [u8], &'static [u8]>,
     preimages: Table<'t, u64, &'static [u8]>,
+    txn_preimages: Table<'t, (u64, u32), &'static [u8]>,
     state: &'t mut WriterState,
     /// A storage failure inside a job: the whole batch must be abandoned.
     failed: Option<MongoError>,
@@ -461,6 +466,7 @@ impl<'t> Tables<'t> {
             meta: txn.open_table(META).map_err(storage_err)?,
             sessions: txn.open_table(SESSIONS).map_err(storage_err)?,
             preimages: txn.open_table(PREIMAGES).map_err(storage_err)?,
+            txn_preimages: txn.open_table(TXN_PREIMAGES).map_err(storage_err)?,
             state,
             failed: None,
         })
@@ -515,6 +521,9 @@ impl<'t> Tables<'t> {
             }
             self.oplog.remove(key).map_err(storage_err)?;
             self.preimages.remove(key).map_err(storage_err)?;
+            self.txn_preimages
+                .retain_in((key, 0)..=(key, u32::MAX), |_, _| false)
+                .map_err(storage_err)?;
             self.state.truncated_upto = key;
             self.state.oplog_bytes = self.state.oplog_bytes.saturating_sub(len);
         }
@@ -844,7 +853,16 @@ impl<'t> Tables<'t> {
         if ov.ops.is_empty() {
             return Ok(None);
         }
-        self.log_at_one_time(ov.ops, lsid, txn_number).map(Some)
+        let ts = self.log_at_one_time(ov.ops, lsid, txn_number)?;
+        for (i, uuid, doc) in &ov.preimages {
+            let b = preimage_record(ts, *i, *uuid, doc)?;
+            let r = self
+                .txn_preimages
+                .insert((oplog::ts_key(ts), *i), b.as_slice())
+                .map(|_| ());
+            r.map_err(|e| self.fail(e))?;
+        }
+        Ok(Some(ts))
     }
 
     /// Stores a pre-image for the oplog entry at `ts`, in the shape of MongoDB's
@@ -858,12 +876,7 @@ impl<'t> Tables<'t> {
         ns_uuid: bson::Uuid,
         doc: &Document,
     ) -> Result<()> {
-        let rec = bson::doc! {
-            "_id": {"nsUUID": ns_uuid, "ts": ts, "applyOpsIndex": 0i64},
-            "preImage": doc.clone(),
-            "operationTime": DateTime::now(),
-        };
-        let b = bson::to_vec(&rec).map_err(|e| MongoError::internal(e.to_string()))?;
+        let b = preimage_record(ts, 0, ns_uuid, doc)?;
         let r = self
             .preimages
             .insert(oplog::ts_key(ts), b.as_slice())
@@ -878,6 +891,8 @@ impl<'t> Tables<'t> {
     pub fn expire_preimages_before(&mut self, cutoff: u32) -> Result<()> {
         let hi = u64::from(cutoff) << 32;
         let r = self.preimages.retain_in(0..hi, |_, _| false);
+        r.map_err(|e| self.fail(e))?;
+        let r = self.txn_preimages.retain_in((0, 0)..(hi, 0), |_, _| false);
         r.map_err(|e| self.fail(e))
     }
 
@@ -1128,9 +1143,9 @@ impl<'t> WriteCtx<'t> {
         }
     }
 
-    /// Stores a pre-image for the oplog entry at `ts`, in the shape of MongoDB's
-    /// `config.system.preimages`. Inside a transaction nothing is stored: the operation's
-    /// time is not known until commit (see the README).
+    /// Stores a pre-image for the oplog entry just logged (at `ts`), in the shape of
+    /// MongoDB's `config.system.preimages`. Inside a transaction it is stored at commit,
+    /// under the operation's index in the transaction.
     ///
     /// # Errors
     /// On storage failure.
@@ -1142,7 +1157,10 @@ impl<'t> WriteCtx<'t> {
     ) -> Result<()> {
         match &mut self.b {
             Backend::Tables(t) => t.put_preimage(ts, ns_uuid, doc),
-            Backend::Txn(_) => Ok(()),
+            Backend::Txn(x) => {
+                x.put_preimage(ns_uuid, doc);
+                Ok(())
+            }
         }
     }
 
@@ -1191,6 +1209,7 @@ pub struct Snapshot {
     indexes: ReadOnlyTable<&'static [u8], &'static [u8]>,
     oplog: ReadOnlyTable<u64, &'static [u8]>,
     preimages: ReadOnlyTable<u64, &'static [u8]>,
+    txn_preimages: ReadOnlyTable<(u64, u32), &'static [u8]>,
     meta: ReadOnlyTable<&'static str, &'static [u8]>,
     sessions: ReadOnlyTable<&'static [u8], &'static [u8]>,
     ts: Timestamp,
@@ -1214,6 +1233,7 @@ impl Snapshot {
             indexes: txn.open_table(INDEXES).map_err(storage_err)?,
             oplog: log,
             preimages: txn.open_table(PREIMAGES).map_err(storage_err)?,
+            txn_preimages: txn.open_table(TXN_PREIMAGES).map_err(storage_err)?,
             meta: txn.open_table(META).map_err(storage_err)?,
             sessions: txn.open_table(SESSIONS).map_err(storage_err)?,
             _txn: txn,
@@ -1440,12 +1460,18 @@ impl Snapshot {
         self.oplog.len().map_err(storage_err)
     }
 
-    /// The pre-image stored for the write at `ts`.
+    /// The pre-image stored for the write at `ts` (with its index inside a
+    /// transaction's `applyOps`, for writes in one).
     ///
     /// # Errors
     /// On storage failure.
-    pub fn preimage(&self, ts: Timestamp) -> Result<Option<Document>> {
-        match self.preimages.get(oplog::ts_key(ts)).map_err(storage_err)? {
+    pub fn preimage(&self, ts: Timestamp, txn_op_index: Option<u32>) -> Result<Option<Document>> {
+        let key = oplog::ts_key(ts);
+        let v = match txn_op_index {
+            None => self.preimages.get(key).map_err(storage_err)?,
+            Some(i) => self.txn_preimages.get((key, i)).map_err(storage_err)?,
+        };
+        match v {
             Some(v) => Ok(decode_doc(v.value())?
                 .get_document("preImage")
                 .ok()
@@ -1464,7 +1490,13 @@ impl Snapshot {
             .first()
             .map_err(storage_err)?
             .map(|(k, _)| k.value());
-        Ok(first.is_some_and(|k| k < u64::from(cutoff) << 32))
+        let first_txn = self
+            .txn_preimages
+            .first()
+            .map_err(storage_err)?
+            .map(|(k, _)| k.value().0);
+        let cut = u64::from(cutoff) << 32;
+        Ok(first.is_some_and(|k| k < cut) || first_txn.is_some_and(|k| k < cut))
     }
 
     /// Every stored pre-image record, oldest first, as `config.system.preimages` shows them.
@@ -1474,10 +1506,19 @@ impl Snapshot {
     pub fn preimage_records(&self) -> Result<Vec<Document>> {
         let mut out = Vec::new();
         for item in self.preimages.range::<u64>(..).map_err(storage_err)? {
-            let (_, v) = item.map_err(storage_err)?;
-            out.push(decode_doc(v.value())?);
+            let (k, v) = item.map_err(storage_err)?;
+            out.push(((k.value(), 0), decode_doc(v.value())?));
         }
-        Ok(out)
+        for item in self
+            .txn_preimages
+            .range::<(u64, u32)>(..)
+            .map_err(storage_err)?
+        {
+            let (k, v) = item.map_err(storage_err)?;
+            out.push((k.value(), decode_doc(v.value())?));
+        }
+        out.sort_by_key(|(k, _)| *k);
+        Ok(out.into_iter().map(|(_, d)| d).collect())
     }
 
     /// The session record stored under `key`.
@@ -1622,6 +1663,21 @@ fn list_catalog(
         out.push(CollectionMeta::from_bytes(v.value())?);
     }
     Ok(out)
+}
+
+/// A pre-image record in the shape of MongoDB's `config.system.preimages`.
+fn preimage_record(
+    ts: Timestamp,
+    op_index: u32,
+    ns_uuid: bson::Uuid,
+    doc: &Document,
+) -> Result<Vec<u8>> {
+    let rec = bson::doc! {
+        "_id": {"nsUUID": ns_uuid, "ts": ts, "applyOpsIndex": i64::from(op_index)},
+        "preImage": doc.clone(),
+        "operationTime": DateTime::now(),
+    };
+    bson::to_vec(&rec).map_err(|e| MongoError::internal(e.to_string()))
 }
 
 fn decode_doc(b: &[u8]) -> Result<Document> {

@@ -46,6 +46,8 @@ pub struct Overlay {
     pub(crate) indexes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// Oplog entries in statement order.
     pub(crate) ops: Vec<OplogEntry>,
+    /// Pre-images: (index of the operation in `ops`, collection UUID, document).
+    pub(crate) preimages: Vec<(u32, bson::Uuid, Document)>,
 }
 
 impl Overlay {
@@ -375,6 +377,12 @@ impl TxnCtx<'_> {
         self.ov.ops.push(entry);
         // The real time is assigned at commit; the snapshot's is the best known now.
         Ok(self.snap.ts())
+    }
+
+    /// Keeps the pre-image of the operation just logged, for the commit.
+    pub(crate) fn put_preimage(&mut self, ns_uuid: bson::Uuid, doc: &Document) {
+        let i = self.ov.ops.len().saturating_sub(1) as u32;
+        self.ov.preimages.push((i, ns_uuid, doc.clone()));
     }
 
     pub(crate) fn unsupported(&self, what: &str) -> MongoError {

@@ -584,3 +584,55 @@ async fn a_committed_transaction_survives_kill_9() {
     let r = crate::raw_command(port, commit).await;
     assert_eq!(r.get_f64("ok").unwrap(), 1.0, "{r}");
 }
+
+#[tokio::test]
+async fn pre_and_post_images_of_writes_inside_a_transaction() {
+    let s = testkit::spawn().await;
+    let db = s.client.database("tximg");
+    db.run_command(doc! {"create": "c", "changeStreamPreAndPostImages": {"enabled": true}})
+        .await
+        .unwrap();
+    let c = db.collection::<Document>("c");
+    c.insert_many([doc! {"_id": 1, "v": 1}, doc! {"_id": 2, "v": 2}])
+        .await
+        .unwrap();
+    let mut cs = c
+        .watch()
+        .full_document_before_change(mongodb::options::FullDocumentBeforeChangeType::Required)
+        .full_document(mongodb::options::FullDocumentType::Required)
+        .await
+        .unwrap();
+    let mut session = s.client.start_session().await.unwrap();
+    session.start_transaction().await.unwrap();
+    c.update_one(doc! {"_id": 1}, doc! {"$inc": {"v": 10}})
+        .session(&mut session)
+        .await
+        .unwrap();
+    c.update_one(doc! {"_id": 2}, doc! {"$inc": {"v": 20}})
+        .session(&mut session)
+        .await
+        .unwrap();
+    c.update_one(doc! {"_id": 1}, doc! {"$inc": {"v": 100}})
+        .session(&mut session)
+        .await
+        .unwrap();
+    session.commit_transaction().await.unwrap();
+    let expected = [
+        (doc! {"_id": 1, "v": 1}, doc! {"_id": 1, "v": 11}),
+        (doc! {"_id": 2, "v": 2}, doc! {"_id": 2, "v": 22}),
+        (doc! {"_id": 1, "v": 11}, doc! {"_id": 1, "v": 111}),
+    ];
+    for (before, after) in expected {
+        let e = next(&mut cs).await;
+        assert_eq!(e.full_document_before_change, Some(before));
+        assert_eq!(e.full_document, Some(after));
+    }
+    let images = s
+        .client
+        .database("config")
+        .collection::<Document>("system.preimages")
+        .count_documents(doc! {"_id.applyOpsIndex": {"$in": [0, 1, 2]}})
+        .await
+        .unwrap();
+    assert!(images >= 3, "{images}");
+}
