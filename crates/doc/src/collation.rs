@@ -204,19 +204,20 @@ impl Collation {
         if spec.is_empty() {
             return Ok(None);
         }
-        let opts = Options::parse(spec)?;
-        if opts.locale == "simple" {
-            return Ok(None);
-        }
-        let expanded = opts.expand(spec)?;
-        let key = expanded.to_string();
+        // Keyed by the spec as given: a hit skips validation and collator construction.
+        let key = spec.to_string();
         let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
         if let Some(c) = cache.lock().ok().and_then(|m| m.get(&key).cloned()) {
             return Ok(Some(c));
         }
+        let opts = Options::parse(spec)?;
+        if opts.locale == "simple" {
+            return Ok(None);
+        }
+        let collator = opts.collator(spec)?;
         let c = Arc::new(Collation {
-            collator: opts.collator(spec)?,
-            spec: expanded,
+            spec: opts.expand(&collator),
+            collator,
         });
         if let Ok(mut m) = cache.lock() {
             if m.len() >= MAX_CACHED {
@@ -476,8 +477,7 @@ impl Options {
     }
 
     /// The expanded spec MongoDB reports: every option, defaults resolved for the locale.
-    fn expand(&self, spec: &Document) -> Result<Document> {
-        let c = self.collator(spec)?;
+    fn expand(&self, c: &CollatorBorrowed<'static>) -> Document {
         let r = c.resolved_options();
         let strength = match r.strength {
             Strength::Primary => 1,
@@ -512,7 +512,7 @@ impl Options {
             "version": ICU_VERSION,
         };
         debug_assert!(out.keys().zip(FIELDS).all(|(a, b)| a == b));
-        Ok(out)
+        out
     }
 }
 
@@ -617,9 +617,13 @@ mod tests {
                 "normalization": false, "backwards": false, "version": "57.1",
             }
         );
-        // Same spec, same cached collator.
-        let again = coll(doc! {"strength": 2, "locale": "en_US"});
-        assert!(Arc::ptr_eq(&c, &again));
+        // Same spec, same cached collator; the same options in another order are equal.
+        assert!(Arc::ptr_eq(
+            &c,
+            &coll(doc! {"locale": "en_US", "strength": 2})
+        ));
+        assert_eq!(c, coll(doc! {"strength": 2, "locale": "en_US"}));
+        assert_eq!(coll(c.spec().clone()), c);
         assert_eq!(
             coll(doc! {"locale": "fr_CA"}).spec().get_bool("backwards"),
             Ok(true)
