@@ -56,3 +56,35 @@ pub fn has_strings(v: &Bson) -> bool {
         _ => false,
     }
 }
+
+/// The collation of a read command on `ns` (its `collation`, else the collection's default
+/// as of `snap`).
+///
+/// # Errors
+/// A malformed collation document, or a storage error.
+pub fn for_read(
+    cmd: &Document,
+    snap: &storage::Snapshot,
+    ns: &storage::Namespace,
+) -> Result<Option<Arc<Collation>>> {
+    if cmd.contains_key("collation") {
+        return for_operation(cmd, None);
+    }
+    for_operation(cmd, snap.collection(ns)?.as_ref())
+}
+
+/// The collation of one write statement (an `updates` or `deletes` entry, or a
+/// findAndModify command) on `ns`: its `collation`, else the collection's default.
+///
+/// # Errors
+/// A malformed collation document, or a storage error.
+pub fn for_write(
+    spec: &Document,
+    w: &mut storage::WriteCtx<'_>,
+    ns: &storage::Namespace,
+) -> Result<Option<Arc<Collation>>> {
+    if spec.contains_key("collation") {
+        return for_operation(spec, None);
+    }
+    for_operation(spec, w.collection(ns)?.as_ref())
+}
