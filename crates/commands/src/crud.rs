@@ -430,7 +430,7 @@ pub async fn update(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Re
                         };
                         let coll = exec::collation::for_write(st, w, &ns)?;
                         let filter = Filter::parse(&q)?.with_collation(coll.clone());
-                        let update = Update::parse(u, af.as_deref())?;
+                        let update = Update::parse(u, af.as_deref())?.with_collation(coll.clone());
                         let multi = util::get_bool(st, "multi").unwrap_or(false);
                         if multi && update.is_replacement() {
                             return Err(MongoError::failed_to_parse(
@@ -612,6 +612,7 @@ pub async fn find_and_modify(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> 
             retryable(w, &s, |w| {
                 let coll = exec::collation::for_write(&coll_spec, w, &ns)?;
                 let filter = filter.with_collation(coll.clone());
+                let update = update.map(|u| u.with_collation(coll.clone()));
                 let sort = sort.map(|s| s.with_collation(coll));
                 let (value, leo) = match update {
                     None => {

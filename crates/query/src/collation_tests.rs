@@ -12,6 +12,7 @@ use crate::expr::{Expr, Vars};
 use crate::filter::Filter;
 use crate::pipeline::{Env, Pipeline};
 use crate::sort::SortSpec;
+use crate::update::{Update, UpdateCtx};
 
 fn coll(spec: Document) -> Option<Arc<Collation>> {
     Collation::parse(&spec).unwrap()
@@ -386,4 +387,90 @@ fn comparison_expressions_follow_the_collation() {
     let plain = Vars::default();
     let e = Expr::parse(&bson!({"$eq": ["abc", "ABC"]})).unwrap();
     assert_eq!(e.eval(&doc! {}, &plain).unwrap(), Some(bson!(false)));
+}
+
+#[test]
+fn update_operators_follow_the_collation() {
+    let ci = || coll(doc! {"locale": "en", "strength": 2});
+    let apply = |u: Bson, af: Option<Vec<Document>>, d: Document, c: Option<Arc<Collation>>| {
+        let ctx = UpdateCtx {
+            is_upsert_insert: false,
+            now: DateTime::from_millis(0),
+            positional: None,
+        };
+        Update::parse(&u, af.as_deref())
+            .unwrap()
+            .with_collation(c)
+            .apply(&d, &ctx, &NoEnv)
+            .unwrap()
+            .doc
+    };
+    let d = doc! {"_id": 1, "tags": ["Red", "green"], "s": "m", "objs": [{"k": "A"}, {"k": "b"}]};
+    // (update, array filters, expected document under strength 2, expected by bytes)
+    let cases: Vec<(Bson, Option<Vec<Document>>, Document, Document)> = vec![
+        (
+            bson!({"$addToSet": {"tags": {"$each": ["RED", "Blue", "blue"]}}}),
+            None,
+            doc! {"tags": ["Red", "green", "Blue"]},
+            doc! {"tags": ["Red", "green", "RED", "Blue", "blue"]},
+        ),
+        (
+            bson!({"$pull": {"tags": "red"}}),
+            None,
+            doc! {"tags": ["green"]},
+            doc! {"tags": ["Red", "green"]},
+        ),
+        (
+            bson!({"$pull": {"tags": {"$in": ["GREEN"]}}}),
+            None,
+            doc! {"tags": ["Red"]},
+            doc! {"tags": ["Red", "green"]},
+        ),
+        (
+            bson!({"$pullAll": {"tags": ["RED"]}}),
+            None,
+            doc! {"tags": ["green"]},
+            doc! {"tags": ["Red", "green"]},
+        ),
+        (
+            bson!({"$pull": {"objs": {"k": "a"}}}),
+            None,
+            doc! {"objs": [{"k": "b"}]},
+            doc! {"objs": [{"k": "A"}, {"k": "b"}]},
+        ),
+        // "M" is below "m" by bytes, equal at strength 2.
+        (
+            bson!({"$min": {"s": "M"}}),
+            None,
+            doc! {"s": "m"},
+            doc! {"s": "M"},
+        ),
+        // "N" is above "m" under the collation, below it by bytes.
+        (
+            bson!({"$max": {"s": "N"}}),
+            None,
+            doc! {"s": "N"},
+            doc! {"s": "m"},
+        ),
+        (
+            bson!({"$push": {"tags": {"$each": ["blue"], "$sort": 1}}}),
+            None,
+            doc! {"tags": ["blue", "green", "Red"]},
+            doc! {"tags": ["Red", "blue", "green"]},
+        ),
+        (
+            bson!({"$set": {"objs.$[o].hit": true}}),
+            Some(vec![doc! {"o.k": "a"}]),
+            doc! {"objs": [{"k": "A", "hit": true}, {"k": "b"}]},
+            doc! {"objs": [{"k": "A"}, {"k": "b"}]},
+        ),
+    ];
+    for (u, af, want_ci, want_bytes) in cases {
+        for (c, want) in [(ci(), want_ci), (None, want_bytes)] {
+            let got = apply(u.clone(), af.clone(), d.clone(), c.clone());
+            for (k, v) in &want {
+                assert_eq!(got.get(k), Some(v), "{u} with {c:?}: {got}");
+            }
+        }
+    }
 }

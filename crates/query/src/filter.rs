@@ -545,6 +545,18 @@ impl Filter {
         self.root.matches(doc, &mut None, &mut self.ctx())
     }
 
+    /// Like [`Filter::matches`], with string comparisons under `coll` instead of the
+    /// filter's own collation (for filters parsed once and applied under an operation's
+    /// collation, e.g. `$pull` conditions).
+    pub fn matches_under(&self, doc: &Document, coll: Option<&Arc<Collation>>) -> bool {
+        let mut ctx = Ctx {
+            error: None,
+            vars: None,
+            coll,
+        };
+        self.root.matches(doc, &mut None, &mut ctx)
+    }
+
     /// Like [`Filter::matches`], but reports an `$expr` evaluation error.
     pub fn try_matches(&self, doc: &Document) -> Result<bool> {
         self.try_matches_with(doc, None)
