@@ -68,9 +68,9 @@ pub(crate) enum PullMatcher {
     /// A plain value: elements equal to it.
     Equal(Bson),
     /// A query on the fields of document elements.
-    Object(Filter),
+    Object(Box<Filter>),
     /// Operators (or a regex) applied to each element as a whole.
-    Element(Filter),
+    Element(Box<Filter>),
 }
 
 /// The result of applying an operator to an existing value.
@@ -761,15 +761,15 @@ fn parse_pull(arg: &Bson) -> Result<PullMatcher> {
             if is_value_operator(first) {
                 let mut q = Document::new();
                 q.insert(PULL_FIELD, arg.clone());
-                Ok(PullMatcher::Element(Filter::parse(&q)?))
+                Ok(PullMatcher::Element(Box::new(Filter::parse(&q)?)))
             } else {
-                Ok(PullMatcher::Object(Filter::parse(d)?))
+                Ok(PullMatcher::Object(Box::new(Filter::parse(d)?)))
             }
         }
         Bson::RegularExpression(_) => {
             let mut q = Document::new();
             q.insert(PULL_FIELD, arg.clone());
-            Ok(PullMatcher::Element(Filter::parse(&q)?))
+            Ok(PullMatcher::Element(Box::new(Filter::parse(&q)?)))
         }
         other => Ok(PullMatcher::Equal(other.clone())),
     }
