@@ -687,7 +687,9 @@ fn view_docs(snap: &Arc<Snapshot>, meta: &CollectionMeta) -> Result<Vec<Document
             .collect::<Result<_>>()?,
         None => Vec::new(),
     };
-    let p = Pipeline::parse(&stages, &meta.ns.db)?;
+    // A view's pipeline runs under the view's default collation.
+    let p = Pipeline::parse(&stages, &meta.ns.db)?
+        .with_collation(exec::collation::of_collection(meta)?);
     p.run(input, &SnapEnv { snap })
 }
 

@@ -372,3 +372,18 @@ async fn malformed_collations_are_refused() {
         "{r}"
     );
 }
+
+#[tokio::test]
+async fn a_view_runs_under_its_default_collation() {
+    let s = testkit::spawn().await;
+    let db = s.client.database("coll_view");
+    seed(&db, "c").await;
+    db.run_command(doc! {"create": "apples", "viewOn": "c",
+    "pipeline": [{"$match": {"s": "APPLE"}}], "collation": CI()})
+        .await
+        .unwrap();
+    let q = doc! {"find": "apples", "filter": {"s": {"$ne": "Apple"}}};
+    assert_eq!(find_ids(&db, q).await, Vec::<i32>::new());
+    let q = doc! {"find": "apples", "filter": {}, "sort": {"_id": -1}};
+    assert_eq!(find_ids(&db, q).await, vec![3, 2, 1]);
+}
