@@ -429,8 +429,9 @@ pub async fn update(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Re
                         }
                         _ => None,
                     };
-                    let filter = Filter::parse(&q)?;
-                    let update = Update::parse(u, af.as_deref())?;
+                    let coll = exec::collation::for_write(st, w, &ns)?;
+                    let filter = Filter::parse(&q)?.with_collation(coll.clone());
+                    let update = Update::parse(u, af.as_deref())?.with_collation(coll.clone());
                     let multi = util::get_bool(st, "multi").unwrap_or(false);
                     if multi && update.is_replacement() {
                         return Err(MongoError::failed_to_parse(
@@ -439,7 +440,7 @@ pub async fn update(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Re
                     }
                     // `sort` picks which document a single update changes (8.0).
                     let sort = util::opt_doc(st, "sort")?
-                        .map(SortSpec::parse)
+                        .map(|s| Ok(SortSpec::parse(s)?.with_collation(coll.clone())))
                         .transpose()?;
                     if multi && sort.is_some() {
                         return Err(MongoError::failed_to_parse(
@@ -524,7 +525,8 @@ pub async fn delete(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Re
                             "The limit field in delete objects must be 0 or 1. Got {limit}"
                         )));
                     }
-                    let filter = Filter::parse(&q)?;
+                    let coll = exec::collation::for_write(st, w, &ns)?;
+                    let filter = Filter::parse(&q)?.with_collation(coll);
                     let Some(meta) = w.collection(&ns)? else {
                         return Ok(0);
                     };
@@ -602,8 +604,13 @@ pub async fn find_and_modify(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> 
     }
     ctx.stats.update.fetch_add(1, Ordering::Relaxed);
     let s = Session::of(cmd);
+    let coll_spec = cmd.clone();
     let reply = crate::txn::write(ctx, move |w| {
             retryable(w, &s, |w| {
+                let coll = exec::collation::for_write(&coll_spec, w, &ns)?;
+                let filter = filter.with_collation(coll.clone());
+                let update = update.map(|u| u.with_collation(coll.clone()));
+                let sort = sort.map(|s| s.with_collation(coll));
                 let (value, leo) = match update {
                     None => {
                         let Some(meta) = w.collection(&ns)? else {
@@ -677,7 +684,9 @@ fn view_docs(snap: &Arc<Snapshot>, meta: &CollectionMeta) -> Result<Vec<Document
             .collect::<Result<_>>()?,
         None => Vec::new(),
     };
-    let p = Pipeline::parse(&stages, &meta.ns.db)?;
+    // A view's pipeline runs under the view's default collation.
+    let p = Pipeline::parse(&stages, &meta.ns.db)?
+        .with_collation(exec::collation::of_collection(meta)?);
     p.run(input, &SnapEnv { snap })
 }
 
@@ -734,10 +743,12 @@ pub fn find(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
         batch_size = Some(batch_size.map_or(limit, |b| if b == 0 { 0 } else { b.min(limit) }));
     }
     let (snap, at_ts) = crate::txn::read_snapshot(ctx, cmd)?;
+    let coll = exec::collation::for_read(cmd, &snap, &ns)?;
+    let filter = filter.with_collation(coll.clone());
     let natural_rev = sort.as_ref().is_some_and(|s| matches!(s.get("$natural"), Some(v) if doc::compare::as_f64(v).is_some_and(|d| d < 0.0)));
     let sort_spec = match &sort {
         Some(s) if s.contains_key("$natural") => None,
-        Some(s) => Some(SortSpec::parse(s)?),
+        Some(s) => Some(SortSpec::parse(s)?.with_collation(coll)),
         None => None,
     };
     let mut src: DocSource;
@@ -812,6 +823,7 @@ pub fn count(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
     let skip = util::opt_count(cmd, "skip")?.unwrap_or(0).max(0) as usize;
     let limit = util::opt_count(cmd, "limit")?.unwrap_or(0).unsigned_abs() as usize;
     let (snap, _) = crate::txn::read_snapshot(ctx, cmd)?;
+    let filter = filter.with_collation(exec::collation::for_read(cmd, &snap, &ns)?);
     let n = match count_matching(&snap, &ns, filter, cmd.get("hint"))? {
         None => 0,
         Some(src) => {
@@ -845,6 +857,9 @@ pub fn distinct(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
     }
     let filter = Filter::parse(&util::opt_doc(cmd, "query")?.cloned().unwrap_or_default())?;
     let (snap, at_ts) = crate::txn::read_snapshot(ctx, cmd)?;
+    let coll = exec::collation::for_read(cmd, &snap, &ns)?;
+    let filter = filter.with_collation(coll.clone());
+    let coll = coll.as_deref();
     let mut values: Vec<Bson> = Vec::new();
     if let Some(src) = count_matching(&snap, &ns, filter, None)? {
         for d in src {
@@ -855,7 +870,7 @@ pub fn distinct(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
                 };
                 for v in vals {
                     if !values.iter().any(|x| {
-                        doc::values_equal(x, &v)
+                        doc::values_equal_with(x, &v, coll)
                             && doc::compare::type_rank(x) == doc::compare::type_rank(&v)
                     }) {
                         values.push(v);
@@ -864,7 +879,7 @@ pub fn distinct(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
             }
         }
     }
-    values.sort_by(doc::cmp_values);
+    values.sort_by(|a, b| doc::cmp_values_with(a, b, coll));
     let mut r = doc! {"values": values};
     if let Some(t) = at_ts {
         r.insert("atClusterTime", t);
@@ -931,6 +946,10 @@ pub async fn aggregate(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result
         ));
     }
     let (snap, at_ts) = crate::txn::read_snapshot(ctx, cmd)?;
+    let pipeline = match &coll {
+        Some(ns) => pipeline.with_collation(exec::collation::for_read(cmd, &snap, ns)?),
+        None => pipeline.with_collation(exec::collation::for_operation(cmd, None)?),
+    };
     let (input, plan) = match &coll {
         Some(ns) if ns.db == "config" && ns.coll == "system.preimages" => {
             (snap.preimage_records()?, Plan::CollScan)
@@ -1060,16 +1079,18 @@ pub fn explain(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
         "delete" | "update" | "findAndModify" => ("query", Some("sort")),
         _ => ("filter", None),
     };
+    let snap = ctx.store.snapshot()?;
+    let coll = exec::collation::for_read(inner, &snap, &ns)?;
     let filter = Filter::parse(
         &util::opt_doc(inner, filter_key)?
             .cloned()
             .unwrap_or_default(),
-    )?;
+    )?
+    .with_collation(coll.clone());
     let sort = match sort_key.and_then(|k| inner.get_document(k).ok()) {
-        Some(s) if !s.is_empty() => Some(SortSpec::parse(s)?),
+        Some(s) if !s.is_empty() => Some(SortSpec::parse(s)?.with_collation(coll)),
         _ => None,
     };
-    let snap = ctx.store.snapshot()?;
     let plan = match snap.collection(&ns)? {
         Some(meta) => plan_query(&meta, &filter, sort.as_ref(), inner.get("hint"))?,
         None => Plan::CollScan,

@@ -11,19 +11,23 @@ mod regex;
 mod schema;
 
 use std::cmp::Ordering;
+use std::sync::Arc;
 
 use bson::{Bson, Document};
-use doc::compare::{Number, as_number, cmp_values, type_rank, values_equal};
+use doc::Collation;
+use doc::compare::{Number, as_number, cmp_values_with, type_rank, values_equal_with};
 use errors::{ErrorCode, MongoError, Result};
 
 pub use self::regex::Rx;
 use self::schema::Schema;
 use crate::expr::{Expr, Vars, truthy};
 
-/// A parsed query filter.
+/// A parsed query filter, with the collation its string comparisons use (`$regex` and
+/// `$jsonSchema` ignore it, as in MongoDB).
 #[derive(Debug, Clone)]
 pub struct Filter {
     root: Node,
+    collation: Option<Arc<Collation>>,
 }
 
 /// A simple predicate on one path, for index planning.
@@ -205,17 +209,18 @@ impl Op {
     }
 
     /// Tests one value (no array expansion); `None` is a missing value.
-    fn matches_single(&self, v: Option<&Bson>, ctx: &mut Ctx) -> bool {
+    fn matches_single(&self, v: Option<&Bson>, ctx: &mut Ctx<'_>) -> bool {
+        let coll = ctx.coll();
         match self {
             Op::Eq(x) => match v {
                 None => matches!(x, Bson::Null),
-                Some(v) => eq_match(x, v),
+                Some(v) => eq_match(x, v, coll),
             },
-            Op::Cmp(c, x) => cmp_match(*c, x, v),
+            Op::Cmp(c, x) => cmp_match(*c, x, v, coll),
             Op::In(vals, rxs) => {
                 vals.iter().any(|x| match v {
                     None => matches!(x, Bson::Null),
-                    Some(v) => eq_match(x, v),
+                    Some(v) => eq_match(x, v, coll),
                 }) || v.is_some_and(|v| rxs.iter().any(|r| r.matches_value(v)))
             }
             Op::Exists => v.is_some(),
@@ -237,7 +242,7 @@ impl Op {
 
 impl Op {
     /// For `$elemMatch`: the index of the first matching element.
-    fn elem_match_index(&self, a: &[Bson], ctx: &mut Ctx) -> Option<usize> {
+    fn elem_match_index(&self, a: &[Bson], ctx: &mut Ctx<'_>) -> Option<usize> {
         match self {
             Op::ElemMatchObj(node) => a.iter().position(|e| match e {
                 Bson::Document(d) => node.matches(d, &mut None, ctx),
@@ -259,10 +264,10 @@ fn array_as_doc(a: &[Bson]) -> Document {
         .collect()
 }
 
-fn eq_match(x: &Bson, v: &Bson) -> bool {
+fn eq_match(x: &Bson, v: &Bson, coll: Option<&Collation>) -> bool {
     match (x, v) {
         (Bson::Null, Bson::Undefined) => false,
-        _ => type_rank(x) == type_rank(v) && values_equal(x, v),
+        _ => type_rank(x) == type_rank(v) && values_equal_with(x, v, coll),
     }
 }
 
@@ -274,10 +279,10 @@ fn is_nan(v: &Bson) -> bool {
     }
 }
 
-fn cmp_match(c: CmpOp, x: &Bson, v: Option<&Bson>) -> bool {
+fn cmp_match(c: CmpOp, x: &Bson, v: Option<&Bson>, coll: Option<&Collation>) -> bool {
     let v = v.unwrap_or(&Bson::Null);
     let ord = if matches!(x, Bson::MinKey | Bson::MaxKey) {
-        cmp_values(v, x)
+        cmp_values_with(v, x, coll)
     } else {
         if type_rank(v) != type_rank(x) {
             return false;
@@ -286,7 +291,7 @@ fn cmp_match(c: CmpOp, x: &Bson, v: Option<&Bson>) -> bool {
             let both = is_nan(v) && is_nan(x);
             return matches!(c, CmpOp::Lte | CmpOp::Gte) && both;
         }
-        cmp_values(v, x)
+        cmp_values_with(v, x, coll)
     };
     match c {
         CmpOp::Lt => ord == Ordering::Less,
@@ -337,11 +342,19 @@ fn bits_match(op: BitsOp, positions: &[u32], v: &Bson) -> bool {
     }
 }
 
-/// Evaluation state: the error from a failing `$expr`, if any.
+/// Evaluation state: the error from a failing `$expr`, if any, the variables for `$expr`
+/// and the filter's collation.
 #[derive(Default)]
-struct Ctx {
+struct Ctx<'a> {
     error: Option<MongoError>,
     vars: Option<Vars>,
+    coll: Option<&'a Arc<Collation>>,
+}
+
+impl Ctx<'_> {
+    fn coll(&self) -> Option<&Collation> {
+        self.coll.map(|c| &**c)
+    }
 }
 
 /// Visits every value a path reaches from a document (MongoDB's matcher traversal). `f` gets
@@ -402,7 +415,7 @@ impl Pred {
         d: &Document,
         parts: &[String],
         pos: &mut Option<usize>,
-        ctx: &mut Ctx,
+        ctx: &mut Ctx<'_>,
     ) -> bool {
         match self {
             Pred::Op(op) => {
@@ -443,7 +456,7 @@ impl Pred {
         }
     }
 
-    fn matches_single(&self, v: Option<&Bson>, ctx: &mut Ctx) -> bool {
+    fn matches_single(&self, v: Option<&Bson>, ctx: &mut Ctx<'_>) -> bool {
         match self {
             Pred::Op(op) => op.matches_single(v, ctx),
             Pred::Not(p) => !p.matches_single(v, ctx),
@@ -453,7 +466,7 @@ impl Pred {
 }
 
 impl Node {
-    fn matches(&self, d: &Document, pos: &mut Option<usize>, ctx: &mut Ctx) -> bool {
+    fn matches(&self, d: &Document, pos: &mut Option<usize>, ctx: &mut Ctx<'_>) -> bool {
         match self {
             Node::And(ns) => ns.iter().all(|n| n.matches(d, pos, ctx)),
             Node::Or(ns) => ns.iter().any(|n| n.matches(d, pos, ctx)),
@@ -464,7 +477,9 @@ impl Node {
                 let vars = match &ctx.vars {
                     Some(v) => v,
                     None => {
-                        default_vars = Vars::default();
+                        let mut v = Vars::default();
+                        v.set_collation(ctx.coll.cloned());
+                        default_vars = v;
                         &default_vars
                     }
                 };
@@ -487,6 +502,7 @@ impl Filter {
     pub fn parse(filter: &Document) -> Result<Filter> {
         Ok(Filter {
             root: parse_doc(filter, 0)?,
+            collation: None,
         })
     }
 
@@ -494,13 +510,51 @@ impl Filter {
     pub fn match_all() -> Filter {
         Filter {
             root: Node::And(Vec::new()),
+            collation: None,
+        }
+    }
+
+    /// The same filter with string comparisons under `coll` (`None`: binary).
+    #[must_use]
+    pub fn with_collation(mut self, coll: Option<Arc<Collation>>) -> Filter {
+        self.collation = coll;
+        self
+    }
+
+    /// The collation string comparisons use.
+    pub fn collation(&self) -> Option<&Collation> {
+        self.collation.as_deref()
+    }
+
+    /// The collation, shared.
+    pub fn shared_collation(&self) -> Option<Arc<Collation>> {
+        self.collation.clone()
+    }
+
+    fn ctx(&self) -> Ctx<'_> {
+        Ctx {
+            error: None,
+            vars: None,
+            coll: self.collation.as_ref(),
         }
     }
 
     /// Whether the document matches (an `$expr` that fails to evaluate does not match; see
     /// [`Filter::try_matches`]).
     pub fn matches(&self, doc: &Document) -> bool {
-        self.root.matches(doc, &mut None, &mut Ctx::default())
+        self.root.matches(doc, &mut None, &mut self.ctx())
+    }
+
+    /// Like [`Filter::matches`], with string comparisons under `coll` instead of the
+    /// filter's own collation (for filters parsed once and applied under an operation's
+    /// collation, e.g. `$pull` conditions).
+    pub fn matches_under(&self, doc: &Document, coll: Option<&Arc<Collation>>) -> bool {
+        let mut ctx = Ctx {
+            error: None,
+            vars: None,
+            coll,
+        };
+        self.root.matches(doc, &mut None, &mut ctx)
     }
 
     /// Like [`Filter::matches`], but reports an `$expr` evaluation error.
@@ -510,10 +564,11 @@ impl Filter {
 
     /// Like [`Filter::try_matches`], with variables for `$expr` (`$$NOW`, `let` variables).
     pub fn try_matches_with(&self, doc: &Document, vars: Option<&Vars>) -> Result<bool> {
-        let mut ctx = Ctx {
-            error: None,
-            vars: vars.cloned(),
-        };
+        let mut ctx = self.ctx();
+        ctx.vars = vars.cloned();
+        if let (Some(v), Some(c)) = (ctx.vars.as_mut(), &self.collation) {
+            v.set_collation(Some(c.clone()));
+        }
         let m = self.root.matches(doc, &mut None, &mut ctx);
         match ctx.error {
             Some(e) => Err(e),
@@ -525,7 +580,7 @@ impl Filter {
     /// in the first array traversed by the query, if any.
     pub fn match_position(&self, doc: &Document) -> Option<usize> {
         let mut pos = None;
-        if self.root.matches(doc, &mut pos, &mut Ctx::default()) {
+        if self.root.matches(doc, &mut pos, &mut self.ctx()) {
             pos
         } else {
             None

@@ -2,6 +2,7 @@
 //! data directory and talks to it through the `mongodb` crate (or raw sockets).
 
 mod change_streams;
+mod collation;
 mod crash;
 mod crud;
 mod ddl;
