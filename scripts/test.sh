@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: format and lint checks, the Rust unit and integration tests (which
 # start real servers), the PyMongo smoke and resume-token tests against a freshly built
-# eddy, and the drivers' change streams specification tests through PyMongo's runner.
+# eddy, and the drivers' specification tests (change streams, transactions, sessions,
+# retryable writes) through PyMongo's runner.
 # Installs what it needs itself (Python venvs with pymongo and pytest, the npm token
 # decoder).
 set -euo pipefail
@@ -32,5 +33,7 @@ done
 (cd tests/node && npm ci --silent --no-audit --no-fund)
 EDDY_PORT=$port .venv/bin/python -m pytest -q tests/python
 
-echo "== drivers' specification tests (change streams)"
-EDDY_BIN=target/release/eddy ./scripts/spec-tests.sh changestreams
+for suite in changestreams transactions sessions retryable-writes; do
+  echo "== drivers' specification tests ($suite)"
+  EDDY_BIN=target/release/eddy ./scripts/spec-tests.sh "$suite"
+done

@@ -42,7 +42,8 @@ pub trait Lookup {
     ///
     /// # Errors
     /// On storage failure.
-    fn preimage(&self, ts: Timestamp) -> Result<Option<Document>>;
+    /// The pre-image of the write at `ts` (`txn_op_index` for a write in a transaction).
+    fn preimage(&self, ts: Timestamp, txn_op_index: Option<u32>) -> Result<Option<Document>>;
 }
 
 /// One change event before the user's pipeline runs.
@@ -79,6 +80,10 @@ fn covers(spec: &StreamSpec, ns: &Namespace) -> bool {
         Target::Database(db) => &ns.db == db,
         Target::Cluster => !internal_db(&ns.db),
     }
+}
+
+fn txn_index(entry: &OplogEntry) -> Option<u32> {
+    entry.in_txn.then_some(entry.txn_op_index as u32)
 }
 
 /// The events an oplog entry produces for a stream, in order.
@@ -280,7 +285,7 @@ fn build(
         match spec.full_document_before_change {
             FullDocumentBeforeChange::Off => {}
             mode => {
-                let pre = lookup.preimage(entry.ts)?;
+                let pre = lookup.preimage(entry.ts, txn_index(entry))?;
                 if pre.is_none() && mode == FullDocumentBeforeChange::Required {
                     return Err(no_image("pre", entry, &ns));
                 }
@@ -388,7 +393,7 @@ fn no_image(which: &str, entry: &OplogEntry, ns: &Namespace) -> errors::MongoErr
 
 /// The document after an update: the pre-image with the delta applied.
 fn post_image(entry: &OplogEntry, lookup: &dyn Lookup) -> Result<Option<Document>> {
-    let Some(pre) = lookup.preimage(entry.ts)? else {
+    let Some(pre) = lookup.preimage(entry.ts, txn_index(entry))? else {
         return Ok(None);
     };
     let delta = entry

@@ -359,10 +359,28 @@ pub fn repl_set_get_config(ctx: &ServerCtx) -> Reply {
 
 /// Session housekeeping: sessions hold no server state yet beyond retryable-write records,
 /// which outlive the session as in MongoDB.
-pub fn sessions(name: &str) -> Reply {
-    if name == "startSession" {
-        let id = bson::Uuid::new();
-        return Reply::ok(doc! {"id": {"id": id}, "timeoutMinutes": 30});
+pub async fn sessions(ctx: &ServerCtx, name: &str, cmd: &Document) -> Reply {
+    match name {
+        "startSession" => {
+            let id = bson::Uuid::new();
+            return Reply::ok(doc! {"id": {"id": id}, "timeoutMinutes": 30});
+        }
+        // Ending or killing a session aborts its open transaction.
+        "endSessions" | "killSessions" => {
+            let keys: Vec<Vec<u8>> = match cmd.get(name) {
+                Some(Bson::Array(a)) => a
+                    .iter()
+                    .filter_map(|l| match l.as_document()?.get("id")? {
+                        Bson::Binary(b) => Some(b.bytes.clone()),
+                        _ => None,
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            ctx.txns.end_sessions(&keys).await;
+        }
+        "killAllSessions" | "killAllSessionsByPattern" => ctx.txns.abort_all().await,
+        _ => {}
     }
     Reply::ok(Document::new())
 }
@@ -397,11 +415,18 @@ pub fn configure_fail_point(ctx: &ServerCtx, cmd: &Document) -> Result<Reply> {
     let name = cmd
         .get_str("configureFailPoint")
         .map_err(|_| MongoError::bad_value("configureFailPoint needs a name"))?;
-    if !matches!(name, "failCommand" | "failGetMoreAfterCursorCheckout") {
+    if !matches!(
+        name,
+        "failCommand" | "failGetMoreAfterCursorCheckout" | "onPrimaryTransactionalWrite"
+    ) {
         return Err(MongoError::bad_value(format!(
             "Cannot find failpoint {name}"
         )));
     }
+    let skip = match cmd.get("mode") {
+        Some(Bson::Document(d)) => util::get_i64(d, "skip").unwrap_or(0).max(0) as u64,
+        _ => 0,
+    };
     let times = match cmd.get("mode") {
         Some(Bson::String(m)) if m == "off" => {
             ctx.fail_points.lock().unwrap().remove(name);
@@ -424,7 +449,7 @@ pub fn configure_fail_point(ctx: &ServerCtx, cmd: &Document) -> Result<Reply> {
     ctx.fail_points
         .lock()
         .unwrap()
-        .insert(name.to_string(), FailPoint { times, data });
+        .insert(name.to_string(), FailPoint { times, skip, data });
     Ok(Reply::ok(doc! {"count": 0}))
 }
 
@@ -451,6 +476,10 @@ pub fn take_fail_point(
     let mut fps = ctx.fail_points.lock().unwrap();
     let fp = fps.get_mut(name)?;
     if !applies(&fp.data) {
+        return None;
+    }
+    if fp.skip > 0 {
+        fp.skip -= 1;
         return None;
     }
     let data = fp.data.clone();

@@ -9,7 +9,7 @@
 //!
 //! Each operation runs through the same statement functions as `insert`, `update` and
 //! `delete` (so it logs the same oplog entries and produces the same change events), all in
-//! one commit-pipeline write. The reply is a cursor of one item per operation
+//! one commit-pipeline write (or in the session's transaction). The reply is a cursor of one item per operation
 //! (`{ok, idx, n, nModified?, upserted?: {_id}}`, or the error fields), only the failed ones
 //! with `errorsOnly`, plus the totals `nErrors`, `nInserted`, `nMatched`, `nModified`,
 //! `nUpserted`, `nDeleted`. The cursor is a real one when the items do not fit one reply.
@@ -399,38 +399,36 @@ pub async fn bulk_write(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Resul
         stat.fetch_add(1, Ordering::Relaxed);
     }
     let s = Session::of(cmd);
-    let mut reply = ctx
-        .store
-        .write(move |w| {
-            crud::retryable(w, &s, |w| {
-                let mut out = Outcome::default();
-                for (i, op) in ops.iter().enumerate() {
-                    let ns = &namespaces[op.ns_index()];
-                    match run_op(w, op, ns, &vars, &s, i, &mut out) {
-                        Ok(item) => {
-                            if !errors_only {
-                                out.items.push(Bson::Document(item));
-                            }
-                        }
-                        Err(e) => {
-                            out.n_errors += 1;
-                            let mut item = error_doc(&e);
-                            item.insert("idx", i as i32);
-                            item.insert("n", 0);
-                            if matches!(op, Op::Update(..) | Op::Failed { kind: "update", .. }) {
-                                item.insert("nModified", 0);
-                            }
+    let mut reply = crate::txn::write(ctx, move |w| {
+        crud::retryable(w, &s, |w| {
+            let mut out = Outcome::default();
+            for (i, op) in ops.iter().enumerate() {
+                let ns = &namespaces[op.ns_index()];
+                match run_op(w, op, ns, &vars, &s, i, &mut out) {
+                    Ok(item) => {
+                        if !errors_only {
                             out.items.push(Bson::Document(item));
-                            if ordered {
-                                break;
-                            }
+                        }
+                    }
+                    Err(e) => {
+                        out.n_errors += 1;
+                        let mut item = error_doc(&e);
+                        item.insert("idx", i as i32);
+                        item.insert("n", 0);
+                        if matches!(op, Op::Update(..) | Op::Failed { kind: "update", .. }) {
+                            item.insert("nModified", 0);
+                        }
+                        out.items.push(Bson::Document(item));
+                        if ordered {
+                            break;
                         }
                     }
                 }
-                Ok(out.into_document())
-            })
+            }
+            Ok(out.into_document())
         })
-        .await?;
+    })
+    .await?;
     let items: Vec<Document> = match reply.remove("items") {
         Some(Bson::Array(a)) => a
             .into_iter()

@@ -28,6 +28,11 @@ pub(crate) struct Session {
 
 impl Session {
     pub(crate) fn of(cmd: &Document) -> Session {
+        // Inside a transaction the session fields go on the commit's applyOps entry, and
+        // statements are not individually retryable.
+        if crate::txn::in_txn() {
+            return Session::default();
+        }
         Session {
             lsid: cmd.get_document("lsid").ok().cloned(),
             txn_number: util::get_i64(cmd, "txnNumber"),
@@ -209,32 +214,30 @@ pub async fn insert(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Re
         .insert
         .fetch_add(docs.len() as u64, Ordering::Relaxed);
     let s = Session::of(cmd);
-    let reply = ctx
-        .store
-        .write(move |w| {
-            retryable(w, &s, |w| {
-                let (mut meta, _) = ensure_collection(w, &ns)?;
-                let mut n = 0;
-                let mut errs = Vec::new();
-                for (i, d) in prepared.into_iter().enumerate() {
-                    match d.and_then(|d| insert_one(w, &mut meta, &d, &s, i)) {
-                        Ok(()) => n += 1,
-                        Err(e) => {
-                            errs.push(Bson::Document(write_error(i, &e)));
-                            if ordered {
-                                break;
-                            }
+    let reply = crate::txn::write(ctx, move |w| {
+        retryable(w, &s, |w| {
+            let (mut meta, _) = ensure_collection(w, &ns)?;
+            let mut n = 0;
+            let mut errs = Vec::new();
+            for (i, d) in prepared.into_iter().enumerate() {
+                match d.and_then(|d| insert_one(w, &mut meta, &d, &s, i)) {
+                    Ok(()) => n += 1,
+                    Err(e) => {
+                        errs.push(Bson::Document(write_error(i, &e)));
+                        if ordered {
+                            break;
                         }
                     }
                 }
-                let mut r = doc! {"n": n};
-                if !errs.is_empty() {
-                    r.insert("writeErrors", errs);
-                }
-                Ok(r)
-            })
+            }
+            let mut r = doc! {"n": n};
+            if !errs.is_empty() {
+                r.insert("writeErrors", errs);
+            }
+            Ok(r)
         })
-        .await?;
+    })
+    .await?;
     Ok(Reply::ok(reply))
 }
 
@@ -393,8 +396,8 @@ fn run_update(
     Ok(out)
 }
 
-/// One statement of an `update` command (`{q, u, multi, upsert, arrayFilters, sort}`); the
-/// bulkWrite command's update operations come here too.
+/// One statement of an `update` command (`{q, u, multi, upsert, arrayFilters, sort,
+/// collation}`); the bulkWrite command's update operations come here too.
 pub(crate) fn update_statement(
     w: &mut WriteCtx<'_>,
     ns: &Namespace,
@@ -416,8 +419,11 @@ pub(crate) fn update_statement(
         Some(Bson::Array(a)) => Some(a.iter().filter_map(|v| v.as_document().cloned()).collect()),
         _ => None,
     };
-    let filter = Filter::parse(&q)?.bind(vars);
-    let update = Update::parse(u, af.as_deref())?.bind(vars);
+    let coll = exec::collation::for_write(st, w, ns)?;
+    let filter = Filter::parse(&q)?.with_collation(coll.clone()).bind(vars);
+    let update = Update::parse(u, af.as_deref())?
+        .with_collation(coll.clone())
+        .bind(vars);
     let multi = util::get_bool(st, "multi").unwrap_or(false);
     if multi && update.is_replacement() {
         return Err(MongoError::failed_to_parse(
@@ -426,7 +432,7 @@ pub(crate) fn update_statement(
     }
     // `sort` picks which document a single update changes (8.0).
     let sort = util::opt_doc(st, "sort")?
-        .map(SortSpec::parse)
+        .map(|s| Ok(SortSpec::parse(s)?.with_collation(coll.clone())))
         .transpose()?;
     if multi && sort.is_some() {
         return Err(MongoError::failed_to_parse(
@@ -460,48 +466,46 @@ pub async fn update(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Re
         .update
         .fetch_add(stmts.len() as u64, Ordering::Relaxed);
     let s = Session::of(cmd);
-    let reply = ctx
-        .store
-        .write(move |w| {
-            retryable(w, &s, |w| {
-                let (mut n, mut modified) = (0i64, 0i64);
-                let mut upserted = Vec::new();
-                let mut errs = Vec::new();
-                for (i, st) in stmts.iter().enumerate() {
-                    let r = update_statement(w, &ns, st, &vars, &s, i);
-                    match r {
-                        Ok(o) => {
-                            n += o.n;
-                            modified += o.modified;
-                            if let Some(id) = o.upserted {
-                                n += 1;
-                                upserted.push(Bson::Document(doc! {"index": i as i32, "_id": id}));
-                            }
+    let reply = crate::txn::write(ctx, move |w| {
+        retryable(w, &s, |w| {
+            let (mut n, mut modified) = (0i64, 0i64);
+            let mut upserted = Vec::new();
+            let mut errs = Vec::new();
+            for (i, st) in stmts.iter().enumerate() {
+                let r = update_statement(w, &ns, st, &vars, &s, i);
+                match r {
+                    Ok(o) => {
+                        n += o.n;
+                        modified += o.modified;
+                        if let Some(id) = o.upserted {
+                            n += 1;
+                            upserted.push(Bson::Document(doc! {"index": i as i32, "_id": id}));
                         }
-                        Err(e) => {
-                            errs.push(Bson::Document(write_error(i, &e)));
-                            if ordered {
-                                break;
-                            }
+                    }
+                    Err(e) => {
+                        errs.push(Bson::Document(write_error(i, &e)));
+                        if ordered {
+                            break;
                         }
                     }
                 }
-                let mut r = doc! {"n": n as i32, "nModified": modified as i32};
-                if !upserted.is_empty() {
-                    r.insert("upserted", upserted);
-                }
-                if !errs.is_empty() {
-                    r.insert("writeErrors", errs);
-                }
-                Ok(r)
-            })
+            }
+            let mut r = doc! {"n": n as i32, "nModified": modified as i32};
+            if !upserted.is_empty() {
+                r.insert("upserted", upserted);
+            }
+            if !errs.is_empty() {
+                r.insert("writeErrors", errs);
+            }
+            Ok(r)
         })
-        .await?;
+    })
+    .await?;
     Ok(Reply::ok(reply))
 }
 
-/// One statement of a `delete` command (`{q, limit}`); the bulkWrite command's delete
-/// operations come here too. Returns the number of documents deleted.
+/// One statement of a `delete` command (`{q, limit, collation}`); the bulkWrite command's
+/// delete operations come here too. Returns the number of documents deleted.
 pub(crate) fn delete_statement(
     w: &mut WriteCtx<'_>,
     ns: &Namespace,
@@ -526,7 +530,8 @@ pub(crate) fn delete_statement(
             "The limit field in delete objects must be 0 or 1. Got {limit}"
         )));
     }
-    let filter = Filter::parse(&q)?.bind(vars);
+    let coll = exec::collation::for_write(st, w, ns)?;
+    let filter = Filter::parse(&q)?.with_collation(coll).bind(vars);
     let Some(meta) = w.collection(ns)? else {
         return Ok(0);
     };
@@ -554,32 +559,30 @@ pub async fn delete(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Re
         .delete
         .fetch_add(stmts.len() as u64, Ordering::Relaxed);
     let s = Session::of(cmd);
-    let reply = ctx
-        .store
-        .write(move |w| {
-            retryable(w, &s, |w| {
-                let mut n = 0i64;
-                let mut errs = Vec::new();
-                for (i, st) in stmts.iter().enumerate() {
-                    let r = delete_statement(w, &ns, st, &vars, &s, i);
-                    match r {
-                        Ok(k) => n += k,
-                        Err(e) => {
-                            errs.push(Bson::Document(write_error(i, &e)));
-                            if ordered {
-                                break;
-                            }
+    let reply = crate::txn::write(ctx, move |w| {
+        retryable(w, &s, |w| {
+            let mut n = 0i64;
+            let mut errs = Vec::new();
+            for (i, st) in stmts.iter().enumerate() {
+                let r = delete_statement(w, &ns, st, &vars, &s, i);
+                match r {
+                    Ok(k) => n += k,
+                    Err(e) => {
+                        errs.push(Bson::Document(write_error(i, &e)));
+                        if ordered {
+                            break;
                         }
                     }
                 }
-                let mut r = doc! {"n": n as i32};
-                if !errs.is_empty() {
-                    r.insert("writeErrors", errs);
-                }
-                Ok(r)
-            })
+            }
+            let mut r = doc! {"n": n as i32};
+            if !errs.is_empty() {
+                r.insert("writeErrors", errs);
+            }
+            Ok(r)
         })
-        .await?;
+    })
+    .await?;
     Ok(Reply::ok(reply))
 }
 
@@ -628,10 +631,13 @@ pub async fn find_and_modify(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> 
     }
     ctx.stats.update.fetch_add(1, Ordering::Relaxed);
     let s = Session::of(cmd);
-    let reply = ctx
-        .store
-        .write(move |w| {
+    let coll_spec = cmd.clone();
+    let reply = crate::txn::write(ctx, move |w| {
             retryable(w, &s, |w| {
+                let coll = exec::collation::for_write(&coll_spec, w, &ns)?;
+                let filter = filter.with_collation(coll.clone());
+                let update = update.map(|u| u.with_collation(coll.clone()));
+                let sort = sort.map(|s| s.with_collation(coll));
                 let (value, leo) = match update {
                     None => {
                         let Some(meta) = w.collection(&ns)? else {
@@ -706,7 +712,9 @@ fn view_docs(snap: &Arc<Snapshot>, meta: &CollectionMeta) -> Result<Vec<Document
             .collect::<Result<_>>()?,
         None => Vec::new(),
     };
-    let p = Pipeline::parse(&stages, &meta.ns.db)?;
+    // A view's pipeline runs under the view's default collation.
+    let p = Pipeline::parse(&stages, &meta.ns.db)?
+        .with_collation(exec::collation::of_collection(meta)?);
     p.run(input, &SnapEnv { snap })
 }
 
@@ -764,11 +772,13 @@ pub fn find(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
     if limit > 0 {
         batch_size = Some(batch_size.map_or(limit, |b| if b == 0 { 0 } else { b.min(limit) }));
     }
-    let snap = Arc::new(ctx.store.snapshot()?);
+    let (snap, at_ts) = crate::txn::read_snapshot(ctx, cmd)?;
+    let coll = exec::collation::for_read(cmd, &snap, &ns)?;
+    let filter = filter.with_collation(coll.clone());
     let natural_rev = sort.as_ref().is_some_and(|s| matches!(s.get("$natural"), Some(v) if doc::compare::as_f64(v).is_some_and(|d| d < 0.0)));
     let sort_spec = match &sort {
         Some(s) if s.contains_key("$natural") => None,
-        Some(s) => Some(SortSpec::parse(s)?),
+        Some(s) => Some(SortSpec::parse(s)?.with_collation(coll)),
         None => None,
     };
     let mut src: DocSource;
@@ -808,7 +818,16 @@ pub fn find(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
         let f = filter;
         src = Box::new(src.map(move |r| r.and_then(|d| p.apply_with(&d, Some(&f), &vars))));
     }
-    cursor_reply(ctx, &ns.full(), src, batch_size, single)
+    let r = cursor_reply(ctx, &ns.full(), src, batch_size, single)?;
+    Ok(with_at_cluster_time(r, at_ts))
+}
+
+/// Adds a snapshot read's `atClusterTime` to its cursor reply.
+fn with_at_cluster_time(mut r: Reply, at: Option<Timestamp>) -> Reply {
+    if let (Some(t), Ok(c)) = (at, r.doc.get_document_mut("cursor")) {
+        c.insert("atClusterTime", t);
+    }
+    r
 }
 
 fn count_matching(
@@ -833,7 +852,8 @@ pub fn count(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
     let filter = Filter::parse(&util::opt_doc(cmd, "query")?.cloned().unwrap_or_default())?;
     let skip = util::opt_count(cmd, "skip")?.unwrap_or(0).max(0) as usize;
     let limit = util::opt_count(cmd, "limit")?.unwrap_or(0).unsigned_abs() as usize;
-    let snap = Arc::new(ctx.store.snapshot()?);
+    let (snap, _) = crate::txn::read_snapshot(ctx, cmd)?;
+    let filter = filter.with_collation(exec::collation::for_read(cmd, &snap, &ns)?);
     let n = match count_matching(&snap, &ns, filter, cmd.get("hint"))? {
         None => 0,
         Some(src) => {
@@ -866,7 +886,10 @@ pub fn distinct(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
         ));
     }
     let filter = Filter::parse(&util::opt_doc(cmd, "query")?.cloned().unwrap_or_default())?;
-    let snap = Arc::new(ctx.store.snapshot()?);
+    let (snap, at_ts) = crate::txn::read_snapshot(ctx, cmd)?;
+    let coll = exec::collation::for_read(cmd, &snap, &ns)?;
+    let filter = filter.with_collation(coll.clone());
+    let coll = coll.as_deref();
     let mut values: Vec<Bson> = Vec::new();
     if let Some(src) = count_matching(&snap, &ns, filter, None)? {
         for d in src {
@@ -877,7 +900,7 @@ pub fn distinct(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
                 };
                 for v in vals {
                     if !values.iter().any(|x| {
-                        doc::values_equal(x, &v)
+                        doc::values_equal_with(x, &v, coll)
                             && doc::compare::type_rank(x) == doc::compare::type_rank(&v)
                     }) {
                         values.push(v);
@@ -886,8 +909,12 @@ pub fn distinct(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
             }
         }
     }
-    values.sort_by(doc::cmp_values);
-    Ok(Reply::ok(doc! {"values": values}))
+    values.sort_by(|a, b| doc::cmp_values_with(a, b, coll));
+    let mut r = doc! {"values": values};
+    if let Some(t) = at_ts {
+        r.insert("atClusterTime", t);
+    }
+    Ok(Reply::ok(r))
 }
 
 fn pipeline_of(cmd: &Document) -> Result<Vec<Document>> {
@@ -944,7 +971,17 @@ pub async fn aggregate(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result
     };
     let pipeline = Pipeline::parse(&stages, db)?;
     let vars = util::command_vars(ctx, cmd)?;
-    let snap = Arc::new(ctx.store.snapshot()?);
+    if pipeline.out_stage().is_some() && crate::txn::in_txn() {
+        return Err(MongoError::new(
+            ErrorCode::OperationNotSupportedInTransaction,
+            "Cannot run aggregate with $out or $merge in a multi-document transaction.",
+        ));
+    }
+    let (snap, at_ts) = crate::txn::read_snapshot(ctx, cmd)?;
+    let pipeline = match &coll {
+        Some(ns) => pipeline.with_collation(exec::collation::for_read(cmd, &snap, ns)?),
+        None => pipeline.with_collation(exec::collation::for_operation(cmd, None)?),
+    };
     let (input, plan) = match &coll {
         Some(ns) if ns.db == "config" && ns.coll == "system.preimages" => {
             (snap.preimage_records()?, Plan::CollScan)
@@ -1002,13 +1039,14 @@ pub async fn aggregate(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result
             doc! {"cursor": {"firstBatch": [], "id": 0i64, "ns": ns}},
         ));
     }
-    cursor_reply(
+    let r = cursor_reply(
         ctx,
         &ns,
         Box::new(out.into_iter().map(Ok)),
         batch_size,
         false,
-    )
+    )?;
+    Ok(with_at_cluster_time(r, at_ts))
 }
 
 /// Writes the results of `$out` (replacing the target) or `$merge`.
@@ -1107,16 +1145,18 @@ pub fn explain(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
         "delete" | "update" | "findAndModify" => ("query", Some("sort")),
         _ => ("filter", None),
     };
+    let snap = ctx.store.snapshot()?;
+    let coll = exec::collation::for_read(inner, &snap, &ns)?;
     let filter = Filter::parse(
         &util::opt_doc(inner, filter_key)?
             .cloned()
             .unwrap_or_default(),
-    )?;
+    )?
+    .with_collation(coll.clone());
     let sort = match sort_key.and_then(|k| inner.get_document(k).ok()) {
-        Some(s) if !s.is_empty() => Some(SortSpec::parse(s)?),
+        Some(s) if !s.is_empty() => Some(SortSpec::parse(s)?.with_collation(coll)),
         _ => None,
     };
-    let snap = ctx.store.snapshot()?;
     let plan = match snap.collection(&ns)? {
         Some(meta) => plan_query(&meta, &filter, sort.as_ref(), inner.get("hint"))?,
         None => Plan::CollScan,

@@ -376,8 +376,8 @@ impl Lookup for LazyEnv<'_> {
         self.snap()?.current(ns, document_key)
     }
 
-    fn preimage(&self, ts: Timestamp) -> Result<Option<Document>> {
-        self.snap()?.preimage(ts)
+    fn preimage(&self, ts: Timestamp, txn_op_index: Option<u32>) -> Result<Option<Document>> {
+        self.snap()?.preimage(ts, txn_op_index)
     }
 }
 
@@ -507,7 +507,7 @@ impl Lookup for SnapEnv<'_> {
         self.snap.get_doc(meta.id, &exec::id_key(id))
     }
 
-    fn preimage(&self, ts: Timestamp) -> Result<Option<Document>> {
-        self.snap.preimage(ts)
+    fn preimage(&self, ts: Timestamp, txn_op_index: Option<u32>) -> Result<Option<Document>> {
+        self.snap.preimage(ts, txn_op_index)
     }
 }

@@ -29,7 +29,17 @@ const GENERIC: &[&str] = &[
     "stmtId",
 ];
 
-fn id_index_meta(ctx: &mut WriteCtx<'_>) -> IndexMeta {
+/// The `_id` index spec, with the collection's default collation as MongoDB reports it
+/// (records stay keyed by the binary `_id`).
+fn id_index_spec(options: &Document) -> Document {
+    let mut spec = doc! {"v": 2, "key": {"_id": 1}, "name": "_id_"};
+    if let Ok(c) = options.get_document("collation") {
+        spec.insert("collation", c.clone());
+    }
+    spec
+}
+
+fn id_index_meta(ctx: &mut WriteCtx<'_>, options: &Document) -> IndexMeta {
     IndexMeta {
         id: ctx.new_id(),
         name: "_id_".into(),
@@ -37,7 +47,7 @@ fn id_index_meta(ctx: &mut WriteCtx<'_>) -> IndexMeta {
         unique: true,
         sparse: false,
         partial_filter: None,
-        spec: doc! {"v": 2, "key": {"_id": 1}, "name": "_id_"},
+        spec: id_index_spec(options),
         multikey: false,
     }
 }
@@ -56,7 +66,7 @@ pub fn create_in(
     let indexes = if is_view {
         Vec::new()
     } else {
-        vec![id_index_meta(ctx)]
+        vec![id_index_meta(ctx, &options)]
     };
     let meta = CollectionMeta {
         ns: ns.clone(),
@@ -67,9 +77,10 @@ pub fn create_in(
     };
     ctx.put_collection(&meta)?;
     let mut o = doc! {"create": &ns.coll};
+    let id_index = id_index_spec(&options);
     o.extend(options);
     if !is_view {
-        o.insert("idIndex", doc! {"v": 2, "key": {"_id": 1}, "name": "_id_"});
+        o.insert("idIndex", id_index);
     }
     ctx.log(OplogEntry::new(
         OpKind::Command,
@@ -172,25 +183,31 @@ pub async fn create(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Re
         }
     }
     validate_options(&options)?;
+    // Stored expanded, as listCollections reports it; a simple collation is no collation.
+    if let Some(c) = options.get("collation") {
+        match doc::Collation::from_option(Some(c))? {
+            Some(c) => options.insert("collation", c.spec().clone()),
+            None => options.remove("collation"),
+        };
+    }
     if options.contains_key("pipeline") && !options.contains_key("viewOn") {
         return Err(MongoError::bad_value(
             "'pipeline' requires 'viewOn' to also be specified",
         ));
     }
-    ctx.store
-        .write(move |w| {
-            if let Some(existing) = w.collection(&ns)? {
-                if existing.options == options {
-                    return Ok(());
-                }
-                return Err(MongoError::new(
-                    ErrorCode::NamespaceExists,
-                    format!("Collection {} already exists.", ns.full()),
-                ));
+    crate::txn::write(ctx, move |w| {
+        if let Some(existing) = w.collection(&ns)? {
+            if existing.options == options && !w.in_txn() {
+                return Ok(());
             }
-            create_in(w, &ns, options).map(|_| ())
-        })
-        .await?;
+            return Err(MongoError::new(
+                ErrorCode::NamespaceExists,
+                format!("Collection {} already exists.", ns.full()),
+            ));
+        }
+        create_in(w, &ns, options).map(|_| ())
+    })
+    .await?;
     Ok(Reply::ok(Document::new()))
 }
 
@@ -409,7 +426,7 @@ fn collection_info(m: &CollectionMeta) -> Document {
         "type": "collection",
         "options": m.options.clone(),
         "info": {"readOnly": false, "uuid": m.uuid_bson()},
-        "idIndex": {"v": 2, "key": {"_id": 1}, "name": "_id_"},
+        "idIndex": id_index_spec(&m.options),
     }
 }
 
@@ -475,7 +492,11 @@ pub fn list_indexes(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> 
     )
 }
 
-fn parse_index(spec: &Document) -> Result<IndexMeta> {
+/// An index spec's own collation: `None` when it gives none (it then inherits the
+/// collection's default), `Some(None)` for the simple collation.
+type IndexCollation = Option<Option<Arc<doc::Collation>>>;
+
+fn parse_index(spec: &Document) -> Result<(IndexMeta, IndexCollation)> {
     let key = spec
         .get_document("key")
         .map_err(|_| {
@@ -512,13 +533,17 @@ fn parse_index(spec: &Document) -> Result<IndexMeta> {
     if let Some(p) = &partial {
         Filter::parse(p)?;
     }
+    let collation = match spec.get("collation") {
+        Some(c) => Some(doc::Collation::from_option(Some(c))?),
+        None => None,
+    };
     let mut full = doc! {"v": 2, "key": key.clone(), "name": &name};
     for (k, v) in spec {
-        if !matches!(k.as_str(), "key" | "name" | "v" | "ns") {
+        if !matches!(k.as_str(), "key" | "name" | "v" | "ns" | "collation") {
             full.insert(k.clone(), v.clone());
         }
     }
-    Ok(IndexMeta {
+    let ix = IndexMeta {
         id: 0,
         unique: util::get_bool(spec, "unique").unwrap_or(false),
         sparse: util::get_bool(spec, "sparse").unwrap_or(false),
@@ -527,7 +552,21 @@ fn parse_index(spec: &Document) -> Result<IndexMeta> {
         partial_filter: partial,
         spec: full,
         multikey: false,
-    })
+    };
+    Ok((ix, collation))
+}
+
+/// Settles an index's collation against the collection's default, writing it into the
+/// spec in MongoDB's expanded form.
+fn settle_collation(ix: &mut IndexMeta, own: IndexCollation, meta: &CollectionMeta) -> Result<()> {
+    let coll = match own {
+        Some(c) => c,
+        None => exec::collation::of_collection(meta)?,
+    };
+    if let Some(c) = coll {
+        ix.spec.insert("collation", c.spec().clone());
+    }
+    Ok(())
 }
 
 /// `createIndexes`.
@@ -553,20 +592,23 @@ pub async fn create_indexes(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> R
         };
         wanted.push(parse_index(d)?);
     }
-    let (before, after, created) = ctx
-        .store
-        .write(move |w| {
+    let (before, after, created) = crate::txn::write(ctx, move |w| {
             let (mut meta, created) = ensure_collection(w, &ns)?;
+            if w.in_txn() && !created && !w.created_in_txn(&ns)? {
+                return Err(MongoError::new(ErrorCode::OperationNotSupportedInTransaction, format!("Cannot create new indexes on existing collection {} in a multi-document transaction.", ns.full())));
+            }
             let before = meta.indexes.len() as i32;
-            for mut ix in wanted {
+            for (mut ix, own_collation) in wanted {
+                settle_collation(&mut ix, own_collation, &meta)?;
+                let same_collation = |e: &IndexMeta| e.spec.get("collation") == ix.spec.get("collation");
                 if let Some(existing) = meta.indexes.iter().find(|e| e.name == ix.name) {
-                    if existing.key == ix.key && existing.unique == ix.unique && existing.sparse == ix.sparse && existing.partial_filter == ix.partial_filter {
+                    if existing.key == ix.key && existing.unique == ix.unique && existing.sparse == ix.sparse && existing.partial_filter == ix.partial_filter && same_collation(existing) {
                         continue;
                     }
                     let code = if existing.key == ix.key { ErrorCode::IndexOptionsConflict } else { ErrorCode::IndexKeySpecsConflict };
                     return Err(MongoError::new(code, format!("An existing index has the same name as the requested index. When index names are not specified, they are auto generated and can cause conflicts. Please refer to our documentation. Requested index: {}, existing index: {}", ix.spec, existing.spec)));
                 }
-                if let Some(existing) = meta.indexes.iter().find(|e| e.key == ix.key && e.partial_filter == ix.partial_filter) {
+                if let Some(existing) = meta.indexes.iter().find(|e| e.key == ix.key && e.partial_filter == ix.partial_filter && same_collation(e)) {
                     if existing.unique == ix.unique && existing.sparse == ix.sparse {
                         return Err(MongoError::new(ErrorCode::IndexOptionsConflict, format!("Index already exists with a different name: {}", existing.name)));
                     }

@@ -19,6 +19,7 @@ pub mod cursor;
 pub mod ddl;
 pub mod reply;
 pub mod sessions;
+pub mod txn;
 pub mod util;
 
 use std::collections::HashMap;
@@ -63,6 +64,8 @@ pub struct Stats {
 pub struct FailPoint {
     /// Remaining activations; `None` = always on.
     pub times: Option<u64>,
+    /// Activations to let pass before the fail point fires (mode `{skip: N}`).
+    pub skip: u64,
     pub data: Document,
 }
 
@@ -84,6 +87,8 @@ pub struct ServerCtx {
     pub image_expiry: Mutex<Option<i64>>,
     /// The sessions commands have come with (`$listLocalSessions`).
     pub local_sessions: sessions::LocalSessions,
+    /// Sessions' transactions and retained read snapshots.
+    pub txns: txn::Transactions,
 }
 
 impl ServerCtx {
@@ -117,6 +122,7 @@ impl ServerCtx {
             shutdown,
             image_expiry: Mutex::new(None),
             local_sessions: sessions::LocalSessions::default(),
+            txns: txn::Transactions::default(),
         });
         if let Ok(Some(p)) = ctx
             .store
@@ -126,6 +132,7 @@ impl ServerCtx {
             *ctx.image_expiry.lock().unwrap() = admin::expire_after_seconds(&p);
         }
         cursor::spawn_reaper(Arc::downgrade(&ctx));
+        txn::spawn_reaper(Arc::downgrade(&ctx));
         admin::spawn_image_expiry(Arc::downgrade(&ctx));
         ctx
     }
@@ -211,7 +218,30 @@ pub async fn handle(ctx: &Arc<ServerCtx>, conn: &mut ConnInfo, cmd: Document) ->
             wce = Some(w.clone());
         }
     }
+    // `onPrimaryTransactionalWrite`: a retryable write fails before it commits
+    // (`failBeforeCommitExceptionCode`) or commits and loses its reply; either way the
+    // connection closes unless `closeConnection: false`.
+    let mut close_after = false;
+    if reply::is_retryable_write(&name, &cmd) && !is_retry(ctx, &cmd) {
+        if let Some(fp) = admin::take_fail_point(ctx, "onPrimaryTransactionalWrite", |_| true) {
+            let close = fp.get_bool("closeConnection").unwrap_or(true);
+            if let Some(code) = util::get_i64(&fp, "failBeforeCommitExceptionCode") {
+                if close {
+                    return Reply::close();
+                }
+                let e = MongoError::with_code(
+                    code as i32,
+                    "Failing write due to failpoint. The write must not be reflected.",
+                );
+                return finish(ctx, Reply::error(reply::add_server_labels(e, &name, &cmd)));
+            }
+            close_after = close;
+        }
+    }
     let res = dispatch(ctx, conn, &name, &cmd).await;
+    if close_after {
+        return Reply::close();
+    }
     let mut r = match res {
         Ok(r) => r,
         Err(e) => {
@@ -223,12 +253,27 @@ pub async fn handle(ctx: &Arc<ServerCtx>, conn: &mut ConnInfo, cmd: Document) ->
         }
     };
     if let Some(w) = wce {
-        r.doc.insert("writeConcernError", w.clone());
-        if let Ok(labels) = w.get_array("errorLabels") {
-            r.doc.insert("errorLabels", labels.clone());
+        let labels = reply::write_concern_error_labels(&name, &cmd, &w);
+        r.doc.insert("writeConcernError", w);
+        if !labels.is_empty() {
+            r.doc.insert("errorLabels", labels);
         }
     }
     finish(ctx, r)
+}
+
+/// Whether a retryable write was already executed (its retry is answered from the
+/// session record, so it writes nothing and fires no write fail point).
+fn is_retry(ctx: &ServerCtx, cmd: &Document) -> bool {
+    let (Some(key), Some(n)) = (txn::lsid_key(cmd), util::get_i64(cmd, "txnNumber")) else {
+        return false;
+    };
+    ctx.store
+        .snapshot()
+        .and_then(|s| s.session_record(&key))
+        .ok()
+        .flatten()
+        .is_some_and(|r| r.get_i64("txnNumber").ok() == Some(n))
 }
 
 fn finish(ctx: &ServerCtx, mut r: Reply) -> Reply {
@@ -247,13 +292,46 @@ async fn dispatch(
     name: &str,
     cmd: &Document,
 ) -> Result<Reply> {
-    let db = util::db_of(cmd)?;
-    if cmd.contains_key("autocommit") || name == "commitTransaction" || name == "abortTransaction" {
-        return Err(MongoError::new(
-            ErrorCode::IllegalOperation,
-            "multi-document transactions are not supported yet",
-        ));
+    if let Ok(rc) = cmd.get_document("readConcern") {
+        if let Some(Bson::Timestamp(t)) = rc.get("afterClusterTime") {
+            txn::wait_for_cluster_time(ctx, *t, cmd).await?;
+        }
     }
+    if txn::is_txn_command(name, cmd) {
+        return txn::run(ctx, conn, name, cmd).await;
+    }
+    if let Ok(rc) = cmd.get_document("readConcern") {
+        let reads = [
+            "find",
+            "aggregate",
+            "distinct",
+            "count",
+            "getMore",
+            "explain",
+        ];
+        if rc.get_str("level") == Ok("snapshot") && !reads.contains(&name) {
+            return Err(MongoError::new(
+                ErrorCode::InvalidOptions,
+                format!(
+                    "Command '{name}' does not support {{ readConcern: {{ level: \"snapshot\" }} }} outside a transaction"
+                ),
+            ));
+        }
+    }
+    if let (Some(key), Some(n)) = (txn::lsid_key(cmd), util::get_i64(cmd, "txnNumber")) {
+        ctx.txns.note_retryable_write(&key, n).await?;
+    }
+    dispatch_cmd(ctx, conn, name, cmd).await
+}
+
+/// Runs one command by name (inside a transaction, once [`txn::run`] has admitted it).
+async fn dispatch_cmd(
+    ctx: &Arc<ServerCtx>,
+    conn: &mut ConnInfo,
+    name: &str,
+    cmd: &Document,
+) -> Result<Reply> {
+    let db = util::db_of(cmd)?;
     let r = match name {
         // Handshake and diagnostics.
         "hello" | "isMaster" | "ismaster" => admin::hello(ctx, conn, cmd, name).await?,
@@ -276,7 +354,7 @@ async fn dispatch(
         | "killAllSessions"
         | "refreshSessions"
         | "startSession"
-        | "killAllSessionsByPattern" => admin::sessions(name),
+        | "killAllSessionsByPattern" => admin::sessions(ctx, name, cmd).await,
         "shutdown" => admin::shutdown(ctx, &db)?,
         "configureFailPoint" => admin::configure_fail_point(ctx, cmd)?,
         "setClusterParameter" => admin::set_cluster_parameter(ctx, &db, cmd).await?,

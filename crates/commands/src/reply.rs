@@ -85,10 +85,62 @@ fn add_extra(d: &mut Document, e: &MongoError) {
     }
 }
 
+/// Whether a command is a retryable write: a write with a `txnNumber`, outside a
+/// transaction.
+pub fn is_retryable_write(cmd_name: &str, cmd: &Document) -> bool {
+    matches!(
+        cmd_name,
+        "insert" | "update" | "delete" | "findAndModify" | "findandmodify" | "bulkWrite"
+    ) && cmd.contains_key("txnNumber")
+        && !cmd.contains_key("autocommit")
+}
+
+/// The labels of a reply carrying a write concern error: those the error names, else
+/// `RetryableWriteError` for a retryable code on a retryable write, a commit or an abort
+/// (never on a statement inside a transaction).
+pub fn write_concern_error_labels(cmd_name: &str, cmd: &Document, wce: &Document) -> Vec<String> {
+    if let Ok(labels) = wce.get_array("errorLabels") {
+        return labels
+            .iter()
+            .filter_map(|l| l.as_str().map(String::from))
+            .collect();
+    }
+    let code = wce.get_i32("code").unwrap_or(0);
+    let ends_txn = matches!(cmd_name, "commitTransaction" | "abortTransaction");
+    if (ends_txn || is_retryable_write(cmd_name, cmd))
+        && errors::RETRYABLE_WRITE_CODES.contains(&code)
+    {
+        vec![labels::RETRYABLE_WRITE_ERROR.to_string()]
+    } else {
+        Vec::new()
+    }
+}
+
+/// Codes after which a whole transaction may be retried: write conflicts, lock
+/// timeouts, prepare conflicts, snapshot errors, routing errors, and NoSuchTransaction.
+const TRANSIENT_TXN_CODES: &[i32] = &[112, 24, 267, 239, 246, 272, 117, 13388, 63, 150, 249, 251];
+
 /// Adds the labels the server itself attaches: `RetryableWriteError` for retryable codes on
 /// retryable writes, `ResumableChangeStreamError` for resumable codes on change stream
 /// getMores (the caller adds that one, since it knows the cursor kind).
 pub fn add_server_labels(mut e: MongoError, cmd_name: &str, cmd: &Document) -> MongoError {
+    let ends_txn = matches!(cmd_name, "commitTransaction" | "abortTransaction");
+    if cmd.contains_key("autocommit") || ends_txn {
+        // Inside a transaction, as MongoDB's isTransientTransactionError: the whole
+        // transaction may be retried after these.
+        let c = e.code;
+        let mut transient = TRANSIENT_TXN_CODES.contains(&c);
+        if !ends_txn {
+            transient |= errors::RETRYABLE_WRITE_CODES.contains(&c);
+        }
+        if transient {
+            e = e.with_label(labels::TRANSIENT_TRANSACTION_ERROR);
+        }
+        if ends_txn && errors::RETRYABLE_WRITE_CODES.contains(&c) {
+            e = e.with_label(labels::RETRYABLE_WRITE_ERROR);
+        }
+        return e;
+    }
     let is_write = matches!(
         cmd_name,
         "insert"

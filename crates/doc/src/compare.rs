@@ -4,10 +4,14 @@
 //! numbers < symbol/string < object < array < binData < ObjectId < bool < date <
 //! timestamp < regex < DBPointer < JavaScript < JavaScriptWithScope < MaxKey); numbers compare by
 //! value across int32, int64, double and decimal128 (NaN sorts below every other number).
+//! Strings (and symbols), wherever they are nested, compare by bytes or under a
+//! [`Collation`]; field names always compare by bytes.
 
 use std::cmp::Ordering;
 
 use bson::{Bson, Document};
+
+use crate::collation::Collation;
 
 /// The canonical type rank MongoDB sorts by (BSON spec "comparison/sort order").
 pub fn type_rank(v: &Bson) -> u8 {
@@ -149,6 +153,12 @@ fn cmp_int_float(i: i64, f: f64) -> Ordering {
 
 /// Compares two values in MongoDB's total order (no collation: strings compare by bytes).
 pub fn cmp_values(a: &Bson, b: &Bson) -> Ordering {
+    cmp_values_with(a, b, None)
+}
+
+/// Compares two values in MongoDB's total order, strings under `coll` (`None` is the simple
+/// collation: bytes).
+pub fn cmp_values_with(a: &Bson, b: &Bson, coll: Option<&Collation>) -> Ordering {
     let (ra, rb) = (type_rank(a), type_rank(b));
     if ra != rb {
         return ra.cmp(&rb);
@@ -158,9 +168,12 @@ pub fn cmp_values(a: &Bson, b: &Bson) -> Ordering {
             Ordering::Equal
         }
         _ if ra == 10 => cmp_numbers(as_number(a).unwrap(), as_number(b).unwrap()),
-        _ if ra == 15 => str_of(a).cmp(str_of(b)),
-        (Bson::Document(x), Bson::Document(y)) => cmp_documents(x, y),
-        (Bson::Array(x), Bson::Array(y)) => cmp_arrays(x, y),
+        _ if ra == 15 => match coll {
+            None => str_of(a).cmp(str_of(b)),
+            Some(c) => c.compare(str_of(a), str_of(b)),
+        },
+        (Bson::Document(x), Bson::Document(y)) => cmp_documents_with(x, y, coll),
+        (Bson::Array(x), Bson::Array(y)) => cmp_arrays(x, y, coll),
         (Bson::Binary(x), Bson::Binary(y)) => x
             .bytes
             .len()
@@ -181,7 +194,7 @@ pub fn cmp_values(a: &Bson, b: &Bson) -> Ordering {
         (Bson::JavaScriptCodeWithScope(x), Bson::JavaScriptCodeWithScope(y)) => x
             .code
             .cmp(&y.code)
-            .then_with(|| cmp_documents(&x.scope, &y.scope)),
+            .then_with(|| cmp_documents_with(&x.scope, &y.scope, coll)),
         (Bson::DbPointer(_), Bson::DbPointer(_)) => Ordering::Equal,
         _ => Ordering::Equal,
     }
@@ -197,6 +210,11 @@ fn str_of(v: &Bson) -> &str {
 /// Compares two documents field by field: type rank of the value, then field name, then
 /// value; a shorter prefix sorts first.
 pub fn cmp_documents(a: &Document, b: &Document) -> Ordering {
+    cmp_documents_with(a, b, None)
+}
+
+/// As [`cmp_documents`], with string values compared under `coll`.
+pub fn cmp_documents_with(a: &Document, b: &Document, coll: Option<&Collation>) -> Ordering {
     let mut ia = a.iter();
     let mut ib = b.iter();
     loop {
@@ -208,7 +226,7 @@ pub fn cmp_documents(a: &Document, b: &Document) -> Ordering {
                 let o = type_rank(va)
                     .cmp(&type_rank(vb))
                     .then_with(|| ka.cmp(kb))
-                    .then_with(|| cmp_values(va, vb));
+                    .then_with(|| cmp_values_with(va, vb, coll));
                 if o != Ordering::Equal {
                     return o;
                 }
@@ -217,9 +235,9 @@ pub fn cmp_documents(a: &Document, b: &Document) -> Ordering {
     }
 }
 
-fn cmp_arrays(a: &[Bson], b: &[Bson]) -> Ordering {
+fn cmp_arrays(a: &[Bson], b: &[Bson], coll: Option<&Collation>) -> Ordering {
     for (x, y) in a.iter().zip(b.iter()) {
-        let o = cmp_values(x, y);
+        let o = cmp_values_with(x, y, coll);
         if o != Ordering::Equal {
             return o;
         }
@@ -230,6 +248,11 @@ fn cmp_arrays(a: &[Bson], b: &[Bson]) -> Ordering {
 /// Whether two values are equal in MongoDB's sense (`1 == 1.0 == NumberLong(1)`).
 pub fn values_equal(a: &Bson, b: &Bson) -> bool {
     cmp_values(a, b) == Ordering::Equal
+}
+
+/// As [`values_equal`], with strings compared under `coll`.
+pub fn values_equal_with(a: &Bson, b: &Bson, coll: Option<&Collation>) -> bool {
+    cmp_values_with(a, b, coll) == Ordering::Equal
 }
 
 #[cfg(test)]

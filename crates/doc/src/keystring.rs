@@ -20,10 +20,14 @@
 //!   128 raw bits), so decoding restores it exactly. Decoding rejects keys that carry MongoDB's
 //!   decimal continuation bits.
 //! - Only the `04` end byte is produced and accepted (never the `01`/`FE` range discriminators).
+//! - Under a collation ([`append_value_collated`]) a string is keyed by its collation sort
+//!   key in place of its UTF-8 bytes, as MongoDB keys indexes with a collation; such keys
+//!   order and compare equal as the collation does, and cannot be decoded back to the string.
 
 use bson::spec::BinarySubtype;
 use bson::{Binary, Bson, Document, JavaScriptCodeWithScope, Regex, Timestamp};
 
+use crate::collation::Collation;
 use crate::compare::decimal_to_f64;
 
 /// The end byte of a whole key.
@@ -175,7 +179,22 @@ pub fn append_value_with_type_bits(
     descending: bool,
 ) {
     let start = buf.len();
-    encode(buf, tb, v);
+    encode(buf, tb, v, None);
+    if descending {
+        buf[start..].iter_mut().for_each(|b| *b = !*b);
+    }
+}
+
+/// As [`append_value`], with every string (also inside objects and arrays) keyed by its
+/// sort key under `coll`; `None` is [`append_value`] itself.
+pub fn append_value_collated(
+    buf: &mut Vec<u8>,
+    v: &Bson,
+    descending: bool,
+    coll: Option<&Collation>,
+) {
+    let start = buf.len();
+    encode(buf, &mut TypeBits::new(), v, coll);
     if descending {
         buf[start..].iter_mut().for_each(|b| *b = !*b);
     }
@@ -221,7 +240,7 @@ fn generic_type(v: &Bson) -> u8 {
     }
 }
 
-fn encode(buf: &mut Vec<u8>, tb: &mut TypeBits, v: &Bson) {
+fn encode(buf: &mut Vec<u8>, tb: &mut TypeBits, v: &Bson, coll: Option<&Collation>) {
     match v {
         Bson::Int32(i) => {
             tb.push_all(&[0, 0]);
@@ -253,15 +272,18 @@ fn encode(buf: &mut Vec<u8>, tb: &mut TypeBits, v: &Bson) {
         Bson::String(s) | Bson::Symbol(s) => {
             tb.push(matches!(v, Bson::Symbol(_)));
             buf.push(STRING);
-            encode_str(buf, s);
+            match coll {
+                None => encode_str(buf, s),
+                Some(c) => encode_bytes(buf, &c.sort_key(s)),
+            }
         }
         Bson::Document(d) => {
             buf.push(OBJECT);
-            encode_fields(buf, tb, d);
+            encode_fields(buf, tb, d, coll);
         }
         Bson::Array(a) => {
             buf.push(ARRAY);
-            a.iter().for_each(|e| encode(buf, tb, e));
+            a.iter().for_each(|e| encode(buf, tb, e, coll));
             buf.push(0);
         }
         Bson::Binary(b) => {
@@ -310,26 +332,31 @@ fn encode(buf: &mut Vec<u8>, tb: &mut TypeBits, v: &Bson) {
         Bson::JavaScriptCodeWithScope(c) => {
             buf.push(CODE_W_SCOPE);
             encode_str(buf, &c.code);
-            encode_fields(buf, tb, &c.scope);
+            encode_fields(buf, tb, &c.scope, coll);
         }
         other => buf.push(generic_type(other)),
     }
 }
 
 /// Object body: per field the generic type byte, the name, `00`, the value; then `00`.
-fn encode_fields(buf: &mut Vec<u8>, tb: &mut TypeBits, d: &Document) {
+fn encode_fields(buf: &mut Vec<u8>, tb: &mut TypeBits, d: &Document, coll: Option<&Collation>) {
     for (k, v) in d {
         buf.push(generic_type(v));
         buf.extend_from_slice(k.as_bytes());
         buf.push(0);
-        encode(buf, tb, v);
+        encode(buf, tb, v, coll);
     }
     buf.push(0);
 }
 
 /// String body: the UTF-8 bytes with each `00` written as `00 FF`, then `00`.
 fn encode_str(buf: &mut Vec<u8>, s: &str) {
-    for &b in s.as_bytes() {
+    encode_bytes(buf, s.as_bytes());
+}
+
+/// Bytes with each `00` written as `00 FF`, then `00`: order-preserving and self-delimiting.
+fn encode_bytes(buf: &mut Vec<u8>, bytes: &[u8]) {
+    for &b in bytes {
         buf.push(b);
         if b == 0 {
             buf.push(0xFF);
@@ -1133,5 +1160,46 @@ mod tests {
             let tb: Vec<u8> = (0..next() % 4).map(|_| next() as u8).collect();
             let _ = decode_key(&bytes, Some(&tb));
         }
+    }
+
+    #[test]
+    fn collated_keys_follow_the_collation() {
+        use crate::collation::Collation;
+        use crate::compare::cmp_values_with;
+        let c = Collation::parse(&bson::doc! {"locale": "en", "strength": 2})
+            .unwrap()
+            .unwrap();
+        let vals = [
+            bson!("a"),
+            bson!("A"),
+            bson!("b"),
+            bson!("B\u{0}x"),
+            bson!("é"),
+            bson!(""),
+            bson!({"k": "Q"}),
+            bson!({"k": "q"}),
+            bson!(["Z", 1]),
+            bson!(["z", 1]),
+            bson!(3),
+        ];
+        for a in &vals {
+            for b in &vals {
+                for desc in [false, true] {
+                    let mut ka = Vec::new();
+                    let mut kb = Vec::new();
+                    append_value_collated(&mut ka, a, desc, Some(&c));
+                    append_value_collated(&mut kb, b, desc, Some(&c));
+                    let want = cmp_values_with(a, b, Some(&c));
+                    let want = if desc { want.reverse() } else { want };
+                    assert_eq!(ka.cmp(&kb), want, "{a} vs {b} (desc {desc})");
+                }
+            }
+        }
+        let mut plain = Vec::new();
+        append_value_collated(&mut plain, &bson!({"k": ["x"]}), false, None);
+        assert_eq!(
+            plain,
+            encode_key(&[(&bson!({"k": ["x"]}), false)])[..plain.len()]
+        );
     }
 }

@@ -3,6 +3,8 @@
 //! An entry of a unique index is `index id (8 bytes BE) ++ KeyString(values)` with the
 //! record's `_id` key as value, so a second document with the same values finds the entry.
 //! A non-unique entry appends the `_id` key to the key, so equal values coexist.
+//! An index with a collation keys strings by their collation sort keys, so its order is the
+//! collation's and values equal under it (`"a"`, `"A"` at strength 2) share a key.
 
 use bson::{Bson, Document};
 use doc::keystring;
@@ -85,12 +87,13 @@ pub fn entry_keys(
     }
     let dirs: Vec<bool> = ix.fields().iter().map(|(_, d)| *d).collect();
     let (tuples, multikey) = key_tuples(ix, doc);
-    let keys = tuples
+    let coll = crate::collation::of_index(ix);
+    let mut keys: Vec<Vec<u8>> = tuples
         .iter()
         .map(|t| {
             let mut k = index_prefix(ix.id);
             for (v, d) in t.iter().zip(&dirs) {
-                keystring::append_value(&mut k, v, *d);
+                keystring::append_value_collated(&mut k, v, *d, coll.as_deref());
             }
             if !ix.unique {
                 k.extend_from_slice(id_key);
@@ -98,6 +101,11 @@ pub fn entry_keys(
             k
         })
         .collect();
+    if coll.is_some() {
+        // Array elements equal under the collation give one entry, not two.
+        keys.sort();
+        keys.dedup();
+    }
     (keys, multikey)
 }
 
@@ -130,5 +138,26 @@ mod tests {
         let (k1, _) = entry_keys(&s, None, &doc! {"a": 1}, b"id");
         let (k2, _) = entry_keys(&s, None, &doc! {"a": 1.0}, b"other");
         assert_eq!(k1, k2, "unique keys ignore the _id and numeric type");
+    }
+
+    #[test]
+    fn collated_index_keys_strings_by_sort_key() {
+        let mut ci = ix(doc! {"a": 1}, true, false);
+        ci.spec = doc! {"collation": {"locale": "en", "strength": 2}};
+        let (k1, _) = entry_keys(&ci, None, &doc! {"a": "abc"}, b"1");
+        let (k2, _) = entry_keys(&ci, None, &doc! {"a": "ABC"}, b"2");
+        assert_eq!(
+            k1, k2,
+            "equal under strength 2, so duplicates in a unique index"
+        );
+        let (k3, _) = entry_keys(&ci, None, &doc! {"a": "abd"}, b"3");
+        assert_ne!(k1, k3);
+        let (multi, _) = entry_keys(&ci, None, &doc! {"a": ["x", "X", "y"]}, b"4");
+        assert_eq!(multi.len(), 2);
+        let plain = ix(doc! {"a": 1}, true, false);
+        assert_ne!(
+            entry_keys(&plain, None, &doc! {"a": "abc"}, b"1").0,
+            entry_keys(&plain, None, &doc! {"a": "ABC"}, b"2").0
+        );
     }
 }

@@ -6,9 +6,12 @@
 //!   indexes) and the `_id` record key.
 //! - [`write`]: insert, replace and delete of one document with its index entries, checking
 //!   unique constraints before changing anything; index builds.
+//! - [`collation`]: the collation of an operation (explicit or the collection default) and
+//!   of an index.
 //! - [`plan`]: choosing a collection scan or an index scan for a filter and sort, and running
 //!   it over a snapshot.
 
+pub mod collation;
 pub mod keys;
 pub mod plan;
 pub mod write;

@@ -6,18 +6,24 @@
 //! whose keys are a prefix of a non-multikey index's fields (all in the index's direction,
 //! or all reversed) is read in index order instead of being sorted in memory. Every
 //! document the scan yields is still checked against the whole filter by the caller.
+//!
+//! Collation: an index serves a query (bounds or sort) only if both use the same collation
+//! (simple and simple included), and its bounds are then encoded under it. `_id` lookups
+//! read records keyed by the binary `_id`, so a query with a collation uses them only for
+//! `_id` values without strings.
 
 use std::collections::HashSet;
 use std::ops::Bound;
 use std::sync::Arc;
 
 use bson::{Bson, Document, doc};
-use doc::keystring;
+use doc::{Collation, keystring};
 use errors::{ErrorCode, MongoError, Result};
 use query::filter::{Filter, Predicate};
 use query::sort::SortSpec;
 use storage::{CollectionMeta, IndexMeta, Snapshot, prefix_range};
 
+use crate::collation::{has_strings, of_index};
 use crate::keys::{id_key, index_prefix};
 
 /// A key range over an index: byte bounds.
@@ -65,9 +71,8 @@ impl Plan {
                 reverse,
                 bounds,
                 ..
-            } => doc! {
-                "stage": "FETCH",
-                "inputStage": {
+            } => {
+                let mut ixscan = doc! {
                     "stage": "IXSCAN",
                     "keyPattern": index.key.clone(),
                     "indexName": &index.name,
@@ -77,8 +82,12 @@ impl Plan {
                     "isPartial": index.partial_filter.is_some(),
                     "direction": if *reverse { "backward" } else { "forward" },
                     "indexBounds": bounds.clone(),
+                };
+                if let Some(c) = of_index(index) {
+                    ixscan.insert("collation", c.spec().clone());
                 }
-            },
+                doc! {"stage": "FETCH", "inputStage": ixscan}
+            }
         }
     }
 }
@@ -105,6 +114,7 @@ pub fn plan_query(
     sort: Option<&SortSpec>,
     hint: Option<&Bson>,
 ) -> Result<Plan> {
+    let coll = filter.collation();
     let preds: Vec<(String, Predicate)> = filter
         .predicates()
         .into_iter()
@@ -133,16 +143,24 @@ pub fn plan_query(
         if ix.is_id() && preds.iter().all(|(f, _)| f != "_id") {
             return Ok(Plan::CollScan);
         }
+        if !ix.is_id() && !serves(ix, coll) {
+            // Its keys don't follow the query's collation: read all of it, in no useful
+            // order, and let the filter decide.
+            return Ok(index_plan(ix, &[], None));
+        }
         return Ok(index_plan(ix, &preds, sort));
     }
 
     // _id lookups.
     for (f, p) in &preds {
         if f == "_id" {
+            let binary_ok = |v: &Bson| coll.is_none() || !has_strings(v);
             match p {
-                Predicate::Eq(v) => return Ok(Plan::IdLookup(vec![v.clone()])),
-                Predicate::In(vs) => return Ok(Plan::IdLookup(vs.clone())),
-                Predicate::Range { .. } => {}
+                Predicate::Eq(v) if binary_ok(v) => return Ok(Plan::IdLookup(vec![v.clone()])),
+                Predicate::In(vs) if vs.iter().all(binary_ok) => {
+                    return Ok(Plan::IdLookup(vs.clone()));
+                }
+                _ => {}
             }
         }
     }
@@ -151,7 +169,7 @@ pub fn plan_query(
     for ix in meta
         .indexes
         .iter()
-        .filter(|i| !i.is_id() && i.partial_filter.is_none() && !i.sparse)
+        .filter(|i| !i.is_id() && i.partial_filter.is_none() && !i.sparse && serves(i, coll))
     {
         let first = &ix.fields()[0].0;
         let r = preds
@@ -175,7 +193,7 @@ pub fn plan_query(
         for ix in meta
             .indexes
             .iter()
-            .filter(|i| !i.is_id() && i.partial_filter.is_none() && !i.sparse)
+            .filter(|i| !i.is_id() && i.partial_filter.is_none() && !i.sparse && serves(i, coll))
         {
             if sort_direction(ix, s).is_some() {
                 return Ok(index_plan(ix, &preds, sort));
@@ -183,6 +201,11 @@ pub fn plan_query(
         }
     }
     Ok(Plan::CollScan)
+}
+
+/// Whether an index's keys follow the query's collation.
+fn serves(ix: &IndexMeta, coll: Option<&Collation>) -> bool {
+    doc::collation::same(of_index(ix).as_deref(), coll)
 }
 
 /// Whether the index provides the sort: `Some(reverse)` if so.
@@ -215,14 +238,16 @@ fn index_plan(ix: &IndexMeta, preds: &[(String, Predicate)], sort: Option<&SortS
         .max_by_key(|(_, p)| rank(p))
         .map(|(_, p)| p.clone());
     let pfx = index_prefix(ix.id);
+    let coll = of_index(ix);
+    let coll = coll.as_deref();
     let (ranges, shown): (Vec<KeyRange>, Vec<Bson>) = match &pred {
         None => (
             vec![whole(&pfx)],
             vec![Bson::String("[MinKey, MaxKey]".into())],
         ),
-        Some(Predicate::Eq(v)) => (vec![point(&pfx, v, desc)], vec![show_point(v)]),
+        Some(Predicate::Eq(v)) => (vec![point(&pfx, v, desc, coll)], vec![show_point(v)]),
         Some(Predicate::In(vs)) => {
-            let mut rs: Vec<KeyRange> = vs.iter().map(|v| point(&pfx, v, desc)).collect();
+            let mut rs: Vec<KeyRange> = vs.iter().map(|v| point(&pfx, v, desc, coll)).collect();
             rs.sort_by(|a, b| bound_bytes(&a.0).cmp(bound_bytes(&b.0)));
             rs.dedup_by(|a, b| bound_bytes(&a.0) == bound_bytes(&b.0));
             (rs, vs.iter().map(show_point).collect())
@@ -248,7 +273,7 @@ fn index_plan(ix: &IndexMeta, preds: &[(String, Predicate)], sort: Option<&SortS
                 },
             );
             (
-                vec![range(&pfx, lower.as_ref(), upper.as_ref(), desc)],
+                vec![range(&pfx, lower.as_ref(), upper.as_ref(), desc, coll)],
                 vec![Bson::String(shown)],
             )
         }
@@ -290,14 +315,14 @@ fn whole(pfx: &[u8]) -> KeyRange {
     (Bound::Included(pfx.to_vec()), upper_of(pfx))
 }
 
-fn encoded(pfx: &[u8], v: &Bson, desc: bool) -> Vec<u8> {
+fn encoded(pfx: &[u8], v: &Bson, desc: bool, coll: Option<&Collation>) -> Vec<u8> {
     let mut k = pfx.to_vec();
-    keystring::append_value(&mut k, v, desc);
+    keystring::append_value_collated(&mut k, v, desc, coll);
     k
 }
 
-fn point(pfx: &[u8], v: &Bson, desc: bool) -> KeyRange {
-    let k = encoded(pfx, v, desc);
+fn point(pfx: &[u8], v: &Bson, desc: bool, coll: Option<&Collation>) -> KeyRange {
+    let k = encoded(pfx, v, desc, coll);
     let hi = upper_of(&k);
     (Bound::Included(k), hi)
 }
@@ -309,21 +334,22 @@ fn range(
     lower: Option<&(Bson, bool)>,
     upper: Option<&(Bson, bool)>,
     desc: bool,
+    coll: Option<&Collation>,
 ) -> KeyRange {
     // In byte order: the bound at the small end, and at the large end.
     let (small, large) = if desc { (upper, lower) } else { (lower, upper) };
     let lo = match small {
         None => Bound::Included(pfx.to_vec()),
-        Some((v, true)) => Bound::Included(encoded(pfx, v, desc)),
-        Some((v, false)) => match upper_of(&encoded(pfx, v, desc)) {
+        Some((v, true)) => Bound::Included(encoded(pfx, v, desc, coll)),
+        Some((v, false)) => match upper_of(&encoded(pfx, v, desc, coll)) {
             Bound::Excluded(h) => Bound::Included(h),
             other => other,
         },
     };
     let hi = match large {
         None => upper_of(pfx),
-        Some((v, true)) => upper_of(&encoded(pfx, v, desc)),
-        Some((v, false)) => Bound::Excluded(encoded(pfx, v, desc)),
+        Some((v, true)) => upper_of(&encoded(pfx, v, desc, coll)),
+        Some((v, false)) => Bound::Excluded(encoded(pfx, v, desc, coll)),
     };
     (lo, hi)
 }
@@ -385,5 +411,96 @@ pub fn scan(snap: Arc<Snapshot>, meta: &CollectionMeta, plan: &Plan) -> Result<D
                 }
             })))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use storage::Namespace;
+
+    fn index(id: u64, name: &str, spec: Document) -> IndexMeta {
+        IndexMeta {
+            id,
+            name: name.into(),
+            key: doc! {"s": 1},
+            unique: false,
+            sparse: false,
+            partial_filter: None,
+            spec,
+            multikey: false,
+        }
+    }
+
+    fn meta(indexes: Vec<IndexMeta>) -> CollectionMeta {
+        CollectionMeta {
+            ns: Namespace::new("d", "c"),
+            uuid: bson::Uuid::new(),
+            id: 1,
+            options: Document::new(),
+            indexes,
+        }
+    }
+
+    fn chosen(m: &CollectionMeta, filter: Document, coll: Option<Document>) -> String {
+        let coll = coll.and_then(|c| Collation::parse(&c).unwrap());
+        let f = Filter::parse(&filter).unwrap().with_collation(coll);
+        match plan_query(m, &f, None, None).unwrap() {
+            Plan::CollScan => "COLLSCAN".into(),
+            Plan::IdLookup(_) => "IDHACK".into(),
+            Plan::IxScan { index, .. } => index.name,
+        }
+    }
+
+    #[test]
+    fn an_index_serves_only_queries_with_its_collation() {
+        let ci = doc! {"locale": "en", "strength": 2};
+        let only_ci = meta(vec![index(2, "ci", doc! {"collation": ci.clone()})]);
+        assert_eq!(chosen(&only_ci, doc! {"s": "a"}, Some(ci.clone())), "ci");
+        assert_eq!(chosen(&only_ci, doc! {"s": "a"}, None), "COLLSCAN");
+        assert_eq!(
+            chosen(&only_ci, doc! {"s": "a"}, Some(doc! {"locale": "en"})),
+            "COLLSCAN"
+        );
+        let only_simple = meta(vec![index(3, "plain", Document::new())]);
+        assert_eq!(chosen(&only_simple, doc! {"s": "a"}, None), "plain");
+        assert_eq!(
+            chosen(
+                &only_simple,
+                doc! {"s": "a"},
+                Some(doc! {"locale": "simple"})
+            ),
+            "plain"
+        );
+        assert_eq!(
+            chosen(&only_simple, doc! {"s": "a"}, Some(ci.clone())),
+            "COLLSCAN"
+        );
+        // Records are keyed by the binary _id: string _ids under a collation need a scan.
+        assert_eq!(
+            chosen(&only_simple, doc! {"_id": "a"}, Some(ci.clone())),
+            "COLLSCAN"
+        );
+        assert_eq!(chosen(&only_simple, doc! {"_id": 5}, Some(ci)), "IDHACK");
+    }
+
+    #[test]
+    fn collated_bounds_cover_every_case_variant() {
+        let c = Collation::parse(&doc! {"locale": "en", "strength": 2})
+            .unwrap()
+            .unwrap();
+        let m = meta(vec![index(2, "ci", doc! {"collation": c.spec().clone()})]);
+        let f = Filter::parse(&doc! {"s": "abc"})
+            .unwrap()
+            .with_collation(Some(c.clone()));
+        let Plan::IxScan { ranges, .. } = plan_query(&m, &f, None, None).unwrap() else {
+            panic!("expected an index scan");
+        };
+        let mut key = index_prefix(2);
+        keystring::append_value_collated(&mut key, &Bson::String("ABC".into()), false, Some(&c));
+        key.extend_from_slice(b"some id key");
+        let (lo, hi) = &ranges[0];
+        use std::ops::RangeBounds;
+        assert!((lo.clone(), hi.clone()).contains(&key));
     }
 }

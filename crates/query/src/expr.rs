@@ -15,8 +15,10 @@ mod ops;
 pub(crate) use ops::as_int as ops_as_int;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bson::{Bson, DateTime, Document, Timestamp};
+use doc::Collation;
 use errors::{ErrorCode, MongoError, Result};
 
 /// A parsed aggregation expression.
@@ -59,12 +61,14 @@ impl Args {
 
 /// Variables visible to an expression: `$$NOW`, `$$CLUSTER_TIME`, `$$CURRENT` and user
 /// variables (`$let`, `$map`, `$lookup` `let`, ...). `$$ROOT` is the evaluated document.
+/// They also carry the operation's collation, which comparison expressions use.
 #[derive(Debug, Clone)]
 pub struct Vars {
     now: DateTime,
     cluster_time: Timestamp,
     user: HashMap<String, Bson>,
     current: Option<Document>,
+    collation: Option<Arc<Collation>>,
 }
 
 impl Default for Vars {
@@ -89,7 +93,23 @@ impl Vars {
             cluster_time,
             user: HashMap::new(),
             current: None,
+            collation: None,
         }
+    }
+
+    /// The operation's collation (`None`: binary string comparison).
+    pub fn collation(&self) -> Option<&Collation> {
+        self.collation.as_deref()
+    }
+
+    /// The operation's collation, shared (for a sort spec built during evaluation).
+    pub fn shared_collation(&self) -> Option<Arc<Collation>> {
+        self.collation.clone()
+    }
+
+    /// Sets the operation's collation.
+    pub fn set_collation(&mut self, coll: Option<Arc<Collation>>) {
+        self.collation = coll;
     }
 
     /// `$$NOW`.
@@ -343,6 +363,13 @@ fn follow_doc(d: &Document, parts: &[String]) -> Option<Bson> {
 pub(crate) struct Ctx<'a> {
     pub root: &'a Document,
     pub vars: &'a Vars,
+}
+
+impl Ctx<'_> {
+    /// The collation string comparisons use.
+    pub(crate) fn coll(&self) -> Option<&Collation> {
+        self.vars.collation()
+    }
 }
 
 impl Node {

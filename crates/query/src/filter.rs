@@ -10,21 +10,27 @@
 mod regex;
 mod schema;
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
+use std::sync::Arc;
 
 use bson::{Bson, Document};
-use doc::compare::{Number, as_number, cmp_values, type_rank, values_equal};
+use doc::Collation;
+use doc::compare::{Number, as_number, cmp_values_with, type_rank, values_equal_with};
 use errors::{ErrorCode, MongoError, Result};
 
 pub use self::regex::Rx;
 use self::schema::Schema;
 use crate::expr::{Expr, Vars, truthy};
 
-/// A parsed query filter.
+/// A parsed query filter, with the collation its string comparisons use (`$regex` and
+/// `$jsonSchema` ignore it, as in MongoDB).
 #[derive(Debug, Clone)]
 pub struct Filter {
     root: Node,
-    /// Variables bound with [`Filter::bind`] (a command's `let`), for `$expr`.
+    collation: Option<Arc<Collation>>,
+    /// Variables bound with [`Filter::bind`] (a command's `let`), for `$expr`; they carry
+    /// the filter's collation.
     vars: Option<Box<Vars>>,
 }
 
@@ -208,16 +214,17 @@ impl Op {
 
     /// Tests one value (no array expansion); `None` is a missing value.
     fn matches_single(&self, v: Option<&Bson>, ctx: &mut Ctx<'_>) -> bool {
+        let coll = ctx.coll();
         match self {
             Op::Eq(x) => match v {
                 None => matches!(x, Bson::Null),
-                Some(v) => eq_match(x, v),
+                Some(v) => eq_match(x, v, coll),
             },
-            Op::Cmp(c, x) => cmp_match(*c, x, v),
+            Op::Cmp(c, x) => cmp_match(*c, x, v, coll),
             Op::In(vals, rxs) => {
                 vals.iter().any(|x| match v {
                     None => matches!(x, Bson::Null),
-                    Some(v) => eq_match(x, v),
+                    Some(v) => eq_match(x, v, coll),
                 }) || v.is_some_and(|v| rxs.iter().any(|r| r.matches_value(v)))
             }
             Op::Exists => v.is_some(),
@@ -261,10 +268,10 @@ fn array_as_doc(a: &[Bson]) -> Document {
         .collect()
 }
 
-fn eq_match(x: &Bson, v: &Bson) -> bool {
+fn eq_match(x: &Bson, v: &Bson, coll: Option<&Collation>) -> bool {
     match (x, v) {
         (Bson::Null, Bson::Undefined) => false,
-        _ => type_rank(x) == type_rank(v) && values_equal(x, v),
+        _ => type_rank(x) == type_rank(v) && values_equal_with(x, v, coll),
     }
 }
 
@@ -276,10 +283,10 @@ fn is_nan(v: &Bson) -> bool {
     }
 }
 
-fn cmp_match(c: CmpOp, x: &Bson, v: Option<&Bson>) -> bool {
+fn cmp_match(c: CmpOp, x: &Bson, v: Option<&Bson>, coll: Option<&Collation>) -> bool {
     let v = v.unwrap_or(&Bson::Null);
     let ord = if matches!(x, Bson::MinKey | Bson::MaxKey) {
-        cmp_values(v, x)
+        cmp_values_with(v, x, coll)
     } else {
         if type_rank(v) != type_rank(x) {
             return false;
@@ -288,7 +295,7 @@ fn cmp_match(c: CmpOp, x: &Bson, v: Option<&Bson>) -> bool {
             let both = is_nan(v) && is_nan(x);
             return matches!(c, CmpOp::Lte | CmpOp::Gte) && both;
         }
-        cmp_values(v, x)
+        cmp_values_with(v, x, coll)
     };
     match c {
         CmpOp::Lt => ord == Ordering::Less,
@@ -339,11 +346,19 @@ fn bits_match(op: BitsOp, positions: &[u32], v: &Bson) -> bool {
     }
 }
 
-/// Evaluation state: the error from a failing `$expr`, if any.
+/// Evaluation state: the error from a failing `$expr`, if any, the variables for `$expr`
+/// and the filter's collation.
 #[derive(Default)]
-struct Ctx<'v> {
+struct Ctx<'a> {
     error: Option<MongoError>,
-    vars: Option<&'v Vars>,
+    vars: Option<Cow<'a, Vars>>,
+    coll: Option<&'a Arc<Collation>>,
+}
+
+impl Ctx<'_> {
+    fn coll(&self) -> Option<&Collation> {
+        self.coll.map(|c| &**c)
+    }
 }
 
 /// Visits every value a path reaches from a document (MongoDB's matcher traversal). `f` gets
@@ -463,10 +478,12 @@ impl Node {
             Node::Path(p, pred) => pred.matches_path(d, &p.parts, pos, ctx),
             Node::Expr(e) => {
                 let default_vars;
-                let vars = match ctx.vars {
-                    Some(v) => v,
+                let vars = match &ctx.vars {
+                    Some(v) => &**v,
                     None => {
-                        default_vars = Vars::default();
+                        let mut v = Vars::default();
+                        v.set_collation(ctx.coll.cloned());
+                        default_vars = v;
                         &default_vars
                     }
                 };
@@ -489,6 +506,7 @@ impl Filter {
     pub fn parse(filter: &Document) -> Result<Filter> {
         Ok(Filter {
             root: parse_doc(filter, 0)?,
+            collation: None,
             vars: None,
         })
     }
@@ -497,29 +515,65 @@ impl Filter {
     pub fn match_all() -> Filter {
         Filter {
             root: Node::And(Vec::new()),
+            collation: None,
             vars: None,
         }
     }
 
-    /// Whether the document matches (an `$expr` that fails to evaluate does not match; see
-    /// [`Filter::try_matches`]).
-    pub fn matches(&self, doc: &Document) -> bool {
-        self.root.matches(doc, &mut None, &mut self.ctx(None))
+    /// The same filter with string comparisons under `coll` (`None`: binary).
+    #[must_use]
+    pub fn with_collation(mut self, coll: Option<Arc<Collation>>) -> Filter {
+        if let Some(v) = self.vars.as_mut() {
+            v.set_collation(coll.clone());
+        }
+        self.collation = coll;
+        self
     }
 
     /// The filter with variables bound for its `$expr`s (a command's `let` parameters and
     /// `$$NOW`); [`Filter::matches`] and [`Filter::try_matches`] then use them.
     #[must_use]
     pub fn bind(mut self, vars: &Vars) -> Filter {
-        self.vars = Some(Box::new(vars.clone()));
+        let mut v = vars.clone();
+        v.set_collation(self.collation.clone());
+        self.vars = Some(Box::new(v));
         self
     }
 
-    fn ctx<'v>(&'v self, vars: Option<&'v Vars>) -> Ctx<'v> {
+    /// The collation string comparisons use.
+    pub fn collation(&self) -> Option<&Collation> {
+        self.collation.as_deref()
+    }
+
+    /// The collation, shared.
+    pub fn shared_collation(&self) -> Option<Arc<Collation>> {
+        self.collation.clone()
+    }
+
+    fn ctx(&self) -> Ctx<'_> {
         Ctx {
             error: None,
-            vars: vars.or(self.vars.as_deref()),
+            vars: self.vars.as_deref().map(Cow::Borrowed),
+            coll: self.collation.as_ref(),
         }
+    }
+
+    /// Whether the document matches (an `$expr` that fails to evaluate does not match; see
+    /// [`Filter::try_matches`]).
+    pub fn matches(&self, doc: &Document) -> bool {
+        self.root.matches(doc, &mut None, &mut self.ctx())
+    }
+
+    /// Like [`Filter::matches`], with string comparisons under `coll` instead of the
+    /// filter's own collation (for filters parsed once and applied under an operation's
+    /// collation, e.g. `$pull` conditions).
+    pub fn matches_under(&self, doc: &Document, coll: Option<&Arc<Collation>>) -> bool {
+        let mut ctx = Ctx {
+            error: None,
+            vars: self.vars.as_deref().map(Cow::Borrowed),
+            coll,
+        };
+        self.root.matches(doc, &mut None, &mut ctx)
     }
 
     /// Like [`Filter::matches`], but reports an `$expr` evaluation error.
@@ -529,7 +583,14 @@ impl Filter {
 
     /// Like [`Filter::try_matches`], with variables for `$expr` (`$$NOW`, `let` variables).
     pub fn try_matches_with(&self, doc: &Document, vars: Option<&Vars>) -> Result<bool> {
-        let mut ctx = self.ctx(vars);
+        let mut ctx = self.ctx();
+        if let Some(vars) = vars {
+            let mut v = vars.clone();
+            if let Some(c) = &self.collation {
+                v.set_collation(Some(c.clone()));
+            }
+            ctx.vars = Some(Cow::Owned(v));
+        }
         let m = self.root.matches(doc, &mut None, &mut ctx);
         match ctx.error {
             Some(e) => Err(e),
@@ -541,7 +602,7 @@ impl Filter {
     /// in the first array traversed by the query, if any.
     pub fn match_position(&self, doc: &Document) -> Option<usize> {
         let mut pos = None;
-        if self.root.matches(doc, &mut pos, &mut self.ctx(None)) {
+        if self.root.matches(doc, &mut pos, &mut self.ctx()) {
             pos
         } else {
             None

@@ -7,6 +7,9 @@
 //! - [`pipeline`]: aggregation stages.
 //! - [`update`]: update operators, replacements and pipeline updates, each yielding the
 //!   field-level delta that change events report as `updateDescription`.
+//!
+//! String comparisons follow an optional collation ([`doc::Collation`]): filters, sorts and
+//! pipelines carry one (`with_collation`), and expressions take it from [`expr::Vars`].
 
 pub mod expr;
 pub mod filter;
@@ -14,3 +17,6 @@ pub mod pipeline;
 pub mod projection;
 pub mod sort;
 pub mod update;
+
+#[cfg(test)]
+mod collation_tests;

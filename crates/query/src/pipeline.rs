@@ -10,9 +10,11 @@ mod group;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
 
 use bson::{Bson, DateTime, Document, Timestamp};
-use doc::compare::cmp_values;
+use doc::Collation;
+use doc::compare::{cmp_values, cmp_values_with, values_equal_with};
 use errors::{MongoError, Result};
 
 use self::group::{AccSpec, Grouper, parse_accumulators};
@@ -47,11 +49,13 @@ pub enum OutStage {
     },
 }
 
-/// A parsed aggregation pipeline.
+/// A parsed aggregation pipeline, with the operation's collation (which every stage's
+/// string comparisons use, sub-pipelines included).
 #[derive(Debug, Clone)]
 pub struct Pipeline {
     stages: Vec<(&'static str, Stage)>,
     out: Option<(&'static str, OutStage)>,
+    collation: Option<Arc<Collation>>,
 }
 
 #[derive(Debug, Clone)]
@@ -617,7 +621,47 @@ impl Pipeline {
         Ok(Pipeline {
             stages: out_stages,
             out,
+            collation: None,
         })
+    }
+
+    /// The same pipeline with string comparisons under `coll` (`None`: binary), in every
+    /// stage and sub-pipeline.
+    #[must_use]
+    pub fn with_collation(mut self, coll: Option<Arc<Collation>>) -> Pipeline {
+        self.set_collation(&coll);
+        self
+    }
+
+    fn set_collation(&mut self, coll: &Option<Arc<Collation>>) {
+        self.collation.clone_from(coll);
+        for (_, stage) in &mut self.stages {
+            match stage {
+                Stage::Match(f) => {
+                    *f = std::mem::replace(f, Filter::match_all()).with_collation(coll.clone());
+                }
+                Stage::Sort(s) => *s = std::mem::take(s).with_collation(coll.clone()),
+                Stage::Lookup(l) => {
+                    if let Some(p) = &mut l.pipeline {
+                        p.set_collation(coll);
+                    }
+                }
+                Stage::Facet(facets) => {
+                    for (_, p) in facets {
+                        p.set_collation(coll);
+                    }
+                }
+                Stage::UnionWith {
+                    pipeline: Some(p), ..
+                } => p.set_collation(coll),
+                _ => {}
+            }
+        }
+    }
+
+    /// The collation string comparisons use.
+    pub fn collation(&self) -> Option<&Collation> {
+        self.collation.as_deref()
     }
 
     /// The final `$out`/`$merge`, if any.
@@ -648,6 +692,18 @@ impl Pipeline {
         self.run_with(input, env, &vars)
     }
 
+    /// The variables with this pipeline's collation, when it has one the caller's lack.
+    fn vars_for<'v>(&self, vars: &'v Vars) -> std::borrow::Cow<'v, Vars> {
+        match &self.collation {
+            Some(c) if vars.collation() != Some(&**c) => {
+                let mut v = vars.clone();
+                v.set_collation(Some(c.clone()));
+                std::borrow::Cow::Owned(v)
+            }
+            _ => std::borrow::Cow::Borrowed(vars),
+        }
+    }
+
     /// Like [`Pipeline::run`], with variables (e.g. `$lookup`'s `let`).
     pub fn run_with(
         &self,
@@ -655,10 +711,11 @@ impl Pipeline {
         env: &dyn Env,
         vars: &Vars,
     ) -> Result<Vec<Document>> {
+        let vars = self.vars_for(vars);
         let mut docs = input;
         let mut cache = HashMap::new();
         for (_, stage) in &self.stages {
-            docs = run_stage(stage, docs, env, vars, &mut cache)?;
+            docs = run_stage(stage, docs, env, &vars, &mut cache)?;
         }
         Ok(docs)
     }
@@ -672,9 +729,10 @@ impl Pipeline {
 
     /// Like [`Pipeline::apply_one`], with explicit variables.
     pub fn apply_one_with(&self, doc: Document, vars: &Vars) -> Result<Option<Document>> {
+        let vars = self.vars_for(vars);
         let mut doc = doc;
         for (name, stage) in &self.stages {
-            match per_doc(stage, doc, vars)? {
+            match per_doc(stage, doc, &vars)? {
                 PerDoc::One(d) => doc = d,
                 PerDoc::Dropped => return Ok(None),
                 PerDoc::Other => {
@@ -1240,7 +1298,7 @@ fn run_stage(
                         let vals = local_values(&d, lf);
                         let mut f = Document::new();
                         f.insert(ff.clone(), bson::doc! {"$in": vals});
-                        let filter = Filter::parse(&f)?;
+                        let filter = Filter::parse(&f)?.with_collation(vars.shared_collation());
                         foreign
                             .iter()
                             .filter(|fd| filter.matches(fd))
@@ -1290,8 +1348,8 @@ fn run_stage(
                 let same = |b: &Bson| doc::compare::type_rank(b) == doc::compare::type_rank(&v);
                 let idx = (0..boundaries.len() - 1).find(|&i| {
                     same(&boundaries[i])
-                        && cmp_values(&v, &boundaries[i]).is_ge()
-                        && cmp_values(&v, &boundaries[i + 1]).is_lt()
+                        && cmp_values_with(&v, &boundaries[i], vars.collation()).is_ge()
+                        && cmp_values_with(&v, &boundaries[i + 1], vars.collation()).is_lt()
                 });
                 let key = match (idx, default) {
                     (Some(i), _) => boundaries[i].clone(),
@@ -1310,7 +1368,7 @@ fn run_stage(
                 let id = d.get("_id").cloned().unwrap_or(Bson::Null);
                 boundaries
                     .iter()
-                    .position(|b| doc::compare::values_equal(b, &id))
+                    .position(|b| values_equal_with(b, &id, vars.collation()))
                     .unwrap_or(usize::MAX)
             };
             res.sort_by_key(pos);
@@ -1326,7 +1384,7 @@ fn run_stage(
                 let v = group_by.eval(&d, vars)?.unwrap_or(Bson::Null);
                 keyed.push((v, d));
             }
-            keyed.sort_by(|a, b| cmp_values(&a.0, &b.0));
+            keyed.sort_by(|a, b| cmp_values_with(&a.0, &b.0, vars.collation()));
             let n = keyed.len();
             let per = n.div_ceil(*buckets).max(1);
             let mut groups: Vec<Vec<(Bson, Document)>> = Vec::new();
@@ -1335,7 +1393,7 @@ fn run_stage(
                 let boundary = cur.len() >= per
                     && cur
                         .last()
-                        .is_some_and(|l| !doc::compare::values_equal(&l.0, &item.0));
+                        .is_some_and(|l| !values_equal_with(&l.0, &item.0, vars.collation()));
                 if boundary {
                     groups.push(std::mem::take(&mut cur));
                 }

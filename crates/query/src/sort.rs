@@ -7,16 +7,19 @@
 #![allow(clippy::collapsible_if, clippy::collapsible_match)]
 
 use std::cmp::Ordering;
+use std::sync::Arc;
 
 use bson::{Bson, Document};
-use doc::compare::cmp_values;
+use doc::Collation;
+use doc::compare::cmp_values_with;
 use errors::{MongoError, Result};
 
-/// A parsed sort specification.
+/// A parsed sort specification, with the collation its string keys compare under.
 #[derive(Debug, Clone, Default)]
 pub struct SortSpec {
     keys: Vec<(String, bool)>,
     parts: Vec<Vec<String>>,
+    collation: Option<Arc<Collation>>,
 }
 
 /// One key's sort value: an empty array sorts before everything but MinKey.
@@ -26,14 +29,14 @@ enum Key {
     Val(Bson),
 }
 
-fn cmp_key(a: &Key, b: &Key) -> Ordering {
+fn cmp_key(a: &Key, b: &Key, coll: Option<&Collation>) -> Ordering {
     match (a, b) {
         (Key::EmptyArray, Key::EmptyArray) => Ordering::Equal,
         (Key::EmptyArray, Key::Val(Bson::MinKey)) => Ordering::Greater,
         (Key::EmptyArray, _) => Ordering::Less,
         (Key::Val(Bson::MinKey), Key::EmptyArray) => Ordering::Less,
         (_, Key::EmptyArray) => Ordering::Greater,
-        (Key::Val(x), Key::Val(y)) => cmp_values(x, y),
+        (Key::Val(x), Key::Val(y)) => cmp_values_with(x, y, coll),
     }
 }
 
@@ -117,7 +120,23 @@ impl SortSpec {
             .iter()
             .map(|(k, _)| k.split('.').map(str::to_string).collect())
             .collect();
-        Ok(SortSpec { keys, parts })
+        Ok(SortSpec {
+            keys,
+            parts,
+            collation: None,
+        })
+    }
+
+    /// The same sort with string keys compared under `coll` (`None`: binary).
+    #[must_use]
+    pub fn with_collation(mut self, coll: Option<Arc<Collation>>) -> SortSpec {
+        self.collation = coll;
+        self
+    }
+
+    /// The collation string keys compare under.
+    pub fn collation(&self) -> Option<&Collation> {
+        self.collation.as_deref()
     }
 
     /// The keys in order: (dotted path, ascending).
@@ -141,7 +160,7 @@ impl SortSpec {
         let asc = self.keys[i].1;
         vals.into_iter()
             .reduce(|a, b| {
-                let o = cmp_key(&a, &b);
+                let o = cmp_key(&a, &b, self.collation());
                 if (asc && o == Ordering::Greater) || (!asc && o == Ordering::Less) {
                     b
                 } else {
@@ -157,7 +176,7 @@ impl SortSpec {
 
     fn cmp_keys(&self, a: &[Key], b: &[Key]) -> Ordering {
         for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            let o = cmp_key(x, y);
+            let o = cmp_key(x, y, self.collation());
             if o != Ordering::Equal {
                 return if self.keys[i].1 { o } else { o.reverse() };
             }
@@ -168,7 +187,7 @@ impl SortSpec {
     /// Compares two documents by this sort.
     pub fn compare(&self, a: &Document, b: &Document) -> Ordering {
         for i in 0..self.keys.len() {
-            let o = cmp_key(&self.key(i, a), &self.key(i, b));
+            let o = cmp_key(&self.key(i, a), &self.key(i, b), self.collation());
             if o != Ordering::Equal {
                 return if self.keys[i].1 { o } else { o.reverse() };
             }

@@ -116,6 +116,25 @@ impl Update {
         self
     }
 
+    /// The same update with its comparisons (array filters, `$pull` conditions,
+    /// `$addToSet`, `$min`/`$max`, `$push`'s `$sort`, pipeline stages) under `coll`.
+    #[must_use]
+    pub fn with_collation(mut self, coll: Option<std::sync::Arc<doc::Collation>>) -> Update {
+        self.kind = match self.kind {
+            Kind::Pipeline(p) => Kind::Pipeline(p.with_collation(coll)),
+            Kind::Operators(mut u) => {
+                for f in u.filters.values_mut() {
+                    *f = std::mem::replace(f, crate::filter::Filter::match_all())
+                        .with_collation(coll.clone());
+                }
+                u.collation = coll;
+                Kind::Operators(u)
+            }
+            other => other,
+        };
+        self
+    }
+
     /// Whether this is a replacement document.
     pub fn is_replacement(&self) -> bool {
         matches!(self.kind, Kind::Replacement(_))

@@ -19,6 +19,7 @@
 
 pub mod catalog;
 pub mod oplog;
+pub mod txn;
 
 use std::fs::File;
 use std::ops::Bound;
@@ -38,6 +39,7 @@ use tokio::sync::{oneshot, watch};
 
 pub use catalog::{CollectionMeta, IndexMeta, Namespace};
 pub use oplog::{OpKind, OplogEntry};
+pub use txn::{Overlay, Txn, write_conflict};
 
 const CATALOG: TableDefinition<&str, &[u8]> = TableDefinition::new("catalog");
 const DOCS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs");
@@ -47,6 +49,9 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sessions");
 /// Change stream pre-images, keyed by oplog key of the write that replaced them.
 const PREIMAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("preimages");
+/// Pre-images of writes inside transactions, keyed by (oplog key of the transaction's
+/// `applyOps` entry, the operation's index in it).
+const TXN_PREIMAGES: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("txn_preimages");
 
 const META_NEXT_ID: &str = "next_id";
 
@@ -88,6 +93,8 @@ struct Inner {
     closed: AtomicBool,
     _lock: File,
     path: PathBuf,
+    tracker: Arc<Mutex<txn::Tracker>>,
+    next_id: Arc<AtomicU64>,
 }
 
 impl Drop for Inner {
@@ -138,6 +145,8 @@ impl Store {
         let (committed, _) = watch::channel(state.last_ts);
         let truncated_upto = Arc::new(AtomicU64::new(state.truncated_upto));
         let truncated_w = truncated_upto.clone();
+        let tracker = state.tracker.clone();
+        let next_id = state.next_id.clone();
         let (tx, rx) = mpsc::channel::<Job>();
         let committed_tx = committed.clone();
         let wdb = db.clone();
@@ -155,6 +164,8 @@ impl Store {
                 closed: AtomicBool::new(false),
                 _lock: lock,
                 path: dir.to_path_buf(),
+                tracker,
+                next_id,
             }),
         })
     }
@@ -171,6 +182,14 @@ impl Store {
     pub fn snapshot(&self) -> Result<Snapshot> {
         let txn = self.inner.db.begin_read().map_err(storage_err)?;
         Snapshot::new(txn)
+    }
+
+    /// Starts a multi-document transaction on a snapshot of everything committed so far.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn begin_txn(&self) -> Result<Txn> {
+        Txn::begin(&self.inner.tracker, &self.inner.next_id, || self.snapshot())
     }
 
     /// The clusterTime of the last committed write.
@@ -244,9 +263,13 @@ struct WriterState {
     /// The last clusterTime assigned. Never stored on its own: it is the oplog's newest key,
     /// which truncation never removes, so a commit writes no extra page for it.
     last_ts: Timestamp,
-    next_id: u64,
+    /// Shared with transactions, which take ids for collections they create.
+    next_id: Arc<AtomicU64>,
     /// `next_id` as last stored; it is written only when it changed.
     stored_next_id: u64,
+    /// Tagged keys the current batch wrote, for transaction conflict checks.
+    touched: Vec<Vec<u8>>,
+    tracker: Arc<Mutex<txn::Tracker>>,
     oplog_bytes: u64,
     /// The newest oplog key removed by truncation (0 if none): history at or before it is
     /// gone.
@@ -262,8 +285,10 @@ impl WriterState {
                 time: 0,
                 increment: 0,
             },
-            next_id: 1,
+            next_id: Arc::new(AtomicU64::new(1)),
             stored_next_id: 1,
+            touched: Vec::new(),
+            tracker: Arc::default(),
             oplog_bytes: 0,
             truncated_upto: 0,
             opts: opts.clone(),
@@ -275,14 +300,16 @@ impl WriterState {
             txn.open_table(INDEXES).map_err(storage_err)?;
             txn.open_table(SESSIONS).map_err(storage_err)?;
             txn.open_table(PREIMAGES).map_err(storage_err)?;
+            txn.open_table(TXN_PREIMAGES).map_err(storage_err)?;
             let meta = txn.open_table(META).map_err(storage_err)?;
             if let Some(v) = meta.get(META_NEXT_ID).map_err(storage_err)? {
-                state.next_id = u64::from_be_bytes(
+                let next = u64::from_be_bytes(
                     v.value()
                         .try_into()
                         .map_err(|_| MongoError::internal("bad next_id"))?,
                 );
-                state.stored_next_id = state.next_id;
+                state.next_id.store(next, Ordering::SeqCst);
+                state.stored_next_id = next;
             }
             let oplog = txn.open_table(OPLOG).map_err(storage_err)?;
             if let Some((k, _)) = oplog.last().map_err(storage_err)? {
@@ -339,16 +366,17 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        let before = (
-            state.last_ts,
-            state.next_id,
-            state.stored_next_id,
-            state.oplog_bytes,
-        );
+        let before = (state.last_ts, state.stored_next_id, state.oplog_bytes);
         let result = run_batch(db, state, batch);
+        let touched = std::mem::take(&mut state.touched);
         match result {
             Ok(completions) => {
                 truncated_upto.store(state.truncated_upto, Ordering::SeqCst);
+                state
+                    .tracker
+                    .lock()
+                    .unwrap()
+                    .record(touched, oplog::ts_key(state.last_ts));
                 committed.send_replace(state.last_ts);
                 for c in completions {
                     c(Ok(()));
@@ -356,12 +384,9 @@ fn writer_loop(
             }
             Err((e, completions)) => {
                 tracing::error!(error = %e, "commit failed; the batch is lost");
-                (
-                    state.last_ts,
-                    state.next_id,
-                    state.stored_next_id,
-                    state.oplog_bytes,
-                ) = before;
+                // Ids handed out stay used: reusing one could collide with a transaction
+                // that took one meanwhile.
+                (state.last_ts, state.stored_next_id, state.oplog_bytes) = before;
                 for c in completions {
                     c(Err(e.clone()));
                 }
@@ -386,7 +411,9 @@ fn run_batch(
     let _ = txn.set_durability(Durability::Immediate);
     let mut completions = Vec::with_capacity(batch.len());
     let outcome = (|| -> Result<()> {
-        let mut ctx = WriteCtx::open(&txn, state)?;
+        let mut ctx = WriteCtx {
+            b: Backend::Tables(Tables::open(&txn, state)?),
+        };
         for job in batch {
             // A panic in one job must not take the commit pipeline down with it: the batch
             // is rolled back (the job may have written half a statement) and every caller
@@ -398,11 +425,11 @@ fn run_batch(
                     )
                 })?;
             completions.push(c);
-            if let Some(e) = ctx.failed.take() {
+            if let Some(e) = ctx.tables().failed.take() {
                 return Err(e);
             }
         }
-        ctx.finish()
+        ctx.tables().finish()
     })();
     if let Err(e) = outcome {
         let _ = txn.abort();
@@ -414,8 +441,8 @@ fn run_batch(
     }
 }
 
-/// What a write job may do, inside the commit pipeline's transaction.
-pub struct WriteCtx<'t> {
+/// The commit pipeline's backend of [`WriteCtx`]: the tables of its redb transaction.
+pub(crate) struct Tables<'t> {
     catalog: Table<'t, &'static str, &'static [u8]>,
     docs: Table<'t, &'static [u8], &'static [u8]>,
     indexes: Table<'t, &'static [u8], &'static [u8]>,
@@ -423,14 +450,15 @@ pub struct WriteCtx<'t> {
     meta: Table<'t, &'static str, &'static [u8]>,
     sessions: Table<'t, &'static [u8], &'static [u8]>,
     preimages: Table<'t, u64, &'static [u8]>,
+    txn_preimages: Table<'t, (u64, u32), &'static [u8]>,
     state: &'t mut WriterState,
     /// A storage failure inside a job: the whole batch must be abandoned.
     failed: Option<MongoError>,
 }
 
-impl<'t> WriteCtx<'t> {
-    fn open(txn: &'t WriteTransaction, state: &'t mut WriterState) -> Result<WriteCtx<'t>> {
-        Ok(WriteCtx {
+impl<'t> Tables<'t> {
+    fn open(txn: &'t WriteTransaction, state: &'t mut WriterState) -> Result<Tables<'t>> {
+        Ok(Tables {
             catalog: txn.open_table(CATALOG).map_err(storage_err)?,
             docs: txn.open_table(DOCS).map_err(storage_err)?,
             indexes: txn.open_table(INDEXES).map_err(storage_err)?,
@@ -438,6 +466,7 @@ impl<'t> WriteCtx<'t> {
             meta: txn.open_table(META).map_err(storage_err)?,
             sessions: txn.open_table(SESSIONS).map_err(storage_err)?,
             preimages: txn.open_table(PREIMAGES).map_err(storage_err)?,
+            txn_preimages: txn.open_table(TXN_PREIMAGES).map_err(storage_err)?,
             state,
             failed: None,
         })
@@ -452,12 +481,13 @@ impl<'t> WriteCtx<'t> {
 
     fn finish(&mut self) -> Result<()> {
         self.truncate_oplog()?;
-        if self.state.next_id != self.state.stored_next_id {
-            let next = self.state.next_id.to_be_bytes();
+        let next_id = self.state.next_id.load(Ordering::SeqCst);
+        if next_id != self.state.stored_next_id {
+            let next = next_id.to_be_bytes();
             self.meta
                 .insert(META_NEXT_ID, next.as_slice())
                 .map_err(storage_err)?;
-            self.state.stored_next_id = self.state.next_id;
+            self.state.stored_next_id = next_id;
         }
         Ok(())
     }
@@ -491,6 +521,9 @@ impl<'t> WriteCtx<'t> {
             }
             self.oplog.remove(key).map_err(storage_err)?;
             self.preimages.remove(key).map_err(storage_err)?;
+            self.txn_preimages
+                .retain_in((key, 0)..=(key, u32::MAX), |_, _| false)
+                .map_err(storage_err)?;
             self.state.truncated_upto = key;
             self.state.oplog_bytes = self.state.oplog_bytes.saturating_sub(len);
         }
@@ -499,9 +532,11 @@ impl<'t> WriteCtx<'t> {
 
     /// A fresh storage id for a collection or an index.
     pub fn new_id(&mut self) -> u64 {
-        let id = self.state.next_id;
-        self.state.next_id += 1;
-        id
+        self.state.next_id.fetch_add(1, Ordering::SeqCst)
+    }
+
+    fn touch(&mut self, tag: u8, key: &[u8]) {
+        self.state.touched.push(txn::tagged(tag, key));
     }
 
     /// The catalog record of `ns`.
@@ -534,6 +569,7 @@ impl<'t> WriteCtx<'t> {
     /// # Errors
     /// On storage failure.
     pub fn put_collection(&mut self, meta: &CollectionMeta) -> Result<()> {
+        self.touch(txn::T_CATALOG, meta.ns.full().as_bytes());
         let b = meta.to_bytes();
         let r = self
             .catalog
@@ -547,6 +583,7 @@ impl<'t> WriteCtx<'t> {
     /// # Errors
     /// On storage failure.
     pub fn remove_collection(&mut self, meta: &CollectionMeta) -> Result<()> {
+        self.touch(txn::T_CATALOG, meta.ns.full().as_bytes());
         let r = self.catalog.remove(meta.ns.full().as_str()).map(|_| ());
         r.map_err(|e| self.fail(e))?;
         let prefix = meta.id.to_be_bytes();
@@ -566,6 +603,7 @@ impl<'t> WriteCtx<'t> {
         meta: &CollectionMeta,
         to: &Namespace,
     ) -> Result<CollectionMeta> {
+        self.touch(txn::T_CATALOG, meta.ns.full().as_bytes());
         let r = self.catalog.remove(meta.ns.full().as_str()).map(|_| ());
         r.map_err(|e| self.fail(e))?;
         let mut m = meta.clone();
@@ -621,6 +659,7 @@ impl<'t> WriteCtx<'t> {
     /// On storage failure.
     pub fn put_doc(&mut self, coll_id: u64, id_key: &[u8], bytes: &[u8]) -> Result<()> {
         let k = doc_key(coll_id, id_key);
+        self.touch(txn::T_DOC, &k);
         let r = self.docs.insert(k.as_slice(), bytes).map(|_| ());
         r.map_err(|e| self.fail(e))
     }
@@ -631,6 +670,7 @@ impl<'t> WriteCtx<'t> {
     /// On storage failure.
     pub fn delete_doc(&mut self, coll_id: u64, id_key: &[u8]) -> Result<()> {
         let k = doc_key(coll_id, id_key);
+        self.touch(txn::T_DOC, &k);
         let r = self.docs.remove(k.as_slice()).map(|_| ());
         r.map_err(|e| self.fail(e))
     }
@@ -673,6 +713,7 @@ impl<'t> WriteCtx<'t> {
     /// # Errors
     /// On storage failure.
     pub fn index_put(&mut self, key: &[u8], id_key: &[u8]) -> Result<()> {
+        self.touch(txn::T_INDEX, key);
         let r = self.indexes.insert(key, id_key).map(|_| ());
         r.map_err(|e| self.fail(e))
     }
@@ -682,6 +723,7 @@ impl<'t> WriteCtx<'t> {
     /// # Errors
     /// On storage failure.
     pub fn index_remove(&mut self, key: &[u8]) -> Result<()> {
+        self.touch(txn::T_INDEX, key);
         let r = self.indexes.remove(key).map(|_| ());
         r.map_err(|e| self.fail(e))
     }
@@ -709,7 +751,12 @@ impl<'t> WriteCtx<'t> {
     ///
     /// # Errors
     /// On storage failure.
-    pub fn log_at_one_time(&mut self, entries: Vec<OplogEntry>) -> Result<Timestamp> {
+    pub fn log_at_one_time(
+        &mut self,
+        entries: Vec<OplogEntry>,
+        lsid: Option<Document>,
+        txn_number: Option<i64>,
+    ) -> Result<Timestamp> {
         let ts = self.state.next_ts();
         let wall = DateTime::now();
         let ops: Vec<bson::Bson> = entries
@@ -718,7 +765,11 @@ impl<'t> WriteCtx<'t> {
             .map(|(i, mut e)| {
                 e.ts = ts;
                 e.wall = wall;
+                e.in_txn = true;
                 e.txn_op_index = i as i32;
+                e.lsid.clone_from(&lsid);
+                e.txn_number = txn_number;
+                e.stmt_id = None;
                 bson::Bson::Document(e.to_document())
             })
             .collect();
@@ -728,6 +779,8 @@ impl<'t> WriteCtx<'t> {
             None,
             bson::doc! {"applyOps": ops},
         );
+        wrapper.lsid = lsid;
+        wrapper.txn_number = txn_number;
         wrapper.ts = ts;
         wrapper.wall = wall;
         let bytes = wrapper.to_bytes();
@@ -738,6 +791,78 @@ impl<'t> WriteCtx<'t> {
             .map(|_| ());
         r.map_err(|e| self.fail(e))?;
         Ok(ts)
+    }
+
+    /// Applies a committing transaction's overlay and logs its operations at one
+    /// clusterTime; `None` when it wrote nothing.
+    fn apply_txn(
+        &mut self,
+        txn_id: u64,
+        snap_key: u64,
+        ov: Overlay,
+        lsid: Option<Document>,
+        txn_number: Option<i64>,
+    ) -> Result<Option<Timestamp>> {
+        txn::check_commit(
+            &self.state.tracker,
+            &self.state.touched,
+            txn_id,
+            snap_key,
+            &ov,
+        )?;
+        // Documents written into a collection that was dropped meanwhile.
+        let live: std::collections::HashSet<u64> = self
+            .collections(None)?
+            .iter()
+            .map(|m| m.id)
+            .chain(
+                ov.catalog
+                    .values()
+                    .flatten()
+                    .filter_map(|b| CollectionMeta::from_bytes(b).ok().map(|m| m.id)),
+            )
+            .collect();
+        if ov.docs.keys().any(|k| {
+            k.len() >= 8
+                && !live.contains(&u64::from_be_bytes(k[..8].try_into().unwrap_or_default()))
+        }) {
+            return Err(txn::write_conflict());
+        }
+        for (name, v) in &ov.catalog {
+            self.touch(txn::T_CATALOG, name.as_bytes());
+            let r = match v {
+                Some(b) => self.catalog.insert(name.as_str(), b.as_slice()).map(|_| ()),
+                None => self.catalog.remove(name.as_str()).map(|_| ()),
+            };
+            r.map_err(|e| self.fail(e))?;
+        }
+        for (k, v) in &ov.docs {
+            self.touch(txn::T_DOC, k);
+            let r = match v {
+                Some(b) => self.docs.insert(k.as_slice(), b.as_slice()).map(|_| ()),
+                None => self.docs.remove(k.as_slice()).map(|_| ()),
+            };
+            r.map_err(|e| self.fail(e))?;
+        }
+        for (k, v) in &ov.indexes {
+            match v {
+                Some(id) => self.index_put(k, id)?,
+                None => self.index_remove(k)?,
+            }
+        }
+        if ov.ops.is_empty() {
+            return Ok(None);
+        }
+        let ts = self.log_at_one_time(ov.ops, lsid, txn_number)?;
+        for (i, uuid, doc) in &ov.preimages {
+            let b = preimage_record(ts, *i, *uuid, doc)?;
+            let r = self
+                .txn_preimages
+                .insert((oplog::ts_key(ts), *i), b.as_slice())
+                .map(|_| ());
+            r.map_err(|e| self.fail(e))?;
+        }
+        Ok(Some(ts))
     }
 
     /// Stores a pre-image for the oplog entry at `ts`, in the shape of MongoDB's
@@ -751,12 +876,7 @@ impl<'t> WriteCtx<'t> {
         ns_uuid: bson::Uuid,
         doc: &Document,
     ) -> Result<()> {
-        let rec = bson::doc! {
-            "_id": {"nsUUID": ns_uuid, "ts": ts, "applyOpsIndex": 0i64},
-            "preImage": doc.clone(),
-            "operationTime": DateTime::now(),
-        };
-        let b = bson::to_vec(&rec).map_err(|e| MongoError::internal(e.to_string()))?;
+        let b = preimage_record(ts, 0, ns_uuid, doc)?;
         let r = self
             .preimages
             .insert(oplog::ts_key(ts), b.as_slice())
@@ -771,6 +891,8 @@ impl<'t> WriteCtx<'t> {
     pub fn expire_preimages_before(&mut self, cutoff: u32) -> Result<()> {
         let hi = u64::from(cutoff) << 32;
         let r = self.preimages.retain_in(0..hi, |_, _| false);
+        r.map_err(|e| self.fail(e))?;
+        let r = self.txn_preimages.retain_in((0, 0)..(hi, 0), |_, _| false);
         r.map_err(|e| self.fail(e))
     }
 
@@ -812,6 +934,273 @@ impl<'t> WriteCtx<'t> {
     }
 }
 
+/// What a write job may do: inside the commit pipeline's transaction, or inside a
+/// multi-document transaction's overlay ([`Txn::run`]).
+pub struct WriteCtx<'t> {
+    pub(crate) b: Backend<'t>,
+}
+
+// One per commit batch or statement, on the stack: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Backend<'t> {
+    Tables(Tables<'t>),
+    Txn(txn::TxnCtx<'t>),
+}
+
+/// Forwards a call to the backend; `$only` names what a transaction may not do.
+macro_rules! forward {
+    ($self:ident, $m:ident($($a:expr),*)) => {
+        match &mut $self.b {
+            Backend::Tables(t) => t.$m($($a),*),
+            Backend::Txn(x) => x.$m($($a),*),
+        }
+    };
+    ($self:ident, $m:ident($($a:expr),*), $only:literal) => {
+        match &mut $self.b {
+            Backend::Tables(t) => t.$m($($a),*),
+            Backend::Txn(x) => Err(x.unsupported($only)),
+        }
+    };
+}
+
+impl<'t> WriteCtx<'t> {
+    fn tables(&mut self) -> &mut Tables<'t> {
+        match &mut self.b {
+            Backend::Tables(t) => t,
+            Backend::Txn(_) => unreachable!("the commit pipeline always has tables"),
+        }
+    }
+
+    /// Whether this job runs inside a multi-document transaction.
+    pub fn in_txn(&self) -> bool {
+        matches!(self.b, Backend::Txn(_))
+    }
+
+    /// A fresh storage id for a collection or an index.
+    pub fn new_id(&mut self) -> u64 {
+        forward!(self, new_id())
+    }
+
+    /// Whether `ns` was created by the transaction this job runs in.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn created_in_txn(&mut self, ns: &Namespace) -> Result<bool> {
+        match &mut self.b {
+            Backend::Tables(_) => Ok(false),
+            Backend::Txn(x) => x.created_here(ns),
+        }
+    }
+
+    /// The catalog record of `ns`.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn collection(&mut self, ns: &Namespace) -> Result<Option<CollectionMeta>> {
+        forward!(self, collection(ns))
+    }
+
+    /// All collections, or those of one database.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn collections(&mut self, db: Option<&str>) -> Result<Vec<CollectionMeta>> {
+        forward!(self, collections(db))
+    }
+
+    /// Writes a catalog record.
+    ///
+    /// # Errors
+    /// On storage failure; WriteConflict in a transaction.
+    pub fn put_collection(&mut self, meta: &CollectionMeta) -> Result<()> {
+        forward!(self, put_collection(meta))
+    }
+
+    /// Removes a catalog record, its documents and its index entries.
+    ///
+    /// # Errors
+    /// On storage failure; not in a transaction.
+    pub fn remove_collection(&mut self, meta: &CollectionMeta) -> Result<()> {
+        forward!(self, remove_collection(meta), "dropping a collection")
+    }
+
+    /// Moves a catalog record to a new namespace.
+    ///
+    /// # Errors
+    /// On storage failure; not in a transaction.
+    pub fn rename_collection(
+        &mut self,
+        meta: &CollectionMeta,
+        to: &Namespace,
+    ) -> Result<CollectionMeta> {
+        forward!(self, rename_collection(meta, to), "renaming a collection")
+    }
+
+    /// Removes every entry of an index.
+    ///
+    /// # Errors
+    /// On storage failure; not in a transaction.
+    pub fn remove_index_entries(&mut self, index_id: u64) -> Result<()> {
+        forward!(self, remove_index_entries(index_id), "dropping an index")
+    }
+
+    /// A document by collection id and `_id` key.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn get_doc(&mut self, coll_id: u64, id_key: &[u8]) -> Result<Option<Document>> {
+        forward!(self, get_doc(coll_id, id_key))
+    }
+
+    /// Stores a document (insert or overwrite).
+    ///
+    /// # Errors
+    /// On storage failure; WriteConflict in a transaction.
+    pub fn put_doc(&mut self, coll_id: u64, id_key: &[u8], bytes: &[u8]) -> Result<()> {
+        forward!(self, put_doc(coll_id, id_key, bytes))
+    }
+
+    /// Deletes a document.
+    ///
+    /// # Errors
+    /// On storage failure; WriteConflict in a transaction.
+    pub fn delete_doc(&mut self, coll_id: u64, id_key: &[u8]) -> Result<()> {
+        forward!(self, delete_doc(coll_id, id_key))
+    }
+
+    /// Every document of a collection, in `_id` key order, as `(id_key, doc)`.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn scan_docs(&mut self, coll_id: u64) -> Result<Vec<(Vec<u8>, Document)>> {
+        forward!(self, scan_docs(coll_id))
+    }
+
+    /// The `_id` key stored under an index key, if any.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn index_get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        forward!(self, index_get(key))
+    }
+
+    /// Adds an index entry.
+    ///
+    /// # Errors
+    /// On storage failure; WriteConflict in a transaction.
+    pub fn index_put(&mut self, key: &[u8], id_key: &[u8]) -> Result<()> {
+        forward!(self, index_put(key, id_key))
+    }
+
+    /// Removes an index entry.
+    ///
+    /// # Errors
+    /// On storage failure; WriteConflict in a transaction.
+    pub fn index_remove(&mut self, key: &[u8]) -> Result<()> {
+        forward!(self, index_remove(key))
+    }
+
+    /// Appends an oplog entry, assigning its clusterTime and wall time. In a transaction
+    /// the entry waits for the commit, and the snapshot's time is returned.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn log(&mut self, entry: OplogEntry) -> Result<Timestamp> {
+        forward!(self, log(entry))
+    }
+
+    /// Appends several oplog entries at one clusterTime, as one `applyOps` entry carrying
+    /// the session fields; each operation is distinguished by its `txn_op_index`.
+    ///
+    /// # Errors
+    /// On storage failure; not in a transaction.
+    pub fn log_at_one_time(
+        &mut self,
+        entries: Vec<OplogEntry>,
+        lsid: Option<Document>,
+        txn_number: Option<i64>,
+    ) -> Result<Timestamp> {
+        forward!(self, log_at_one_time(entries, lsid, txn_number), "applyOps")
+    }
+
+    /// Commits a transaction: checks its keys for conflicts with everything committed
+    /// after its snapshot, applies its writes and logs its operations at one clusterTime.
+    /// Returns that time, or `None` for a transaction that wrote nothing. The
+    /// transaction's overlay is consumed either way.
+    ///
+    /// # Errors
+    /// WriteConflict (with `TransientTransactionError`); storage errors.
+    pub fn commit_txn(
+        &mut self,
+        txn: &Txn,
+        lsid: Option<Document>,
+        txn_number: Option<i64>,
+    ) -> Result<Option<Timestamp>> {
+        let (id, snap_key, ov) = txn.parts();
+        match &mut self.b {
+            Backend::Tables(t) => t.apply_txn(id, snap_key, ov, lsid, txn_number),
+            Backend::Txn(x) => Err(x.unsupported("commitTransaction")),
+        }
+    }
+
+    /// Stores a pre-image for the oplog entry just logged (at `ts`), in the shape of
+    /// MongoDB's `config.system.preimages`. Inside a transaction it is stored at commit,
+    /// under the operation's index in the transaction.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn put_preimage(
+        &mut self,
+        ts: Timestamp,
+        ns_uuid: bson::Uuid,
+        doc: &Document,
+    ) -> Result<()> {
+        match &mut self.b {
+            Backend::Tables(t) => t.put_preimage(ts, ns_uuid, doc),
+            Backend::Txn(x) => {
+                x.put_preimage(ns_uuid, doc);
+                Ok(())
+            }
+        }
+    }
+
+    /// Removes the pre-images of writes made before `cutoff` (seconds since the epoch).
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn expire_preimages_before(&mut self, cutoff: u32) -> Result<()> {
+        forward!(self, expire_preimages_before(cutoff), "expiring pre-images")
+    }
+
+    /// Stores a named settings document (cluster parameters).
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn put_setting(&mut self, name: &str, value: &Document) -> Result<()> {
+        forward!(self, put_setting(name, value), "setClusterParameter")
+    }
+
+    /// The session record stored under `key`.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn session_record(&mut self, key: &[u8]) -> Result<Option<Document>> {
+        forward!(self, session_record(key), "reading session records")
+    }
+
+    /// Stores a session record.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn put_session_record(&mut self, key: &[u8], record: &Document) -> Result<()> {
+        forward!(
+            self,
+            put_session_record(key, record),
+            "writing session records"
+        )
+    }
+}
+
 /// A consistent, read-only view of the database at one clusterTime.
 pub struct Snapshot {
     _txn: ReadTransaction,
@@ -820,8 +1209,12 @@ pub struct Snapshot {
     indexes: ReadOnlyTable<&'static [u8], &'static [u8]>,
     oplog: ReadOnlyTable<u64, &'static [u8]>,
     preimages: ReadOnlyTable<u64, &'static [u8]>,
+    txn_preimages: ReadOnlyTable<(u64, u32), &'static [u8]>,
     meta: ReadOnlyTable<&'static str, &'static [u8]>,
+    sessions: ReadOnlyTable<&'static [u8], &'static [u8]>,
     ts: Timestamp,
+    /// A transaction's own writes, seen over the snapshot.
+    overlay: Option<Arc<Mutex<Overlay>>>,
 }
 
 impl Snapshot {
@@ -840,9 +1233,12 @@ impl Snapshot {
             indexes: txn.open_table(INDEXES).map_err(storage_err)?,
             oplog: log,
             preimages: txn.open_table(PREIMAGES).map_err(storage_err)?,
+            txn_preimages: txn.open_table(TXN_PREIMAGES).map_err(storage_err)?,
             meta: txn.open_table(META).map_err(storage_err)?,
+            sessions: txn.open_table(SESSIONS).map_err(storage_err)?,
             _txn: txn,
             ts,
+            overlay: None,
         })
     }
 
@@ -856,6 +1252,17 @@ impl Snapshot {
     /// # Errors
     /// On storage failure.
     pub fn collection(&self, ns: &Namespace) -> Result<Option<CollectionMeta>> {
+        if let Some(ov) = &self.overlay {
+            match ov.lock().unwrap().catalog.get(&ns.full()) {
+                Some(Some(b)) => return CollectionMeta::from_bytes(b).map(Some),
+                Some(None) => return Ok(None),
+                None => {}
+            }
+        }
+        self.base_collection(ns)
+    }
+
+    pub(crate) fn base_collection(&self, ns: &Namespace) -> Result<Option<CollectionMeta>> {
         match self.catalog.get(ns.full().as_str()).map_err(storage_err)? {
             Some(v) => CollectionMeta::from_bytes(v.value()).map(Some),
             None => Ok(None),
@@ -867,7 +1274,36 @@ impl Snapshot {
     /// # Errors
     /// On storage failure.
     pub fn collections(&self, db: Option<&str>) -> Result<Vec<CollectionMeta>> {
-        list_catalog(&self.catalog, db)
+        match &self.overlay {
+            Some(ov) => self.merged_collections(db, &ov.lock().unwrap()),
+            None => list_catalog(&self.catalog, db),
+        }
+    }
+
+    pub(crate) fn merged_collections(
+        &self,
+        db: Option<&str>,
+        ov: &Overlay,
+    ) -> Result<Vec<CollectionMeta>> {
+        let mut all: std::collections::BTreeMap<String, CollectionMeta> =
+            list_catalog(&self.catalog, db)?
+                .into_iter()
+                .map(|m| (m.ns.full(), m))
+                .collect();
+        for (name, v) in &ov.catalog {
+            if db.is_some_and(|d| !name.starts_with(&format!("{d}."))) {
+                continue;
+            }
+            match v {
+                Some(b) => {
+                    all.insert(name.clone(), CollectionMeta::from_bytes(b)?);
+                }
+                None => {
+                    all.remove(name);
+                }
+            }
+        }
+        Ok(all.into_values().collect())
     }
 
     /// A document by collection id and `_id` key.
@@ -876,10 +1312,47 @@ impl Snapshot {
     /// On storage failure.
     pub fn get_doc(&self, coll_id: u64, id_key: &[u8]) -> Result<Option<Document>> {
         let k = doc_key(coll_id, id_key);
-        match self.docs.get(k.as_slice()).map_err(storage_err)? {
+        if let Some(ov) = &self.overlay {
+            match ov.lock().unwrap().docs.get(&k) {
+                Some(Some(b)) => return decode_doc(b).map(Some),
+                Some(None) => return Ok(None),
+                None => {}
+            }
+        }
+        self.base_get_doc(&k)
+    }
+
+    pub(crate) fn base_get_doc(&self, k: &[u8]) -> Result<Option<Document>> {
+        match self.docs.get(k).map_err(storage_err)? {
             Some(v) => decode_doc(v.value()).map(Some),
             None => Ok(None),
         }
+    }
+
+    pub(crate) fn base_index_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .indexes
+            .get(key)
+            .map_err(storage_err)?
+            .map(|v| v.value().to_vec()))
+    }
+
+    /// Document rows (full keys) in a range, with the overlay applied.
+    pub(crate) fn merged_docs(
+        &self,
+        lower: Bound<&[u8]>,
+        upper: Bound<&[u8]>,
+        ov: &Overlay,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mine: Vec<_> = Overlay::range(&ov.docs, lower, upper)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let base = collect_rows(
+            self.docs
+                .range::<&[u8]>((lower, upper))
+                .map_err(storage_err)?,
+        )?;
+        Ok(txn::merge(base, mine))
     }
 
     /// The documents of a collection in `_id` key order, starting after `after`.
@@ -896,11 +1369,19 @@ impl Snapshot {
             Some(h) => Bound::Excluded(h),
             None => Bound::Unbounded,
         };
+        if let Some(ov) = &self.overlay {
+            let ov = ov.lock().unwrap();
+            let (l, u) = (as_slice_bound(&lower), as_slice_bound(&upper));
+            if Overlay::range(&ov.docs, l, u).next().is_some() {
+                let rows = self.merged_docs(l, u, &ov)?;
+                return Ok(DocScan::Rows(rows.into_iter()));
+            }
+        }
         let range = self
             .docs
             .range::<&[u8]>((as_slice_bound(&lower), as_slice_bound(&upper)))
             .map_err(storage_err)?;
-        Ok(DocScan { range })
+        Ok(DocScan::Range(range))
     }
 
     /// Index entries with keys in `[lower, upper)` style bounds, as `(key, id_key)`.
@@ -908,11 +1389,19 @@ impl Snapshot {
     /// # Errors
     /// On storage failure.
     pub fn scan_index(&self, lower: Bound<Vec<u8>>, upper: Bound<Vec<u8>>) -> Result<IndexScan> {
-        let range = self
-            .indexes
-            .range::<&[u8]>((as_slice_bound(&lower), as_slice_bound(&upper)))
-            .map_err(storage_err)?;
-        Ok(IndexScan { range })
+        let (l, u) = (as_slice_bound(&lower), as_slice_bound(&upper));
+        if let Some(ov) = &self.overlay {
+            let ov = ov.lock().unwrap();
+            let mine: Vec<_> = Overlay::range(&ov.indexes, l, u)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            if !mine.is_empty() {
+                let base = collect_rows(self.indexes.range::<&[u8]>((l, u)).map_err(storage_err)?)?;
+                return Ok(IndexScan::Rows(txn::merge(base, mine).into_iter()));
+            }
+        }
+        let range = self.indexes.range::<&[u8]>((l, u)).map_err(storage_err)?;
+        Ok(IndexScan::Range(range))
     }
 
     /// Oplog entries after `after` (all if `None`), oldest first, as raw bytes.
@@ -971,12 +1460,18 @@ impl Snapshot {
         self.oplog.len().map_err(storage_err)
     }
 
-    /// The pre-image stored for the write at `ts`.
+    /// The pre-image stored for the write at `ts` (with its index inside a
+    /// transaction's `applyOps`, for writes in one).
     ///
     /// # Errors
     /// On storage failure.
-    pub fn preimage(&self, ts: Timestamp) -> Result<Option<Document>> {
-        match self.preimages.get(oplog::ts_key(ts)).map_err(storage_err)? {
+    pub fn preimage(&self, ts: Timestamp, txn_op_index: Option<u32>) -> Result<Option<Document>> {
+        let key = oplog::ts_key(ts);
+        let v = match txn_op_index {
+            None => self.preimages.get(key).map_err(storage_err)?,
+            Some(i) => self.txn_preimages.get((key, i)).map_err(storage_err)?,
+        };
+        match v {
             Some(v) => Ok(decode_doc(v.value())?
                 .get_document("preImage")
                 .ok()
@@ -995,7 +1490,13 @@ impl Snapshot {
             .first()
             .map_err(storage_err)?
             .map(|(k, _)| k.value());
-        Ok(first.is_some_and(|k| k < u64::from(cutoff) << 32))
+        let first_txn = self
+            .txn_preimages
+            .first()
+            .map_err(storage_err)?
+            .map(|(k, _)| k.value().0);
+        let cut = u64::from(cutoff) << 32;
+        Ok(first.is_some_and(|k| k < cut) || first_txn.is_some_and(|k| k < cut))
     }
 
     /// Every stored pre-image record, oldest first, as `config.system.preimages` shows them.
@@ -1005,10 +1506,30 @@ impl Snapshot {
     pub fn preimage_records(&self) -> Result<Vec<Document>> {
         let mut out = Vec::new();
         for item in self.preimages.range::<u64>(..).map_err(storage_err)? {
-            let (_, v) = item.map_err(storage_err)?;
-            out.push(decode_doc(v.value())?);
+            let (k, v) = item.map_err(storage_err)?;
+            out.push(((k.value(), 0), decode_doc(v.value())?));
         }
-        Ok(out)
+        for item in self
+            .txn_preimages
+            .range::<(u64, u32)>(..)
+            .map_err(storage_err)?
+        {
+            let (k, v) = item.map_err(storage_err)?;
+            out.push((k.value(), decode_doc(v.value())?));
+        }
+        out.sort_by_key(|(k, _)| *k);
+        Ok(out.into_iter().map(|(_, d)| d).collect())
+    }
+
+    /// The session record stored under `key`.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn session_record(&self, key: &[u8]) -> Result<Option<Document>> {
+        match self.sessions.get(key).map_err(storage_err)? {
+            Some(v) => decode_doc(v.value()).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// A named settings document (cluster parameters), if stored.
@@ -1027,47 +1548,82 @@ impl Snapshot {
 /// One oplog entry as read: its clusterTime and encoded bytes.
 pub type OplogItem = Result<(Timestamp, Vec<u8>)>;
 
-/// A lazy scan over a collection's documents: `(id_key, doc)`.
-pub struct DocScan {
-    range: redb::Range<'static, &'static [u8], &'static [u8]>,
+type Rows = std::vec::IntoIter<(Vec<u8>, Vec<u8>)>;
+
+fn collect_rows(
+    range: redb::Range<'_, &'static [u8], &'static [u8]>,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    range
+        .map(|r| {
+            r.map_err(storage_err)
+                .map(|(k, v)| (k.value().to_vec(), v.value().to_vec()))
+        })
+        .collect()
+}
+
+/// A lazy scan over a collection's documents: `(id_key, doc)`. Inside a transaction
+/// that wrote to the collection, the merged rows.
+pub enum DocScan {
+    Range(redb::Range<'static, &'static [u8], &'static [u8]>),
+    Rows(Rows),
 }
 
 impl Iterator for DocScan {
     type Item = Result<(Vec<u8>, Document)>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let item = self.range.next()?;
-        Some(
-            item.map_err(storage_err)
-                .and_then(|(k, v)| Ok((k.value()[8..].to_vec(), decode_doc(v.value())?))),
-        )
+        match self {
+            DocScan::Range(r) => {
+                let item = r.next()?;
+                Some(
+                    item.map_err(storage_err)
+                        .and_then(|(k, v)| Ok((k.value()[8..].to_vec(), decode_doc(v.value())?))),
+                )
+            }
+            DocScan::Rows(r) => {
+                let (k, v) = r.next()?;
+                Some(decode_doc(&v).map(|d| (k[8..].to_vec(), d)))
+            }
+        }
     }
 }
 
-/// A lazy scan over index entries: `(key, id_key)`.
-pub struct IndexScan {
-    range: redb::Range<'static, &'static [u8], &'static [u8]>,
+/// A lazy scan over index entries: `(key, id_key)`. Inside a transaction that wrote
+/// entries in the range, the merged rows.
+pub enum IndexScan {
+    Range(redb::Range<'static, &'static [u8], &'static [u8]>),
+    Rows(Rows),
 }
 
 impl Iterator for IndexScan {
     type Item = Result<(Vec<u8>, Vec<u8>)>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let item = self.range.next()?;
-        Some(
-            item.map_err(storage_err)
-                .map(|(k, v)| (k.value().to_vec(), v.value().to_vec())),
-        )
+        match self {
+            IndexScan::Range(r) => {
+                let item = r.next()?;
+                Some(
+                    item.map_err(storage_err)
+                        .map(|(k, v)| (k.value().to_vec(), v.value().to_vec())),
+                )
+            }
+            IndexScan::Rows(r) => r.next().map(Ok),
+        }
     }
 }
 
 impl DoubleEndedIterator for IndexScan {
     fn next_back(&mut self) -> Option<Self::Item> {
-        let item = self.range.next_back()?;
-        Some(
-            item.map_err(storage_err)
-                .map(|(k, v)| (k.value().to_vec(), v.value().to_vec())),
-        )
+        match self {
+            IndexScan::Range(r) => {
+                let item = r.next_back()?;
+                Some(
+                    item.map_err(storage_err)
+                        .map(|(k, v)| (k.value().to_vec(), v.value().to_vec())),
+                )
+            }
+            IndexScan::Rows(r) => r.next_back().map(Ok),
+        }
     }
 }
 
@@ -1107,6 +1663,21 @@ fn list_catalog(
         out.push(CollectionMeta::from_bytes(v.value())?);
     }
     Ok(out)
+}
+
+/// A pre-image record in the shape of MongoDB's `config.system.preimages`.
+fn preimage_record(
+    ts: Timestamp,
+    op_index: u32,
+    ns_uuid: bson::Uuid,
+    doc: &Document,
+) -> Result<Vec<u8>> {
+    let rec = bson::doc! {
+        "_id": {"nsUUID": ns_uuid, "ts": ts, "applyOpsIndex": i64::from(op_index)},
+        "preImage": doc.clone(),
+        "operationTime": DateTime::now(),
+    };
+    bson::to_vec(&rec).map_err(|e| MongoError::internal(e.to_string()))
 }
 
 fn decode_doc(b: &[u8]) -> Result<Document> {

@@ -4,7 +4,8 @@
 use std::cmp::Ordering;
 
 use bson::{Bson, Document};
-use doc::compare::{cmp_values, values_equal};
+use doc::Collation;
+use doc::compare::{cmp_values_with, values_equal_with};
 use errors::Result;
 
 use super::{err, num, type_name};
@@ -77,8 +78,9 @@ impl Acc {
         }
     }
 
-    /// Feeds one input value (`None` = missing).
-    pub(crate) fn add(&mut self, v: Option<Bson>) -> Result<()> {
+    /// Feeds one input value (`None` = missing); `$min`, `$max` and `$addToSet` compare
+    /// strings under `coll`.
+    pub(crate) fn add(&mut self, v: Option<Bson>, coll: Option<&Collation>) -> Result<()> {
         match self.kind {
             AccKind::Sum | AccKind::Avg => {
                 if let Some(v) = v.filter(|v| num::kind(v).is_some()) {
@@ -92,7 +94,7 @@ impl Acc {
                     let better = match &self.value {
                         None => true,
                         Some(cur) => {
-                            let o = cmp_values(&v, cur);
+                            let o = cmp_values_with(&v, cur, coll);
                             if self.kind == AccKind::Min {
                                 o == Ordering::Less
                             } else {
@@ -122,7 +124,7 @@ impl Acc {
             }
             AccKind::AddToSet => {
                 if let Some(v) = v {
-                    if !self.items.iter().any(|x| values_equal(x, &v)) {
+                    if !self.items.iter().any(|x| values_equal_with(x, &v, coll)) {
                         self.items.push(v);
                     }
                 }

@@ -4,7 +4,8 @@ use std::cmp::Ordering;
 use std::hash::{BuildHasher, Hasher};
 
 use bson::{Bson, Document};
-use doc::compare::{cmp_values, values_equal};
+use doc::Collation;
+use doc::compare::{cmp_values_with, values_equal_with};
 use errors::{MongoError, Result};
 
 use super::accum::{Acc, AccKind};
@@ -344,14 +345,14 @@ fn tn(v: &Option<Bson>) -> &'static str {
 }
 
 /// Compares two possibly-missing values: missing sorts below everything but MinKey.
-pub(crate) fn cmp_opt(a: &Option<Bson>, b: &Option<Bson>) -> Ordering {
+pub(crate) fn cmp_opt(a: &Option<Bson>, b: &Option<Bson>, coll: Option<&Collation>) -> Ordering {
     match (a, b) {
         (None, None) => Ordering::Equal,
         (None, Some(Bson::MinKey)) => Ordering::Greater,
         (None, _) => Ordering::Less,
         (Some(Bson::MinKey), None) => Ordering::Less,
         (_, None) => Ordering::Greater,
-        (Some(x), Some(y)) => cmp_values(x, y),
+        (Some(x), Some(y)) => cmp_values_with(x, y, coll),
     }
 }
 
@@ -443,30 +444,34 @@ pub(crate) fn coerce_str(op: &str, v: &Option<Bson>) -> Result<String> {
     })
 }
 
-fn dedup(items: impl IntoIterator<Item = Bson>) -> Vec<Bson> {
+fn dedup(items: impl IntoIterator<Item = Bson>, coll: Option<&Collation>) -> Vec<Bson> {
     let mut out: Vec<Bson> = Vec::new();
     for v in items {
-        if !out.iter().any(|x| values_equal(x, &v)) {
+        if !out.iter().any(|x| values_equal_with(x, &v, coll)) {
             out.push(v);
         }
     }
     out
 }
 
-fn accumulate(kind: AccKind, vals: Vec<Option<Bson>>) -> Result<Option<Bson>> {
+fn accumulate(
+    kind: AccKind,
+    vals: Vec<Option<Bson>>,
+    coll: Option<&Collation>,
+) -> Result<Option<Bson>> {
     let mut acc = Acc::new(kind);
     if vals.len() == 1 {
         match vals.into_iter().next().flatten() {
             Some(Bson::Array(a)) => {
                 for v in a {
-                    acc.add(Some(v))?;
+                    acc.add(Some(v), coll)?;
                 }
             }
-            v => acc.add(v)?,
+            v => acc.add(v, coll)?,
         }
     } else {
         for v in vals {
-            acc.add(v)?;
+            acc.add(v, coll)?;
         }
     }
     Ok(Some(acc.finish()))
@@ -872,9 +877,9 @@ fn first_n(op: &str, args: &Args, cx: &Ctx<'_>) -> Result<Option<Bson>> {
                 .collect();
             v.sort_by(|x, y| {
                 if op == "$maxN" {
-                    cmp_values(y, x)
+                    cmp_values_with(y, x, cx.coll())
                 } else {
-                    cmp_values(x, y)
+                    cmp_values_with(x, y, cx.coll())
                 }
             });
             v.truncate(n);
@@ -902,7 +907,8 @@ fn sort_array(args: &Args, cx: &Ctx<'_>) -> Result<Option<Bson>> {
     match &by {
         Some(Bson::Document(spec)) => {
             let spec = crate::sort::SortSpec::parse(spec)
-                .map_err(|e| err(2942505, format!("$sortArray: {}", e.message)))?;
+                .map_err(|e| err(2942505, format!("$sortArray: {}", e.message)))?
+                .with_collation(cx.vars.shared_collation());
             let empty = Document::new();
             a.sort_by(|x, y| match (x, y) {
                 (Bson::Document(dx), Bson::Document(dy)) => spec.compare(dx, dy),
@@ -915,9 +921,9 @@ fn sort_array(args: &Args, cx: &Ctx<'_>) -> Result<Option<Bson>> {
             let desc = as_int(v) == Some(-1);
             a.sort_by(|x, y| {
                 if desc {
-                    cmp_values(y, x)
+                    cmp_values_with(y, x, cx.coll())
                 } else {
-                    cmp_values(x, y)
+                    cmp_values_with(x, y, cx.coll())
                 }
             });
         }
@@ -1417,13 +1423,17 @@ pub(crate) fn eval_op(name: &str, args: &Args, cx: &Ctx<'_>) -> Result<Option<Bs
         _ if matches!(args, Args::Named(_)) => super::date::eval(name, args, cx),
         _ => {
             let vals = eval_all(list, cx)?;
-            eval_values(name, vals)
+            eval_values(name, vals, cx.coll())
         }
     }
 }
 
 /// Operators whose arguments are all evaluated up front.
-fn eval_values(name: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> {
+fn eval_values(
+    name: &str,
+    mut vals: Vec<Option<Bson>>,
+    coll: Option<&Collation>,
+) -> Result<Option<Bson>> {
     let some = |v: Bson| Ok(Some(v));
     let any_nullish = vals.iter().any(nullish);
     match name {
@@ -1702,7 +1712,7 @@ fn eval_values(name: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> 
             })
         }
         "$eq" | "$ne" | "$gt" | "$gte" | "$lt" | "$lte" | "$cmp" => {
-            let o = cmp_opt(&vals[0], &vals[1]);
+            let o = cmp_opt(&vals[0], &vals[1], coll);
             some(match name {
                 "$eq" => Bson::Boolean(o == Ordering::Equal),
                 "$ne" => Bson::Boolean(o != Ordering::Equal),
@@ -1845,7 +1855,7 @@ fn eval_values(name: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> 
                 format!("$in requires an array as a second argument, found: {t}")
             })?;
             some(Bson::Boolean(match &vals[0] {
-                Some(x) => a.iter().any(|e| values_equal(e, x)),
+                Some(x) => a.iter().any(|e| values_equal_with(e, x, coll)),
                 None => false,
             }))
         }
@@ -1970,8 +1980,11 @@ fn eval_values(name: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> 
             };
             let start = bound(2, 40096)?.unwrap_or(0);
             let end = bound(3, 40096)?.unwrap_or(a.len()).min(a.len());
-            let found =
-                (start..end).find(|&i| vals[1].as_ref().is_some_and(|x| values_equal(&a[i], x)));
+            let found = (start..end).find(|&i| {
+                vals[1]
+                    .as_ref()
+                    .is_some_and(|x| values_equal_with(&a[i], x, coll))
+            });
             some(found.map_or(Bson::Int32(-1), |i| num::narrow(i as i64)))
         }
         "$isArray" => some(Bson::Boolean(matches!(vals[0], Some(Bson::Array(_))))),
@@ -1994,15 +2007,18 @@ fn eval_values(name: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> 
                 }
             }
             if name == "$setUnion" {
-                some(Bson::Array(dedup(sets.into_iter().flatten())))
+                some(Bson::Array(dedup(sets.into_iter().flatten(), coll)))
             } else {
                 let mut it = sets.into_iter();
-                let first = dedup(it.next().unwrap_or_default());
+                let first = dedup(it.next().unwrap_or_default(), coll);
                 let rest: Vec<Vec<Bson>> = it.collect();
                 some(Bson::Array(
                     first
                         .into_iter()
-                        .filter(|x| rest.iter().all(|s| s.iter().any(|y| values_equal(x, y))))
+                        .filter(|x| {
+                            rest.iter()
+                                .all(|s| s.iter().any(|y| values_equal_with(x, y, coll)))
+                        })
                         .collect(),
                 ))
             }
@@ -2023,7 +2039,8 @@ fn eval_values(name: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> 
             })?;
             some(Bson::Array(dedup(
                 a.into_iter()
-                    .filter(|x| !b.iter().any(|y| values_equal(x, y))),
+                    .filter(|x| !b.iter().any(|y| values_equal_with(x, y, coll))),
+                coll,
             )))
         }
         "$setEquals" => {
@@ -2035,8 +2052,10 @@ fn eval_values(name: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> 
                     )
                 })?);
             }
-            let subset =
-                |a: &[Bson], b: &[Bson]| a.iter().all(|x| b.iter().any(|y| values_equal(x, y)));
+            let subset = |a: &[Bson], b: &[Bson]| {
+                a.iter()
+                    .all(|x| b.iter().any(|y| values_equal_with(x, y, coll)))
+            };
             some(Bson::Boolean(
                 sets.windows(2)
                     .all(|w| subset(&w[0], &w[1]) && subset(&w[1], &w[0])),
@@ -2054,7 +2073,8 @@ fn eval_values(name: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> 
                 )
             })?;
             some(Bson::Boolean(
-                a.iter().all(|x| b.iter().any(|y| values_equal(x, y))),
+                a.iter()
+                    .all(|x| b.iter().any(|y| values_equal_with(x, y, coll))),
             ))
         }
         "$anyElementTrue" | "$allElementsTrue" => {
@@ -2075,7 +2095,7 @@ fn eval_values(name: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> 
         "$mergeObjects" => {
             let mut acc = Acc::new(AccKind::MergeObjects);
             for v in vals {
-                acc.add(v)?;
+                acc.add(v, coll)?;
             }
             some(acc.finish())
         }
@@ -2101,12 +2121,12 @@ fn eval_values(name: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> 
         },
         "$arrayToObject" => array_to_object(vals[0].take()),
         "$rand" => some(Bson::Double(random_f64())),
-        "$sum" => accumulate(AccKind::Sum, vals),
-        "$avg" => accumulate(AccKind::Avg, vals),
-        "$min" => accumulate(AccKind::Min, vals),
-        "$max" => accumulate(AccKind::Max, vals),
-        "$stdDevPop" => accumulate(AccKind::StdDevPop, vals),
-        "$stdDevSamp" => accumulate(AccKind::StdDevSamp, vals),
+        "$sum" => accumulate(AccKind::Sum, vals, coll),
+        "$avg" => accumulate(AccKind::Avg, vals, coll),
+        "$min" => accumulate(AccKind::Min, vals, coll),
+        "$max" => accumulate(AccKind::Max, vals, coll),
+        "$stdDevPop" => accumulate(AccKind::StdDevPop, vals, coll),
+        "$stdDevSamp" => accumulate(AccKind::StdDevSamp, vals, coll),
         "$binarySize" => match vals[0].take() {
             Some(Bson::String(s)) => some(num::narrow(s.len() as i64)),
             Some(Bson::Binary(b)) => some(num::narrow(b.bytes.len() as i64)),

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use bson::{Bson, Document};
+use doc::Collation;
 use errors::{MongoError, Result};
 
 use crate::expr::accum::{Acc, AccKind};
@@ -77,8 +78,8 @@ pub(crate) fn parse_accumulators(d: &Document) -> Result<Vec<AccSpec>> {
 }
 
 /// A canonical string for a value such that values MongoDB considers equal (`1`, `1.0`,
-/// `NumberLong(1)`) share it.
-fn canonical(v: &Bson, out: &mut String) {
+/// `NumberLong(1)`, and under a collation strings that compare equal) share it.
+fn canonical(v: &Bson, out: &mut String, coll: Option<&Collation>) {
     use std::fmt::Write;
     match v {
         Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_) | Bson::Decimal128(_) => {
@@ -99,21 +100,31 @@ fn canonical(v: &Bson, out: &mut String) {
             }
         }
         Bson::Null | Bson::Undefined => out.push_str("z;"),
-        Bson::String(s) | Bson::Symbol(s) => {
-            let _ = write!(out, "s{}:{s};", s.len());
-        }
+        Bson::String(s) | Bson::Symbol(s) => match coll {
+            None => {
+                let _ = write!(out, "s{}:{s};", s.len());
+            }
+            // Equal sort keys are exactly the strings the collation deems equal.
+            Some(c) => {
+                out.push('c');
+                for b in c.sort_key(s) {
+                    let _ = write!(out, "{b:02x}");
+                }
+                out.push(';');
+            }
+        },
         Bson::Document(d) => {
             out.push('{');
             for (k, x) in d {
                 let _ = write!(out, "{}:{k}=", k.len());
-                canonical(x, out);
+                canonical(x, out, coll);
             }
             out.push('}');
         }
         Bson::Array(a) => {
             out.push('[');
             for x in a {
-                canonical(x, out);
+                canonical(x, out, coll);
             }
             out.push(']');
         }
@@ -141,7 +152,7 @@ impl<'a> Grouper<'a> {
 
     pub(crate) fn add(&mut self, key: Bson, doc: &Document, vars: &Vars) -> Result<()> {
         let mut k = String::new();
-        canonical(&key, &mut k);
+        canonical(&key, &mut k, vars.collation());
         let i = match self.index.get(&k) {
             Some(i) => *i,
             None => {
@@ -157,7 +168,7 @@ impl<'a> Grouper<'a> {
             } else {
                 spec.arg.eval(doc, vars)?
             };
-            acc.add(v)?;
+            acc.add(v, vars.collation())?;
         }
         Ok(())
     }

@@ -202,6 +202,7 @@ impl<'a> Expander<'a, '_> {
 
 /// State while applying operator leaves.
 struct Applier<'c> {
+    collation: Option<&'c std::sync::Arc<doc::Collation>>,
     doc: Document,
     log: LogTree,
     modified: bool,
@@ -228,6 +229,7 @@ pub(crate) fn apply_operators(
     };
     ex.expand(&u.root, At::Doc(doc), &mut Vec::new())?;
     let mut ap = Applier {
+        collation: u.collation.as_ref(),
         doc: doc.clone(),
         log: LogTree::default(),
         modified: false,
@@ -376,7 +378,7 @@ fn get<'a>(doc: &'a Document, typed: &[Comp]) -> Option<&'a Bson> {
     Some(cur)
 }
 
-impl Applier<'_> {
+impl<'c> Applier<'c> {
     /// Applies the leaves of `node` (at `path`) in order.
     fn run(&mut self, node: &Concrete<'_>, path: &mut Vec<String>) -> Result<()> {
         match node {
@@ -432,7 +434,10 @@ impl Applier<'_> {
         }
     }
 
-    fn op_ctx<'p>(&self, path: &'p str, field: &'p str) -> OpCtx<'p> {
+    fn op_ctx<'p>(&self, path: &'p str, field: &'p str) -> OpCtx<'p>
+    where
+        'c: 'p,
+    {
         OpCtx {
             id: fmt::id_of(&self.doc),
             path,
@@ -440,6 +445,7 @@ impl Applier<'_> {
             is_upsert_insert: self.ctx.is_upsert_insert,
             now: self.ctx.now,
             cluster_time: self.cluster_time,
+            collation: self.collation,
         }
     }
 

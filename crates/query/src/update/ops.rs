@@ -4,7 +4,7 @@
 use std::cmp::Ordering;
 
 use bson::{Bson, Document, Timestamp};
-use doc::compare::{as_f64, cmp_values, values_equal};
+use doc::compare::{as_f64, cmp_values_with, values_equal, values_equal_with};
 use errors::{ErrorCode, MongoError, Result};
 
 use super::delta::identical;
@@ -96,6 +96,14 @@ pub(crate) struct OpCtx<'a> {
     pub is_upsert_insert: bool,
     pub now: bson::DateTime,
     pub cluster_time: Timestamp,
+    /// The operation's collation.
+    pub collation: Option<&'a std::sync::Arc<doc::Collation>>,
+}
+
+impl OpCtx<'_> {
+    fn coll(&self) -> Option<&doc::Collation> {
+        self.collation.map(|c| &**c)
+    }
 }
 
 /// The wrapper field under which `$pull` element queries match each element.
@@ -194,7 +202,7 @@ impl Op {
             }
             Op::Push(spec) => {
                 let mut arr = Vec::new();
-                push_into(&mut arr, spec);
+                push_into(&mut arr, spec, cx.coll());
                 Bson::Array(arr)
             }
             Op::AddToSet(vals) => Bson::Array(vals.clone()),
@@ -252,7 +260,7 @@ impl Op {
                 } else {
                     Ordering::Greater
                 };
-                if cmp_values(v, cur) == want {
+                if cmp_values_with(v, cur, cx.coll()) == want {
                     Modify::Replace(v.clone())
                 } else {
                     Modify::NoOp
@@ -283,7 +291,7 @@ impl Op {
                         cx.id
                     )));
                 };
-                push_existing(arr, spec)
+                push_existing(arr, spec, cx.coll())
             }
             Op::AddToSet(vals) => {
                 let Bson::Array(arr) = cur else {
@@ -293,11 +301,13 @@ impl Op {
                         fmt::type_name(cur)
                     )));
                 };
-                let add: Vec<Bson> = vals
-                    .iter()
-                    .filter(|v| !arr.iter().any(|e| values_equal(e, v)))
-                    .cloned()
-                    .collect();
+                let mut add: Vec<Bson> = Vec::new();
+                for v in vals {
+                    let seen = |e: &Bson| values_equal_with(e, v, cx.coll());
+                    if !arr.iter().any(seen) && !add.iter().any(seen) {
+                        add.push(v.clone());
+                    }
+                }
                 if add.is_empty() {
                     Modify::NoOp
                 } else {
@@ -330,7 +340,11 @@ impl Op {
                         "Cannot apply $pull to a non-array value",
                     ));
                 };
-                let kept: Vec<Bson> = arr.iter().filter(|e| !self.pulls(e)).cloned().collect();
+                let kept: Vec<Bson> = arr
+                    .iter()
+                    .filter(|e| !self.pulls(e, cx.collation))
+                    .cloned()
+                    .collect();
                 if kept.len() == arr.len() {
                     Modify::NoOp
                 } else {
@@ -341,18 +355,19 @@ impl Op {
         })
     }
 
-    fn pulls(&self, e: &Bson) -> bool {
+    fn pulls(&self, e: &Bson, coll: Option<&std::sync::Arc<doc::Collation>>) -> bool {
+        let c = coll.map(|c| &**c);
         match self {
-            Op::PullAll(vals) => vals.iter().any(|v| values_equal(v, e)),
-            Op::Pull(PullMatcher::Equal(v)) => values_equal(v, e),
+            Op::PullAll(vals) => vals.iter().any(|v| values_equal_with(v, e, c)),
+            Op::Pull(PullMatcher::Equal(v)) => values_equal_with(v, e, c),
             Op::Pull(PullMatcher::Object(f)) => match e {
-                Bson::Document(d) => f.matches(d),
+                Bson::Document(d) => f.matches_under(d, coll),
                 _ => false,
             },
             Op::Pull(PullMatcher::Element(f)) => {
                 let mut d = Document::new();
                 d.insert(PULL_FIELD, e.clone());
-                f.matches(&d)
+                f.matches_under(&d, coll)
             }
             _ => false,
         }
@@ -627,15 +642,15 @@ fn sort_key<'a>(e: &'a Bson, path: &str) -> &'a Bson {
     }
 }
 
-fn sort_array(arr: &mut [Bson], spec: &SortSpec) {
+fn sort_array(arr: &mut [Bson], spec: &SortSpec, coll: Option<&doc::Collation>) {
     match spec {
         SortSpec::Whole(asc) => arr.sort_by(|a, b| {
-            let o = cmp_values(a, b);
+            let o = cmp_values_with(a, b, coll);
             if *asc { o } else { o.reverse() }
         }),
         SortSpec::Pattern(keys) => arr.sort_by(|a, b| {
             for (k, asc) in keys {
-                let o = cmp_values(sort_key(a, k), sort_key(b, k));
+                let o = cmp_values_with(sort_key(a, k), sort_key(b, k), coll);
                 let o = if *asc { o } else { o.reverse() };
                 if o != Ordering::Equal {
                     return o;
@@ -648,7 +663,7 @@ fn sort_array(arr: &mut [Bson], spec: &SortSpec) {
 
 /// Applies `$push` to `arr`; returns whether the array was changed in place other than by a
 /// plain append (MongoDB then logs the whole array).
-fn push_into(arr: &mut Vec<Bson>, spec: &PushSpec) -> bool {
+fn push_into(arr: &mut Vec<Bson>, spec: &PushSpec, coll: Option<&doc::Collation>) -> bool {
     let len = arr.len();
     let mut whole = false;
     if !spec.each.is_empty() {
@@ -669,7 +684,7 @@ fn push_into(arr: &mut Vec<Bson>, spec: &PushSpec) -> bool {
         }
     }
     if let Some(s) = &spec.sort {
-        sort_array(arr, s);
+        sort_array(arr, s, coll);
         whole = true;
     }
     if let Some(n) = spec.slice {
@@ -686,9 +701,9 @@ fn push_into(arr: &mut Vec<Bson>, spec: &PushSpec) -> bool {
     whole
 }
 
-fn push_existing(arr: &[Bson], spec: &PushSpec) -> Modify {
+fn push_existing(arr: &[Bson], spec: &PushSpec, coll: Option<&doc::Collation>) -> Modify {
     let mut a = arr.to_vec();
-    let whole = push_into(&mut a, spec);
+    let whole = push_into(&mut a, spec, coll);
     if whole {
         Modify::Replace(Bson::Array(a))
     } else if spec.each.is_empty() {

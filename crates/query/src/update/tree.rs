@@ -47,6 +47,8 @@ enum Part {
 pub(crate) struct OpUpdate {
     pub(crate) root: Node,
     pub(crate) filters: BTreeMap<String, Filter>,
+    /// The operation's collation (`$addToSet`, `$pull`, `$min`, `$max`, `$push`'s `$sort`).
+    pub(crate) collation: Option<std::sync::Arc<doc::Collation>>,
 }
 
 /// A node of the parsed update tree.
@@ -333,7 +335,11 @@ pub(crate) fn parse_operators(d: &Document, array_filters: &[Document]) -> Resul
             )));
         }
     }
-    Ok(OpUpdate { root, filters })
+    Ok(OpUpdate {
+        root,
+        filters,
+        collation: None,
+    })
 }
 
 fn parse_rename(

@@ -3,10 +3,12 @@
 
 mod bulk_write;
 mod change_streams;
+mod collation;
 mod crash;
 mod crud;
 mod ddl;
 mod protocol;
+mod transactions;
 
 use bson::Document;
 use mongodb::Database;
