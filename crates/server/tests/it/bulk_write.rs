@@ -489,3 +489,59 @@ async fn results_over_16mb_are_split_between_batches() {
         big("b")
     );
 }
+
+#[tokio::test]
+async fn a_bulk_write_inside_a_transaction_commits_or_aborts_with_it() {
+    let s = testkit::spawn().await;
+    let db = s.client.database("t");
+    let a = db.collection::<Document>("a");
+    let b = db.collection::<Document>("b");
+    a.insert_one(doc! {"_id": 1, "n": 0}).await.unwrap();
+    b.insert_one(doc! {"_id": 1}).await.unwrap();
+    let models = || -> Vec<WriteModel> {
+        vec![
+            a.insert_one_model(doc! {"_id": 2}).unwrap().into(),
+            UpdateOneModel::builder()
+                .namespace(Namespace::new("t", "a"))
+                .filter(doc! {"_id": 1})
+                .update(doc! {"$inc": {"n": 1}})
+                .build()
+                .into(),
+            DeleteOneModel::builder()
+                .namespace(Namespace::new("t", "b"))
+                .filter(doc! {"_id": 1})
+                .build()
+                .into(),
+        ]
+    };
+    let mut session = s.client.start_session().await.unwrap();
+    session.start_transaction().await.unwrap();
+    let r = s
+        .client
+        .bulk_write(models())
+        .session(&mut session)
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.inserted_count, r.modified_count, r.deleted_count),
+        (1, 1, 1)
+    );
+    // Not visible outside until commit; gone after an abort.
+    assert_eq!(a.count_documents(doc! {}).await.unwrap(), 1);
+    session.abort_transaction().await.unwrap();
+    assert_eq!(contents(&a).await, vec![doc! {"_id": 1, "n": 0}]);
+    assert_eq!(b.count_documents(doc! {}).await.unwrap(), 1);
+
+    session.start_transaction().await.unwrap();
+    s.client
+        .bulk_write(models())
+        .session(&mut session)
+        .await
+        .unwrap();
+    session.commit_transaction().await.unwrap();
+    assert_eq!(
+        contents(&a).await,
+        vec![doc! {"_id": 1, "n": 1}, doc! {"_id": 2}]
+    );
+    assert_eq!(b.count_documents(doc! {}).await.unwrap(), 0);
+}
