@@ -378,6 +378,7 @@ pub async fn sessions(ctx: &ServerCtx, name: &str, cmd: &Document) -> Reply {
                 _ => Vec::new(),
             };
             ctx.txns.end_sessions(&keys).await;
+            ctx.local_sessions.end(&keys);
         }
         "killAllSessions" | "killAllSessionsByPattern" => ctx.txns.abort_all().await,
         _ => {}

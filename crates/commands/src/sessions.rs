@@ -42,6 +42,14 @@ impl LocalSessions {
         map.insert(id.bytes.clone(), (id.clone(), now));
     }
 
+    /// Forgets ended (or killed) sessions, by `lsid.id` bytes.
+    pub fn end(&self, ids: &[Vec<u8>]) {
+        let mut map = self.map.lock().unwrap();
+        for id in ids {
+            map.remove(id);
+        }
+    }
+
     /// The cached sessions, as `$listLocalSessions` returns them.
     pub fn records(&self) -> Vec<Document> {
         let now = DateTime::now();
@@ -188,6 +196,8 @@ mod tests {
         ids.sort();
         assert_eq!(ids, vec![vec![1; 16], vec![2; 16]]);
         assert!(recs[0].get_datetime("lastUse").is_ok());
+        s.end(&[vec![1; 16]]);
+        assert_eq!(s.records().len(), 1);
     }
 
     #[test]
