@@ -7,6 +7,7 @@ mod collation;
 mod crash;
 mod crud;
 mod ddl;
+mod local_sessions;
 mod protocol;
 mod transactions;
 
