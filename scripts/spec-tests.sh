@@ -42,7 +42,7 @@ selection=()
 for s in "${@:-changestreams}"; do
   case "$s" in
     changestreams) selection+=(test/test_change_stream.py) ;;
-    crud) selection+=(test/test_crud_unified.py) ;;
+    crud) selection+=(test/test_crud_unified.py test/test_client_bulk_write.py) ;;
     transactions) selection+=(test/test_transactions_unified.py test/test_transactions.py) ;;
     sessions) selection+=(test/test_sessions_unified.py) ;;
     retryable-writes) selection+=(test/test_retryable_writes_unified.py) ;;

@@ -33,7 +33,7 @@ done
 (cd tests/node && npm ci --silent --no-audit --no-fund)
 EDDY_PORT=$port .venv/bin/python -m pytest -q tests/python
 
-for suite in changestreams transactions sessions retryable-writes; do
+for suite in changestreams crud transactions sessions retryable-writes; do
   echo "== drivers' specification tests ($suite)"
   EDDY_BIN=target/release/eddy ./scripts/spec-tests.sh "$suite"
 done
