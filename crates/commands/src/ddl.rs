@@ -695,12 +695,14 @@ pub async fn drop_indexes(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Res
                     ));
                 }
             }
+            let mut names = names;
+            names.dedup();
+            let mut seen = std::collections::HashSet::new();
+            names.retain(|n| seen.insert(n.clone()));
             for n in names {
-                let pos = meta
-                    .indexes
-                    .iter()
-                    .position(|i| i.name == n)
-                    .expect("checked above");
+                let Some(pos) = meta.indexes.iter().position(|i| i.name == n) else {
+                    continue;
+                };
                 let ix = meta.indexes.remove(pos);
                 w.remove_index_entries(ix.id)?;
                 w.put_collection(&meta)?;

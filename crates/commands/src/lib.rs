@@ -294,7 +294,7 @@ async fn dispatch(
 ) -> Result<Reply> {
     if let Ok(rc) = cmd.get_document("readConcern") {
         if let Some(Bson::Timestamp(t)) = rc.get("afterClusterTime") {
-            txn::wait_for_cluster_time(ctx, *t, cmd).await?;
+            txn::check_cluster_time(ctx, *t)?;
         }
     }
     if txn::is_txn_command(name, cmd) {

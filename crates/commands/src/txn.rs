@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bson::{Bson, Document, Timestamp, doc};
 use errors::{ErrorCode, MongoError, Result, labels};
-use storage::{OpKind, OplogEntry, Snapshot, Txn, WriteCtx};
+use storage::{Snapshot, Txn, WriteCtx};
 
 use crate::{ConnInfo, Reply, ServerCtx, util};
 
@@ -231,6 +231,10 @@ impl Transactions {
         };
         for s in found {
             s.lock().await.abort();
+        }
+        let mut map = self.sessions.lock().unwrap();
+        for k in keys {
+            map.remove(k);
         }
     }
 
@@ -477,10 +481,14 @@ pub async fn run(
             Ok(reply)
         }
     });
-    // A failed statement aborts its transaction, as in MongoDB.
+    // A failed statement aborts its transaction, as in MongoDB (bulkWrite reports its
+    // failures as a count).
     let failed = match &r {
         Err(_) => true,
-        Ok(reply) => reply.doc.contains_key("writeErrors"),
+        Ok(reply) => {
+            reply.doc.contains_key("writeErrors")
+                || util::get_i64(&reply.doc, "nErrors").is_some_and(|n| n > 0)
+        }
     };
     if failed {
         s.abort();
@@ -554,45 +562,19 @@ fn abort(s: &mut SessionTxn, n: i64) -> Result<Reply> {
     }
 }
 
-/// Waits until everything up to `t` is committed (causal consistency). A time the
-/// server has not reached yet is reached by logging a no-op, as a replica set's
-/// periodic no-op writer would.
+/// Causal consistency: a read with `afterClusterTime` must see everything up to that
+/// time. Every time a client can have seen is already applied here (a write is
+/// acknowledged, and a clusterTime handed out, only once it is committed), so the read
+/// proceeds at once; a time beyond the current clusterTime is refused, as MongoDB does.
 ///
 /// # Errors
-/// MaxTimeMSExpired when `maxTimeMS` passes first.
-pub async fn wait_for_cluster_time(ctx: &ServerCtx, t: Timestamp, cmd: &Document) -> Result<()> {
-    let key = storage::oplog::ts_key(t);
-    let reached = |ctx: &ServerCtx| storage::oplog::ts_key(ctx.store.committed_ts()) >= key;
-    if reached(ctx) {
-        return Ok(());
+/// InvalidOptions for a time the server has not reached.
+pub fn check_cluster_time(ctx: &ServerCtx, t: Timestamp) -> Result<()> {
+    let now = ctx.store.committed_ts();
+    if storage::oplog::ts_key(t) > storage::oplog::ts_key(now) {
+        return Err(invalid(format!(
+            "readConcern afterClusterTime value must not be greater than the current clusterTime. Requested clusterTime: {t}; current clusterTime: {now}"
+        )));
     }
-    let max = util::get_i64(cmd, "maxTimeMS").filter(|m| *m > 0);
-    let deadline = Instant::now() + Duration::from_millis(max.unwrap_or(60_000) as u64);
-    let mut rx = ctx.store.subscribe();
-    loop {
-        if reached(ctx) {
-            return Ok(());
-        }
-        ctx.store
-            .write(|w| {
-                w.log(OplogEntry::new(
-                    OpKind::Noop,
-                    "",
-                    None,
-                    doc! {"msg": "periodic noop"},
-                ))
-            })
-            .await?;
-        if reached(ctx) {
-            return Ok(());
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(MongoError::new(
-                ErrorCode::MaxTimeMSExpired,
-                format!("operation exceeded time limit waiting for afterClusterTime {t}"),
-            ));
-        }
-        let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), rx.changed()).await;
-    }
+    Ok(())
 }

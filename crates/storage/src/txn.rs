@@ -46,6 +46,13 @@ pub struct Overlay {
     pub(crate) indexes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// Oplog entries in statement order.
     pub(crate) ops: Vec<OplogEntry>,
+    /// Namespaces whose catalog record the transaction read: a commit after a DDL change
+    /// to one of them (new or dropped index, rename, drop) would write against a stale
+    /// index list, so it conflicts.
+    pub(crate) read_catalog: std::collections::BTreeSet<String>,
+    /// Set when a write lost a conflict: the overlay may hold half a statement (a
+    /// document without its index entries), so it can never commit.
+    pub(crate) conflicted: bool,
     /// Pre-images: (index of the operation in `ops`, collection UUID, document).
     pub(crate) preimages: Vec<(u32, bson::Uuid, Document)>,
 }
@@ -204,7 +211,13 @@ impl Txn {
     /// `f`'s error; `WriteConflict` when a key is held by another transaction or changed
     /// after the snapshot.
     pub fn run<T>(&self, f: impl FnOnce(&mut WriteCtx<'_>) -> Result<T>) -> Result<T> {
-        let mut ov = self.overlay.lock().unwrap();
+        let mut ov = self
+            .overlay
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if ov.conflicted {
+            return Err(write_conflict());
+        }
         let mut ctx = WriteCtx {
             b: crate::Backend::Txn(TxnCtx {
                 snap: &self.snapshot,
@@ -215,18 +228,41 @@ impl Txn {
                 next_id: &self.next_id,
             }),
         };
-        f(&mut ctx)
+        // Outside a transaction a panicking write is caught by the commit pipeline; here
+        // it runs on the connection's task, so catch it and spoil the transaction.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut ctx)));
+        drop(ctx);
+        match r {
+            // A lost conflict fails the whole statement whatever the caller made of it
+            // (a per-document write error, say).
+            _ if ov.conflicted => Err(write_conflict()),
+            Ok(r) => r,
+            Err(_) => {
+                ov.conflicted = true;
+                Err(MongoError::internal(
+                    "a write failed unexpectedly; the transaction cannot commit",
+                ))
+            }
+        }
     }
 
     /// Takes the overlay out for commit.
     pub(crate) fn parts(&self) -> (u64, u64, Overlay) {
-        let ov = std::mem::take(&mut *self.overlay.lock().unwrap());
+        let ov = std::mem::take(
+            &mut *self
+                .overlay
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         (self.id, oplog::ts_key(self.snapshot.ts()), ov)
     }
 
     /// Whether the transaction has written nothing.
     pub fn is_read_only(&self) -> bool {
-        let ov = self.overlay.lock().unwrap();
+        let ov = self
+            .overlay
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         ov.ops.is_empty() && ov.docs.is_empty() && ov.catalog.is_empty()
     }
 }
@@ -252,8 +288,19 @@ pub(crate) fn check_commit(
     snap_key: u64,
     ov: &Overlay,
 ) -> Result<()> {
+    if ov.conflicted {
+        return Err(write_conflict());
+    }
     let t = tracker.lock().unwrap();
     let in_batch: HashSet<&[u8]> = touched.iter().map(Vec::as_slice).collect();
+    // Catalog records read: a DDL change committed since the snapshot conflicts.
+    for name in &ov.read_catalog {
+        let k = tagged(T_CATALOG, name.as_bytes());
+        let changed = t.written.get(&k).is_some_and(|w| *w > snap_key);
+        if changed || in_batch.contains(k.as_slice()) {
+            return Err(write_conflict());
+        }
+    }
     let keys = ov
         .docs
         .keys()
@@ -280,9 +327,10 @@ pub(crate) struct TxnCtx<'t> {
 
 impl TxnCtx<'_> {
     /// Takes the write lock on a key, or fails with WriteConflict.
-    fn claim(&self, key: Vec<u8>) -> Result<()> {
+    fn claim(&mut self, key: Vec<u8>) -> Result<()> {
         let mut t = self.tracker.lock().unwrap();
         if t.conflict(&key, self.snap_key, self.txn) {
+            self.ov.conflicted = true;
             return Err(write_conflict());
         }
         t.locks.insert(key, self.txn);
@@ -294,6 +342,7 @@ impl TxnCtx<'_> {
     }
 
     pub(crate) fn collection(&mut self, ns: &Namespace) -> Result<Option<CollectionMeta>> {
+        self.ov.read_catalog.insert(ns.full());
         match self.ov.catalog.get(&ns.full()) {
             Some(Some(b)) => CollectionMeta::from_bytes(b).map(Some),
             Some(None) => Ok(None),

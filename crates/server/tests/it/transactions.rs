@@ -419,29 +419,97 @@ async fn snapshot_reads_return_and_accept_at_cluster_time() {
 }
 
 #[tokio::test]
-async fn after_cluster_time_waits_for_that_time() {
+async fn after_cluster_time_reads_what_was_seen_and_refuses_the_future() {
     let s = testkit::spawn().await;
     let db = s.client.database("cc");
-    db.collection::<Document>("c")
-        .insert_one(doc! {"_id": 1})
-        .await
-        .unwrap();
+    let c = db.collection::<Document>("c");
+    c.insert_one(doc! {"_id": 1}).await.unwrap();
     let r = db.run_command(doc! {"ping": 1}).await.unwrap();
-    let now = r.get_timestamp("operationTime").unwrap();
-    let ahead = bson::Timestamp {
-        time: now.time + 1,
-        increment: 1,
-    };
+    let seen = r.get_timestamp("operationTime").unwrap();
     let r = db
         .run_command(
-            doc! {"find": "c", "readConcern": {"level": "majority", "afterClusterTime": ahead}},
+            doc! {"find": "c", "readConcern": {"level": "majority", "afterClusterTime": seen}},
         )
         .await
         .unwrap();
-    let op_time = r.get_timestamp("operationTime").unwrap();
-    assert!(
-        (op_time.time, op_time.increment) >= (ahead.time, ahead.increment),
-        "{op_time:?} < {ahead:?}"
+    let batch = r
+        .get_document("cursor")
+        .unwrap()
+        .get_array("firstBatch")
+        .unwrap();
+    assert_eq!(batch.len(), 1, "the write before that time is visible");
+    let ahead = bson::Timestamp {
+        time: seen.time + 3600,
+        increment: 1,
+    };
+    let (code, _) = crate::cmd_error(
+        &db,
+        doc! {"find": "c", "readConcern": {"level": "majority", "afterClusterTime": ahead}},
+    )
+    .await;
+    assert_eq!(code, 72);
+    // A causally consistent session through the driver.
+    let mut session = s
+        .client
+        .start_session()
+        .causal_consistency(true)
+        .await
+        .unwrap();
+    c.insert_one(doc! {"_id": 2})
+        .session(&mut session)
+        .await
+        .unwrap();
+    assert_eq!(
+        c.count_documents(doc! {})
+            .session(&mut session)
+            .await
+            .unwrap(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_ddl_change_after_the_snapshot_conflicts_at_commit() {
+    let s = testkit::spawn().await;
+    let c = s.client.database("txddl2").collection::<Document>("c");
+    c.insert_one(doc! {"_id": 0, "x": 0}).await.unwrap();
+    let mut session = s.client.start_session().await.unwrap();
+    session.start_transaction().await.unwrap();
+    c.insert_one(doc! {"_id": 1, "x": 1})
+        .session(&mut session)
+        .await
+        .unwrap();
+    // A unique index built meanwhile cannot see the transaction's document: committing
+    // it would leave the document out of the index.
+    c.create_index(
+        mongodb::IndexModel::builder()
+            .keys(doc! {"x": 1})
+            .options(
+                mongodb::options::IndexOptions::builder()
+                    .unique(true)
+                    .build(),
+            )
+            .build(),
+    )
+    .await
+    .unwrap();
+    let e = session.commit_transaction().await.unwrap_err();
+    assert_eq!(code_of(&e), 112, "{e}");
+    assert!(e.contains_label(TRANSIENT_TRANSACTION_ERROR));
+    assert_eq!(c.count_documents(doc! {}).await.unwrap(), 1);
+    // Retried as drivers do, the transaction commits and the index has the document.
+    session.start_transaction().await.unwrap();
+    c.insert_one(doc! {"_id": 1, "x": 1})
+        .session(&mut session)
+        .await
+        .unwrap();
+    session.commit_transaction().await.unwrap();
+    assert_eq!(
+        c.count_documents(doc! {"x": 1})
+            .hint(mongodb::options::Hint::Name("x_1".into()))
+            .await
+            .unwrap(),
+        1
     );
 }
 
