@@ -5,7 +5,7 @@
 //! port with a temporary data directory, so that the server's CPU time can be read from
 //! `/proc`; `--uri URI --pid PID` measures a server that is already running.
 //!
-//! Usage: `cargo build --release && target/release/eddy-bench [inserts|find|stream|images|fanout|all]
+//! Usage: `cargo build --release && target/release/eddy-bench [inserts|find|stream|images|txn|fanout|all]
 //! [--seconds N] [--docs N] [--uri URI --pid PID]`
 
 use std::process::{Child, Command, Stdio};
@@ -145,6 +145,10 @@ async fn main() {
         for enabled in [false, true] {
             images_cost(&c, enabled, secs).await;
         }
+    }
+    if all || a.what == "txn" {
+        transactions(&c, 8, false, secs).await;
+        transactions(&c, 8, true, secs).await;
     }
     if all || a.what == "fanout" {
         for n in [1, 100, 1000] {
@@ -436,5 +440,80 @@ async fn fanout(uri: &str, n: usize, pid: Option<u32>) {
     println!(
         "fan-out: {n} streams, each matching 1/{SHARES} of {DOCS} inserts (100-doc batches): {delivered} deliveries, {:.0} deliveries/s, {cpu_txt}",
         delivered as f64 / el
+    );
+}
+
+/// Multi-document transactions from `clients` concurrent sessions: each inserts 5
+/// documents into each of two collections and, when `contended`, also increments one of
+/// four shared counters (so transactions conflict and are retried, as drivers do).
+async fn transactions(client: &Client, clients: usize, contended: bool, secs: Duration) {
+    let db = client.database("bench");
+    let (a, b, hot) = (
+        db.collection::<Document>("txn_a"),
+        db.collection::<Document>("txn_b"),
+        db.collection::<Document>("txn_hot"),
+    );
+    for c in [&a, &b, &hot] {
+        let _ = c.drop().await;
+    }
+    hot.insert_many((0..4).map(|i| doc! {"_id": i, "n": 0i64}))
+        .await
+        .unwrap();
+    let commits = Arc::new(AtomicU64::new(0));
+    let conflicts = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..clients {
+        let (a, b, hot) = (a.clone(), b.clone(), hot.clone());
+        let (commits, conflicts) = (commits.clone(), conflicts.clone());
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut s = client.start_session().await.unwrap();
+            let mut i = 0i64;
+            while start.elapsed() < secs {
+                s.start_transaction().await.unwrap();
+                let r: mongodb::error::Result<()> = async {
+                    let docs: Vec<Document> = (0..5)
+                        .map(|k| doc! {"w": w as i32, "i": i, "k": k})
+                        .collect();
+                    a.insert_many(docs.clone()).session(&mut s).await?;
+                    b.insert_many(docs).session(&mut s).await?;
+                    if contended {
+                        hot.update_one(doc! {"_id": (i % 4) as i32}, doc! {"$inc": {"n": 1}})
+                            .session(&mut s)
+                            .await?;
+                    }
+                    s.commit_transaction().await
+                }
+                .await;
+                match r {
+                    Ok(()) => {
+                        commits.fetch_add(1, Ordering::Relaxed);
+                        i += 1;
+                    }
+                    Err(e) if e.contains_label(mongodb::error::TRANSIENT_TRANSACTION_ERROR) => {
+                        conflicts.fetch_add(1, Ordering::Relaxed);
+                        let _ = s.abort_transaction().await;
+                    }
+                    Err(e) => panic!("transaction failed: {e}"),
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let el = start.elapsed().as_secs_f64();
+    let n = commits.load(Ordering::Relaxed);
+    let kind = if contended {
+        "10 inserts + 1 of 4 hot counters"
+    } else {
+        "10 inserts over 2 collections"
+    };
+    println!(
+        "transactions: {clients} sessions, {kind}: {:.0} commits/s ({:.0} documents/s), {} write conflicts retried",
+        n as f64 / el,
+        n as f64 * 10.0 / el,
+        conflicts.load(Ordering::Relaxed)
     );
 }
