@@ -222,7 +222,15 @@ pub async fn handle(ctx: &Arc<ServerCtx>, conn: &mut ConnInfo, cmd: Document) ->
     // (`failBeforeCommitExceptionCode`) or commits and loses its reply; either way the
     // connection closes unless `closeConnection: false`.
     let mut close_after = false;
-    if reply::is_retryable_write(&name, &cmd) && !is_retry(ctx, &cmd) {
+    // Checked in this order so that ordinary retryable writes pay no session lookup.
+    if reply::is_retryable_write(&name, &cmd)
+        && ctx
+            .fail_points
+            .lock()
+            .unwrap()
+            .contains_key("onPrimaryTransactionalWrite")
+        && !is_retry(ctx, &cmd)
+    {
         if let Some(fp) = admin::take_fail_point(ctx, "onPrimaryTransactionalWrite", |_| true) {
             let close = fp.get_bool("closeConnection").unwrap_or(true);
             if let Some(code) = util::get_i64(&fp, "failBeforeCommitExceptionCode") {

@@ -58,11 +58,6 @@ pub struct Overlay {
 }
 
 impl Overlay {
-    /// The number of operations the transaction has logged.
-    pub fn op_count(&self) -> usize {
-        self.ops.len()
-    }
-
     /// Overlay entries of `map` inside `[lo, hi)`.
     pub(crate) fn range<'a>(
         map: &'a BTreeMap<Vec<u8>, Option<Vec<u8>>>,
@@ -200,11 +195,6 @@ impl Txn {
         self.snapshot.clone()
     }
 
-    /// The clusterTime the transaction reads at.
-    pub fn read_ts(&self) -> Timestamp {
-        self.snapshot.ts()
-    }
-
     /// Runs one statement's writes against the overlay.
     ///
     /// # Errors
@@ -255,15 +245,6 @@ impl Txn {
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
         (self.id, oplog::ts_key(self.snapshot.ts()), ov)
-    }
-
-    /// Whether the transaction has written nothing.
-    pub fn is_read_only(&self) -> bool {
-        let ov = self
-            .overlay
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        ov.ops.is_empty() && ov.docs.is_empty() && ov.catalog.is_empty()
     }
 }
 
