@@ -7,33 +7,7 @@ use mongodb::options::{
     DeleteManyModel, DeleteOneModel, ReplaceOneModel, UpdateManyModel, UpdateOneModel, WriteModel,
 };
 
-use crate::{cmd_error, raw_command};
-
-/// Sends a command over a raw connection with OP_MSG document sequences (as drivers send
-/// `ops` and `nsInfo`) and returns the reply body.
-async fn raw_with_sequences(
-    port: u16,
-    body: Document,
-    seqs: &[(String, Vec<Document>)],
-) -> Document {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    s.write_all(&wire::encode_msg_request(7, &body, seqs, false, None))
-        .await
-        .unwrap();
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).await.unwrap();
-    let n = i32::from_le_bytes(len) as usize;
-    let mut msg = len.to_vec();
-    msg.resize(n, 0);
-    s.read_exact(&mut msg[4..]).await.unwrap();
-    match wire::decode(&msg).unwrap().request {
-        wire::Request::Msg(m) => m.body,
-        wire::Request::Query(_) => panic!("unexpected reply"),
-    }
-}
+use crate::{cmd_error, raw_command, raw_with_sequences};
 
 fn first_batch(r: &Document) -> Vec<Document> {
     r.get_document("cursor")

@@ -6,7 +6,8 @@ use std::time::Duration;
 use bson::doc;
 use tokio::process::{Child, Command};
 
-fn free_port() -> u16 {
+/// A port nothing listens on now.
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -14,7 +15,9 @@ fn free_port() -> u16 {
         .port()
 }
 
-async fn start(dir: &std::path::Path, port: u16) -> Child {
+/// Starts the `eddy` binary as its own process (so tests can `kill -9` it) and waits
+/// until it accepts connections.
+pub(crate) async fn start(dir: &std::path::Path, port: u16) -> Child {
     let child = Command::new(env!("CARGO_BIN_EXE_eddy"))
         .args([
             "--port",

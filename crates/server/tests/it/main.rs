@@ -28,11 +28,21 @@ pub async fn cmd_error(db: &Database, cmd: Document) -> (i32, String) {
 /// Sends one command over a raw connection, exactly as given (drivers add their own
 /// `lsid`; tests of session semantics need theirs kept), and returns the reply body.
 pub async fn raw_command(port: u16, cmd: Document) -> Document {
+    raw_with_sequences(port, cmd, &[]).await
+}
+
+/// Like [`raw_command`], with OP_MSG document sequences (as drivers send `ops` and
+/// `nsInfo` of bulkWrite).
+pub async fn raw_with_sequences(
+    port: u16,
+    body: Document,
+    seqs: &[(String, Vec<Document>)],
+) -> Document {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
-    s.write_all(&wire::encode_msg_request(1, &cmd, &[], false, None))
+    s.write_all(&wire::encode_msg_request(1, &body, seqs, false, None))
         .await
         .unwrap();
     let mut len = [0u8; 4];

@@ -576,41 +576,11 @@ async fn snapshot_then_watch_sees_every_document_exactly_once() {
     assert_eq!(sorted, (0..1200).collect::<Vec<_>>(), "every document once");
 }
 
-async fn start_eddy(dir: &std::path::Path, port: u16) -> tokio::process::Child {
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_eddy"))
-        .args([
-            "--port",
-            &port.to_string(),
-            "--dbpath",
-            dir.to_str().unwrap(),
-            "--quiet",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return child;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("eddy did not start");
-}
-
 #[tokio::test]
 async fn a_committed_transaction_survives_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = start_eddy(dir.path(), port).await;
+    let port = crate::crash::free_port();
+    let mut child = crate::crash::start(dir.path(), port).await;
     let lsid = doc! {"id": bson::Uuid::new()};
     for (i, coll) in ["a", "b"].iter().enumerate() {
         let mut cmd = doc! {"insert": *coll, "documents": [{"_id": i as i32}], "lsid": lsid.clone(), "txnNumber": 1i64, "autocommit": false, "$db": "crash"};
@@ -627,7 +597,7 @@ async fn a_committed_transaction_survives_kill_9() {
     child.start_kill().unwrap();
     child.wait().await.unwrap();
 
-    let _child = start_eddy(dir.path(), port).await;
+    let _child = crate::crash::start(dir.path(), port).await;
     let client = testkit::client_for(port).await;
     let db = client.database("crash");
     for coll in ["a", "b"] {
