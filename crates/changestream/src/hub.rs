@@ -1,8 +1,9 @@
 //! The change hub: one tailer decodes each committed oplog entry once and shares it with
 //! every stream.
 //!
-//! The tailer wakes when a batch commits, reads the new entries from a snapshot, decodes
-//! them, and appends them to a shared window of recent entries bounded in bytes. Streams
+//! The tailer wakes when a batch commits, reads the new entries from the log's in-memory
+//! tail, decodes them, and appends them to a shared window of recent entries bounded in
+//! bytes. Streams
 //! read that window by position; a stream whose position has fallen out of the window (a
 //! laggard) reads the oplog itself from its position, so it holds no memory and slows no
 //! one. Writers never wait for streams: the commit pipeline only bumps a watch channel.
@@ -133,14 +134,17 @@ impl Hub {
     fn catch_up(&self) -> Result<()> {
         let _guard = self.catching_up.lock().unwrap();
         let from = *self.tailed.borrow();
-        let snap = self.store.snapshot()?;
+        let upto = self.store.committed_ts();
         let mut last = from;
         let mut fresh = Vec::new();
-        for item in snap.oplog_after(Some(from))? {
-            let (ts, bytes) = item?;
+        // New entries come from the log's in-memory tail, as encoded: no disk read.
+        for (ts, bytes) in self
+            .store
+            .read_log(ts_key(from), ts_key(upto), usize::MAX)?
+        {
             let entry = OplogEntry::from_bytes(&bytes)?;
             fresh.push(Arc::new(Decoded::new(entry, bytes.len())));
-            last = ts;
+            last = storage::oplog::key_ts(ts);
         }
         if fresh.is_empty() {
             return Ok(());
@@ -204,15 +208,9 @@ impl Hub {
                     .collect());
             }
         }
-        // A laggard: read the oplog directly, decoding for this stream alone.
-        let snap = self.store.snapshot()?;
-        let after = from.checked_sub(1).map(storage::oplog::key_ts);
+        // A laggard: read the log directly, decoding for this stream alone.
         let mut out = Vec::new();
-        for item in snap.oplog_after(after)? {
-            let (ts, bytes) = item?;
-            if ts_key(ts) > upto || out.len() >= limit {
-                break;
-            }
+        for (_, bytes) in self.store.read_log(from.saturating_sub(1), upto, limit)? {
             out.push(Arc::new(Decoded::new(
                 OplogEntry::from_bytes(&bytes)?,
                 bytes.len(),

@@ -129,7 +129,11 @@ pub fn server_status(ctx: &ServerCtx) -> Result<Reply> {
     let s = &ctx.stats;
     let snap = ctx.store.snapshot()?;
     let bounds = snap.oplog_bounds()?;
-    let mut oplog = doc! {"entries": snap.oplog_len()? as i64};
+    let log = ctx.store.log();
+    let mut oplog = doc! {
+        "logSizeBytes": log.bytes() as i64,
+        "logSegments": log.segment_count() as i64,
+    };
     if let Some((first, last)) = bounds {
         oplog.insert("earliestOptime", first);
         oplog.insert("latestOptime", last);

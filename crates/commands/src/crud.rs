@@ -719,17 +719,16 @@ fn view_docs(snap: &Arc<Snapshot>, meta: &CollectionMeta) -> Result<Vec<Document
 }
 
 fn oplog_source(snap: &Snapshot, filter: Filter, reverse: bool) -> Result<DocSource> {
-    let decode = |r: Result<(Timestamp, Vec<u8>)>| {
+    let decode = |r: Result<(Timestamp, std::sync::Arc<[u8]>)>| {
         r.and_then(|(_, b)| OplogEntry::from_bytes(&b).map(|e| e.to_document()))
     };
-    let items: Vec<Result<Document>> = if reverse {
-        snap.oplog_rev()?.map(decode).collect()
+    let keep = move |r: &Result<Document>| r.as_ref().map_or(true, |d| filter.matches(d));
+    // Read lazily: the oplog may be far larger than memory.
+    Ok(if reverse {
+        Box::new(snap.oplog_rev()?.map(decode).filter(keep))
     } else {
-        snap.oplog_after(None)?.map(decode).collect()
-    };
-    Ok(Box::new(items.into_iter().filter(move |r| {
-        r.as_ref().map_or(true, |d| filter.matches(d))
-    })))
+        Box::new(snap.oplog_after(None)?.map(decode).filter(keep))
+    })
 }
 
 /// `find`.

@@ -28,6 +28,10 @@ pub struct Config {
     pub repl_set: String,
     pub oplog_size_mb: u64,
     pub oplog_min_retention_hours: Option<f64>,
+    /// Seconds between checkpoints (mongod's `--syncdelay`).
+    pub syncdelay_secs: f64,
+    /// Megabytes of log after which a checkpoint is taken sooner.
+    pub checkpoint_size_mb: u64,
     /// `--setParameter` values.
     pub parameters: Document,
     pub argv: Vec<String>,
@@ -44,6 +48,8 @@ impl Config {
             repl_set: "rs0".into(),
             oplog_size_mb: 1024,
             oplog_min_retention_hours: None,
+            syncdelay_secs: 5.0,
+            checkpoint_size_mb: 256,
             parameters: Document::new(),
             argv: vec!["eddy".into()],
         }
@@ -53,7 +59,10 @@ impl Config {
         let mut d = doc! {
             "net": {"bindIp": self.bind_ip.join(","), "port": i32::from(self.port)},
             "replication": {"replSet": &self.repl_set, "oplogSizeMB": self.oplog_size_mb as i64},
-            "storage": {"dbPath": self.dbpath.display().to_string()},
+            "storage": {
+                "dbPath": self.dbpath.display().to_string(),
+                "syncPeriodSecs": self.syncdelay_secs,
+            },
         };
         if !self.parameters.is_empty() {
             d.insert("setParameter", self.parameters.clone());
@@ -117,6 +126,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         oplog_min_retention: cfg
             .oplog_min_retention_hours
             .map(|h| Duration::from_secs_f64(h * 3600.0)),
+        checkpoint_interval: Duration::from_secs_f64(cfg.syncdelay_secs.max(0.01)),
+        checkpoint_bytes: cfg.checkpoint_size_mb.max(1) * 1024 * 1024,
+        ..StoreOptions::default()
     };
     let store = Store::open(&cfg.dbpath, opts).map_err(anyhow::Error::msg)?;
     let mut listeners = Vec::new();

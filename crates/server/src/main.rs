@@ -36,6 +36,13 @@ struct Cli {
     /// Minimum hours of oplog to keep regardless of size.
     #[arg(long = "oplogMinRetentionHours")]
     oplog_min_retention_hours: Option<f64>,
+    /// Seconds between checkpoints of the tables (the log makes every write durable at
+    /// once; a checkpoint bounds how much of it a restart replays).
+    #[arg(long = "syncdelay", default_value_t = 5.0)]
+    syncdelay: f64,
+    /// Megabytes of log after which a checkpoint is taken before `--syncdelay` is up.
+    #[arg(long = "checkpointSizeMB", default_value_t = 256)]
+    checkpoint_size_mb: u64,
     /// Server parameter as name=value (repeatable), e.g. enableTestCommands=1.
     #[arg(long = "setParameter", value_name = "NAME=VALUE")]
     set_parameter: Vec<String>,
@@ -79,6 +86,8 @@ fn main() -> ExitCode {
         repl_set: cli.repl_set,
         oplog_size_mb: cli.oplog_size,
         oplog_min_retention_hours: cli.oplog_min_retention_hours,
+        syncdelay_secs: cli.syncdelay,
+        checkpoint_size_mb: cli.checkpoint_size_mb,
         parameters: params,
         argv: std::env::args().collect(),
     };

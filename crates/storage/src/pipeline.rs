@@ -1,0 +1,1055 @@
+//! The commit pipeline: one writer thread that runs write jobs in batches (group commit).
+//!
+//! For each batch it
+//! 1. runs the jobs in one redb write transaction that will not be forced to disk
+//!    (`Durability::None`), recording every table change in the batch's redo section and
+//!    every oplog entry it logs (with a strictly increasing clusterTime);
+//! 2. appends one frame (entries + redo) to the log and fdatasyncs it: the durability
+//!    point, before which no job of the batch is acknowledged;
+//! 3. commits the redb transaction, which makes the batch visible to readers, adds its
+//!    entries to the log's in-memory tail, publishes the batch's clusterTime and completes
+//!    the jobs.
+//!
+//! A checkpoint (a durable, empty redb commit) makes the tables durable every
+//! `checkpoint_interval` or `checkpoint_bytes` of log; the lsn the tables hold is stored in
+//! every batch's transaction, so the checkpoint records it. Recovery replays the frames
+//! after it ([`replay`]). Whole segments are truncated only once a checkpoint covers them.
+//!
+//! The batch takes every job waiting, never waiting for more: a lone writer gets one
+//! round trip plus one fdatasync, and writers that arrive while an fdatasync is under way
+//! share the next one.
+
+use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bson::{DateTime, Document, Timestamp};
+use errors::{MongoError, Result};
+use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
+use tokio::sync::watch;
+
+use crate::catalog::{CollectionMeta, Namespace};
+use crate::oplog::{self, OpKind, OplogEntry};
+use crate::redo::{self, Op, Redo, TableId};
+use crate::txn::{self, Overlay};
+use crate::wal::frame::FrameBuf;
+use crate::wal::writer::LogWriter;
+use crate::wal::{Log, seg_path};
+use crate::{
+    Backend, CATALOG, DOCS, INDEXES, META, META_APPLIED, META_NEXT_ID, PREIMAGES, SESSIONS,
+    StoreOptions, TXN_PREIMAGES, WriteCtx, decode_doc, doc_key, hi_bound, list_catalog,
+    prefix_range, preimage_record, storage_err,
+};
+
+/// Jobs taken into one group commit at most. Bounds the latency a batch adds to the first
+/// write in it while still amortising the fdatasync over many writers.
+const MAX_GROUP: usize = 256;
+
+/// Redo bytes replayed per redb transaction during recovery.
+const REPLAY_TXN_BYTES: usize = 64 * 1024 * 1024;
+
+pub(crate) type Completion = Box<dyn FnOnce(Result<()>) + Send>;
+pub(crate) type Job = Box<dyn for<'a> FnOnce(&mut WriteCtx<'a>) -> Completion + Send>;
+
+/// What the writer thread is asked to do.
+pub(crate) enum Msg {
+    Job(Job),
+    /// Make the tables durable now, then answer.
+    Checkpoint(Completion),
+}
+
+/// What the writer thread carries between batches.
+pub(crate) struct WriterState {
+    /// The last clusterTime assigned.
+    pub last_ts: Timestamp,
+    /// Shared with transactions, which take ids for collections they create.
+    pub next_id: Arc<AtomicU64>,
+    /// `next_id` as last stored; it is written only when it changed.
+    pub stored_next_id: u64,
+    /// Tagged keys the current batch wrote, for transaction conflict checks.
+    pub touched: Vec<Vec<u8>>,
+    pub tracker: Arc<Mutex<txn::Tracker>>,
+    pub opts: StoreOptions,
+    /// The lsn of the next frame.
+    pub next_lsn: u64,
+    /// The lsn a durable checkpoint holds.
+    pub checkpoint_lsn: u64,
+    /// Log bytes appended since that checkpoint.
+    pub since_checkpoint: u64,
+    pub last_checkpoint: Instant,
+    /// A truncation waits for a checkpoint.
+    pub checkpoint_wanted: bool,
+    /// Set when the log or the tables failed: nothing more may be written.
+    pub failed: Option<MongoError>,
+    frame: FrameBuf,
+    redo: Redo,
+    /// Segments before this one are dropped once the batch commits.
+    drop_before: Option<u64>,
+}
+
+impl WriterState {
+    pub(crate) fn new(opts: StoreOptions, next_lsn: u64, checkpoint_lsn: u64) -> WriterState {
+        WriterState {
+            last_ts: Timestamp {
+                time: 0,
+                increment: 0,
+            },
+            next_id: Arc::new(AtomicU64::new(1)),
+            stored_next_id: 1,
+            touched: Vec::new(),
+            tracker: Arc::default(),
+            opts,
+            next_lsn,
+            checkpoint_lsn,
+            since_checkpoint: 0,
+            last_checkpoint: Instant::now(),
+            checkpoint_wanted: false,
+            failed: None,
+            frame: FrameBuf::default(),
+            redo: Redo::default(),
+            drop_before: None,
+        }
+    }
+
+    /// The next clusterTime: wall-clock seconds, with the increment counting writes within
+    /// a second; never goes backwards even if the clock does.
+    fn next_ts(&mut self) -> Timestamp {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs() as u32;
+        let ts = if now > self.last_ts.time {
+            Timestamp {
+                time: now,
+                increment: 1,
+            }
+        } else {
+            Timestamp {
+                time: self.last_ts.time,
+                increment: self.last_ts.increment + 1,
+            }
+        };
+        self.last_ts = ts;
+        ts
+    }
+
+    fn dirty(&self) -> bool {
+        self.next_lsn - 1 > self.checkpoint_lsn
+    }
+}
+
+/// The writer thread's world.
+pub(crate) struct Writer {
+    pub db: Arc<Database>,
+    pub log: Arc<Log>,
+    pub lw: LogWriter,
+    pub state: WriterState,
+    pub committed: watch::Sender<Timestamp>,
+}
+
+impl Writer {
+    /// Runs until every sender is gone, then checkpoints.
+    pub(crate) fn run(mut self, rx: &mpsc::Receiver<Msg>) {
+        loop {
+            let msg = if self.state.dirty() {
+                let due = self.state.last_checkpoint + self.state.opts.checkpoint_interval;
+                match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
+                    Ok(m) => m,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        self.checkpoint_logged();
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match rx.recv() {
+                    Ok(m) => m,
+                    Err(_) => break,
+                }
+            };
+            let first = match msg {
+                Msg::Job(j) => j,
+                Msg::Checkpoint(reply) => {
+                    reply(self.checkpoint());
+                    continue;
+                }
+            };
+            let mut batch = vec![first];
+            let mut later = Vec::new();
+            while batch.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(Msg::Job(j)) => batch.push(j),
+                    Ok(Msg::Checkpoint(reply)) => later.push(reply),
+                    Err(_) => break,
+                }
+            }
+            self.batch(batch);
+            for reply in later {
+                reply(self.checkpoint());
+            }
+            let s = &self.state;
+            if s.since_checkpoint >= s.opts.checkpoint_bytes
+                || s.checkpoint_wanted
+                || (s.dirty() && s.last_checkpoint.elapsed() >= s.opts.checkpoint_interval)
+            {
+                self.checkpoint_logged();
+            }
+        }
+        self.checkpoint_logged();
+    }
+
+    fn checkpoint_logged(&mut self) {
+        if let Err(e) = self.checkpoint() {
+            tracing::error!(error = %e, "checkpoint failed");
+        }
+    }
+
+    /// Makes the tables durable up to the last batch.
+    fn checkpoint(&mut self) -> Result<()> {
+        if !self.state.dirty() || self.state.failed.is_some() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut txn = self.db.begin_write().map_err(storage_err)?;
+        // Quick repair saves the allocator state with the commit, so that a restart after
+        // a crash need not walk the whole file to rebuild it.
+        txn.set_quick_repair(true);
+        txn.commit().map_err(storage_err)?;
+        let s = &mut self.state;
+        s.checkpoint_lsn = s.next_lsn - 1;
+        s.since_checkpoint = 0;
+        s.last_checkpoint = Instant::now();
+        s.checkpoint_wanted = false;
+        tracing::debug!(
+            lsn = s.checkpoint_lsn,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "checkpoint"
+        );
+        Ok(())
+    }
+
+    fn batch(&mut self, batch: Vec<Job>) {
+        let before = (self.state.last_ts, self.state.stored_next_id);
+        let result = self.run_batch(batch);
+        let touched = std::mem::take(&mut self.state.touched);
+        match result {
+            Ok(completions) => {
+                self.state
+                    .tracker
+                    .lock()
+                    .unwrap()
+                    .record(touched, oplog::ts_key(self.state.last_ts));
+                self.committed.send_replace(self.state.last_ts);
+                for c in completions {
+                    c(Ok(()));
+                }
+                self.drop_segments();
+            }
+            Err((e, completions)) => {
+                tracing::error!(error = %e, "commit failed; the batch is lost");
+                // Ids handed out stay used: reusing one could collide with a transaction
+                // that took one meanwhile.
+                (self.state.last_ts, self.state.stored_next_id) = before;
+                self.state.drop_before = None;
+                for c in completions {
+                    c(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    fn run_batch(
+        &mut self,
+        batch: Vec<Job>,
+    ) -> std::result::Result<Vec<Completion>, (MongoError, Vec<Completion>)> {
+        if let Some(e) = &self.state.failed {
+            // Jobs that never ran still have to hear about it: run none, fail all.
+            return Err((e.clone(), Vec::new()));
+        }
+        let prior_ts = oplog::ts_key(self.state.last_ts);
+        self.state.frame.clear();
+        self.state.redo.clear();
+        let mut txn = match self.db.begin_write() {
+            Ok(t) => t,
+            Err(e) => return Err((storage_err(e), Vec::new())),
+        };
+        let _ = txn.set_durability(Durability::None);
+        let mut completions = Vec::with_capacity(batch.len());
+        let lsn = self.state.next_lsn;
+        let outcome = (|| -> Result<()> {
+            let mut ctx = WriteCtx {
+                b: Backend::Tables(Tables::open(&txn, &mut self.state, &self.log)?),
+            };
+            for job in batch {
+                // A panic in one job must not take the commit pipeline down with it: the
+                // batch is rolled back (the job may have written half a statement) and
+                // every caller in it hears about it.
+                let c = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut ctx)))
+                    .map_err(|_| {
+                        MongoError::internal(
+                            "a write failed unexpectedly; its commit batch was rolled back",
+                        )
+                    })?;
+                completions.push(c);
+                if let Some(e) = ctx.tables().failed.take() {
+                    return Err(e);
+                }
+            }
+            ctx.tables().finish(lsn)
+        })();
+        if let Err(e) = outcome {
+            let _ = txn.abort();
+            return Err((e, completions));
+        }
+        let s = &mut self.state;
+        if s.redo.is_empty() && !s.frame.has_entries() {
+            // Nothing changed (every job failed before writing): no frame, no commit.
+            let _ = txn.abort();
+            return Ok(completions);
+        }
+        let last_ts = oplog::ts_key(s.last_ts);
+        let (bytes, h) = s.frame.finish(lsn, prior_ts, last_ts, s.redo.bytes());
+        if let Err(e) = self.lw.append(bytes, &h) {
+            let e = MongoError::internal(format!(
+                "the write-ahead log could not be written ({e}); no more writes are accepted: restart the server"
+            ));
+            s.failed = Some(e.clone());
+            let _ = txn.abort();
+            return Err((e, completions));
+        }
+        s.since_checkpoint += bytes.len() as u64;
+        if let Err(e) = txn.commit() {
+            // The frame is durable but the tables do not hold it: a restart replays it.
+            let e = MongoError::internal(format!(
+                "the tables could not be updated ({e}); no more writes are accepted: restart the server"
+            ));
+            s.failed = Some(e.clone());
+            return Err((e, completions));
+        }
+        s.next_lsn = lsn + 1;
+        self.log.push_tail(s.frame.entries());
+        Ok(completions)
+    }
+
+    /// Deletes the segments a committed batch truncated.
+    fn drop_segments(&mut self) {
+        let Some(keep) = self.state.drop_before.take() else {
+            return;
+        };
+        let gone: Vec<u64> = self
+            .log
+            .segs()
+            .iter()
+            .map(|s| s.seq)
+            .filter(|&q| q < keep)
+            .collect();
+        self.log.drop_before(keep);
+        for q in gone {
+            let p = seg_path(self.log.dir(), q);
+            if let Err(e) = std::fs::remove_file(&p) {
+                tracing::warn!(error = %e, path = %p.display(), "could not delete a truncated log segment");
+            }
+        }
+    }
+}
+
+/// The redb tables of one write transaction.
+pub(crate) struct Handles<'t> {
+    catalog: Table<'t, &'static str, &'static [u8]>,
+    docs: Table<'t, &'static [u8], &'static [u8]>,
+    indexes: Table<'t, &'static [u8], &'static [u8]>,
+    meta: Table<'t, &'static str, &'static [u8]>,
+    sessions: Table<'t, &'static [u8], &'static [u8]>,
+    preimages: Table<'t, u64, &'static [u8]>,
+    txn_preimages: Table<'t, (u64, u32), &'static [u8]>,
+}
+
+fn key_str(k: &[u8]) -> std::result::Result<&str, String> {
+    std::str::from_utf8(k).map_err(|_| "redo: a text key is not UTF-8".to_string())
+}
+
+fn key_u64(k: &[u8]) -> std::result::Result<u64, String> {
+    Ok(u64::from_be_bytes(
+        k.try_into().map_err(|_| "redo: bad u64 key".to_string())?,
+    ))
+}
+
+fn key_pair(k: &[u8]) -> std::result::Result<(u64, u32), String> {
+    if k.len() != 12 {
+        return Err("redo: bad pair key".into());
+    }
+    Ok((
+        u64::from_be_bytes(k[..8].try_into().unwrap()),
+        u32::from_be_bytes(k[8..].try_into().unwrap()),
+    ))
+}
+
+fn pair_bytes(k: (u64, u32)) -> [u8; 12] {
+    let mut b = [0u8; 12];
+    b[..8].copy_from_slice(&k.0.to_be_bytes());
+    b[8..].copy_from_slice(&k.1.to_be_bytes());
+    b
+}
+
+fn map_bound<'a, T>(
+    b: Bound<&'a [u8]>,
+    f: impl Fn(&'a [u8]) -> std::result::Result<T, String>,
+) -> std::result::Result<Bound<T>, String> {
+    Ok(match b {
+        Bound::Unbounded => Bound::Unbounded,
+        Bound::Included(k) => Bound::Included(f(k)?),
+        Bound::Excluded(k) => Bound::Excluded(f(k)?),
+    })
+}
+
+impl<'t> Handles<'t> {
+    pub(crate) fn open(txn: &'t WriteTransaction) -> Result<Handles<'t>> {
+        Ok(Handles {
+            catalog: txn.open_table(CATALOG).map_err(storage_err)?,
+            docs: txn.open_table(DOCS).map_err(storage_err)?,
+            indexes: txn.open_table(INDEXES).map_err(storage_err)?,
+            meta: txn.open_table(META).map_err(storage_err)?,
+            sessions: txn.open_table(SESSIONS).map_err(storage_err)?,
+            preimages: txn.open_table(PREIMAGES).map_err(storage_err)?,
+            txn_preimages: txn.open_table(TXN_PREIMAGES).map_err(storage_err)?,
+        })
+    }
+
+    /// Makes one table change.
+    pub(crate) fn apply(&mut self, op: &Op<'_>) -> std::result::Result<(), String> {
+        let e = |e: redb::StorageError| e.to_string();
+        match *op {
+            Op::Put(t, k, v) => {
+                match t {
+                    TableId::Catalog => self.catalog.insert(key_str(k)?, v).map(drop),
+                    TableId::Docs => self.docs.insert(k, v).map(drop),
+                    TableId::Indexes => self.indexes.insert(k, v).map(drop),
+                    TableId::Meta => self.meta.insert(key_str(k)?, v).map(drop),
+                    TableId::Sessions => self.sessions.insert(k, v).map(drop),
+                    TableId::Preimages => self.preimages.insert(key_u64(k)?, v).map(drop),
+                    TableId::TxnPreimages => self.txn_preimages.insert(key_pair(k)?, v).map(drop),
+                }
+                .map_err(e)?;
+            }
+            Op::Del(t, k) => {
+                match t {
+                    TableId::Catalog => self.catalog.remove(key_str(k)?).map(drop),
+                    TableId::Docs => self.docs.remove(k).map(drop),
+                    TableId::Indexes => self.indexes.remove(k).map(drop),
+                    TableId::Meta => self.meta.remove(key_str(k)?).map(drop),
+                    TableId::Sessions => self.sessions.remove(k).map(drop),
+                    TableId::Preimages => self.preimages.remove(key_u64(k)?).map(drop),
+                    TableId::TxnPreimages => self.txn_preimages.remove(key_pair(k)?).map(drop),
+                }
+                .map_err(e)?;
+            }
+            Op::DelRange(t, lo, hi) => {
+                match t {
+                    TableId::Catalog => self.catalog.retain_in::<&str, _>(
+                        (map_bound(lo, key_str)?, map_bound(hi, key_str)?),
+                        |_, _| false,
+                    ),
+                    TableId::Docs => self.docs.retain_in::<&[u8], _>((lo, hi), |_, _| false),
+                    TableId::Indexes => self.indexes.retain_in::<&[u8], _>((lo, hi), |_, _| false),
+                    TableId::Meta => self.meta.retain_in::<&str, _>(
+                        (map_bound(lo, key_str)?, map_bound(hi, key_str)?),
+                        |_, _| false,
+                    ),
+                    TableId::Sessions => {
+                        self.sessions.retain_in::<&[u8], _>((lo, hi), |_, _| false)
+                    }
+                    TableId::Preimages => self.preimages.retain_in::<u64, _>(
+                        (map_bound(lo, key_u64)?, map_bound(hi, key_u64)?),
+                        |_, _| false,
+                    ),
+                    TableId::TxnPreimages => self.txn_preimages.retain_in::<(u64, u32), _>(
+                        (map_bound(lo, key_pair)?, map_bound(hi, key_pair)?),
+                        |_, _| false,
+                    ),
+                }
+                .map_err(e)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the lsn and clusterTime the tables now hold.
+    pub(crate) fn set_applied(&mut self, lsn: u64, ts: u64) -> std::result::Result<(), String> {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&lsn.to_be_bytes());
+        b[8..].copy_from_slice(&ts.to_be_bytes());
+        self.meta
+            .insert(META_APPLIED, b.as_slice())
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Decodes the applied `(lsn, ts key)` record.
+pub(crate) fn parse_applied(b: &[u8]) -> Option<(u64, u64)> {
+    if b.len() != 16 {
+        return None;
+    }
+    Some((
+        u64::from_be_bytes(b[..8].try_into().ok()?),
+        u64::from_be_bytes(b[8..].try_into().ok()?),
+    ))
+}
+
+/// Replays the log after the tables' checkpoint; returns what it replayed, the report
+/// of the scan, and the applied `(lsn, ts)` afterwards.
+///
+/// # Errors
+/// Damage in the log, or storage failures (as messages for start-up).
+pub(crate) fn replay(
+    db: &Database,
+    log_dir: &std::path::Path,
+    applied: (u64, u64),
+) -> std::result::Result<(u64, crate::wal::scan::ScanReport, (u64, u64)), String> {
+    use crate::wal::scan::{Mode, Scanner};
+    let mut sc = Scanner::new(log_dir, Mode::Recover, applied.0)?;
+    let mut done = applied;
+    let mut replayed = 0u64;
+    let mut more = true;
+    while more {
+        let mut txn = db.begin_write().map_err(|e| e.to_string())?;
+        let _ = txn.set_durability(Durability::None);
+        let mut bytes = 0usize;
+        let mut any = false;
+        {
+            let mut h = Handles::open(&txn).map_err(|e| e.message)?;
+            loop {
+                let Some((hdr, _, redo_bytes)) = sc.next_frame()? else {
+                    more = false;
+                    break;
+                };
+                if hdr.lsn <= applied.0 {
+                    continue;
+                }
+                for op in redo::ops(&redo_bytes) {
+                    let op = op.map_err(|why| {
+                        format!("the write-ahead log is damaged: lsn {}: {why}", hdr.lsn)
+                    })?;
+                    h.apply(&op)
+                        .map_err(|e| format!("replaying lsn {}: {e}", hdr.lsn))?;
+                }
+                done = (hdr.lsn, hdr.last_ts);
+                replayed += 1;
+                any = true;
+                bytes += redo_bytes.len();
+                if bytes >= REPLAY_TXN_BYTES {
+                    break;
+                }
+            }
+            if any {
+                h.set_applied(done.0, done.1)?;
+            }
+        }
+        if any {
+            txn.commit().map_err(|e| e.to_string())?;
+        } else {
+            let _ = txn.abort();
+        }
+    }
+    let rep = sc.finish()?;
+    if replayed > 0 {
+        let mut txn = db.begin_write().map_err(|e| e.to_string())?;
+        txn.set_quick_repair(true);
+        txn.commit().map_err(|e| e.to_string())?;
+    }
+    Ok((replayed, rep, done))
+}
+
+/// The commit pipeline's backend of [`WriteCtx`]: the tables of its redb transaction,
+/// recording every change for the log.
+pub(crate) struct Tables<'t> {
+    h: Handles<'t>,
+    state: &'t mut WriterState,
+    log: &'t Log,
+    /// A storage failure inside a job: the whole batch must be abandoned.
+    pub(crate) failed: Option<MongoError>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(
+        txn: &'t WriteTransaction,
+        state: &'t mut WriterState,
+        log: &'t Log,
+    ) -> Result<Tables<'t>> {
+        Ok(Tables {
+            h: Handles::open(txn)?,
+            state,
+            log,
+            failed: None,
+        })
+    }
+
+    /// Maps a storage error, remembering that the batch must not commit.
+    fn fail(&mut self, e: impl std::fmt::Display) -> MongoError {
+        let e = storage_err(e);
+        self.failed = Some(e.clone());
+        e
+    }
+
+    /// Makes a table change and records it.
+    fn change(&mut self, op: Op<'_>) -> Result<()> {
+        match op {
+            Op::Put(t, k, v) => self.state.redo.put(t, k, v),
+            Op::Del(t, k) => self.state.redo.del(t, k),
+            Op::DelRange(t, lo, hi) => self.state.redo.del_range(t, lo, hi),
+        }
+        let r = self.h.apply(&op);
+        r.map_err(|e| self.fail(e))
+    }
+
+    fn finish(&mut self, lsn: u64) -> Result<()> {
+        self.plan_truncation()?;
+        let next_id = self.state.next_id.load(Ordering::SeqCst);
+        if next_id != self.state.stored_next_id {
+            let next = next_id.to_be_bytes();
+            self.change(Op::Put(TableId::Meta, META_NEXT_ID.as_bytes(), &next))?;
+            self.state.stored_next_id = next_id;
+        }
+        let ts = oplog::ts_key(self.state.last_ts);
+        let r = self.h.set_applied(lsn, ts);
+        r.map_err(|e| self.fail(e))
+    }
+
+    /// Chooses the oldest segments to drop while the log is over its size bound: sealed
+    /// ones that a checkpoint covers and that are older than the minimum retention. Their
+    /// pre-images go in this batch; the files go once it commits.
+    fn plan_truncation(&mut self) -> Result<()> {
+        let limit = self.state.opts.oplog_size_bytes;
+        if self.log.bytes() <= limit {
+            return Ok(());
+        }
+        let min_keep = self.state.opts.oplog_min_retention.map(|d| {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            now.saturating_sub(d).as_secs() as u32
+        });
+        let segs = self.log.segs();
+        let mut total: u64 = segs.iter().map(|s| s.end).sum();
+        let mut cut = None;
+        // Never the newest segment: it is being written, and it knows the last time.
+        for s in &segs[..segs.len().saturating_sub(1)] {
+            if total <= limit {
+                break;
+            }
+            if s.first_lsn != 0 && s.last_lsn > self.state.checkpoint_lsn {
+                self.state.checkpoint_wanted = true;
+                break;
+            }
+            if min_keep.is_some_and(|t| oplog::key_ts(s.last_ts).time >= t) {
+                break;
+            }
+            total -= s.end;
+            cut = Some((s.seq + 1, s.last_ts));
+        }
+        let Some((keep, upto)) = cut else {
+            return Ok(());
+        };
+        self.state.drop_before = Some(keep);
+        let hi = upto.to_be_bytes();
+        self.change(Op::DelRange(
+            TableId::Preimages,
+            Bound::Unbounded,
+            Bound::Included(&hi),
+        ))?;
+        let hi = pair_bytes((upto, u32::MAX));
+        self.change(Op::DelRange(
+            TableId::TxnPreimages,
+            Bound::Unbounded,
+            Bound::Included(&hi),
+        ))
+    }
+
+    /// A fresh storage id for a collection or an index.
+    pub fn new_id(&mut self) -> u64 {
+        self.state.next_id.fetch_add(1, Ordering::SeqCst)
+    }
+
+    fn touch(&mut self, tag: u8, key: &[u8]) {
+        self.state.touched.push(txn::tagged(tag, key));
+    }
+
+    /// The catalog record of `ns`.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn collection(&mut self, ns: &Namespace) -> Result<Option<CollectionMeta>> {
+        let r = self
+            .h
+            .catalog
+            .get(ns.full().as_str())
+            .map(|o| o.map(|v| v.value().to_vec()));
+        match r {
+            Ok(Some(b)) => CollectionMeta::from_bytes(&b).map(Some),
+            Ok(None) => Ok(None),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    /// All collections, or those of one database.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn collections(&mut self, db: Option<&str>) -> Result<Vec<CollectionMeta>> {
+        let r = list_catalog(&self.h.catalog, db);
+        r.map_err(|e| self.fail(e.message))
+    }
+
+    /// Writes a catalog record.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn put_collection(&mut self, meta: &CollectionMeta) -> Result<()> {
+        let name = meta.ns.full();
+        self.touch(txn::T_CATALOG, name.as_bytes());
+        let b = meta.to_bytes();
+        self.change(Op::Put(TableId::Catalog, name.as_bytes(), &b))
+    }
+
+    /// Removes a catalog record, its documents and its index entries.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn remove_collection(&mut self, meta: &CollectionMeta) -> Result<()> {
+        let name = meta.ns.full();
+        self.touch(txn::T_CATALOG, name.as_bytes());
+        self.change(Op::Del(TableId::Catalog, name.as_bytes()))?;
+        self.remove_prefix(TableId::Docs, &meta.id.to_be_bytes())?;
+        for ix in &meta.indexes {
+            self.remove_index_entries(ix.id)?;
+        }
+        Ok(())
+    }
+
+    /// Moves a catalog record to a new namespace (documents and indexes stay keyed by id).
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn rename_collection(
+        &mut self,
+        meta: &CollectionMeta,
+        to: &Namespace,
+    ) -> Result<CollectionMeta> {
+        let name = meta.ns.full();
+        self.touch(txn::T_CATALOG, name.as_bytes());
+        self.change(Op::Del(TableId::Catalog, name.as_bytes()))?;
+        let mut m = meta.clone();
+        m.ns = to.clone();
+        self.put_collection(&m)?;
+        Ok(m)
+    }
+
+    fn remove_prefix(&mut self, t: TableId, prefix: &[u8]) -> Result<()> {
+        let (lo, hi) = prefix_range(prefix);
+        self.change(Op::DelRange(
+            t,
+            Bound::Included(lo.as_slice()),
+            hi_bound(&hi),
+        ))
+    }
+
+    /// Removes every entry of an index.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn remove_index_entries(&mut self, index_id: u64) -> Result<()> {
+        self.remove_prefix(TableId::Indexes, &index_id.to_be_bytes())
+    }
+
+    /// A document by collection id and `_id` key.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn get_doc(&mut self, coll_id: u64, id_key: &[u8]) -> Result<Option<Document>> {
+        let k = doc_key(coll_id, id_key);
+        let r = self
+            .h
+            .docs
+            .get(k.as_slice())
+            .map(|o| o.map(|v| v.value().to_vec()));
+        match r {
+            Ok(Some(b)) => decode_doc(&b).map(Some),
+            Ok(None) => Ok(None),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    /// Stores a document (insert or overwrite).
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn put_doc(&mut self, coll_id: u64, id_key: &[u8], bytes: &[u8]) -> Result<()> {
+        let k = doc_key(coll_id, id_key);
+        self.touch(txn::T_DOC, &k);
+        self.change(Op::Put(TableId::Docs, &k, bytes))
+    }
+
+    /// Deletes a document.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn delete_doc(&mut self, coll_id: u64, id_key: &[u8]) -> Result<()> {
+        let k = doc_key(coll_id, id_key);
+        self.touch(txn::T_DOC, &k);
+        self.change(Op::Del(TableId::Docs, &k))
+    }
+
+    /// Every document of a collection, in `_id` key order, as `(id_key, doc)`.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn scan_docs(&mut self, coll_id: u64) -> Result<Vec<(Vec<u8>, Document)>> {
+        let (lo, hi) = prefix_range(&coll_id.to_be_bytes());
+        type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+        let r: std::result::Result<Rows, redb::StorageError> = (|| {
+            let mut out = Vec::new();
+            for item in self
+                .h
+                .docs
+                .range::<&[u8]>((Bound::Included(lo.as_slice()), hi_bound(&hi)))?
+            {
+                let (k, v) = item?;
+                out.push((k.value()[8..].to_vec(), v.value().to_vec()));
+            }
+            Ok(out)
+        })();
+        let rows = r.map_err(|e| self.fail(e))?;
+        rows.into_iter()
+            .map(|(k, v)| Ok((k, decode_doc(&v)?)))
+            .collect()
+    }
+
+    /// The `_id` key stored under an index key, if any.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn index_get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let r = self
+            .h
+            .indexes
+            .get(key)
+            .map(|o| o.map(|v| v.value().to_vec()));
+        r.map_err(|e| self.fail(e))
+    }
+
+    /// Adds an index entry.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn index_put(&mut self, key: &[u8], id_key: &[u8]) -> Result<()> {
+        self.touch(txn::T_INDEX, key);
+        self.change(Op::Put(TableId::Indexes, key, id_key))
+    }
+
+    /// Removes an index entry.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn index_remove(&mut self, key: &[u8]) -> Result<()> {
+        self.touch(txn::T_INDEX, key);
+        self.change(Op::Del(TableId::Indexes, key))
+    }
+
+    /// Appends an oplog entry, assigning its clusterTime and wall time.
+    ///
+    /// # Errors
+    /// Never, today; kept fallible for the callers' sake.
+    pub fn log(&mut self, mut entry: OplogEntry) -> Result<Timestamp> {
+        let ts = self.state.next_ts();
+        entry.ts = ts;
+        entry.wall = DateTime::now();
+        let bytes = entry.to_bytes();
+        self.state.frame.push_entry(oplog::ts_key(ts), &bytes);
+        Ok(ts)
+    }
+
+    /// Appends several oplog entries at one clusterTime (a transaction's operations),
+    /// each distinguished by its `txn_op_index`.
+    ///
+    /// # Errors
+    /// Never, today; kept fallible for the callers' sake.
+    pub fn log_at_one_time(
+        &mut self,
+        entries: Vec<OplogEntry>,
+        lsid: Option<Document>,
+        txn_number: Option<i64>,
+    ) -> Result<Timestamp> {
+        let ts = self.state.next_ts();
+        let wall = DateTime::now();
+        let ops: Vec<bson::Bson> = entries
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut e)| {
+                e.ts = ts;
+                e.wall = wall;
+                e.in_txn = true;
+                e.txn_op_index = i as i32;
+                e.lsid.clone_from(&lsid);
+                e.txn_number = txn_number;
+                e.stmt_id = None;
+                bson::Bson::Document(e.to_document())
+            })
+            .collect();
+        let mut wrapper = OplogEntry::new(
+            OpKind::Command,
+            "admin.$cmd",
+            None,
+            bson::doc! {"applyOps": ops},
+        );
+        wrapper.lsid = lsid;
+        wrapper.txn_number = txn_number;
+        wrapper.ts = ts;
+        wrapper.wall = wall;
+        let bytes = wrapper.to_bytes();
+        self.state.frame.push_entry(oplog::ts_key(ts), &bytes);
+        Ok(ts)
+    }
+
+    /// Applies a committing transaction's overlay and logs its operations at one
+    /// clusterTime; `None` when it wrote nothing.
+    pub(crate) fn apply_txn(
+        &mut self,
+        txn_id: u64,
+        snap_key: u64,
+        ov: Overlay,
+        lsid: Option<Document>,
+        txn_number: Option<i64>,
+    ) -> Result<Option<Timestamp>> {
+        txn::check_commit(
+            &self.state.tracker,
+            &self.state.touched,
+            txn_id,
+            snap_key,
+            &ov,
+        )?;
+        // Documents written into a collection that was dropped meanwhile.
+        let live: std::collections::HashSet<u64> = self
+            .collections(None)?
+            .iter()
+            .map(|m| m.id)
+            .chain(
+                ov.catalog
+                    .values()
+                    .flatten()
+                    .filter_map(|b| CollectionMeta::from_bytes(b).ok().map(|m| m.id)),
+            )
+            .collect();
+        if ov.docs.keys().any(|k| {
+            k.len() >= 8
+                && !live.contains(&u64::from_be_bytes(k[..8].try_into().unwrap_or_default()))
+        }) {
+            return Err(txn::write_conflict());
+        }
+        for (name, v) in &ov.catalog {
+            self.touch(txn::T_CATALOG, name.as_bytes());
+            match v {
+                Some(b) => self.change(Op::Put(TableId::Catalog, name.as_bytes(), b))?,
+                None => self.change(Op::Del(TableId::Catalog, name.as_bytes()))?,
+            }
+        }
+        for (k, v) in &ov.docs {
+            self.touch(txn::T_DOC, k);
+            match v {
+                Some(b) => self.change(Op::Put(TableId::Docs, k, b))?,
+                None => self.change(Op::Del(TableId::Docs, k))?,
+            }
+        }
+        for (k, v) in &ov.indexes {
+            match v {
+                Some(id) => self.index_put(k, id)?,
+                None => self.index_remove(k)?,
+            }
+        }
+        if ov.ops.is_empty() {
+            return Ok(None);
+        }
+        let ts = self.log_at_one_time(ov.ops, lsid, txn_number)?;
+        for (i, uuid, doc) in &ov.preimages {
+            let b = preimage_record(ts, *i, *uuid, doc)?;
+            let k = pair_bytes((oplog::ts_key(ts), *i));
+            self.change(Op::Put(TableId::TxnPreimages, &k, &b))?;
+        }
+        Ok(Some(ts))
+    }
+
+    /// Stores a pre-image for the oplog entry at `ts`, in the shape of MongoDB's
+    /// `config.system.preimages`.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn put_preimage(
+        &mut self,
+        ts: Timestamp,
+        ns_uuid: bson::Uuid,
+        doc: &Document,
+    ) -> Result<()> {
+        let b = preimage_record(ts, 0, ns_uuid, doc)?;
+        let k = oplog::ts_key(ts).to_be_bytes();
+        self.change(Op::Put(TableId::Preimages, &k, &b))
+    }
+
+    /// Removes the pre-images of writes made before `cutoff` (seconds since the epoch).
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn expire_preimages_before(&mut self, cutoff: u32) -> Result<()> {
+        let hi = u64::from(cutoff) << 32;
+        let k = hi.to_be_bytes();
+        self.change(Op::DelRange(
+            TableId::Preimages,
+            Bound::Unbounded,
+            Bound::Excluded(&k),
+        ))?;
+        let k = pair_bytes((hi, 0));
+        self.change(Op::DelRange(
+            TableId::TxnPreimages,
+            Bound::Unbounded,
+            Bound::Excluded(&k),
+        ))
+    }
+
+    /// Stores a named settings document (cluster parameters).
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn put_setting(&mut self, name: &str, value: &Document) -> Result<()> {
+        let b = bson::to_vec(value).map_err(|e| MongoError::internal(e.to_string()))?;
+        let key = format!("setting:{name}");
+        self.change(Op::Put(TableId::Meta, key.as_bytes(), &b))
+    }
+
+    /// The session record stored under `key`.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn session_record(&mut self, key: &[u8]) -> Result<Option<Document>> {
+        let r = self
+            .h
+            .sessions
+            .get(key)
+            .map(|o| o.map(|v| v.value().to_vec()));
+        match r {
+            Ok(Some(b)) => decode_doc(&b).map(Some),
+            Ok(None) => Ok(None),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    /// Stores a session record.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn put_session_record(&mut self, key: &[u8], record: &Document) -> Result<()> {
+        let b = bson::to_vec(record).map_err(|e| MongoError::internal(e.to_string()))?;
+        self.change(Op::Put(TableId::Sessions, key, &b))
+    }
+}
+
+/// How long a checkpoint may wait by default.
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
