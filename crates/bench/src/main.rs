@@ -5,8 +5,12 @@
 //! port with a temporary data directory, so that the server's CPU time can be read from
 //! `/proc`; `--uri URI --pid PID` measures a server that is already running.
 //!
-//! Usage: `cargo build --release && target/release/eddy-bench [inserts|find|stream|images|txn|fanout|all]
-//! [--seconds N] [--docs N] [--uri URI --pid PID]`
+//! Usage: `cargo build --release && target/release/eddy-bench
+//! [inserts|find|stream|images|txn|fanout|recovery|all] [--seconds N] [--docs N] [--log-mb N]
+//! [--uri URI --pid PID]`
+//!
+//! `recovery` (not part of `all`) starts its own server with checkpoints held off, writes
+//! `--log-mb` (default 1024) of log, kills the server with SIGKILL, and times the restart.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -24,6 +28,7 @@ struct Args {
     pid: Option<u32>,
     seconds: u64,
     docs: usize,
+    log_mb: u64,
 }
 
 fn args() -> Args {
@@ -33,6 +38,7 @@ fn args() -> Args {
         pid: None,
         seconds: 5,
         docs: 1_000_000,
+        log_mb: 1024,
     };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
@@ -41,6 +47,7 @@ fn args() -> Args {
             "--pid" => a.pid = it.next().and_then(|s| s.parse().ok()),
             "--seconds" => a.seconds = it.next().and_then(|s| s.parse().ok()).unwrap_or(5),
             "--docs" => a.docs = it.next().and_then(|s| s.parse().ok()).unwrap_or(1_000_000),
+            "--log-mb" => a.log_mb = it.next().and_then(|s| s.parse().ok()).unwrap_or(1024),
             other => a.what = other.to_string(),
         }
     }
@@ -62,7 +69,6 @@ impl Drop for Server {
 }
 
 fn start_server() -> (Server, String) {
-    let bin = std::env::current_exe().expect("exe").with_file_name("eddy");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -70,6 +76,12 @@ fn start_server() -> (Server, String) {
         .port();
     let dir = std::env::temp_dir().join(format!("eddy-bench-{port}"));
     let _ = std::fs::remove_dir_all(&dir);
+    spawn_server(dir, port, &[])
+}
+
+/// Starts `eddy` on `port` with data in `dir` (kept as it is) and waits until it accepts.
+fn spawn_server(dir: std::path::PathBuf, port: u16, extra: &[&str]) -> (Server, String) {
+    let bin = std::env::current_exe().expect("exe").with_file_name("eddy");
     let child = Command::new(&bin)
         .args([
             "--port",
@@ -78,6 +90,7 @@ fn start_server() -> (Server, String) {
             dir.to_str().unwrap(),
             "--quiet",
         ])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -131,8 +144,11 @@ async fn main() {
     let secs = Duration::from_secs(a.seconds);
     let all = a.what == "all";
     if all || a.what == "inserts" {
-        single_inserts(&c, 8, secs).await;
-        batch_inserts(&c, 1000, secs).await;
+        for clients in [1, 8, 64] {
+            single_inserts(&c, clients, secs, pid).await;
+        }
+        batch_inserts(&c, 100, secs, pid).await;
+        batch_inserts(&c, 1000, secs, pid).await;
     }
     if all || a.what == "find" {
         find_scan(&c, a.docs).await;
@@ -156,12 +172,28 @@ async fn main() {
         }
     }
     drop(server);
+    if a.what == "recovery" {
+        recovery(a.log_mb).await;
+    }
 }
 
-async fn single_inserts(client: &Client, clients: usize, secs: Duration) {
+/// Server CPU per operation, as text.
+fn cpu_per(pid: Option<u32>, cpu0: Option<f64>, ops: u64) -> String {
+    match (pid, cpu0) {
+        (Some(p), Some(c0)) if ops > 0 => format!(
+            "server CPU {:.0} µs per document",
+            (cpu_seconds(p) - c0) * 1e6 / ops as f64
+        ),
+        _ => "server CPU n/a".into(),
+    }
+}
+
+async fn single_inserts(client: &Client, clients: usize, secs: Duration, pid: Option<u32>) {
     let c = client.database("bench").collection::<Document>("single");
     let _ = c.drop().await;
+    c.insert_one(doc! {"warm": true}).await.unwrap();
     let n = Arc::new(AtomicU64::new(0));
+    let cpu0 = pid.map(cpu_seconds);
     let start = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..clients {
@@ -184,14 +216,17 @@ async fn single_inserts(client: &Client, clients: usize, secs: Duration) {
     let total = n.load(Ordering::Relaxed);
     let el = start.elapsed().as_secs_f64();
     println!(
-        "inserts: single-document, {clients} concurrent clients, default write concern: {:.0} inserts/s ({total} in {el:.1} s)",
-        total as f64 / el
+        "inserts: single-document, {clients} concurrent clients, default write concern: {:.0} inserts/s ({total} in {el:.1} s), {}",
+        total as f64 / el,
+        cpu_per(pid, cpu0, total)
     );
 }
 
-async fn batch_inserts(client: &Client, batch: usize, secs: Duration) {
+async fn batch_inserts(client: &Client, batch: usize, secs: Duration, pid: Option<u32>) {
     let c = client.database("bench").collection::<Document>("batch");
     let _ = c.drop().await;
+    c.insert_one(doc! {"warm": true}).await.unwrap();
+    let cpu0 = pid.map(cpu_seconds);
     let start = Instant::now();
     let (mut total, mut i) = (0u64, 0i64);
     while start.elapsed() < secs {
@@ -206,9 +241,113 @@ async fn batch_inserts(client: &Client, batch: usize, secs: Duration) {
     }
     let el = start.elapsed().as_secs_f64();
     println!(
-        "inserts: insertMany batches of {batch}: {:.0} inserts/s ({total} in {el:.1} s)",
-        total as f64 / el
+        "inserts: insertMany batches of {batch}: {:.0} inserts/s ({total} in {el:.1} s), {}",
+        total as f64 / el,
+        cpu_per(pid, cpu0, total)
     );
+}
+
+/// Restart time after SIGKILL with `log_mb` of log written since the last checkpoint.
+async fn recovery(log_mb: u64) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = std::env::temp_dir().join(format!("eddy-bench-recovery-{port}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    // No checkpoint while the log is written: hold them off by time and size, and keep the
+    // size bound above what is written so that nothing is truncated.
+    let oplog = (log_mb * 2 + 1024).to_string();
+    let hold = [
+        "--syncdelay",
+        "100000",
+        "--checkpointSizeMB",
+        "1000000",
+        "--oplogSize",
+        &oplog,
+    ];
+    let (mut server, uri) = spawn_server(dir.clone(), port, &hold);
+    let c = client(&uri, 8).await;
+    let coll = c.database("bench").collection::<Document>("recovery");
+    let payload = "x".repeat(900);
+    let mut n = 0i64;
+    let mut docs_written = 0u64;
+    let start = Instant::now();
+    loop {
+        let status = c
+            .database("admin")
+            .run_command(doc! {"serverStatus": 1})
+            .await
+            .unwrap();
+        let bytes = status
+            .get_document("oplog")
+            .ok()
+            .and_then(|o| o.get_i64("logSizeBytes").ok())
+            .unwrap_or(0) as u64;
+        if bytes >= log_mb * 1024 * 1024 {
+            break;
+        }
+        let docs: Vec<Document> = (0..1000)
+            .map(|_| {
+                n += 1;
+                doc! {"_id": n, "k": n % 1000, "payload": &payload}
+            })
+            .collect();
+        coll.insert_many(docs).await.unwrap();
+        docs_written += 1000;
+    }
+    let wrote = start.elapsed().as_secs_f64();
+    let logged = dir_bytes(&dir.join("log"));
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let bin = std::env::current_exe().expect("exe").with_file_name("eddy");
+    let t0 = Instant::now();
+    let mut child = Command::new(&bin)
+        .args([
+            "--port",
+            &port.to_string(),
+            "--dbpath",
+            dir.to_str().unwrap(),
+            "--quiet",
+        ])
+        .args(hold)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let restart = t0.elapsed().as_secs_f64();
+    let c = client(&uri, 2).await;
+    let found = c
+        .database("bench")
+        .collection::<Document>("recovery")
+        .estimated_document_count()
+        .await
+        .unwrap();
+    let mb = log_mb as f64 * 1024.0 * 1024.0 / 1e6;
+    println!(
+        "recovery: {docs_written} documents ({:.0} MB of log, {:.0} MB of segment files) written in {wrote:.1} s with no checkpoint, then SIGKILL: restart took {restart:.2} s ({:.0} MB/s of log); {found} documents afterwards",
+        mb,
+        logged as f64 / 1e6,
+        mb / restart
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    server.child = child;
+    drop(server);
+}
+
+fn dir_bytes(d: &std::path::Path) -> u64 {
+    std::fs::read_dir(d)
+        .map(|it| {
+            it.filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 async fn find_scan(client: &Client, n: usize) {

@@ -58,8 +58,10 @@ pub struct Hub {
     tailed: watch::Sender<Timestamp>,
     /// Serialises catching up, which the tailer and readers may both start.
     catching_up: Mutex<()>,
-    /// Open streams; while there are none the tailer decodes nothing.
+    /// Open streams; while there are none the tailer sleeps.
     open_streams: Arc<AtomicUsize>,
+    /// Wakes the sleeping tailer when the first stream opens.
+    first_stream: tokio::sync::Notify,
 }
 
 /// Counts an open stream for as long as it lives.
@@ -86,17 +88,22 @@ impl Hub {
             tailed,
             catching_up: Mutex::new(()),
             open_streams: Arc::new(AtomicUsize::new(0)),
+            first_stream: tokio::sync::Notify::new(),
         });
         let h = hub.clone();
         let mut commits = store.subscribe();
         tokio::spawn(async move {
             loop {
-                // With no stream waiting, decoding would be wasted work: move the window
-                // past the new entries instead, and let a later reader catch up (from the
-                // oplog, if it starts earlier).
-                let idle = h.open_streams.load(Ordering::Relaxed) == 0;
-                let r = if idle { h.skip_ahead() } else { h.catch_up() };
-                if let Err(e) = r {
+                // With no stream open, decoding would be wasted work, and so would waking
+                // up for every commit: sleep until a stream opens ([`Hub::register`] moves
+                // the window to the present first; a stream that starts earlier reads the
+                // log itself).
+                if h.open_streams.load(Ordering::SeqCst) == 0 {
+                    h.first_stream.notified().await;
+                    commits.mark_unchanged();
+                    continue;
+                }
+                if let Err(e) = h.catch_up() {
                     tracing::error!(error = %e, "change hub could not read the oplog");
                 }
                 if commits.changed().await.is_err() {
@@ -168,7 +175,14 @@ impl Hub {
 
     /// Registers an open stream (the tailer decodes only while some are open).
     pub fn register(&self) -> StreamSlot {
-        self.open_streams.fetch_add(1, Ordering::Relaxed);
+        if self.open_streams.fetch_add(1, Ordering::SeqCst) == 0 {
+            // The tailer slept through the commits since the last stream closed: start
+            // the window at the present rather than decoding them all.
+            if let Err(e) = self.skip_ahead() {
+                tracing::error!(error = %e, "change hub could not read the oplog");
+            }
+            self.first_stream.notify_one();
+        }
         StreamSlot(self.open_streams.clone())
     }
 

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use bson::Document;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 /// Command-line flags, with mongod's names so that habits carry over.
 #[derive(Parser, Debug)]
@@ -49,10 +49,63 @@ struct Cli {
     /// Log only warnings and errors.
     #[arg(long)]
     quiet: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Tools for the write-ahead log.
+    #[command(subcommand)]
+    Log(LogCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum LogCommand {
+    /// Prints the log's segments, their sizes, lsn and clusterTime ranges.
+    Inspect {
+        /// Data directory.
+        #[arg(long, default_value = "./eddy-data")]
+        dbpath: PathBuf,
+    },
+    /// Checks every frame's CRCs, lsn continuity and the checkpoint's continuity with the
+    /// log; exits non-zero on damage.
+    Verify {
+        /// Data directory.
+        #[arg(long, default_value = "./eddy-data")]
+        dbpath: PathBuf,
+    },
+}
+
+/// Runs `eddy log ...`.
+fn log_tool(cmd: &LogCommand) -> ExitCode {
+    let r = match cmd {
+        LogCommand::Inspect { dbpath } => {
+            storage::wal::report::inspect(dbpath).map(|out| (out, true))
+        }
+        LogCommand::Verify { dbpath } => storage::wal::report::verify(dbpath),
+    };
+    match r {
+        Ok((out, ok)) => {
+            print!("{out}");
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("eddy: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Log(cmd)) = &cli.command {
+        return log_tool(cmd);
+    }
     let level = if cli.quiet { "warn" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("EDDY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));

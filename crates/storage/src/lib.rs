@@ -5,8 +5,8 @@
 //! - [`wal`]: the log: segments of CRC-framed commit batches, the in-memory tail, history
 //!   scans, recovery, and the reports of `eddy log inspect|verify`.
 //! - [`redo`]: the table changes a batch makes, as the log records them.
-//! - [`pipeline`]: the writer thread (group commit, checkpoints, truncation) and the
-//!   tables backend of [`WriteCtx`].
+//! - [`pipeline`]: the commit pipeline (group commit led by the writers themselves,
+//!   checkpoints, truncation) and the tables backend of [`WriteCtx`].
 //! - [`snapshot`]: [`Snapshot`], an MVCC read view.
 //! - [`catalog`], [`oplog`]: collection and index records; oplog entries.
 //! - [`txn`]: multi-document transactions over a snapshot.
@@ -16,8 +16,8 @@
 //! batch's frame is fdatasync'd in the log; the tables (documents, indexes, catalog,
 //! sessions, pre-images) are redb tables committed without forcing them to disk, and made
 //! durable by checkpoints. After a crash, recovery opens the last checkpoint and replays
-//! the frames after it. One thread assigns clusterTimes in commit order, so the log has
-//! no holes: a reader that has seen `T` has seen everything before `T`. The applied lsn
+//! the frames after it. One batch at a time assigns clusterTimes in commit order, so the
+//! log has no holes: a reader that has seen `T` has seen everything before `T`. The applied lsn
 //! and clusterTime are stored with the tables in every batch, so every snapshot knows its
 //! exact clusterTime.
 //!
@@ -36,7 +36,6 @@ use std::fs::File;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -51,7 +50,7 @@ pub use snapshot::{DocScan, IndexScan, Snapshot};
 pub use txn::{Overlay, Txn, write_conflict};
 pub use wal::{Log, LogItem, LogScan};
 
-use pipeline::{Completion, Job, Msg, Tables, Writer, WriterState};
+use pipeline::{Completion, Job, Msg, Pipeline, Tables, Writer, WriterState};
 
 const CATALOG: TableDefinition<&str, &[u8]> = TableDefinition::new("catalog");
 const DOCS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs");
@@ -131,9 +130,8 @@ pub struct Recovery {
 struct Inner {
     db: Arc<Database>,
     log: Arc<Log>,
-    jobs: Mutex<Option<mpsc::Sender<Msg>>>,
+    pipeline: Arc<Pipeline>,
     committed: watch::Sender<Timestamp>,
-    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     closed: AtomicBool,
     _lock: File,
     path: PathBuf,
@@ -144,10 +142,7 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.jobs.lock().unwrap().take();
-        if let Some(h) = self.writer.lock().unwrap().take() {
-            let _ = h.join();
-        }
+        self.pipeline.close();
     }
 }
 
@@ -283,18 +278,17 @@ impl Store {
         let (committed, _) = watch::channel(state.last_ts);
         let tracker = state.tracker.clone();
         let next_id = state.next_id.clone();
-        let (tx, rx) = mpsc::channel::<Msg>();
-        let writer = Writer {
+        let interval = state.opts.checkpoint_interval;
+        let pipeline = Pipeline::new(Writer {
             db: db.clone(),
             log: log.clone(),
             lw,
             state,
             committed: committed.clone(),
-        };
-        let handle = std::thread::Builder::new()
-            .name("eddy-commit".into())
-            .spawn(move || writer.run(&rx))
-            .map_err(|e| e.to_string())?;
+        });
+        pipeline
+            .start_timer(interval)
+            .map_err(|e| format!("cannot start the checkpoint timer: {e}"))?;
         let recovery = Recovery {
             frames,
             log_bytes,
@@ -313,9 +307,8 @@ impl Store {
             inner: Arc::new(Inner {
                 db,
                 log,
-                jobs: Mutex::new(Some(tx)),
+                pipeline,
                 committed,
-                writer: Mutex::new(Some(handle)),
                 closed: AtomicBool::new(false),
                 _lock: lock,
                 path: dir.to_path_buf(),
@@ -404,13 +397,8 @@ impl Store {
                 let _ = tx.send(commit.and(r));
             }) as Completion
         });
-        {
-            let guard = self.inner.jobs.lock().unwrap();
-            let Some(sender) = guard.as_ref() else {
-                return Err(shutting_down());
-            };
-            sender.send(Msg::Job(job)).map_err(|_| shutting_down())?;
-        }
+        // This may run the batch right here (see `Pipeline`).
+        self.inner.pipeline.submit(Msg::Job(job))?;
         rx.await.map_err(|_| {
             if self.inner.closed.load(Ordering::SeqCst) {
                 shutting_down()
@@ -432,25 +420,14 @@ impl Store {
         let done: Completion = Box::new(move |r| {
             let _ = tx.send(r);
         });
-        {
-            let guard = self.inner.jobs.lock().unwrap();
-            let Some(sender) = guard.as_ref() else {
-                return Err(shutting_down());
-            };
-            sender
-                .send(Msg::Checkpoint(done))
-                .map_err(|_| shutting_down())?;
-        }
+        self.inner.pipeline.submit(Msg::Checkpoint(done))?;
         rx.await.map_err(|_| shutting_down())?
     }
 
     /// Stops the commit pipeline after the jobs already queued, and checkpoints.
     pub fn close(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
-        self.inner.jobs.lock().unwrap().take();
-        if let Some(h) = self.inner.writer.lock().unwrap().take() {
-            let _ = h.join();
-        }
+        self.inner.pipeline.close();
     }
 }
 
@@ -470,7 +447,7 @@ fn load_next_id(db: &Database, state: &mut WriterState) -> Result<()> {
     Ok(())
 }
 
-fn shutting_down() -> MongoError {
+pub(crate) fn shutting_down() -> MongoError {
     MongoError::new(ErrorCode::InterruptedAtShutdown, "interrupted at shutdown")
 }
 
@@ -875,6 +852,8 @@ mod tests {
             .unwrap();
         assert_eq!(docs.len(), 1);
         assert!(snap.ts().time > 0);
+        drop(snap);
+        store.close();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -907,6 +886,272 @@ mod tests {
         assert_eq!(oplog::ts_key(first), store.truncated_upto() + 1);
         drop(snap);
         store.close();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Opens a store that checkpoints only when asked.
+    fn open_held(dir: &Path) -> Store {
+        let opts = StoreOptions {
+            checkpoint_interval: Duration::from_secs(3600),
+            segment_bytes: Some(64 * 1024),
+            ..StoreOptions::default()
+        };
+        Store::open(dir, opts).unwrap()
+    }
+
+    /// Inserts documents `from..to` into `d.c`, one write each.
+    async fn insert_range(store: &Store, from: i32, to: i32) {
+        for i in from..to {
+            store
+                .write(move |ctx| {
+                    let m = match ctx.collection(&ns())? {
+                        Some(m) => m,
+                        None => {
+                            let m = meta(ctx.new_id());
+                            ctx.put_collection(&m)?;
+                            m
+                        }
+                    };
+                    let key = i.to_be_bytes();
+                    let d = doc! {"_id": i, "pad": "p".repeat(200)};
+                    ctx.put_doc(m.id, &key, &bson::to_vec(&d).unwrap())?;
+                    ctx.log(OplogEntry::new(OpKind::Insert, "d.c", Some(m.uuid), d))
+                })
+                .await
+                .unwrap();
+        }
+    }
+
+    fn count_docs(store: &Store) -> usize {
+        let snap = store.snapshot().unwrap();
+        match snap.collection(&ns()).unwrap() {
+            Some(m) => snap.scan_docs(m.id, None).unwrap().count(),
+            None => 0,
+        }
+    }
+
+    /// What a crash at this moment would leave on disk: the page cache's view of the
+    /// directory (redb pages past its last durable commit are never referenced).
+    fn crash_image(dir: &Path) -> PathBuf {
+        let out = tempdir();
+        std::fs::copy(dir.join("eddy.redb"), out.join("eddy.redb")).unwrap();
+        std::fs::create_dir_all(out.join("log")).unwrap();
+        for e in std::fs::read_dir(dir.join("log")).unwrap() {
+            let p = e.unwrap().path();
+            std::fs::copy(&p, out.join("log").join(p.file_name().unwrap())).unwrap();
+        }
+        out
+    }
+
+    /// The newest segment and the offsets of its frames.
+    fn last_frames(dir: &Path) -> (PathBuf, Vec<(u64, u32)>) {
+        let segs = wal::scan::list_segments(&dir.join("log")).unwrap();
+        for (_, p) in segs.iter().rev() {
+            let mut r =
+                wal::scan::SegReader::open(p, wal::frame::SEG_HEADER_BYTES, u64::MAX).unwrap();
+            let mut v = Vec::new();
+            while let wal::scan::Step::Frame { at, h, .. } = r.next(true).unwrap() {
+                v.push((at, h.total_len));
+            }
+            if !v.is_empty() {
+                return (p.clone(), v);
+            }
+        }
+        panic!("no frames");
+    }
+
+    fn patch(path: &Path, at: u64, bytes: &[u8]) {
+        use std::os::unix::fs::FileExt;
+        let f = File::options().write(true).open(path).unwrap();
+        f.write_all_at(bytes, at).unwrap();
+    }
+
+    #[tokio::test]
+    async fn recovery_replays_the_log_after_the_checkpoint() {
+        let dir = tempdir();
+        let store = open_held(&dir);
+        insert_range(&store, 0, 300).await;
+        store.checkpoint().await.unwrap();
+        insert_range(&store, 300, 500).await;
+        let image = crash_image(&dir);
+        drop(store);
+        let s2 = Store::open(&image, StoreOptions::default()).unwrap();
+        assert_eq!(count_docs(&s2), 500);
+        assert_eq!(
+            s2.recovery().frames,
+            200,
+            "only the frames after the checkpoint"
+        );
+        assert_eq!(
+            s2.snapshot().unwrap().oplog_after(None).unwrap().count(),
+            500
+        );
+        // Writing goes on after recovery, with later times.
+        let before = s2.committed_ts();
+        insert_range(&s2, 500, 510).await;
+        assert!(oplog::ts_key(s2.committed_ts()) > oplog::ts_key(before));
+        drop(s2);
+        let s3 = Store::open(&image, StoreOptions::default()).unwrap();
+        assert_eq!(count_docs(&s3), 510);
+        assert_eq!(
+            s3.recovery().frames,
+            0,
+            "a clean close leaves nothing to replay"
+        );
+        drop(s3);
+        for d in [dir, image] {
+            std::fs::remove_dir_all(d).unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_torn_last_frame_is_dropped_and_garbage_after_it_too() {
+        let dir = tempdir();
+        let store = open_held(&dir);
+        insert_range(&store, 0, 50).await;
+        let image = crash_image(&dir);
+        drop(store);
+        // The last write's frame was cut in the middle by the crash.
+        let (seg, frames) = last_frames(&image);
+        let (at, len) = *frames.last().unwrap();
+        patch(&seg, at + u64::from(len) / 2, &vec![0u8; len as usize]);
+        let s2 = Store::open(&image, StoreOptions::default()).unwrap();
+        assert_eq!(count_docs(&s2), 49, "everything but the torn write");
+        let torn = s2.recovery().torn.clone().expect("reported");
+        assert!(torn.contains(&format!("offset {at}")), "{torn}");
+        // The torn bytes were zeroed: new frames follow the last intact one.
+        insert_range(&s2, 49, 60).await;
+        drop(s2);
+        let (ok_report, ok) = wal::report::verify(&image).unwrap();
+        assert!(ok, "{ok_report}");
+        let s3 = Store::open(&image, StoreOptions::default()).unwrap();
+        assert_eq!(count_docs(&s3), 60);
+        drop(s3);
+        for d in [dir, image] {
+            std::fs::remove_dir_all(d).unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn damage_in_the_middle_refuses_to_start_and_names_the_place() {
+        let dir = tempdir();
+        let store = open_held(&dir);
+        insert_range(&store, 0, 600).await;
+        store.checkpoint().await.unwrap();
+        drop(store);
+        let segs = wal::scan::list_segments(&dir.join("log")).unwrap();
+        assert!(segs.len() > 2, "several segments: {segs:?}");
+        // A flipped byte inside a frame of the oldest segment (long since checkpointed).
+        let first = &segs[0].1;
+        let at = wal::frame::SEG_HEADER_BYTES + 100;
+        patch(first, at, &[0xFF]);
+        let err = Store::open(&dir, StoreOptions::default())
+            .err()
+            .expect("refused");
+        let name = first.file_name().unwrap().to_str().unwrap();
+        assert!(err.contains(name) && err.contains("offset 64"), "{err}");
+        let (report, ok) = wal::report::verify(&dir).unwrap();
+        assert!(!ok);
+        assert!(
+            report.contains(name) && report.contains("offset 64"),
+            "{report}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_bad_frame_followed_by_intact_ones_is_damage_even_at_the_end() {
+        let dir = tempdir();
+        let store = open_held(&dir);
+        insert_range(&store, 0, 20).await;
+        let image = crash_image(&dir);
+        drop(store);
+        let (seg, frames) = last_frames(&image);
+        let (at, _) = frames[frames.len() - 3];
+        patch(&seg, at + 70, &[0xAB, 0xCD]);
+        let err = Store::open(&image, StoreOptions::default())
+            .err()
+            .expect("refused");
+        assert!(
+            err.contains(&format!("offset {at}")) && err.contains("intact frame follows"),
+            "{err}"
+        );
+        for d in [dir, image] {
+            std::fs::remove_dir_all(d).unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_beyond_the_log_or_a_missing_segment_refuses() {
+        let dir = tempdir();
+        let store = open_held(&dir);
+        insert_range(&store, 0, 600).await;
+        drop(store);
+        let segs = wal::scan::list_segments(&dir.join("log")).unwrap();
+        std::fs::remove_file(&segs[1].1).unwrap();
+        let err = Store::open(&dir, StoreOptions::default())
+            .err()
+            .expect("refused");
+        assert!(err.contains("is missing"), "{err}");
+        // Without the newest segments, the tables hold lsns the log no longer has.
+        for (_, p) in &segs[1..] {
+            let _ = std::fs::remove_file(p);
+        }
+        let err = Store::open(&dir, StoreOptions::default())
+            .err()
+            .expect("refused");
+        assert!(err.contains("the log ends at lsn"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn truncation_waits_for_a_checkpoint_and_expires_preimages() {
+        let dir = tempdir();
+        let opts = StoreOptions {
+            oplog_size_bytes: 40 * 1024,
+            segment_bytes: Some(8 * 1024),
+            checkpoint_interval: Duration::from_secs(3600),
+            ..StoreOptions::default()
+        };
+        let store = Store::open(&dir, opts).unwrap();
+        let uuid = bson::Uuid::new();
+        for i in 0..400 {
+            store
+                .write(move |ctx| {
+                    let ts = ctx.log(OplogEntry::new(
+                        OpKind::Noop,
+                        "",
+                        None,
+                        doc! {"i": i, "pad": "x".repeat(100)},
+                    ))?;
+                    ctx.put_preimage(ts, uuid, &doc! {"i": i})
+                })
+                .await
+                .unwrap();
+        }
+        let log_bytes = store.log().bytes();
+        assert!(
+            log_bytes <= 48 * 1024,
+            "the log stays near its bound: {log_bytes}"
+        );
+        let cut = store.truncated_upto();
+        assert!(cut > 0);
+        let snap = store.snapshot().unwrap();
+        let first = snap.oplog_after(None).unwrap().next().unwrap().unwrap().0;
+        assert!(oplog::ts_key(first) > cut);
+        // Pre-images of truncated entries are gone with them; later ones stay.
+        let recs = snap.preimage_records().unwrap();
+        assert!(!recs.is_empty() && recs.len() < 400);
+        for r in &recs {
+            let ts = r.get_document("_id").unwrap().get_timestamp("ts").unwrap();
+            assert!(oplog::ts_key(ts) > cut);
+        }
+        drop(snap);
+        drop(store);
+        // A restart keeps the truncation point.
+        let s2 = Store::open(&dir, StoreOptions::default()).unwrap();
+        assert_eq!(s2.truncated_upto(), cut);
+        drop(s2);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -21,6 +21,7 @@
 //!   committed clusterTime, which is published after the batch is applied.
 
 pub mod frame;
+pub mod report;
 pub mod scan;
 pub mod writer;
 
@@ -469,4 +470,43 @@ impl Iterator for LogScanRev {
         let (ts, b) = self.buf.pop()?;
         Some(Ok((key_ts(ts), b)))
     }
+}
+
+/// The file beside the segments that records the last checkpoint, for `eddy log verify`
+/// (the tables record it too, but cannot be read while they need recovery).
+const CHECKPOINT_FILE: &str = "checkpoint";
+
+/// Records a checkpoint's lsn and clusterTime key, durably and atomically.
+///
+/// # Errors
+/// On I/O failure.
+pub(crate) fn write_checkpoint(dir: &Path, lsn: u64, ts: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut b = Vec::with_capacity(28);
+    b.extend_from_slice(b"EDDYCKPT");
+    b.extend_from_slice(&lsn.to_le_bytes());
+    b.extend_from_slice(&ts.to_le_bytes());
+    b.extend_from_slice(&crc32c::crc32c(&b).to_le_bytes());
+    let tmp = dir.join("checkpoint.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&b)?;
+    f.sync_data()?;
+    std::fs::rename(&tmp, dir.join(CHECKPOINT_FILE))?;
+    writer::sync_dir(dir)
+}
+
+/// The last recorded checkpoint `(lsn, ts key)`, if the file is there and intact.
+pub fn read_checkpoint(dir: &Path) -> Option<(u64, u64)> {
+    let b = std::fs::read(dir.join(CHECKPOINT_FILE)).ok()?;
+    if b.len() != 28 || &b[..8] != b"EDDYCKPT" {
+        return None;
+    }
+    let crc = u32::from_le_bytes(b[24..28].try_into().ok()?);
+    if crc32c::crc32c(&b[..24]) != crc {
+        return None;
+    }
+    Some((
+        u64::from_le_bytes(b[8..16].try_into().ok()?),
+        u64::from_le_bytes(b[16..24].try_into().ok()?),
+    ))
 }
