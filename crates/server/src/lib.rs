@@ -222,10 +222,13 @@ async fn serve(ctx: Arc<ServerCtx>, mut stream: TcpStream, peer: SocketAddr) {
                     break 'conn;
                 }
             }
-            let mut chunk = [0u8; 64 * 1024];
-            match stream.read(&mut chunk).await {
+            // Read straight into the buffer's spare room: no zeroed scratch buffer per read.
+            if buf.capacity() - buf.len() < 4096 {
+                buf.reserve(64 * 1024);
+            }
+            match stream.read_buf(&mut buf).await {
                 Ok(0) | Err(_) => break 'conn,
-                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                Ok(_) => {}
             }
         };
         let msg: Vec<u8> = buf.drain(..n).collect();

@@ -66,7 +66,7 @@ const TXN_PREIMAGES: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("
 const OLD_OPLOG: TableDefinition<u64, &[u8]> = TableDefinition::new("oplog");
 
 const META_NEXT_ID: &str = "next_id";
-/// The lsn and clusterTime key of the last batch the tables hold (16 bytes).
+/// The lsn and clusterTime key the tables hold as of the last checkpoint (16 bytes).
 const META_APPLIED: &str = "applied";
 /// The data directory's format.
 const META_FORMAT: &str = "format";
@@ -130,6 +130,8 @@ pub struct Recovery {
 struct Inner {
     db: Arc<Database>,
     log: Arc<Log>,
+    /// See `Writer::visible`.
+    visible: Arc<std::sync::RwLock<Timestamp>>,
     pipeline: Arc<Pipeline>,
     committed: watch::Sender<Timestamp>,
     closed: AtomicBool,
@@ -279,12 +281,14 @@ impl Store {
         let tracker = state.tracker.clone();
         let next_id = state.next_id.clone();
         let interval = state.opts.checkpoint_interval;
+        let visible = Arc::new(std::sync::RwLock::new(state.last_ts));
         let pipeline = Pipeline::new(Writer {
             db: db.clone(),
             log: log.clone(),
             lw,
             state,
             committed: committed.clone(),
+            visible: visible.clone(),
         });
         pipeline
             .start_timer(interval)
@@ -307,6 +311,7 @@ impl Store {
             inner: Arc::new(Inner {
                 db,
                 log,
+                visible,
                 pipeline,
                 committed,
                 closed: AtomicBool::new(false),
@@ -339,8 +344,17 @@ impl Store {
     /// # Errors
     /// On storage failure.
     pub fn snapshot(&self) -> Result<Snapshot> {
-        let txn = self.inner.db.begin_read().map_err(storage_err)?;
-        Snapshot::new(txn, self.inner.log.clone())
+        // Under the read lock, no batch commits between opening the read transaction and
+        // reading its clusterTime.
+        let (txn, ts) = {
+            let ts = self
+                .inner
+                .visible
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            (self.inner.db.begin_read().map_err(storage_err)?, *ts)
+        };
+        Snapshot::new(txn, self.inner.log.clone(), ts)
     }
 
     /// Starts a multi-document transaction on a snapshot of everything committed so far.

@@ -89,6 +89,10 @@ pub(crate) struct WriterState {
     redo: Redo,
     /// Segments before this one are dropped once the batch commits.
     drop_before: Option<u64>,
+    /// Decoded catalog records, so that a write does not decode its collection's record
+    /// each time. Every catalog change goes through `Tables::change`, which drops the
+    /// entry; a failed batch drops them all.
+    catalog_cache: std::collections::HashMap<String, Option<CollectionMeta>>,
 }
 
 impl WriterState {
@@ -112,6 +116,7 @@ impl WriterState {
             frame: FrameBuf::default(),
             redo: Redo::default(),
             drop_before: None,
+            catalog_cache: std::collections::HashMap::new(),
         }
     }
 
@@ -149,6 +154,10 @@ pub(crate) struct Writer {
     pub lw: LogWriter,
     pub state: WriterState,
     pub committed: watch::Sender<Timestamp>,
+    /// The clusterTime of the last batch the tables show, held for writing while a batch
+    /// commits: a snapshot opened under its read lock knows its exact clusterTime without
+    /// the tables storing it in every batch (which cost a table update per commit).
+    pub visible: Arc<std::sync::RwLock<Timestamp>>,
 }
 
 /// The pipeline shared by every writer: a queue of jobs, and the writer state that one
@@ -324,6 +333,12 @@ impl Writer {
         // Quick repair saves the allocator state with the commit, so that a restart after
         // a crash need not walk the whole file to rebuild it.
         txn.set_quick_repair(true);
+        {
+            let s = &self.state;
+            let mut h = Handles::open(&txn)?;
+            h.set_applied(s.next_lsn - 1, oplog::ts_key(s.last_ts))
+                .map_err(storage_err)?;
+        }
         txn.commit().map_err(storage_err)?;
         let s = &mut self.state;
         crate::wal::write_checkpoint(self.log.dir(), s.next_lsn - 1, oplog::ts_key(s.last_ts))
@@ -363,6 +378,7 @@ impl Writer {
                 // that took one meanwhile.
                 (self.state.last_ts, self.state.stored_next_id) = before;
                 self.state.drop_before = None;
+                self.state.catalog_cache.clear();
                 for c in completions {
                     c(Err(e.clone()));
                 }
@@ -407,7 +423,7 @@ impl Writer {
                     return Err(e);
                 }
             }
-            ctx.tables().finish(lsn)
+            ctx.tables().finish()
         })();
         if let Err(e) = outcome {
             let _ = txn.abort();
@@ -430,6 +446,10 @@ impl Writer {
             return Err((e, completions));
         }
         s.since_checkpoint += bytes.len() as u64;
+        let mut visible = self
+            .visible
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Err(e) = txn.commit() {
             // The frame is durable but the tables do not hold it: a restart replays it.
             let e = MongoError::internal(format!(
@@ -438,6 +458,8 @@ impl Writer {
             s.failed = Some(e.clone());
             return Err((e, completions));
         }
+        *visible = s.last_ts;
+        drop(visible);
         s.next_lsn = lsn + 1;
         self.log.push_tail(s.frame.entries());
         Ok(completions)
@@ -585,7 +607,8 @@ impl<'t> Handles<'t> {
         Ok(())
     }
 
-    /// Records the lsn and clusterTime the tables now hold.
+    /// Records the lsn and clusterTime the tables hold (at checkpoints and at the end of
+    /// replay: the lsn a restart replays after).
     pub(crate) fn set_applied(&mut self, lsn: u64, ts: u64) -> std::result::Result<(), String> {
         let mut b = [0u8; 16];
         b[..8].copy_from_slice(&lsn.to_be_bytes());
@@ -707,6 +730,15 @@ impl<'t> Tables<'t> {
     /// Makes a table change and records it.
     fn change(&mut self, op: Op<'_>) -> Result<()> {
         match op {
+            Op::Put(TableId::Catalog, k, _) | Op::Del(TableId::Catalog, k) => {
+                if let Ok(name) = std::str::from_utf8(k) {
+                    self.state.catalog_cache.remove(name);
+                }
+            }
+            Op::DelRange(TableId::Catalog, ..) => self.state.catalog_cache.clear(),
+            _ => {}
+        }
+        match op {
             Op::Put(t, k, v) => self.state.redo.put(t, k, v),
             Op::Del(t, k) => self.state.redo.del(t, k),
             Op::DelRange(t, lo, hi) => self.state.redo.del_range(t, lo, hi),
@@ -715,7 +747,7 @@ impl<'t> Tables<'t> {
         r.map_err(|e| self.fail(e))
     }
 
-    fn finish(&mut self, lsn: u64) -> Result<()> {
+    fn finish(&mut self) -> Result<()> {
         self.plan_truncation()?;
         let next_id = self.state.next_id.load(Ordering::SeqCst);
         if next_id != self.state.stored_next_id {
@@ -723,9 +755,7 @@ impl<'t> Tables<'t> {
             self.change(Op::Put(TableId::Meta, META_NEXT_ID.as_bytes(), &next))?;
             self.state.stored_next_id = next_id;
         }
-        let ts = oplog::ts_key(self.state.last_ts);
-        let r = self.h.set_applied(lsn, ts);
-        r.map_err(|e| self.fail(e))
+        Ok(())
     }
 
     /// Chooses the oldest segments to drop while the log is over its size bound: sealed
@@ -792,16 +822,22 @@ impl<'t> Tables<'t> {
     /// # Errors
     /// On storage failure.
     pub fn collection(&mut self, ns: &Namespace) -> Result<Option<CollectionMeta>> {
+        let name = ns.full();
+        if let Some(m) = self.state.catalog_cache.get(&name) {
+            return Ok(m.clone());
+        }
         let r = self
             .h
             .catalog
-            .get(ns.full().as_str())
+            .get(name.as_str())
             .map(|o| o.map(|v| v.value().to_vec()));
-        match r {
-            Ok(Some(b)) => CollectionMeta::from_bytes(&b).map(Some),
-            Ok(None) => Ok(None),
-            Err(e) => Err(self.fail(e)),
-        }
+        let m = match r {
+            Ok(Some(b)) => Some(CollectionMeta::from_bytes(&b)?),
+            Ok(None) => None,
+            Err(e) => return Err(self.fail(e)),
+        };
+        self.state.catalog_cache.insert(name, m.clone());
+        Ok(m)
     }
 
     /// All collections, or those of one database.

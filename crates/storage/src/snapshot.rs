@@ -13,7 +13,7 @@ use crate::oplog;
 use crate::txn::{self, Overlay};
 use crate::wal::{Log, LogScan, LogScanRev};
 use crate::{
-    CATALOG, DOCS, INDEXES, META, META_APPLIED, PREIMAGES, SESSIONS, TXN_PREIMAGES, as_slice_bound,
+    CATALOG, DOCS, INDEXES, META, PREIMAGES, SESSIONS, TXN_PREIMAGES, as_slice_bound,
     decode_doc, doc_key, list_catalog, prefix_range, storage_err,
 };
 
@@ -34,15 +34,10 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub(crate) fn new(txn: ReadTransaction, log: Arc<Log>) -> Result<Snapshot> {
+    /// A snapshot of `txn`, which shows everything committed up to `ts`.
+    pub(crate) fn new(txn: ReadTransaction, log: Arc<Log>, ts: Timestamp) -> Result<Snapshot> {
         let meta: ReadOnlyTable<&'static str, &'static [u8]> =
             txn.open_table(META).map_err(storage_err)?;
-        // The tables' clusterTime is stored with them, in the same transaction.
-        let ts = meta
-            .get(META_APPLIED)
-            .map_err(storage_err)?
-            .and_then(|v| crate::pipeline::parse_applied(v.value()))
-            .map_or(0, |(_, ts)| ts);
         Ok(Snapshot {
             catalog: txn.open_table(CATALOG).map_err(storage_err)?,
             docs: txn.open_table(DOCS).map_err(storage_err)?,
@@ -52,7 +47,7 @@ impl Snapshot {
             meta,
             sessions: txn.open_table(SESSIONS).map_err(storage_err)?,
             _txn: txn,
-            ts: oplog::key_ts(ts),
+            ts,
             log,
             overlay: None,
         })
