@@ -26,6 +26,7 @@
 
 pub mod catalog;
 pub mod oplog;
+mod pending;
 pub mod pipeline;
 pub mod redo;
 pub mod snapshot;
@@ -131,7 +132,7 @@ struct Inner {
     db: Arc<Database>,
     log: Arc<Log>,
     /// See `Writer::visible`.
-    visible: Arc<std::sync::RwLock<Timestamp>>,
+    visible: Arc<std::sync::RwLock<pipeline::Visible>>,
     pipeline: Arc<Pipeline>,
     committed: watch::Sender<Timestamp>,
     closed: AtomicBool,
@@ -281,7 +282,10 @@ impl Store {
         let tracker = state.tracker.clone();
         let next_id = state.next_id.clone();
         let interval = state.opts.checkpoint_interval;
-        let visible = Arc::new(std::sync::RwLock::new(state.last_ts));
+        let visible = Arc::new(std::sync::RwLock::new(pipeline::Visible {
+            ts: state.last_ts,
+            pending: None,
+        }));
         let pipeline = Pipeline::new(Writer {
             db: db.clone(),
             log: log.clone(),
@@ -289,6 +293,11 @@ impl Store {
             state,
             committed: committed.clone(),
             visible: visible.clone(),
+            open: None,
+            pending_redo: Vec::new(),
+            pending_bytes: 0,
+            pending_since: None,
+            has_pending: Arc::default(),
         });
         pipeline
             .start_timer(interval)
@@ -344,17 +353,21 @@ impl Store {
     /// # Errors
     /// On storage failure.
     pub fn snapshot(&self) -> Result<Snapshot> {
-        // Under the read lock, no batch commits between opening the read transaction and
-        // reading its clusterTime.
-        let (txn, ts) = {
-            let ts = self
+        // Under the read lock, no batch is published and redb commits nothing between
+        // opening the read transaction and taking its clusterTime and pending layers.
+        let (txn, ts, pending) = {
+            let v = self
                 .inner
                 .visible
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            (self.inner.db.begin_read().map_err(storage_err)?, *ts)
+            (
+                self.inner.db.begin_read().map_err(storage_err)?,
+                v.ts,
+                v.pending.clone(),
+            )
         };
-        Snapshot::new(txn, self.inner.log.clone(), ts)
+        Snapshot::new(txn, self.inner.log.clone(), ts, pending)
     }
 
     /// Starts a multi-document transaction on a snapshot of everything committed so far.
@@ -1166,6 +1179,108 @@ mod tests {
         let s2 = Store::open(&dir, StoreOptions::default()).unwrap();
         assert_eq!(s2.truncated_upto(), cut);
         drop(s2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn acknowledged_batches_are_read_before_redb_commits_them() {
+        let dir = tempdir();
+        let store = Store::open(&dir, StoreOptions::default()).unwrap();
+        let id = store
+            .write(|ctx| {
+                let m = meta(ctx.new_id());
+                ctx.put_collection(&m)?;
+                Ok(m.id)
+            })
+            .await
+            .unwrap();
+        let put = |k: &'static [u8], v: i32| {
+            let store = store.clone();
+            async move {
+                store
+                    .write(move |ctx| {
+                        ctx.put_doc(id, k, &bson::to_vec(&doc! {"v": v}).unwrap())?;
+                        ctx.index_put(&[b"ix", k].concat(), k)
+                    })
+                    .await
+                    .unwrap();
+            }
+        };
+        put(b"a", 1).await;
+        put(b"b", 2).await;
+        put(b"c", 3).await;
+        put(b"a", 10).await;
+        store
+            .write(move |ctx| {
+                ctx.delete_doc(id, b"b")?;
+                ctx.index_remove(b"ixb")
+            })
+            .await
+            .unwrap();
+        let check = |store: &Store, label: &str| {
+            let snap = store.snapshot().unwrap();
+            assert_eq!(
+                snap.get_doc(id, b"a").unwrap(),
+                Some(doc! {"v": 10}),
+                "{label}"
+            );
+            assert_eq!(snap.get_doc(id, b"b").unwrap(), None, "{label}");
+            let docs: Vec<_> = snap
+                .scan_docs(id, None)
+                .unwrap()
+                .map(|r| r.unwrap().0)
+                .collect();
+            assert_eq!(docs, vec![b"a".to_vec(), b"c".to_vec()], "{label}");
+            let after_a: Vec<_> = snap
+                .scan_docs(id, Some(b"a"))
+                .unwrap()
+                .map(|r| r.unwrap().0)
+                .collect();
+            assert_eq!(after_a, vec![b"c".to_vec()], "{label}");
+            let ix = |rev: bool| -> Vec<Vec<u8>> {
+                let it = snap
+                    .scan_index(
+                        Bound::Included(b"ix".to_vec()),
+                        Bound::Excluded(b"iy".to_vec()),
+                    )
+                    .unwrap();
+                if rev {
+                    it.rev().map(|r| r.unwrap().0).collect()
+                } else {
+                    it.map(|r| r.unwrap().0).collect()
+                }
+            };
+            assert_eq!(ix(false), vec![b"ixa".to_vec(), b"ixc".to_vec()], "{label}");
+            assert_eq!(ix(true), vec![b"ixc".to_vec(), b"ixa".to_vec()], "{label}");
+            assert!(snap.collection(&ns()).unwrap().is_some(), "{label}");
+            assert_eq!(snap.collections(Some("d")).unwrap().len(), 1, "{label}");
+        };
+        assert!(
+            store.snapshot().unwrap().pending_depth() >= 5,
+            "read through layers"
+        );
+        check(&store, "pending");
+        // A failing batch rolls back only itself, not the pending ones before it.
+        let r = store
+            .write(move |ctx| -> Result<()> {
+                ctx.put_doc(id, b"z", b"\x05\0\0\0\0")?;
+                panic!("job fails halfway")
+            })
+            .await;
+        assert!(r.is_err());
+        check(&store, "after a failed batch");
+        assert_eq!(store.snapshot().unwrap().get_doc(id, b"z").unwrap(), None);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            store.snapshot().unwrap().pending_depth(),
+            0,
+            "committed by the timer"
+        );
+        check(&store, "after redb committed them");
+        drop(store);
+        let store = Store::open(&dir, StoreOptions::default()).unwrap();
+        check(&store, "after a restart");
+        drop(store);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -32,6 +32,7 @@ use tokio::sync::watch;
 
 use crate::catalog::{CollectionMeta, Namespace};
 use crate::oplog::{self, OpKind, OplogEntry};
+use crate::pending::{Building, Layer};
 use crate::redo::{self, Op, Redo, TableId};
 use crate::txn::{self, Overlay};
 use crate::wal::frame::FrameBuf;
@@ -49,6 +50,14 @@ const MAX_GROUP: usize = 256;
 
 /// Redo bytes replayed per redb transaction during recovery.
 const REPLAY_TXN_BYTES: usize = 64 * 1024 * 1024;
+
+/// The open write transaction is committed in redb once it holds this many batches, this
+/// many bytes of changes, or its oldest batch has waited this long. Sized so that a reader
+/// walks at most a few small layers, while one redb commit (about 40% of a lone insert's
+/// instructions) is shared by up to 16 batches.
+const PENDING_MAX_BATCHES: usize = 16;
+const PENDING_MAX_BYTES: usize = 8 * 1024 * 1024;
+pub(crate) const PENDING_MAX_AGE: Duration = Duration::from_millis(10);
 
 pub(crate) type Completion = Box<dyn FnOnce(Result<()>) + Send>;
 pub(crate) type Job = Box<dyn for<'a> FnOnce(&mut WriteCtx<'a>) -> Completion + Send>;
@@ -93,6 +102,10 @@ pub(crate) struct WriterState {
     /// each time. Every catalog change goes through `Tables::change`, which drops the
     /// entry; a failed batch drops them all.
     catalog_cache: std::collections::HashMap<String, Option<CollectionMeta>>,
+    /// The point changes of the batch being run, for its layer.
+    building: Building,
+    /// Whether the batch being run deleted a range (then it is committed in redb at once).
+    range_op: bool,
 }
 
 impl WriterState {
@@ -117,6 +130,8 @@ impl WriterState {
             redo: Redo::default(),
             drop_before: None,
             catalog_cache: std::collections::HashMap::new(),
+            building: Building::default(),
+            range_op: false,
         }
     }
 
@@ -154,10 +169,26 @@ pub(crate) struct Writer {
     pub lw: LogWriter,
     pub state: WriterState,
     pub committed: watch::Sender<Timestamp>,
-    /// The clusterTime of the last batch the tables show, held for writing while a batch
-    /// commits: a snapshot opened under its read lock knows its exact clusterTime without
-    /// the tables storing it in every batch (which cost a table update per commit).
-    pub visible: Arc<std::sync::RwLock<Timestamp>>,
+    /// What readers see, changed under its write lock: a snapshot opened under its read
+    /// lock knows its exact clusterTime (without the tables storing it in every batch,
+    /// which cost a table update per commit) and the pending layers its read transaction
+    /// does not hold.
+    pub visible: Arc<std::sync::RwLock<Visible>>,
+    /// The write transaction kept open across batches (see `crate::pending`).
+    pub open: Option<WriteTransaction>,
+    /// The redo of the batches in `open` not yet committed in redb, oldest first.
+    pub pending_redo: Vec<Vec<u8>>,
+    pub pending_bytes: usize,
+    pub pending_since: Option<Instant>,
+    /// Whether `open` holds pending batches (read by the timer, which commits them).
+    pub has_pending: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// What readers see: the clusterTime of the last published batch, and the layers of the
+/// batches the last redb commit does not hold.
+pub(crate) struct Visible {
+    pub ts: Timestamp,
+    pub pending: Option<Arc<Layer>>,
 }
 
 /// The pipeline shared by every writer: a queue of jobs, and the writer state that one
@@ -171,6 +202,8 @@ pub(crate) struct Writer {
 pub(crate) struct Pipeline {
     queue: Mutex<Queue>,
     writer: Mutex<Option<Writer>>,
+    /// The writer's `has_pending`: the timer then ticks soon, to commit it.
+    has_pending: Arc<std::sync::atomic::AtomicBool>,
     /// Wakes the checkpoint timer when the pipeline closes.
     timer_cv: std::sync::Condvar,
 }
@@ -185,6 +218,7 @@ struct Queue {
 impl Pipeline {
     pub(crate) fn new(w: Writer) -> Arc<Pipeline> {
         Arc::new(Pipeline {
+            has_pending: w.has_pending.clone(),
             queue: Mutex::new(Queue::default()),
             writer: Mutex::new(Some(w)),
             timer_cv: std::sync::Condvar::new(),
@@ -247,6 +281,7 @@ impl Pipeline {
                     Msg::Tick | Msg::Job(_) => {}
                 }
             }
+            w.commit_open_if_due();
             w.maybe_checkpoint();
         }
     }
@@ -260,8 +295,13 @@ impl Pipeline {
             .spawn(move || {
                 loop {
                     {
+                        let wait = if p.has_pending.load(Ordering::SeqCst) {
+                            PENDING_MAX_AGE
+                        } else {
+                            tick
+                        };
                         let q = p.queue.lock().unwrap();
-                        let (q, _) = p.timer_cv.wait_timeout(q, tick).unwrap();
+                        let (q, _) = p.timer_cv.wait_timeout(q, wait).unwrap();
                         if q.closed {
                             return;
                         }
@@ -329,6 +369,7 @@ impl Writer {
             return Ok(());
         }
         let started = Instant::now();
+        self.commit_open()?;
         let mut txn = self.db.begin_write().map_err(storage_err)?;
         // Quick repair saves the allocator state with the commit, so that a restart after
         // a crash need not walk the whole file to rebuild it.
@@ -386,6 +427,85 @@ impl Writer {
         }
     }
 
+    /// The open write transaction, begun if there is none.
+    fn take_open(&mut self) -> Result<WriteTransaction> {
+        if let Some(t) = self.open.take() {
+            return Ok(t);
+        }
+        let mut t = self.db.begin_write().map_err(storage_err)?;
+        let _ = t.set_durability(Durability::None);
+        Ok(t)
+    }
+
+    /// After a failed batch: the open transaction also held the batches still pending
+    /// (acknowledged, and shown to readers through their layers), so it is begun again and
+    /// their changes are made again from their redo.
+    fn rebuild_open(&mut self, failed: WriteTransaction) {
+        let _ = failed.abort();
+        let r = (|| -> std::result::Result<(), String> {
+            let mut t = self.db.begin_write().map_err(|e| e.to_string())?;
+            let _ = t.set_durability(Durability::None);
+            {
+                let mut h = Handles::open(&t).map_err(|e| e.message)?;
+                for redo_bytes in &self.pending_redo {
+                    for op in redo::ops(redo_bytes) {
+                        h.apply(&op?)?;
+                    }
+                }
+            }
+            self.open = Some(t);
+            Ok(())
+        })();
+        if let Err(e) = r {
+            let e = MongoError::internal(format!(
+                "the tables could not be restored after a failed write ({e}); no more writes are accepted: restart the server"
+            ));
+            tracing::error!(error = %e.message, "commit pipeline failed");
+            self.state.failed = Some(e);
+        }
+    }
+
+    /// Commits the open transaction in redb (not durably), so that readers find the
+    /// pending batches in the tables rather than in layers.
+    fn commit_open(&mut self) -> Result<()> {
+        let Some(txn) = self.open.take() else {
+            return Ok(());
+        };
+        if self.pending_redo.is_empty() {
+            let _ = txn.abort();
+            return Ok(());
+        }
+        let mut vis = self
+            .visible
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Err(e) = txn.commit() {
+            // The frames are durable but the tables do not hold them: a restart replays.
+            let e = MongoError::internal(format!(
+                "the tables could not be updated ({e}); no more writes are accepted: restart the server"
+            ));
+            self.state.failed = Some(e.clone());
+            return Err(e);
+        }
+        vis.pending = None;
+        drop(vis);
+        self.pending_redo.clear();
+        self.pending_bytes = 0;
+        self.pending_since = None;
+        self.has_pending.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Commits the open transaction if its oldest pending batch has waited long enough.
+    fn commit_open_if_due(&mut self) {
+        if self
+            .pending_since
+            .is_some_and(|t| t.elapsed() >= PENDING_MAX_AGE)
+        {
+            let _ = self.commit_open();
+        }
+    }
+
     fn run_batch(
         &mut self,
         batch: Vec<Job>,
@@ -397,13 +517,13 @@ impl Writer {
         let prior_ts = oplog::ts_key(self.state.last_ts);
         self.state.frame.clear();
         self.state.redo.clear();
-        let mut txn = match self.db.begin_write() {
+        self.state.building = Building::default();
+        self.state.range_op = false;
+        let txn = match self.take_open() {
             Ok(t) => t,
-            Err(e) => return Err((storage_err(e), Vec::new())),
+            Err(e) => return Err((e, Vec::new())),
         };
-        let _ = txn.set_durability(Durability::None);
         let mut completions = Vec::with_capacity(batch.len());
-        let lsn = self.state.next_lsn;
         let outcome = (|| -> Result<()> {
             let mut ctx = WriteCtx {
                 b: Backend::Tables(Tables::open(&txn, &mut self.state, &self.log)?),
@@ -426,13 +546,14 @@ impl Writer {
             ctx.tables().finish()
         })();
         if let Err(e) = outcome {
-            let _ = txn.abort();
+            self.rebuild_open(txn);
             return Err((e, completions));
         }
+        let lsn = self.state.next_lsn;
         let s = &mut self.state;
         if s.redo.is_empty() && !s.frame.has_entries() {
-            // Nothing changed (every job failed before writing): no frame, no commit.
-            let _ = txn.abort();
+            // Nothing changed (every job failed before writing): no frame.
+            self.open = Some(txn);
             return Ok(completions);
         }
         let last_ts = oplog::ts_key(s.last_ts);
@@ -446,22 +567,39 @@ impl Writer {
             return Err((e, completions));
         }
         s.since_checkpoint += bytes.len() as u64;
-        let mut visible = self
-            .visible
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Err(e) = txn.commit() {
-            // The frame is durable but the tables do not hold it: a restart replays it.
-            let e = MongoError::internal(format!(
-                "the tables could not be updated ({e}); no more writes are accepted: restart the server"
-            ));
-            s.failed = Some(e.clone());
-            return Err((e, completions));
-        }
-        *visible = s.last_ts;
-        drop(visible);
         s.next_lsn = lsn + 1;
-        self.log.push_tail(s.frame.entries());
+        // The batch is durable: show it to readers, in the tables (a range change, or a
+        // full open transaction) or as a layer over them.
+        self.pending_redo.push(s.redo.bytes().to_vec());
+        self.pending_bytes += s.building.bytes + s.redo.bytes().len();
+        self.open = Some(txn);
+        let must_commit = s.range_op
+            || self.pending_redo.len() >= PENDING_MAX_BATCHES
+            || self.pending_bytes >= PENDING_MAX_BYTES;
+        if must_commit {
+            if let Err(e) = self.commit_open() {
+                return Err((e, completions));
+            }
+            let mut vis = self
+                .visible
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            vis.ts = self.state.last_ts;
+        } else {
+            let mut vis = self
+                .visible
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let layer = self.state.building.publish(vis.pending.take());
+            vis.pending = Some(layer);
+            vis.ts = self.state.last_ts;
+            drop(vis);
+            if self.pending_since.is_none() {
+                self.pending_since = Some(Instant::now());
+                self.has_pending.store(true, Ordering::SeqCst);
+            }
+        }
+        self.log.push_tail(self.state.frame.entries());
         Ok(completions)
     }
 
@@ -739,9 +877,18 @@ impl<'t> Tables<'t> {
             _ => {}
         }
         match op {
-            Op::Put(t, k, v) => self.state.redo.put(t, k, v),
-            Op::Del(t, k) => self.state.redo.del(t, k),
-            Op::DelRange(t, lo, hi) => self.state.redo.del_range(t, lo, hi),
+            Op::Put(t, k, v) => {
+                self.state.redo.put(t, k, v);
+                self.state.building.put(t, k, v);
+            }
+            Op::Del(t, k) => {
+                self.state.redo.del(t, k);
+                self.state.building.del(t, k);
+            }
+            Op::DelRange(t, lo, hi) => {
+                self.state.redo.del_range(t, lo, hi);
+                self.state.range_op = true;
+            }
         }
         let r = self.h.apply(&op);
         r.map_err(|e| self.fail(e))

@@ -10,11 +10,13 @@ use redb::{ReadOnlyTable, ReadTransaction, ReadableTable};
 
 use crate::catalog::{CollectionMeta, Namespace};
 use crate::oplog;
+use crate::pending::{Layer, Merge};
+use crate::redo::TableId;
 use crate::txn::{self, Overlay};
 use crate::wal::{Log, LogScan, LogScanRev};
 use crate::{
-    CATALOG, DOCS, INDEXES, META, PREIMAGES, SESSIONS, TXN_PREIMAGES, as_slice_bound,
-    decode_doc, doc_key, list_catalog, prefix_range, storage_err,
+    CATALOG, DOCS, INDEXES, META, PREIMAGES, SESSIONS, TXN_PREIMAGES, as_slice_bound, decode_doc,
+    doc_key, list_catalog, prefix_range, storage_err,
 };
 
 /// A consistent, read-only view of the database at one clusterTime.
@@ -29,13 +31,21 @@ pub struct Snapshot {
     sessions: ReadOnlyTable<&'static [u8], &'static [u8]>,
     ts: Timestamp,
     log: Arc<Log>,
+    /// Batches acknowledged but not yet committed in redb, over the read transaction.
+    pending: Option<Arc<Layer>>,
     /// A transaction's own writes, seen over the snapshot.
     pub(crate) overlay: Option<Arc<Mutex<Overlay>>>,
 }
 
 impl Snapshot {
-    /// A snapshot of `txn`, which shows everything committed up to `ts`.
-    pub(crate) fn new(txn: ReadTransaction, log: Arc<Log>, ts: Timestamp) -> Result<Snapshot> {
+    /// A snapshot of `txn` with `pending` over it, which shows everything committed up to
+    /// `ts`.
+    pub(crate) fn new(
+        txn: ReadTransaction,
+        log: Arc<Log>,
+        ts: Timestamp,
+        pending: Option<Arc<Layer>>,
+    ) -> Result<Snapshot> {
         let meta: ReadOnlyTable<&'static str, &'static [u8]> =
             txn.open_table(META).map_err(storage_err)?;
         Ok(Snapshot {
@@ -49,7 +59,49 @@ impl Snapshot {
             _txn: txn,
             ts,
             log,
+            pending,
             overlay: None,
+        })
+    }
+
+    /// How many pending layers this snapshot reads over its redb transaction.
+    #[cfg(test)]
+    pub(crate) fn pending_depth(&self) -> usize {
+        self.pending.as_ref().map_or(0, |p| p.depth())
+    }
+
+    /// The pending change of `key`: `Some(None)` if deleted, `None` if no layer has it.
+    fn pending_get(&self, t: TableId, key: &[u8]) -> Option<Option<&[u8]>> {
+        self.pending.as_ref()?.get(t, key)
+    }
+
+    /// Pending changes in a range, in key order.
+    fn pending_range(
+        &self,
+        t: TableId,
+        lo: Bound<&[u8]>,
+        hi: Bound<&[u8]>,
+    ) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        match &self.pending {
+            Some(p) if p.touches(t, lo, hi) => p.range(t, lo, hi),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Base rows of a byte-keyed table in a range, pending layers applied.
+    fn merged_range(
+        &self,
+        table: &ReadOnlyTable<&'static [u8], &'static [u8]>,
+        t: TableId,
+        lo: Bound<&[u8]>,
+        hi: Bound<&[u8]>,
+    ) -> Result<Rowwise> {
+        let range = table.range::<&[u8]>((lo, hi)).map_err(storage_err)?;
+        let extra = self.pending_range(t, lo, hi);
+        Ok(if extra.is_empty() {
+            Rowwise::Range(range)
+        } else {
+            Rowwise::Merged(Merge::new(RawRange(range), extra))
         })
     }
 
@@ -74,10 +126,45 @@ impl Snapshot {
     }
 
     pub(crate) fn base_collection(&self, ns: &Namespace) -> Result<Option<CollectionMeta>> {
-        match self.catalog.get(ns.full().as_str()).map_err(storage_err)? {
+        let name = ns.full();
+        if let Some(v) = self.pending_get(TableId::Catalog, name.as_bytes()) {
+            return v.map(CollectionMeta::from_bytes).transpose();
+        }
+        match self.catalog.get(name.as_str()).map_err(storage_err)? {
             Some(v) => CollectionMeta::from_bytes(v.value()).map(Some),
             None => Ok(None),
         }
+    }
+
+    /// The catalog without a transaction's overlay.
+    fn base_collections(&self, db: Option<&str>) -> Result<Vec<CollectionMeta>> {
+        let base = list_catalog(&self.catalog, db)?;
+        let (lo, hi) = match db {
+            Some(d) => (format!("{d}."), Some(format!("{d}/"))),
+            None => (String::new(), None),
+        };
+        let lower = Bound::Included(lo.as_bytes());
+        let upper = hi
+            .as_ref()
+            .map_or(Bound::Unbounded, |h| Bound::Excluded(h.as_bytes()));
+        let extra = self.pending_range(TableId::Catalog, lower, upper);
+        if extra.is_empty() {
+            return Ok(base);
+        }
+        let mut all: std::collections::BTreeMap<String, CollectionMeta> =
+            base.into_iter().map(|m| (m.ns.full(), m)).collect();
+        for (k, v) in extra {
+            let name = String::from_utf8_lossy(&k).into_owned();
+            match v {
+                Some(b) => {
+                    all.insert(name, CollectionMeta::from_bytes(&b)?);
+                }
+                None => {
+                    all.remove(&name);
+                }
+            }
+        }
+        Ok(all.into_values().collect())
     }
 
     /// All collections, or those of one database, in namespace order.
@@ -87,7 +174,7 @@ impl Snapshot {
     pub fn collections(&self, db: Option<&str>) -> Result<Vec<CollectionMeta>> {
         match &self.overlay {
             Some(ov) => self.merged_collections(db, &ov.lock().unwrap()),
-            None => list_catalog(&self.catalog, db),
+            None => self.base_collections(db),
         }
     }
 
@@ -96,11 +183,11 @@ impl Snapshot {
         db: Option<&str>,
         ov: &Overlay,
     ) -> Result<Vec<CollectionMeta>> {
-        let mut all: std::collections::BTreeMap<String, CollectionMeta> =
-            list_catalog(&self.catalog, db)?
-                .into_iter()
-                .map(|m| (m.ns.full(), m))
-                .collect();
+        let mut all: std::collections::BTreeMap<String, CollectionMeta> = self
+            .base_collections(db)?
+            .into_iter()
+            .map(|m| (m.ns.full(), m))
+            .collect();
         for (name, v) in &ov.catalog {
             if db.is_some_and(|d| !name.starts_with(&format!("{d}."))) {
                 continue;
@@ -134,6 +221,9 @@ impl Snapshot {
     }
 
     pub(crate) fn base_get_doc(&self, k: &[u8]) -> Result<Option<Document>> {
+        if let Some(v) = self.pending_get(TableId::Docs, k) {
+            return v.map(decode_doc).transpose();
+        }
         match self.docs.get(k).map_err(storage_err)? {
             Some(v) => decode_doc(v.value()).map(Some),
             None => Ok(None),
@@ -141,6 +231,9 @@ impl Snapshot {
     }
 
     pub(crate) fn base_index_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if let Some(v) = self.pending_get(TableId::Indexes, key) {
+            return Ok(v.map(<[u8]>::to_vec));
+        }
         Ok(self
             .indexes
             .get(key)
@@ -158,11 +251,9 @@ impl Snapshot {
         let mine: Vec<_> = Overlay::range(&ov.docs, lower, upper)
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let base = collect_rows(
-            self.docs
-                .range::<&[u8]>((lower, upper))
-                .map_err(storage_err)?,
-        )?;
+        let base = self
+            .merged_range(&self.docs, TableId::Docs, lower, upper)?
+            .collect::<Result<Vec<_>>>()?;
         Ok(txn::merge(base, mine))
     }
 
@@ -188,11 +279,13 @@ impl Snapshot {
                 return Ok(DocScan::Rows(rows.into_iter()));
             }
         }
-        let range = self
-            .docs
-            .range::<&[u8]>((as_slice_bound(&lower), as_slice_bound(&upper)))
-            .map_err(storage_err)?;
-        Ok(DocScan::Range(range))
+        let rows = self.merged_range(
+            &self.docs,
+            TableId::Docs,
+            as_slice_bound(&lower),
+            as_slice_bound(&upper),
+        )?;
+        Ok(DocScan::Base(Box::new(rows)))
     }
 
     /// Index entries with keys in `[lower, upper)` style bounds, as `(key, id_key)`.
@@ -207,12 +300,18 @@ impl Snapshot {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             if !mine.is_empty() {
-                let base = collect_rows(self.indexes.range::<&[u8]>((l, u)).map_err(storage_err)?)?;
+                let base = self
+                    .merged_range(&self.indexes, TableId::Indexes, l, u)?
+                    .collect::<Result<Vec<_>>>()?;
                 return Ok(IndexScan::Rows(txn::merge(base, mine).into_iter()));
             }
         }
-        let range = self.indexes.range::<&[u8]>((l, u)).map_err(storage_err)?;
-        Ok(IndexScan::Range(range))
+        Ok(IndexScan::Base(Box::new(self.merged_range(
+            &self.indexes,
+            TableId::Indexes,
+            l,
+            u,
+        )?)))
     }
 
     /// Oplog entries after `after` (all if `None`) up to this snapshot's time, oldest
@@ -253,15 +352,22 @@ impl Snapshot {
     /// On storage failure.
     pub fn preimage(&self, ts: Timestamp, txn_op_index: Option<u32>) -> Result<Option<Document>> {
         let key = oplog::ts_key(ts);
+        let image = |b: &[u8]| -> Result<Option<Document>> {
+            Ok(decode_doc(b)?.get_document("preImage").ok().cloned())
+        };
+        let pending = match txn_op_index {
+            None => self.pending_get(TableId::Preimages, &key.to_be_bytes()),
+            Some(i) => self.pending_get(TableId::TxnPreimages, &pair_key(key, i)),
+        };
+        if let Some(v) = pending {
+            return v.map_or(Ok(None), image);
+        }
         let v = match txn_op_index {
             None => self.preimages.get(key).map_err(storage_err)?,
             Some(i) => self.txn_preimages.get((key, i)).map_err(storage_err)?,
         };
         match v {
-            Some(v) => Ok(decode_doc(v.value())?
-                .get_document("preImage")
-                .ok()
-                .cloned()),
+            Some(v) => image(v.value()),
             None => Ok(None),
         }
     }
@@ -282,7 +388,16 @@ impl Snapshot {
             .map_err(storage_err)?
             .map(|(k, _)| k.value().0);
         let cut = u64::from(cutoff) << 32;
-        Ok(first.is_some_and(|k| k < cut) || first_txn.is_some_and(|k| k < cut))
+        // A pending write of an old pre-image counts too (a false positive only runs the
+        // expiry for nothing).
+        let pending = [TableId::Preimages, TableId::TxnPreimages]
+            .iter()
+            .any(|&t| {
+                self.pending_range(t, Bound::Unbounded, Bound::Excluded(&cut.to_be_bytes()))
+                    .iter()
+                    .any(|(_, v)| v.is_some())
+            });
+        Ok(pending || first.is_some_and(|k| k < cut) || first_txn.is_some_and(|k| k < cut))
     }
 
     /// Every stored pre-image record, oldest first, as `config.system.preimages` shows them.
@@ -290,10 +405,11 @@ impl Snapshot {
     /// # Errors
     /// On storage failure.
     pub fn preimage_records(&self) -> Result<Vec<Document>> {
-        let mut out = Vec::new();
+        let mut all: std::collections::BTreeMap<(u64, u32), Vec<u8>> =
+            std::collections::BTreeMap::new();
         for item in self.preimages.range::<u64>(..).map_err(storage_err)? {
             let (k, v) = item.map_err(storage_err)?;
-            out.push(((k.value(), 0), decode_doc(v.value())?));
+            all.insert((k.value(), 0), v.value().to_vec());
         }
         for item in self
             .txn_preimages
@@ -301,10 +417,28 @@ impl Snapshot {
             .map_err(storage_err)?
         {
             let (k, v) = item.map_err(storage_err)?;
-            out.push((k.value(), decode_doc(v.value())?));
+            all.insert(k.value(), v.value().to_vec());
         }
-        out.sort_by_key(|(k, _)| *k);
-        Ok(out.into_iter().map(|(_, d)| d).collect())
+        for (t, txn) in [(TableId::Preimages, false), (TableId::TxnPreimages, true)] {
+            for (k, v) in self.pending_range(t, Bound::Unbounded, Bound::Unbounded) {
+                let key = if txn {
+                    let ts = u64::from_be_bytes(k[..8].try_into().unwrap_or_default());
+                    let i = u32::from_be_bytes(k[8..12].try_into().unwrap_or_default());
+                    (ts, i)
+                } else {
+                    (u64::from_be_bytes(k[..8].try_into().unwrap_or_default()), 0)
+                };
+                match v {
+                    Some(v) => {
+                        all.insert(key, v);
+                    }
+                    None => {
+                        all.remove(&key);
+                    }
+                }
+            }
+        }
+        all.values().map(|b| decode_doc(b)).collect()
     }
 
     /// The session record stored under `key`.
@@ -312,6 +446,9 @@ impl Snapshot {
     /// # Errors
     /// On storage failure.
     pub fn session_record(&self, key: &[u8]) -> Result<Option<Document>> {
+        if let Some(v) = self.pending_get(TableId::Sessions, key) {
+            return v.map(decode_doc).transpose();
+        }
         match self.sessions.get(key).map_err(storage_err)? {
             Some(v) => decode_doc(v.value()).map(Some),
             None => Ok(None),
@@ -324,6 +461,9 @@ impl Snapshot {
     /// On storage failure.
     pub fn setting(&self, name: &str) -> Result<Option<Document>> {
         let key = format!("setting:{name}");
+        if let Some(v) = self.pending_get(TableId::Meta, key.as_bytes()) {
+            return v.map(decode_doc).transpose();
+        }
         match self.meta.get(key.as_str()).map_err(storage_err)? {
             Some(v) => decode_doc(v.value()).map(Some),
             None => Ok(None),
@@ -333,21 +473,80 @@ impl Snapshot {
 
 type Rows = std::vec::IntoIter<(Vec<u8>, Vec<u8>)>;
 
-fn collect_rows(
-    range: redb::Range<'_, &'static [u8], &'static [u8]>,
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    range
-        .map(|r| {
-            r.map_err(storage_err)
-                .map(|(k, v)| (k.value().to_vec(), v.value().to_vec()))
-        })
-        .collect()
+fn pair_key(ts: u64, i: u32) -> [u8; 12] {
+    let mut b = [0u8; 12];
+    b[..8].copy_from_slice(&ts.to_be_bytes());
+    b[8..].copy_from_slice(&i.to_be_bytes());
+    b
+}
+
+/// A redb range as owned rows.
+pub struct RawRange(redb::Range<'static, &'static [u8], &'static [u8]>);
+
+impl Iterator for RawRange {
+    type Item = Result<(Vec<u8>, Vec<u8>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let item = self.0.next()?;
+        Some(
+            item.map_err(storage_err)
+                .map(|(k, v)| (k.value().to_vec(), v.value().to_vec())),
+        )
+    }
+}
+
+impl DoubleEndedIterator for RawRange {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        let item = self.0.next_back()?;
+        Some(
+            item.map_err(storage_err)
+                .map(|(k, v)| (k.value().to_vec(), v.value().to_vec())),
+        )
+    }
+}
+
+/// Rows of a table's range: straight from redb, or merged with pending layers.
+pub enum Rowwise {
+    Range(redb::Range<'static, &'static [u8], &'static [u8]>),
+    Merged(Merge<RawRange>),
+}
+
+impl Iterator for Rowwise {
+    type Item = Result<(Vec<u8>, Vec<u8>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Rowwise::Range(r) => {
+                let item = r.next()?;
+                Some(
+                    item.map_err(storage_err)
+                        .map(|(k, v)| (k.value().to_vec(), v.value().to_vec())),
+                )
+            }
+            Rowwise::Merged(m) => m.next(),
+        }
+    }
+}
+
+impl DoubleEndedIterator for Rowwise {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        match self {
+            Rowwise::Range(r) => {
+                let item = r.next_back()?;
+                Some(
+                    item.map_err(storage_err)
+                        .map(|(k, v)| (k.value().to_vec(), v.value().to_vec())),
+                )
+            }
+            Rowwise::Merged(m) => m.next_back(),
+        }
+    }
 }
 
 /// A lazy scan over a collection's documents: `(id_key, doc)`. Inside a transaction
 /// that wrote to the collection, the merged rows.
 pub enum DocScan {
-    Range(redb::Range<'static, &'static [u8], &'static [u8]>),
+    Base(Box<Rowwise>),
     Rows(Rows),
 }
 
@@ -356,12 +555,9 @@ impl Iterator for DocScan {
 
     fn next(&mut self) -> Option<Self::Item> {
         match self {
-            DocScan::Range(r) => {
+            DocScan::Base(r) => {
                 let item = r.next()?;
-                Some(
-                    item.map_err(storage_err)
-                        .and_then(|(k, v)| Ok((k.value()[8..].to_vec(), decode_doc(v.value())?))),
-                )
+                Some(item.and_then(|(k, v)| Ok((k[8..].to_vec(), decode_doc(&v)?))))
             }
             DocScan::Rows(r) => {
                 let (k, v) = r.next()?;
@@ -374,7 +570,7 @@ impl Iterator for DocScan {
 /// A lazy scan over index entries: `(key, id_key)`. Inside a transaction that wrote
 /// entries in the range, the merged rows.
 pub enum IndexScan {
-    Range(redb::Range<'static, &'static [u8], &'static [u8]>),
+    Base(Box<Rowwise>),
     Rows(Rows),
 }
 
@@ -383,13 +579,7 @@ impl Iterator for IndexScan {
 
     fn next(&mut self) -> Option<Self::Item> {
         match self {
-            IndexScan::Range(r) => {
-                let item = r.next()?;
-                Some(
-                    item.map_err(storage_err)
-                        .map(|(k, v)| (k.value().to_vec(), v.value().to_vec())),
-                )
-            }
+            IndexScan::Base(r) => r.next(),
             IndexScan::Rows(r) => r.next().map(Ok),
         }
     }
@@ -398,13 +588,7 @@ impl Iterator for IndexScan {
 impl DoubleEndedIterator for IndexScan {
     fn next_back(&mut self) -> Option<Self::Item> {
         match self {
-            IndexScan::Range(r) => {
-                let item = r.next_back()?;
-                Some(
-                    item.map_err(storage_err)
-                        .map(|(k, v)| (k.value().to_vec(), v.value().to_vec())),
-                )
-            }
+            IndexScan::Base(r) => r.next_back(),
             IndexScan::Rows(r) => r.next_back().map(Ok),
         }
     }

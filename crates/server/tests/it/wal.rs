@@ -31,7 +31,7 @@ impl Rng {
 }
 
 /// What the workload knows it was told.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Acked {
     /// Single inserts acknowledged.
     inserts: Vec<String>,
@@ -76,7 +76,10 @@ async fn workload(client: Client, cycle: u32, acked: Arc<Mutex<Acked>>, seed: u6
             let c = db.collection::<Document>("a");
             for n in 0.. {
                 let id = format!("i-{cycle}-{n}");
-                if c.insert_one(doc! {"_id": &id, "pad": "x".repeat(300)}).await.is_err() {
+                if c.insert_one(doc! {"_id": &id, "pad": "x".repeat(300)})
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 acked.lock().unwrap().inserts.push(id);
@@ -184,14 +187,23 @@ async fn ids(client: &Client, coll: &str) -> HashSet<String> {
 async fn check(client: &Client, acked: &Acked, cycle: u32) {
     let a = ids(client, "a").await;
     for id in &acked.inserts {
-        assert!(a.contains(id), "cycle {cycle}: acknowledged insert {id} lost");
+        assert!(
+            a.contains(id),
+            "cycle {cycle}: acknowledged insert {id} lost"
+        );
     }
     for (group, ok) in &acked.groups {
         let n = group.iter().filter(|id| a.contains(*id)).count();
         if *ok {
-            assert_eq!(n, 5, "cycle {cycle}: acknowledged insertMany {group:?} incomplete");
+            assert_eq!(
+                n, 5,
+                "cycle {cycle}: acknowledged insertMany {group:?} incomplete"
+            );
         } else {
-            assert!(n == 0 || n == 5, "cycle {cycle}: insertMany {group:?} half applied ({n} of 5)");
+            assert!(
+                n == 0 || n == 5,
+                "cycle {cycle}: insertMany {group:?} half applied ({n} of 5)"
+            );
         }
     }
     let counter = client
@@ -213,13 +225,19 @@ async fn check(client: &Client, acked: &Acked, cycle: u32) {
     );
     let c = ids(client, "c").await;
     for id in &acked.deletes {
-        assert!(!c.contains(id), "cycle {cycle}: acknowledged delete of {id} undone");
+        assert!(
+            !c.contains(id),
+            "cycle {cycle}: acknowledged delete of {id} undone"
+        );
     }
     let (x, y) = (ids(client, "x").await, ids(client, "y").await);
     assert_eq!(x, y, "cycle {cycle}: a transaction is half applied");
     for (id, ok) in &acked.txns {
         if *ok {
-            assert!(x.contains(id), "cycle {cycle}: committed transaction {id} lost");
+            assert!(
+                x.contains(id),
+                "cycle {cycle}: committed transaction {id} lost"
+            );
         }
     }
 }
@@ -239,12 +257,27 @@ fn consume(
         } else if let Some(at) = at {
             w = w.start_at_operation_time(at);
         }
-        let Ok(mut cs) = w.await else { return };
-        while let Some(Ok(e)) = cs.next().await {
-            let raw = bson::to_document(&e).unwrap();
-            let mut s = seen.lock().unwrap();
-            s.0.push(summary(&raw));
-            s.1 = Some(e.id.clone());
+        let mut cs = match w.await {
+            Ok(cs) => cs,
+            Err(e) => {
+                eprintln!("change stream did not open: {e}");
+                return;
+            }
+        };
+        loop {
+            match cs.next().await {
+                Some(Ok(e)) => {
+                    let raw = bson::to_document(&e).unwrap();
+                    let mut s = seen.lock().unwrap();
+                    s.0.push(summary(&raw));
+                    s.1 = Some(e.id.clone());
+                }
+                Some(Err(e)) => {
+                    eprintln!("change stream ended: {e}");
+                    return;
+                }
+                None => return,
+            }
         }
     })
 }
@@ -276,13 +309,30 @@ async fn kill_9_under_mixed_load_20_cycles() {
         let mut child = start(dir.path(), port).await;
         let client = quick_client(port).await;
         // What survived the last kill.
-        check(&client, &acked.lock().unwrap(), cycle).await;
+        let known = acked.lock().unwrap().clone();
+        check(&client, &known, cycle).await;
         if first_time.is_none() {
-            let r = client.database("admin").run_command(doc! {"ping": 1}).await.unwrap();
-            first_time = Some(r.get_timestamp("operationTime").unwrap());
+            // Streams read history from just after this first write.
+            let r = client
+                .database("wal")
+                .run_command(doc! {"create": "a"})
+                .await
+                .unwrap();
+            let t = r.get_timestamp("operationTime").unwrap();
+            first_time = Some(bson::Timestamp {
+                time: t.time,
+                increment: t.increment + 1,
+            });
         }
-        let pool: Vec<Document> = (0..200).map(|k| doc! {"_id": format!("d-{cycle}-{k}")}).collect();
-        client.database("wal").collection::<Document>("c").insert_many(pool).await.unwrap();
+        let pool: Vec<Document> = (0..200)
+            .map(|k| doc! {"_id": format!("d-{cycle}-{k}")})
+            .collect();
+        client
+            .database("wal")
+            .collection::<Document>("c")
+            .insert_many(pool)
+            .await
+            .unwrap();
         let token = seen.lock().unwrap().1.clone();
         let consumer = consume(client.clone(), token, first_time, seen.clone());
         let load = tokio::spawn(workload(client.clone(), cycle, acked.clone(), rng.next()));
@@ -297,7 +347,8 @@ async fn kill_9_under_mixed_load_20_cycles() {
     // delivers exactly what a stream from the start of the history would.
     let _child = start(dir.path(), port).await;
     let client = quick_client(port).await;
-    check(&client, &acked.lock().unwrap(), 20).await;
+    let known = acked.lock().unwrap().clone();
+    check(&client, &known, 20).await;
     let token = seen.lock().unwrap().1.clone();
     let consumer = consume(client.clone(), token, first_time, seen.clone());
     let reference = Arc::new(Mutex::new((Vec::<Seen>::new(), None)));
@@ -306,7 +357,10 @@ async fn kill_9_under_mixed_load_20_cycles() {
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = (seen.lock().unwrap().0.len(), reference.lock().unwrap().0.len());
+        let now = (
+            seen.lock().unwrap().0.len(),
+            reference.lock().unwrap().0.len(),
+        );
         if now == last && now.0 == now.1 {
             break;
         }
@@ -314,9 +368,33 @@ async fn kill_9_under_mixed_load_20_cycles() {
     }
     consumer.abort();
     full.abort();
-    let (got, want) = (seen.lock().unwrap().0.clone(), reference.lock().unwrap().0.clone());
-    assert!(want.len() > 1000, "the workload wrote something: {}", want.len());
-    assert_eq!(got.len(), want.len(), "resumed streams saw each event exactly once");
+    let (got, want) = (
+        seen.lock().unwrap().0.clone(),
+        reference.lock().unwrap().0.clone(),
+    );
+    {
+        let a = acked.lock().unwrap();
+        eprintln!(
+            "kill_9_under_mixed_load: acknowledged {} inserts, {} insertMany, {} $inc (+{} in flight), {} deletes, {} transactions; {} change events",
+            a.inserts.len(),
+            a.groups.iter().filter(|g| g.1).count(),
+            a.incs,
+            a.incs_unknown,
+            a.deletes.len(),
+            a.txns.iter().filter(|t| t.1).count(),
+            want.len()
+        );
+    }
+    assert!(
+        want.len() > 1000,
+        "the workload wrote something: {}",
+        want.len()
+    );
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "resumed streams saw each event exactly once"
+    );
     let first_diff = got.iter().zip(&want).position(|(a, b)| a != b);
     assert!(
         first_diff.is_none(),
@@ -329,7 +407,9 @@ async fn insert_n(port: u16, coll: &str, n: i32) {
     let client = testkit::client_for(port).await;
     let c = client.database("wal").collection::<Document>(coll);
     for i in 0..n {
-        c.insert_one(doc! {"_id": i, "pad": "y".repeat(500)}).await.unwrap();
+        c.insert_one(doc! {"_id": i, "pad": "y".repeat(500)})
+            .await
+            .unwrap();
     }
 }
 
@@ -386,11 +466,18 @@ async fn a_record_torn_by_the_crash_is_dropped_at_restart() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "a torn tail is not damage: {text}");
-    assert!(text.contains("torn tail") && text.contains(&format!("offset {at}")), "{text}");
+    assert!(
+        text.contains("torn tail") && text.contains(&format!("offset {at}")),
+        "{text}"
+    );
     let _child = start(dir.path(), port).await;
     let client = testkit::client_for(port).await;
     let c = client.database("wal").collection::<Document>("torn");
-    assert_eq!(c.count_documents(doc! {}).await.unwrap(), 39, "all but the torn write");
+    assert_eq!(
+        c.count_documents(doc! {}).await.unwrap(),
+        39,
+        "all but the torn write"
+    );
     assert!(c.find_one(doc! {"_id": 39}).await.unwrap().is_none());
     c.insert_one(doc! {"_id": 39}).await.unwrap();
     assert_eq!(c.count_documents(doc! {}).await.unwrap(), 40);
@@ -402,13 +489,21 @@ async fn a_flipped_byte_in_an_old_segment_refuses_to_start() {
     let port = free_port();
     // 16 MB of oplog: 1 MB segments.
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_eddy"))
-        .args(["--port", &port.to_string(), "--dbpath", dir.path().to_str().unwrap()])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--dbpath",
+            dir.path().to_str().unwrap(),
+        ])
         .args(["--quiet", "--oplogSize", "16"])
         .kill_on_drop(true)
         .spawn()
         .unwrap();
     for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -431,17 +526,28 @@ async fn a_flipped_byte_in_an_old_segment_refuses_to_start() {
     drop(f);
     let name = old.file_name().unwrap().to_str().unwrap().to_string();
     let out = eddy()
-        .args(["--port", &free_port().to_string(), "--dbpath", dir.path().to_str().unwrap()])
+        .args([
+            "--port",
+            &free_port().to_string(),
+            "--dbpath",
+            dir.path().to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "start-up refuses");
-    assert!(err.contains(&name) && err.contains(&format!("offset {at}")), "{err}");
+    assert!(
+        err.contains(&name) && err.contains(&format!("offset {at}")),
+        "{err}"
+    );
     let out = eddy()
         .args(["log", "verify", "--dbpath", dir.path().to_str().unwrap()])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "verify exits non-zero: {text}");
-    assert!(text.contains(&name) && text.contains(&format!("offset {at}")), "{text}");
+    assert!(
+        text.contains(&name) && text.contains(&format!("offset {at}")),
+        "{text}"
+    );
 }
