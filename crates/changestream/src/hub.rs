@@ -1,13 +1,13 @@
-//! The change hub: one tailer decodes each committed oplog entry once and shares it with
+//! The change hub: each committed oplog entry is decoded once and shared with
 //! every stream.
 //!
-//! The tailer wakes when a batch commits, reads the new entries from the log's in-memory
-//! tail, decodes them, and appends them to a shared window of recent entries bounded in
-//! bytes. Streams
-//! read that window by position; a stream whose position has fallen out of the window (a
-//! laggard) reads the oplog itself from its position, so it holds no memory and slows no
-//! one. Writers never wait for streams: the commit pipeline only bumps a watch channel.
-//! Idle streams sleep on that channel and cost no CPU.
+//! The first stream to read after a commit catches the window up: it reads the new entries
+//! from the log's in-memory tail, decodes them once, and appends them to a shared window of
+//! recent entries bounded in bytes. Streams read that window by position; a stream whose
+//! position has fallen out of the window (a laggard) reads the oplog itself from its
+//! position, so it holds no memory and slows no one. Writers never wait for streams: the commit pipeline only bumps a watch channel.
+//! Idle streams sleep on that channel and cost no CPU; with no stream open, nothing is
+//! decoded at all.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -56,12 +56,10 @@ pub struct Hub {
     window: RwLock<Window>,
     /// The last clusterTime the window holds (all entries up to it are decoded).
     tailed: watch::Sender<Timestamp>,
-    /// Serialises catching up, which the tailer and readers may both start.
+    /// Serialises catching up, which any reader may start.
     catching_up: Mutex<()>,
-    /// Open streams; while there are none the tailer sleeps.
+    /// Open streams; the window is moved to the present when the first one opens.
     open_streams: Arc<AtomicUsize>,
-    /// Wakes the sleeping tailer when the first stream opens.
-    first_stream: tokio::sync::Notify,
 }
 
 /// Counts an open stream for as long as it lives.
@@ -74,11 +72,11 @@ impl Drop for StreamSlot {
 }
 
 impl Hub {
-    /// Starts the tailer for a store.
+    /// The hub of a store.
     pub fn start(store: Store) -> Arc<Hub> {
         let now = store.committed_ts();
         let (tailed, _) = watch::channel(now);
-        let hub = Arc::new(Hub {
+        Arc::new(Hub {
             store: store.clone(),
             window: RwLock::new(Window {
                 entries: VecDeque::new(),
@@ -88,34 +86,11 @@ impl Hub {
             tailed,
             catching_up: Mutex::new(()),
             open_streams: Arc::new(AtomicUsize::new(0)),
-            first_stream: tokio::sync::Notify::new(),
-        });
-        let h = hub.clone();
-        let mut commits = store.subscribe();
-        tokio::spawn(async move {
-            loop {
-                // With no stream open, decoding would be wasted work, and so would waking
-                // up for every commit: sleep until a stream opens ([`Hub::register`] moves
-                // the window to the present first; a stream that starts earlier reads the
-                // log itself).
-                if h.open_streams.load(Ordering::SeqCst) == 0 {
-                    h.first_stream.notified().await;
-                    commits.mark_unchanged();
-                    continue;
-                }
-                if let Err(e) = h.catch_up() {
-                    tracing::error!(error = %e, "change hub could not read the oplog");
-                }
-                if commits.changed().await.is_err() {
-                    break;
-                }
-            }
-        });
-        hub
+        })
     }
 
     /// Makes sure every write acknowledged so far is in the window, so that a stream
-    /// opened (or resumed) right after a write sees it without waiting for the tailer.
+    /// opened (or resumed) right after a write sees it.
     ///
     /// # Errors
     /// On storage failure.
@@ -139,49 +114,52 @@ impl Hub {
     }
 
     fn catch_up(&self) -> Result<()> {
+        /// Entries decoded per step, so that a long gap never sits in memory at once.
+        const CHUNK: usize = 10_000;
         let _guard = self.catching_up.lock().unwrap();
-        let from = *self.tailed.borrow();
         let upto = self.store.committed_ts();
-        let mut last = from;
-        let mut fresh = Vec::new();
-        // New entries come from the log's in-memory tail, as encoded: no disk read.
-        for (ts, bytes) in self
-            .store
-            .read_log(ts_key(from), ts_key(upto), usize::MAX)?
-        {
-            let entry = OplogEntry::from_bytes(&bytes)?;
-            fresh.push(Arc::new(Decoded::new(entry, bytes.len())));
-            last = storage::oplog::key_ts(ts);
-        }
-        if fresh.is_empty() {
-            return Ok(());
-        }
-        {
-            let mut w = self.window.write().unwrap();
-            for d in fresh {
-                w.bytes += d.bytes;
-                w.entries.push_back(d);
+        loop {
+            let from = *self.tailed.borrow();
+            // New entries come from the log's in-memory tail, as encoded: no disk read.
+            let got = self.store.read_log(ts_key(from), ts_key(upto), CHUNK)?;
+            let Some(last) = got.last().map(|(ts, _)| storage::oplog::key_ts(*ts)) else {
+                return Ok(());
+            };
+            let full = got.len() == CHUNK;
+            let mut fresh = Vec::with_capacity(got.len());
+            for (_, bytes) in got {
+                let entry = OplogEntry::from_bytes(&bytes)?;
+                fresh.push(Arc::new(Decoded::new(entry, bytes.len())));
             }
-            while w.bytes > WINDOW_BYTES && w.entries.len() > 1 {
-                if let Some(old) = w.entries.pop_front() {
-                    w.bytes -= old.bytes;
-                    w.covered_from = ts_key(old.entry.ts) + 1;
+            {
+                let mut w = self.window.write().unwrap();
+                for d in fresh {
+                    w.bytes += d.bytes;
+                    w.entries.push_back(d);
+                }
+                while w.bytes > WINDOW_BYTES && w.entries.len() > 1 {
+                    if let Some(old) = w.entries.pop_front() {
+                        w.bytes -= old.bytes;
+                        w.covered_from = ts_key(old.entry.ts) + 1;
+                    }
                 }
             }
+            self.tailed.send_replace(last);
+            if !full {
+                return Ok(());
+            }
         }
-        self.tailed.send_replace(last);
-        Ok(())
     }
 
-    /// Registers an open stream (the tailer decodes only while some are open).
+    /// Registers an open stream.
     pub fn register(&self) -> StreamSlot {
         if self.open_streams.fetch_add(1, Ordering::SeqCst) == 0 {
-            // The tailer slept through the commits since the last stream closed: start
-            // the window at the present rather than decoding them all.
+            // Nobody read the commits since the last stream closed: start the window at
+            // the present rather than decoding them all (a stream that starts earlier
+            // reads the log itself).
             if let Err(e) = self.skip_ahead() {
                 tracing::error!(error = %e, "change hub could not read the oplog");
             }
-            self.first_stream.notify_one();
         }
         StreamSlot(self.open_streams.clone())
     }
@@ -191,9 +169,11 @@ impl Hub {
         *self.tailed.borrow()
     }
 
-    /// A receiver that changes as the tail advances.
+    /// A receiver that changes whenever a batch commits: a waiting stream wakes on it and
+    /// catches the window up itself ([`Hub::sync`]), with no tailer task in between (on
+    /// this machine each task hand-off cost more than decoding the entry).
     pub fn subscribe(&self) -> watch::Receiver<Timestamp> {
-        self.tailed.subscribe()
+        self.store.subscribe()
     }
 
     /// The store.

@@ -134,7 +134,7 @@ impl ResumeTokenData {
     /// `{_data: "<UPPERCASE HEX>"}` plus `_typeBits` (BinData 0) only when non-zero.
     pub fn to_document(&self) -> Document {
         let (key, tb) = self.key_string();
-        let hex: String = key.iter().map(|b| format!("{b:02X}")).collect();
+        let hex = doc::keystring::hex_upper(&key);
         let mut d = Document::new();
         d.insert("_data", hex);
         if !tb.is_empty() {
@@ -336,7 +336,7 @@ mod tests {
     }
 
     fn hex(b: &[u8]) -> String {
-        b.iter().map(|b| format!("{b:02X}")).collect()
+        doc::keystring::hex_upper(b)
     }
 
     fn crud(op: &str, key: Document) -> Document {

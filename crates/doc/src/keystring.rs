@@ -165,6 +165,17 @@ impl<'a> BitReader<'a> {
     }
 }
 
+/// Upper-case hex of `b`, as resume tokens' `_data` spells KeyString bytes.
+pub fn hex_upper(b: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
+    let mut s = String::with_capacity(b.len() * 2);
+    for &x in b {
+        s.push(DIGITS[usize::from(x >> 4)] as char);
+        s.push(DIGITS[usize::from(x & 0x0F)] as char);
+    }
+    s
+}
+
 /// Appends one value's encoding (type byte + payload), ascending or descending (all bytes
 /// inverted). The type bits are discarded; see [`append_value_with_type_bits`].
 pub fn append_value(buf: &mut Vec<u8>, v: &Bson, descending: bool) {
@@ -726,7 +737,9 @@ mod tests {
     use std::cmp::Ordering;
 
     fn hex(b: &[u8]) -> String {
-        b.iter().map(|b| format!("{b:02X}")).collect()
+        let h = hex_upper(b);
+        assert_eq!(h, b.iter().map(|b| format!("{b:02X}")).collect::<String>());
+        h
     }
 
     fn enc(v: &Bson) -> String {

@@ -130,9 +130,39 @@ impl OplogEntry {
         d
     }
 
-    /// Encodes for the oplog table.
+    /// Encodes in the shape of [`OplogEntry::to_document`], writing the BSON directly (the
+    /// document form would copy `o`, the inserted document, once more).
     pub fn to_bytes(&self) -> Vec<u8> {
-        bson::to_vec(&self.to_document()).expect("oplog entry serializes")
+        use bson::{RawBson, RawDocumentBuf};
+        let raw = |d: &Document| RawDocumentBuf::from_document(d).expect("document serializes");
+        let mut r = RawDocumentBuf::new();
+        r.append("op", self.op.code());
+        r.append("ns", self.ns.as_str());
+        if let Some(ui) = self.ui {
+            r.append("ui", RawBson::Binary(bson::Binary::from_uuid(ui)));
+        }
+        r.append("o", raw(&self.o));
+        if let Some(o2) = &self.o2 {
+            r.append("o2", raw(o2));
+        }
+        if let Some(l) = &self.lsid {
+            r.append("lsid", raw(l));
+        }
+        if let Some(t) = self.txn_number {
+            r.append("txnNumber", t);
+        }
+        if let Some(s) = self.stmt_id {
+            r.append("stmtId", s);
+        }
+        if self.in_txn {
+            r.append("inTxn", true);
+            r.append("txnOpIndex", self.txn_op_index);
+        }
+        r.append("ts", self.ts);
+        r.append("t", 1i64);
+        r.append("v", 2i64);
+        r.append("wall", self.wall);
+        r.into_bytes()
     }
 
     /// Decodes an entry from the oplog table.
@@ -200,6 +230,13 @@ mod tests {
         };
         e.wall = DateTime::from_millis(5000);
         e.txn_number = Some(3);
+        assert_eq!(OplogEntry::from_bytes(&e.to_bytes()).unwrap(), e);
+        assert_eq!(e.to_bytes(), bson::to_vec(&e.to_document()).unwrap());
+        e.lsid = Some(doc! {"id": bson::Uuid::new()});
+        e.stmt_id = Some(4);
+        e.in_txn = true;
+        e.txn_op_index = 2;
+        assert_eq!(e.to_bytes(), bson::to_vec(&e.to_document()).unwrap());
         assert_eq!(OplogEntry::from_bytes(&e.to_bytes()).unwrap(), e);
         assert_eq!(key_ts(ts_key(e.ts)), e.ts);
         assert!(

@@ -625,15 +625,29 @@ impl Writer {
     }
 }
 
-/// The redb tables of one write transaction.
+/// The redb tables of one write transaction, each opened when first used: opening all
+/// seven for every batch cost 35k instructions, most batches touch two or three.
 pub(crate) struct Handles<'t> {
-    catalog: Table<'t, &'static str, &'static [u8]>,
-    docs: Table<'t, &'static [u8], &'static [u8]>,
-    indexes: Table<'t, &'static [u8], &'static [u8]>,
-    meta: Table<'t, &'static str, &'static [u8]>,
-    sessions: Table<'t, &'static [u8], &'static [u8]>,
-    preimages: Table<'t, u64, &'static [u8]>,
-    txn_preimages: Table<'t, (u64, u32), &'static [u8]>,
+    txn: &'t WriteTransaction,
+    catalog: Option<Table<'t, &'static str, &'static [u8]>>,
+    docs: Option<Table<'t, &'static [u8], &'static [u8]>>,
+    indexes: Option<Table<'t, &'static [u8], &'static [u8]>>,
+    meta: Option<Table<'t, &'static str, &'static [u8]>>,
+    sessions: Option<Table<'t, &'static [u8], &'static [u8]>>,
+    preimages: Option<Table<'t, u64, &'static [u8]>>,
+    txn_preimages: Option<Table<'t, (u64, u32), &'static [u8]>>,
+}
+
+/// The handle of one table, opened on first use.
+macro_rules! table {
+    ($name:ident, $def:ident, $k:ty) => {
+        fn $name(&mut self) -> std::result::Result<&mut Table<'t, $k, &'static [u8]>, String> {
+            if self.$name.is_none() {
+                self.$name = Some(self.txn.open_table($def).map_err(|e| e.to_string())?);
+            }
+            Ok(self.$name.as_mut().expect("opened above"))
+        }
+    };
 }
 
 fn key_str(k: &[u8]) -> std::result::Result<&str, String> {
@@ -677,15 +691,24 @@ fn map_bound<'a, T>(
 impl<'t> Handles<'t> {
     pub(crate) fn open(txn: &'t WriteTransaction) -> Result<Handles<'t>> {
         Ok(Handles {
-            catalog: txn.open_table(CATALOG).map_err(storage_err)?,
-            docs: txn.open_table(DOCS).map_err(storage_err)?,
-            indexes: txn.open_table(INDEXES).map_err(storage_err)?,
-            meta: txn.open_table(META).map_err(storage_err)?,
-            sessions: txn.open_table(SESSIONS).map_err(storage_err)?,
-            preimages: txn.open_table(PREIMAGES).map_err(storage_err)?,
-            txn_preimages: txn.open_table(TXN_PREIMAGES).map_err(storage_err)?,
+            txn,
+            catalog: None,
+            docs: None,
+            indexes: None,
+            meta: None,
+            sessions: None,
+            preimages: None,
+            txn_preimages: None,
         })
     }
+
+    table!(catalog, CATALOG, &'static str);
+    table!(docs, DOCS, &'static [u8]);
+    table!(indexes, INDEXES, &'static [u8]);
+    table!(meta, META, &'static str);
+    table!(sessions, SESSIONS, &'static [u8]);
+    table!(preimages, PREIMAGES, u64);
+    table!(txn_preimages, TXN_PREIMAGES, (u64, u32));
 
     /// Makes one table change.
     pub(crate) fn apply(&mut self, op: &Op<'_>) -> std::result::Result<(), String> {
@@ -693,48 +716,52 @@ impl<'t> Handles<'t> {
         match *op {
             Op::Put(t, k, v) => {
                 match t {
-                    TableId::Catalog => self.catalog.insert(key_str(k)?, v).map(drop),
-                    TableId::Docs => self.docs.insert(k, v).map(drop),
-                    TableId::Indexes => self.indexes.insert(k, v).map(drop),
-                    TableId::Meta => self.meta.insert(key_str(k)?, v).map(drop),
-                    TableId::Sessions => self.sessions.insert(k, v).map(drop),
-                    TableId::Preimages => self.preimages.insert(key_u64(k)?, v).map(drop),
-                    TableId::TxnPreimages => self.txn_preimages.insert(key_pair(k)?, v).map(drop),
+                    TableId::Catalog => self.catalog()?.insert(key_str(k)?, v).map(drop),
+                    TableId::Docs => self.docs()?.insert(k, v).map(drop),
+                    TableId::Indexes => self.indexes()?.insert(k, v).map(drop),
+                    TableId::Meta => self.meta()?.insert(key_str(k)?, v).map(drop),
+                    TableId::Sessions => self.sessions()?.insert(k, v).map(drop),
+                    TableId::Preimages => self.preimages()?.insert(key_u64(k)?, v).map(drop),
+                    TableId::TxnPreimages => {
+                        self.txn_preimages()?.insert(key_pair(k)?, v).map(drop)
+                    }
                 }
                 .map_err(e)?;
             }
             Op::Del(t, k) => {
                 match t {
-                    TableId::Catalog => self.catalog.remove(key_str(k)?).map(drop),
-                    TableId::Docs => self.docs.remove(k).map(drop),
-                    TableId::Indexes => self.indexes.remove(k).map(drop),
-                    TableId::Meta => self.meta.remove(key_str(k)?).map(drop),
-                    TableId::Sessions => self.sessions.remove(k).map(drop),
-                    TableId::Preimages => self.preimages.remove(key_u64(k)?).map(drop),
-                    TableId::TxnPreimages => self.txn_preimages.remove(key_pair(k)?).map(drop),
+                    TableId::Catalog => self.catalog()?.remove(key_str(k)?).map(drop),
+                    TableId::Docs => self.docs()?.remove(k).map(drop),
+                    TableId::Indexes => self.indexes()?.remove(k).map(drop),
+                    TableId::Meta => self.meta()?.remove(key_str(k)?).map(drop),
+                    TableId::Sessions => self.sessions()?.remove(k).map(drop),
+                    TableId::Preimages => self.preimages()?.remove(key_u64(k)?).map(drop),
+                    TableId::TxnPreimages => self.txn_preimages()?.remove(key_pair(k)?).map(drop),
                 }
                 .map_err(e)?;
             }
             Op::DelRange(t, lo, hi) => {
                 match t {
-                    TableId::Catalog => self.catalog.retain_in::<&str, _>(
+                    TableId::Catalog => self.catalog()?.retain_in::<&str, _>(
                         (map_bound(lo, key_str)?, map_bound(hi, key_str)?),
                         |_, _| false,
                     ),
-                    TableId::Docs => self.docs.retain_in::<&[u8], _>((lo, hi), |_, _| false),
-                    TableId::Indexes => self.indexes.retain_in::<&[u8], _>((lo, hi), |_, _| false),
-                    TableId::Meta => self.meta.retain_in::<&str, _>(
+                    TableId::Docs => self.docs()?.retain_in::<&[u8], _>((lo, hi), |_, _| false),
+                    TableId::Indexes => self
+                        .indexes()?
+                        .retain_in::<&[u8], _>((lo, hi), |_, _| false),
+                    TableId::Meta => self.meta()?.retain_in::<&str, _>(
                         (map_bound(lo, key_str)?, map_bound(hi, key_str)?),
                         |_, _| false,
                     ),
-                    TableId::Sessions => {
-                        self.sessions.retain_in::<&[u8], _>((lo, hi), |_, _| false)
-                    }
-                    TableId::Preimages => self.preimages.retain_in::<u64, _>(
+                    TableId::Sessions => self
+                        .sessions()?
+                        .retain_in::<&[u8], _>((lo, hi), |_, _| false),
+                    TableId::Preimages => self.preimages()?.retain_in::<u64, _>(
                         (map_bound(lo, key_u64)?, map_bound(hi, key_u64)?),
                         |_, _| false,
                     ),
-                    TableId::TxnPreimages => self.txn_preimages.retain_in::<(u64, u32), _>(
+                    TableId::TxnPreimages => self.txn_preimages()?.retain_in::<(u64, u32), _>(
                         (map_bound(lo, key_pair)?, map_bound(hi, key_pair)?),
                         |_, _| false,
                     ),
@@ -751,7 +778,7 @@ impl<'t> Handles<'t> {
         let mut b = [0u8; 16];
         b[..8].copy_from_slice(&lsn.to_be_bytes());
         b[8..].copy_from_slice(&ts.to_be_bytes());
-        self.meta
+        self.meta()?
             .insert(META_APPLIED, b.as_slice())
             .map(drop)
             .map_err(|e| e.to_string())
@@ -973,11 +1000,11 @@ impl<'t> Tables<'t> {
         if let Some(m) = self.state.catalog_cache.get(&name) {
             return Ok(m.clone());
         }
-        let r = self
-            .h
-            .catalog
-            .get(name.as_str())
-            .map(|o| o.map(|v| v.value().to_vec()));
+        let r = self.h.catalog().and_then(|t| {
+            t.get(name.as_str())
+                .map(|o| o.map(|v| v.value().to_vec()))
+                .map_err(|e| e.to_string())
+        });
         let m = match r {
             Ok(Some(b)) => Some(CollectionMeta::from_bytes(&b)?),
             Ok(None) => None,
@@ -992,8 +1019,11 @@ impl<'t> Tables<'t> {
     /// # Errors
     /// On storage failure.
     pub fn collections(&mut self, db: Option<&str>) -> Result<Vec<CollectionMeta>> {
-        let r = list_catalog(&self.h.catalog, db);
-        r.map_err(|e| self.fail(e.message))
+        let r = self
+            .h
+            .catalog()
+            .and_then(|t| list_catalog(t, db).map_err(|e| e.message));
+        r.map_err(|e| self.fail(e))
     }
 
     /// Writes a catalog record.
@@ -1063,11 +1093,11 @@ impl<'t> Tables<'t> {
     /// On storage failure.
     pub fn get_doc(&mut self, coll_id: u64, id_key: &[u8]) -> Result<Option<Document>> {
         let k = doc_key(coll_id, id_key);
-        let r = self
-            .h
-            .docs
-            .get(k.as_slice())
-            .map(|o| o.map(|v| v.value().to_vec()));
+        let r = self.h.docs().and_then(|t| {
+            t.get(k.as_slice())
+                .map(|o| o.map(|v| v.value().to_vec()))
+                .map_err(|e| e.to_string())
+        });
         match r {
             Ok(Some(b)) => decode_doc(&b).map(Some),
             Ok(None) => Ok(None),
@@ -1102,14 +1132,15 @@ impl<'t> Tables<'t> {
     pub fn scan_docs(&mut self, coll_id: u64) -> Result<Vec<(Vec<u8>, Document)>> {
         let (lo, hi) = prefix_range(&coll_id.to_be_bytes());
         type Rows = Vec<(Vec<u8>, Vec<u8>)>;
-        let r: std::result::Result<Rows, redb::StorageError> = (|| {
+        let r: std::result::Result<Rows, String> = (|| {
             let mut out = Vec::new();
-            for item in self
+            let range = self
                 .h
-                .docs
-                .range::<&[u8]>((Bound::Included(lo.as_slice()), hi_bound(&hi)))?
-            {
-                let (k, v) = item?;
+                .docs()?
+                .range::<&[u8]>((Bound::Included(lo.as_slice()), hi_bound(&hi)))
+                .map_err(|e| e.to_string())?;
+            for item in range {
+                let (k, v) = item.map_err(|e| e.to_string())?;
                 out.push((k.value()[8..].to_vec(), v.value().to_vec()));
             }
             Ok(out)
@@ -1125,11 +1156,11 @@ impl<'t> Tables<'t> {
     /// # Errors
     /// On storage failure.
     pub fn index_get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let r = self
-            .h
-            .indexes
-            .get(key)
-            .map(|o| o.map(|v| v.value().to_vec()));
+        let r = self.h.indexes().and_then(|t| {
+            t.get(key)
+                .map(|o| o.map(|v| v.value().to_vec()))
+                .map_err(|e| e.to_string())
+        });
         r.map_err(|e| self.fail(e))
     }
 
@@ -1324,11 +1355,11 @@ impl<'t> Tables<'t> {
     /// # Errors
     /// On storage failure.
     pub fn session_record(&mut self, key: &[u8]) -> Result<Option<Document>> {
-        let r = self
-            .h
-            .sessions
-            .get(key)
-            .map(|o| o.map(|v| v.value().to_vec()));
+        let r = self.h.sessions().and_then(|t| {
+            t.get(key)
+                .map(|o| o.map(|v| v.value().to_vec()))
+                .map_err(|e| e.to_string())
+        });
         match r {
             Ok(Some(b)) => decode_doc(&b).map(Some),
             Ok(None) => Ok(None),

@@ -44,7 +44,7 @@ pub(crate) fn value(v: &Bson) -> String {
         Bson::JavaScriptCode(c) => c.clone(),
         Bson::JavaScriptCodeWithScope(c) => c.code.clone(),
         Bson::Binary(b) => {
-            let hex: String = b.bytes.iter().map(|x| format!("{x:02X}")).collect();
+            let hex = doc::keystring::hex_upper(&b.bytes);
             format!("BinData({}, {hex})", u8::from(b.subtype))
         }
         Bson::DbPointer(_) => "DBRef(...)".to_string(),
