@@ -302,6 +302,14 @@ async fn recovery(log_mb: u64) {
     server.child.kill().unwrap();
     server.child.wait().unwrap();
     let bin = std::env::current_exe().expect("exe").with_file_name("eddy");
+    if std::env::var_os("EDDY_BENCH_KEEP").is_some() {
+        // For profiling the restart by hand: leave the crashed directory behind.
+        let keep = dir.with_extension("kept");
+        let _ = std::fs::remove_dir_all(&keep);
+        std::fs::rename(&dir, &keep).unwrap();
+        println!("recovery: crashed data directory kept at {}", keep.display());
+        return;
+    }
     let t0 = Instant::now();
     let mut child = Command::new(&bin)
         .args([
