@@ -5,7 +5,7 @@
 #
 # PostgreSQL: a throw-away cluster on 127.0.0.1 (synchronous_commit=on, fsync=on,
 # wal_sync_method=fdatasync), pgbench -j 2 running a one-row INSERT into a jsonb table
-# with 8 and 64 clients. Eddy: `eddy-bench inserts` (1, 8 and 64 connections of
+# with 1, 8 and 64 clients. Eddy: `eddy-bench inserts` (1, 8 and 64 connections of
 # single-document inserts through the Rust driver, default write concern). Installs
 # PostgreSQL from Debian's packages if it is missing. A program that prints figures, not a
 # test.
@@ -49,7 +49,7 @@ pg_cpu() {
   done
   echo "$total"
 }
-for clients in 8 64; do
+for clients in 1 8 64; do
   before=$(pg_cpu)
   out=$("${as[@]}" "$bindir/pgbench" -h 127.0.0.1 -p "$port" -U bench -n -c "$clients" -j 2 -T "$secs" -f "$root/insert.sql" postgres 2>&1)
   after=$(pg_cpu)
