@@ -79,27 +79,32 @@ fn start_server() -> (Server, String) {
     spawn_server(dir, port, &[])
 }
 
+/// The `eddy` built next to this binary, on `port` with data in `dir`.
+fn eddy_command(dir: &std::path::Path, port: u16, extra: &[&str]) -> Command {
+    let bin = std::env::current_exe().expect("exe").with_file_name("eddy");
+    let mut c = Command::new(bin);
+    c.args([
+        "--port",
+        &port.to_string(),
+        "--dbpath",
+        dir.to_str().unwrap(),
+        "--quiet",
+    ])
+    .args(extra)
+    .stdout(Stdio::null())
+    .stderr(Stdio::inherit());
+    c
+}
+
 /// Starts `eddy` on `port` with data in `dir` (kept as it is) and waits until it accepts.
 fn spawn_server(dir: std::path::PathBuf, port: u16, extra: &[&str]) -> (Server, String) {
     let bin = std::env::current_exe().expect("exe").with_file_name("eddy");
-    let child = Command::new(&bin)
-        .args([
-            "--port",
-            &port.to_string(),
-            "--dbpath",
-            dir.to_str().unwrap(),
-            "--quiet",
-        ])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot start {}: {e} (cargo build --release first)",
-                bin.display()
-            )
-        });
+    let child = eddy_command(&dir, port, extra).spawn().unwrap_or_else(|e| {
+        panic!(
+            "cannot start {}: {e} (cargo build --release first)",
+            bin.display()
+        )
+    });
     for _ in 0..200 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             break;
@@ -301,29 +306,19 @@ async fn recovery(log_mb: u64) {
     let logged = dir_bytes(&dir.join("log"));
     server.child.kill().unwrap();
     server.child.wait().unwrap();
-    let bin = std::env::current_exe().expect("exe").with_file_name("eddy");
     if std::env::var_os("EDDY_BENCH_KEEP").is_some() {
         // For profiling the restart by hand: leave the crashed directory behind.
         let keep = dir.with_extension("kept");
         let _ = std::fs::remove_dir_all(&keep);
         std::fs::rename(&dir, &keep).unwrap();
-        println!("recovery: crashed data directory kept at {}", keep.display());
+        println!(
+            "recovery: crashed data directory kept at {}",
+            keep.display()
+        );
         return;
     }
     let t0 = Instant::now();
-    let mut child = Command::new(&bin)
-        .args([
-            "--port",
-            &port.to_string(),
-            "--dbpath",
-            dir.to_str().unwrap(),
-            "--quiet",
-        ])
-        .args(hold)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let mut child = eddy_command(&dir, port, &hold).spawn().unwrap();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         std::thread::sleep(Duration::from_millis(5));
     }

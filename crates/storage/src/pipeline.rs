@@ -772,6 +772,21 @@ impl<'t> Handles<'t> {
         Ok(())
     }
 
+    /// The value under `key` in a byte-keyed or text-keyed table, copied out.
+    fn get(&mut self, t: TableId, key: &[u8]) -> std::result::Result<Option<Vec<u8>>, String> {
+        let copy = |v: Option<redb::AccessGuard<'_, &'static [u8]>>| v.map(|v| v.value().to_vec());
+        let e = |e: redb::StorageError| e.to_string();
+        Ok(match t {
+            TableId::Catalog => copy(self.catalog()?.get(key_str(key)?).map_err(e)?),
+            TableId::Meta => copy(self.meta()?.get(key_str(key)?).map_err(e)?),
+            TableId::Docs => copy(self.docs()?.get(key).map_err(e)?),
+            TableId::Indexes => copy(self.indexes()?.get(key).map_err(e)?),
+            TableId::Sessions => copy(self.sessions()?.get(key).map_err(e)?),
+            TableId::Preimages => copy(self.preimages()?.get(key_u64(key)?).map_err(e)?),
+            TableId::TxnPreimages => copy(self.txn_preimages()?.get(key_pair(key)?).map_err(e)?),
+        })
+    }
+
     /// Records the lsn and clusterTime the tables hold (at checkpoints and at the end of
     /// replay: the lsn a restart replays after).
     pub(crate) fn set_applied(&mut self, lsn: u64, ts: u64) -> std::result::Result<(), String> {
@@ -1000,11 +1015,7 @@ impl<'t> Tables<'t> {
         if let Some(m) = self.state.catalog_cache.get(&name) {
             return Ok(m.clone());
         }
-        let r = self.h.catalog().and_then(|t| {
-            t.get(name.as_str())
-                .map(|o| o.map(|v| v.value().to_vec()))
-                .map_err(|e| e.to_string())
-        });
+        let r = self.h.get(TableId::Catalog, name.as_bytes());
         let m = match r {
             Ok(Some(b)) => Some(CollectionMeta::from_bytes(&b)?),
             Ok(None) => None,
@@ -1093,11 +1104,7 @@ impl<'t> Tables<'t> {
     /// On storage failure.
     pub fn get_doc(&mut self, coll_id: u64, id_key: &[u8]) -> Result<Option<Document>> {
         let k = doc_key(coll_id, id_key);
-        let r = self.h.docs().and_then(|t| {
-            t.get(k.as_slice())
-                .map(|o| o.map(|v| v.value().to_vec()))
-                .map_err(|e| e.to_string())
-        });
+        let r = self.h.get(TableId::Docs, &k);
         match r {
             Ok(Some(b)) => decode_doc(&b).map(Some),
             Ok(None) => Ok(None),
@@ -1156,11 +1163,7 @@ impl<'t> Tables<'t> {
     /// # Errors
     /// On storage failure.
     pub fn index_get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let r = self.h.indexes().and_then(|t| {
-            t.get(key)
-                .map(|o| o.map(|v| v.value().to_vec()))
-                .map_err(|e| e.to_string())
-        });
+        let r = self.h.get(TableId::Indexes, key);
         r.map_err(|e| self.fail(e))
     }
 
@@ -1355,11 +1358,7 @@ impl<'t> Tables<'t> {
     /// # Errors
     /// On storage failure.
     pub fn session_record(&mut self, key: &[u8]) -> Result<Option<Document>> {
-        let r = self.h.sessions().and_then(|t| {
-            t.get(key)
-                .map(|o| o.map(|v| v.value().to_vec()))
-                .map_err(|e| e.to_string())
-        });
+        let r = self.h.get(TableId::Sessions, key);
         match r {
             Ok(Some(b)) => decode_doc(&b).map(Some),
             Ok(None) => Ok(None),

@@ -18,6 +18,11 @@ pub(crate) fn free_port() -> u16 {
 /// Starts the `eddy` binary as its own process (so tests can `kill -9` it) and waits
 /// until it accepts connections.
 pub(crate) async fn start(dir: &std::path::Path, port: u16) -> Child {
+    start_with(dir, port, &[]).await
+}
+
+/// Like [`start`], with more command-line flags.
+pub(crate) async fn start_with(dir: &std::path::Path, port: u16, extra: &[&str]) -> Child {
     let child = Command::new(env!("CARGO_BIN_EXE_eddy"))
         .args([
             "--port",
@@ -26,6 +31,7 @@ pub(crate) async fn start(dir: &std::path::Path, port: u16) -> Child {
             dir.to_str().unwrap(),
             "--quiet",
         ])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)

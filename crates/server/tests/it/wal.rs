@@ -12,7 +12,7 @@ use mongodb::Client;
 use mongodb::change_stream::event::ResumeToken;
 use mongodb::options::ClientOptions;
 
-use crate::crash::{free_port, start};
+use crate::crash::{free_port, start, start_with};
 
 /// A small deterministic generator, seeded so that a failing run can be repeated.
 struct Rng(u64);
@@ -488,26 +488,7 @@ async fn a_flipped_byte_in_an_old_segment_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     // 16 MB of oplog: 1 MB segments.
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_eddy"))
-        .args([
-            "--port",
-            &port.to_string(),
-            "--dbpath",
-            dir.path().to_str().unwrap(),
-        ])
-        .args(["--quiet", "--oplogSize", "16"])
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let mut child = start_with(dir.path(), port, &["--oplogSize", "16"]).await;
     let client = testkit::client_for(port).await;
     let c = client.database("wal").collection::<Document>("old");
     for b in 0..30 {
