@@ -24,18 +24,27 @@ use crate::{Reply, ServerCtx, util};
 pub(crate) struct Session {
     lsid: Option<Document>,
     txn_number: Option<i64>,
+    /// `bypassDocumentValidation`: the command's writes skip the collection's validator.
+    pub(crate) bypass_validation: bool,
 }
 
 impl Session {
     pub(crate) fn of(cmd: &Document) -> Session {
+        let bypass_validation = cmd
+            .get("bypassDocumentValidation")
+            .is_some_and(query::expr::truthy);
         // Inside a transaction the session fields go on the commit's applyOps entry, and
         // statements are not individually retryable.
         if crate::txn::in_txn() {
-            return Session::default();
+            return Session {
+                bypass_validation,
+                ..Session::default()
+            };
         }
         Session {
             lsid: cmd.get_document("lsid").ok().cloned(),
             txn_number: util::get_i64(cmd, "txnNumber"),
+            bypass_validation,
         }
     }
 
@@ -181,6 +190,7 @@ pub(crate) fn insert_one(
     s: &Session,
     stmt: usize,
 ) -> Result<()> {
+    exec::validate::check(meta, d, None, s.bypass_validation)?;
     exec::write::insert_doc(w, meta, d)?;
     let key = doc! {"_id": d.get("_id").cloned().unwrap_or(Bson::Null)};
     w.log(s.entry(
@@ -273,6 +283,7 @@ fn update_one(
     s: &Session,
     stmt: usize,
 ) -> Result<()> {
+    exec::validate::check(meta, new, Some(old), s.bypass_validation)?;
     exec::write::replace_doc(w, meta, old, new)?;
     let key = doc! {"_id": new.get("_id").cloned().unwrap_or(Bson::Null)};
     let o = match delta {
@@ -1033,7 +1044,10 @@ pub async fn aggregate(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result
                 format!("{name} cannot be used with a 'linearizable' read concern level"),
             ));
         }
-        write_out(ctx, stage, out).await?;
+        let bypass = cmd
+            .get("bypassDocumentValidation")
+            .is_some_and(query::expr::truthy);
+        write_out(ctx, stage, out, bypass).await?;
         return Ok(Reply::ok(
             doc! {"cursor": {"firstBatch": [], "id": 0i64, "ns": ns}},
         ));
@@ -1049,18 +1063,44 @@ pub async fn aggregate(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result
 }
 
 /// Writes the results of `$out` (replacing the target) or `$merge`.
-async fn write_out(ctx: &Arc<ServerCtx>, stage: OutStage, docs: Vec<Document>) -> Result<()> {
+async fn write_out(
+    ctx: &Arc<ServerCtx>,
+    stage: OutStage,
+    docs: Vec<Document>,
+    bypass: bool,
+) -> Result<()> {
     ctx.store
         .write(move |w| {
-            let s = Session::default();
+            let s = Session {
+                bypass_validation: bypass,
+                ..Session::default()
+            };
             match stage {
                 OutStage::Out { db, coll } => {
                     let ns = Namespace::new(db, coll);
                     storage::catalog::validate_coll_name(&ns)?;
-                    if let Some(m) = w.collection(&ns)? {
-                        crate::ddl::drop_in(w, &m)?;
-                    }
-                    let (mut meta, _) = ensure_collection(w, &ns)?;
+                    // The new contents replace the old, but the collection keeps its options
+                    // (its validator among them) and its indexes, as in MongoDB.
+                    let mut meta = match w.collection(&ns)? {
+                        Some(m) if m.is_view() => {
+                            return Err(MongoError::new(
+                                ErrorCode::CommandNotSupportedOnView,
+                                format!("Namespace {} is a view, not a collection", ns.full()),
+                            ));
+                        }
+                        Some(m) => {
+                            crate::ddl::drop_in(w, &m)?;
+                            let mut fresh = crate::ddl::create_in(w, &ns, m.options.clone())?;
+                            for ix in m.indexes.iter().filter(|ix| !ix.is_id()) {
+                                let mut ix = ix.clone();
+                                ix.id = w.new_id();
+                                fresh.indexes.push(ix);
+                            }
+                            w.put_collection(&fresh)?;
+                            fresh
+                        }
+                        None => ensure_collection(w, &ns)?.0,
+                    };
                     for (i, d) in docs.iter().enumerate() {
                         insert_one(w, &mut meta, &with_id(d), &s, i)?;
                     }

@@ -150,14 +150,27 @@ fn validate_options(opts: &Document) -> Result<()> {
                     ));
                 }
             }
-            "validator"
-            | "collation"
+            "validator" => {
+                let Bson::Document(v) = v else {
+                    return Err(MongoError::type_mismatch(format!(
+                        "BSON field 'create.validator' is the wrong type '{}', expected type 'object'",
+                        util::type_name(v)
+                    )));
+                };
+                query::validation::Validator::parse(v)?;
+            }
+            "validationLevel" => {
+                exec::validate::parse_level("create", v)?;
+            }
+            "validationAction" => {
+                exec::validate::parse_action("create", v)?;
+            }
+            "collation"
             | "storageEngine"
             | "indexOptionDefaults"
             | "clusteredIndex"
             | "timeseries"
             | "idIndex" => {}
-            "validationLevel" | "validationAction" => {}
             "expireAfterSeconds" | "encryptedFields" | "recordPreImages" => {}
             other => {
                 return Err(MongoError::with_code(
@@ -183,6 +196,9 @@ pub async fn create(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Re
         }
     }
     validate_options(&options)?;
+    if options.contains_key("validator") {
+        exec::validate::check_namespace(&ns)?;
+    }
     // Stored expanded, as listCollections reports it; a simple collation is no collation.
     if let Some(c) = options.get("collation") {
         match doc::Collation::from_option(Some(c))? {
@@ -344,11 +360,31 @@ pub async fn coll_mod(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<
             changes.insert(k.clone(), v.clone());
         }
     }
+    if changes.contains_key("index") {
+        // Hiding indexes and changing their TTL or uniqueness are not implemented: refused
+        // rather than accepted and ignored.
+        return Err(MongoError::new(
+            ErrorCode::InvalidOptions,
+            "collMod 'index' (hidden, expireAfterSeconds, prepareUnique, unique) is not supported by Eddy",
+        ));
+    }
     let mut check = changes.clone();
-    check.remove("index");
-    check.remove("validationLevel");
-    check.remove("validationAction");
+    for k in ["validationLevel", "validationAction"] {
+        if let Some(v) = check.remove(k) {
+            if k == "validationLevel" {
+                exec::validate::parse_level("collMod", &v)?;
+            } else {
+                exec::validate::parse_action("collMod", &v)?;
+            }
+        }
+    }
     validate_options(&check)?;
+    if changes
+        .get_document("validator")
+        .is_ok_and(|v| !v.is_empty())
+    {
+        exec::validate::check_namespace(&ns)?;
+    }
     ctx.store
         .write(move |w| {
             let Some(mut meta) = w.collection(&ns)? else {
@@ -361,6 +397,11 @@ pub async fn coll_mod(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<
             before.extend(meta.options.clone());
             for (k, v) in &changes {
                 if k == "index" {
+                    continue;
+                }
+                // An empty validator removes validation.
+                if k == "validator" && v.as_document().is_some_and(Document::is_empty) {
+                    meta.options.remove("validator");
                     continue;
                 }
                 meta.options.insert(k.clone(), v.clone());

@@ -81,6 +81,11 @@ fn add_extra(d: &mut Document, e: &MongoError) {
                     d.insert("keyValue", v);
                 }
             }
+            ExtraInfo::ErrInfo(info) => {
+                if let Ok(v) = Document::from_reader(info.as_slice()) {
+                    d.insert("errInfo", v);
+                }
+            }
         }
     }
 }

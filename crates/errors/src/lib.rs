@@ -163,6 +163,13 @@ error_codes! {
     UnrecognizedCommand = 52_000,
     ObjectIsBusy = 314,
     MaxSubPipelineDepthExceeded = 5_058_100,
+    DocumentValidationFailure = 121,
+    QueryFeatureNotAllowed = 224,
+    UnsatisfiableWriteConcern = 100,
+    UnknownReplWriteConcern = 79,
+    WriteConcernFailed = 64,
+    QueryExceededMemoryLimitNoDiskUseAllowed = 292,
+    ExceededMemoryLimit = 146,
 }
 
 /// Labels a driver reads to decide whether to retry or resume.
@@ -208,6 +215,8 @@ pub enum ExtraInfo {
         key_pattern: Vec<u8>,
         key_value: Vec<u8>,
     },
+    /// An `errInfo` document (DocumentValidationFailure's details), as raw BSON bytes.
+    ErrInfo(Vec<u8>),
 }
 
 impl MongoError {

@@ -6,6 +6,8 @@
 //!   indexes) and the `_id` record key.
 //! - [`write`]: insert, replace and delete of one document with its index entries, checking
 //!   unique constraints before changing anything; index builds.
+//! - [`validate`]: collection validators on writes (`validationLevel`, `validationAction`,
+//!   `bypassDocumentValidation`).
 //! - [`collation`]: the collation of an operation (explicit or the collection default) and
 //!   of an index.
 //! - [`plan`]: choosing a collection scan or an index scan for a filter and sort, and running
@@ -14,6 +16,7 @@
 pub mod collation;
 pub mod keys;
 pub mod plan;
+pub mod validate;
 pub mod write;
 
 pub use keys::id_key;

@@ -8,7 +8,7 @@
 #![allow(clippy::collapsible_if, clippy::collapsible_match)]
 
 mod regex;
-mod schema;
+pub(crate) mod schema;
 
 use std::borrow::Cow;
 use std::cmp::Ordering;

@@ -5,6 +5,7 @@
 //! - [`sort`]: sort specifications.
 //! - [`expr`]: aggregation expressions.
 //! - [`pipeline`]: aggregation stages.
+//! - [`validation`]: collection validators and the `errInfo` of documents that fail them.
 //! - [`update`]: update operators, replacements and pipeline updates, each yielding the
 //!   field-level delta that change events report as `updateDescription`.
 //!
@@ -17,6 +18,7 @@ pub mod pipeline;
 pub mod projection;
 pub mod sort;
 pub mod update;
+pub mod validation;
 
 #[cfg(test)]
 mod collation_tests;

@@ -32,6 +32,15 @@ pub(crate) struct Schema {
     any_of: Vec<Schema>,
     one_of: Vec<Schema>,
     not: Option<Box<Schema>>,
+    /// `dependencies`: when the property is present, these properties must be too, or the
+    /// whole document must satisfy the schema.
+    dependencies: Vec<(String, Dependency)>,
+}
+
+#[derive(Debug, Clone)]
+enum Dependency {
+    Properties(Vec<String>),
+    Schema(Box<Schema>),
 }
 
 #[derive(Debug, Clone)]
@@ -235,7 +244,45 @@ impl Schema {
                     };
                     s.not = Some(Box::new(Schema::parse(d)?));
                 }
-                "title" | "description" | "$schema" | "id" | "$id" | "dependencies" | "encrypt" => {
+                "dependencies" => {
+                    let Bson::Document(deps) = v else {
+                        return Err(bad("$jsonSchema keyword 'dependencies' must be an object"));
+                    };
+                    for (p, dep) in deps {
+                        let dep = match dep {
+                            Bson::Document(d) => Dependency::Schema(Box::new(Schema::parse(d)?)),
+                            Bson::Array(a) => {
+                                let mut names = Vec::new();
+                                for n in a {
+                                    let Bson::String(n) = n else {
+                                        return Err(bad(format!(
+                                            "property '{p}' in $jsonSchema keyword 'dependencies' must be either an object or an array of strings"
+                                        )));
+                                    };
+                                    names.push(n.clone());
+                                }
+                                Dependency::Properties(names)
+                            }
+                            _ => {
+                                return Err(bad(format!(
+                                    "property '{p}' in $jsonSchema keyword 'dependencies' must be either an object or an array of strings"
+                                )));
+                            }
+                        };
+                        s.dependencies.push((p.clone(), dep));
+                    }
+                }
+                "title" | "description" => {}
+                "$ref" | "$schema" | "default" | "definitions" | "format" | "id" => {
+                    return Err(bad(format!(
+                        "$jsonSchema keyword '{k}' is not currently supported"
+                    )));
+                }
+                "encrypt" | "encryptMetadata" => {
+                    return Err(MongoError::new(
+                        errors::ErrorCode::QueryFeatureNotAllowed,
+                        "Encryption-related $jsonSchema keywords are not supported: client-side field level encryption is not implemented",
+                    ));
                 }
                 other => {
                     return Err(bad(format!("Unknown $jsonSchema keyword: {other}")));
@@ -253,6 +300,11 @@ impl Schema {
 
     pub(crate) fn matches_doc(&self, d: &Document) -> bool {
         self.matches(&Bson::Document(d.clone()))
+    }
+
+    /// Whether a value (not only a document) satisfies the schema.
+    pub(crate) fn matches_value(&self, v: &Bson) -> bool {
+        self.matches(v)
     }
 
     fn matches(&self, v: &Bson) -> bool {
@@ -336,6 +388,18 @@ impl Schema {
         if let Bson::Document(d) = v {
             if !self.required.iter().all(|r| d.contains_key(r)) {
                 return false;
+            }
+            for (p, dep) in &self.dependencies {
+                if !d.contains_key(p) {
+                    continue;
+                }
+                let ok = match dep {
+                    Dependency::Properties(names) => names.iter().all(|n| d.contains_key(n)),
+                    Dependency::Schema(s) => s.matches(v),
+                };
+                if !ok {
+                    return false;
+                }
             }
             let n = d.len() as u64;
             if self.min_properties.is_some_and(|m| n < m)

@@ -10,6 +10,7 @@ mod ddl;
 mod local_sessions;
 mod protocol;
 mod transactions;
+mod validation;
 mod wal;
 
 use bson::Document;
