@@ -197,7 +197,9 @@ pub fn get_cmd_line_opts(ctx: &ServerCtx) -> Reply {
 /// # Errors
 /// InvalidOptions when no parameter asked for exists.
 pub fn get_parameter(ctx: &ServerCtx, cmd: &Document) -> Result<Reply> {
-    let params = ctx.parameters.lock().unwrap().clone();
+    let mut params = ctx.parameters.lock().unwrap().clone();
+    params.insert("logLevel", crate::logs::log_level());
+    params.insert("logComponentVerbosity", crate::logs::component_verbosity());
     if matches!(cmd.get("getParameter"), Some(Bson::String(s)) if s == "*") {
         return Ok(Reply::ok(params));
     }
@@ -234,6 +236,14 @@ pub fn set_parameter(ctx: &ServerCtx, cmd: &Document) -> Result<Reply> {
             return Err(MongoError::bad_value(
                 "not allowed to change [enableTestCommands] at runtime",
             ));
+        }
+        if k == "logLevel" {
+            was.insert("was", crate::logs::set_log_level(v)?);
+            continue;
+        }
+        if k == "logComponentVerbosity" {
+            was.insert("was", crate::logs::set_component_verbosity(v)?);
+            continue;
         }
         match params.get(k) {
             Some(old) => {

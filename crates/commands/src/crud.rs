@@ -846,6 +846,16 @@ fn count_matching(
     filter: Filter,
     hint: Option<&Bson>,
 ) -> Result<Option<DocSource>> {
+    // The oplog and the pre-images are read like collections (count, distinct).
+    if ns.db == "local" && ns.coll == "oplog.rs" {
+        return oplog_source(snap, filter, false).map(Some);
+    }
+    if ns.db == "config" && ns.coll == "system.preimages" {
+        let recs = snap.preimage_records()?;
+        return Ok(Some(Box::new(
+            recs.into_iter().filter(move |d| filter.matches(d)).map(Ok),
+        )));
+    }
     let Some(meta) = snap.collection(ns)? else {
         return Ok(None);
     };
@@ -959,6 +969,17 @@ pub async fn aggregate(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result
         return crate::cursor::open_change_stream(ctx, db, cmd, &stages).await;
     }
     let (stages, local_sessions) = crate::sessions::take_list_local_sessions(ctx, cmd, stages)?;
+    // `$collStats` produces one document about the collection, for the rest to work on.
+    let (stages, coll_stats_spec) = match stages.first().and_then(|s| s.get("$collStats")) {
+        Some(spec) => (stages[1..].to_vec(), Some(spec.clone())),
+        None => (stages, None),
+    };
+    if stages.iter().any(|s| s.contains_key("$collStats")) {
+        return Err(MongoError::with_code(
+            40602,
+            "$collStats is only valid as the first stage in a pipeline",
+        ));
+    }
     let explain = util::get_bool(cmd, "explain").unwrap_or(false);
     let batch_size = match cmd.get_document("cursor") {
         Ok(c) => util::opt_count(c, "batchSize")?,
@@ -992,7 +1013,18 @@ pub async fn aggregate(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result
         Some(ns) => pipeline.with_collation(exec::collation::for_read(cmd, &snap, ns)?),
         None => pipeline.with_collation(exec::collation::for_operation(cmd, None)?),
     };
+    let coll_stats_input = match (&coll_stats_spec, &coll) {
+        (Some(spec), Some(ns)) => Some(vec![crate::stats::coll_stats_stage(ctx, ns, spec)?]),
+        (Some(_), None) => {
+            return Err(MongoError::new(
+                ErrorCode::InvalidNamespace,
+                "$collStats must be run against a collection namespace",
+            ));
+        }
+        (None, _) => None,
+    };
     let (input, plan) = match &coll {
+        _ if coll_stats_input.is_some() => (coll_stats_input.unwrap_or_default(), Plan::CollScan),
         Some(ns) if ns.db == "config" && ns.coll == "system.preimages" => {
             (snap.preimage_records()?, Plan::CollScan)
         }

@@ -429,31 +429,50 @@ pub async fn coll_mod(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<
 /// A storage error, a bad filter.
 pub fn list_databases(ctx: &ServerCtx, cmd: &Document) -> Result<Reply> {
     let snap = ctx.store.snapshot()?;
-    let mut names: Vec<String> = snap
-        .collections(None)?
-        .into_iter()
-        .map(|m| m.ns.db)
-        .collect();
-    names.dedup();
+    let mut sizes: std::collections::BTreeMap<String, (i64, bool)> =
+        std::collections::BTreeMap::new();
+    // As on any replica set member: admin, config and local are always there (local holds
+    // the oplog; admin and config are empty until something is stored in them).
+    for d in ["admin", "config", "local"] {
+        sizes.insert(d.into(), (0, true));
+    }
+    let name_only = util::get_bool(cmd, "nameOnly").unwrap_or(false);
+    for m in snap.collections(None)? {
+        let e = sizes.entry(m.ns.db.clone()).or_insert((0, true));
+        e.1 = false;
+        if !name_only && !m.is_view() {
+            let (_, data, keys) = snap.collection_size(m.id)?;
+            let mut b = (data + keys) as i64;
+            for ix in m.indexes.iter().filter(|i| !i.is_id()) {
+                b += snap.index_size(ix.id)? as i64;
+            }
+            e.0 += b;
+        }
+    }
+    if let Some(e) = sizes.get_mut("local") {
+        e.0 += ctx.store.log().bytes() as i64;
+        e.1 = false;
+    }
     let filter = util::opt_doc(cmd, "filter")?
         .map(Filter::parse)
         .transpose()?;
-    let name_only = util::get_bool(cmd, "nameOnly").unwrap_or(false);
     let mut dbs = Vec::new();
-    for n in names {
+    let mut total = 0i64;
+    for (n, (size, empty)) in sizes {
         let d = if name_only {
             doc! {"name": &n}
         } else {
-            doc! {"name": &n, "sizeOnDisk": 8192i64, "empty": false}
+            doc! {"name": &n, "sizeOnDisk": size, "empty": empty}
         };
         if filter.as_ref().is_none_or(|f| f.matches(&d)) {
+            total += size;
             dbs.push(Bson::Document(d));
         }
     }
     let mut r = doc! {"databases": dbs};
     if !name_only {
-        r.insert("totalSize", 8192i64);
-        r.insert("totalSizeMb", 0i64);
+        r.insert("totalSize", total);
+        r.insert("totalSizeMb", total / (1024 * 1024));
     }
     Ok(Reply::ok(r))
 }
@@ -482,11 +501,28 @@ pub fn list_collections(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Rep
         .transpose()?;
     let name_only = util::get_bool(cmd, "nameOnly").unwrap_or(false);
     let mut out = Vec::new();
-    for m in snap.collections(Some(db))? {
-        let info = collection_info(&m);
+    let mut infos: Vec<(String, Document)> = snap
+        .collections(Some(db))?
+        .iter()
+        .map(|m| (m.ns.coll.clone(), collection_info(m)))
+        .collect();
+    // The oplog, a capped collection of the log's entries, as on any replica set member.
+    if db == "local" {
+        infos.push((
+            "oplog.rs".into(),
+            doc! {
+                "name": "oplog.rs",
+                "type": "collection",
+                "options": {"capped": true, "size": ctx.config.oplog_size_bytes as i64},
+                "info": {"readOnly": true},
+            },
+        ));
+        infos.sort_by(|a, b| a.0.cmp(&b.0));
+    }
+    for (coll, info) in infos {
         if filter.as_ref().is_none_or(|f| f.matches(&info)) {
             out.push(if name_only {
-                doc! {"name": &m.ns.coll, "type": info.get_str("type").unwrap_or("collection")}
+                doc! {"name": &coll, "type": info.get_str("type").unwrap_or("collection")}
             } else {
                 info
             });
@@ -610,6 +646,50 @@ fn settle_collation(ix: &mut IndexMeta, own: IndexCollation, meta: &CollectionMe
     Ok(())
 }
 
+/// Whether an index spec asks for the `_id` index, checked as MongoDB checks one.
+fn is_id_index_spec(d: &Document) -> Result<bool> {
+    let Ok(key) = d.get_document("key") else {
+        return Ok(false);
+    };
+    let name = d.get_str("name").ok();
+    let id_dir = if key.len() == 1 {
+        key.get("_id").and_then(doc::compare::as_f64)
+    } else {
+        None
+    };
+    match (id_dir, name) {
+        (Some(1.0), _) => {}
+        (Some(_), _) => {
+            return Err(MongoError::bad_value(format!(
+                "The field 'key' for an _id index must be {{_id: 1}}, but got {key}"
+            )));
+        }
+        (None, Some("_id_")) => {
+            return Err(MongoError::bad_value(format!(
+                "The index name '_id_' is reserved for the _id index, which must have key pattern {{_id: 1}}, found {key}"
+            )));
+        }
+        (None, _) => return Ok(false),
+    }
+    for k in d.keys() {
+        if !matches!(k.as_str(), "key" | "name" | "v" | "collation" | "ns") {
+            return Err(MongoError::new(
+                ErrorCode::InvalidIndexSpecificationOption,
+                format!(
+                    "The field '{k}' is not valid for an _id index specification. Specification: {d}"
+                ),
+            ));
+        }
+    }
+    if name != Some("_id_") {
+        return Err(MongoError::new(
+            ErrorCode::IndexOptionsConflict,
+            "Index already exists with a different name: _id_",
+        ));
+    }
+    Ok(true)
+}
+
 /// `createIndexes`.
 ///
 /// # Errors
@@ -631,6 +711,11 @@ pub async fn create_indexes(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> R
                 "index specification must be an object",
             ));
         };
+        // The `_id` index always exists: asking for it again is a no-op (restore tools
+        // replay `listIndexes`, `_id_` included).
+        if is_id_index_spec(d)? {
+            continue;
+        }
         wanted.push(parse_index(d)?);
     }
     let (before, after, created) = crate::txn::write(ctx, move |w| {
@@ -666,7 +751,10 @@ pub async fn create_indexes(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> R
             Ok((before, meta.indexes.len() as i32, created))
         })
         .await?;
-    let mut r = doc! {"numIndexesBefore": before, "numIndexesAfter": after, "createdCollectionAutomatically": created};
+    let mut r = doc! {"numIndexesBefore": before, "numIndexesAfter": after};
+    if before != after || created {
+        r.insert("createdCollectionAutomatically", created);
+    }
     if before == after {
         r.insert("note", "all indexes already exist");
     }
@@ -760,40 +848,4 @@ pub async fn drop_indexes(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Res
         })
         .await?;
     Ok(Reply::ok(doc! {"nIndexesWas": was}))
-}
-
-/// `dbStats`.
-///
-/// # Errors
-/// A storage error.
-pub fn db_stats(ctx: &ServerCtx, db: &str) -> Result<Reply> {
-    let snap = ctx.store.snapshot()?;
-    let colls = snap.collections(Some(db))?;
-    let mut objects = 0i64;
-    for m in &colls {
-        objects += snap.scan_docs(m.id, None)?.count() as i64;
-    }
-    let indexes: i64 = colls.iter().map(|m| m.indexes.len() as i64).sum();
-    Ok(Reply::ok(
-        doc! {"db": db, "collections": colls.len() as i64, "views": 0, "objects": objects, "indexes": indexes, "dataSize": 0.0, "storageSize": 0.0},
-    ))
-}
-
-/// `collStats`.
-///
-/// # Errors
-/// A storage error.
-pub fn coll_stats(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
-    let ns = util::coll_arg(cmd, "collStats", db)?;
-    let snap = ctx.store.snapshot()?;
-    let Some(m) = snap.collection(&ns)? else {
-        return Err(MongoError::new(
-            ErrorCode::NamespaceNotFound,
-            format!("Collection [{}] not found.", ns.full()),
-        ));
-    };
-    let count = snap.scan_docs(m.id, None)?.count() as i64;
-    Ok(Reply::ok(
-        doc! {"ns": ns.full(), "count": count, "nindexes": m.indexes.len() as i32, "capped": false},
-    ))
 }

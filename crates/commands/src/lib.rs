@@ -10,6 +10,9 @@
 //! - [`bulk_write`]: the `bulkWrite` command (8.0 client bulk write).
 //! - [`cursor`]: the cursor table, getMore, killCursors, and change stream cursors.
 //! - [`sessions`]: the logical session cache (`$listLocalSessions`).
+//! - [`logs`]: `getLog`'s ring of recent lines, log verbosity, `profile` and `slowms`.
+//! - [`stats`]: `dbStats`, `collStats` and `$collStats`.
+//! - [`write_concern`]: parsing write concerns and the `writeConcernError` of unmet ones.
 //! - [`util`]: argument readers shared by the handlers.
 
 pub mod admin;
@@ -17,10 +20,13 @@ pub mod bulk_write;
 pub mod crud;
 pub mod cursor;
 pub mod ddl;
+pub mod logs;
 pub mod reply;
 pub mod sessions;
+pub mod stats;
 pub mod txn;
 pub mod util;
+pub mod write_concern;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -44,6 +50,8 @@ pub struct ServerConfig {
     /// `getCmdLineOpts.parsed`.
     pub parsed: Document,
     pub port: u16,
+    /// The oplog's size bound (`--oplogSize`), reported as `local.oplog.rs`'s `maxSize`.
+    pub oplog_size_bytes: u64,
 }
 
 /// Counters for `serverStatus`.
@@ -185,9 +193,17 @@ pub fn command_name(cmd: &Document) -> &str {
 /// Runs one command and builds its reply. Never panics on input; any failure becomes an
 /// error reply.
 pub async fn handle(ctx: &Arc<ServerCtx>, conn: &mut ConnInfo, cmd: Document) -> Reply {
+    let start = Instant::now();
     let name = command_name(&cmd).to_string();
+    let r = run(ctx, conn, &name, &cmd).await;
+    logs::command_done(&name, &cmd, &r.doc, start.elapsed(), conn.id);
+    r
+}
+
+async fn run(ctx: &Arc<ServerCtx>, conn: &mut ConnInfo, name: &str, cmd: &Document) -> Reply {
+    let name = name.to_string();
     ctx.stats.command.fetch_add(1, Ordering::Relaxed);
-    ctx.local_sessions.touch(&cmd);
+    ctx.local_sessions.touch(cmd);
     let fp = admin::fail_point_for(ctx, conn, &name);
     let mut wce = None;
     if let Some(fp) = fp {
@@ -210,7 +226,7 @@ pub async fn handle(ctx: &Arc<ServerCtx>, conn: &mut ConnInfo, cmd: Document) ->
                         .filter_map(|l| l.as_str().map(String::from))
                         .collect();
                 }
-                Err(_) => e = reply::add_server_labels(e, &name, &cmd),
+                Err(_) => e = reply::add_server_labels(e, &name, cmd),
             }
             return finish(ctx, Reply::error(e));
         }
@@ -223,13 +239,13 @@ pub async fn handle(ctx: &Arc<ServerCtx>, conn: &mut ConnInfo, cmd: Document) ->
     // connection closes unless `closeConnection: false`.
     let mut close_after = false;
     // Checked in this order so that ordinary retryable writes pay no session lookup.
-    if reply::is_retryable_write(&name, &cmd)
+    if reply::is_retryable_write(&name, cmd)
         && ctx
             .fail_points
             .lock()
             .unwrap()
             .contains_key("onPrimaryTransactionalWrite")
-        && !is_retry(ctx, &cmd)
+        && !is_retry(ctx, cmd)
     {
         if let Some(fp) = admin::take_fail_point(ctx, "onPrimaryTransactionalWrite", |_| true) {
             let close = fp.get_bool("closeConnection").unwrap_or(true);
@@ -241,27 +257,34 @@ pub async fn handle(ctx: &Arc<ServerCtx>, conn: &mut ConnInfo, cmd: Document) ->
                     code as i32,
                     "Failing write due to failpoint. The write must not be reflected.",
                 );
-                return finish(ctx, Reply::error(reply::add_server_labels(e, &name, &cmd)));
+                return finish(ctx, Reply::error(reply::add_server_labels(e, &name, cmd)));
             }
             close_after = close;
         }
     }
-    let res = dispatch(ctx, conn, &name, &cmd).await;
+    let wc = match write_concern::parse(&name, cmd) {
+        Ok(wc) => wc,
+        Err(e) => return finish(ctx, Reply::error(e)),
+    };
+    let res = dispatch(ctx, conn, &name, cmd).await;
     if close_after {
         return Reply::close();
     }
     let mut r = match res {
         Ok(r) => r,
         Err(e) => {
-            let e = reply::add_server_labels(e, &name, &cmd);
+            let e = reply::add_server_labels(e, &name, cmd);
             if e.is(ErrorCode::InternalError) {
                 tracing::error!(cmd = %name, error = %e.message, "internal error");
             }
             Reply::error(e)
         }
     };
+    if wce.is_none() && r.doc.get_f64("ok") == Ok(1.0) {
+        wce = wc.and_then(|wc| wc.error());
+    }
     if let Some(w) = wce {
-        let labels = reply::write_concern_error_labels(&name, &cmd, &w);
+        let labels = reply::write_concern_error_labels(&name, cmd, &w);
         r.doc.insert("writeConcernError", w);
         if !labels.is_empty() {
             r.doc.insert("errorLabels", labels);
@@ -367,10 +390,11 @@ async fn dispatch_cmd(
         "configureFailPoint" => admin::configure_fail_point(ctx, cmd)?,
         "setClusterParameter" => admin::set_cluster_parameter(ctx, &db, cmd).await?,
         "getClusterParameter" => admin::get_cluster_parameter(ctx, &db, cmd)?,
-        "getLog" => Reply::ok(doc! {"totalLinesWritten": 0, "log": []}),
+        "getLog" => Reply::ok(logs::get_log(cmd)?),
+        "profile" => Reply::ok(logs::profile(cmd)?),
         "getFreeMonitoringStatus" => Reply::ok(doc! {"state": "disabled"}),
-        "dbStats" => ddl::db_stats(ctx, &db)?,
-        "collStats" => ddl::coll_stats(ctx, &db, cmd)?,
+        "dbStats" | "dbstats" => stats::db_stats(ctx, &db, cmd)?,
+        "collStats" | "collstats" => stats::coll_stats(ctx, &db, cmd)?,
         "logout" | "saslStart" | "saslContinue" | "authenticate" => {
             return Err(MongoError::new(
                 ErrorCode::AuthenticationFailed,

@@ -402,9 +402,9 @@ pub async fn run(
         _ => {}
     }
     if cmd.contains_key("writeConcern") {
-        return Err(invalid(format!(
-            "Cannot set write concern after starting a transaction: the command '{name}' may not carry one"
-        )));
+        return Err(invalid(
+            "writeConcern is not allowed within a multi-statement transaction".to_string(),
+        ));
     }
     if start {
         if n == s.txn_number && s.state != State::None {

@@ -6,6 +6,8 @@
 //! message that cannot be framed closes only its own connection; one that is framed but
 //! malformed gets an error reply and the connection goes on.
 
+pub mod log;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -161,6 +163,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         argv: cfg.argv.clone(),
         parsed: cfg2.parsed(),
         port,
+        oplog_size_bytes: cfg.oplog_size_mb.max(1) * 1024 * 1024,
     };
     let ctx = ServerCtx::new(store, config, cfg.parameters.clone());
     let accept_tasks = listeners

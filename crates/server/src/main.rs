@@ -106,13 +106,7 @@ fn main() -> ExitCode {
     if let Some(Command::Log(cmd)) = &cli.command {
         return log_tool(cmd);
     }
-    let level = if cli.quiet { "warn" } else { "info" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("EDDY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    server::log::init(cli.quiet);
 
     let mut params = Document::new();
     for p in &cli.set_parameter {

@@ -314,6 +314,54 @@ impl Snapshot {
         )?)))
     }
 
+    /// A collection's documents: how many, and the bytes of their BSON and of their keys
+    /// (read without decoding them; the count and sizes that `collStats` and `dbStats`
+    /// report).
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn collection_size(&self, coll_id: u64) -> Result<(u64, u64, u64)> {
+        let (lo, hi) = prefix_range(&coll_id.to_be_bytes());
+        let upper = hi
+            .as_ref()
+            .map_or(Bound::Unbounded, |h| Bound::Excluded(h.as_slice()));
+        let (mut n, mut data, mut keys) = (0u64, 0u64, 0u64);
+        for row in self.merged_range(
+            &self.docs,
+            TableId::Docs,
+            Bound::Included(lo.as_slice()),
+            upper,
+        )? {
+            let (k, v) = row?;
+            n += 1;
+            data += v.len() as u64;
+            keys += k.len() as u64;
+        }
+        Ok((n, data, keys))
+    }
+
+    /// The bytes of an index's entries (keys and the `_id` keys they point to).
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn index_size(&self, index_id: u64) -> Result<u64> {
+        let (lo, hi) = prefix_range(&index_id.to_be_bytes());
+        let upper = hi
+            .as_ref()
+            .map_or(Bound::Unbounded, |h| Bound::Excluded(h.as_slice()));
+        let mut bytes = 0u64;
+        for row in self.merged_range(
+            &self.indexes,
+            TableId::Indexes,
+            Bound::Included(lo.as_slice()),
+            upper,
+        )? {
+            let (k, v) = row?;
+            bytes += (k.len() + v.len()) as u64;
+        }
+        Ok(bytes)
+    }
+
     /// Oplog entries after `after` (all if `None`) up to this snapshot's time, oldest
     /// first, as encoded.
     ///

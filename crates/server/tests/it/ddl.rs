@@ -269,9 +269,15 @@ async fn more_admin_and_cursor_commands() {
         .run_command(doc! {"listDatabases": 1, "nameOnly": true})
         .await
         .unwrap();
+    // admin, config and local are always listed, as on any replica set member.
     assert_eq!(
         r.get_array("databases").unwrap(),
-        &vec![Bson::Document(doc! {"name": "m"})]
+        &vec![
+            Bson::Document(doc! {"name": "admin"}),
+            Bson::Document(doc! {"name": "config"}),
+            Bson::Document(doc! {"name": "local"}),
+            Bson::Document(doc! {"name": "m"}),
+        ]
     );
     // A views reads through its pipeline.
     db.run_command(

@@ -8,6 +8,7 @@ mod crash;
 mod crud;
 mod ddl;
 mod local_sessions;
+mod options;
 mod protocol;
 mod transactions;
 mod validation;

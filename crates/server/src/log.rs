@@ -1,0 +1,229 @@
+//! The process's log: human-readable lines on stderr, and the same events as mongod JSON
+//! lines in the `getLog` ring ([`commands::logs`]). One reloadable filter decides what is
+//! logged; `setParameter logLevel` / `logComponentVerbosity` rebuild it.
+//!
+//! mongod's components map onto Eddy's crates: `command` is `commands`, `storage` is
+//! `storage`, `network` is `server` and `wire`, `query` is `exec`, `query` and
+//! `changestream`. Verbosity 0 logs info, 1 debug, 2 and above trace.
+
+use std::fmt::Write as _;
+use std::sync::Mutex;
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, reload};
+
+/// Eddy's crates (tracing targets) under each mongod component.
+const COMPONENT_TARGETS: &[(&str, &[&str])] = &[
+    ("command", &["commands"]),
+    ("storage", &["storage"]),
+    ("network", &["server", "wire"]),
+    ("query", &["exec", "query", "changestream"]),
+    ("control", &["eddy"]),
+];
+
+/// Installs the process's subscriber. `EDDY_LOG` (an `EnvFilter` directive string) overrides
+/// the base level; `quiet` lowers it to warnings.
+pub fn init(quiet: bool) {
+    let base = std::env::var("EDDY_LOG")
+        .ok()
+        .filter(|s| EnvFilter::try_new(s).is_ok())
+        .unwrap_or_else(|| if quiet { "warn" } else { "info" }.to_string());
+    let (filter, handle) = reload::Layer::new(EnvFilter::new(&base));
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(RamLayer);
+    if registry.try_init().is_err() {
+        return;
+    }
+    let handle = Mutex::new(handle);
+    commands::logs::set_filter_hook(Box::new(move |default, components| {
+        let directives = directives(&base, default, components);
+        if let Ok(f) = EnvFilter::try_new(&directives) {
+            let _ = handle.lock().map(|h| h.reload(f));
+        }
+    }));
+}
+
+fn level_name(verbosity: i32) -> &'static str {
+    match verbosity {
+        i32::MIN..=0 => "info",
+        1 => "debug",
+        _ => "trace",
+    }
+}
+
+/// The filter for a default verbosity and each component's (-1 inherits).
+fn directives(base: &str, default: i32, components: &[(&'static str, i32)]) -> String {
+    let mut out = if default > 0 {
+        level_name(default).to_string()
+    } else {
+        base.to_string()
+    };
+    for (component, verbosity) in components {
+        if *verbosity < 0 {
+            continue;
+        }
+        let Some((_, targets)) = COMPONENT_TARGETS.iter().find(|(c, _)| c == component) else {
+            continue;
+        };
+        for t in *targets {
+            let _ = write!(out, ",{t}={}", level_name(*verbosity));
+        }
+    }
+    out
+}
+
+/// mongod's component name for a tracing target.
+fn component(target: &str) -> &'static str {
+    let krate = target.split("::").next().unwrap_or(target);
+    for (c, targets) in COMPONENT_TARGETS {
+        if targets.contains(&krate) {
+            return match *c {
+                "command" => "COMMAND",
+                "storage" => "STORAGE",
+                "network" => "NETWORK",
+                "query" => "QUERY",
+                _ => "CONTROL",
+            };
+        }
+    }
+    "-"
+}
+
+/// Formats events as mongod's JSON log lines for the `getLog` ring.
+struct RamLayer;
+
+impl<S: Subscriber> Layer<S> for RamLayer {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let meta = event.metadata();
+        let mut v = Fields::default();
+        event.record(&mut v);
+        let severity = match *meta.level() {
+            Level::ERROR => "E",
+            Level::WARN => "W",
+            Level::INFO => "I",
+            Level::DEBUG => "D1",
+            Level::TRACE => "D2",
+        };
+        let t = bson::DateTime::now()
+            .try_to_rfc3339_string()
+            .unwrap_or_default()
+            .replace('Z', "+00:00");
+        let ctx = v
+            .ctx
+            .take()
+            .unwrap_or_else(|| std::thread::current().name().unwrap_or("main").to_string());
+        let mut line = format!(
+            "{{\"t\":{{\"$date\":{}}},\"s\":\"{severity}\",\"c\":\"{}\",\"id\":{},\"ctx\":{},\"msg\":{}",
+            json_str(&t),
+            component(meta.target()),
+            v.id,
+            json_str(&ctx),
+            json_str(&v.message),
+        );
+        match (v.attr.take(), v.rest.is_empty()) {
+            (Some(attr), _) => {
+                let _ = write!(line, ",\"attr\":{attr}");
+            }
+            (None, false) => {
+                let _ = write!(line, ",\"attr\":{{{}}}", v.rest.join(","));
+            }
+            (None, true) => {}
+        }
+        line.push('}');
+        commands::logs::push(line);
+    }
+}
+
+fn json_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+/// An event's fields: `id` (mongod's log id), `ctx` (the connection), `attr` (a ready JSON
+/// object), the message, and any other fields as attributes.
+#[derive(Default)]
+struct Fields {
+    id: u64,
+    ctx: Option<String>,
+    attr: Option<String>,
+    message: String,
+    rest: Vec<String>,
+}
+
+impl Fields {
+    fn attr(&mut self, name: &str, json: String) {
+        self.rest.push(format!("{}:{json}", json_str(name)));
+    }
+}
+
+impl Visit for Fields {
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        if field.name() == "id" {
+            self.id = value;
+        } else {
+            self.attr(field.name(), value.to_string());
+        }
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        match (field.name(), u64::try_from(value)) {
+            ("id", Ok(v)) => self.id = v,
+            (name, _) => self.attr(name, value.to_string()),
+        }
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.attr(field.name(), value.to_string());
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.record_text(field.name(), value.to_string());
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.record_text(field.name(), format!("{value:?}"));
+    }
+}
+
+impl Fields {
+    fn record_text(&mut self, name: &str, text: String) {
+        match name {
+            "message" => self.message = text,
+            "ctx" => self.ctx = Some(text),
+            // Only Eddy's own code sets `attr`, to a JSON object it built.
+            "attr" if text.starts_with('{') => self.attr = Some(text),
+            _ => self.attr(name, json_str(&text)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directives_follow_verbosity() {
+        assert_eq!(directives("info", 0, &[("command", -1)]), "info");
+        assert_eq!(directives("info", 1, &[]), "debug");
+        assert_eq!(
+            directives("warn", 0, &[("command", 2), ("storage", 0)]),
+            "warn,commands=trace,storage=info"
+        );
+        assert_eq!(
+            directives("info", 0, &[("query", 1)]),
+            "info,exec=debug,query=debug,changestream=debug"
+        );
+    }
+
+    #[test]
+    fn components_of_targets() {
+        assert_eq!(component("commands::crud"), "COMMAND");
+        assert_eq!(component("storage::wal::writer"), "STORAGE");
+        assert_eq!(component("server"), "NETWORK");
+        assert_eq!(component("redb"), "-");
+    }
+}

@@ -1,0 +1,411 @@
+// options: what Eddy accepts it honours: write concern it cannot meet is reported,
+// re-creating `_id_` is a no-op, statistics are measured, and the log is kept and tunable.
+
+use std::time::Duration;
+
+use bson::{Bson, Document, doc};
+use mongodb::Database;
+
+use crate::cmd_error;
+
+async fn run(db: &Database, cmd: Document) -> Document {
+    db.run_command(cmd).await.unwrap()
+}
+
+/// Source: https://www.mongodb.com/docs/v8.0/reference/write-concern/ and MongoDB's
+/// behaviour on a one-member replica set: the write is applied and `writeConcernError`
+/// says why the concern cannot be met, at once rather than after `wtimeout`.
+#[tokio::test]
+async fn unmet_write_concern_is_reported() {
+    let s = testkit::spawn().await;
+    let db = s.client.database("wc");
+    let t = std::time::Instant::now();
+    let r = run(
+        &db,
+        doc! {"insert": "c", "documents": [{"_id": 1}], "writeConcern": {"w": 2, "wtimeout": 1000}},
+    )
+    .await;
+    assert!(
+        t.elapsed() < Duration::from_millis(900),
+        "no wait for wtimeout"
+    );
+    assert_eq!(doc_num(&r, "n"), 1, "{r}");
+    let wce = r
+        .get_document("writeConcernError")
+        .expect("writeConcernError");
+    assert_eq!(doc_num(wce, "code"), 100);
+    assert_eq!(
+        wce.get_str("codeName").unwrap(),
+        "UnsatisfiableWriteConcern"
+    );
+    assert_eq!(
+        wce.get_document("errInfo").unwrap(),
+        &doc! {"writeConcern": {"w": 2i64, "wtimeout": 1000, "provenance": "clientSupplied"}}
+    );
+    // The write happened.
+    let n = db
+        .collection::<Document>("c")
+        .count_documents(doc! {})
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+
+    // An unknown tag.
+    let r = run(&db, doc! {"update": "c", "updates": [{"q": {"_id": 1}, "u": {"$set": {"a": 1}}}], "writeConcern": {"w": "dc-east"}}).await;
+    assert_eq!(
+        r.get_document("writeConcernError")
+            .unwrap()
+            .get_i32("code")
+            .unwrap(),
+        79
+    );
+    // Met ones carry no error.
+    for wc in [
+        doc! {"w": 1},
+        doc! {"w": "majority", "j": true},
+        doc! {"w": 1, "wtimeout": 5},
+    ] {
+        let r = run(&db, doc! {"delete": "c", "deletes": [{"q": {"_id": 99}, "limit": 1}], "writeConcern": wc.clone()}).await;
+        assert!(!r.contains_key("writeConcernError"), "{wc}: {r}");
+    }
+    // DDL reports it too.
+    let r = run(&db, doc! {"create": "d", "writeConcern": {"w": 3}}).await;
+    assert_eq!(
+        r.get_document("writeConcernError")
+            .unwrap()
+            .get_i32("code")
+            .unwrap(),
+        100
+    );
+    // Malformed ones and commands that take none are refused before anything runs.
+    let (code, _) = cmd_error(
+        &db,
+        doc! {"insert": "c", "documents": [{"_id": 2}], "writeConcern": {"w": -1}},
+    )
+    .await;
+    assert_eq!(code, 9);
+    let (code, _) = cmd_error(
+        &db,
+        doc! {"insert": "c", "documents": [{"_id": 2}], "writeConcern": {"w": 1, "bogus": 1}},
+    )
+    .await;
+    assert_eq!(code, 40415);
+    let (code, _) = cmd_error(
+        &db,
+        doc! {"insert": "c", "documents": [{"_id": 2}], "writeConcern": {"fsync": true, "j": true}},
+    )
+    .await;
+    assert_eq!(code, 9);
+    let (code, name) = cmd_error(&db, doc! {"find": "c", "writeConcern": {"w": 1}}).await;
+    assert_eq!((code, name.as_str()), (72, "InvalidOptions"));
+    assert!(
+        db.collection::<Document>("c")
+            .find_one(doc! {"_id": 2})
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// Source: restore tools replay `listIndexes`, `_id_` included; MongoDB answers
+/// "all indexes already exist".
+#[tokio::test]
+async fn recreating_id_index_is_a_no_op() {
+    let s = testkit::spawn().await;
+    let db = s.client.database("idx");
+    run(&db, doc! {"insert": "c", "documents": [{"_id": 1}]}).await;
+    let r = run(
+        &db,
+        doc! {"createIndexes": "c", "indexes": [{"key": {"_id": 1}, "name": "_id_"}]},
+    )
+    .await;
+    assert_eq!(doc_num(&r, "numIndexesBefore"), 1, "{r}");
+    assert_eq!(doc_num(&r, "numIndexesAfter"), 1);
+    assert_eq!(r.get_str("note").unwrap(), "all indexes already exist");
+    assert!(!r.contains_key("createdCollectionAutomatically"));
+    // On a collection that does not exist yet, it creates the collection only.
+    let r = run(
+        &db,
+        doc! {"createIndexes": "fresh", "indexes": [{"key": {"_id": 1}, "name": "_id_", "v": 2}]},
+    )
+    .await;
+    assert!(r.get_bool("createdCollectionAutomatically").unwrap(), "{r}");
+    let ix = run(&db, doc! {"listIndexes": "fresh"}).await;
+    let batch = ix
+        .get_document("cursor")
+        .unwrap()
+        .get_array("firstBatch")
+        .unwrap();
+    assert_eq!(batch.len(), 1);
+    // `_id_` with another key or a unique flag is still refused.
+    let (code, _) = cmd_error(
+        &db,
+        doc! {"createIndexes": "c", "indexes": [{"key": {"a": 1}, "name": "_id_"}]},
+    )
+    .await;
+    assert_eq!(code, 2);
+    let (code, _) = cmd_error(&db, doc! {"createIndexes": "c", "indexes": [{"key": {"_id": 1}, "name": "_id_", "unique": true}]}).await;
+    assert_eq!(code, 197);
+}
+
+/// Source: https://www.mongodb.com/docs/v8.0/reference/command/dbStats/ and
+/// https://www.mongodb.com/docs/v8.0/reference/command/collStats/
+#[tokio::test]
+async fn stats_measure_the_data() {
+    let s = testkit::spawn().await;
+    let db = s.client.database("st");
+    let docs: Vec<Document> = (0..100)
+        .map(|i| doc! {"_id": i, "a": i % 10, "pad": "x".repeat(100)})
+        .collect();
+    let one = bson::to_vec(&docs[0]).unwrap().len() as i64;
+    run(&db, doc! {"insert": "c", "documents": docs}).await;
+    run(
+        &db,
+        doc! {"createIndexes": "c", "indexes": [{"key": {"a": 1}, "name": "a_1"}]},
+    )
+    .await;
+    run(&db, doc! {"create": "v", "viewOn": "c", "pipeline": []}).await;
+
+    for spelling in ["dbStats", "dbstats"] {
+        let st = run(&db, doc! {spelling: 1}).await;
+        assert_eq!(st.get_str("db").unwrap(), "st");
+        assert_eq!(doc_num(&st, "collections"), 1, "{st}");
+        assert_eq!(doc_num(&st, "views"), 1);
+        assert_eq!(st.get_i64("objects").unwrap(), 100);
+        let data = doc_num(&st, "dataSize");
+        assert!((100 * one - 100..=100 * one + 100).contains(&data), "{st}");
+        assert!(doc_num(&st, "storageSize") >= data);
+        assert_eq!(doc_num(&st, "indexes"), 2);
+        assert!(doc_num(&st, "indexSize") > 0);
+        assert_eq!(doc_num(&st, "avgObjSize"), data / 100);
+    }
+    let scaled = run(&db, doc! {"dbStats": 1, "scale": 1024}).await;
+    assert_eq!(doc_num(&scaled, "scaleFactor"), 1024);
+    let (code, _) = cmd_error(&db, doc! {"dbStats": 1, "scale": 0}).await;
+    assert_eq!(code, 2);
+
+    for spelling in ["collStats", "collstats"] {
+        let cs = run(&db, doc! {spelling: "c"}).await;
+        assert_eq!(cs.get_str("ns").unwrap(), "st.c");
+        assert_eq!(
+            cs.get_i32("count")
+                .unwrap_or_else(|_| cs.get_i64("count").unwrap() as i32),
+            100
+        );
+        let size = doc_num(&cs, "size");
+        assert!((100 * one - 100..=100 * one + 100).contains(&size), "{cs}");
+        assert_eq!(doc_num(&cs, "avgObjSize"), size / 100);
+        assert!(doc_num(&cs, "storageSize") >= size);
+        let sizes = cs.get_document("indexSizes").unwrap();
+        assert!(
+            doc_num(sizes, "_id_") > 0 && doc_num(sizes, "a_1") > 0,
+            "{cs}"
+        );
+        assert_eq!(
+            doc_num(&cs, "totalIndexSize"),
+            doc_num(sizes, "_id_") + doc_num(sizes, "a_1")
+        );
+        assert_eq!(doc_num(&cs, "nindexes"), 2);
+    }
+    // $collStats, as mongosh's db.c.stats() asks.
+    let cur = run(&db, doc! {"aggregate": "c", "pipeline": [{"$collStats": {"storageStats": {}, "count": {}}}], "cursor": {}}).await;
+    let first = cur
+        .get_document("cursor")
+        .unwrap()
+        .get_array("firstBatch")
+        .unwrap()[0]
+        .as_document()
+        .unwrap()
+        .clone();
+    assert_eq!(first.get_str("ns").unwrap(), "st.c");
+    assert_eq!(
+        doc_num(first.get_document("storageStats").unwrap(), "count"),
+        100
+    );
+    assert_eq!(doc_num(&first, "count"), 100);
+    let (code, _) = cmd_error(
+        &db,
+        doc! {"aggregate": "c", "pipeline": [{"$match": {}}, {"$collStats": {}}], "cursor": {}},
+    )
+    .await;
+    assert_eq!(code, 40602);
+
+    // show dbs and the local database, as db.printReplicationInfo() reads them.
+    let dbs = run(&s.client.database("admin"), doc! {"listDatabases": 1}).await;
+    let names: Vec<&str> = dbs
+        .get_array("databases")
+        .unwrap()
+        .iter()
+        .map(|d| d.as_document().unwrap().get_str("name").unwrap())
+        .collect();
+    for n in ["admin", "config", "local", "st"] {
+        assert!(names.contains(&n), "{names:?}");
+    }
+    let local = s.client.database("local");
+    let colls = local.list_collection_names().await.unwrap();
+    assert!(colls.contains(&"oplog.rs".to_string()), "{colls:?}");
+    let os = run(&local, doc! {"collStats": "oplog.rs"}).await;
+    assert!(os.get_bool("capped").unwrap());
+    assert_eq!(doc_num(&os, "maxSize"), 1024 * 1024 * 1024);
+    assert!(doc_num(&os, "count") >= 103, "{os}");
+    let est = local
+        .collection::<Document>("oplog.rs")
+        .estimated_document_count()
+        .await
+        .unwrap();
+    assert_eq!(est as i64, doc_num(&os, "count"));
+}
+
+fn doc_num(d: &Document, k: &str) -> i64 {
+    match d.get(k) {
+        Some(Bson::Int32(n)) => i64::from(*n),
+        Some(Bson::Int64(n)) => *n,
+        Some(Bson::Double(f)) => *f as i64,
+        other => panic!("{k} is {other:?} in {d}"),
+    }
+}
+
+/// Source: https://www.mongodb.com/docs/v8.0/reference/command/getLog/,
+/// https://www.mongodb.com/docs/v8.0/reference/log-messages/ (JSON lines, "Slow query"
+/// id 51803) and https://www.mongodb.com/docs/v8.0/reference/method/db.setLogLevel/.
+/// The log belongs to the process, so this runs the `eddy` binary.
+#[tokio::test]
+async fn get_log_keeps_recent_lines_and_verbosity_is_tunable() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::crash::free_port();
+    let _child = crate::crash::start_with(dir.path(), port, &[]).await;
+    let client = testkit::client_for(port).await;
+    let admin = client.database("admin");
+    let db = client.database("logs");
+
+    let names = run(&admin, doc! {"getLog": "*"}).await;
+    assert_eq!(
+        names.get_array("names").unwrap(),
+        &vec![Bson::from("global"), Bson::from("startupWarnings")]
+    );
+    let (code, _) = cmd_error(&admin, doc! {"getLog": "nope"}).await;
+    assert_eq!(code, 96);
+
+    // --quiet logs warnings only: a slow operation leaves no line until `command` is
+    // raised to verbosity 0 (info), and a failure none until verbosity 1 (debug).
+    let was = run(&db, doc! {"profile": 0, "slowms": 0}).await;
+    assert_eq!(doc_num(&was, "slowms"), 100);
+    let r = run(
+        &admin,
+        doc! {"setParameter": 1, "logComponentVerbosity": {"command": {"verbosity": 1}}},
+    )
+    .await;
+    assert_eq!(
+        r.get_document("was")
+            .unwrap()
+            .get_document("command")
+            .unwrap()
+            .get_i32("verbosity")
+            .unwrap(),
+        -1
+    );
+    let p = run(&admin, doc! {"getParameter": 1, "logComponentVerbosity": 1}).await;
+    assert_eq!(
+        p.get_document("logComponentVerbosity")
+            .unwrap()
+            .get_document("command")
+            .unwrap()
+            .get_i32("verbosity")
+            .unwrap(),
+        1
+    );
+
+    let docs: Vec<Document> = (0..5000).map(|i| doc! {"_id": i, "k": i}).collect();
+    run(
+        &db,
+        doc! {"insert": "c", "documents": docs, "comment": "marker-slow"},
+    )
+    .await;
+    let _ = db
+        .run_command(doc! {"find": "c", "filter": {"$bogus": 1}, "comment": "marker-failed"})
+        .await;
+
+    let lines = global_log(&admin).await;
+    let slow = lines
+        .iter()
+        .find(|l| l.get_str("msg") == Ok("Slow query") && l.to_string().contains("marker-slow"))
+        .unwrap_or_else(|| panic!("no slow query line in {lines:?}"));
+    assert_eq!(slow.get_str("s").unwrap(), "I");
+    assert_eq!(slow.get_str("c").unwrap(), "COMMAND");
+    assert_eq!(doc_num(slow, "id"), 51803);
+    // `t` is {$date: ...}: extended JSON reads it back as a date.
+    assert!(matches!(slow.get("t"), Some(Bson::DateTime(_))), "{slow}");
+    let attr = slow.get_document("attr").unwrap();
+    assert_eq!(attr.get_str("ns").unwrap(), "logs.c");
+    assert_eq!(attr.get_str("type").unwrap(), "command");
+    assert!(doc_num(attr, "durationMillis") >= 1);
+    // A 5,000-document insert is too long to log whole.
+    assert!(
+        attr.get_document("command")
+            .unwrap()
+            .contains_key("$truncated")
+    );
+    let failed = lines
+        .iter()
+        .find(|l| doc_num(l, "id") == 21962 && l.to_string().contains("marker-failed"))
+        .unwrap_or_else(|| panic!("no failed command line in {lines:?}"));
+    assert_eq!(failed.get_str("s").unwrap(), "D1");
+    assert_eq!(
+        failed
+            .get_document("attr")
+            .unwrap()
+            .get_str("errName")
+            .unwrap(),
+        "BadValue"
+    );
+
+    // Back to the default: failures are no longer logged.
+    run(
+        &admin,
+        doc! {"setParameter": 1, "logComponentVerbosity": {"command": {"verbosity": -1}}},
+    )
+    .await;
+    let _ = db
+        .run_command(doc! {"find": "c", "filter": {"$bogus": 1}, "comment": "marker-quiet"})
+        .await;
+    // The global level works the same way (mongosh's db.setLogLevel(1)).
+    let r = run(&admin, doc! {"setParameter": 1, "logLevel": 1}).await;
+    assert_eq!(doc_num(&r, "was"), 0);
+    let _ = db
+        .run_command(doc! {"find": "c", "filter": {"$bogus": 1}, "comment": "marker-global"})
+        .await;
+    let lines = global_log(&admin).await;
+    assert!(!lines.iter().any(|l| l.to_string().contains("marker-quiet")));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.to_string().contains("marker-global"))
+    );
+    let (code, _) = cmd_error(
+        &admin,
+        doc! {"setParameter": 1, "logComponentVerbosity": {"nosuch": {"verbosity": 1}}},
+    )
+    .await;
+    assert_eq!(code, 2);
+
+    // The profiler's levels 1 and 2 would need system.profile: refused, not ignored.
+    let (code, _) = cmd_error(&db, doc! {"profile": 1}).await;
+    assert_eq!(code, 2);
+    let now = run(&db, doc! {"profile": -1}).await;
+    assert_eq!(doc_num(&now, "was"), 0);
+    assert_eq!(doc_num(&now, "slowms"), 0);
+}
+
+async fn global_log(admin: &Database) -> Vec<Document> {
+    let r = run(admin, doc! {"getLog": "global"}).await;
+    assert!(doc_num(&r, "totalLinesWritten") > 0);
+    r.get_array("log")
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l.as_str().unwrap()).unwrap_or_else(|e| panic!("{e}: {l}"));
+            Bson::try_from(v).unwrap().as_document().unwrap().clone()
+        })
+        .collect()
+}
