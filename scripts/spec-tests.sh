@@ -4,7 +4,7 @@
 # started eddy. Prints "N passed, M failed, K skipped" last; exits non-zero on any failure,
 # or if nothing passed (a harness that cannot connect skips everything).
 #
-# Usage: scripts/spec-tests.sh [changestreams|crud|transactions|sessions|retryable-writes]...   (default: changestreams)
+# Usage: scripts/spec-tests.sh [changestreams|crud|transactions|sessions|retryable-writes|csot]...   (default: changestreams)
 # Env:   EDDY_BIN (default target/release/eddy), SPEC_DIR (default target/spec-venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,6 +46,7 @@ for s in "${@:-changestreams}"; do
     transactions) selection+=(test/test_transactions_unified.py test/test_transactions.py) ;;
     sessions) selection+=(test/test_sessions_unified.py) ;;
     retryable-writes) selection+=(test/test_retryable_writes_unified.py) ;;
+    csot) selection+=(test/test_csot.py) ;;
     *) echo "unknown suite '$s'" >&2; exit 2 ;;
   esac
 done

@@ -2,20 +2,30 @@
 # Runs every test: format and lint checks, the Rust unit and integration tests (which
 # start real servers), the PyMongo smoke and resume-token tests against a freshly built
 # eddy, and the drivers' specification tests (change streams, transactions, sessions,
-# retryable writes) through PyMongo's runner.
+# retryable writes, client-side operation timeouts) through PyMongo's runner.
 # Installs what it needs itself (Python venvs with pymongo and pytest, the npm token
 # decoder).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "== cargo fmt --check"
+# Each stage prints its start and the time the previous one took, so the CI budget
+# (90 minutes, kept under 60) stays visible.
+stage_start=$SECONDS
+stage() {
+  echo "   (previous stage: $((SECONDS - stage_start)) s; total $SECONDS s)"
+  stage_start=$SECONDS
+  echo "== $*"
+}
+trap 'echo "   (last stage: $((SECONDS - stage_start)) s; total $SECONDS s)"' EXIT
+
+stage "cargo fmt --check"
 cargo fmt --all --check
-echo "== cargo clippy"
+stage "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
-echo "== cargo test"
+stage "cargo test"
 cargo test --workspace
 
-echo "== pymongo smoke test"
+stage "pymongo smoke test"
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
@@ -25,7 +35,7 @@ data=$(mktemp -d)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 ./target/release/eddy --port "$port" --dbpath "$data" --quiet --setParameter enableTestCommands=1 &
 pid=$!
-trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$data"' EXIT
+trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$data"; echo "   (last stage: $((SECONDS - stage_start)) s; total $SECONDS s)"' EXIT
 for _ in $(seq 1 100); do
   (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break
   sleep 0.1
@@ -33,7 +43,7 @@ done
 (cd tests/node && npm ci --silent --no-audit --no-fund)
 EDDY_PORT=$port .venv/bin/python -m pytest -q tests/python
 
-for suite in changestreams crud transactions sessions retryable-writes; do
-  echo "== drivers' specification tests ($suite)"
+for suite in changestreams crud transactions sessions retryable-writes csot; do
+  stage "drivers' specification tests ($suite)"
   EDDY_BIN=target/release/eddy ./scripts/spec-tests.sh "$suite"
 done

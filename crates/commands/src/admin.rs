@@ -18,6 +18,19 @@ fn election_id() -> ObjectId {
     ObjectId::parse_str("7fffffff0000000000000001").expect("valid constant")
 }
 
+/// Records the handshake's client metadata (`client.application.name`) on the connection.
+/// Runs before fail points are evaluated: a `failCommand` with `appName` applies to the
+/// handshake that names the application, as in mongod.
+pub fn note_client_metadata(conn: &mut ConnInfo, cmd: &Document) {
+    if let Ok(app) = cmd
+        .get_document("client")
+        .and_then(|c| c.get_document("application"))
+        .and_then(|a| a.get_str("name"))
+    {
+        conn.app_name = Some(app.to_string());
+    }
+}
+
 /// `hello` / `isMaster` / `ismaster`, awaitable when the client sends `topologyVersion`.
 ///
 /// # Errors
@@ -28,14 +41,6 @@ pub async fn hello(
     cmd: &Document,
     name: &str,
 ) -> Result<Reply> {
-    if let Ok(client) = cmd.get_document("client") {
-        if let Ok(app) = client
-            .get_document("application")
-            .and_then(|a| a.get_str("name"))
-        {
-            conn.app_name = Some(app.to_string());
-        }
-    }
     if let Ok(list) = cmd.get_array("compression") {
         conn.compressors = list
             .iter()

@@ -204,7 +204,13 @@ async fn run(ctx: &Arc<ServerCtx>, conn: &mut ConnInfo, name: &str, cmd: &Docume
     let name = name.to_string();
     ctx.stats.command.fetch_add(1, Ordering::Relaxed);
     ctx.local_sessions.touch(cmd);
-    let fp = admin::fail_point_for(ctx, conn, &name);
+    if matches!(name.as_str(), "hello" | "isMaster" | "ismaster") {
+        admin::note_client_metadata(conn, cmd);
+    }
+    // Fail points match the command's canonical name, as mongod's do: a legacy handshake's
+    // `ismaster` is `isMaster`.
+    let canonical = if name == "ismaster" { "isMaster" } else { name.as_str() };
+    let fp = admin::fail_point_for(ctx, conn, canonical);
     let mut wce = None;
     if let Some(fp) = fp {
         if fp.get_bool("closeConnection").unwrap_or(false) {
