@@ -437,7 +437,10 @@ pub fn configure_fail_point(ctx: &ServerCtx, cmd: &Document) -> Result<Reply> {
         .map_err(|_| MongoError::bad_value("configureFailPoint needs a name"))?;
     if !matches!(
         name,
-        "failCommand" | "failGetMoreAfterCursorCheckout" | "onPrimaryTransactionalWrite"
+        "failCommand"
+            | "failGetMoreAfterCursorCheckout"
+            | "onPrimaryTransactionalWrite"
+            | "maxTimeAlwaysTimeOut"
     ) {
         return Err(MongoError::bad_value(format!(
             "Cannot find failpoint {name}"

@@ -26,6 +26,8 @@ pub(crate) struct Session {
     txn_number: Option<i64>,
     /// `bypassDocumentValidation`: the command's writes skip the collection's validator.
     pub(crate) bypass_validation: bool,
+    /// The command's `maxTimeMS`, checked before each statement and as it scans.
+    pub(crate) interrupt: errors::Interrupt,
 }
 
 impl Session {
@@ -38,6 +40,7 @@ impl Session {
         if crate::txn::in_txn() {
             return Session {
                 bypass_validation,
+                interrupt: crate::op::current(),
                 ..Session::default()
             };
         }
@@ -45,6 +48,7 @@ impl Session {
             lsid: cmd.get_document("lsid").ok().cloned(),
             txn_number: util::get_i64(cmd, "txnNumber"),
             bypass_validation,
+            interrupt: crate::op::current(),
         }
     }
 
@@ -230,6 +234,7 @@ pub async fn insert(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Re
             let mut n = 0;
             let mut errs = Vec::new();
             for (i, d) in prepared.into_iter().enumerate() {
+                s.interrupt.check()?;
                 match d.and_then(|d| insert_one(w, &mut meta, &d, &s, i)) {
                     Ok(()) => n += 1,
                     Err(e) => {
@@ -251,8 +256,20 @@ pub async fn insert(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Re
     Ok(Reply::ok(reply))
 }
 
+/// Interruptions (`maxTimeMS`, `killOp`) fail a write command's whole batch rather than
+/// one statement, as in mongod.
+pub(crate) fn is_interruption(e: &MongoError) -> bool {
+    e.is(ErrorCode::MaxTimeMSExpired) || e.is(ErrorCode::Interrupted)
+}
+
 /// The documents of a collection matching a filter, inside the commit pipeline.
-fn matching(w: &mut WriteCtx<'_>, meta: &CollectionMeta, filter: &Filter) -> Result<Vec<Document>> {
+fn matching(
+    w: &mut WriteCtx<'_>,
+    meta: &CollectionMeta,
+    filter: &Filter,
+    interrupt: &errors::Interrupt,
+) -> Result<Vec<Document>> {
+    interrupt.check()?;
     if let Ok(Plan::IdLookup(ids)) = plan_query(meta, filter, None, None) {
         let mut out = Vec::new();
         for id in ids {
@@ -266,6 +283,7 @@ fn matching(w: &mut WriteCtx<'_>, meta: &CollectionMeta, filter: &Filter) -> Res
     }
     let mut out = Vec::new();
     for (_, d) in w.scan_docs(meta.id)? {
+        interrupt.check()?;
         if filter.try_matches(&d)? {
             out.push(d);
         }
@@ -354,7 +372,7 @@ fn run_update(
                 format!("Namespace {} is a view, not a collection", ns.full()),
             ));
         }
-        let mut docs = matching(w, &meta, filter)?;
+        let mut docs = matching(w, &meta, filter, &s.interrupt)?;
         if let Some(s) = sort {
             s.sort(&mut docs);
         }
@@ -483,8 +501,10 @@ pub async fn update(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Re
             let mut upserted = Vec::new();
             let mut errs = Vec::new();
             for (i, st) in stmts.iter().enumerate() {
+                s.interrupt.check()?;
                 let r = update_statement(w, &ns, st, &vars, &s, i);
                 match r {
+                    Err(e) if is_interruption(&e) => return Err(e),
                     Ok(o) => {
                         n += o.n;
                         modified += o.modified;
@@ -547,7 +567,7 @@ pub(crate) fn delete_statement(
         return Ok(0);
     };
     let mut k = 0;
-    for d in matching(w, &meta, &filter)? {
+    for d in matching(w, &meta, &filter, &s.interrupt)? {
         delete_one(w, &meta, &d, s, i)?;
         k += 1;
         if limit == 1 {
@@ -575,8 +595,10 @@ pub async fn delete(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Re
             let mut n = 0i64;
             let mut errs = Vec::new();
             for (i, st) in stmts.iter().enumerate() {
+                s.interrupt.check()?;
                 let r = delete_statement(w, &ns, st, &vars, &s, i);
                 match r {
+                    Err(e) if is_interruption(&e) => return Err(e),
                     Ok(k) => n += k,
                     Err(e) => {
                         errs.push(Bson::Document(write_error(i, &e)));
@@ -654,7 +676,7 @@ pub async fn find_and_modify(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> 
                         let Some(meta) = w.collection(&ns)? else {
                             return Ok(doc! {"lastErrorObject": {"n": 0}, "value": Bson::Null});
                         };
-                        let mut docs = matching(w, &meta, &filter)?;
+                        let mut docs = matching(w, &meta, &filter, &s.interrupt)?;
                         if let Some(s) = &sort {
                             s.sort(&mut docs);
                         }
@@ -688,13 +710,14 @@ pub async fn find_and_modify(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> 
 }
 
 /// The documents of a collection (or view) matching a filter, read from a snapshot, in
-/// plan order.
-fn query_source(
+/// plan order, checking the operation's interruption point as it goes.
+pub(crate) fn query_source(
     snap: &Arc<Snapshot>,
     meta: &CollectionMeta,
     filter: Filter,
     plan: &Plan,
 ) -> Result<DocSource> {
+    let interrupt = crate::op::current();
     if meta.is_view() {
         let docs = view_docs(snap, meta)?;
         return Ok(Box::new(
@@ -702,9 +725,14 @@ fn query_source(
         ));
     }
     let it = scan(snap.clone(), meta, plan)?;
-    Ok(Box::new(it.filter_map(move |r| match r {
-        Ok(d) => filter.try_matches(&d).map(|m| m.then_some(d)).transpose(),
-        Err(e) => Some(Err(e)),
+    Ok(Box::new(it.filter_map(move |r| {
+        if let Err(e) = interrupt.check() {
+            return Some(Err(e));
+        }
+        match r {
+            Ok(d) => filter.try_matches(&d).map(|m| m.then_some(d)).transpose(),
+            Err(e) => Some(Err(e)),
+        }
     })))
 }
 
@@ -726,14 +754,19 @@ fn view_docs(snap: &Arc<Snapshot>, meta: &CollectionMeta) -> Result<Vec<Document
     // A view's pipeline runs under the view's default collation.
     let p = Pipeline::parse(&stages, &meta.ns.db)?
         .with_collation(exec::collation::of_collection(meta)?);
-    p.run(input, &SnapEnv { snap })
+    p.run(input, &SnapEnv::plain(snap.clone()).shared())
 }
 
 fn oplog_source(snap: &Snapshot, filter: Filter, reverse: bool) -> Result<DocSource> {
     let decode = |r: Result<(Timestamp, std::sync::Arc<[u8]>)>| {
         r.and_then(|(_, b)| OplogEntry::from_bytes(&b).map(|e| e.to_document()))
     };
-    let keep = move |r: &Result<Document>| r.as_ref().map_or(true, |d| filter.matches(d));
+    let interrupt = crate::op::current();
+    let keep = move |r: &Result<Document>| {
+        interrupt.check().is_err() || r.as_ref().map_or(true, |d| filter.matches(d))
+    };
+    let interrupt = crate::op::current();
+    let decode = move |r| interrupt.check().and_then(|()| decode(r));
     // Read lazily: the oplog may be far larger than memory.
     Ok(if reverse {
         Box::new(snap.oplog_rev()?.map(decode).filter(keep))
@@ -810,15 +843,17 @@ pub fn find(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
         src = query_source(&snap, &meta, filter.clone(), &plan)?;
     }
     if let (Some(s), false) = (&sort_spec, plan_sorted) {
-        let docs: Vec<Document> = src.collect::<Result<_>>()?;
-        let docs = if limit > 0 {
-            s.top_k(docs, (limit + skip) as usize)
-        } else {
-            let mut d = docs;
-            s.sort(&mut d);
-            d
-        };
-        src = Box::new(docs.into_iter().map(Ok));
+        // A blocking sort, within the memory limit (spilling with allowDiskUse); with a
+        // limit, a top-k sort that holds only skip + limit documents.
+        let limits = crate::cursor::limits(ctx, cmd)?;
+        let top = (limit > 0).then_some((limit + skip) as usize);
+        let mut sorter = query::sort::Sorter::new(s.clone(), &limits, top);
+        for d in src {
+            sorter
+                .push(d?)
+                .map_err(|e| executor_error(e, "find command"))?;
+        }
+        src = sorter.finish()?;
     }
     let mut src: DocSource = Box::new(src.skip(skip as usize));
     if limit > 0 {
@@ -830,6 +865,24 @@ pub fn find(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
     }
     let r = cursor_reply(ctx, &ns.full(), src, batch_size, single)?;
     Ok(with_at_cluster_time(r, at_ts))
+}
+
+/// A query executor's failure as mongod words it for the client ("Executor error during
+/// find command :: caused by :: ..."), for the memory-limit errors whose wording drivers'
+/// users search for.
+pub(crate) fn executor_error(e: MongoError, during: &str) -> MongoError {
+    if !e.is(ErrorCode::QueryExceededMemoryLimitNoDiskUseAllowed) {
+        return e;
+    }
+    let prefix = if during == "aggregation" {
+        "PlanExecutor error during aggregation :: caused by :: ".to_string()
+    } else {
+        format!("Executor error during {during} :: caused by :: ")
+    };
+    MongoError {
+        message: prefix + &e.message,
+        ..e
+    }
 }
 
 /// Adds a snapshot read's `atClusterTime` to its cursor reply.
@@ -1023,21 +1076,23 @@ pub async fn aggregate(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result
         }
         (None, _) => None,
     };
-    let (input, plan) = match &coll {
-        _ if coll_stats_input.is_some() => (coll_stats_input.unwrap_or_default(), Plan::CollScan),
-        Some(ns) if ns.db == "config" && ns.coll == "system.preimages" => {
-            (snap.preimage_records()?, Plan::CollScan)
-        }
+    let env = SnapEnv::for_command(ctx, snap.clone(), cmd)?.shared();
+    let (input, plan): (DocSource, Plan) = match &coll {
+        _ if coll_stats_input.is_some() => (
+            Box::new(coll_stats_input.unwrap_or_default().into_iter().map(Ok)),
+            Plan::CollScan,
+        ),
+        Some(ns) if ns.db == "config" && ns.coll == "system.preimages" => (
+            Box::new(snap.preimage_records()?.into_iter().map(Ok)),
+            Plan::CollScan,
+        ),
         Some(ns) if ns.db == "local" && ns.coll == "oplog.rs" => {
             let filter = pipeline
                 .leading_match()
                 .cloned()
                 .unwrap_or_else(Filter::match_all)
                 .bind(&vars);
-            (
-                oplog_source(&snap, filter, false)?.collect::<Result<Vec<_>>>()?,
-                Plan::CollScan,
-            )
+            (oplog_source(&snap, filter, false)?, Plan::CollScan)
         }
         Some(ns) => match snap.collection(ns)? {
             Some(meta) => {
@@ -1047,21 +1102,21 @@ pub async fn aggregate(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result
                     .unwrap_or_else(Filter::match_all)
                     .bind(&vars);
                 let plan = plan_query(&meta, &filter, None, cmd.get("hint"))?;
-                (
-                    query_source(&snap, &meta, filter, &plan)?.collect::<Result<Vec<_>>>()?,
-                    plan,
-                )
+                (query_source(&snap, &meta, filter, &plan)?, plan)
             }
-            None => (Vec::new(), Plan::CollScan),
+            None => (Box::new(std::iter::empty()), Plan::CollScan),
         },
-        None => (local_sessions.unwrap_or_default(), Plan::CollScan),
+        None => (
+            Box::new(local_sessions.unwrap_or_default().into_iter().map(Ok)),
+            Plan::CollScan,
+        ),
     };
     if explain {
         return Ok(Reply::ok(
             doc! {"queryPlanner": {"namespace": coll.map(|n| n.full()).unwrap_or_default(), "winningPlan": plan.explain(), "rejectedPlans": []}},
         ));
     }
-    let out = pipeline.run_with(input, &SnapEnv { snap: &snap }, &vars)?;
+    let out = Arc::new(pipeline.clone()).stream(input, &env, &vars);
     let ns = coll.map_or_else(|| format!("{db}.$cmd.aggregate"), |n| n.full());
     if let Some(stage) = pipeline.out_stage().cloned() {
         let level = util::opt_doc(cmd, "readConcern")?.and_then(|r| r.get_str("level").ok());
@@ -1079,18 +1134,16 @@ pub async fn aggregate(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result
         let bypass = cmd
             .get("bypassDocumentValidation")
             .is_some_and(query::expr::truthy);
+        let out = out
+            .collect::<Result<Vec<_>>>()
+            .map_err(|e| executor_error(e, "aggregation"))?;
         write_out(ctx, stage, out, bypass).await?;
         return Ok(Reply::ok(
             doc! {"cursor": {"firstBatch": [], "id": 0i64, "ns": ns}},
         ));
     }
-    let r = cursor_reply(
-        ctx,
-        &ns,
-        Box::new(out.into_iter().map(Ok)),
-        batch_size,
-        false,
-    )?;
+    let r = cursor_reply(ctx, &ns, out, batch_size, false)
+        .map_err(|e| executor_error(e, "aggregation"))?;
     Ok(with_at_cluster_time(r, at_ts))
 }
 
@@ -1146,7 +1199,7 @@ async fn write_out(
                         for f in &on {
                             q.insert(f.clone(), doc::get_path(&d, f).cloned().unwrap_or(Bson::Null));
                         }
-                        let existing = matching(w, &meta, &Filter::parse(&q)?)?.into_iter().next();
+                        let existing = matching(w, &meta, &Filter::parse(&q)?, &s.interrupt)?.into_iter().next();
                         match existing {
                             Some(old) => match when_matched.as_str() {
                                 Some("keepExisting") => {}

@@ -6,8 +6,10 @@ use std::time::{Duration, Instant};
 
 use bson::{Bson, DateTime, Document, Timestamp, doc};
 use changestream::{ChangeStream, Lookup};
-use errors::{ErrorCode, MongoError, Result, labels};
-use query::pipeline::Env;
+use errors::{ErrorCode, Interrupt, MongoError, Result, labels};
+use query::filter::Filter;
+use query::pipeline::{Env, SharedEnv};
+use query::spill::Limits;
 use storage::{Namespace, Snapshot};
 use tokio::sync::Notify;
 
@@ -36,6 +38,11 @@ pub struct Cursor {
     pub ns: String,
     pub kind: CursorKind,
     pub last_used: Instant,
+    /// The opening operation's interruption point, re-armed for each `getMore`.
+    pub interrupt: Interrupt,
+    /// What is left of the opening command's `maxTimeMS` (a non-awaitData cursor's budget
+    /// spans its `getMore`s, as in MongoDB); `None` without a limit.
+    pub time_left: Option<Duration>,
 }
 
 struct Entry {
@@ -179,10 +186,13 @@ pub fn cursor_reply(
     let id = if done || single {
         0
     } else {
+        let interrupt = crate::op::current();
         ctx.cursors.add(Cursor {
             ns: ns.to_string(),
             kind: CursorKind::Query(src),
             last_used: Instant::now(),
+            time_left: interrupt.remaining(),
+            interrupt,
         })
     };
     Ok(Reply::ok(
@@ -235,10 +245,22 @@ pub async fn get_more(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<
         ));
     }
     c.last_used = Instant::now();
+    let time_left = c.time_left;
+    let interrupt = c.interrupt.clone();
     match &mut c.kind {
         CursorKind::Query(src) => {
+            if max_time.is_some() {
+                return Err(MongoError::bad_value(
+                    "cannot set maxTimeMS on getMore command for a non-awaitData cursor",
+                ));
+            }
+            let started = Instant::now();
+            if let Some(left) = time_left {
+                interrupt.set_deadline(Some(started + left));
+            }
             let n = batch_size.map_or(usize::MAX, |b| b as usize);
-            let (batch, done) = match take_batch(src, n) {
+            let res = interrupt.check().and_then(|()| take_batch(src, n));
+            let (batch, done) = match res {
                 Ok(r) => r,
                 Err(e) => {
                     drop(c);
@@ -246,6 +268,9 @@ pub async fn get_more(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<
                     return Err(e);
                 }
             };
+            if let Some(left) = time_left {
+                c.time_left = Some(left.saturating_sub(started.elapsed()));
+            }
             drop(c);
             let out_id = if done {
                 ctx.cursors.remove(id);
@@ -342,18 +367,16 @@ fn read_now(ctx: &ServerCtx, stream: &mut ChangeStream, n: usize) -> Result<Vec<
 /// (`updateLookup`, images, `$lookup`-free pipelines never do).
 struct LazyEnv<'a> {
     ctx: &'a ServerCtx,
-    snap: std::cell::OnceCell<Snapshot>,
+    snap: std::cell::OnceCell<Arc<Snapshot>>,
 }
 
 impl LazyEnv<'_> {
-    fn snap(&self) -> Result<SnapEnv<'_>> {
+    fn snap(&self) -> Result<SnapEnv> {
         if self.snap.get().is_none() {
             let s = self.ctx.store.snapshot()?;
-            let _ = self.snap.set(s);
+            let _ = self.snap.set(Arc::new(s));
         }
-        Ok(SnapEnv {
-            snap: self.snap.get().expect("set above"),
-        })
+        Ok(SnapEnv::plain(self.snap.get().expect("set above").clone()))
     }
 }
 
@@ -464,6 +487,8 @@ pub async fn open_change_stream(
             ns: ns.clone(),
             kind: CursorKind::Change(Box::new(stream)),
             last_used: Instant::now(),
+            interrupt: Interrupt::none(),
+            time_left: None,
         })
     };
     Ok(Reply::ok(
@@ -471,20 +496,98 @@ pub async fn open_change_stream(
     ))
 }
 
-/// Pipelines' and streams' access to a snapshot.
-pub struct SnapEnv<'a> {
-    pub snap: &'a Snapshot,
+/// A read's access to the database: one snapshot, the operation's interruption point, and
+/// the memory limits of its blocking stages.
+pub struct SnapEnv {
+    pub snap: Arc<Snapshot>,
+    pub interrupt: Interrupt,
+    pub limits: Limits,
 }
 
-impl Env for SnapEnv<'_> {
+impl SnapEnv {
+    /// For the current operation, with default limits.
+    pub fn plain(snap: Arc<Snapshot>) -> SnapEnv {
+        SnapEnv {
+            snap,
+            interrupt: crate::op::current(),
+            limits: Limits::default(),
+        }
+    }
+
+    /// For the current operation, under the server's memory limits and the command's
+    /// `allowDiskUse`.
+    ///
+    /// # Errors
+    /// TypeMismatch for a non-boolean `allowDiskUse`.
+    pub fn for_command(ctx: &ServerCtx, snap: Arc<Snapshot>, cmd: &Document) -> Result<SnapEnv> {
+        Ok(SnapEnv {
+            limits: limits(ctx, cmd)?,
+            ..SnapEnv::plain(snap)
+        })
+    }
+
+    /// As the [`SharedEnv`] pipelines run with.
+    pub fn shared(self) -> SharedEnv {
+        Arc::new(self)
+    }
+}
+
+/// The memory limits of a command's blocking stages: the server parameters
+/// `internalQueryMaxBlockingSortMemoryUsageBytes` and
+/// `internalDocumentSourceGroupMaxMemoryBytes`, and `allowDiskUse` (default
+/// `allowDiskUseByDefault`, true). Spills go to `<dbpath>/_tmp`.
+///
+/// # Errors
+/// TypeMismatch for a non-boolean `allowDiskUse`.
+pub fn limits(ctx: &ServerCtx, cmd: &Document) -> Result<Limits> {
+    let params = ctx.parameters.lock().unwrap();
+    let bytes = |name: &str| {
+        util::get_i64(&params, name)
+            .filter(|b| *b > 0)
+            .map_or(query::spill::DEFAULT_MAX_BYTES, |b| b as usize)
+    };
+    let allow_disk_use = match cmd.get("allowDiskUse") {
+        None | Some(Bson::Null) => params.get_bool("allowDiskUseByDefault").unwrap_or(true),
+        Some(Bson::Boolean(b)) => *b,
+        Some(other) => {
+            return Err(MongoError::type_mismatch(format!(
+                "BSON field 'allowDiskUse' is the wrong type '{}', expected type 'bool'",
+                query::expr::type_name(Some(other))
+            )));
+        }
+    };
+    Ok(Limits {
+        sort_bytes: bytes("internalQueryMaxBlockingSortMemoryUsageBytes"),
+        group_bytes: bytes("internalDocumentSourceGroupMaxMemoryBytes"),
+        allow_disk_use,
+        spill_dir: Some(ctx.store.path().join("_tmp")),
+    })
+}
+
+impl Env for SnapEnv {
     fn collection_docs(&self, db: &str, coll: &str) -> Result<Vec<Document>> {
         let Some(meta) = self.snap.collection(&Namespace::new(db, coll))? else {
             return Ok(Vec::new());
         };
-        self.snap
-            .scan_docs(meta.id, None)?
-            .map(|r| r.map(|(_, d)| d))
-            .collect()
+        let mut out = Vec::new();
+        for r in self.snap.scan_docs(meta.id, None)? {
+            self.interrupt.check()?;
+            out.push(r?.1);
+        }
+        Ok(out)
+    }
+
+    fn matching_docs(&self, db: &str, coll: &str, filter: &Filter) -> Result<Vec<Document>> {
+        let Some(meta) = self.snap.collection(&Namespace::new(db, coll))? else {
+            return Ok(Vec::new());
+        };
+        let plan = exec::plan_query(&meta, filter, None, None)?;
+        let mut out = Vec::new();
+        for d in crate::crud::query_source(&self.snap, &meta, filter.clone(), &plan)? {
+            self.interrupt.check()?;
+            out.push(d?);
+        }
+        Ok(out)
     }
 
     fn now(&self) -> DateTime {
@@ -494,9 +597,17 @@ impl Env for SnapEnv<'_> {
     fn cluster_time(&self) -> Timestamp {
         self.snap.ts()
     }
+
+    fn check_interrupt(&self) -> Result<()> {
+        self.interrupt.check()
+    }
+
+    fn limits(&self) -> Limits {
+        self.limits.clone()
+    }
 }
 
-impl Lookup for SnapEnv<'_> {
+impl Lookup for SnapEnv {
     fn current(&self, ns: &Namespace, document_key: &Document) -> Result<Option<Document>> {
         let Some(meta) = self.snap.collection(ns)? else {
             return Ok(None);

@@ -21,6 +21,7 @@ pub mod crud;
 pub mod cursor;
 pub mod ddl;
 pub mod logs;
+pub mod op;
 pub mod reply;
 pub mod sessions;
 pub mod stats;
@@ -110,6 +111,9 @@ impl ServerCtx {
             "transactionLifetimeLimitSeconds": 60,
             "cursorTimeoutMillis": 600_000i64,
             "maxBSONDepth": 200,
+            "internalQueryMaxBlockingSortMemoryUsageBytes": query::spill::DEFAULT_MAX_BYTES as i64,
+            "internalDocumentSourceGroupMaxMemoryBytes": query::spill::DEFAULT_MAX_BYTES as i64,
+            "allowDiskUseByDefault": true,
             "authenticationMechanisms": ["SCRAM-SHA-1", "SCRAM-SHA-256"],
         };
         for (k, v) in parameters {
@@ -209,7 +213,11 @@ async fn run(ctx: &Arc<ServerCtx>, conn: &mut ConnInfo, name: &str, cmd: &Docume
     }
     // Fail points match the command's canonical name, as mongod's do: a legacy handshake's
     // `ismaster` is `isMaster`.
-    let canonical = if name == "ismaster" { "isMaster" } else { name.as_str() };
+    let canonical = if name == "ismaster" {
+        "isMaster"
+    } else {
+        name.as_str()
+    };
     let fp = admin::fail_point_for(ctx, conn, canonical);
     let mut wce = None;
     if let Some(fp) = fp {
@@ -272,7 +280,22 @@ async fn run(ctx: &Arc<ServerCtx>, conn: &mut ConnInfo, name: &str, cmd: &Docume
         Ok(wc) => wc,
         Err(e) => return finish(ctx, Reply::error(e)),
     };
-    let res = dispatch(ctx, conn, &name, cmd).await;
+    // `maxTimeMS` bounds the operation from here on; a getMore's is its await time, or the
+    // budget its cursor kept (see `cursor::get_more`).
+    let interrupt = if name == "getMore" {
+        errors::Interrupt::none()
+    } else {
+        match op::max_time(cmd) {
+            Ok(limit) => errors::Interrupt::after(limit),
+            Err(e) => return finish(ctx, Reply::error(e)),
+        }
+    };
+    if interrupt.deadline().is_some()
+        && admin::take_fail_point(ctx, "maxTimeAlwaysTimeOut", |_| true).is_some()
+    {
+        return finish(ctx, Reply::error(errors::expired()));
+    }
+    let res = op::scope(interrupt, dispatch(ctx, conn, &name, cmd)).await;
     if close_after {
         return Reply::close();
     }

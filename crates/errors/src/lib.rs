@@ -192,6 +192,9 @@ pub const RETRYABLE_WRITE_CODES: &[i32] = &[
     6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436,
 ];
 
+mod interrupt;
+pub use interrupt::{Interrupt, expired};
+
 /// An error as MongoDB reports it: a code (number and name), a message and labels.
 ///
 /// The code is kept as a number and a name rather than [`ErrorCode`] so that fail points

@@ -273,7 +273,7 @@ fn agg(spec: Document, stages: Vec<Document>, input: Vec<Document>) -> Vec<Docum
     Pipeline::parse(&stages, "db")
         .unwrap()
         .with_collation(coll(spec))
-        .run(input, &NoEnv)
+        .run(input, &(Arc::new(NoEnv) as crate::pipeline::SharedEnv))
         .unwrap()
 }
 

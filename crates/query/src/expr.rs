@@ -225,7 +225,7 @@ pub(crate) fn err(code: i32, msg: impl Into<String>) -> MongoError {
 }
 
 /// The MongoDB type name of a value for error messages (`missing` for none).
-pub(crate) fn type_name(v: Option<&Bson>) -> &'static str {
+pub fn type_name(v: Option<&Bson>) -> &'static str {
     match v {
         None => "missing",
         Some(v) => doc::type_name(v),

@@ -17,6 +17,7 @@ pub mod filter;
 pub mod pipeline;
 pub mod projection;
 pub mod sort;
+pub mod spill;
 pub mod update;
 pub mod validation;
 

@@ -1,4 +1,4 @@
-//! Aggregation pipelines: parsing stages and running them over documents in memory.
+//! Aggregation pipelines: parsing stages and running them over streams of documents.
 //!
 //! The pipeline is pure: the few stages that read other collections (`$lookup`,
 //! `$unionWith`) go through [`Env`], and a final `$out`/`$merge` is returned to the caller as
@@ -8,7 +8,6 @@
 
 mod group;
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
@@ -23,14 +22,43 @@ use crate::filter::Filter;
 use crate::projection::Projection;
 use crate::sort::SortSpec;
 
+/// Documents flowing between stages, pulled one at a time.
+pub type DocIter = Box<dyn Iterator<Item = Result<Document>> + Send>;
+
+/// An [`Env`] shared by the stages of a running pipeline (and by the cursor holding it).
+pub type SharedEnv = Arc<dyn Env + Send + Sync>;
+
 /// I/O the stages need, provided by the server.
 pub trait Env {
     /// All documents of a collection (`$lookup`, `$unionWith`); empty if it doesn't exist.
     fn collection_docs(&self, db: &str, coll: &str) -> Result<Vec<Document>>;
+    /// The documents of a collection that match `filter` (`$lookup`'s join), through an
+    /// index when one serves it. By default, a scan of [`Env::collection_docs`].
+    fn matching_docs(&self, db: &str, coll: &str, filter: &Filter) -> Result<Vec<Document>> {
+        let mut out = Vec::new();
+        for d in self.collection_docs(db, coll)? {
+            if filter.try_matches(&d)? {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
     /// `$$NOW`.
     fn now(&self) -> DateTime;
     /// `$$CLUSTER_TIME`.
     fn cluster_time(&self) -> Timestamp;
+    /// The operation's interruption point (`maxTimeMS`, `killOp`); stages call it as they
+    /// consume input.
+    ///
+    /// # Errors
+    /// `MaxTimeMSExpired` (50) or `Interrupted` (11601).
+    fn check_interrupt(&self) -> Result<()> {
+        Ok(())
+    }
+    /// Memory limits of blocking stages and where they may spill.
+    fn limits(&self) -> crate::spill::Limits {
+        crate::spill::Limits::default()
+    }
 }
 
 /// A final `$out` or `$merge`, for the caller to execute.
@@ -76,7 +104,7 @@ enum Stage {
         preserve: bool,
     },
     Lookup(Box<Lookup>),
-    Facet(Vec<(String, Pipeline)>),
+    Facet(Vec<(String, Arc<Pipeline>)>),
     Bucket {
         group_by: Expr,
         boundaries: Vec<Bson>,
@@ -94,7 +122,7 @@ enum Stage {
     UnionWith {
         db: String,
         coll: Option<String>,
-        pipeline: Option<Pipeline>,
+        pipeline: Option<Arc<Pipeline>>,
     },
 }
 
@@ -106,7 +134,11 @@ struct Lookup {
     foreign: Option<String>,
     as_: Vec<String>,
     lets: Vec<(String, Expr)>,
-    pipeline: Option<Pipeline>,
+    pipeline: Option<Arc<Pipeline>>,
+    /// A correlated sub-pipeline's leading `{$match: {$expr: {$eq: ["$field", "$$var"]}}}`
+    /// as (field, var): the foreign collection is first narrowed by `field` equal to the
+    /// variable's value, through an index when one serves. The `$match` still runs.
+    eq_prefilter: Option<(String, String)>,
 }
 
 fn err(code: i32, msg: impl Into<String>) -> MongoError {
@@ -481,7 +513,7 @@ impl Pipeline {
                                 "$out is not allowed to be used within a $facet stage",
                             ));
                         }
-                        facets.push((k.clone(), p));
+                        facets.push((k.clone(), Arc::new(p)));
                     }
                     Stage::Facet(facets)
                 }
@@ -604,7 +636,11 @@ impl Pipeline {
                             ));
                         }
                     };
-                    Stage::UnionWith { db, coll, pipeline }
+                    Stage::UnionWith {
+                        db,
+                        coll,
+                        pipeline: pipeline.map(Arc::new),
+                    }
                 }
                 "$out" => {
                     let (db, coll) = namespace(v, default_db, "$out")?;
@@ -643,17 +679,17 @@ impl Pipeline {
                 Stage::Sort(s) => *s = std::mem::take(s).with_collation(coll.clone()),
                 Stage::Lookup(l) => {
                     if let Some(p) = &mut l.pipeline {
-                        p.set_collation(coll);
+                        Arc::make_mut(p).set_collation(coll);
                     }
                 }
                 Stage::Facet(facets) => {
                     for (_, p) in facets {
-                        p.set_collation(coll);
+                        Arc::make_mut(p).set_collation(coll);
                     }
                 }
                 Stage::UnionWith {
                     pipeline: Some(p), ..
-                } => p.set_collation(coll),
+                } => Arc::make_mut(p).set_collation(coll),
                 _ => {}
             }
         }
@@ -687,7 +723,7 @@ impl Pipeline {
     }
 
     /// Runs all stages except a final `$out`/`$merge` over the input.
-    pub fn run(&self, input: Vec<Document>, env: &dyn Env) -> Result<Vec<Document>> {
+    pub fn run(&self, input: Vec<Document>, env: &SharedEnv) -> Result<Vec<Document>> {
         let vars = Vars::new(env.now(), env.cluster_time());
         self.run_with(input, env, &vars)
     }
@@ -708,16 +744,28 @@ impl Pipeline {
     pub fn run_with(
         &self,
         input: Vec<Document>,
-        env: &dyn Env,
+        env: &SharedEnv,
         vars: &Vars,
     ) -> Result<Vec<Document>> {
-        let vars = self.vars_for(vars);
-        let mut docs = input;
-        let mut cache = HashMap::new();
-        for (_, stage) in &self.stages {
-            docs = run_stage(stage, docs, env, &vars, &mut cache)?;
+        Arc::new(self.clone())
+            .stream(Box::new(input.into_iter().map(Ok)), env, vars)
+            .collect()
+    }
+
+    /// Runs all stages except a final `$out`/`$merge`, lazily: documents are pulled
+    /// through the stages as the result is read, and only blocking stages (`$sort`,
+    /// `$group`, ...) hold documents, within [`Env::limits`].
+    pub fn stream(self: &Arc<Self>, input: DocIter, env: &SharedEnv, vars: &Vars) -> DocIter {
+        let run = Arc::new(Run {
+            vars: self.vars_for(vars).into_owned(),
+            limits: env.limits(),
+            env: env.clone(),
+        });
+        let mut it = input;
+        for i in 0..self.stages.len() {
+            it = stage_iter(self.clone(), i, it, run.clone());
         }
-        Ok(docs)
+        it
     }
 
     /// For pipelines made only of per-document stages: applies them to one document;
@@ -768,6 +816,47 @@ fn starts_with_documents(p: Option<&Pipeline>) -> bool {
     p.is_some_and(|p| p.stage_names().first() == Some(&"$documents"))
 }
 
+/// The (field, variable) of a sub-pipeline whose first stage is
+/// `{$match: {$expr: {$eq: ["$field", "$$var"]}}}` (either order, or the first such term
+/// of an `$and`).
+fn eq_prefilter(stages: &[Bson]) -> Option<(String, String)> {
+    let m = stages.first()?.as_document()?.get_document("$match").ok()?;
+    if m.len() != 1 {
+        return None;
+    }
+    let e = m.get_document("$expr").ok()?;
+    let eq_terms = |e: &Document| -> Option<(String, String)> {
+        let a = e.get_array("$eq").ok()?;
+        let (Some(Bson::String(x)), Some(Bson::String(y)), 2) = (a.first(), a.get(1), a.len())
+        else {
+            return None;
+        };
+        let field = |s: &str| {
+            (s.starts_with('$') && !s.starts_with("$$") && s.len() > 1).then(|| s[1..].to_string())
+        };
+        let var = |s: &str| {
+            s.strip_prefix("$$")
+                .filter(|v| {
+                    !v.is_empty() && !v.contains('.') && v.starts_with(|c: char| c.is_lowercase())
+                })
+                .map(str::to_string)
+        };
+        match (field(x), var(y), field(y), var(x)) {
+            (Some(f), Some(v), _, _) | (_, _, Some(f), Some(v)) => Some((f, v)),
+            _ => None,
+        }
+    };
+    if e.len() != 1 {
+        return None;
+    }
+    match e.get_array("$and") {
+        Ok(terms) => terms
+            .iter()
+            .find_map(|t| t.as_document().and_then(eq_terms)),
+        Err(_) => eq_terms(e),
+    }
+}
+
 fn stage_docs(a: &[Bson]) -> Result<Vec<Document>> {
     a.iter()
         .map(|s| match s {
@@ -795,6 +884,7 @@ fn parse_lookup(v: &Bson, default_db: &str, depth: usize) -> Result<Lookup> {
         as_: Vec::new(),
         lets: Vec::new(),
         pipeline: None,
+        eq_prefilter: None,
     };
     for (k, val) in d {
         match k.as_str() {
@@ -835,7 +925,8 @@ fn parse_lookup(v: &Bson, default_db: &str, depth: usize) -> Result<Lookup> {
                         "$out is not allowed within a $lookup's sub-pipeline",
                     ));
                 }
-                l.pipeline = Some(p);
+                l.eq_prefilter = eq_prefilter(a);
+                l.pipeline = Some(Arc::new(p));
             }
             _ => return Err(err(9, format!("unknown argument to $lookup: {k}"))),
         }
@@ -855,7 +946,7 @@ fn parse_lookup(v: &Bson, default_db: &str, depth: usize) -> Result<Lookup> {
             "$lookup requires either 'pipeline' or both 'localField' and 'foreignField' to be specified",
         ));
     }
-    if l.from.is_none() && !starts_with_documents(l.pipeline.as_ref()) {
+    if l.from.is_none() && !starts_with_documents(l.pipeline.as_deref()) {
         return Err(err(9, "must specify 'from' field for a $lookup"));
     }
     Ok(l)
@@ -1166,24 +1257,6 @@ fn random_u64() -> u64 {
         .finish()
 }
 
-type Cache = HashMap<(String, String), Vec<Document>>;
-
-fn foreign_docs<'a>(
-    cache: &'a mut Cache,
-    env: &dyn Env,
-    db: &str,
-    coll: &str,
-) -> Result<&'a Vec<Document>> {
-    let key = (db.to_string(), coll.to_string());
-    if !cache.contains_key(&key) {
-        let docs = env.collection_docs(db, coll)?;
-        cache.insert(key.clone(), docs);
-    }
-    cache
-        .get(&key)
-        .ok_or_else(|| MongoError::internal("lookup cache"))
-}
-
 /// Values a `$lookup` local field yields: array elements are matched individually; a missing
 /// value matches null.
 fn local_values(d: &Document, path: &str) -> Vec<Bson> {
@@ -1206,145 +1279,207 @@ fn local_values(d: &Document, path: &str) -> Vec<Bson> {
     out
 }
 
-fn run_stage(
-    stage: &Stage,
-    docs: Vec<Document>,
-    env: &dyn Env,
-    vars: &Vars,
-    cache: &mut Cache,
-) -> Result<Vec<Document>> {
-    Ok(match stage {
+/// What every stage of one run shares.
+struct Run {
+    env: SharedEnv,
+    vars: Vars,
+    limits: crate::spill::Limits,
+}
+
+/// A stage that must see all of its input before it yields: it runs when its first
+/// output is asked for.
+struct Blocking<F> {
+    pending: Option<(DocIter, F)>,
+    out: Option<DocIter>,
+}
+
+impl<F: FnOnce(DocIter) -> Result<DocIter>> Iterator for Blocking<F> {
+    type Item = Result<Document>;
+
+    fn next(&mut self) -> Option<Result<Document>> {
+        if let Some((input, f)) = self.pending.take() {
+            match f(input) {
+                Ok(it) => self.out = Some(it),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        self.out.as_mut()?.next()
+    }
+}
+
+fn blocking(
+    input: DocIter,
+    f: impl FnOnce(DocIter) -> Result<DocIter> + Send + 'static,
+) -> DocIter {
+    Box::new(Blocking {
+        pending: Some((input, f)),
+        out: None,
+    })
+}
+
+fn vec_iter(docs: Vec<Document>) -> DocIter {
+    Box::new(docs.into_iter().map(Ok))
+}
+
+/// Collects a blocking stage's input within the sort memory limit.
+fn buffer(input: DocIter, run: &Run, over: impl Fn(usize) -> MongoError) -> Result<Vec<Document>> {
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    for d in input {
+        run.env.check_interrupt()?;
+        let d = d?;
+        bytes += crate::spill::doc_size(&d);
+        if bytes > run.limits.sort_bytes {
+            return Err(over(run.limits.sort_bytes));
+        }
+        out.push(d);
+    }
+    Ok(out)
+}
+
+fn stage_iter(p: Arc<Pipeline>, i: usize, input: DocIter, run: Arc<Run>) -> DocIter {
+    macro_rules! stage {
+        () => {
+            &p.stages[i].1
+        };
+    }
+    match stage!() {
         Stage::Match(_)
         | Stage::Project(_)
         | Stage::AddFields(_)
         | Stage::ReplaceRoot(_)
         | Stage::Redact(_) => {
-            let mut out = Vec::with_capacity(docs.len());
-            for d in docs {
-                if let PerDoc::One(d) = per_doc(stage, d, vars)? {
-                    out.push(d);
+            Box::new(input.filter_map(
+                move |r| match r.and_then(|d| per_doc(stage!(), d, &run.vars)) {
+                    Ok(PerDoc::One(d)) => Some(Ok(d)),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e)),
+                },
+            ))
+        }
+        Stage::Limit(n) => Box::new(input.take(*n)),
+        Stage::Skip(n) => {
+            let mut left = *n;
+            // Errors are not skipped: they end the read.
+            Box::new(input.filter(move |r| {
+                if r.is_ok() && left > 0 {
+                    left -= 1;
+                    false
+                } else {
+                    true
                 }
-            }
-            out
+            }))
         }
-        Stage::Sort(s) => {
-            let mut docs = docs;
-            s.sort(&mut docs);
-            docs
-        }
-        Stage::Limit(n) => docs.into_iter().take(*n).collect(),
-        Stage::Skip(n) => docs.into_iter().skip(*n).collect(),
-        Stage::Group(id, accs) => {
-            let mut g = Grouper::new(accs);
-            for d in &docs {
-                let key = id.eval(d, vars)?.unwrap_or(Bson::Null);
-                g.add(key, d, vars)?;
-            }
-            g.finish("_id")
-        }
-        Stage::Count(name) => {
-            if docs.is_empty() {
-                Vec::new()
-            } else {
-                let mut d = Document::new();
-                d.insert(name.clone(), crate::expr::num::narrow(docs.len() as i64));
-                vec![d]
-            }
-        }
-        Stage::Unwind {
-            path,
-            index,
-            preserve,
-        } => {
-            let mut out = Vec::new();
-            for d in docs {
-                let (items, keep) = match get_literal(&d, path) {
-                    Some(Bson::Array(a)) if !a.is_empty() => (Some(a.clone()), false),
-                    Some(Bson::Array(_)) | Some(Bson::Null) | None => (None, *preserve),
-                    Some(_) => (None, true),
-                };
-                match items {
-                    Some(a) => {
-                        for (i, e) in a.into_iter().enumerate() {
-                            let mut nd = d.clone();
-                            set_field(&mut nd, path, Some(e));
-                            if let Some(ix) = index {
-                                nd.insert(ix.clone(), Bson::Int64(i as i64));
-                            }
-                            out.push(nd);
-                        }
-                    }
-                    None if keep => {
-                        let mut nd = d;
-                        if let Some(ix) = index {
-                            nd.insert(ix.clone(), Bson::Null);
-                        }
-                        out.push(nd);
-                    }
-                    None => {}
-                }
-            }
-            out
-        }
-        Stage::Lookup(l) => {
-            let foreign: Vec<Document> = match (&l.from, &l.pipeline) {
-                (Some(coll), _) => foreign_docs(cache, env, &l.db, coll)?.clone(),
-                (None, _) => Vec::new(),
+        Stage::Sort(_) => {
+            // `$sort` then `$limit` is a top-k sort: only k documents are held.
+            let top = match p.stages.get(i + 1) {
+                Some((_, Stage::Limit(k))) => Some(*k),
+                _ => None,
             };
-            let mut out = Vec::with_capacity(docs.len());
-            for mut d in docs {
-                let mut matched: Vec<Document> = match (&l.local, &l.foreign) {
-                    (Some(lf), Some(ff)) => {
-                        let vals = local_values(&d, lf);
-                        let mut f = Document::new();
-                        f.insert(ff.clone(), bson::doc! {"$in": vals});
-                        let filter = Filter::parse(&f)?.with_collation(vars.shared_collation());
-                        foreign
-                            .iter()
-                            .filter(|fd| filter.matches(fd))
-                            .cloned()
-                            .collect()
-                    }
-                    _ => foreign.clone(),
+            blocking(input, move |input| {
+                let Stage::Sort(spec) = stage!() else {
+                    unreachable!("a sort stage")
                 };
-                if let Some(p) = &l.pipeline {
-                    let mut v = vars.clone();
-                    for (name, e) in &l.lets {
-                        v.set(name, e.eval(&d, vars)?.unwrap_or(Bson::Null));
-                    }
-                    matched = p.run_with(matched, env, &v)?;
+                let mut sorter = crate::sort::Sorter::new(spec.clone(), &run.limits, top);
+                for d in input {
+                    run.env.check_interrupt()?;
+                    sorter.push(d?)?;
                 }
-                set_field(
-                    &mut d,
-                    &l.as_,
-                    Some(Bson::Array(
-                        matched.into_iter().map(Bson::Document).collect(),
-                    )),
-                );
-                out.push(d);
-            }
-            out
+                sorter.finish()
+            })
         }
-        Stage::Facet(facets) => {
+        Stage::Group(..) => blocking(input, move |input| {
+            let Stage::Group(id, accs) = stage!() else {
+                unreachable!("a group stage")
+            };
+            let vars = &run.vars;
+            let mut g = Grouper::limited(accs, &run.limits);
+            for d in input {
+                run.env.check_interrupt()?;
+                let d = d?;
+                let key = id.eval(&d, vars)?.unwrap_or(Bson::Null);
+                g.add(key, &d, vars)?;
+            }
+            g.finish_iter("_id", vars.shared_collation())
+        }),
+        Stage::Count(_) => blocking(input, move |input| {
+            let Stage::Count(name) = stage!() else {
+                unreachable!("a count stage")
+            };
+            let mut n = 0i64;
+            for d in input {
+                d?;
+                n += 1;
+            }
+            if n == 0 {
+                return Ok(vec_iter(Vec::new()));
+            }
             let mut d = Document::new();
-            for (name, p) in facets {
-                let r = p.run_with(docs.clone(), env, vars)?;
+            d.insert(name.clone(), crate::expr::num::narrow(n));
+            Ok(vec_iter(vec![d]))
+        }),
+        Stage::Unwind { .. } => Box::new(input.flat_map(move |r| {
+            let Stage::Unwind {
+                path,
+                index,
+                preserve,
+            } = stage!()
+            else {
+                unreachable!("an unwind stage")
+            };
+            let d = match r {
+                Ok(d) => d,
+                Err(e) => return vec![Err(e)],
+            };
+            unwind(d, path, index.as_deref(), *preserve)
+        })),
+        Stage::Lookup(_) => {
+            let mut cache: Option<Arc<Vec<Document>>> = None;
+            Box::new(input.map(move |r| {
+                let Stage::Lookup(l) = stage!() else {
+                    unreachable!("a lookup stage")
+                };
+                lookup_one(l, r?, &run, &mut cache)
+            }))
+        }
+        Stage::Facet(_) => blocking(input, move |input| {
+            let Stage::Facet(facets) = stage!() else {
+                unreachable!("a facet stage")
+            };
+            let docs = buffer(input, &run, |limit| {
+                err(
+                    4_031_700,
+                    format!("$facet exceeded its memory limit of {limit} bytes"),
+                )
+            })?;
+            let mut d = Document::new();
+            for (name, fp) in facets {
+                let r: Vec<Document> = fp
+                    .stream(vec_iter(docs.clone()), &run.env, &run.vars)
+                    .collect::<Result<_>>()?;
                 d.insert(
                     name.clone(),
                     Bson::Array(r.into_iter().map(Bson::Document).collect()),
                 );
             }
-            vec![d]
-        }
-        Stage::Bucket {
-            group_by,
-            boundaries,
-            default,
-            output,
-        } => {
+            Ok(vec_iter(vec![d]))
+        }),
+        Stage::Bucket { .. } => blocking(input, move |input| {
+            let Stage::Bucket {
+                group_by,
+                boundaries,
+                default,
+                output,
+            } = stage!()
+            else {
+                unreachable!("a bucket stage")
+            };
+            let vars = &run.vars;
             let mut g = Grouper::new(output);
-            for d in &docs {
-                let v = group_by.eval(d, vars)?.unwrap_or(Bson::Null);
+            for d in input {
+                run.env.check_interrupt()?;
+                let d = d?;
+                let v = group_by.eval(&d, vars)?.unwrap_or(Bson::Null);
                 let same = |b: &Bson| doc::compare::type_rank(b) == doc::compare::type_rank(&v);
                 let idx = (0..boundaries.len() - 1).find(|&i| {
                     same(&boundaries[i])
@@ -1361,7 +1496,7 @@ fn run_stage(
                         ));
                     }
                 };
-                g.add(key, d, vars)?;
+                g.add(key, &d, vars)?;
             }
             let mut res = g.finish("_id");
             let pos = |d: &Document| {
@@ -1372,119 +1507,312 @@ fn run_stage(
                     .unwrap_or(usize::MAX)
             };
             res.sort_by_key(pos);
-            res
-        }
-        Stage::BucketAuto {
-            group_by,
-            buckets,
-            output,
-        } => {
-            let mut keyed = Vec::with_capacity(docs.len());
-            for d in docs {
-                let v = group_by.eval(&d, vars)?.unwrap_or(Bson::Null);
-                keyed.push((v, d));
-            }
-            keyed.sort_by(|a, b| cmp_values_with(&a.0, &b.0, vars.collation()));
-            let n = keyed.len();
-            let per = n.div_ceil(*buckets).max(1);
-            let mut groups: Vec<Vec<(Bson, Document)>> = Vec::new();
-            let mut cur: Vec<(Bson, Document)> = Vec::new();
-            for item in keyed {
-                let boundary = cur.len() >= per
-                    && cur
-                        .last()
-                        .is_some_and(|l| !values_equal_with(&l.0, &item.0, vars.collation()));
-                if boundary {
-                    groups.push(std::mem::take(&mut cur));
-                }
-                cur.push(item);
-            }
-            if !cur.is_empty() {
-                groups.push(cur);
-            }
-            let mut out = Vec::new();
-            for (i, grp) in groups.iter().enumerate() {
-                let min = grp.first().map(|x| x.0.clone()).unwrap_or(Bson::Null);
-                let max = match groups.get(i + 1) {
-                    Some(next) => next.first().map(|x| x.0.clone()).unwrap_or(Bson::Null),
-                    None => grp.last().map(|x| x.0.clone()).unwrap_or(Bson::Null),
-                };
-                let mut g = Grouper::new(output);
-                for (_, d) in grp {
-                    g.add(Bson::Null, d, vars)?;
-                }
-                for mut r in g.finish("_id") {
-                    r.insert("_id", bson::doc! {"min": min.clone(), "max": max.clone()});
-                    let id = r.remove("_id").unwrap_or(Bson::Null);
-                    let mut nd = Document::new();
-                    nd.insert("_id", id);
-                    nd.extend(r);
-                    out.push(nd);
-                }
-            }
-            out
-        }
-        Stage::SortByCount(e) => {
+            Ok(vec_iter(res))
+        }),
+        Stage::BucketAuto { .. } => blocking(input, move |input| {
+            let Stage::BucketAuto {
+                group_by,
+                buckets,
+                output,
+            } = stage!()
+            else {
+                unreachable!("a bucketAuto stage")
+            };
+            let docs = buffer(input, &run, crate::spill::sort_limit_error)?;
+            bucket_auto(docs, group_by, *buckets, output, &run.vars).map(vec_iter)
+        }),
+        Stage::SortByCount(_) => blocking(input, move |input| {
+            let Stage::SortByCount(e) = stage!() else {
+                unreachable!("a sortByCount stage")
+            };
+            let vars = &run.vars;
             let accs = parse_accumulators(&bson::doc! {"count": {"$sum": 1}})?;
-            let mut g = Grouper::new(&accs);
-            for d in &docs {
-                g.add(e.eval(d, vars)?.unwrap_or(Bson::Null), d, vars)?;
+            let mut g = Grouper::limited(&accs, &run.limits);
+            for d in input {
+                run.env.check_interrupt()?;
+                let d = d?;
+                g.add(e.eval(&d, vars)?.unwrap_or(Bson::Null), &d, vars)?;
             }
-            let mut res = g.finish("_id");
-            SortSpec::parse(&bson::doc! {"count": -1})?.sort(&mut res);
-            res
-        }
-        Stage::Sample(n) => {
-            let mut docs = docs;
-            let len = docs.len();
-            for i in 0..len.min(*n) {
+            let mut sorter = crate::sort::Sorter::new(
+                SortSpec::parse(&bson::doc! {"count": -1})?,
+                &run.limits,
+                None,
+            );
+            for d in g.finish_iter("_id", vars.shared_collation())? {
+                sorter.push(d?)?;
+            }
+            sorter.finish()
+        }),
+        Stage::Sample(_) => blocking(input, move |input| {
+            let Stage::Sample(n) = stage!() else {
+                unreachable!("a sample stage")
+            };
+            // Reservoir sampling: only `n` documents are held, whatever the input.
+            let n = *n;
+            let mut kept: Vec<Document> = Vec::new();
+            let mut bytes = 0usize;
+            let mut seen = 0u64;
+            for d in input {
+                run.env.check_interrupt()?;
+                let d = d?;
+                seen += 1;
+                if kept.len() < n {
+                    bytes += crate::spill::doc_size(&d);
+                    if bytes > run.limits.sort_bytes {
+                        return Err(crate::spill::sort_limit_error(run.limits.sort_bytes));
+                    }
+                    kept.push(d);
+                } else {
+                    let j = (random_u64() % seen) as usize;
+                    if j < n {
+                        kept[j] = d;
+                    }
+                }
+            }
+            let len = kept.len();
+            for i in 0..len {
                 let j = i + (random_u64() % (len - i) as u64) as usize;
-                docs.swap(i, j);
+                kept.swap(i, j);
             }
-            docs.truncate(*n);
-            docs
+            Ok(vec_iter(kept))
+        }),
+        Stage::Documents(_) => blocking(input, move |_| {
+            let Stage::Documents(e) = stage!() else {
+                unreachable!("a documents stage")
+            };
+            documents(e, &run.vars).map(vec_iter)
+        }),
+        Stage::UnionWith { .. } => {
+            let other = blocking(Box::new(std::iter::empty()), move |_| {
+                let Stage::UnionWith { db, coll, pipeline } = stage!() else {
+                    unreachable!("a unionWith stage")
+                };
+                let other = match coll {
+                    Some(c) => run.env.collection_docs(db, c)?,
+                    None => Vec::new(),
+                };
+                Ok(match pipeline {
+                    Some(sub) => sub.stream(vec_iter(other), &run.env, &run.vars),
+                    None => vec_iter(other),
+                })
+            });
+            Box::new(input.chain(other))
         }
-        Stage::Documents(e) => {
-            let empty = Document::new();
-            match e.eval(&empty, vars)? {
-                Some(Bson::Array(a)) => a
-                    .into_iter()
-                    .map(|v| match v {
-                        Bson::Document(d) => Ok(d),
-                        other => Err(err(
-                            40228,
-                            format!(
-                                "$documents: elements must be objects, got {}",
-                                crate::expr::type_name(Some(&other))
-                            ),
-                        )),
-                    })
-                    .collect::<Result<_>>()?,
-                other => {
+    }
+}
+
+fn unwind(
+    d: Document,
+    path: &[String],
+    index: Option<&str>,
+    preserve: bool,
+) -> Vec<Result<Document>> {
+    let (items, keep) = match get_literal(&d, path) {
+        Some(Bson::Array(a)) if !a.is_empty() => (Some(a.clone()), false),
+        Some(Bson::Array(_)) | Some(Bson::Null) | None => (None, preserve),
+        Some(_) => (None, true),
+    };
+    let mut out = Vec::new();
+    match items {
+        Some(a) => {
+            for (i, e) in a.into_iter().enumerate() {
+                let mut nd = d.clone();
+                set_field(&mut nd, path, Some(e));
+                if let Some(ix) = index {
+                    nd.insert(ix, Bson::Int64(i as i64));
+                }
+                out.push(Ok(nd));
+            }
+        }
+        None if keep => {
+            let mut nd = d;
+            if let Some(ix) = index {
+                nd.insert(ix, Bson::Null);
+            }
+            out.push(Ok(nd));
+        }
+        None => {}
+    }
+    out
+}
+
+/// A foreign collection small enough to keep for every outer document of a `$lookup`
+/// that cannot use a join predicate (a quarter of the sort limit).
+fn cached_foreign(
+    cache: &mut Option<Arc<Vec<Document>>>,
+    run: &Run,
+    db: &str,
+    coll: &str,
+) -> Result<Arc<Vec<Document>>> {
+    if let Some(c) = cache {
+        return Ok(c.clone());
+    }
+    let docs = run.env.collection_docs(db, coll)?;
+    let docs = Arc::new(docs);
+    let bytes: usize = docs.iter().map(crate::spill::doc_size).sum();
+    if bytes <= run.limits.sort_bytes / 4 {
+        *cache = Some(docs.clone());
+    }
+    Ok(docs)
+}
+
+fn lookup_one(
+    l: &Lookup,
+    mut d: Document,
+    run: &Run,
+    cache: &mut Option<Arc<Vec<Document>>>,
+) -> Result<Document> {
+    run.env.check_interrupt()?;
+    let vars = &run.vars;
+    let from = l.from.as_deref();
+    // The join predicate, when there is one, goes to the foreign collection (and its
+    // indexes); otherwise every foreign document is a candidate.
+    let join = match (&l.local, &l.foreign) {
+        (Some(lf), Some(ff)) => {
+            let mut f = Document::new();
+            f.insert(ff.clone(), bson::doc! {"$in": local_values(&d, lf)});
+            Some(f)
+        }
+        _ => None,
+    };
+    let mut sub_vars: Option<Vars> = None;
+    if l.pipeline.is_some() {
+        let mut v = vars.clone();
+        for (name, e) in &l.lets {
+            v.set(name, e.eval(&d, vars)?.unwrap_or(Bson::Null));
+        }
+        sub_vars = Some(v);
+    }
+    let prefilter = match (&join, &l.eq_prefilter, &sub_vars) {
+        (None, Some((field, var)), Some(v)) => match v.get(var) {
+            Some(val) if !matches!(val, Bson::RegularExpression(_)) => {
+                let mut f = Document::new();
+                f.insert(field.clone(), bson::doc! {"$in": [val.clone()]});
+                Some(f)
+            }
+            _ => None,
+        },
+        _ => None,
+    };
+    let candidates: Vec<Document> = match (from, join.or(prefilter)) {
+        (None, _) => Vec::new(),
+        (Some(coll), Some(f)) => {
+            let filter = Filter::parse(&f)?.with_collation(vars.shared_collation());
+            run.env.matching_docs(&l.db, coll, &filter)?
+        }
+        (Some(coll), None) => cached_foreign(cache, run, &l.db, coll)?.as_ref().clone(),
+    };
+    let matched: Vec<Document> = match (&l.pipeline, &sub_vars) {
+        (Some(sub), Some(v)) => {
+            let mut out = Vec::new();
+            let mut bytes = 0usize;
+            for r in sub.stream(vec_iter(candidates), &run.env, v) {
+                run.env.check_interrupt()?;
+                let m = r?;
+                bytes += crate::spill::doc_size(&m);
+                if bytes > run.limits.sort_bytes {
                     return Err(err(
-                        5858203,
+                        4568,
                         format!(
-                            "$documents must evaluate to an array of objects, got {}",
-                            crate::expr::type_name(other.as_ref())
+                            "Total size of documents in {} matching pipeline's $lookup stage exceeds {} bytes",
+                            from.unwrap_or(""),
+                            run.limits.sort_bytes
                         ),
                     ));
                 }
+                out.push(m);
             }
+            out
         }
-        Stage::UnionWith { db, coll, pipeline } => {
-            let other = match coll {
-                Some(c) => foreign_docs(cache, env, db, c)?.clone(),
-                None => Vec::new(),
-            };
-            let other = match pipeline {
-                Some(p) => p.run_with(other, env, vars)?,
-                None => other,
-            };
-            let mut docs = docs;
-            docs.extend(other);
-            docs
+        _ => candidates,
+    };
+    set_field(
+        &mut d,
+        &l.as_,
+        Some(Bson::Array(
+            matched.into_iter().map(Bson::Document).collect(),
+        )),
+    );
+    Ok(d)
+}
+
+fn bucket_auto(
+    docs: Vec<Document>,
+    group_by: &Expr,
+    buckets: usize,
+    output: &[AccSpec],
+    vars: &Vars,
+) -> Result<Vec<Document>> {
+    let mut keyed = Vec::with_capacity(docs.len());
+    for d in docs {
+        let v = group_by.eval(&d, vars)?.unwrap_or(Bson::Null);
+        keyed.push((v, d));
+    }
+    keyed.sort_by(|a, b| cmp_values_with(&a.0, &b.0, vars.collation()));
+    let n = keyed.len();
+    let per = n.div_ceil(buckets).max(1);
+    let mut groups: Vec<Vec<(Bson, Document)>> = Vec::new();
+    let mut cur: Vec<(Bson, Document)> = Vec::new();
+    for item in keyed {
+        let boundary = cur.len() >= per
+            && cur
+                .last()
+                .is_some_and(|l| !values_equal_with(&l.0, &item.0, vars.collation()));
+        if boundary {
+            groups.push(std::mem::take(&mut cur));
         }
-    })
+        cur.push(item);
+    }
+    if !cur.is_empty() {
+        groups.push(cur);
+    }
+    let mut out = Vec::new();
+    for (i, grp) in groups.iter().enumerate() {
+        let min = grp.first().map(|x| x.0.clone()).unwrap_or(Bson::Null);
+        let max = match groups.get(i + 1) {
+            Some(next) => next.first().map(|x| x.0.clone()).unwrap_or(Bson::Null),
+            None => grp.last().map(|x| x.0.clone()).unwrap_or(Bson::Null),
+        };
+        let mut g = Grouper::new(output);
+        for (_, d) in grp {
+            g.add(Bson::Null, d, vars)?;
+        }
+        for mut r in g.finish("_id") {
+            r.insert("_id", bson::doc! {"min": min.clone(), "max": max.clone()});
+            let id = r.remove("_id").unwrap_or(Bson::Null);
+            let mut nd = Document::new();
+            nd.insert("_id", id);
+            nd.extend(r);
+            out.push(nd);
+        }
+    }
+    Ok(out)
+}
+
+fn documents(e: &Expr, vars: &Vars) -> Result<Vec<Document>> {
+    let empty = Document::new();
+    match e.eval(&empty, vars)? {
+        Some(Bson::Array(a)) => a
+            .into_iter()
+            .map(|v| match v {
+                Bson::Document(d) => Ok(d),
+                other => Err(err(
+                    40228,
+                    format!(
+                        "$documents: elements must be objects, got {}",
+                        crate::expr::type_name(Some(&other))
+                    ),
+                )),
+            })
+            .collect(),
+        other => Err(err(
+            5858203,
+            format!(
+                "$documents must evaluate to an array of objects, got {}",
+                crate::expr::type_name(other.as_ref())
+            ),
+        )),
+    }
 }
 
 #[cfg(test)]

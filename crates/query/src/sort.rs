@@ -215,6 +215,136 @@ impl SortSpec {
     }
 }
 
+/// A blocking sort within a memory limit: documents are buffered until the limit, then
+/// (with `allowDiskUse`) written out as sorted runs and merged. With a `limit` it is a
+/// top-k sort and keeps only the best `k` documents in memory.
+pub struct Sorter {
+    spec: SortSpec,
+    max_bytes: usize,
+    allow_disk_use: bool,
+    dir: Option<std::path::PathBuf>,
+    limit: Option<usize>,
+    buf: Vec<(Vec<Key>, usize, Document)>,
+    bytes: usize,
+    runs: Vec<crate::spill::Run>,
+}
+
+impl Sorter {
+    /// A sorter for `spec` under `limits`, keeping the first `limit` documents if given.
+    pub fn new(spec: SortSpec, limits: &crate::spill::Limits, limit: Option<usize>) -> Sorter {
+        Sorter {
+            spec,
+            max_bytes: limits.sort_bytes,
+            allow_disk_use: limits.allow_disk_use,
+            dir: limits.spill_dir.clone(),
+            limit,
+            buf: Vec::new(),
+            bytes: 0,
+            runs: Vec::new(),
+        }
+    }
+
+    fn sort_buf(&mut self) {
+        let spec = &self.spec;
+        self.buf.sort_by(|a, b| spec.cmp_keys(&a.0, &b.0));
+        if let Some(k) = self.limit {
+            self.buf.truncate(k);
+            self.bytes = self.buf.iter().map(|x| x.1).sum();
+        }
+    }
+
+    /// Adds one document.
+    ///
+    /// # Errors
+    /// `QueryExceededMemoryLimitNoDiskUseAllowed` (292) past the limit without
+    /// `allowDiskUse`; I/O errors of the run files.
+    pub fn push(&mut self, d: Document) -> Result<()> {
+        let size = crate::spill::doc_size(&d);
+        self.bytes += size;
+        self.buf.push((self.spec.keys_of(&d), size, d));
+        if let Some(k) = self.limit {
+            if self.buf.len() >= k.saturating_mul(2).max(64) {
+                self.sort_buf();
+            }
+        }
+        if self.bytes > self.max_bytes {
+            if self.limit.is_some() {
+                self.sort_buf();
+                if self.bytes <= self.max_bytes {
+                    return Ok(());
+                }
+            }
+            let Some(dir) = self.dir.clone().filter(|_| self.allow_disk_use) else {
+                return Err(crate::spill::sort_limit_error(self.max_bytes));
+            };
+            self.sort_buf();
+            let run = crate::spill::Run::write(&dir, self.buf.iter().map(|x| &x.2))?;
+            self.runs.push(run);
+            self.buf.clear();
+            self.bytes = 0;
+        }
+        Ok(())
+    }
+
+    /// Whether any run went to disk.
+    pub fn spilled(&self) -> bool {
+        !self.runs.is_empty()
+    }
+
+    /// The documents in sort order.
+    ///
+    /// # Errors
+    /// I/O errors writing the last run.
+    pub fn finish(mut self) -> Result<crate::pipeline::DocIter> {
+        self.sort_buf();
+        if self.runs.is_empty() {
+            return Ok(Box::new(self.buf.into_iter().map(|x| Ok(x.2))));
+        }
+        if !self.buf.is_empty() {
+            let dir = self.dir.clone().unwrap_or_default();
+            let run = crate::spill::Run::write(&dir, self.buf.iter().map(|x| &x.2))?;
+            self.runs.push(run);
+        }
+        Ok(Box::new(SortedRuns {
+            merge: crate::spill::Merge::new(std::mem::take(&mut self.runs)),
+            remaining: self.limit.unwrap_or(usize::MAX),
+            spec: self.spec,
+        }))
+    }
+}
+
+/// The merge of a sorter's runs.
+struct SortedRuns {
+    merge: crate::spill::Merge<Vec<Key>>,
+    spec: SortSpec,
+    remaining: usize,
+}
+
+impl Iterator for SortedRuns {
+    type Item = Result<Document>;
+
+    fn next(&mut self) -> Option<Result<Document>> {
+        if self.remaining == 0 {
+            return None;
+        }
+        let spec = &self.spec;
+        let r = self
+            .merge
+            .next_by(&mut |d| Ok(spec.keys_of(d)), &|a, b| spec.cmp_keys(a, b));
+        match r {
+            Ok(Some((_, d))) => {
+                self.remaining -= 1;
+                Some(Ok(d))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                self.remaining = 0;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

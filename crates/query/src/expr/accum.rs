@@ -159,6 +159,89 @@ impl Acc {
         Ok(())
     }
 
+    /// The running state as a document, for a `$group` that spills to disk.
+    pub(crate) fn to_doc(&self) -> Document {
+        let mut d = Document::new();
+        d.insert("t", self.total.clone());
+        d.insert("c", self.count as i64);
+        if let Some(v) = &self.value {
+            d.insert("v", v.clone());
+        }
+        d.insert("s", self.seen);
+        d.insert("i", self.items.clone());
+        d.insert("m", self.merged.clone());
+        d.insert("mean", self.mean);
+        d.insert("m2", self.m2);
+        d
+    }
+
+    /// The state [`Acc::to_doc`] wrote.
+    pub(crate) fn from_doc(kind: AccKind, d: &Document) -> Acc {
+        Acc {
+            kind,
+            total: d.get("t").cloned().unwrap_or(Bson::Int32(0)),
+            count: d.get_i64("c").unwrap_or(0).max(0) as u64,
+            value: d.get("v").cloned(),
+            seen: d.get_bool("s").unwrap_or(false),
+            items: d.get_array("i").cloned().unwrap_or_default(),
+            merged: d.get_document("m").cloned().unwrap_or_default(),
+            mean: d.get_f64("mean").unwrap_or(0.0),
+            m2: d.get_f64("m2").unwrap_or(0.0),
+        }
+    }
+
+    /// Folds in the state of the same accumulator over later input (a later spilled run),
+    /// so that the result is as if one accumulator had seen all of it in order.
+    pub(crate) fn merge(&mut self, later: Acc, coll: Option<&Collation>) -> Result<()> {
+        match self.kind {
+            AccKind::Sum | AccKind::Avg => {
+                self.total = num::add(&self.total, &later.total);
+                self.count += later.count;
+            }
+            AccKind::Count => self.count += later.count,
+            AccKind::Min | AccKind::Max => {
+                if later.value.is_some() {
+                    self.add(later.value, coll)?;
+                }
+            }
+            AccKind::First => {
+                if !self.seen {
+                    self.seen = later.seen;
+                    self.value = later.value;
+                }
+            }
+            AccKind::Last => {
+                if later.seen {
+                    self.seen = true;
+                    self.value = later.value;
+                }
+            }
+            AccKind::Push => self.items.extend(later.items),
+            AccKind::AddToSet => {
+                for v in later.items {
+                    self.add(Some(v), coll)?;
+                }
+            }
+            AccKind::MergeObjects => {
+                for (k, v) in later.merged {
+                    self.merged.insert(k, v);
+                }
+            }
+            AccKind::StdDevPop | AccKind::StdDevSamp => {
+                // Chan et al.'s parallel combination of two (n, mean, M2) states.
+                let (na, nb) = (self.count as f64, later.count as f64);
+                if later.count > 0 {
+                    let n = na + nb;
+                    let delta = later.mean - self.mean;
+                    self.mean += delta * nb / n;
+                    self.m2 += later.m2 + delta * delta * na * nb / n;
+                    self.count += later.count;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The accumulated result.
     pub(crate) fn finish(&self) -> Bson {
         match self.kind {

@@ -6,8 +6,10 @@ use bson::{Bson, Document};
 use doc::Collation;
 use errors::{MongoError, Result};
 
+use super::DocIter;
 use crate::expr::accum::{Acc, AccKind};
 use crate::expr::{Expr, Vars};
+use crate::spill::{Limits, Merge, Run, bson_size};
 
 /// One output field of `$group`: name, accumulator and its argument.
 #[derive(Debug, Clone)]
@@ -134,19 +136,36 @@ fn canonical(v: &Bson, out: &mut String, coll: Option<&Collation>) {
     }
 }
 
-/// Groups documents by key and accumulates.
+/// Groups documents by key and accumulates, within a memory limit: past it, with
+/// `allowDiskUse`, the groups so far are written out sorted by key and the runs merged at
+/// the end (each group's partial states folded in input order).
 pub(crate) struct Grouper<'a> {
     specs: &'a [AccSpec],
     index: HashMap<String, usize>,
-    groups: Vec<(Bson, Vec<Acc>)>,
+    groups: Vec<(String, Bson, Vec<Acc>)>,
+    bytes: usize,
+    limits: Option<&'a Limits>,
+    runs: Vec<Run>,
 }
 
 impl<'a> Grouper<'a> {
+    /// A grouper without a memory limit (for input already bounded, e.g. one bucket).
     pub(crate) fn new(specs: &'a [AccSpec]) -> Grouper<'a> {
         Grouper {
             specs,
             index: HashMap::new(),
             groups: Vec::new(),
+            bytes: 0,
+            limits: None,
+            runs: Vec::new(),
+        }
+    }
+
+    /// A grouper held to `limits.group_bytes`.
+    pub(crate) fn limited(specs: &'a [AccSpec], limits: &'a Limits) -> Grouper<'a> {
+        Grouper {
+            limits: Some(limits),
+            ..Grouper::new(specs)
         }
     }
 
@@ -156,35 +175,172 @@ impl<'a> Grouper<'a> {
         let i = match self.index.get(&k) {
             Some(i) => *i,
             None => {
-                self.groups
-                    .push((key, self.specs.iter().map(|s| Acc::new(s.kind)).collect()));
+                self.bytes += 64 + 2 * k.len() + bson_size(&key) + 96 * self.specs.len();
+                self.groups.push((
+                    k.clone(),
+                    key,
+                    self.specs.iter().map(|s| Acc::new(s.kind)).collect(),
+                ));
                 self.index.insert(k, self.groups.len() - 1);
                 self.groups.len() - 1
             }
         };
-        for (spec, acc) in self.specs.iter().zip(self.groups[i].1.iter_mut()) {
+        for (spec, acc) in self.specs.iter().zip(self.groups[i].2.iter_mut()) {
             let v = if spec.kind == AccKind::Count {
                 None
             } else {
                 spec.arg.eval(doc, vars)?
             };
+            if matches!(
+                spec.kind,
+                AccKind::Push | AccKind::AddToSet | AccKind::MergeObjects
+            ) {
+                self.bytes += v.as_ref().map_or(0, |v| 8 + bson_size(v));
+            }
             acc.add(v, vars.collation())?;
         }
+        if let Some(l) = self.limits {
+            if self.bytes > l.group_bytes {
+                let Some(dir) = l.spill_dir.as_ref().filter(|_| l.allow_disk_use) else {
+                    return Err(crate::spill::group_limit_error());
+                };
+                self.spill(dir)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn spill(&mut self, dir: &std::path::Path) -> Result<()> {
+        let mut groups = std::mem::take(&mut self.groups);
+        self.index.clear();
+        self.bytes = 0;
+        groups.sort_by(|a, b| a.0.cmp(&b.0));
+        let docs: Vec<Document> = groups
+            .into_iter()
+            .map(|(k, key, accs)| {
+                let states: Vec<Bson> = accs.iter().map(|a| Bson::Document(a.to_doc())).collect();
+                bson::doc! {"k": k, "id": key, "a": states}
+            })
+            .collect();
+        self.runs.push(Run::write(dir, docs.iter())?);
         Ok(())
     }
 
     /// One document per group: `{<id_field>: key, <acc>: result, ...}` in first-seen order.
     pub(crate) fn finish(self, id_field: &str) -> Vec<Document> {
+        let specs = self.specs;
         self.groups
             .into_iter()
-            .map(|(key, accs)| {
-                let mut d = Document::new();
-                d.insert(id_field, key);
-                for (spec, acc) in self.specs.iter().zip(accs) {
-                    d.insert(spec.name.clone(), acc.finish());
-                }
-                d
+            .map(|(_, key, accs)| finished(specs, id_field, key, &accs))
+            .collect()
+    }
+
+    /// Like [`Grouper::finish`], merging the spilled runs if there are any (then the
+    /// groups come in key order).
+    pub(crate) fn finish_iter(
+        mut self,
+        id_field: &str,
+        coll: Option<std::sync::Arc<Collation>>,
+    ) -> Result<DocIter> {
+        if self.runs.is_empty() {
+            return Ok(Box::new(self.finish(id_field).into_iter().map(Ok)));
+        }
+        if !self.groups.is_empty() {
+            let dir = self
+                .limits
+                .and_then(|l| l.spill_dir.clone())
+                .unwrap_or_default();
+            self.spill(&dir)?;
+        }
+        Ok(Box::new(MergedGroups {
+            merge: Merge::new(std::mem::take(&mut self.runs)),
+            specs: self.specs.to_vec(),
+            id_field: id_field.to_string(),
+            coll,
+            pending: None,
+            failed: false,
+        }))
+    }
+}
+
+fn finished(specs: &[AccSpec], id_field: &str, key: Bson, accs: &[Acc]) -> Document {
+    let mut d = Document::new();
+    d.insert(id_field, key);
+    for (spec, acc) in specs.iter().zip(accs) {
+        d.insert(spec.name.clone(), acc.finish());
+    }
+    d
+}
+
+/// The merge of a `$group`'s spilled runs: runs are sorted by canonical key, so a group's
+/// partial states arrive together, earliest run first.
+struct MergedGroups {
+    merge: Merge<String>,
+    specs: Vec<AccSpec>,
+    id_field: String,
+    coll: Option<std::sync::Arc<Collation>>,
+    pending: Option<(String, Document)>,
+    failed: bool,
+}
+
+fn run_key(d: &Document) -> Result<String> {
+    d.get_str("k")
+        .map(str::to_string)
+        .map_err(|_| MongoError::internal("spill file: group without key"))
+}
+
+impl MergedGroups {
+    fn states(&self, d: &Document) -> Vec<Acc> {
+        let empty = Vec::new();
+        let a = d.get_array("a").unwrap_or(&empty);
+        self.specs
+            .iter()
+            .zip(a)
+            .map(|(s, st)| match st {
+                Bson::Document(st) => Acc::from_doc(s.kind, st),
+                _ => Acc::new(s.kind),
             })
             .collect()
+    }
+
+    fn pull(&mut self) -> Result<Option<(String, Document)>> {
+        if let Some(p) = self.pending.take() {
+            return Ok(Some(p));
+        }
+        self.merge
+            .next_by(&mut run_key, &|a: &String, b: &String| a.cmp(b))
+    }
+
+    fn next_group(&mut self) -> Result<Option<Document>> {
+        let Some((k, first)) = self.pull()? else {
+            return Ok(None);
+        };
+        let key = first.get("id").cloned().unwrap_or(Bson::Null);
+        let mut accs = self.states(&first);
+        while let Some((k2, d)) = self.pull()? {
+            if k2 != k {
+                self.pending = Some((k2, d));
+                break;
+            }
+            for (acc, later) in accs.iter_mut().zip(self.states(&d)) {
+                acc.merge(later, self.coll.as_deref())?;
+            }
+        }
+        Ok(Some(finished(&self.specs, &self.id_field, key, &accs)))
+    }
+}
+
+impl Iterator for MergedGroups {
+    type Item = Result<Document>;
+
+    fn next(&mut self) -> Option<Result<Document>> {
+        if self.failed {
+            return None;
+        }
+        let r = self.next_group().transpose();
+        if matches!(r, Some(Err(_))) {
+            self.failed = true;
+        }
+        r
     }
 }

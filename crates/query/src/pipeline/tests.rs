@@ -1,5 +1,6 @@
 use super::*;
 use bson::{bson, doc};
+use std::collections::HashMap;
 
 struct TestEnv(HashMap<String, Vec<Document>>);
 
@@ -18,7 +19,11 @@ impl Env for TestEnv {
     }
 }
 
-fn env() -> TestEnv {
+fn env() -> SharedEnv {
+    Arc::new(test_env())
+}
+
+fn test_env() -> TestEnv {
     let mut m = HashMap::new();
     m.insert(
         "inv".to_string(),
@@ -178,13 +183,13 @@ fn per_document_stages() {
     .unwrap();
     assert!(p.is_per_document());
     assert_eq!(
-        p.apply_one(d.clone(), &env()).unwrap(),
+        p.apply_one(d.clone(), &test_env()).unwrap(),
         Some(doc! {"_id": 1, "s": "x"})
     );
     let p = Pipeline::parse(&[doc! {"$match": {"a.b": 2}}], "db").unwrap();
-    assert_eq!(p.apply_one(d, &env()).unwrap(), None);
+    assert_eq!(p.apply_one(d, &test_env()).unwrap(), None);
     let p = Pipeline::parse(&[doc! {"$sort": {"a": 1}}], "db").unwrap();
-    assert!(p.apply_one(doc! {}, &env()).is_err());
+    assert!(p.apply_one(doc! {}, &test_env()).is_err());
 }
 
 #[test]
@@ -435,4 +440,118 @@ fn documents_and_union() {
         vec![],
     );
     assert_eq!(out, vec![doc! {"sku": "a"}]);
+}
+
+/// An environment with tight memory limits, spilling under a temporary directory.
+struct Tight {
+    allow: bool,
+    dir: std::path::PathBuf,
+}
+
+impl Env for Tight {
+    fn collection_docs(&self, _db: &str, _coll: &str) -> Result<Vec<Document>> {
+        Ok(Vec::new())
+    }
+    fn now(&self) -> DateTime {
+        DateTime::from_millis(1_000)
+    }
+    fn cluster_time(&self) -> Timestamp {
+        Timestamp {
+            time: 1,
+            increment: 1,
+        }
+    }
+    fn limits(&self) -> crate::spill::Limits {
+        crate::spill::Limits {
+            sort_bytes: 64 * 1024,
+            group_bytes: 16 * 1024,
+            allow_disk_use: self.allow,
+            spill_dir: Some(self.dir.clone()),
+        }
+    }
+}
+
+fn tight(allow: bool) -> SharedEnv {
+    let dir = std::env::temp_dir().join(format!("eddy-spill-test-{}", std::process::id()));
+    Arc::new(Tight { allow, dir })
+}
+
+fn input(n: i64) -> Vec<Document> {
+    // A scrambled order with many ties (k), and a sequence number to check stability.
+    (0..n)
+        .map(|i| doc! {"_id": i, "k": (i * 7919) % 97, "g": i % 37, "pad": "x".repeat(40), "o": {"a": i}})
+        .collect()
+}
+
+#[test]
+fn sorts_past_the_memory_limit_spill_and_merge_stably() {
+    let stages = vec![doc! {"$sort": {"k": 1}}];
+    let before = crate::spill::SPILLED_RUNS.load(std::sync::atomic::Ordering::Relaxed);
+    let p = Pipeline::parse(&stages, "db").unwrap();
+    let out = p.run(input(3000), &tight(true)).unwrap();
+    let expect = p.run(input(3000), &env()).unwrap();
+    assert_eq!(out, expect);
+    assert!(out.windows(2).all(|w| {
+        let (a, b) = (&w[0], &w[1]);
+        let (ka, kb) = (a.get_i64("k").unwrap(), b.get_i64("k").unwrap());
+        ka < kb || (ka == kb && a.get_i64("_id").unwrap() < b.get_i64("_id").unwrap())
+    }));
+    assert!(crate::spill::SPILLED_RUNS.load(std::sync::atomic::Ordering::Relaxed) > before);
+    // Top-k keeps only k documents, so it never needs the disk.
+    let p = Pipeline::parse(&[doc! {"$sort": {"k": -1}}, doc! {"$limit": 5}], "db").unwrap();
+    let out = p.run(input(3000), &tight(false)).unwrap();
+    assert_eq!(out.len(), 5);
+    assert!(out.iter().all(|d| d.get_i64("k").unwrap() == 96));
+}
+
+#[test]
+fn sorts_past_the_memory_limit_fail_without_allow_disk_use() {
+    let p = Pipeline::parse(&[doc! {"$sort": {"k": 1}}], "db").unwrap();
+    let e = p.run(input(3000), &tight(false)).unwrap_err();
+    assert_eq!(e.code, 292);
+    assert!(
+        e.message
+            .contains("Sort exceeded memory limit of 65536 bytes")
+    );
+    let p = Pipeline::parse(&[doc! {"$group": {"_id": "$_id"}}], "db").unwrap();
+    let e = p.run(input(3000), &tight(false)).unwrap_err();
+    assert_eq!(e.code, 292);
+    assert!(e.message.contains("$group"));
+}
+
+#[test]
+fn groups_past_the_memory_limit_merge_partial_states() {
+    let stages = vec![
+        doc! {"$group": {
+            "_id": "$g",
+            "sum": {"$sum": "$k"}, "avg": {"$avg": "$k"}, "n": {"$count": {}},
+            "first": {"$first": "$_id"}, "last": {"$last": "$_id"},
+            "min": {"$min": "$k"}, "max": {"$max": "$k"},
+            "push": {"$push": "$_id"}, "set": {"$addToSet": "$k"},
+            "sd": {"$stdDevPop": "$k"}, "sds": {"$stdDevSamp": "$k"},
+            "merged": {"$mergeObjects": "$o"},
+        }},
+        doc! {"$sort": {"_id": 1}},
+    ];
+    let p = Pipeline::parse(&stages, "db").unwrap();
+    let out = p.run(input(3000), &tight(true)).unwrap();
+    let expect = p.run(input(3000), &env()).unwrap();
+    assert_eq!(out.len(), 37);
+    for (a, b) in out.iter().zip(&expect) {
+        let mut a = a.clone();
+        let mut b = b.clone();
+        for f in ["sd", "sds"] {
+            let (x, y) = (a.get_f64(f).unwrap(), b.get_f64(f).unwrap());
+            assert!((x - y).abs() < 1e-9, "{f}: {x} vs {y}");
+            a.remove(f);
+            b.remove(f);
+        }
+        // $addToSet's order is unspecified.
+        for d in [&mut a, &mut b] {
+            let mut set = d.get_array("set").unwrap().clone();
+            set.sort_by(|x, y| doc::compare::cmp_values(x, y));
+            d.insert("set", set);
+        }
+        assert_eq!(a, b);
+    }
 }

@@ -7,6 +7,7 @@ mod collation;
 mod crash;
 mod crud;
 mod ddl;
+mod limits;
 mod local_sessions;
 mod options;
 mod protocol;
