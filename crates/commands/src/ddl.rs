@@ -106,6 +106,14 @@ pub fn ensure_collection(ctx: &mut WriteCtx<'_>, ns: &Namespace) -> Result<(Coll
     }
 }
 
+/// An option MongoDB has and Eddy does not implement: refused rather than ignored.
+fn unsupported(what: &str) -> MongoError {
+    MongoError::new(
+        ErrorCode::InvalidOptions,
+        format!("{what} are not supported by Eddy"),
+    )
+}
+
 fn validate_options(opts: &Document) -> Result<()> {
     for (k, v) in opts {
         match k.as_str() {
@@ -115,6 +123,15 @@ fn validate_options(opts: &Document) -> Result<()> {
                         "BSON field 'create.{k}' is the wrong type '{}', expected type 'bool'",
                         util::type_name(v)
                     )));
+                }
+                // Capped collections are issue 11's; until then they are refused, not faked.
+                if k == "capped" && v.as_bool() == Some(true) {
+                    return Err(unsupported("capped collections"));
+                }
+                if k == "autoIndexId" && v.as_bool() == Some(false) {
+                    return Err(unsupported(
+                        "collections without an _id index (autoIndexId: false)",
+                    ));
                 }
             }
             "size" | "max" => {
@@ -165,13 +182,34 @@ fn validate_options(opts: &Document) -> Result<()> {
             "validationAction" => {
                 exec::validate::parse_action("create", v)?;
             }
-            "collation"
-            | "storageEngine"
-            | "indexOptionDefaults"
-            | "clusteredIndex"
-            | "timeseries"
-            | "idIndex" => {}
-            "expireAfterSeconds" | "encryptedFields" | "recordPreImages" => {}
+            "collation" => {}
+            "timeseries" => return Err(unsupported("time-series collections")),
+            "clusteredIndex" => return Err(unsupported("clustered collections")),
+            "expireAfterSeconds" => {
+                return Err(MongoError::new(
+                    ErrorCode::InvalidOptions,
+                    "'expireAfterSeconds' is only supported on time-series collections or clustered collections",
+                ));
+            }
+            "encryptedFields" => return Err(unsupported("Queryable Encryption (encryptedFields)")),
+            // Engine configuration: Eddy's engine takes none, so only an empty one is accepted.
+            "storageEngine" | "indexOptionDefaults" => {
+                if !matches!(v, Bson::Document(d) if d.is_empty() || (k == "indexOptionDefaults" && matches!(d.get("storageEngine"), Some(Bson::Document(e)) if e.is_empty() && d.len() == 1)))
+                {
+                    return Err(unsupported(&format!("{k} settings")));
+                }
+            }
+            "idIndex" => {
+                let ok = matches!(v, Bson::Document(d)
+                    if d.get_document("key").is_ok_and(|k| k == &doc! {"_id": 1})
+                        && d.get_str("name") == Ok("_id_")
+                        && d.keys().all(|f| matches!(f.as_str(), "key" | "name" | "v" | "ns" | "collation")));
+                if !ok {
+                    return Err(unsupported(
+                        "an _id index other than {key: {_id: 1}, name: \"_id_\"}",
+                    ));
+                }
+            }
             other => {
                 return Err(MongoError::with_code(
                     40415,

@@ -9,8 +9,7 @@ async fn catalog_commands() {
     let s = testkit::spawn().await;
     let db = s.client.database("shop");
     db.create_collection("orders").await.unwrap();
-    let (code, name) =
-        cmd_error(&db, doc! {"create": "orders", "capped": true, "size": 1000}).await;
+    let (code, name) = cmd_error(&db, doc! {"create": "orders", "validator": {"a": 1}}).await;
     assert_eq!((code, name.as_str()), (48, "NamespaceExists"));
     let (code, _) = cmd_error(&db, doc! {"create": "bad$name"}).await;
     assert_eq!(code, 73);
