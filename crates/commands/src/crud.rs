@@ -1112,9 +1112,15 @@ pub async fn aggregate(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result
         ),
     };
     if explain {
-        return Ok(Reply::ok(
-            doc! {"queryPlanner": {"namespace": coll.map(|n| n.full()).unwrap_or_default(), "winningPlan": plan.explain(), "rejectedPlans": []}},
-        ));
+        // `aggregate` with `explain: true` is the explain command at queryPlanner verbosity.
+        let _ = (input, plan);
+        let mut inner = cmd.clone();
+        inner.remove("explain");
+        return self::explain(
+            ctx,
+            db,
+            &doc! {"explain": inner, "verbosity": "queryPlanner"},
+        );
     }
     let out = Arc::new(pipeline.clone()).stream(input, &env, &vars);
     let ns = coll.map_or_else(|| format!("{db}.$cmd.aggregate"), |n| n.full());
@@ -1253,45 +1259,291 @@ fn merge_conflict(meta: &CollectionMeta, on: &[String], d: &Document) -> MongoEr
     }
 }
 
-/// `explain` of find, count, distinct or aggregate.
+/// How much `explain` does: plan only, or also run the winning plan and count.
+#[derive(Clone, Copy, PartialEq)]
+enum Verbosity {
+    QueryPlanner,
+    ExecutionStats,
+    AllPlansExecution,
+}
+
+fn verbosity(cmd: &Document) -> Result<Verbosity> {
+    match cmd.get("verbosity") {
+        // The explain command's default, as mongod's.
+        None => Ok(Verbosity::AllPlansExecution),
+        Some(Bson::String(v)) => match v.as_str() {
+            "queryPlanner" => Ok(Verbosity::QueryPlanner),
+            "executionStats" => Ok(Verbosity::ExecutionStats),
+            "allPlansExecution" => Ok(Verbosity::AllPlansExecution),
+            other => Err(MongoError::bad_value(format!(
+                "Enumeration value '{other}' for field 'explain.verbosity' is not a valid value."
+            ))),
+        },
+        Some(_) => Err(MongoError::type_mismatch(
+            "BSON field 'explain.verbosity' is the wrong type, expected type 'string'",
+        )),
+    }
+}
+
+/// What running a plan for `explain` counted.
+struct Counted {
+    /// Documents (or index keys, for index plans) the scan produced.
+    scanned: i64,
+    /// Of those, the ones the filter kept.
+    matched: i64,
+    millis: i64,
+}
+
+fn count_plan(
+    snap: &Arc<Snapshot>,
+    meta: &CollectionMeta,
+    filter: &Filter,
+    plan: &Plan,
+) -> Result<Counted> {
+    let start = std::time::Instant::now();
+    let interrupt = crate::op::current();
+    let (mut scanned, mut matched) = (0i64, 0i64);
+    if !meta.is_view() {
+        for d in scan(snap.clone(), meta, plan)? {
+            interrupt.check()?;
+            let d = d?;
+            scanned += 1;
+            if filter.try_matches(&d)? {
+                matched += 1;
+            }
+        }
+    }
+    Ok(Counted {
+        scanned,
+        matched,
+        millis: start.elapsed().as_millis() as i64,
+    })
+}
+
+/// The winning plan's stage tree, with each stage's counters when `run` is given (`works`
+/// counts one unit per document in plus the end of input, `advanced` the documents out).
+fn stage_tree(
+    plan: &Plan,
+    filter: &Document,
+    run: Option<&Counted>,
+    sort: Option<&Document>,
+    skip: i64,
+    limit: i64,
+) -> Document {
+    let stats = |d: &mut Document, n_in: i64, n_out: i64| {
+        d.insert("nReturned", n_out);
+        d.insert("works", n_in + 1);
+        d.insert("advanced", n_out);
+        d.insert("needTime", n_in - n_out);
+        d.insert("isEOF", true);
+    };
+    let mut tree = plan.explain();
+    if !filter.is_empty() {
+        tree.insert("filter", filter.clone());
+    }
+    let mut returned = 0;
+    if let Some(c) = run {
+        stats(&mut tree, c.scanned, c.matched);
+        tree.insert("executionTimeMillisEstimate", c.millis);
+        match plan {
+            Plan::CollScan => {
+                tree.insert("docsExamined", c.scanned);
+            }
+            Plan::IdLookup(_) => {
+                tree.insert("keysExamined", c.scanned);
+                tree.insert("docsExamined", c.scanned);
+            }
+            Plan::IxScan { .. } => {
+                tree.insert("docsExamined", c.scanned);
+                if let Ok(ix) = tree.get_document_mut("inputStage") {
+                    stats(ix, c.scanned, c.scanned);
+                    ix.insert("keysExamined", c.scanned);
+                }
+            }
+        }
+        returned = c.matched;
+    }
+    let wrap = |inner: Document, stage: &str, extra: Document, n_out: i64| {
+        let mut d = doc! {"stage": stage};
+        d.extend(extra);
+        if run.is_some() {
+            stats(&mut d, inner.get_i64("nReturned").unwrap_or(0), n_out);
+        }
+        d.insert("inputStage", inner);
+        d
+    };
+    if let Some(s) = sort.filter(|_| !plan.provides_sort()) {
+        let out = if limit > 0 {
+            returned.min(skip + limit)
+        } else {
+            returned
+        };
+        let mut extra = doc! {"sortPattern": s.clone(), "memLimit": query::spill::DEFAULT_MAX_BYTES as i64, "type": "simple"};
+        if limit > 0 {
+            extra.insert("limitAmount", skip + limit);
+        }
+        tree = wrap(tree, "SORT", extra, out);
+        returned = out;
+    }
+    if skip > 0 {
+        let out = (returned - skip).max(0);
+        tree = wrap(tree, "SKIP", doc! {"skipAmount": skip}, out);
+        returned = out;
+    }
+    if limit > 0 {
+        let out = returned.min(limit);
+        tree = wrap(tree, "LIMIT", doc! {"limitAmount": limit}, out);
+    }
+    tree
+}
+
+/// `explain` of find, count, distinct, update, delete, findAndModify and aggregate: the
+/// plan the query would use, and with `executionStats`/`allPlansExecution` (the default)
+/// the counts from running it (writes are not performed).
 ///
 /// # Errors
-/// Bad inner commands.
+/// Bad inner commands or verbosity.
 pub fn explain(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
     let inner = cmd
         .get_document("explain")
         .map_err(|_| MongoError::type_mismatch("explain command requires a nested object"))?;
+    let verbosity = verbosity(cmd)?;
     let name = crate::command_name(inner);
     let ns = util::coll_arg(inner, name, db)?;
-    let (filter_key, sort_key) = match name {
-        "find" => ("filter", Some("sort")),
-        "count" | "distinct" => ("query", None),
-        "delete" | "update" | "findAndModify" => ("query", Some("sort")),
-        _ => ("filter", None),
-    };
     let snap = ctx.store.snapshot()?;
     let coll = exec::collation::for_read(inner, &snap, &ns)?;
-    let filter = Filter::parse(
-        &util::opt_doc(inner, filter_key)?
-            .cloned()
-            .unwrap_or_default(),
-    )?
-    .with_collation(coll.clone());
-    let sort = match sort_key.and_then(|k| inner.get_document(k).ok()) {
-        Some(s) if !s.is_empty() => Some(SortSpec::parse(s)?.with_collation(coll)),
+    let (query, sort, skip, limit) = match name {
+        "find" => (
+            util::opt_doc(inner, "filter")?.cloned().unwrap_or_default(),
+            util::opt_doc(inner, "sort")?
+                .filter(|s| !s.is_empty())
+                .cloned(),
+            util::opt_count(inner, "skip")?.unwrap_or(0).max(0),
+            util::opt_count(inner, "limit")?.unwrap_or(0).abs(),
+        ),
+        "count" | "distinct" => (
+            util::opt_doc(inner, "query")?.cloned().unwrap_or_default(),
+            None,
+            0,
+            0,
+        ),
+        "findAndModify" => (
+            util::opt_doc(inner, "query")?.cloned().unwrap_or_default(),
+            util::opt_doc(inner, "sort")?
+                .filter(|s| !s.is_empty())
+                .cloned(),
+            0,
+            1,
+        ),
+        "update" | "delete" => {
+            let key = if name == "update" {
+                "updates"
+            } else {
+                "deletes"
+            };
+            let first = inner
+                .get_array(key)
+                .ok()
+                .and_then(|a| a.first())
+                .and_then(Bson::as_document);
+            let q = first
+                .and_then(|st| st.get_document("q").ok())
+                .cloned()
+                .unwrap_or_default();
+            (q, None, 0, 0)
+        }
+        "aggregate" => {
+            let stages = pipeline_of(inner)?;
+            let leading = match stages.first().and_then(|s| s.get_document("$match").ok()) {
+                Some(m) => m.clone(),
+                None => Document::new(),
+            };
+            (leading, None, 0, 0)
+        }
+        other => {
+            return Err(MongoError::new(
+                ErrorCode::CommandNotFound,
+                format!("Explain failed due to unknown command: {other}"),
+            ));
+        }
+    };
+    let filter = Filter::parse(&query)?
+        .with_collation(coll.clone())
+        .bind(&util::command_vars(ctx, inner)?);
+    let sort_spec = match &sort {
+        Some(s) if !s.contains_key("$natural") => Some(SortSpec::parse(s)?.with_collation(coll)),
         _ => None,
     };
-    let plan = match snap.collection(&ns)? {
-        Some(meta) => plan_query(&meta, &filter, sort.as_ref(), inner.get("hint"))?,
+    let meta = snap.collection(&ns)?;
+    let plan = match &meta {
+        Some(meta) => plan_query(meta, &filter, sort_spec.as_ref(), inner.get("hint"))?,
         None => Plan::CollScan,
     };
-    let mut winning = plan.explain();
-    if sort.is_some() && !plan.provides_sort() {
-        winning = doc! {"stage": "SORT", "inputStage": winning};
+    let snap = Arc::new(snap);
+    let counted = match (&meta, verbosity) {
+        (Some(meta), Verbosity::ExecutionStats | Verbosity::AllPlansExecution) => {
+            Some(count_plan(&snap, meta, &filter, &plan)?)
+        }
+        (None, Verbosity::ExecutionStats | Verbosity::AllPlansExecution) => Some(Counted {
+            scanned: 0,
+            matched: 0,
+            millis: 0,
+        }),
+        _ => None,
+    };
+    let sort_doc = sort_spec.as_ref().and(sort.as_ref());
+    let winning = stage_tree(&plan, &query, None, sort_doc, skip, limit);
+    let planner = doc! {
+        "namespace": ns.full(),
+        "parsedQuery": query.clone(),
+        "winningPlan": winning,
+        "rejectedPlans": [],
+    };
+    let execution = counted.as_ref().map(|c| {
+        let tree = stage_tree(&plan, &query, Some(c), sort_doc, skip, limit);
+        let (keys, docs) = match plan {
+            Plan::CollScan => (0, c.scanned),
+            _ => (c.scanned, c.scanned),
+        };
+        let mut e = doc! {
+            "executionSuccess": true,
+            "nReturned": tree.get_i64("nReturned").unwrap_or(0),
+            "executionTimeMillis": c.millis,
+            "totalKeysExamined": keys,
+            "totalDocsExamined": docs,
+            "executionStages": tree,
+        };
+        if verbosity == Verbosity::AllPlansExecution {
+            e.insert("allPlansExecution", Bson::Array(Vec::new()));
+        }
+        e
+    });
+    let mut reply = doc! {"explainVersion": "1"};
+    if name == "aggregate" {
+        // The query part of the pipeline runs as its first stage, `$cursor`; the rest
+        // are listed as given.
+        let mut cursor = doc! {"queryPlanner": planner};
+        if let Some(e) = execution {
+            cursor.insert("executionStats", e);
+        }
+        let mut stages = vec![Bson::Document(doc! {"$cursor": cursor})];
+        for st in pipeline_of(inner)?
+            .into_iter()
+            .skip(usize::from(!query.is_empty()))
+        {
+            stages.push(Bson::Document(st));
+        }
+        reply.insert("stages", stages);
+    } else {
+        reply.insert("queryPlanner", planner);
+        if let Some(e) = execution {
+            reply.insert("executionStats", e);
+        }
     }
-    Ok(Reply::ok(doc! {
-        "queryPlanner": {"namespace": ns.full(), "parsedQuery": inner.get(filter_key).cloned().unwrap_or(Bson::Document(Document::new())), "winningPlan": winning, "rejectedPlans": []},
-        "serverInfo": {"host": &ctx.config.advertised, "version": crate::admin::VERSION},
-        "command": inner.clone(),
-    }))
+    reply.insert(
+        "serverInfo",
+        doc! {"host": &ctx.config.advertised, "version": crate::admin::VERSION},
+    );
+    reply.insert("command", inner.clone());
+    Ok(Reply::ok(reply))
 }

@@ -451,3 +451,115 @@ async fn unsupported_collection_kinds_are_refused() {
         run(&db, cmd).await;
     }
 }
+
+/// Source: https://www.mongodb.com/docs/v8.0/reference/explain-results/: executionStats
+/// gives nReturned, executionTimeMillis, totalKeysExamined, totalDocsExamined and a stage
+/// tree with works/advanced; an aggregate's query runs as `stages[0].$cursor`.
+#[tokio::test]
+async fn explain_reports_execution_stats() {
+    let s = testkit::spawn().await;
+    let db = s.client.database("ex");
+    let c = db.collection::<Document>("c");
+    c.insert_many((0..100).map(|i| doc! {"_id": i, "a": i, "b": i % 10}))
+        .await
+        .unwrap();
+    c.create_index(mongodb::IndexModel::builder().keys(doc! {"a": 1}).build())
+        .await
+        .unwrap();
+    let stats = |r: &Document| r.get_document("executionStats").unwrap().clone();
+
+    let r = run(
+        &db,
+        doc! {"explain": {"find": "c", "filter": {"a": {"$gte": 90}}}, "verbosity": "executionStats"},
+    )
+    .await;
+    let e = stats(&r);
+    assert_eq!(doc_num(&e, "nReturned"), 10, "{e}");
+    assert_eq!(doc_num(&e, "totalKeysExamined"), 10);
+    assert_eq!(doc_num(&e, "totalDocsExamined"), 10);
+    assert!(e.contains_key("executionTimeMillis"));
+    let st = e.get_document("executionStages").unwrap();
+    assert_eq!(st.get_str("stage").unwrap(), "FETCH");
+    assert_eq!(doc_num(st, "advanced"), 10);
+    assert_eq!(doc_num(st, "works"), 11);
+    let ix = st.get_document("inputStage").unwrap();
+    assert_eq!(ix.get_str("stage").unwrap(), "IXSCAN");
+    assert_eq!(doc_num(ix, "keysExamined"), 10);
+
+    // A collection scan with a blocking sort and a limit.
+    let r = run(
+        &db,
+        doc! {"explain": {"find": "c", "filter": {"b": {"$lt": 3}}, "sort": {"b": -1}, "limit": 4}},
+    )
+    .await;
+    let e = stats(&r);
+    assert_eq!(doc_num(&e, "nReturned"), 4, "{e}");
+    assert_eq!(doc_num(&e, "totalDocsExamined"), 100);
+    assert_eq!(doc_num(&e, "totalKeysExamined"), 0);
+    let st = e.get_document("executionStages").unwrap();
+    assert_eq!(st.get_str("stage").unwrap(), "LIMIT");
+    let sort = st.get_document("inputStage").unwrap();
+    assert_eq!(sort.get_str("stage").unwrap(), "SORT");
+    let scan = sort.get_document("inputStage").unwrap();
+    assert_eq!(scan.get_str("stage").unwrap(), "COLLSCAN");
+    assert_eq!(doc_num(scan, "nReturned"), 30);
+    // queryPlanner verbosity runs nothing.
+    let r = run(
+        &db,
+        doc! {"explain": {"count": "c", "query": {"b": 3}}, "verbosity": "queryPlanner"},
+    )
+    .await;
+    assert!(!r.contains_key("executionStats"));
+
+    // An aggregate's leading $match is planned like a find, shown as $cursor.
+    let pipeline = vec![
+        doc! {"$match": {"a": {"$lt": 5}}},
+        doc! {"$group": {"_id": null, "n": {"$sum": 1}}},
+    ];
+    let r = run(
+        &db,
+        doc! {"explain": {"aggregate": "c", "pipeline": pipeline.clone(), "cursor": {}}, "verbosity": "executionStats"},
+    )
+    .await;
+    let stages = r.get_array("stages").unwrap();
+    let cursor = stages[0]
+        .as_document()
+        .unwrap()
+        .get_document("$cursor")
+        .unwrap();
+    let qp = cursor.get_document("queryPlanner").unwrap();
+    assert_eq!(
+        qp.get_document("parsedQuery").unwrap(),
+        &doc! {"a": {"$lt": 5}}
+    );
+    let wp = qp.get_document("winningPlan").unwrap();
+    assert_eq!(
+        wp.get_document("inputStage")
+            .unwrap()
+            .get_str("stage")
+            .unwrap(),
+        "IXSCAN"
+    );
+    assert_eq!(
+        doc_num(cursor.get_document("executionStats").unwrap(), "nReturned"),
+        5
+    );
+    assert!(stages[1].as_document().unwrap().contains_key("$group"));
+    // aggregate with explain: true says the same.
+    let r = run(
+        &db,
+        doc! {"aggregate": "c", "pipeline": pipeline, "explain": true},
+    )
+    .await;
+    let stages = r.get_array("stages").unwrap();
+    let wp = stages[0]
+        .as_document()
+        .unwrap()
+        .get_document("$cursor")
+        .unwrap()
+        .get_document("queryPlanner")
+        .unwrap()
+        .get_document("winningPlan")
+        .unwrap();
+    assert_eq!(wp.get_str("stage").unwrap(), "FETCH");
+}
