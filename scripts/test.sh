@@ -42,6 +42,8 @@ for _ in $(seq 1 100); do
 done
 (cd tests/node && npm ci --silent --no-audit --no-fund)
 EDDY_PORT=$port .venv/bin/python -m pytest -q tests/python
+stage "dump/restore round trip (npm @apostrophecms/mongodb-snapshot)"
+(cd tests/node && EDDY_PORT=$port node dump_restore.js)
 
 for suite in changestreams crud transactions sessions retryable-writes csot; do
   stage "drivers' specification tests ($suite)"
