@@ -262,6 +262,21 @@ pub(crate) fn is_interruption(e: &MongoError) -> bool {
     e.is(ErrorCode::MaxTimeMSExpired) || e.is(ErrorCode::Interrupted)
 }
 
+/// A write's `hint`: it must name an index (as in mongod). Writes find their documents
+/// the same way whichever index is named, which gives the same documents unless the index
+/// leaves some out (sparse, partial): those hints are refused rather than ignored.
+fn check_write_hint(meta: &CollectionMeta, filter: &Filter, hint: &Bson) -> Result<()> {
+    match plan_query(meta, filter, None, Some(hint))? {
+        Plan::IxScan { index, .. } if index.sparse || index.partial_filter.is_some() => {
+            Err(MongoError::new(
+                ErrorCode::InvalidOptions,
+                "a write's hint naming a sparse or partial index is not supported by Eddy",
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The documents of a collection matching a filter, inside the commit pipeline.
 fn matching(
     w: &mut WriteCtx<'_>,
@@ -468,6 +483,9 @@ pub(crate) fn update_statement(
             "Cannot specify sort with multi=true",
         ));
     }
+    if let (Some(h), Some(meta)) = (st.get("hint"), w.collection(ns)?) {
+        check_write_hint(&meta, &filter, h)?;
+    }
     run_update(
         w,
         ns,
@@ -566,6 +584,9 @@ pub(crate) fn delete_statement(
     let Some(meta) = w.collection(ns)? else {
         return Ok(0);
     };
+    if let Some(h) = st.get("hint") {
+        check_write_hint(&meta, &filter, h)?;
+    }
     let mut k = 0;
     for d in matching(w, &meta, &filter, &s.interrupt)? {
         delete_one(w, &meta, &d, s, i)?;
@@ -665,10 +686,14 @@ pub async fn find_and_modify(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> 
     ctx.stats.update.fetch_add(1, Ordering::Relaxed);
     let s = Session::of(cmd);
     let coll_spec = cmd.clone();
+    let hint = cmd.get("hint").cloned();
     let reply = crate::txn::write(ctx, move |w| {
             retryable(w, &s, |w| {
                 let coll = exec::collation::for_write(&coll_spec, w, &ns)?;
                 let filter = filter.with_collation(coll.clone());
+                if let (Some(h), Some(meta)) = (&hint, w.collection(&ns)?) {
+                    check_write_hint(&meta, &filter, h)?;
+                }
                 let update = update.map(|u| u.with_collation(coll.clone()));
                 let sort = sort.map(|s| s.with_collation(coll));
                 let (value, leo) = match update {
@@ -799,6 +824,22 @@ pub fn find(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
         ));
     }
     let limit = util::opt_count(cmd, "limit")?.unwrap_or(0);
+    // Flags with nothing to do on one node, type-checked as mongod does.
+    for flag in [
+        "allowPartialResults",
+        "oplogReplay",
+        "noCursorTimeout",
+        "singleBatch",
+    ] {
+        if let Some(v) = cmd.get(flag) {
+            if !matches!(v, Bson::Boolean(_)) {
+                return Err(MongoError::type_mismatch(format!(
+                    "BSON field 'FindCommandRequest.{flag}' is the wrong type '{}', expected type 'bool'",
+                    query::expr::type_name(Some(v))
+                )));
+            }
+        }
+    }
     let mut single = util::get_bool(cmd, "singleBatch").unwrap_or(false);
     let mut batch_size = util::opt_count(cmd, "batchSize")?;
     if batch_size.is_some_and(|b| b < 0) {
@@ -864,6 +905,11 @@ pub fn find(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
         src = Box::new(src.map(move |r| r.and_then(|d| p.apply_with(&d, Some(&f), &vars))));
     }
     let r = cursor_reply(ctx, &ns.full(), src, batch_size, single)?;
+    if util::get_bool(cmd, "noCursorTimeout").unwrap_or(false) {
+        if let Ok(id) = r.doc.get_document("cursor").and_then(|c| c.get_i64("id")) {
+            ctx.cursors.pin(id);
+        }
+    }
     Ok(with_at_cluster_time(r, at_ts))
 }
 
@@ -964,7 +1010,7 @@ pub fn distinct(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
     let filter = filter.with_collation(coll.clone());
     let coll = coll.as_deref();
     let mut values: Vec<Bson> = Vec::new();
-    if let Some(src) = count_matching(&snap, &ns, filter, None)? {
+    if let Some(src) = count_matching(&snap, &ns, filter, cmd.get("hint"))? {
         for d in src {
             for v in doc::lookup_all(&d?, key).into_iter().flatten() {
                 let vals = match v {

@@ -49,6 +49,8 @@ struct Entry {
     cursor: Arc<tokio::sync::Mutex<Cursor>>,
     killed: Arc<Notify>,
     last_used: Instant,
+    /// `noCursorTimeout`: never reaped for idleness.
+    pinned: bool,
 }
 
 /// The table of open cursors.
@@ -74,6 +76,7 @@ impl Cursors {
                 cursor: Arc::new(tokio::sync::Mutex::new(cursor)),
                 killed: Arc::new(Notify::new()),
                 last_used: Instant::now(),
+                pinned: false,
             },
         );
         id
@@ -107,11 +110,20 @@ impl Cursors {
         self.len() == 0
     }
 
+    /// `noCursorTimeout`: the cursor stays open until exhausted or killed.
+    pub fn pin(&self, id: i64) {
+        if let Some(e) = self.map.lock().unwrap().get_mut(&id) {
+            e.pinned = true;
+        }
+    }
+
     fn reap(&self) {
         let now = Instant::now();
         let mut map = self.map.lock().unwrap();
         map.retain(|_, e| {
-            now.duration_since(e.last_used) < CURSOR_TIMEOUT || Arc::strong_count(&e.cursor) > 1
+            e.pinned
+                || now.duration_since(e.last_used) < CURSOR_TIMEOUT
+                || Arc::strong_count(&e.cursor) > 1
         });
     }
 }

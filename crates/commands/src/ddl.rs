@@ -11,23 +11,7 @@ use crate::cursor::{DocSource, cursor_reply};
 use crate::{Reply, ServerCtx, util};
 
 /// Fields of a command that are not collection options.
-const GENERIC: &[&str] = &[
-    "writeConcern",
-    "lsid",
-    "txnNumber",
-    "$db",
-    "$clusterTime",
-    "$readPreference",
-    "comment",
-    "maxTimeMS",
-    "apiVersion",
-    "apiStrict",
-    "apiDeprecationErrors",
-    "autocommit",
-    "startTransaction",
-    "readConcern",
-    "stmtId",
-];
+use crate::census::GENERIC;
 
 /// The `_id` index spec, with the collection's default collation as MongoDB reports it
 /// (records stay keyed by the binary `_id`).

@@ -17,6 +17,7 @@
 
 pub mod admin;
 pub mod bulk_write;
+pub mod census;
 pub mod crud;
 pub mod cursor;
 pub mod ddl;
@@ -392,6 +393,7 @@ async fn dispatch_cmd(
     cmd: &Document,
 ) -> Result<Reply> {
     let db = util::db_of(cmd)?;
+    census::check(name, cmd)?;
     let r = match name {
         // Handshake and diagnostics.
         "hello" | "isMaster" | "ismaster" => admin::hello(ctx, conn, cmd, name).await?,

@@ -563,3 +563,78 @@ async fn explain_reports_execution_stats() {
         .unwrap();
     assert_eq!(wp.get_str("stage").unwrap(), "FETCH");
 }
+
+/// The option census at work, through a driver: fields MongoDB does not have are unknown
+/// (40415, as mongod's strict parsers say), and the ones Eddy does not implement are
+/// refused rather than ignored. Source: mongod's find command IDL behaviour, and
+/// https://www.mongodb.com/docs/v8.0/reference/command/find/ for the field list.
+#[tokio::test]
+async fn options_not_read_are_refused() {
+    let s = testkit::spawn().await;
+    let db = s.client.database("census");
+    let c = db.collection::<Document>("c");
+    c.insert_one(doc! {"_id": 1, "a": 1}).await.unwrap();
+    c.create_index(
+        mongodb::IndexModel::builder()
+            .keys(doc! {"s": 1})
+            .options(
+                mongodb::options::IndexOptions::builder()
+                    .sparse(true)
+                    .build(),
+            )
+            .build(),
+    )
+    .await
+    .unwrap();
+    let (code, _) = cmd_error(&db, doc! {"find": "c", "filtr": {"a": 1}}).await;
+    assert_eq!(code, 40415);
+    let (code, _) = cmd_error(
+        &db,
+        doc! {"aggregate": "c", "pipeline": [], "cursor": {}, "exchange": {}},
+    )
+    .await;
+    assert_eq!(code, 40415);
+    for field in ["returnKey", "showRecordId"] {
+        let mut cmd = doc! {"find": "c"};
+        cmd.insert(field, true);
+        assert_eq!(cmd_error(&db, cmd).await.0, 72, "{field}");
+    }
+    let (code, _) = cmd_error(&db, doc! {"find": "c", "min": {"a": 0}, "hint": {"a": 1}}).await;
+    assert_eq!(code, 72);
+    let (code, _) = cmd_error(&db, doc! {"find": "c", "tailable": true}).await;
+    assert_eq!(code, 2);
+    // What is read works: noCursorTimeout and the one-node no-ops are accepted.
+    run(
+        &db,
+        doc! {"find": "c", "noCursorTimeout": true, "allowPartialResults": true, "batchSize": 0},
+    )
+    .await;
+    let (code, _) = cmd_error(&db, doc! {"find": "c", "noCursorTimeout": 1}).await;
+    assert_eq!(code, 14);
+    // A write's hint must name an index; one that leaves documents out is refused.
+    let r = run(
+        &db,
+        doc! {"update": "c", "updates": [{"q": {"a": 1}, "u": {"$set": {"b": 1}}, "hint": {"_id": 1}}]},
+    )
+    .await;
+    assert_eq!(doc_num(&r, "nModified"), 1, "{r}");
+    for hint in [doc! {"nope": 1}, doc! {"s": 1}] {
+        let r = run(
+            &db,
+            doc! {"update": "c", "updates": [{"q": {"a": 1}, "u": {"$set": {"b": 2}}, "hint": hint.clone()}]},
+        )
+        .await;
+        let code = r.get_array("writeErrors").unwrap()[0]
+            .as_document()
+            .unwrap()
+            .get_i32("code")
+            .unwrap();
+        assert!(code == 2 || code == 72, "{hint}: {r}");
+    }
+    let (code, _) = cmd_error(
+        &db,
+        doc! {"findAndModify": "c", "query": {"a": 1}, "update": {"$set": {"b": 3}}, "hint": {"s": 1}},
+    )
+    .await;
+    assert_eq!(code, 72);
+}
