@@ -549,7 +549,7 @@ fn groups_past_the_memory_limit_merge_partial_states() {
         // $addToSet's order is unspecified.
         for d in [&mut a, &mut b] {
             let mut set = d.get_array("set").unwrap().clone();
-            set.sort_by(|x, y| doc::compare::cmp_values(x, y));
+            set.sort_by(doc::compare::cmp_values);
             d.insert("set", set);
         }
         assert_eq!(a, b);
