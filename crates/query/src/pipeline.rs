@@ -1518,8 +1518,7 @@ fn stage_iter(p: Arc<Pipeline>, i: usize, input: DocIter, run: Arc<Run>) -> DocI
             else {
                 unreachable!("a bucketAuto stage")
             };
-            let docs = buffer(input, &run, crate::spill::sort_limit_error)?;
-            bucket_auto(docs, group_by, *buckets, output, &run.vars).map(vec_iter)
+            bucket_auto(input, group_by, *buckets, output, &run).map(vec_iter)
         }),
         Stage::SortByCount(_) => blocking(input, move |input| {
             let Stage::SortByCount(e) = stage!() else {
@@ -1736,55 +1735,69 @@ fn lookup_one(
     Ok(d)
 }
 
+/// `$bucketAuto`: the input is sorted by its `groupBy` value through the external sorter
+/// (so it spills like `$sort`), then cut into buckets of about equal size that never split
+/// equal values.
 fn bucket_auto(
-    docs: Vec<Document>,
+    input: DocIter,
     group_by: &Expr,
     buckets: usize,
     output: &[AccSpec],
-    vars: &Vars,
+    run: &Run,
 ) -> Result<Vec<Document>> {
-    let mut keyed = Vec::with_capacity(docs.len());
-    for d in docs {
+    let vars = &run.vars;
+    // Each document travels as {k: [value], d: doc}: a one-element array makes the sort
+    // key the value itself, compared whole (arrays included) as `$bucketAuto` orders them.
+    let spec = SortSpec::parse(&bson::doc! {"k": 1})?.with_collation(vars.shared_collation());
+    let mut sorter = crate::sort::Sorter::new(spec, &run.limits, None);
+    let mut n = 0usize;
+    for d in input {
+        run.env.check_interrupt()?;
+        let d = d?;
         let v = group_by.eval(&d, vars)?.unwrap_or(Bson::Null);
-        keyed.push((v, d));
+        sorter.push(bson::doc! {"k": [v], "d": d})?;
+        n += 1;
     }
-    keyed.sort_by(|a, b| cmp_values_with(&a.0, &b.0, vars.collation()));
-    let n = keyed.len();
     let per = n.div_ceil(buckets).max(1);
-    let mut groups: Vec<Vec<(Bson, Document)>> = Vec::new();
-    let mut cur: Vec<(Bson, Document)> = Vec::new();
-    for item in keyed {
-        let boundary = cur.len() >= per
-            && cur
-                .last()
-                .is_some_and(|l| !values_equal_with(&l.0, &item.0, vars.collation()));
-        if boundary {
-            groups.push(std::mem::take(&mut cur));
-        }
-        cur.push(item);
-    }
-    if !cur.is_empty() {
-        groups.push(cur);
-    }
-    let mut out = Vec::new();
-    for (i, grp) in groups.iter().enumerate() {
-        let min = grp.first().map(|x| x.0.clone()).unwrap_or(Bson::Null);
-        let max = match groups.get(i + 1) {
-            Some(next) => next.first().map(|x| x.0.clone()).unwrap_or(Bson::Null),
-            None => grp.last().map(|x| x.0.clone()).unwrap_or(Bson::Null),
-        };
-        let mut g = Grouper::new(output);
-        for (_, d) in grp {
-            g.add(Bson::Null, d, vars)?;
-        }
+    let finish = |g: Grouper<'_>, min: Bson, max: Bson, out: &mut Vec<Document>| {
         for mut r in g.finish("_id") {
-            r.insert("_id", bson::doc! {"min": min.clone(), "max": max.clone()});
-            let id = r.remove("_id").unwrap_or(Bson::Null);
+            r.remove("_id");
             let mut nd = Document::new();
-            nd.insert("_id", id);
+            nd.insert("_id", bson::doc! {"min": min.clone(), "max": max.clone()});
             nd.extend(r);
             out.push(nd);
         }
+    };
+    let mut out = Vec::new();
+    // The open bucket: its first value, its last value, its size and its accumulators.
+    let mut cur: Option<(Bson, Bson, usize, Grouper<'_>)> = None;
+    for item in sorter.finish()? {
+        run.env.check_interrupt()?;
+        let mut item = item?;
+        let v = match item.get_array("k") {
+            Ok(a) => a.first().cloned().unwrap_or(Bson::Null),
+            Err(_) => Bson::Null,
+        };
+        let d = match item.remove("d") {
+            Some(Bson::Document(d)) => d,
+            _ => Document::new(),
+        };
+        let boundary = cur.as_ref().is_some_and(|(_, last, size, _)| {
+            *size >= per && !values_equal_with(last, &v, vars.collation())
+        });
+        if boundary {
+            if let Some((min, _, _, g)) = cur.take() {
+                finish(g, min, v.clone(), &mut out);
+            }
+        }
+        let (_, last, size, g) =
+            cur.get_or_insert_with(|| (v.clone(), v.clone(), 0, Grouper::new(output)));
+        g.add(Bson::Null, &d, vars)?;
+        *last = v;
+        *size += 1;
+    }
+    if let Some((min, last, _, g)) = cur {
+        finish(g, min, last, &mut out);
     }
     Ok(out)
 }

@@ -555,3 +555,17 @@ fn groups_past_the_memory_limit_merge_partial_states() {
         assert_eq!(a, b);
     }
 }
+
+#[test]
+fn bucket_auto_sorts_through_the_external_sorter() {
+    let stages = vec![
+        doc! {"$bucketAuto": {"groupBy": "$k", "buckets": 7, "output": {"n": {"$sum": 1}, "first": {"$first": "$_id"}}}},
+    ];
+    let p = Pipeline::parse(&stages, "db").unwrap();
+    let expect = p.run(input(3000), &env()).unwrap();
+    assert_eq!(p.run(input(3000), &tight(true)).unwrap(), expect);
+    assert_eq!(expect.len(), 7);
+    let total: i32 = expect.iter().map(|d| d.get_i32("n").unwrap()).sum();
+    assert_eq!(total, 3000);
+    assert_eq!(p.run(input(3000), &tight(false)).unwrap_err().code, 292);
+}
