@@ -126,7 +126,13 @@ pub const COMMANDS: &[Census] = &[
     Census {
         names: &["delete"],
         handler: ("crud.rs", "pub async fn delete("),
-        fields: &[("deletes", Q), ("ordered", Q), ("let", "command_vars")],
+        fields: &[
+            ("deletes", Q),
+            ("ordered", Q),
+            ("let", "command_vars"),
+            // Part of every write command's base in mongod; pymongo's bulk writer sends it.
+            ("bypassDocumentValidation", "Session::of"),
+        ],
     },
     Census {
         names: &["findAndModify", "findandmodify"],

@@ -896,7 +896,7 @@ pub fn find(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
         }
         src = sorter.finish()?;
     }
-    let mut src: DocSource = Box::new(src.skip(skip as usize));
+    let mut src: DocSource = skip_docs(src, skip as usize);
     if limit > 0 {
         src = Box::new(src.take(limit as usize));
     }
@@ -929,6 +929,19 @@ pub(crate) fn executor_error(e: MongoError, during: &str) -> MongoError {
         message: prefix + &e.message,
         ..e
     }
+}
+
+/// Skips `n` documents; errors are not skipped, they end the read.
+fn skip_docs(src: DocSource, n: usize) -> DocSource {
+    let mut left = n;
+    Box::new(src.filter(move |r| {
+        if r.is_ok() && left > 0 {
+            left -= 1;
+            false
+        } else {
+            true
+        }
+    }))
 }
 
 /// Adds a snapshot read's `atClusterTime` to its cursor reply.
@@ -977,7 +990,7 @@ pub fn count(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
         None => 0,
         Some(src) => {
             let mut n = 0usize;
-            for d in src.skip(skip) {
+            for d in skip_docs(src, skip) {
                 d?;
                 n += 1;
                 if limit > 0 && n >= limit {

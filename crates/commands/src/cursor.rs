@@ -589,17 +589,25 @@ impl Env for SnapEnv {
         Ok(out)
     }
 
-    fn matching_docs(&self, db: &str, coll: &str, filter: &Filter) -> Result<Vec<Document>> {
+    fn matching_docs(
+        &self,
+        db: &str,
+        coll: &str,
+        filter: &Filter,
+    ) -> Result<Option<Vec<Document>>> {
         let Some(meta) = self.snap.collection(&Namespace::new(db, coll))? else {
-            return Ok(Vec::new());
+            return Ok(Some(Vec::new()));
         };
         let plan = exec::plan_query(&meta, filter, None, None)?;
+        if matches!(plan, exec::Plan::CollScan) || meta.is_view() {
+            return Ok(None);
+        }
         let mut out = Vec::new();
         for d in crate::crud::query_source(&self.snap, &meta, filter.clone(), &plan)? {
             self.interrupt.check()?;
             out.push(d?);
         }
-        Ok(out)
+        Ok(Some(out))
     }
 
     fn now(&self) -> DateTime {

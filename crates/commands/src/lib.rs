@@ -120,6 +120,7 @@ impl ServerCtx {
         for (k, v) in parameters {
             params.insert(k, v);
         }
+        query::spill::set_default_spill_dir(store.path().join("_tmp"));
         let (shutdown, _) = tokio::sync::watch::channel(false);
         let ctx = Arc::new(ServerCtx {
             store,

@@ -32,16 +32,16 @@ pub type SharedEnv = Arc<dyn Env + Send + Sync>;
 pub trait Env {
     /// All documents of a collection (`$lookup`, `$unionWith`); empty if it doesn't exist.
     fn collection_docs(&self, db: &str, coll: &str) -> Result<Vec<Document>>;
-    /// The documents of a collection that match `filter` (`$lookup`'s join), through an
-    /// index when one serves it. By default, a scan of [`Env::collection_docs`].
-    fn matching_docs(&self, db: &str, coll: &str, filter: &Filter) -> Result<Vec<Document>> {
-        let mut out = Vec::new();
-        for d in self.collection_docs(db, coll)? {
-            if filter.try_matches(&d)? {
-                out.push(d);
-            }
-        }
-        Ok(out)
+    /// The documents of a collection that match `filter` (`$lookup`'s join) when an index
+    /// serves it; `None` when none does (the caller then filters the whole collection,
+    /// which it reads once).
+    fn matching_docs(
+        &self,
+        _db: &str,
+        _coll: &str,
+        _filter: &Filter,
+    ) -> Result<Option<Vec<Document>>> {
+        Ok(None)
     }
     /// `$$NOW`.
     fn now(&self) -> DateTime;
@@ -1321,20 +1321,51 @@ fn vec_iter(docs: Vec<Document>) -> DocIter {
     Box::new(docs.into_iter().map(Ok))
 }
 
-/// Collects a blocking stage's input within the sort memory limit.
-fn buffer(input: DocIter, run: &Run, over: impl Fn(usize) -> MongoError) -> Result<Vec<Document>> {
-    let mut out = Vec::new();
+/// The input of `$facet`, once for each sub-pipeline: held in memory up to the sort
+/// limit, and past it (with `allowDiskUse`) written out in chunks, one run per
+/// sub-pipeline, that each reads back in order.
+fn tee(input: DocIter, n: usize, run: &Run) -> Result<Vec<DocIter>> {
+    let mut runs: Vec<Vec<crate::spill::Run>> = (0..n).map(|_| Vec::new()).collect();
+    let mut buf = Vec::new();
     let mut bytes = 0usize;
     for d in input {
         run.env.check_interrupt()?;
         let d = d?;
         bytes += crate::spill::doc_size(&d);
+        buf.push(d);
         if bytes > run.limits.sort_bytes {
-            return Err(over(run.limits.sort_bytes));
+            let Some(dir) = run
+                .limits
+                .spill_dir
+                .as_ref()
+                .filter(|_| run.limits.allow_disk_use)
+            else {
+                return Err(err(
+                    4_031_700,
+                    format!(
+                        "$facet's input exceeded the memory limit of {} bytes; pass allowDiskUse:true to opt in to spilling it",
+                        run.limits.sort_bytes
+                    ),
+                ));
+            };
+            for r in &mut runs {
+                r.push(crate::spill::Run::write(dir, buf.iter())?);
+            }
+            buf.clear();
+            bytes = 0;
         }
-        out.push(d);
     }
-    Ok(out)
+    Ok(runs
+        .into_iter()
+        .map(|rs| {
+            let tail = buf.clone().into_iter().map(Ok);
+            Box::new(
+                rs.into_iter()
+                    .flat_map(crate::spill::RunDocs::new)
+                    .chain(tail),
+            ) as DocIter
+        })
+        .collect())
 }
 
 fn stage_iter(p: Arc<Pipeline>, i: usize, input: DocIter, run: Arc<Run>) -> DocIter {
@@ -1446,17 +1477,11 @@ fn stage_iter(p: Arc<Pipeline>, i: usize, input: DocIter, run: Arc<Run>) -> DocI
             let Stage::Facet(facets) = stage!() else {
                 unreachable!("a facet stage")
             };
-            let docs = buffer(input, &run, |limit| {
-                err(
-                    4_031_700,
-                    format!("$facet exceeded its memory limit of {limit} bytes"),
-                )
-            })?;
+            let inputs = tee(input, facets.len(), &run)?;
             let mut d = Document::new();
-            for (name, fp) in facets {
-                let r: Vec<Document> = fp
-                    .stream(vec_iter(docs.clone()), &run.env, &run.vars)
-                    .collect::<Result<_>>()?;
+            for ((name, fp), inp) in facets.iter().zip(inputs) {
+                let r: Vec<Document> =
+                    fp.stream(inp, &run.env, &run.vars).collect::<Result<_>>()?;
                 d.insert(
                     name.clone(),
                     Bson::Array(r.into_iter().map(Bson::Document).collect()),
@@ -1684,7 +1709,15 @@ fn lookup_one(
     }
     let prefilter = match (&join, &l.eq_prefilter, &sub_vars) {
         (None, Some((field, var)), Some(v)) => match v.get(var) {
-            Some(val) if !matches!(val, Bson::RegularExpression(_)) => {
+            // Only scalars: `{field: {$in: [v]}}` is then a superset of `$eq`'s matches
+            // (an array or a document could match differently through array paths, or
+            // read as operators).
+            Some(val)
+                if !matches!(
+                    val,
+                    Bson::RegularExpression(_) | Bson::Array(_) | Bson::Document(_)
+                ) =>
+            {
                 let mut f = Document::new();
                 f.insert(field.clone(), bson::doc! {"$in": [val.clone()]});
                 Some(f)
@@ -1697,7 +1730,18 @@ fn lookup_one(
         (None, _) => Vec::new(),
         (Some(coll), Some(f)) => {
             let filter = Filter::parse(&f)?.with_collation(vars.shared_collation());
-            run.env.matching_docs(&l.db, coll, &filter)?
+            match run.env.matching_docs(&l.db, coll, &filter)? {
+                Some(docs) => docs,
+                None => {
+                    let mut out = Vec::new();
+                    for fd in cached_foreign(cache, run, &l.db, coll)?.iter() {
+                        if filter.try_matches(fd)? {
+                            out.push(fd.clone());
+                        }
+                    }
+                    out
+                }
+            }
         }
         (Some(coll), None) => cached_foreign(cache, run, &l.db, coll)?.as_ref().clone(),
     };

@@ -34,13 +34,26 @@ pub struct Limits {
     pub spill_dir: Option<PathBuf>,
 }
 
+static DEFAULT_DIR: std::sync::RwLock<Option<PathBuf>> = std::sync::RwLock::new(None);
+
+/// Where operations without their own limits (a view's pipeline, a change stream's) spill:
+/// the server sets it to `<dbpath>/_tmp` when it starts.
+pub fn set_default_spill_dir(dir: PathBuf) {
+    *DEFAULT_DIR
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(dir);
+}
+
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
             sort_bytes: DEFAULT_MAX_BYTES,
             group_bytes: DEFAULT_MAX_BYTES,
             allow_disk_use: true,
-            spill_dir: None,
+            spill_dir: DEFAULT_DIR
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
         }
     }
 }
@@ -148,6 +161,36 @@ impl Run {
         Document::from_reader(&mut buf.as_slice())
             .map(Some)
             .map_err(|e| MongoError::internal(format!("spill file: {e}")))
+    }
+}
+
+/// A run's documents in the order written; ends after an error.
+pub(crate) struct RunDocs {
+    run: Option<Run>,
+}
+
+impl RunDocs {
+    pub(crate) fn new(run: Run) -> RunDocs {
+        RunDocs { run: Some(run) }
+    }
+}
+
+impl Iterator for RunDocs {
+    type Item = Result<Document>;
+
+    fn next(&mut self) -> Option<Result<Document>> {
+        let r = self.run.as_mut()?.next_doc();
+        match r {
+            Ok(Some(d)) => Some(Ok(d)),
+            Ok(None) => {
+                self.run = None;
+                None
+            }
+            Err(e) => {
+                self.run = None;
+                Some(Err(e))
+            }
+        }
     }
 }
 

@@ -159,6 +159,12 @@ impl Acc {
         Ok(())
     }
 
+    /// How many values the state holds (`$push`/`$addToSet` items, `$mergeObjects` keys),
+    /// for memory accounting.
+    pub(crate) fn held(&self) -> usize {
+        self.items.len() + self.merged.len()
+    }
+
     /// The running state as a document, for a `$group` that spills to disk.
     pub(crate) fn to_doc(&self) -> Document {
         let mut d = Document::new();

@@ -172,9 +172,11 @@ impl<'a> Grouper<'a> {
     pub(crate) fn add(&mut self, key: Bson, doc: &Document, vars: &Vars) -> Result<()> {
         let mut k = String::new();
         canonical(&key, &mut k, vars.collation());
+        let mut fresh = false;
         let i = match self.index.get(&k) {
             Some(i) => *i,
             None => {
+                fresh = true;
                 self.bytes += 64 + 2 * k.len() + bson_size(&key) + 96 * self.specs.len();
                 self.groups.push((
                     k.clone(),
@@ -191,13 +193,17 @@ impl<'a> Grouper<'a> {
             } else {
                 spec.arg.eval(doc, vars)?
             };
-            if matches!(
-                spec.kind,
-                AccKind::Push | AccKind::AddToSet | AccKind::MergeObjects
-            ) {
-                self.bytes += v.as_ref().map_or(0, |v| 8 + bson_size(v));
-            }
+            // What the state holds: every value pushed, a set's or a merge's new members,
+            // and (charged once, with the group) a first/last/min/max value.
+            let size = v.as_ref().map_or(0, |v| 8 + bson_size(v));
+            let before = acc.held();
             acc.add(v, vars.collation())?;
+            self.bytes += match spec.kind {
+                AccKind::Push => size,
+                AccKind::AddToSet | AccKind::MergeObjects if acc.held() > before => size,
+                AccKind::First | AccKind::Last | AccKind::Min | AccKind::Max if fresh => size,
+                _ => 0,
+            };
         }
         if let Some(l) = self.limits {
             if self.bytes > l.group_bytes {

@@ -287,12 +287,36 @@ async fn blocking_stages_keep_to_the_memory_limit_or_spill() {
     )
     .await;
     assert_eq!(code, 4568);
+    let facet = doc! {"$facet": {"n": [{"$count": "n"}], "top": [{"$sort": {"k": -1}}, {"$limit": 2}, {"$project": {"k": 1}}]}};
     let (code, _) = error_of(
         &db,
-        doc! {"aggregate": "c", "pipeline": [{"$facet": {"n": [{"$count": "n"}]}}], "cursor": {}},
+        doc! {"aggregate": "c", "pipeline": [facet.clone()], "cursor": {}, "allowDiskUse": false},
     )
     .await;
     assert_eq!(code, 4_031_700);
+    // With allowDiskUse, $facet's input is spilled once per sub-pipeline.
+    let r = run(
+        &db,
+        doc! {"aggregate": "c", "pipeline": [facet], "cursor": {}},
+    )
+    .await;
+    let out = r
+        .get_document("cursor")
+        .unwrap()
+        .get_array("firstBatch")
+        .unwrap()[0]
+        .as_document()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        out.get_array("n").unwrap()[0]
+            .as_document()
+            .unwrap()
+            .get_i32("n")
+            .unwrap(),
+        4_000
+    );
+    assert_eq!(out.get_array("top").unwrap().len(), 2);
 
     // allowDiskUseByDefault: false makes spilling opt-in.
     set_param(&s, "allowDiskUseByDefault", false).await;

@@ -637,4 +637,20 @@ async fn options_not_read_are_refused() {
     )
     .await;
     assert_eq!(code, 72);
+    // Every write command takes bypassDocumentValidation (pymongo's bulk writer sends it
+    // on deletes too).
+    run(
+        &db,
+        doc! {"delete": "c", "deletes": [{"q": {"_id": 99}, "limit": 1}], "bypassDocumentValidation": true},
+    )
+    .await;
+    // An error in a skipped document is not skipped.
+    c.insert_many(vec![doc! {"_id": 2, "x": 0}, doc! {"_id": 3, "x": 1}])
+        .await
+        .unwrap();
+    let bad = doc! {"$expr": {"$gt": [{"$divide": [1, "$x"]}, 0]}, "_id": {"$gte": 2}};
+    let (code, _) = cmd_error(&db, doc! {"find": "c", "filter": bad.clone(), "skip": 1}).await;
+    assert_ne!(code, 0);
+    let (code, _) = cmd_error(&db, doc! {"count": "c", "query": bad, "skip": 1}).await;
+    assert_ne!(code, 0);
 }
