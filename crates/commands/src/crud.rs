@@ -786,10 +786,8 @@ fn oplog_source(snap: &Snapshot, filter: Filter, reverse: bool) -> Result<DocSou
     let decode = |r: Result<(Timestamp, std::sync::Arc<[u8]>)>| {
         r.and_then(|(_, b)| OplogEntry::from_bytes(&b).map(|e| e.to_document()))
     };
-    let interrupt = crate::op::current();
-    let keep = move |r: &Result<Document>| {
-        interrupt.check().is_err() || r.as_ref().map_or(true, |d| filter.matches(d))
-    };
+    // Errors (an expired deadline among them) are kept: they end the read.
+    let keep = move |r: &Result<Document>| r.as_ref().map_or(true, |d| filter.matches(d));
     let interrupt = crate::op::current();
     let decode = move |r| interrupt.check().and_then(|()| decode(r));
     // Read lazily: the oplog may be far larger than memory.
@@ -896,7 +894,7 @@ pub fn find(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
         }
         src = sorter.finish()?;
     }
-    let mut src: DocSource = skip_docs(src, skip as usize);
+    let mut src: DocSource = query::pipeline::skip_docs(src, skip as usize);
     if limit > 0 {
         src = Box::new(src.take(limit as usize));
     }
@@ -929,19 +927,6 @@ pub(crate) fn executor_error(e: MongoError, during: &str) -> MongoError {
         message: prefix + &e.message,
         ..e
     }
-}
-
-/// Skips `n` documents; errors are not skipped, they end the read.
-fn skip_docs(src: DocSource, n: usize) -> DocSource {
-    let mut left = n;
-    Box::new(src.filter(move |r| {
-        if r.is_ok() && left > 0 {
-            left -= 1;
-            false
-        } else {
-            true
-        }
-    }))
 }
 
 /// Adds a snapshot read's `atClusterTime` to its cursor reply.
@@ -990,7 +975,7 @@ pub fn count(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
         None => 0,
         Some(src) => {
             let mut n = 0usize;
-            for d in skip_docs(src, skip) {
+            for d in query::pipeline::skip_docs(src, skip) {
                 d?;
                 n += 1;
                 if limit > 0 && n >= limit {
@@ -1135,23 +1120,31 @@ pub async fn aggregate(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result
         }
         (None, _) => None,
     };
+    if explain {
+        // `aggregate` with `explain: true` is the explain command at queryPlanner verbosity.
+        let mut inner = cmd.clone();
+        inner.remove("explain");
+        return self::explain(
+            ctx,
+            db,
+            &doc! {"explain": inner, "verbosity": "queryPlanner"},
+        );
+    }
     let env = SnapEnv::for_command(ctx, snap.clone(), cmd)?.shared();
-    let (input, plan): (DocSource, Plan) = match &coll {
-        _ if coll_stats_input.is_some() => (
-            Box::new(coll_stats_input.unwrap_or_default().into_iter().map(Ok)),
-            Plan::CollScan,
-        ),
-        Some(ns) if ns.db == "config" && ns.coll == "system.preimages" => (
-            Box::new(snap.preimage_records()?.into_iter().map(Ok)),
-            Plan::CollScan,
-        ),
+    let input: DocSource = match &coll {
+        _ if coll_stats_input.is_some() => {
+            Box::new(coll_stats_input.unwrap_or_default().into_iter().map(Ok))
+        }
+        Some(ns) if ns.db == "config" && ns.coll == "system.preimages" => {
+            Box::new(snap.preimage_records()?.into_iter().map(Ok))
+        }
         Some(ns) if ns.db == "local" && ns.coll == "oplog.rs" => {
             let filter = pipeline
                 .leading_match()
                 .cloned()
                 .unwrap_or_else(Filter::match_all)
                 .bind(&vars);
-            (oplog_source(&snap, filter, false)?, Plan::CollScan)
+            oplog_source(&snap, filter, false)?
         }
         Some(ns) => match snap.collection(ns)? {
             Some(meta) => {
@@ -1161,26 +1154,12 @@ pub async fn aggregate(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result
                     .unwrap_or_else(Filter::match_all)
                     .bind(&vars);
                 let plan = plan_query(&meta, &filter, None, cmd.get("hint"))?;
-                (query_source(&snap, &meta, filter, &plan)?, plan)
+                query_source(&snap, &meta, filter, &plan)?
             }
-            None => (Box::new(std::iter::empty()), Plan::CollScan),
+            None => Box::new(std::iter::empty()),
         },
-        None => (
-            Box::new(local_sessions.unwrap_or_default().into_iter().map(Ok)),
-            Plan::CollScan,
-        ),
+        None => Box::new(local_sessions.unwrap_or_default().into_iter().map(Ok)),
     };
-    if explain {
-        // `aggregate` with `explain: true` is the explain command at queryPlanner verbosity.
-        let _ = (input, plan);
-        let mut inner = cmd.clone();
-        inner.remove("explain");
-        return self::explain(
-            ctx,
-            db,
-            &doc! {"explain": inner, "verbosity": "queryPlanner"},
-        );
-    }
     let out = Arc::new(pipeline.clone()).stream(input, &env, &vars);
     let ns = coll.map_or_else(|| format!("{db}.$cmd.aggregate"), |n| n.full());
     if let Some(stage) = pipeline.out_stage().cloned() {

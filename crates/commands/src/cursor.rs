@@ -544,6 +544,11 @@ impl SnapEnv {
     }
 }
 
+/// Where blocking stages spill: `<dbpath>/_tmp`.
+pub fn spill_dir(ctx: &ServerCtx) -> std::path::PathBuf {
+    ctx.store.path().join("_tmp")
+}
+
 /// The memory limits of a command's blocking stages: the server parameters
 /// `internalQueryMaxBlockingSortMemoryUsageBytes` and
 /// `internalDocumentSourceGroupMaxMemoryBytes`, and `allowDiskUse` (default
@@ -572,7 +577,7 @@ pub fn limits(ctx: &ServerCtx, cmd: &Document) -> Result<Limits> {
         sort_bytes: bytes("internalQueryMaxBlockingSortMemoryUsageBytes"),
         group_bytes: bytes("internalDocumentSourceGroupMaxMemoryBytes"),
         allow_disk_use,
-        spill_dir: Some(ctx.store.path().join("_tmp")),
+        spill_dir: Some(spill_dir(ctx)),
     })
 }
 
@@ -602,12 +607,10 @@ impl Env for SnapEnv {
         if matches!(plan, exec::Plan::CollScan) || meta.is_view() {
             return Ok(None);
         }
-        let mut out = Vec::new();
-        for d in crate::crud::query_source(&self.snap, &meta, filter.clone(), &plan)? {
-            self.interrupt.check()?;
-            out.push(d?);
-        }
-        Ok(Some(out))
+        // The source checks the operation's deadline as it reads.
+        crate::crud::query_source(&self.snap, &meta, filter.clone(), &plan)?
+            .collect::<Result<_>>()
+            .map(Some)
     }
 
     fn now(&self) -> DateTime {

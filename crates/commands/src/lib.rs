@@ -120,7 +120,6 @@ impl ServerCtx {
         for (k, v) in parameters {
             params.insert(k, v);
         }
-        query::spill::set_default_spill_dir(store.path().join("_tmp"));
         let (shutdown, _) = tokio::sync::watch::channel(false);
         let ctx = Arc::new(ServerCtx {
             store,
@@ -145,6 +144,7 @@ impl ServerCtx {
         {
             *ctx.image_expiry.lock().unwrap() = admin::expire_after_seconds(&p);
         }
+        query::spill::set_default_spill_dir(cursor::spill_dir(&ctx));
         cursor::spawn_reaper(Arc::downgrade(&ctx));
         txn::spawn_reaper(Arc::downgrade(&ctx));
         admin::spawn_image_expiry(Arc::downgrade(&ctx));

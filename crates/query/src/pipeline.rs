@@ -1317,6 +1317,20 @@ fn blocking(
     })
 }
 
+/// Skips `n` documents (`$skip`, and a find's or count's `skip`). Errors are not skipped:
+/// they end the read.
+pub fn skip_docs(input: DocIter, n: usize) -> DocIter {
+    let mut left = n;
+    Box::new(input.filter(move |r| {
+        if r.is_ok() && left > 0 {
+            left -= 1;
+            false
+        } else {
+            true
+        }
+    }))
+}
+
 fn vec_iter(docs: Vec<Document>) -> DocIter {
     Box::new(docs.into_iter().map(Ok))
 }
@@ -1389,18 +1403,7 @@ fn stage_iter(p: Arc<Pipeline>, i: usize, input: DocIter, run: Arc<Run>) -> DocI
             ))
         }
         Stage::Limit(n) => Box::new(input.take(*n)),
-        Stage::Skip(n) => {
-            let mut left = *n;
-            // Errors are not skipped: they end the read.
-            Box::new(input.filter(move |r| {
-                if r.is_ok() && left > 0 {
-                    left -= 1;
-                    false
-                } else {
-                    true
-                }
-            }))
-        }
+        Stage::Skip(n) => skip_docs(input, *n),
         Stage::Sort(_) => {
             // `$sort` then `$limit` is a top-k sort: only k documents are held.
             let top = match p.stages.get(i + 1) {

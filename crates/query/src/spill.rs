@@ -104,7 +104,7 @@ fn io_err(e: std::io::Error) -> MongoError {
 
 static RUN_SEQ: AtomicU64 = AtomicU64::new(0);
 
-/// Temporary files this process has written, and their bytes (for tests and figures).
+/// How many run files this process has written (for tests and figures).
 pub static SPILLED_RUNS: AtomicU64 = AtomicU64::new(0);
 
 /// One sorted run on disk: BSON documents back to back.
