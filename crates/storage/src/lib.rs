@@ -93,6 +93,9 @@ pub struct StoreOptions {
     pub checkpoint_bytes: u64,
     /// Bytes of recent entries kept in memory for change streams.
     pub tail_bytes: usize,
+    /// The longest an acknowledged batch waits in the open redb transaction (readers see
+    /// it through the pending layers meanwhile) before that transaction is committed.
+    pub pending_max_age: Duration,
 }
 
 impl Default for StoreOptions {
@@ -104,6 +107,7 @@ impl Default for StoreOptions {
             checkpoint_interval: pipeline::DEFAULT_CHECKPOINT_INTERVAL,
             checkpoint_bytes: 256 * 1024 * 1024,
             tail_bytes: 32 * 1024 * 1024,
+            pending_max_age: pipeline::DEFAULT_PENDING_MAX_AGE,
         }
     }
 }
@@ -282,6 +286,7 @@ impl Store {
         let tracker = state.tracker.clone();
         let next_id = state.next_id.clone();
         let interval = state.opts.checkpoint_interval;
+        let state_pending_age = state.opts.pending_max_age;
         let visible = Arc::new(std::sync::RwLock::new(pipeline::Visible {
             ts: state.last_ts,
             pending: None,
@@ -300,7 +305,7 @@ impl Store {
             has_pending: Arc::default(),
         });
         pipeline
-            .start_timer(interval)
+            .start_timer(interval, state_pending_age)
             .map_err(|e| format!("cannot start the checkpoint timer: {e}"))?;
         let recovery = Recovery {
             frames,
@@ -1185,7 +1190,13 @@ mod tests {
     #[tokio::test]
     async fn acknowledged_batches_are_read_before_redb_commits_them() {
         let dir = tempdir();
-        let store = Store::open(&dir, StoreOptions::default()).unwrap();
+        // The open transaction is committed only when the test asks, so that a slow machine
+        // cannot commit it between the writes and the first check.
+        let held = StoreOptions {
+            pending_max_age: Duration::from_secs(3600),
+            ..StoreOptions::default()
+        };
+        let store = Store::open(&dir, held).unwrap();
         let id = store
             .write(|ctx| {
                 let m = meta(ctx.new_id());
@@ -1270,16 +1281,49 @@ mod tests {
         assert!(r.is_err());
         check(&store, "after a failed batch");
         assert_eq!(store.snapshot().unwrap().get_doc(id, b"z").unwrap(), None);
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        store.checkpoint().await.unwrap();
         assert_eq!(
             store.snapshot().unwrap().pending_depth(),
             0,
-            "committed by the timer"
+            "committed by the checkpoint"
         );
         check(&store, "after redb committed them");
         drop(store);
         let store = Store::open(&dir, StoreOptions::default()).unwrap();
         check(&store, "after a restart");
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_timer_commits_pending_batches() {
+        let dir = tempdir();
+        let store = Store::open(&dir, StoreOptions::default()).unwrap();
+        let id = store
+            .write(|ctx| {
+                let m = meta(ctx.new_id());
+                ctx.put_collection(&m)?;
+                Ok(m.id)
+            })
+            .await
+            .unwrap();
+        store
+            .write(move |ctx| ctx.put_doc(id, b"a", &bson::to_vec(&doc! {"v": 1}).unwrap()))
+            .await
+            .unwrap();
+        // Default age is 10 ms; allow a loaded machine far longer before calling it stuck.
+        let started = std::time::Instant::now();
+        while store.snapshot().unwrap().pending_depth() > 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "never committed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            store.snapshot().unwrap().get_doc(id, b"a").unwrap(),
+            Some(doc! {"v": 1})
+        );
         drop(store);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -57,7 +57,7 @@ const REPLAY_TXN_BYTES: usize = 64 * 1024 * 1024;
 /// instructions) is shared by up to 16 batches.
 const PENDING_MAX_BATCHES: usize = 16;
 const PENDING_MAX_BYTES: usize = 8 * 1024 * 1024;
-pub(crate) const PENDING_MAX_AGE: Duration = Duration::from_millis(10);
+pub(crate) const DEFAULT_PENDING_MAX_AGE: Duration = Duration::from_millis(10);
 
 pub(crate) type Completion = Box<dyn FnOnce(Result<()>) + Send>;
 pub(crate) type Job = Box<dyn for<'a> FnOnce(&mut WriteCtx<'a>) -> Completion + Send>;
@@ -287,7 +287,11 @@ impl Pipeline {
     }
 
     /// Starts the thread that asks for checkpoints when they are due.
-    pub(crate) fn start_timer(self: &Arc<Self>, interval: Duration) -> std::io::Result<()> {
+    pub(crate) fn start_timer(
+        self: &Arc<Self>,
+        interval: Duration,
+        pending_max_age: Duration,
+    ) -> std::io::Result<()> {
         let p = self.clone();
         let tick = (interval / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
         std::thread::Builder::new()
@@ -296,7 +300,7 @@ impl Pipeline {
                 loop {
                     {
                         let wait = if p.has_pending.load(Ordering::SeqCst) {
-                            PENDING_MAX_AGE
+                            pending_max_age
                         } else {
                             tick
                         };
@@ -500,7 +504,7 @@ impl Writer {
     fn commit_open_if_due(&mut self) {
         if self
             .pending_since
-            .is_some_and(|t| t.elapsed() >= PENDING_MAX_AGE)
+            .is_some_and(|t| t.elapsed() >= self.state.opts.pending_max_age)
         {
             let _ = self.commit_open();
         }
