@@ -7,6 +7,9 @@
   lookup    $lookup of N outer documents (default 10,000) against a 1,000,000-document
             collection indexed on the join field, localField/foreignField and let/pipeline.
   validate  inserts/s into a collection without and with a $jsonSchema validator.
+  scan      1,000,000 small documents inserted in shuffled _id order: the load rate, a
+            full collection scan (natural order) with a filter matching nothing, the same
+            backwards, and a scan in _id order.
 
 Usage: bench-limits.py --uri mongodb://127.0.0.1:27017 [--pid PID] [--outer N] [sort|lookup|validate]...
 """
@@ -113,6 +116,29 @@ def bench_validate(db):
             print(f"validate: {label}, {mode}: {n / el:,.0f} inserts/s")
 
 
+def bench_scan(db):
+    c = db.scan
+    c.drop()
+    ids = list(range(1_000_000))
+    random.Random(3).shuffle(ids)
+    t = time.time()
+    fill(c, len(ids), lambda i: {"_id": ids[i], "x": i, "s": "abcdefghij"})
+    el = time.time() - t
+    print(f"scan: loaded 1,000,000 documents in shuffled _id order in {el:.1f} s ({1_000_000 / el:,.0f}/s)")
+    for label, kwargs in [
+        ("natural order", {}),
+        ("natural order backwards", {"hint": {"$natural": -1}}),
+        ("_id order", {"hint": {"_id": 1}}),
+    ]:
+        best = None
+        for _ in range(3):
+            t = time.time()
+            n = len(list(c.find({"absent": 1}, **kwargs)))
+            el = time.time() - t
+            best = el if best is None else min(best, el)
+        print(f"scan: {label}, 1,000,000 documents examined, {n} returned: best of 3 {best:.2f} s")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--uri", default="mongodb://127.0.0.1:27017/?directConnection=true")
@@ -123,7 +149,7 @@ def main():
     db = MongoClient(a.uri).bench_limits
     for w in a.what:
         {"sort": lambda: bench_sort(db, a.pid), "lookup": lambda: bench_lookup(db, a.outer),
-         "validate": lambda: bench_validate(db)}[w]()
+         "validate": lambda: bench_validate(db), "scan": lambda: bench_scan(db)}[w]()
 
 
 if __name__ == "__main__":

@@ -277,6 +277,19 @@ fn check_write_hint(meta: &CollectionMeta, filter: &Filter, hint: &Bson) -> Resu
     }
 }
 
+/// The natural-order direction a find's sort or hint asks for: `Some(reverse)`.
+fn natural_order(sort: Option<&Document>, hint: Option<&Bson>) -> Result<Option<bool>> {
+    if let Some(s) = sort
+        && let Some(reverse) = exec::natural_direction(s)?
+    {
+        return Ok(Some(reverse));
+    }
+    match hint {
+        Some(Bson::Document(h)) => exec::natural_direction(h),
+        _ => Ok(None),
+    }
+}
+
 /// The documents of a collection matching a filter, inside the commit pipeline.
 fn matching(
     w: &mut WriteCtx<'_>,
@@ -771,7 +784,7 @@ fn view_docs(snap: &Arc<Snapshot>, meta: &CollectionMeta) -> Result<Vec<Document
     let input = match snap.collection(&src_ns)? {
         Some(m) if m.is_view() => view_docs(snap, &m)?,
         Some(m) => snap
-            .scan_docs(m.id, None)?
+            .scan_natural(m.id, false)?
             .map(|r| r.map(|(_, d)| d))
             .collect::<Result<_>>()?,
         None => Vec::new(),
@@ -857,7 +870,9 @@ pub fn find(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
     let (snap, at_ts) = crate::txn::read_snapshot(ctx, cmd)?;
     let coll = exec::collation::for_read(cmd, &snap, &ns)?;
     let filter = filter.with_collation(coll.clone());
-    let natural_rev = sort.as_ref().is_some_and(|s| matches!(s.get("$natural"), Some(v) if doc::compare::as_f64(v).is_some_and(|d| d < 0.0)));
+    // `sort: {$natural: ±1}` reads the collection in natural order or backwards, as a hint
+    // of `{$natural: ±1}` does.
+    let natural = natural_order(sort.as_ref(), cmd.get("hint"))?;
     let sort_spec = match &sort {
         Some(s) if s.contains_key("$natural") => None,
         Some(s) => Some(SortSpec::parse(s)?.with_collation(coll)),
@@ -866,7 +881,7 @@ pub fn find(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
     let mut src: DocSource;
     let mut plan_sorted = false;
     if db == "local" && ns.coll == "oplog.rs" {
-        src = oplog_source(&snap, filter.clone(), natural_rev)?;
+        src = oplog_source(&snap, filter.clone(), natural == Some(true))?;
     } else if db == "config" && ns.coll == "system.preimages" {
         let f = filter.clone();
         let recs = snap.preimage_records()?;
@@ -877,7 +892,10 @@ pub fn find(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
                 doc! {"cursor": {"firstBatch": [], "id": 0i64, "ns": ns.full()}},
             ));
         };
-        let plan = plan_query(&meta, &filter, sort_spec.as_ref(), cmd.get("hint"))?;
+        let plan = match natural {
+            Some(reverse) => Plan::CollScan { reverse },
+            None => plan_query(&meta, &filter, sort_spec.as_ref(), cmd.get("hint"))?,
+        };
         plan_sorted = plan.provides_sort();
         src = query_source(&snap, &meta, filter.clone(), &plan)?;
     }
@@ -1384,14 +1402,14 @@ fn stage_tree(
         stats(&mut tree, c.scanned, c.matched);
         tree.insert("executionTimeMillisEstimate", c.millis);
         match plan {
-            Plan::CollScan => {
+            Plan::CollScan { .. } => {
                 tree.insert("docsExamined", c.scanned);
             }
             Plan::IdLookup(_) => {
                 tree.insert("keysExamined", c.scanned);
                 tree.insert("docsExamined", c.scanned);
             }
-            Plan::IxScan { .. } => {
+            Plan::IxScan { .. } | Plan::IdScan { .. } => {
                 tree.insert("docsExamined", c.scanned);
                 if let Ok(ix) = tree.get_document_mut("inputStage") {
                     stats(ix, c.scanned, c.scanned);
@@ -1513,9 +1531,10 @@ pub fn explain(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
         _ => None,
     };
     let meta = snap.collection(&ns)?;
-    let plan = match &meta {
-        Some(meta) => plan_query(meta, &filter, sort_spec.as_ref(), inner.get("hint"))?,
-        None => Plan::CollScan,
+    let plan = match (&meta, natural_order(sort.as_ref(), inner.get("hint"))?) {
+        (_, Some(reverse)) => Plan::CollScan { reverse },
+        (Some(meta), None) => plan_query(meta, &filter, sort_spec.as_ref(), inner.get("hint"))?,
+        (None, None) => Plan::CollScan { reverse: false },
     };
     let snap = Arc::new(snap);
     let counted = match (&meta, verbosity) {
@@ -1540,7 +1559,7 @@ pub fn explain(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
     let execution = counted.as_ref().map(|c| {
         let tree = stage_tree(&plan, &query, Some(c), sort_doc, skip, limit);
         let (keys, docs) = match plan {
-            Plan::CollScan => (0, c.scanned),
+            Plan::CollScan { .. } => (0, c.scanned),
             _ => (c.scanned, c.scanned),
         };
         let mut e = doc! {

@@ -587,7 +587,7 @@ impl Env for SnapEnv {
             return Ok(Vec::new());
         };
         let mut out = Vec::new();
-        for r in self.snap.scan_docs(meta.id, None)? {
+        for r in self.snap.scan_natural(meta.id, false)? {
             self.interrupt.check()?;
             out.push(r?.1);
         }
@@ -604,7 +604,11 @@ impl Env for SnapEnv {
             return Ok(Some(Vec::new()));
         };
         let plan = exec::plan_query(&meta, filter, None, None)?;
-        if matches!(plan, exec::Plan::CollScan) || meta.is_view() {
+        if matches!(
+            plan,
+            exec::Plan::CollScan { .. } | exec::Plan::IdScan { .. }
+        ) || meta.is_view()
+        {
             return Ok(None);
         }
         // The source checks the operation's deadline as it reads.

@@ -20,4 +20,4 @@ pub mod validate;
 pub mod write;
 
 pub use keys::id_key;
-pub use plan::{Plan, plan_query, scan};
+pub use plan::{Plan, natural_direction, plan_query, scan};

@@ -33,8 +33,10 @@ pub type KeyRange = (Bound<Vec<u8>>, Bound<Vec<u8>>);
 #[derive(Debug, Clone)]
 #[allow(clippy::large_enum_variant)] // One plan per query; boxing buys nothing.
 pub enum Plan {
-    /// Every document, in `_id` order.
-    CollScan,
+    /// Every document, in natural (insertion) order or backwards.
+    CollScan { reverse: bool },
+    /// Every document through the `_id` index, in `_id` order or backwards.
+    IdScan { reverse: bool, provides_sort: bool },
     /// Point lookups by `_id`.
     IdLookup(Vec<Bson>),
     /// An index scan over byte ranges.
@@ -57,6 +59,9 @@ impl Plan {
             Plan::IxScan {
                 provides_sort: true,
                 ..
+            } | Plan::IdScan {
+                provides_sort: true,
+                ..
             }
         )
     }
@@ -64,7 +69,20 @@ impl Plan {
     /// The plan as explain's `winningPlan`.
     pub fn explain(&self) -> Document {
         match self {
-            Plan::CollScan => doc! {"stage": "COLLSCAN", "direction": "forward"},
+            Plan::CollScan { reverse } => {
+                doc! {"stage": "COLLSCAN", "direction": direction(*reverse)}
+            }
+            Plan::IdScan { reverse, .. } => doc! {"stage": "FETCH", "inputStage": {
+                "stage": "IXSCAN",
+                "keyPattern": {"_id": 1},
+                "indexName": "_id_",
+                "isMultiKey": false,
+                "isUnique": true,
+                "isSparse": false,
+                "isPartial": false,
+                "direction": direction(*reverse),
+                "indexBounds": {"_id": ["[MinKey, MaxKey]"]},
+            }},
             Plan::IdLookup(_) => doc! {"stage": "IDHACK"},
             Plan::IxScan {
                 index,
@@ -80,7 +98,7 @@ impl Plan {
                     "isUnique": index.unique,
                     "isSparse": index.sparse,
                     "isPartial": index.partial_filter.is_some(),
-                    "direction": if *reverse { "backward" } else { "forward" },
+                    "direction": direction(*reverse),
                     "indexBounds": bounds.clone(),
                 };
                 if let Some(c) = of_index(index) {
@@ -89,6 +107,27 @@ impl Plan {
                 doc! {"stage": "FETCH", "inputStage": ixscan}
             }
         }
+    }
+}
+
+fn direction(reverse: bool) -> &'static str {
+    if reverse { "backward" } else { "forward" }
+}
+
+/// The direction of a `{$natural: 1 | -1}` hint or sort: `Some(reverse)`.
+///
+/// # Errors
+/// BadValue when the direction is not a number.
+pub fn natural_direction(spec: &Document) -> Result<Option<bool>> {
+    match spec.get("$natural") {
+        None => Ok(None),
+        Some(v) => match doc::compare::as_f64(v) {
+            Some(d) => Ok(Some(d < 0.0)),
+            None => Err(MongoError::new(
+                ErrorCode::BadValue,
+                format!("$natural must be 1 or -1, not {v}"),
+            )),
+        },
     }
 }
 
@@ -130,7 +169,10 @@ pub fn plan_query(
     if let Some(h) = hint {
         let ix = match h {
             Bson::String(name) => meta.index(name),
-            Bson::Document(k) if k.contains_key("$natural") => return Ok(Plan::CollScan),
+            Bson::Document(k) if k.contains_key("$natural") => {
+                let reverse = natural_direction(k)?.unwrap_or(false);
+                return Ok(Plan::CollScan { reverse });
+            }
             Bson::Document(k) => meta.indexes.iter().find(|i| &i.key == k),
             _ => None,
         };
@@ -141,7 +183,11 @@ pub fn plan_query(
             ));
         };
         if ix.is_id() && preds.iter().all(|(f, _)| f != "_id") {
-            return Ok(Plan::CollScan);
+            let dir = sort.and_then(|s| sort_direction(ix, s));
+            return Ok(Plan::IdScan {
+                reverse: dir.unwrap_or(false),
+                provides_sort: dir.is_some() || sort.is_none(),
+            });
         }
         if !ix.is_id() && !serves(ix, coll) {
             // Its keys don't follow the query's collation: read all of it, in no useful
@@ -199,8 +245,17 @@ pub fn plan_query(
                 return Ok(index_plan(ix, &preds, sort));
             }
         }
+        // A sort on `_id` alone reads the documents in `_id` order.
+        if let Some(ix) = meta.indexes.iter().find(|i| i.is_id() && serves(i, coll))
+            && let Some(reverse) = sort_direction(ix, s)
+        {
+            return Ok(Plan::IdScan {
+                reverse,
+                provides_sort: true,
+            });
+        }
     }
-    Ok(Plan::CollScan)
+    Ok(Plan::CollScan { reverse: false })
 }
 
 /// Whether an index's keys follow the query's collation.
@@ -367,9 +422,17 @@ pub type DocIter = Box<dyn Iterator<Item = Result<Document>> + Send>;
 pub fn scan(snap: Arc<Snapshot>, meta: &CollectionMeta, plan: &Plan) -> Result<DocIter> {
     let coll_id = meta.id;
     match plan {
-        Plan::CollScan => {
-            let it = snap.scan_docs(coll_id, None)?;
+        Plan::CollScan { reverse } => {
+            let it = snap.scan_natural(coll_id, *reverse)?;
             Ok(Box::new(it.map(|r| r.map(|(_, d)| d))))
+        }
+        Plan::IdScan { reverse, .. } => {
+            let it = snap.scan_docs(coll_id, None)?;
+            if *reverse {
+                Ok(Box::new(it.rev().map(|r| r.map(|(_, d)| d))))
+            } else {
+                Ok(Box::new(it.map(|r| r.map(|(_, d)| d))))
+            }
         }
         Plan::IdLookup(ids) => {
             let mut keys: Vec<Vec<u8>> = ids.iter().map(id_key).collect();
@@ -446,7 +509,8 @@ mod tests {
         let coll = coll.and_then(|c| Collation::parse(&c).unwrap());
         let f = Filter::parse(&filter).unwrap().with_collation(coll);
         match plan_query(m, &f, None, None).unwrap() {
-            Plan::CollScan => "COLLSCAN".into(),
+            Plan::CollScan { .. } => "COLLSCAN".into(),
+            Plan::IdScan { .. } => "_id_".into(),
             Plan::IdLookup(_) => "IDHACK".into(),
             Plan::IxScan { index, .. } => index.name,
         }

@@ -47,14 +47,19 @@ use tokio::sync::{oneshot, watch};
 
 pub use catalog::{CollectionMeta, IndexMeta, Namespace};
 pub use oplog::{OpKind, OplogEntry};
-pub use snapshot::{DocScan, IndexScan, Snapshot};
+pub use snapshot::{DocScan, IndexScan, NaturalScan, Snapshot};
 pub use txn::{Overlay, Txn, write_conflict};
 pub use wal::{Log, LogItem, LogScan};
 
 use pipeline::{Completion, Job, Msg, Pipeline, Tables, Writer, WriterState};
 
 const CATALOG: TableDefinition<&str, &[u8]> = TableDefinition::new("catalog");
+/// Documents keyed by `(collection id, _id key)`; each value is the document's record id
+/// (8 bytes, big-endian) and then its BSON.
 const DOCS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs");
+/// Natural order: `(collection id, record id)` to the `_id` key. Record ids come from the
+/// store's id counter, so they increase with insertion; an update keeps its record's id.
+const NATURAL: TableDefinition<&[u8], &[u8]> = TableDefinition::new("natural");
 const INDEXES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("indexes");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sessions");
@@ -71,7 +76,9 @@ const META_NEXT_ID: &str = "next_id";
 const META_APPLIED: &str = "applied";
 /// The data directory's format.
 const META_FORMAT: &str = "format";
-const FORMAT: &[u8] = b"2";
+const FORMAT: &[u8] = b"3";
+/// Format 2 stored documents without record ids; it is migrated when opened.
+const FORMAT_NO_RECORD_IDS: &[u8] = b"2";
 
 fn storage_err(e: impl std::fmt::Display) -> MongoError {
     MongoError::internal(format!("storage: {e}"))
@@ -179,14 +186,16 @@ fn take_lock(dir: &Path) -> std::result::Result<File, String> {
 }
 
 /// Creates every table so read transactions can open them, checks the format, and
-/// returns the applied `(lsn, ts)`.
-fn prepare_tables(db: &Database, path: &Path) -> std::result::Result<(u64, u64), String> {
+/// returns the applied `(lsn, ts)` and whether the documents need record ids (format 2).
+fn prepare_tables(db: &Database, path: &Path) -> std::result::Result<((u64, u64), bool), String> {
     let se = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
     let txn = db.begin_write().map_err(|e| se(&e))?;
     let applied;
+    let mut migrate = false;
     {
         txn.open_table(CATALOG).map_err(|e| se(&e))?;
         txn.open_table(DOCS).map_err(|e| se(&e))?;
+        txn.open_table(NATURAL).map_err(|e| se(&e))?;
         txn.open_table(INDEXES).map_err(|e| se(&e))?;
         txn.open_table(SESSIONS).map_err(|e| se(&e))?;
         txn.open_table(PREIMAGES).map_err(|e| se(&e))?;
@@ -198,6 +207,7 @@ fn prepare_tables(db: &Database, path: &Path) -> std::result::Result<(u64, u64),
             .map(|v| v.value().to_vec());
         match format.as_deref() {
             Some(FORMAT) => {}
+            Some(FORMAT_NO_RECORD_IDS) => migrate = true,
             Some(other) => {
                 return Err(format!(
                     "{} has data format {}, this eddy reads format {}",
@@ -225,7 +235,57 @@ fn prepare_tables(db: &Database, path: &Path) -> std::result::Result<(u64, u64),
     // Format 1 kept the oplog here; a format-2 file never has it.
     let _ = txn.delete_table(OLD_OPLOG);
     txn.commit().map_err(|e| se(&e))?;
-    Ok(applied)
+    Ok((applied, migrate))
+}
+
+/// Gives every document of a format-2 file a record id (in `_id` order, the order those
+/// files scanned in) and its natural-order entry, and marks the file format 3: one durable
+/// transaction, run after recovery replayed the format-2 log on top of the tables.
+fn add_record_ids(db: &Database, path: &Path) -> std::result::Result<u64, String> {
+    let se =
+        |e: &dyn std::fmt::Display| format!("{}: giving documents record ids: {e}", path.display());
+    let txn = db.begin_write().map_err(|e| se(&e))?;
+    let mut n = 0u64;
+    {
+        let mut meta = txn.open_table(META).map_err(|e| se(&e))?;
+        let mut next = match meta.get(META_NEXT_ID).map_err(|e| se(&e))? {
+            Some(v) => u64::from_be_bytes(v.value().try_into().map_err(|_| se(&"bad next_id"))?),
+            None => 1,
+        };
+        let mut docs = txn.open_table(DOCS).map_err(|e| se(&e))?;
+        let mut natural = txn.open_table(NATURAL).map_err(|e| se(&e))?;
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let lower = match &after {
+                Some(k) => Bound::Excluded(k.as_slice()),
+                None => Bound::Unbounded,
+            };
+            let chunk: Vec<(Vec<u8>, Vec<u8>)> = docs
+                .range::<&[u8]>((lower, Bound::Unbounded))
+                .map_err(|e| se(&e))?
+                .take(10_000)
+                .map(|r| r.map(|(k, v)| (k.value().to_vec(), v.value().to_vec())))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| se(&e))?;
+            let Some((last, _)) = chunk.last() else { break };
+            after = Some(last.clone());
+            for (k, v) in &chunk {
+                let coll = u64::from_be_bytes(k[..8].try_into().map_err(|_| se(&"bad key"))?);
+                docs.insert(k.as_slice(), doc_value(next, v).as_slice())
+                    .map_err(|e| se(&e))?;
+                natural
+                    .insert(natural_key(coll, next).as_slice(), &k[8..])
+                    .map_err(|e| se(&e))?;
+                next += 1;
+                n += 1;
+            }
+        }
+        meta.insert(META_NEXT_ID, next.to_be_bytes().as_slice())
+            .map_err(|e| se(&e))?;
+        meta.insert(META_FORMAT, FORMAT).map_err(|e| se(&e))?;
+    }
+    txn.commit().map_err(|e| se(&e))?;
+    Ok(n)
 }
 
 impl Store {
@@ -246,7 +306,7 @@ impl Store {
             .set_cache_size(256 * 1024 * 1024)
             .create(&path)
             .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        let applied = prepare_tables(&db, &path)?;
+        let (applied, migrate) = prepare_tables(&db, &path)?;
         let log_dir = dir.join("log");
         if !log_dir.exists() {
             std::fs::create_dir_all(&log_dir)
@@ -254,6 +314,13 @@ impl Store {
             wal::writer::sync_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
         let (frames, report, applied) = pipeline::replay(&db, &log_dir, applied)?;
+        if migrate {
+            let n = add_record_ids(&db, &path)?;
+            tracing::info!(
+                documents = n,
+                "gave the documents of a format-2 data file record ids (natural order is their _id order)"
+            );
+        }
         let log_bytes = report.segs.iter().map(|s| s.seg.end).sum();
         let torn = report
             .torn
@@ -790,6 +857,30 @@ fn decode_doc(b: &[u8]) -> Result<Document> {
     Document::from_reader(b).map_err(|e| MongoError::internal(format!("corrupt document: {e}")))
 }
 
+/// A stored document value: its record id, then its BSON.
+fn doc_value(rid: u64, bson: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + bson.len());
+    v.extend_from_slice(&rid.to_be_bytes());
+    v.extend_from_slice(bson);
+    v
+}
+
+/// The document in a stored document value.
+fn decode_doc_value(v: &[u8]) -> Result<Document> {
+    match v.get(8..) {
+        Some(b) => decode_doc(b),
+        None => Err(MongoError::internal("corrupt document: no record id")),
+    }
+}
+
+/// The natural-order key of a record.
+fn natural_key(coll_id: u64, rid: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&coll_id.to_be_bytes());
+    k[8..].copy_from_slice(&rid.to_be_bytes());
+    k
+}
+
 fn doc_key(coll_id: u64, id_key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(8 + id_key.len());
     k.extend_from_slice(&coll_id.to_be_bytes());
@@ -1323,6 +1414,192 @@ mod tests {
         assert_eq!(
             store.snapshot().unwrap().get_doc(id, b"a").unwrap(),
             Some(doc! {"v": 1})
+        );
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn natural_ids(snap: &Snapshot, id: u64, reverse: bool) -> Vec<i32> {
+        snap.scan_natural(id, reverse)
+            .unwrap()
+            .map(|r| r.unwrap().1.get_i32("_id").unwrap())
+            .collect()
+    }
+
+    async fn put_ids(store: &Store, id: u64, ids: &[i32]) {
+        let ids = ids.to_vec();
+        store
+            .write(move |ctx| {
+                for i in ids {
+                    let k = i.to_be_bytes();
+                    ctx.put_doc(id, &k, &bson::to_vec(&doc! {"_id": i}).unwrap())?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn natural_order_is_insertion_order_and_an_update_keeps_its_place() {
+        let dir = tempdir();
+        let store = Store::open(&dir, StoreOptions::default()).unwrap();
+        let id = store
+            .write(|ctx| {
+                let m = meta(ctx.new_id());
+                ctx.put_collection(&m)?;
+                Ok(m.id)
+            })
+            .await
+            .unwrap();
+        put_ids(&store, id, &[3, 1]).await;
+        put_ids(&store, id, &[2]).await;
+        assert_eq!(
+            natural_ids(&store.snapshot().unwrap(), id, false),
+            [3, 1, 2]
+        );
+        assert_eq!(natural_ids(&store.snapshot().unwrap(), id, true), [2, 1, 3]);
+        // An overwrite keeps the place; a delete and re-insert goes last.
+        put_ids(&store, id, &[3]).await;
+        store
+            .write(move |ctx| ctx.delete_doc(id, &1i32.to_be_bytes()))
+            .await
+            .unwrap();
+        put_ids(&store, id, &[1]).await;
+        assert_eq!(
+            natural_ids(&store.snapshot().unwrap(), id, false),
+            [3, 2, 1]
+        );
+        let in_write = store
+            .write(move |ctx| {
+                Ok(ctx
+                    .scan_docs(id)?
+                    .into_iter()
+                    .map(|(_, d)| d.get_i32("_id").unwrap())
+                    .collect::<Vec<_>>())
+            })
+            .await
+            .unwrap();
+        assert_eq!(in_write, [3, 2, 1], "the writer's scan is in natural order");
+        // A transaction sees its updates in place, its deletes gone, its inserts last;
+        // its inserts keep that order when it commits.
+        let txn = store.begin_txn().unwrap();
+        txn.run(|ctx| {
+            ctx.put_doc(
+                id,
+                &9i32.to_be_bytes(),
+                &bson::to_vec(&doc! {"_id": 9}).unwrap(),
+            )?;
+            ctx.put_doc(
+                id,
+                &2i32.to_be_bytes(),
+                &bson::to_vec(&doc! {"_id": 2, "x": 1}).unwrap(),
+            )?;
+            ctx.delete_doc(id, &3i32.to_be_bytes())
+        })
+        .unwrap();
+        assert_eq!(natural_ids(&txn.snapshot(), id, false), [2, 1, 9]);
+        assert_eq!(natural_ids(&txn.snapshot(), id, true), [9, 1, 2]);
+        let seen = txn.run(|ctx| Ok(ctx.scan_docs(id)?.len())).unwrap();
+        assert_eq!(seen, 3);
+        let txn = std::sync::Arc::new(txn);
+        let t2 = txn.clone();
+        store
+            .write(move |ctx| ctx.commit_txn(&t2, None, None).map(drop))
+            .await
+            .unwrap();
+        assert_eq!(
+            natural_ids(&store.snapshot().unwrap(), id, false),
+            [2, 1, 9]
+        );
+        // Replayed from the log, and after a checkpoint, the order is the same.
+        drop(store);
+        let store = Store::open(&dir, StoreOptions::default()).unwrap();
+        assert_eq!(
+            natural_ids(&store.snapshot().unwrap(), id, false),
+            [2, 1, 9]
+        );
+        put_ids(&store, id, &[0]).await;
+        store.checkpoint().await.unwrap();
+        drop(store);
+        let store = Store::open(&dir, StoreOptions::default()).unwrap();
+        assert_eq!(
+            natural_ids(&store.snapshot().unwrap(), id, false),
+            [2, 1, 9, 0]
+        );
+        // Dropping the collection drops its natural order too.
+        store
+            .write(move |ctx| {
+                let m = ctx.collection(&ns())?.unwrap();
+                ctx.remove_collection(&m)
+            })
+            .await
+            .unwrap();
+        assert!(natural_ids(&store.snapshot().unwrap(), id, false).is_empty());
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_format_2_file_gets_record_ids_in_id_order() {
+        let dir = tempdir();
+        let store = Store::open(&dir, StoreOptions::default()).unwrap();
+        let id = store
+            .write(|ctx| {
+                let m = meta(ctx.new_id());
+                ctx.put_collection(&m)?;
+                Ok(m.id)
+            })
+            .await
+            .unwrap();
+        put_ids(&store, id, &[3, 1, 2]).await;
+        store.checkpoint().await.unwrap();
+        drop(store);
+        // Make it what format 2 wrote: bare BSON values, no natural table, format "2".
+        {
+            let db = Database::create(dir.join("eddy.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut docs = txn.open_table(DOCS).unwrap();
+                let rows: Vec<(Vec<u8>, Vec<u8>)> = docs
+                    .iter()
+                    .unwrap()
+                    .map(|r| {
+                        let (k, v) = r.unwrap();
+                        (k.value().to_vec(), v.value()[8..].to_vec())
+                    })
+                    .collect();
+                for (k, v) in rows {
+                    docs.insert(k.as_slice(), v.as_slice()).unwrap();
+                }
+                let mut meta = txn.open_table(META).unwrap();
+                meta.insert(META_FORMAT, FORMAT_NO_RECORD_IDS).unwrap();
+            }
+            txn.delete_table(NATURAL).unwrap();
+            txn.commit().unwrap();
+        }
+        let store = Store::open(&dir, StoreOptions::default()).unwrap();
+        assert_eq!(
+            natural_ids(&store.snapshot().unwrap(), id, false),
+            [1, 2, 3]
+        );
+        let snap = store.snapshot().unwrap();
+        assert_eq!(
+            snap.get_doc(id, &2i32.to_be_bytes()).unwrap(),
+            Some(doc! {"_id": 2})
+        );
+        // New documents go after them, with ids the migration did not use.
+        put_ids(&store, id, &[0]).await;
+        assert_eq!(
+            natural_ids(&store.snapshot().unwrap(), id, false),
+            [1, 2, 3, 0]
+        );
+        drop(snap);
+        drop(store);
+        let store = Store::open(&dir, StoreOptions::default()).unwrap();
+        assert_eq!(
+            natural_ids(&store.snapshot().unwrap(), id, false),
+            [1, 2, 3, 0]
         );
         drop(store);
         std::fs::remove_dir_all(&dir).unwrap();

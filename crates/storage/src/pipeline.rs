@@ -39,9 +39,9 @@ use crate::wal::frame::FrameBuf;
 use crate::wal::writer::LogWriter;
 use crate::wal::{Log, seg_path};
 use crate::{
-    Backend, CATALOG, DOCS, INDEXES, META, META_APPLIED, META_NEXT_ID, PREIMAGES, SESSIONS,
-    StoreOptions, TXN_PREIMAGES, WriteCtx, decode_doc, doc_key, hi_bound, list_catalog,
-    prefix_range, preimage_record, storage_err,
+    Backend, CATALOG, DOCS, INDEXES, META, META_APPLIED, META_NEXT_ID, NATURAL, PREIMAGES,
+    SESSIONS, StoreOptions, TXN_PREIMAGES, WriteCtx, decode_doc, decode_doc_value, doc_key,
+    doc_value, hi_bound, list_catalog, natural_key, prefix_range, preimage_record, storage_err,
 };
 
 /// Jobs taken into one group commit at most. Bounds the latency a batch adds to the first
@@ -635,6 +635,7 @@ pub(crate) struct Handles<'t> {
     txn: &'t WriteTransaction,
     catalog: Option<Table<'t, &'static str, &'static [u8]>>,
     docs: Option<Table<'t, &'static [u8], &'static [u8]>>,
+    natural: Option<Table<'t, &'static [u8], &'static [u8]>>,
     indexes: Option<Table<'t, &'static [u8], &'static [u8]>>,
     meta: Option<Table<'t, &'static str, &'static [u8]>>,
     sessions: Option<Table<'t, &'static [u8], &'static [u8]>>,
@@ -698,6 +699,7 @@ impl<'t> Handles<'t> {
             txn,
             catalog: None,
             docs: None,
+            natural: None,
             indexes: None,
             meta: None,
             sessions: None,
@@ -708,6 +710,7 @@ impl<'t> Handles<'t> {
 
     table!(catalog, CATALOG, &'static str);
     table!(docs, DOCS, &'static [u8]);
+    table!(natural, NATURAL, &'static [u8]);
     table!(indexes, INDEXES, &'static [u8]);
     table!(meta, META, &'static str);
     table!(sessions, SESSIONS, &'static [u8]);
@@ -722,6 +725,7 @@ impl<'t> Handles<'t> {
                 match t {
                     TableId::Catalog => self.catalog()?.insert(key_str(k)?, v).map(drop),
                     TableId::Docs => self.docs()?.insert(k, v).map(drop),
+                    TableId::Natural => self.natural()?.insert(k, v).map(drop),
                     TableId::Indexes => self.indexes()?.insert(k, v).map(drop),
                     TableId::Meta => self.meta()?.insert(key_str(k)?, v).map(drop),
                     TableId::Sessions => self.sessions()?.insert(k, v).map(drop),
@@ -736,6 +740,7 @@ impl<'t> Handles<'t> {
                 match t {
                     TableId::Catalog => self.catalog()?.remove(key_str(k)?).map(drop),
                     TableId::Docs => self.docs()?.remove(k).map(drop),
+                    TableId::Natural => self.natural()?.remove(k).map(drop),
                     TableId::Indexes => self.indexes()?.remove(k).map(drop),
                     TableId::Meta => self.meta()?.remove(key_str(k)?).map(drop),
                     TableId::Sessions => self.sessions()?.remove(k).map(drop),
@@ -751,6 +756,9 @@ impl<'t> Handles<'t> {
                         |_, _| false,
                     ),
                     TableId::Docs => self.docs()?.retain_in::<&[u8], _>((lo, hi), |_, _| false),
+                    TableId::Natural => self
+                        .natural()?
+                        .retain_in::<&[u8], _>((lo, hi), |_, _| false),
                     TableId::Indexes => self
                         .indexes()?
                         .retain_in::<&[u8], _>((lo, hi), |_, _| false),
@@ -784,6 +792,7 @@ impl<'t> Handles<'t> {
             TableId::Catalog => copy(self.catalog()?.get(key_str(key)?).map_err(e)?),
             TableId::Meta => copy(self.meta()?.get(key_str(key)?).map_err(e)?),
             TableId::Docs => copy(self.docs()?.get(key).map_err(e)?),
+            TableId::Natural => copy(self.natural()?.get(key).map_err(e)?),
             TableId::Indexes => copy(self.indexes()?.get(key).map_err(e)?),
             TableId::Sessions => copy(self.sessions()?.get(key).map_err(e)?),
             TableId::Preimages => copy(self.preimages()?.get(key_u64(key)?).map_err(e)?),
@@ -1061,6 +1070,7 @@ impl<'t> Tables<'t> {
         self.touch(txn::T_CATALOG, name.as_bytes());
         self.change(Op::Del(TableId::Catalog, name.as_bytes()))?;
         self.remove_prefix(TableId::Docs, &meta.id.to_be_bytes())?;
+        self.remove_prefix(TableId::Natural, &meta.id.to_be_bytes())?;
         for ix in &meta.indexes {
             self.remove_index_entries(ix.id)?;
         }
@@ -1110,8 +1120,21 @@ impl<'t> Tables<'t> {
         let k = doc_key(coll_id, id_key);
         let r = self.h.get(TableId::Docs, &k);
         match r {
-            Ok(Some(b)) => decode_doc(&b).map(Some),
+            Ok(Some(b)) => decode_doc_value(&b).map(Some),
             Ok(None) => Ok(None),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    /// The record id of the document stored under a full document key.
+    fn stored_rid(&mut self, k: &[u8]) -> Result<Option<u64>> {
+        let r: std::result::Result<Option<[u8; 8]>, String> = (|| {
+            let docs = self.h.docs()?;
+            let got = docs.get(k).map_err(|e| e.to_string())?;
+            Ok(got.and_then(|v| v.value().get(..8).and_then(|b| b.try_into().ok())))
+        })();
+        match r {
+            Ok(v) => Ok(v.map(u64::from_be_bytes)),
             Err(e) => Err(self.fail(e)),
         }
     }
@@ -1121,9 +1144,23 @@ impl<'t> Tables<'t> {
     /// # Errors
     /// On storage failure.
     pub fn put_doc(&mut self, coll_id: u64, id_key: &[u8], bytes: &[u8]) -> Result<()> {
-        let k = doc_key(coll_id, id_key);
-        self.touch(txn::T_DOC, &k);
-        self.change(Op::Put(TableId::Docs, &k, bytes))
+        self.put_doc_at(&doc_key(coll_id, id_key), bytes)
+    }
+
+    /// Stores a document under its full key: an overwrite keeps the record id, an insert
+    /// takes the next one and appends to natural order.
+    fn put_doc_at(&mut self, k: &[u8], bytes: &[u8]) -> Result<()> {
+        self.touch(txn::T_DOC, k);
+        let rid = match self.stored_rid(k)? {
+            Some(rid) => rid,
+            None => {
+                let rid = self.new_id();
+                let coll = u64::from_be_bytes(k[..8].try_into().expect("a document key"));
+                self.change(Op::Put(TableId::Natural, &natural_key(coll, rid), &k[8..]))?;
+                rid
+            }
+        };
+        self.change(Op::Put(TableId::Docs, k, &doc_value(rid, bytes)))
     }
 
     /// Deletes a document.
@@ -1131,12 +1168,19 @@ impl<'t> Tables<'t> {
     /// # Errors
     /// On storage failure.
     pub fn delete_doc(&mut self, coll_id: u64, id_key: &[u8]) -> Result<()> {
-        let k = doc_key(coll_id, id_key);
-        self.touch(txn::T_DOC, &k);
-        self.change(Op::Del(TableId::Docs, &k))
+        self.delete_doc_at(&doc_key(coll_id, id_key))
     }
 
-    /// Every document of a collection, in `_id` key order, as `(id_key, doc)`.
+    fn delete_doc_at(&mut self, k: &[u8]) -> Result<()> {
+        self.touch(txn::T_DOC, k);
+        if let Some(rid) = self.stored_rid(k)? {
+            let coll = u64::from_be_bytes(k[..8].try_into().expect("a document key"));
+            self.change(Op::Del(TableId::Natural, &natural_key(coll, rid)))?;
+        }
+        self.change(Op::Del(TableId::Docs, k))
+    }
+
+    /// Every document of a collection, in natural (insertion) order, as `(id_key, doc)`.
     ///
     /// # Errors
     /// On storage failure.
@@ -1144,21 +1188,31 @@ impl<'t> Tables<'t> {
         let (lo, hi) = prefix_range(&coll_id.to_be_bytes());
         type Rows = Vec<(Vec<u8>, Vec<u8>)>;
         let r: std::result::Result<Rows, String> = (|| {
-            let mut out = Vec::new();
-            let range = self
+            let ids: Vec<Vec<u8>> = self
                 .h
-                .docs()?
+                .natural()?
                 .range::<&[u8]>((Bound::Included(lo.as_slice()), hi_bound(&hi)))
+                .map_err(|e| e.to_string())?
+                .map(|item| item.map(|(_, v)| v.value().to_vec()))
+                .collect::<std::result::Result<_, _>>()
                 .map_err(|e| e.to_string())?;
-            for item in range {
-                let (k, v) = item.map_err(|e| e.to_string())?;
-                out.push((k.value()[8..].to_vec(), v.value().to_vec()));
+            let docs = self.h.docs()?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                let k = doc_key(coll_id, &id);
+                let v = docs
+                    .get(k.as_slice())
+                    .map_err(|e| e.to_string())?
+                    .ok_or("a natural-order entry has no document")?
+                    .value()
+                    .to_vec();
+                out.push((id, v));
             }
             Ok(out)
         })();
         let rows = r.map_err(|e| self.fail(e))?;
         rows.into_iter()
-            .map(|(k, v)| Ok((k, decode_doc(&v)?)))
+            .map(|(k, v)| Ok((k, decode_doc_value(&v)?)))
             .collect()
     }
 
@@ -1287,10 +1341,11 @@ impl<'t> Tables<'t> {
             }
         }
         for (k, v) in &ov.docs {
-            self.touch(txn::T_DOC, k);
+            // The overlay's values carry a placeholder record id: the real one is kept or
+            // assigned here.
             match v {
-                Some(b) => self.change(Op::Put(TableId::Docs, k, b))?,
-                None => self.change(Op::Del(TableId::Docs, k))?,
+                Some(b) => self.put_doc_at(k, &b[8..])?,
+                None => self.delete_doc_at(k)?,
             }
         }
         for (k, v) in &ov.indexes {

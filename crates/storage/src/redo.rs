@@ -27,6 +27,7 @@ pub enum TableId {
     Sessions = 5,
     Preimages = 6,
     TxnPreimages = 7,
+    Natural = 8,
 }
 
 impl TableId {
@@ -39,6 +40,7 @@ impl TableId {
             5 => TableId::Sessions,
             6 => TableId::Preimages,
             7 => TableId::TxnPreimages,
+            8 => TableId::Natural,
             _ => return None,
         })
     }

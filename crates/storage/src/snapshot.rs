@@ -15,8 +15,8 @@ use crate::redo::TableId;
 use crate::txn::{self, Overlay};
 use crate::wal::{Log, LogScan, LogScanRev};
 use crate::{
-    CATALOG, DOCS, INDEXES, META, PREIMAGES, SESSIONS, TXN_PREIMAGES, as_slice_bound, decode_doc,
-    doc_key, list_catalog, prefix_range, storage_err,
+    CATALOG, DOCS, INDEXES, META, NATURAL, PREIMAGES, SESSIONS, TXN_PREIMAGES, as_slice_bound,
+    decode_doc, decode_doc_value, doc_key, list_catalog, prefix_range, storage_err,
 };
 
 /// A consistent, read-only view of the database at one clusterTime.
@@ -24,6 +24,7 @@ pub struct Snapshot {
     _txn: ReadTransaction,
     catalog: ReadOnlyTable<&'static str, &'static [u8]>,
     docs: ReadOnlyTable<&'static [u8], &'static [u8]>,
+    natural: ReadOnlyTable<&'static [u8], &'static [u8]>,
     indexes: ReadOnlyTable<&'static [u8], &'static [u8]>,
     preimages: ReadOnlyTable<u64, &'static [u8]>,
     txn_preimages: ReadOnlyTable<(u64, u32), &'static [u8]>,
@@ -51,6 +52,7 @@ impl Snapshot {
         Ok(Snapshot {
             catalog: txn.open_table(CATALOG).map_err(storage_err)?,
             docs: txn.open_table(DOCS).map_err(storage_err)?,
+            natural: txn.open_table(NATURAL).map_err(storage_err)?,
             indexes: txn.open_table(INDEXES).map_err(storage_err)?,
             preimages: txn.open_table(PREIMAGES).map_err(storage_err)?,
             txn_preimages: txn.open_table(TXN_PREIMAGES).map_err(storage_err)?,
@@ -212,7 +214,7 @@ impl Snapshot {
         let k = doc_key(coll_id, id_key);
         if let Some(ov) = &self.overlay {
             match ov.lock().unwrap().docs.get(&k) {
-                Some(Some(b)) => return decode_doc(b).map(Some),
+                Some(Some(b)) => return decode_doc_value(b).map(Some),
                 Some(None) => return Ok(None),
                 None => {}
             }
@@ -222,12 +224,20 @@ impl Snapshot {
 
     pub(crate) fn base_get_doc(&self, k: &[u8]) -> Result<Option<Document>> {
         if let Some(v) = self.pending_get(TableId::Docs, k) {
-            return v.map(decode_doc).transpose();
+            return v.map(decode_doc_value).transpose();
         }
         match self.docs.get(k).map_err(storage_err)? {
-            Some(v) => decode_doc(v.value()).map(Some),
+            Some(v) => decode_doc_value(v.value()).map(Some),
             None => Ok(None),
         }
+    }
+
+    /// Whether the tables (not a transaction's overlay) hold a document under `k`.
+    fn base_has_doc(&self, k: &[u8]) -> Result<bool> {
+        if let Some(v) = self.pending_get(TableId::Docs, k) {
+            return Ok(v.is_some());
+        }
+        Ok(self.docs.get(k).map_err(storage_err)?.is_some())
     }
 
     pub(crate) fn base_index_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
@@ -288,6 +298,83 @@ impl Snapshot {
         Ok(DocScan::Base(Box::new(rows)))
     }
 
+    /// The documents of a collection in natural order (the order they were inserted in;
+    /// an update keeps a document's place), or backwards, as `(id_key, doc)`.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn scan_natural(&self, coll_id: u64, reverse: bool) -> Result<NaturalScan> {
+        if let Some(ov) = &self.overlay {
+            let ov = ov.lock().unwrap();
+            let (lo, hi) = prefix_range(&coll_id.to_be_bytes());
+            let upper = hi
+                .as_ref()
+                .map_or(Bound::Unbounded, |h| Bound::Excluded(h.as_slice()));
+            if Overlay::range(&ov.docs, Bound::Included(lo.as_slice()), upper)
+                .next()
+                .is_some()
+            {
+                let mut rows = self.natural_with_overlay(coll_id, &ov)?;
+                if reverse {
+                    rows.reverse();
+                }
+                return Ok(NaturalScan(Natural::Rows(rows.into_iter())));
+            }
+        }
+        self.base_natural(coll_id, reverse)
+    }
+
+    fn base_natural(&self, coll_id: u64, reverse: bool) -> Result<NaturalScan> {
+        let (lo, hi) = prefix_range(&coll_id.to_be_bytes());
+        let upper = hi
+            .as_ref()
+            .map_or(Bound::Unbounded, |h| Bound::Excluded(h.as_slice()));
+        let entries = self.merged_range(
+            &self.natural,
+            TableId::Natural,
+            Bound::Included(lo.as_slice()),
+            upper,
+        )?;
+        Ok(NaturalScan(Natural::Base {
+            entries: Box::new(entries),
+            docs: self._txn.open_table(DOCS).map_err(storage_err)?,
+            pending: self.pending.clone(),
+            coll_id,
+            reverse,
+        }))
+    }
+
+    /// A collection's documents in natural order as a transaction sees them: the tables'
+    /// records with its updates and deletes applied, then the documents it inserted (in
+    /// `_id` order: they get their record ids when it commits).
+    pub(crate) fn natural_with_overlay(
+        &self,
+        coll_id: u64,
+        ov: &Overlay,
+    ) -> Result<Vec<(Vec<u8>, Document)>> {
+        let mut out = Vec::new();
+        for r in self.base_natural(coll_id, false)? {
+            let (idk, d) = r?;
+            match ov.docs.get(&doc_key(coll_id, &idk)) {
+                Some(Some(b)) => out.push((idk, decode_doc_value(b)?)),
+                Some(None) => {}
+                None => out.push((idk, d)),
+            }
+        }
+        let (lo, hi) = prefix_range(&coll_id.to_be_bytes());
+        let upper = hi
+            .as_ref()
+            .map_or(Bound::Unbounded, |h| Bound::Excluded(h.as_slice()));
+        for (k, v) in Overlay::range(&ov.docs, Bound::Included(lo.as_slice()), upper) {
+            if let Some(b) = v
+                && !self.base_has_doc(k)?
+            {
+                out.push((k[8..].to_vec(), decode_doc_value(b)?));
+            }
+        }
+        Ok(out)
+    }
+
     /// Index entries with keys in `[lower, upper)` style bounds, as `(key, id_key)`.
     ///
     /// # Errors
@@ -334,7 +421,8 @@ impl Snapshot {
         )? {
             let (k, v) = row?;
             n += 1;
-            data += v.len() as u64;
+            // Less the record id in front of the BSON.
+            data += v.len().saturating_sub(8) as u64;
             keys += k.len() as u64;
         }
         Ok((n, data, keys))
@@ -605,12 +693,79 @@ impl Iterator for DocScan {
         match self {
             DocScan::Base(r) => {
                 let item = r.next()?;
-                Some(item.and_then(|(k, v)| Ok((k[8..].to_vec(), decode_doc(&v)?))))
+                Some(item.and_then(|(k, v)| Ok((k[8..].to_vec(), decode_doc_value(&v)?))))
             }
             DocScan::Rows(r) => {
                 let (k, v) = r.next()?;
-                Some(decode_doc(&v).map(|d| (k[8..].to_vec(), d)))
+                Some(decode_doc_value(&v).map(|d| (k[8..].to_vec(), d)))
             }
+        }
+    }
+}
+
+impl DoubleEndedIterator for DocScan {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        match self {
+            DocScan::Base(r) => {
+                let item = r.next_back()?;
+                Some(item.and_then(|(k, v)| Ok((k[8..].to_vec(), decode_doc_value(&v)?))))
+            }
+            DocScan::Rows(r) => {
+                let (k, v) = r.next_back()?;
+                Some(decode_doc_value(&v).map(|d| (k[8..].to_vec(), d)))
+            }
+        }
+    }
+}
+
+/// A lazy scan over a collection's documents in natural order: `(id_key, doc)`.
+pub struct NaturalScan(Natural);
+
+enum Natural {
+    /// Natural-order entries, each looked up in the documents table.
+    Base {
+        entries: Box<Rowwise>,
+        docs: ReadOnlyTable<&'static [u8], &'static [u8]>,
+        pending: Option<Arc<Layer>>,
+        coll_id: u64,
+        reverse: bool,
+    },
+    /// Inside a transaction that wrote to the collection, its view, computed up front.
+    Rows(std::vec::IntoIter<(Vec<u8>, Document)>),
+}
+
+impl Iterator for NaturalScan {
+    type Item = Result<(Vec<u8>, Document)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match &mut self.0 {
+            Natural::Base {
+                entries,
+                docs,
+                pending,
+                coll_id,
+                reverse,
+            } => {
+                let row = if *reverse {
+                    entries.next_back()?
+                } else {
+                    entries.next()?
+                };
+                Some(row.and_then(|(_, idk)| {
+                    let k = doc_key(*coll_id, &idk);
+                    let doc = match pending.as_ref().and_then(|p| p.get(TableId::Docs, &k)) {
+                        Some(v) => v.map(decode_doc_value).transpose()?,
+                        None => match docs.get(k.as_slice()).map_err(storage_err)? {
+                            Some(v) => Some(decode_doc_value(v.value())?),
+                            None => None,
+                        },
+                    };
+                    doc.map(|d| (idk, d)).ok_or_else(|| {
+                        errors::MongoError::internal("a natural-order entry has no document")
+                    })
+                }))
+            }
+            Natural::Rows(r) => r.next().map(Ok),
         }
     }
 }

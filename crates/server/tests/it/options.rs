@@ -654,3 +654,110 @@ async fn options_not_read_are_refused() {
     let (code, _) = cmd_error(&db, doc! {"count": "c", "query": bad, "skip": 1}).await;
     assert_ne!(code, 0);
 }
+
+/// Source: https://www.mongodb.com/docs/v8.0/reference/glossary/#std-term-natural-order and
+/// https://www.mongodb.com/docs/v8.0/reference/operator/meta/natural/: a collection's
+/// natural order is the order of its record ids (insertion order; an update keeps a
+/// document's place), `$natural: 1 | -1` as a sort or hint scans forwards or backwards,
+/// and a query with no sort returns documents in natural order.
+#[tokio::test]
+async fn natural_order_is_insertion_order() {
+    let s = testkit::spawn().await;
+    let db = s.client.database("nat");
+    let c = db.collection::<Document>("c");
+    for i in [3, 1, 2] {
+        c.insert_one(doc! {"_id": i, "k": 10 - i}).await.unwrap();
+    }
+    async fn ids(db: &Database, extra: Document) -> Vec<i32> {
+        let mut cmd = doc! {"find": "c"};
+        cmd.extend(extra);
+        let r = db.run_command(cmd).await.unwrap();
+        r.get_document("cursor")
+            .unwrap()
+            .get_array("firstBatch")
+            .unwrap()
+            .iter()
+            .map(|d| d.as_document().unwrap().get_i32("_id").unwrap())
+            .collect()
+    }
+    assert_eq!(ids(&db, doc! {}).await, [3, 1, 2]);
+    assert_eq!(ids(&db, doc! {"sort": {"$natural": -1}}).await, [2, 1, 3]);
+    assert_eq!(ids(&db, doc! {"sort": {"$natural": 1}}).await, [3, 1, 2]);
+    assert_eq!(ids(&db, doc! {"hint": {"$natural": -1}}).await, [2, 1, 3]);
+    assert_eq!(ids(&db, doc! {"hint": {"_id": 1}}).await, [1, 2, 3]);
+    assert_eq!(ids(&db, doc! {"sort": {"_id": -1}}).await, [3, 2, 1]);
+    // Batches across getMore keep the order.
+    let got: Vec<i32> = {
+        use futures_util::TryStreamExt;
+        c.find(doc! {})
+            .sort(doc! {"$natural": -1})
+            .batch_size(1)
+            .await
+            .unwrap()
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap()
+            .iter()
+            .map(|d| d.get_i32("_id").unwrap())
+            .collect()
+    };
+    assert_eq!(got, [2, 1, 3]);
+    // An update keeps its place, even one that grows the document; a delete and
+    // re-insert goes last.
+    c.update_one(doc! {"_id": 3}, doc! {"$set": {"pad": "x".repeat(10_000)}})
+        .await
+        .unwrap();
+    c.delete_one(doc! {"_id": 1}).await.unwrap();
+    c.insert_one(doc! {"_id": 1}).await.unwrap();
+    assert_eq!(ids(&db, doc! {"projection": {"_id": 1}}).await, [3, 2, 1]);
+    // Writes without a sort take the first match in natural order.
+    c.delete_one(doc! {}).await.unwrap();
+    assert_eq!(ids(&db, doc! {}).await, [2, 1]);
+    let r = c
+        .find_one_and_update(doc! {}, doc! {"$set": {"first": true}})
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.get_i32("_id").unwrap(), 2);
+    // Aggregation reads natural order too.
+    let agg: Vec<i32> = {
+        use futures_util::TryStreamExt;
+        c.aggregate(vec![doc! {"$project": {"_id": 1}}])
+            .await
+            .unwrap()
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap()
+            .iter()
+            .map(|d| d.get_i32("_id").unwrap())
+            .collect()
+    };
+    assert_eq!(agg, [2, 1]);
+    // explain names the scans.
+    let plan = |r: Document| {
+        r.get_document("queryPlanner")
+            .unwrap()
+            .get_document("winningPlan")
+            .unwrap()
+            .clone()
+    };
+    let e = run(
+        &db,
+        doc! {"explain": {"find": "c", "sort": {"$natural": -1}}, "verbosity": "queryPlanner"},
+    )
+    .await;
+    let w = plan(e);
+    assert_eq!(w.get_str("stage").unwrap(), "COLLSCAN", "{w}");
+    assert_eq!(w.get_str("direction").unwrap(), "backward", "{w}");
+    let e = run(
+        &db,
+        doc! {"explain": {"find": "c", "sort": {"_id": 1}}, "verbosity": "queryPlanner"},
+    )
+    .await;
+    let w = plan(e);
+    assert_eq!(w.get_str("stage").unwrap(), "FETCH", "{w}");
+    let ix = w.get_document("inputStage").unwrap();
+    assert_eq!(ix.get_str("indexName").unwrap(), "_id_", "{w}");
+    let (code, _) = cmd_error(&db, doc! {"find": "c", "hint": {"$natural": "up"}}).await;
+    assert_eq!(code, 2);
+}
