@@ -16,9 +16,11 @@ use crate::spec::{Start, StreamSpec};
 const MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
 /// Oplog entries read from the hub per step.
 const READ_CHUNK: usize = 1024;
-/// A batch stops growing past this many bytes of events (MongoDB's 16 MiB reply limit,
-/// less room for the reply's envelope).
-const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024 - 64 * 1024;
+/// A batch's events array, counted as it will be encoded (each event with its element
+/// header), plus the `postBatchResumeToken` that repeats the last event's `_id`, stays
+/// within MongoDB's BSONObjMaxUserSize; the rest of the reply's envelope fits in the 16 KiB
+/// the message limit (BSONObjMaxInternalSize) allows beyond it.
+const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 
 /// An open change stream.
 pub struct ChangeStream {
@@ -129,7 +131,7 @@ impl ChangeStream {
         let upto = hub.tailed();
         while !self.invalidated
             && batch.len() < max
-            && bytes < MAX_BATCH_BYTES
+            && self.leftover.is_empty()
             && self.next <= ts_key(upto)
         {
             let entries = hub.read(self.next, upto, READ_CHUNK)?;
@@ -181,7 +183,9 @@ impl ChangeStream {
                 if !had_events {
                     self.pbrt_hwm = Some(key + 1);
                 }
-                if self.invalidated || batch.len() >= max || bytes >= MAX_BATCH_BYTES {
+                // Events that did not fit wait for the next getMore; reading on would only
+                // pile up more of them.
+                if self.invalidated || batch.len() >= max || !self.leftover.is_empty() {
                     break;
                 }
             }
@@ -252,14 +256,15 @@ impl ChangeStream {
         max: usize,
     ) -> Result<()> {
         while batch.len() < max {
-            let Some((_, n)) = self.leftover.front() else {
+            let Some((doc, n)) = self.leftover.front() else {
                 break;
             };
-            if !batch.is_empty() && *bytes + n > MAX_BATCH_BYTES {
+            let cost = element_bytes(batch.len(), *n);
+            if !batch.is_empty() && *bytes + cost + token_bytes(doc) > MAX_BATCH_BYTES {
                 break;
             }
-            let (doc, n) = self.leftover.pop_front().expect("front exists");
-            *bytes += n;
+            let (doc, _) = self.leftover.pop_front().expect("front exists");
+            *bytes += cost;
             if let Some(Bson::Document(id)) = doc.get("_id") {
                 self.pbrt = id.clone();
                 self.pbrt_hwm = None;
@@ -267,6 +272,22 @@ impl ChangeStream {
             batch.push(doc);
         }
         Ok(())
+    }
+}
+
+/// The bytes an `n`-byte document takes as element `index` of an array: its type byte,
+/// its decimal index key and that key's NUL.
+fn element_bytes(index: usize, n: usize) -> usize {
+    n + 2 + index.checked_ilog10().unwrap_or(0) as usize + 1
+}
+
+/// The bytes an event's `_id` takes again as the reply's `postBatchResumeToken` field.
+fn token_bytes(ev: &Document) -> usize {
+    match ev.get("_id") {
+        Some(Bson::Document(t)) => {
+            bson::to_vec(t).map_or(0, |b| b.len()) + "postBatchResumeToken".len() + 2
+        }
+        _ => 0,
     }
 }
 

@@ -985,3 +985,101 @@ async fn min_retention_keeps_history_past_the_size_bound() {
     let o = status.get_document("oplog").unwrap();
     assert!(o.get_timestamp("earliestOptime").unwrap() <= o.get_timestamp("latestOptime").unwrap());
 }
+
+/// The reply limit (MongoDB's BSONObjMaxInternalSize: 16 MiB of user data + 16 KiB).
+const MAX_REPLY: usize = 16 * 1024 * 1024 + 16 * 1024;
+
+/// Opens a stream on `coll` with an empty first batch; `pipeline` follows `$changeStream`.
+async fn open_stream(db: &mongodb::Database, coll: &str, pipeline: Vec<Document>) -> i64 {
+    let mut stages = vec![doc! {"$changeStream": {}}];
+    stages.extend(pipeline);
+    let r = db
+        .run_command(doc! {"aggregate": coll, "pipeline": stages, "cursor": {"batchSize": 0}})
+        .await
+        .unwrap();
+    r.get_document("cursor").unwrap().get_i64("id").unwrap()
+}
+
+/// Reads `want` events with getMore, checking that every reply fits the message limit and
+/// that events come in order (`fullDocument._id` or `documentKey._id` counting up); returns
+/// the sizes of the replies.
+async fn drain_sized(db: &mongodb::Database, coll: &str, id: i64, want: usize) -> Vec<usize> {
+    let mut sizes = Vec::new();
+    let mut seen = 0usize;
+    while seen < want {
+        let r = db
+            .run_command(doc! {"getMore": id, "collection": coll, "maxTimeMS": 5000})
+            .await
+            .unwrap();
+        let n = bson::to_vec(&r).unwrap().len();
+        assert!(n <= MAX_REPLY, "a reply of {n} bytes is over {MAX_REPLY}");
+        let batch = r
+            .get_document("cursor")
+            .unwrap()
+            .get_array("nextBatch")
+            .unwrap();
+        assert!(!batch.is_empty(), "events were waiting");
+        for ev in batch {
+            let key = ev
+                .as_document()
+                .unwrap()
+                .get_document("documentKey")
+                .unwrap();
+            assert_eq!(
+                key.get_i32("_id").unwrap() as usize,
+                seen,
+                "in order, none lost"
+            );
+            seen += 1;
+        }
+        sizes.push(n);
+    }
+    assert_eq!(seen, want);
+    sizes
+}
+
+#[tokio::test]
+async fn backlog_batches_stay_under_the_reply_limit() {
+    let s = testkit::spawn().await;
+    let db = s.client.database("big");
+    // 100,000 tiny events, their full documents projected out: it is the array's element
+    // headers that a byte count of the events alone misses.
+    let c = db.collection::<Document>("tiny");
+    let id = open_stream(&db, "tiny", vec![doc! {"$project": {"fullDocument": 0}}]).await;
+    for chunk in (0..100_000).collect::<Vec<i32>>().chunks(10_000) {
+        c.insert_many(chunk.iter().map(|i| doc! {"_id": i}))
+            .await
+            .unwrap();
+    }
+    let sizes = drain_sized(&db, "tiny", id, 100_000).await;
+    assert!(
+        sizes[0] > 15 * 1024 * 1024,
+        "a backlog fills its batches: {sizes:?}"
+    );
+    // 1,000 events of 16 KiB.
+    let c = db.collection::<Document>("mid");
+    let id = open_stream(&db, "mid", vec![]).await;
+    let pad = "p".repeat(16 * 1024);
+    for chunk in (0..1_000).collect::<Vec<i32>>().chunks(100) {
+        c.insert_many(chunk.iter().map(|i| doc! {"_id": i, "pad": &pad}))
+            .await
+            .unwrap();
+    }
+    drain_sized(&db, "mid", id, 1_000).await;
+    // Small events around one just under the limit: it comes alone in its batch.
+    let c = db.collection::<Document>("edge");
+    let id = open_stream(&db, "edge", vec![]).await;
+    for i in 0..3 {
+        c.insert_one(doc! {"_id": i}).await.unwrap();
+    }
+    let big = "b".repeat(16 * 1024 * 1024 - 2048);
+    c.insert_one(doc! {"_id": 3, "pad": big}).await.unwrap();
+    for i in 4..7 {
+        c.insert_one(doc! {"_id": i}).await.unwrap();
+    }
+    let sizes = drain_sized(&db, "edge", id, 7).await;
+    assert!(
+        sizes.iter().any(|n| *n > 16 * 1024 * 1024 - 4096),
+        "the big event was delivered: {sizes:?}"
+    );
+}
