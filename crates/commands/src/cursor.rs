@@ -551,7 +551,8 @@ pub fn spill_dir(ctx: &ServerCtx) -> std::path::PathBuf {
 
 /// The memory limits of a command's blocking stages: the server parameters
 /// `internalQueryMaxBlockingSortMemoryUsageBytes` and
-/// `internalDocumentSourceGroupMaxMemoryBytes`, and `allowDiskUse` (default
+/// `internalDocumentSourceGroupMaxMemoryBytes`, `internalQueryMaxPushBytes`,
+/// `internalQueryMaxAddToSetBytes`, and `allowDiskUse` (default
 /// `allowDiskUseByDefault`, true). Spills go to `<dbpath>/_tmp`.
 ///
 /// # Errors
@@ -576,6 +577,8 @@ pub fn limits(ctx: &ServerCtx, cmd: &Document) -> Result<Limits> {
     Ok(Limits {
         sort_bytes: bytes("internalQueryMaxBlockingSortMemoryUsageBytes"),
         group_bytes: bytes("internalDocumentSourceGroupMaxMemoryBytes"),
+        push_bytes: bytes("internalQueryMaxPushBytes"),
+        add_to_set_bytes: bytes("internalQueryMaxAddToSetBytes"),
         allow_disk_use,
         spill_dir: Some(spill_dir(ctx)),
     })

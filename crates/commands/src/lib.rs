@@ -114,6 +114,8 @@ impl ServerCtx {
             "maxBSONDepth": 200,
             "internalQueryMaxBlockingSortMemoryUsageBytes": query::spill::DEFAULT_MAX_BYTES as i64,
             "internalDocumentSourceGroupMaxMemoryBytes": query::spill::DEFAULT_MAX_BYTES as i64,
+            "internalQueryMaxPushBytes": query::spill::DEFAULT_MAX_BYTES as i64,
+            "internalQueryMaxAddToSetBytes": query::spill::DEFAULT_MAX_BYTES as i64,
             "allowDiskUseByDefault": true,
             "authenticationMechanisms": ["SCRAM-SHA-1", "SCRAM-SHA-256"],
         };

@@ -1574,34 +1574,20 @@ fn stage_iter(p: Arc<Pipeline>, i: usize, input: DocIter, run: Arc<Run>) -> DocI
             let Stage::Sample(n) = stage!() else {
                 unreachable!("a sample stage")
             };
-            // Reservoir sampling: only `n` documents are held, whatever the input.
-            let n = *n;
-            let mut kept: Vec<Document> = Vec::new();
-            let mut bytes = 0usize;
-            let mut seen = 0u64;
+            // Each document gets a random key and a top-k sort keeps the `n` smallest: the
+            // sample held in memory within the sort limit, spilled past it with
+            // allowDiskUse (MongoDB samples a large share of a collection by a sort too).
+            let spec = crate::sort::SortSpec::parse(&bson::doc! {"r": 1})?;
+            let mut sorter = crate::sort::Sorter::new(spec, &run.limits, Some(*n));
             for d in input {
                 run.env.check_interrupt()?;
-                let d = d?;
-                seen += 1;
-                if kept.len() < n {
-                    bytes += crate::spill::doc_size(&d);
-                    if bytes > run.limits.sort_bytes {
-                        return Err(crate::spill::sort_limit_error(run.limits.sort_bytes));
-                    }
-                    kept.push(d);
-                } else {
-                    let j = (random_u64() % seen) as usize;
-                    if j < n {
-                        kept[j] = d;
-                    }
-                }
+                sorter.push(bson::doc! {"r": (random_u64() >> 1) as i64, "d": d?})?;
             }
-            let len = kept.len();
-            for i in 0..len {
-                let j = i + (random_u64() % (len - i) as u64) as usize;
-                kept.swap(i, j);
-            }
-            Ok(vec_iter(kept))
+            let sampled = sorter.finish()?;
+            Ok(Box::new(sampled.map(|w| match w?.remove("d") {
+                Some(Bson::Document(d)) => Ok(d),
+                _ => Err(MongoError::internal("$sample lost a document")),
+            })))
         }),
         Stage::Documents(_) => blocking(input, move |_| {
             let Stage::Documents(e) = stage!() else {

@@ -28,6 +28,10 @@ pub struct Limits {
     pub sort_bytes: usize,
     /// Bytes a `$group` may hold in accumulator state.
     pub group_bytes: usize,
+    /// Bytes one `$push` and one `$addToSet` may hold (`internalQueryMaxPushBytes`,
+    /// `internalQueryMaxAddToSetBytes`): their arrays cannot spill.
+    pub push_bytes: usize,
+    pub add_to_set_bytes: usize,
     /// `allowDiskUse`.
     pub allow_disk_use: bool,
     /// Where run files go (`<dbpath>/_tmp`); `None` means spilling is impossible.
@@ -49,6 +53,8 @@ impl Default for Limits {
         Limits {
             sort_bytes: DEFAULT_MAX_BYTES,
             group_bytes: DEFAULT_MAX_BYTES,
+            push_bytes: DEFAULT_MAX_BYTES,
+            add_to_set_bytes: DEFAULT_MAX_BYTES,
             allow_disk_use: true,
             spill_dir: DEFAULT_DIR
                 .read()

@@ -60,9 +60,38 @@ pub(crate) struct Acc {
     merged: Document,
     mean: f64,
     m2: f64,
+    /// Bytes of `items` (`$push`, `$addToSet`), and the most they may reach.
+    bytes: usize,
+    cap: usize,
 }
 
 impl Acc {
+    /// The same accumulator with its `$push`/`$addToSet` array held to `cap` bytes.
+    pub(crate) fn capped(mut self, cap: usize) -> Acc {
+        self.cap = cap;
+        self
+    }
+
+    /// Counts an item kept in the array, failing as MongoDB does past the cap.
+    fn keep(&mut self, v: &Bson) -> Result<()> {
+        self.bytes += 8 + crate::spill::bson_size(v);
+        if self.bytes > self.cap {
+            let name = if self.kind == AccKind::Push {
+                "$push"
+            } else {
+                "$addToSet"
+            };
+            return Err(err(
+                146,
+                format!(
+                    "{name} used too much memory and cannot spill to disk. Used: {} bytes. Memory limit: {} bytes",
+                    self.bytes, self.cap
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// A fresh accumulator.
     pub(crate) fn new(kind: AccKind) -> Acc {
         Acc {
@@ -75,6 +104,8 @@ impl Acc {
             merged: Document::new(),
             mean: 0.0,
             m2: 0.0,
+            bytes: 0,
+            cap: crate::spill::DEFAULT_MAX_BYTES,
         }
     }
 
@@ -119,12 +150,14 @@ impl Acc {
             }
             AccKind::Push => {
                 if let Some(v) = v {
+                    self.keep(&v)?;
                     self.items.push(v);
                 }
             }
             AccKind::AddToSet => {
                 if let Some(v) = v {
                     if !self.items.iter().any(|x| values_equal_with(x, &v, coll)) {
+                        self.keep(&v)?;
                         self.items.push(v);
                     }
                 }
@@ -193,7 +226,20 @@ impl Acc {
             merged: d.get_document("m").cloned().unwrap_or_default(),
             mean: d.get_f64("mean").unwrap_or(0.0),
             m2: d.get_f64("m2").unwrap_or(0.0),
+            bytes: 0,
+            cap: crate::spill::DEFAULT_MAX_BYTES,
         }
+        .counted()
+    }
+
+    /// The state with its array's bytes counted (after reading it back from a run).
+    fn counted(mut self) -> Acc {
+        self.bytes = self
+            .items
+            .iter()
+            .map(|v| 8 + crate::spill::bson_size(v))
+            .sum();
+        self
     }
 
     /// Folds in the state of the same accumulator over later input (a later spilled run),
@@ -222,7 +268,12 @@ impl Acc {
                     self.value = later.value;
                 }
             }
-            AccKind::Push => self.items.extend(later.items),
+            AccKind::Push => {
+                for v in later.items {
+                    self.keep(&v)?;
+                    self.items.push(v);
+                }
+            }
             AccKind::AddToSet => {
                 for v in later.items {
                     self.add(Some(v), coll)?;

@@ -181,7 +181,10 @@ impl<'a> Grouper<'a> {
                 self.groups.push((
                     k.clone(),
                     key,
-                    self.specs.iter().map(|s| Acc::new(s.kind)).collect(),
+                    self.specs
+                        .iter()
+                        .map(|s| Acc::new(s.kind).capped(array_cap(s.kind, self.limits)))
+                        .collect(),
                 ));
                 self.index.insert(k, self.groups.len() - 1);
                 self.groups.len() - 1
@@ -261,11 +264,28 @@ impl<'a> Grouper<'a> {
         Ok(Box::new(MergedGroups {
             merge: Merge::new(std::mem::take(&mut self.runs)),
             specs: self.specs.to_vec(),
+            caps: self
+                .specs
+                .iter()
+                .map(|s| array_cap(s.kind, self.limits))
+                .collect(),
             id_field: id_field.to_string(),
             coll,
             pending: None,
             failed: false,
         }))
+    }
+}
+
+/// The most bytes one accumulator's array may hold under `limits` (MongoDB's defaults
+/// without them).
+fn array_cap(kind: AccKind, limits: Option<&Limits>) -> usize {
+    let d = Limits::default();
+    let l = limits.unwrap_or(&d);
+    match kind {
+        AccKind::Push => l.push_bytes,
+        AccKind::AddToSet => l.add_to_set_bytes,
+        _ => usize::MAX,
     }
 }
 
@@ -283,6 +303,8 @@ fn finished(specs: &[AccSpec], id_field: &str, key: Bson, accs: &[Acc]) -> Docum
 struct MergedGroups {
     merge: Merge<String>,
     specs: Vec<AccSpec>,
+    /// Each accumulator's array cap.
+    caps: Vec<usize>,
     id_field: String,
     coll: Option<std::sync::Arc<Collation>>,
     pending: Option<(String, Document)>,
@@ -301,10 +323,11 @@ impl MergedGroups {
         let a = d.get_array("a").unwrap_or(&empty);
         self.specs
             .iter()
+            .zip(&self.caps)
             .zip(a)
-            .map(|(s, st)| match st {
-                Bson::Document(st) => Acc::from_doc(s.kind, st),
-                _ => Acc::new(s.kind),
+            .map(|((s, cap), st)| match st {
+                Bson::Document(st) => Acc::from_doc(s.kind, st).capped(*cap),
+                _ => Acc::new(s.kind).capped(*cap),
             })
             .collect()
     }

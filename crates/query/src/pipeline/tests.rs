@@ -467,6 +467,7 @@ impl Env for Tight {
             group_bytes: 16 * 1024,
             allow_disk_use: self.allow,
             spill_dir: Some(self.dir.clone()),
+            ..crate::spill::Limits::default()
         }
     }
 }

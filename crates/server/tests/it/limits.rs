@@ -432,3 +432,79 @@ fn normalised(docs: Vec<Document>) -> Vec<Document> {
         })
         .collect()
 }
+
+/// Source: https://www.mongodb.com/docs/v8.0/reference/operator/aggregation/sample/ (a
+/// sample that is not a small share of the collection is taken by a random sort, held to
+/// the sort's memory limit) and MongoDB's `internalQueryMaxPushBytes` /
+/// `internalQueryMaxAddToSetBytes` (100 MB by default): a `$push` or `$addToSet` array
+/// cannot spill, and past its limit fails with ExceededMemoryLimit (146).
+#[tokio::test]
+async fn sample_spills_and_accumulator_arrays_are_capped() {
+    let s = testkit::spawn().await;
+    let db = s.client.database("capped");
+    fill(&db, "c", 3_000, 1_000).await; // about 3 MB
+    set_param(
+        &s,
+        "internalQueryMaxBlockingSortMemoryUsageBytes",
+        1_048_576i64,
+    )
+    .await;
+    let sample = doc! {"$sample": {"size": 2_500}};
+    let (code, _) = error_of(
+        &db,
+        doc! {"aggregate": "c", "pipeline": [sample.clone()], "cursor": {}, "allowDiskUse": false},
+    )
+    .await;
+    assert_eq!(code, 292);
+    let got: Vec<Document> = db
+        .collection::<Document>("c")
+        .aggregate(vec![sample])
+        .allow_disk_use(true)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let mut ids: Vec<i64> = got.iter().map(|d| d.get_i64("_id").unwrap()).collect();
+    assert_eq!(ids.len(), 2_500);
+    let in_order = ids.windows(2).all(|w| w[0] < w[1]);
+    assert!(!in_order, "a random order");
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 2_500, "no document twice");
+    assert!(got.iter().all(|d| d.get_str("pad").unwrap().len() == 1_000));
+
+    set_param(&s, "internalQueryMaxPushBytes", 512 * 1024i64).await;
+    set_param(&s, "internalQueryMaxAddToSetBytes", 512 * 1024i64).await;
+    let distinct = bson::Bson::Document(doc! {"$concat": ["$s", "$pad"]});
+    for (op, field) in [("$push", bson::Bson::from("$pad")), ("$addToSet", distinct)] {
+        let pipeline = vec![doc! {"$group": {"_id": null, "all": {op: field}}}];
+        let (code, msg) = error_of(
+            &db,
+            doc! {"aggregate": "c", "pipeline": pipeline, "cursor": {}},
+        )
+        .await;
+        assert_eq!(code, 146, "{op}: {msg}");
+        assert!(
+            msg.contains(&format!(
+                "{op} used too much memory and cannot spill to disk"
+            )) && msg.contains("Memory limit: 524288 bytes"),
+            "{msg}"
+        );
+    }
+    // Per group: fifty groups of sixty 1 KB values each stay under the cap.
+    let r = run(
+        &db,
+        doc! {"aggregate": "c", "pipeline": [{"$group": {"_id": "$g", "all": {"$push": "$pad"}}}, {"$count": "n"}], "cursor": {}},
+    )
+    .await;
+    let first = r
+        .get_document("cursor")
+        .unwrap()
+        .get_array("firstBatch")
+        .unwrap()[0]
+        .as_document()
+        .unwrap()
+        .clone();
+    assert_eq!(first.get_i32("n").unwrap(), 50);
+}
