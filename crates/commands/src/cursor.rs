@@ -470,7 +470,12 @@ pub async fn open_change_stream(
         Some(Bson::String(c)) => Some(c.as_str()),
         _ => None,
     };
-    let spec = changestream::spec::parse(db, coll, &pipeline[0]["$changeStream"], &pipeline[1..])?;
+    let mut spec =
+        changestream::spec::parse(db, coll, &pipeline[0]["$changeStream"], &pipeline[1..])?;
+    // The stream's comparisons follow the aggregate's `collation`, else simple binary: never
+    // the collection's default (as in MongoDB since 4.2).
+    let collation = exec::collation::for_operation(cmd, None)?;
+    spec.pipeline = spec.pipeline.take().map(|p| p.with_collation(collation));
     let ns = match &spec.target {
         changestream::Target::Collection(n) => n.full(),
         _ => format!("{db}.$cmd.aggregate"),

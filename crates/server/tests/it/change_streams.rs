@@ -1083,3 +1083,47 @@ async fn backlog_batches_stay_under_the_reply_limit() {
         "the big event was delivered: {sizes:?}"
     );
 }
+
+/// Source: the seed's "Collation" section (change streams, MongoDB 4.2+): a stream's
+/// comparisons use the `collation` given when it is opened, and simple binary comparison
+/// otherwise, never the collection's default collation.
+#[tokio::test]
+async fn streams_compare_under_their_own_collation() {
+    let s = testkit::spawn().await;
+    let db = s.client.database("coll");
+    db.run_command(doc! {"create": "c", "collation": {"locale": "en", "strength": 2}})
+        .await
+        .unwrap();
+    let c = db.collection::<Document>("c");
+    let pipeline = vec![doc! {"$match": {"fullDocument.name": "a"}}];
+    let mut ci = c
+        .watch()
+        .pipeline(pipeline.clone())
+        .collation(
+            mongodb::options::Collation::builder()
+                .locale("en")
+                .strength(mongodb::options::CollationStrength::Secondary)
+                .build(),
+        )
+        .await
+        .unwrap();
+    let mut plain = c.watch().pipeline(pipeline).await.unwrap();
+    c.insert_one(doc! {"_id": 1, "name": "A"}).await.unwrap();
+    c.insert_one(doc! {"_id": 2, "name": "a"}).await.unwrap();
+    let e = next(&mut ci).await;
+    assert_eq!(e.document_key, Some(doc! {"_id": 1}), "case-insensitive");
+    let e = next(&mut ci).await;
+    assert_eq!(e.document_key, Some(doc! {"_id": 2}));
+    let e = next(&mut plain).await;
+    assert_eq!(
+        e.document_key,
+        Some(doc! {"_id": 2}),
+        "binary, not the collection's default"
+    );
+    let (code, _) = cmd_error(
+        &db,
+        doc! {"aggregate": "c", "pipeline": [{"$changeStream": {}}], "cursor": {}, "collation": {"locale": "xx-nope"}},
+    )
+    .await;
+    assert!(code != 0);
+}
