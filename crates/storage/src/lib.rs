@@ -54,12 +54,15 @@ pub use wal::{Log, LogItem, LogScan};
 use pipeline::{Completion, Job, Msg, Pipeline, Tables, Writer, WriterState};
 
 const CATALOG: TableDefinition<&str, &[u8]> = TableDefinition::new("catalog");
-/// Documents keyed by `(collection id, _id key)`; each value is the document's record id
-/// (8 bytes, big-endian) and then its BSON.
-const DOCS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs");
-/// Natural order: `(collection id, record id)` to the `_id` key. Record ids come from the
-/// store's id counter, so they increase with insertion; an update keeps its record's id.
-const NATURAL: TableDefinition<&[u8], &[u8]> = TableDefinition::new("natural");
+/// Documents in natural order: `(collection id, record id)` to the `_id` key's length
+/// (4 bytes, big-endian), the `_id` key, and the BSON. Record ids come from the store's id
+/// counter, so they increase with insertion; an update keeps its record's id.
+const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
+/// The `_id` index: `(collection id, _id key)` to the record id (8 bytes, big-endian).
+const IDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("ids");
+/// Format 2's documents, keyed by `(collection id, _id key)`: replayed into and migrated
+/// from, never read otherwise.
+const OLD_DOCS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs");
 const INDEXES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("indexes");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sessions");
@@ -194,8 +197,8 @@ fn prepare_tables(db: &Database, path: &Path) -> std::result::Result<((u64, u64)
     let mut migrate = false;
     {
         txn.open_table(CATALOG).map_err(|e| se(&e))?;
-        txn.open_table(DOCS).map_err(|e| se(&e))?;
-        txn.open_table(NATURAL).map_err(|e| se(&e))?;
+        txn.open_table(RECORDS).map_err(|e| se(&e))?;
+        txn.open_table(IDS).map_err(|e| se(&e))?;
         txn.open_table(INDEXES).map_err(|e| se(&e))?;
         txn.open_table(SESSIONS).map_err(|e| se(&e))?;
         txn.open_table(PREIMAGES).map_err(|e| se(&e))?;
@@ -238,9 +241,10 @@ fn prepare_tables(db: &Database, path: &Path) -> std::result::Result<((u64, u64)
     Ok((applied, migrate))
 }
 
-/// Gives every document of a format-2 file a record id (in `_id` order, the order those
-/// files scanned in) and its natural-order entry, and marks the file format 3: one durable
-/// transaction, run after recovery replayed the format-2 log on top of the tables.
+/// Moves the documents of a format-2 file (keyed by `_id`) into records, giving each a
+/// record id in `_id` order (the order those files scanned in), and marks the file format
+/// 3: one durable transaction, run after recovery replayed the format-2 log on top of the
+/// tables.
 fn add_record_ids(db: &Database, path: &Path) -> std::result::Result<u64, String> {
     let se =
         |e: &dyn std::fmt::Display| format!("{}: giving documents record ids: {e}", path.display());
@@ -252,38 +256,29 @@ fn add_record_ids(db: &Database, path: &Path) -> std::result::Result<u64, String
             Some(v) => u64::from_be_bytes(v.value().try_into().map_err(|_| se(&"bad next_id"))?),
             None => 1,
         };
-        let mut docs = txn.open_table(DOCS).map_err(|e| se(&e))?;
-        let mut natural = txn.open_table(NATURAL).map_err(|e| se(&e))?;
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let lower = match &after {
-                Some(k) => Bound::Excluded(k.as_slice()),
-                None => Bound::Unbounded,
-            };
-            let chunk: Vec<(Vec<u8>, Vec<u8>)> = docs
-                .range::<&[u8]>((lower, Bound::Unbounded))
-                .map_err(|e| se(&e))?
-                .take(10_000)
-                .map(|r| r.map(|(k, v)| (k.value().to_vec(), v.value().to_vec())))
-                .collect::<std::result::Result<_, _>>()
+        let old = txn.open_table(OLD_DOCS).map_err(|e| se(&e))?;
+        let mut records = txn.open_table(RECORDS).map_err(|e| se(&e))?;
+        let mut ids = txn.open_table(IDS).map_err(|e| se(&e))?;
+        for row in old.iter().map_err(|e| se(&e))? {
+            let (k, v) = row.map_err(|e| se(&e))?;
+            let (k, v) = (k.value(), v.value());
+            let coll = u64::from_be_bytes(k[..8].try_into().map_err(|_| se(&"bad key"))?);
+            records
+                .insert(
+                    record_key(coll, next).as_slice(),
+                    record_value(&k[8..], v).as_slice(),
+                )
                 .map_err(|e| se(&e))?;
-            let Some((last, _)) = chunk.last() else { break };
-            after = Some(last.clone());
-            for (k, v) in &chunk {
-                let coll = u64::from_be_bytes(k[..8].try_into().map_err(|_| se(&"bad key"))?);
-                docs.insert(k.as_slice(), doc_value(next, v).as_slice())
-                    .map_err(|e| se(&e))?;
-                natural
-                    .insert(natural_key(coll, next).as_slice(), &k[8..])
-                    .map_err(|e| se(&e))?;
-                next += 1;
-                n += 1;
-            }
+            ids.insert(k, next.to_be_bytes().as_slice())
+                .map_err(|e| se(&e))?;
+            next += 1;
+            n += 1;
         }
         meta.insert(META_NEXT_ID, next.to_be_bytes().as_slice())
             .map_err(|e| se(&e))?;
         meta.insert(META_FORMAT, FORMAT).map_err(|e| se(&e))?;
     }
+    txn.delete_table(OLD_DOCS).map_err(|e| se(&e))?;
     txn.commit().map_err(|e| se(&e))?;
     Ok(n)
 }
@@ -857,28 +852,52 @@ fn decode_doc(b: &[u8]) -> Result<Document> {
     Document::from_reader(b).map_err(|e| MongoError::internal(format!("corrupt document: {e}")))
 }
 
-/// A stored document value: its record id, then its BSON.
-fn doc_value(rid: u64, bson: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(8 + bson.len());
-    v.extend_from_slice(&rid.to_be_bytes());
+/// A record: the `_id` key's length, the `_id` key, the BSON.
+fn record_value(id_key: &[u8], bson: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(4 + id_key.len() + bson.len());
+    v.extend_from_slice(&(id_key.len() as u32).to_be_bytes());
+    v.extend_from_slice(id_key);
     v.extend_from_slice(bson);
     v
 }
 
-/// The document in a stored document value.
-fn decode_doc_value(v: &[u8]) -> Result<Document> {
-    match v.get(8..) {
-        Some(b) => decode_doc(b),
-        None => Err(MongoError::internal("corrupt document: no record id")),
-    }
+/// A record's `_id` key and BSON.
+fn split_record(v: &[u8]) -> Result<(&[u8], &[u8])> {
+    let corrupt = || MongoError::internal("corrupt record");
+    let n = u32::from_be_bytes(v.get(..4).ok_or_else(corrupt)?.try_into().expect("4 bytes")) as usize;
+    let id_key = v.get(4..4 + n).ok_or_else(corrupt)?;
+    Ok((id_key, &v[4 + n..]))
 }
 
-/// The natural-order key of a record.
-fn natural_key(coll_id: u64, rid: u64) -> [u8; 16] {
+/// A record's `_id` key and document.
+fn decode_record(v: &[u8]) -> Result<(Vec<u8>, Document)> {
+    let (k, b) = split_record(v)?;
+    Ok((k.to_vec(), decode_doc(b)?))
+}
+
+/// A record's document.
+fn record_doc(v: &[u8]) -> Result<Document> {
+    decode_doc(split_record(v)?.1)
+}
+
+/// The key of a record.
+fn record_key(coll_id: u64, rid: u64) -> [u8; 16] {
     let mut k = [0u8; 16];
     k[..8].copy_from_slice(&coll_id.to_be_bytes());
     k[8..].copy_from_slice(&rid.to_be_bytes());
     k
+}
+
+/// A record id as the `_id` index stores it.
+fn rid_of(v: &[u8]) -> Result<u64> {
+    v.try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| MongoError::internal("corrupt _id index entry"))
+}
+
+/// The collection id a document or record key starts with.
+fn coll_of(k: &[u8]) -> u64 {
+    u64::from_be_bytes(k[..8].try_into().expect("a key starts with its collection id"))
 }
 
 fn doc_key(coll_id: u64, id_key: &[u8]) -> Vec<u8> {
@@ -1555,27 +1574,24 @@ mod tests {
         put_ids(&store, id, &[3, 1, 2]).await;
         store.checkpoint().await.unwrap();
         drop(store);
-        // Make it what format 2 wrote: bare BSON values, no natural table, format "2".
+        // Make it what format 2 wrote: documents keyed by `_id`, no records, format "2".
         {
             let db = Database::create(dir.join("eddy.redb")).unwrap();
             let txn = db.begin_write().unwrap();
             {
-                let mut docs = txn.open_table(DOCS).unwrap();
-                let rows: Vec<(Vec<u8>, Vec<u8>)> = docs
-                    .iter()
-                    .unwrap()
-                    .map(|r| {
-                        let (k, v) = r.unwrap();
-                        (k.value().to_vec(), v.value()[8..].to_vec())
-                    })
-                    .collect();
-                for (k, v) in rows {
-                    docs.insert(k.as_slice(), v.as_slice()).unwrap();
+                let records = txn.open_table(RECORDS).unwrap();
+                let mut docs = txn.open_table(OLD_DOCS).unwrap();
+                for r in records.iter().unwrap() {
+                    let (k, v) = r.unwrap();
+                    let (id_key, bson) = split_record(v.value()).unwrap();
+                    let key = doc_key(coll_of(k.value()), id_key);
+                    docs.insert(key.as_slice(), bson).unwrap();
                 }
                 let mut meta = txn.open_table(META).unwrap();
                 meta.insert(META_FORMAT, FORMAT_NO_RECORD_IDS).unwrap();
             }
-            txn.delete_table(NATURAL).unwrap();
+            txn.delete_table(RECORDS).unwrap();
+            txn.delete_table(IDS).unwrap();
             txn.commit().unwrap();
         }
         let store = Store::open(&dir, StoreOptions::default()).unwrap();

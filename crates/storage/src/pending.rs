@@ -17,7 +17,7 @@ use std::sync::Arc;
 use crate::redo::TableId;
 
 /// Tables, indexed by `TableId as usize - 1`.
-const N_TABLES: usize = 8;
+const N_TABLES: usize = 9;
 
 fn slot(t: TableId) -> usize {
     t as usize - 1

@@ -39,9 +39,10 @@ use crate::wal::frame::FrameBuf;
 use crate::wal::writer::LogWriter;
 use crate::wal::{Log, seg_path};
 use crate::{
-    Backend, CATALOG, DOCS, INDEXES, META, META_APPLIED, META_NEXT_ID, NATURAL, PREIMAGES,
-    SESSIONS, StoreOptions, TXN_PREIMAGES, WriteCtx, decode_doc, decode_doc_value, doc_key,
-    doc_value, hi_bound, list_catalog, natural_key, prefix_range, preimage_record, storage_err,
+    Backend, CATALOG, IDS, INDEXES, META, META_APPLIED, META_NEXT_ID, OLD_DOCS, PREIMAGES,
+    RECORDS, SESSIONS, StoreOptions, TXN_PREIMAGES, WriteCtx, coll_of, decode_doc,
+    decode_record, doc_key, hi_bound, list_catalog, prefix_range, preimage_record, record_doc,
+    record_key, record_value, storage_err,
 };
 
 /// Jobs taken into one group commit at most. Bounds the latency a batch adds to the first
@@ -635,7 +636,8 @@ pub(crate) struct Handles<'t> {
     txn: &'t WriteTransaction,
     catalog: Option<Table<'t, &'static str, &'static [u8]>>,
     docs: Option<Table<'t, &'static [u8], &'static [u8]>>,
-    natural: Option<Table<'t, &'static [u8], &'static [u8]>>,
+    records: Option<Table<'t, &'static [u8], &'static [u8]>>,
+    ids: Option<Table<'t, &'static [u8], &'static [u8]>>,
     indexes: Option<Table<'t, &'static [u8], &'static [u8]>>,
     meta: Option<Table<'t, &'static str, &'static [u8]>>,
     sessions: Option<Table<'t, &'static [u8], &'static [u8]>>,
@@ -699,7 +701,8 @@ impl<'t> Handles<'t> {
             txn,
             catalog: None,
             docs: None,
-            natural: None,
+            records: None,
+            ids: None,
             indexes: None,
             meta: None,
             sessions: None,
@@ -709,8 +712,9 @@ impl<'t> Handles<'t> {
     }
 
     table!(catalog, CATALOG, &'static str);
-    table!(docs, DOCS, &'static [u8]);
-    table!(natural, NATURAL, &'static [u8]);
+    table!(docs, OLD_DOCS, &'static [u8]);
+    table!(records, RECORDS, &'static [u8]);
+    table!(ids, IDS, &'static [u8]);
     table!(indexes, INDEXES, &'static [u8]);
     table!(meta, META, &'static str);
     table!(sessions, SESSIONS, &'static [u8]);
@@ -725,7 +729,8 @@ impl<'t> Handles<'t> {
                 match t {
                     TableId::Catalog => self.catalog()?.insert(key_str(k)?, v).map(drop),
                     TableId::Docs => self.docs()?.insert(k, v).map(drop),
-                    TableId::Natural => self.natural()?.insert(k, v).map(drop),
+                    TableId::Records => self.records()?.insert(k, v).map(drop),
+                    TableId::Ids => self.ids()?.insert(k, v).map(drop),
                     TableId::Indexes => self.indexes()?.insert(k, v).map(drop),
                     TableId::Meta => self.meta()?.insert(key_str(k)?, v).map(drop),
                     TableId::Sessions => self.sessions()?.insert(k, v).map(drop),
@@ -740,7 +745,8 @@ impl<'t> Handles<'t> {
                 match t {
                     TableId::Catalog => self.catalog()?.remove(key_str(k)?).map(drop),
                     TableId::Docs => self.docs()?.remove(k).map(drop),
-                    TableId::Natural => self.natural()?.remove(k).map(drop),
+                    TableId::Records => self.records()?.remove(k).map(drop),
+                    TableId::Ids => self.ids()?.remove(k).map(drop),
                     TableId::Indexes => self.indexes()?.remove(k).map(drop),
                     TableId::Meta => self.meta()?.remove(key_str(k)?).map(drop),
                     TableId::Sessions => self.sessions()?.remove(k).map(drop),
@@ -756,9 +762,10 @@ impl<'t> Handles<'t> {
                         |_, _| false,
                     ),
                     TableId::Docs => self.docs()?.retain_in::<&[u8], _>((lo, hi), |_, _| false),
-                    TableId::Natural => self
-                        .natural()?
+                    TableId::Records => self
+                        .records()?
                         .retain_in::<&[u8], _>((lo, hi), |_, _| false),
+                    TableId::Ids => self.ids()?.retain_in::<&[u8], _>((lo, hi), |_, _| false),
                     TableId::Indexes => self
                         .indexes()?
                         .retain_in::<&[u8], _>((lo, hi), |_, _| false),
@@ -792,7 +799,8 @@ impl<'t> Handles<'t> {
             TableId::Catalog => copy(self.catalog()?.get(key_str(key)?).map_err(e)?),
             TableId::Meta => copy(self.meta()?.get(key_str(key)?).map_err(e)?),
             TableId::Docs => copy(self.docs()?.get(key).map_err(e)?),
-            TableId::Natural => copy(self.natural()?.get(key).map_err(e)?),
+            TableId::Records => copy(self.records()?.get(key).map_err(e)?),
+            TableId::Ids => copy(self.ids()?.get(key).map_err(e)?),
             TableId::Indexes => copy(self.indexes()?.get(key).map_err(e)?),
             TableId::Sessions => copy(self.sessions()?.get(key).map_err(e)?),
             TableId::Preimages => copy(self.preimages()?.get(key_u64(key)?).map_err(e)?),
@@ -1069,8 +1077,8 @@ impl<'t> Tables<'t> {
         let name = meta.ns.full();
         self.touch(txn::T_CATALOG, name.as_bytes());
         self.change(Op::Del(TableId::Catalog, name.as_bytes()))?;
-        self.remove_prefix(TableId::Docs, &meta.id.to_be_bytes())?;
-        self.remove_prefix(TableId::Natural, &meta.id.to_be_bytes())?;
+        self.remove_prefix(TableId::Records, &meta.id.to_be_bytes())?;
+        self.remove_prefix(TableId::Ids, &meta.id.to_be_bytes())?;
         for ix in &meta.indexes {
             self.remove_index_entries(ix.id)?;
         }
@@ -1117,21 +1125,23 @@ impl<'t> Tables<'t> {
     /// # Errors
     /// On storage failure.
     pub fn get_doc(&mut self, coll_id: u64, id_key: &[u8]) -> Result<Option<Document>> {
-        let k = doc_key(coll_id, id_key);
-        let r = self.h.get(TableId::Docs, &k);
+        let Some(rid) = self.stored_rid(&doc_key(coll_id, id_key))? else {
+            return Ok(None);
+        };
+        let r = self.h.get(TableId::Records, &record_key(coll_id, rid));
         match r {
-            Ok(Some(b)) => decode_doc_value(&b).map(Some),
-            Ok(None) => Ok(None),
+            Ok(Some(b)) => record_doc(&b).map(Some),
+            Ok(None) => Err(MongoError::internal("an _id index entry has no record")),
             Err(e) => Err(self.fail(e)),
         }
     }
 
-    /// The record id of the document stored under a full document key.
+    /// The record id of the document under a full document key.
     fn stored_rid(&mut self, k: &[u8]) -> Result<Option<u64>> {
         let r: std::result::Result<Option<[u8; 8]>, String> = (|| {
-            let docs = self.h.docs()?;
-            let got = docs.get(k).map_err(|e| e.to_string())?;
-            Ok(got.and_then(|v| v.value().get(..8).and_then(|b| b.try_into().ok())))
+            let ids = self.h.ids()?;
+            let got = ids.get(k).map_err(|e| e.to_string())?;
+            Ok(got.and_then(|v| v.value().try_into().ok()))
         })();
         match r {
             Ok(v) => Ok(v.map(u64::from_be_bytes)),
@@ -1147,20 +1157,23 @@ impl<'t> Tables<'t> {
         self.put_doc_at(&doc_key(coll_id, id_key), bytes)
     }
 
-    /// Stores a document under its full key: an overwrite keeps the record id, an insert
-    /// takes the next one and appends to natural order.
+    /// Stores a document under its full key: an overwrite keeps its record, an insert
+    /// takes the next record id (the end of natural order).
     fn put_doc_at(&mut self, k: &[u8], bytes: &[u8]) -> Result<()> {
         self.touch(txn::T_DOC, k);
         let rid = match self.stored_rid(k)? {
             Some(rid) => rid,
             None => {
                 let rid = self.new_id();
-                let coll = u64::from_be_bytes(k[..8].try_into().expect("a document key"));
-                self.change(Op::Put(TableId::Natural, &natural_key(coll, rid), &k[8..]))?;
+                self.change(Op::Put(TableId::Ids, k, &rid.to_be_bytes()))?;
                 rid
             }
         };
-        self.change(Op::Put(TableId::Docs, k, &doc_value(rid, bytes)))
+        self.change(Op::Put(
+            TableId::Records,
+            &record_key(coll_of(k), rid),
+            &record_value(&k[8..], bytes),
+        ))
     }
 
     /// Deletes a document.
@@ -1174,10 +1187,10 @@ impl<'t> Tables<'t> {
     fn delete_doc_at(&mut self, k: &[u8]) -> Result<()> {
         self.touch(txn::T_DOC, k);
         if let Some(rid) = self.stored_rid(k)? {
-            let coll = u64::from_be_bytes(k[..8].try_into().expect("a document key"));
-            self.change(Op::Del(TableId::Natural, &natural_key(coll, rid)))?;
+            self.change(Op::Del(TableId::Records, &record_key(coll_of(k), rid)))?;
+            self.change(Op::Del(TableId::Ids, k))?;
         }
-        self.change(Op::Del(TableId::Docs, k))
+        Ok(())
     }
 
     /// Every document of a collection, in natural (insertion) order, as `(id_key, doc)`.
@@ -1186,34 +1199,17 @@ impl<'t> Tables<'t> {
     /// On storage failure.
     pub fn scan_docs(&mut self, coll_id: u64) -> Result<Vec<(Vec<u8>, Document)>> {
         let (lo, hi) = prefix_range(&coll_id.to_be_bytes());
-        type Rows = Vec<(Vec<u8>, Vec<u8>)>;
-        let r: std::result::Result<Rows, String> = (|| {
-            let ids: Vec<Vec<u8>> = self
-                .h
-                .natural()?
+        let r: std::result::Result<Vec<Vec<u8>>, String> = (|| {
+            self.h
+                .records()?
                 .range::<&[u8]>((Bound::Included(lo.as_slice()), hi_bound(&hi)))
                 .map_err(|e| e.to_string())?
                 .map(|item| item.map(|(_, v)| v.value().to_vec()))
                 .collect::<std::result::Result<_, _>>()
-                .map_err(|e| e.to_string())?;
-            let docs = self.h.docs()?;
-            let mut out = Vec::with_capacity(ids.len());
-            for id in ids {
-                let k = doc_key(coll_id, &id);
-                let v = docs
-                    .get(k.as_slice())
-                    .map_err(|e| e.to_string())?
-                    .ok_or("a natural-order entry has no document")?
-                    .value()
-                    .to_vec();
-                out.push((id, v));
-            }
-            Ok(out)
+                .map_err(|e| e.to_string())
         })();
         let rows = r.map_err(|e| self.fail(e))?;
-        rows.into_iter()
-            .map(|(k, v)| Ok((k, decode_doc_value(&v)?)))
-            .collect()
+        rows.iter().map(|v| decode_record(v)).collect()
     }
 
     /// The `_id` key stored under an index key, if any.
@@ -1341,10 +1337,9 @@ impl<'t> Tables<'t> {
             }
         }
         for (k, v) in &ov.docs {
-            // The overlay's values carry a placeholder record id: the real one is kept or
-            // assigned here.
+            // An update keeps its document's record; an insert takes a record id now.
             match v {
-                Some(b) => self.put_doc_at(k, &b[8..])?,
+                Some(b) => self.put_doc_at(k, b)?,
                 None => self.delete_doc_at(k)?,
             }
         }

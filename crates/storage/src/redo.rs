@@ -21,13 +21,16 @@ use std::ops::Bound;
 #[repr(u8)]
 pub enum TableId {
     Catalog = 1,
+    /// Format 2's documents table: only in logs written by format 2, replayed before they
+    /// are migrated.
     Docs = 2,
     Indexes = 3,
     Meta = 4,
     Sessions = 5,
     Preimages = 6,
     TxnPreimages = 7,
-    Natural = 8,
+    Records = 8,
+    Ids = 9,
 }
 
 impl TableId {
@@ -40,7 +43,8 @@ impl TableId {
             5 => TableId::Sessions,
             6 => TableId::Preimages,
             7 => TableId::TxnPreimages,
-            8 => TableId::Natural,
+            8 => TableId::Records,
+            9 => TableId::Ids,
             _ => return None,
         })
     }

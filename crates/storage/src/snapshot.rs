@@ -15,16 +15,17 @@ use crate::redo::TableId;
 use crate::txn::{self, Overlay};
 use crate::wal::{Log, LogScan, LogScanRev};
 use crate::{
-    CATALOG, DOCS, INDEXES, META, NATURAL, PREIMAGES, SESSIONS, TXN_PREIMAGES, as_slice_bound,
-    decode_doc, decode_doc_value, doc_key, list_catalog, prefix_range, storage_err,
+    CATALOG, IDS, INDEXES, META, PREIMAGES, RECORDS, SESSIONS, TXN_PREIMAGES, as_slice_bound,
+    coll_of, decode_doc, decode_record, doc_key, list_catalog, prefix_range, record_doc,
+    record_key, rid_of, split_record, storage_err,
 };
 
 /// A consistent, read-only view of the database at one clusterTime.
 pub struct Snapshot {
     _txn: ReadTransaction,
     catalog: ReadOnlyTable<&'static str, &'static [u8]>,
-    docs: ReadOnlyTable<&'static [u8], &'static [u8]>,
-    natural: ReadOnlyTable<&'static [u8], &'static [u8]>,
+    records: ReadOnlyTable<&'static [u8], &'static [u8]>,
+    ids: ReadOnlyTable<&'static [u8], &'static [u8]>,
     indexes: ReadOnlyTable<&'static [u8], &'static [u8]>,
     preimages: ReadOnlyTable<u64, &'static [u8]>,
     txn_preimages: ReadOnlyTable<(u64, u32), &'static [u8]>,
@@ -51,8 +52,8 @@ impl Snapshot {
             txn.open_table(META).map_err(storage_err)?;
         Ok(Snapshot {
             catalog: txn.open_table(CATALOG).map_err(storage_err)?,
-            docs: txn.open_table(DOCS).map_err(storage_err)?,
-            natural: txn.open_table(NATURAL).map_err(storage_err)?,
+            records: txn.open_table(RECORDS).map_err(storage_err)?,
+            ids: txn.open_table(IDS).map_err(storage_err)?,
             indexes: txn.open_table(INDEXES).map_err(storage_err)?,
             preimages: txn.open_table(PREIMAGES).map_err(storage_err)?,
             txn_preimages: txn.open_table(TXN_PREIMAGES).map_err(storage_err)?,
@@ -214,7 +215,7 @@ impl Snapshot {
         let k = doc_key(coll_id, id_key);
         if let Some(ov) = &self.overlay {
             match ov.lock().unwrap().docs.get(&k) {
-                Some(Some(b)) => return decode_doc_value(b).map(Some),
+                Some(Some(b)) => return decode_doc(b).map(Some),
                 Some(None) => return Ok(None),
                 None => {}
             }
@@ -222,22 +223,23 @@ impl Snapshot {
         self.base_get_doc(&k)
     }
 
+    /// The document under a full document key in the tables (not a transaction's overlay).
     pub(crate) fn base_get_doc(&self, k: &[u8]) -> Result<Option<Document>> {
-        if let Some(v) = self.pending_get(TableId::Docs, k) {
-            return v.map(decode_doc_value).transpose();
-        }
-        match self.docs.get(k).map_err(storage_err)? {
-            Some(v) => decode_doc_value(v.value()).map(Some),
+        match self.base_rid(k)? {
+            Some(rid) => fetch(&self.records, self.pending.as_ref(), coll_of(k), rid).map(Some),
             None => Ok(None),
         }
     }
 
-    /// Whether the tables (not a transaction's overlay) hold a document under `k`.
-    fn base_has_doc(&self, k: &[u8]) -> Result<bool> {
-        if let Some(v) = self.pending_get(TableId::Docs, k) {
-            return Ok(v.is_some());
+    /// The record id of the document under a full document key in the tables.
+    fn base_rid(&self, k: &[u8]) -> Result<Option<u64>> {
+        if let Some(v) = self.pending_get(TableId::Ids, k) {
+            return v.map(rid_of).transpose();
         }
-        Ok(self.docs.get(k).map_err(storage_err)?.is_some())
+        match self.ids.get(k).map_err(storage_err)? {
+            Some(v) => rid_of(v.value()).map(Some),
+            None => Ok(None),
+        }
     }
 
     pub(crate) fn base_index_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
@@ -251,23 +253,8 @@ impl Snapshot {
             .map(|v| v.value().to_vec()))
     }
 
-    /// Document rows (full keys) in a range, with the overlay applied.
-    pub(crate) fn merged_docs(
-        &self,
-        lower: Bound<&[u8]>,
-        upper: Bound<&[u8]>,
-        ov: &Overlay,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mine: Vec<_> = Overlay::range(&ov.docs, lower, upper)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let base = self
-            .merged_range(&self.docs, TableId::Docs, lower, upper)?
-            .collect::<Result<Vec<_>>>()?;
-        Ok(txn::merge(base, mine))
-    }
-
-    /// The documents of a collection in `_id` key order, starting after `after`.
+    /// The documents of a collection in `_id` key order, starting after `after`: through
+    /// the `_id` index, one record lookup per document.
     ///
     /// # Errors
     /// On storage failure.
@@ -281,21 +268,30 @@ impl Snapshot {
             Some(h) => Bound::Excluded(h),
             None => Bound::Unbounded,
         };
+        let (l, u) = (as_slice_bound(&lower), as_slice_bound(&upper));
+        let base = || -> Result<DocScan> {
+            Ok(DocScan(IdOrder::Base {
+                ids: Box::new(self.merged_range(&self.ids, TableId::Ids, l, u)?),
+                records: self._txn.open_table(RECORDS).map_err(storage_err)?,
+                pending: self.pending.clone(),
+            }))
+        };
         if let Some(ov) = &self.overlay {
             let ov = ov.lock().unwrap();
-            let (l, u) = (as_slice_bound(&lower), as_slice_bound(&upper));
-            if Overlay::range(&ov.docs, l, u).next().is_some() {
-                let rows = self.merged_docs(l, u, &ov)?;
-                return Ok(DocScan::Rows(rows.into_iter()));
+            let mine: Vec<_> = Overlay::range(&ov.docs, l, u)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            if !mine.is_empty() {
+                let mut rows = Vec::new();
+                for r in base()? {
+                    let (idk, d) = r?;
+                    let bytes = bson::to_vec(&d).map_err(|e| storage_err(e.to_string()))?;
+                    rows.push((doc_key(coll_id, &idk), bytes));
+                }
+                return Ok(DocScan(IdOrder::Rows(txn::merge(rows, mine).into_iter())));
             }
         }
-        let rows = self.merged_range(
-            &self.docs,
-            TableId::Docs,
-            as_slice_bound(&lower),
-            as_slice_bound(&upper),
-        )?;
-        Ok(DocScan::Base(Box::new(rows)))
+        base()
     }
 
     /// The documents of a collection in natural order (the order they were inserted in;
@@ -329,17 +325,14 @@ impl Snapshot {
         let upper = hi
             .as_ref()
             .map_or(Bound::Unbounded, |h| Bound::Excluded(h.as_slice()));
-        let entries = self.merged_range(
-            &self.natural,
-            TableId::Natural,
+        let rows = self.merged_range(
+            &self.records,
+            TableId::Records,
             Bound::Included(lo.as_slice()),
             upper,
         )?;
         Ok(NaturalScan(Natural::Base {
-            entries: Box::new(entries),
-            docs: self._txn.open_table(DOCS).map_err(storage_err)?,
-            pending: self.pending.clone(),
-            coll_id,
+            rows: Box::new(rows),
             reverse,
         }))
     }
@@ -356,7 +349,7 @@ impl Snapshot {
         for r in self.base_natural(coll_id, false)? {
             let (idk, d) = r?;
             match ov.docs.get(&doc_key(coll_id, &idk)) {
-                Some(Some(b)) => out.push((idk, decode_doc_value(b)?)),
+                Some(Some(b)) => out.push((idk, decode_doc(b)?)),
                 Some(None) => {}
                 None => out.push((idk, d)),
             }
@@ -367,9 +360,9 @@ impl Snapshot {
             .map_or(Bound::Unbounded, |h| Bound::Excluded(h.as_slice()));
         for (k, v) in Overlay::range(&ov.docs, Bound::Included(lo.as_slice()), upper) {
             if let Some(b) = v
-                && !self.base_has_doc(k)?
+                && self.base_rid(k)?.is_none()
             {
-                out.push((k[8..].to_vec(), decode_doc_value(b)?));
+                out.push((k[8..].to_vec(), decode_doc(b)?));
             }
         }
         Ok(out)
@@ -414,16 +407,16 @@ impl Snapshot {
             .map_or(Bound::Unbounded, |h| Bound::Excluded(h.as_slice()));
         let (mut n, mut data, mut keys) = (0u64, 0u64, 0u64);
         for row in self.merged_range(
-            &self.docs,
-            TableId::Docs,
+            &self.records,
+            TableId::Records,
             Bound::Included(lo.as_slice()),
             upper,
         )? {
-            let (k, v) = row?;
+            let (_, v) = row?;
+            let (id_key, bson) = split_record(&v)?;
             n += 1;
-            // Less the record id in front of the BSON.
-            data += v.len().saturating_sub(8) as u64;
-            keys += k.len() as u64;
+            data += bson.len() as u64;
+            keys += id_key.len() as u64;
         }
         Ok((n, data, keys))
     }
@@ -679,42 +672,72 @@ impl DoubleEndedIterator for Rowwise {
     }
 }
 
-/// A lazy scan over a collection's documents: `(id_key, doc)`. Inside a transaction
-/// that wrote to the collection, the merged rows.
-pub enum DocScan {
-    Base(Box<Rowwise>),
+/// A document's record, read through the pending layers.
+fn fetch(
+    records: &ReadOnlyTable<&'static [u8], &'static [u8]>,
+    pending: Option<&Arc<Layer>>,
+    coll_id: u64,
+    rid: u64,
+) -> Result<Document> {
+    let k = record_key(coll_id, rid);
+    let missing = || errors::MongoError::internal("an _id index entry has no record");
+    if let Some(v) = pending.and_then(|p| p.get(TableId::Records, &k)) {
+        return record_doc(v.ok_or_else(missing)?);
+    }
+    match records.get(k.as_slice()).map_err(storage_err)? {
+        Some(v) => record_doc(v.value()),
+        None => Err(missing()),
+    }
+}
+
+/// A lazy scan over a collection's documents in `_id` order: `(id_key, doc)`.
+pub struct DocScan(IdOrder);
+
+enum IdOrder {
+    /// `_id` index entries, each looked up in the records.
+    Base {
+        ids: Box<Rowwise>,
+        records: ReadOnlyTable<&'static [u8], &'static [u8]>,
+        pending: Option<Arc<Layer>>,
+    },
+    /// Inside a transaction that wrote to the collection, its view: full keys and BSON.
     Rows(Rows),
+}
+
+impl IdOrder {
+    fn item(&self, row: Result<(Vec<u8>, Vec<u8>)>) -> Result<(Vec<u8>, Document)> {
+        let (k, v) = row?;
+        match self {
+            IdOrder::Base {
+                records, pending, ..
+            } => {
+                let d = fetch(records, pending.as_ref(), coll_of(&k), rid_of(&v)?)?;
+                Ok((k[8..].to_vec(), d))
+            }
+            IdOrder::Rows(_) => Ok((k[8..].to_vec(), decode_doc(&v)?)),
+        }
+    }
 }
 
 impl Iterator for DocScan {
     type Item = Result<(Vec<u8>, Document)>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        match self {
-            DocScan::Base(r) => {
-                let item = r.next()?;
-                Some(item.and_then(|(k, v)| Ok((k[8..].to_vec(), decode_doc_value(&v)?))))
-            }
-            DocScan::Rows(r) => {
-                let (k, v) = r.next()?;
-                Some(decode_doc_value(&v).map(|d| (k[8..].to_vec(), d)))
-            }
-        }
+        let row = match &mut self.0 {
+            IdOrder::Base { ids, .. } => ids.next()?,
+            IdOrder::Rows(r) => Ok(r.next()?),
+        };
+        Some(self.0.item(row))
     }
 }
 
 impl DoubleEndedIterator for DocScan {
     fn next_back(&mut self) -> Option<Self::Item> {
-        match self {
-            DocScan::Base(r) => {
-                let item = r.next_back()?;
-                Some(item.and_then(|(k, v)| Ok((k[8..].to_vec(), decode_doc_value(&v)?))))
-            }
-            DocScan::Rows(r) => {
-                let (k, v) = r.next_back()?;
-                Some(decode_doc_value(&v).map(|d| (k[8..].to_vec(), d)))
-            }
-        }
+        let row = match &mut self.0 {
+            IdOrder::Base { ids, .. } => ids.next_back()?,
+            IdOrder::Rows(r) => Ok(r.next_back()?),
+        };
+        Some(self.0.item(row))
     }
 }
 
@@ -722,14 +745,8 @@ impl DoubleEndedIterator for DocScan {
 pub struct NaturalScan(Natural);
 
 enum Natural {
-    /// Natural-order entries, each looked up in the documents table.
-    Base {
-        entries: Box<Rowwise>,
-        docs: ReadOnlyTable<&'static [u8], &'static [u8]>,
-        pending: Option<Arc<Layer>>,
-        coll_id: u64,
-        reverse: bool,
-    },
+    /// The collection's records, in record id order or backwards.
+    Base { rows: Box<Rowwise>, reverse: bool },
     /// Inside a transaction that wrote to the collection, its view, computed up front.
     Rows(std::vec::IntoIter<(Vec<u8>, Document)>),
 }
@@ -739,31 +756,13 @@ impl Iterator for NaturalScan {
 
     fn next(&mut self) -> Option<Self::Item> {
         match &mut self.0 {
-            Natural::Base {
-                entries,
-                docs,
-                pending,
-                coll_id,
-                reverse,
-            } => {
+            Natural::Base { rows, reverse } => {
                 let row = if *reverse {
-                    entries.next_back()?
+                    rows.next_back()?
                 } else {
-                    entries.next()?
+                    rows.next()?
                 };
-                Some(row.and_then(|(_, idk)| {
-                    let k = doc_key(*coll_id, &idk);
-                    let doc = match pending.as_ref().and_then(|p| p.get(TableId::Docs, &k)) {
-                        Some(v) => v.map(decode_doc_value).transpose()?,
-                        None => match docs.get(k.as_slice()).map_err(storage_err)? {
-                            Some(v) => Some(decode_doc_value(v.value())?),
-                            None => None,
-                        },
-                    };
-                    doc.map(|d| (idk, d)).ok_or_else(|| {
-                        errors::MongoError::internal("a natural-order entry has no document")
-                    })
-                }))
+                Some(row.and_then(|(_, v)| decode_record(&v)))
             }
             Natural::Rows(r) => r.next().map(Ok),
         }

@@ -24,7 +24,7 @@ use errors::{ErrorCode, MongoError, Result, labels};
 
 use crate::catalog::{CollectionMeta, Namespace};
 use crate::oplog::{self, OplogEntry};
-use crate::{Snapshot, WriteCtx, decode_doc_value, doc_key};
+use crate::{Snapshot, WriteCtx, decode_doc, doc_key};
 
 /// Tags that keep the three key spaces apart in the tracker.
 pub(crate) const T_DOC: u8 = b'd';
@@ -350,7 +350,7 @@ impl TxnCtx<'_> {
     pub(crate) fn get_doc(&mut self, coll_id: u64, id_key: &[u8]) -> Result<Option<Document>> {
         let k = doc_key(coll_id, id_key);
         match self.ov.docs.get(&k) {
-            Some(Some(b)) => decode_doc_value(b).map(Some),
+            Some(Some(b)) => decode_doc(b).map(Some),
             Some(None) => Ok(None),
             None => self.snap.base_get_doc(&k),
         }
@@ -359,9 +359,7 @@ impl TxnCtx<'_> {
     pub(crate) fn put_doc(&mut self, coll_id: u64, id_key: &[u8], bytes: &[u8]) -> Result<()> {
         let k = doc_key(coll_id, id_key);
         self.claim(tagged(T_DOC, &k))?;
-        // Stored like a table value, with a placeholder record id: the commit keeps the
-        // document's id or assigns a new one.
-        self.ov.docs.insert(k, Some(crate::doc_value(0, bytes)));
+        self.ov.docs.insert(k, Some(bytes.to_vec()));
         Ok(())
     }
 
