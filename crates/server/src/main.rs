@@ -6,6 +6,11 @@ use std::process::ExitCode;
 use bson::Document;
 use clap::{Parser, Subcommand};
 
+/// mimalloc: a third less CPU than glibc's malloc on the write path (whose profile was a
+/// quarter malloc/free), and freed memory goes back to the system after a burst.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Command-line flags, with mongod's names so that habits carry over.
 #[derive(Parser, Debug)]
 #[command(

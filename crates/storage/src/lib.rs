@@ -864,7 +864,8 @@ fn record_value(id_key: &[u8], bson: &[u8]) -> Vec<u8> {
 /// A record's `_id` key and BSON.
 fn split_record(v: &[u8]) -> Result<(&[u8], &[u8])> {
     let corrupt = || MongoError::internal("corrupt record");
-    let n = u32::from_be_bytes(v.get(..4).ok_or_else(corrupt)?.try_into().expect("4 bytes")) as usize;
+    let n =
+        u32::from_be_bytes(v.get(..4).ok_or_else(corrupt)?.try_into().expect("4 bytes")) as usize;
     let id_key = v.get(4..4 + n).ok_or_else(corrupt)?;
     Ok((id_key, &v[4 + n..]))
 }
@@ -897,7 +898,11 @@ fn rid_of(v: &[u8]) -> Result<u64> {
 
 /// The collection id a document or record key starts with.
 fn coll_of(k: &[u8]) -> u64 {
-    u64::from_be_bytes(k[..8].try_into().expect("a key starts with its collection id"))
+    u64::from_be_bytes(
+        k[..8]
+            .try_into()
+            .expect("a key starts with its collection id"),
+    )
 }
 
 fn doc_key(coll_id: u64, id_key: &[u8]) -> Vec<u8> {

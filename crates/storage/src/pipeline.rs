@@ -39,10 +39,10 @@ use crate::wal::frame::FrameBuf;
 use crate::wal::writer::LogWriter;
 use crate::wal::{Log, seg_path};
 use crate::{
-    Backend, CATALOG, IDS, INDEXES, META, META_APPLIED, META_NEXT_ID, OLD_DOCS, PREIMAGES,
-    RECORDS, SESSIONS, StoreOptions, TXN_PREIMAGES, WriteCtx, coll_of, decode_doc,
-    decode_record, doc_key, hi_bound, list_catalog, prefix_range, preimage_record, record_doc,
-    record_key, record_value, storage_err,
+    Backend, CATALOG, IDS, INDEXES, META, META_APPLIED, META_NEXT_ID, OLD_DOCS, PREIMAGES, RECORDS,
+    SESSIONS, StoreOptions, TXN_PREIMAGES, WriteCtx, coll_of, decode_doc, decode_record, doc_key,
+    hi_bound, list_catalog, prefix_range, preimage_record, record_doc, record_key, record_value,
+    storage_err,
 };
 
 /// Jobs taken into one group commit at most. Bounds the latency a batch adds to the first
