@@ -176,6 +176,34 @@ impl Hub {
         self.store.subscribe()
     }
 
+    /// How many committed entries have a clusterTime key at or after `from`, counting at
+    /// most `cap` (then `(cap, true)`): from the window when it reaches back that far, else
+    /// by reading the log.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn entries_from(&self, from: u64, cap: usize) -> Result<(usize, bool)> {
+        self.sync()?;
+        let upto = ts_key(self.store.committed_ts());
+        {
+            let w = self.window.read().unwrap();
+            if from >= w.covered_from {
+                let start = w.entries.partition_point(|d| ts_key(d.entry.ts) < from);
+                let n = w.entries.len() - start;
+                return Ok((n.min(cap), n > cap));
+            }
+        }
+        let mut n = 0usize;
+        let mut after = from.saturating_sub(1);
+        while n < cap {
+            let got = self.store.read_log(after, upto, 10_000.min(cap - n))?;
+            let Some((last, _)) = got.last() else { break };
+            after = *last;
+            n += got.len();
+        }
+        Ok((n, n >= cap))
+    }
+
     /// The store.
     pub fn store(&self) -> &Store {
         &self.store

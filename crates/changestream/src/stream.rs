@@ -100,6 +100,35 @@ impl ChangeStream {
         }
     }
 
+    /// Where the stream stands, for `$currentOp`: its resume token and the clusterTime it
+    /// reads from next, how far behind the newest commit it is (entries and seconds), and
+    /// the events produced but not yet returned.
+    pub fn status(&self, hub: &Hub) -> Document {
+        const CAP: usize = 1_000_000;
+        let newest = hub.store().committed_ts();
+        let at = key_ts(self.next);
+        let (behind, capped) = hub.entries_from(self.next, CAP).unwrap_or((0, false));
+        let lag_secs = if behind == 0 {
+            0
+        } else {
+            i64::from(newest.time.saturating_sub(at.time))
+        };
+        let mut d = bson::doc! {
+            "resumeToken": self.post_batch_resume_token(),
+            "readsFrom": at,
+            "newestCommit": newest,
+            "lagEntries": behind as i64,
+            "lagSeconds": lag_secs,
+            "queuedEvents": self.leftover.len() as i64,
+            "queuedBytes": self.leftover.iter().map(|(_, n)| *n as i64).sum::<i64>(),
+            "invalidated": self.invalidated,
+        };
+        if capped {
+            d.insert("lagEntriesAtLeast", true);
+        }
+        d
+    }
+
     /// Whether the stream has delivered its `invalidate` and is over.
     pub fn is_finished(&self) -> bool {
         self.invalidated && self.leftover.is_empty()

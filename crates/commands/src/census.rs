@@ -163,6 +163,11 @@ pub const COMMANDS: &[Census] = &[
         fields: read!["cursors"],
     },
     Census {
+        names: &["killOp"],
+        handler: ("ops.rs", "pub fn kill_op("),
+        fields: read!["op"],
+    },
+    Census {
         names: &["explain"],
         handler: ("crud.rs", "pub fn explain("),
         fields: &[("verbosity", "verbosity(cmd)")],
@@ -268,6 +273,8 @@ pub const UNCENSUSED: &[&str] = &[
     "setClusterParameter",
     "getClusterParameter",
     "getLog",
+    // Every field of currentOp besides `$all` and `$ownOps` is its filter.
+    "currentOp",
     "profile",
     "getFreeMonitoringStatus",
     "dbStats",
@@ -304,6 +311,7 @@ mod tests {
         match file {
             "crud.rs" => include_str!("crud.rs"),
             "cursor.rs" => include_str!("cursor.rs"),
+            "ops.rs" => include_str!("ops.rs"),
             other => panic!("no source for {other}"),
         }
     }

@@ -1084,6 +1084,8 @@ pub async fn aggregate(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result
         return crate::cursor::open_change_stream(ctx, db, cmd, &stages).await;
     }
     let (stages, local_sessions) = crate::sessions::take_list_local_sessions(ctx, cmd, stages)?;
+    let (stages, current_ops) = crate::ops::take_current_op(ctx, db, cmd, stages)?;
+    let local_sessions = local_sessions.or(current_ops);
     // `$collStats` produces one document about the collection, for the rest to work on.
     let (stages, coll_stats_spec) = match stages.first().and_then(|s| s.get("$collStats")) {
         Some(spec) => (stages[1..].to_vec(), Some(spec.clone())),

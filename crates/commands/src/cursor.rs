@@ -100,6 +100,60 @@ impl Cursors {
         }
     }
 
+    /// Wakes a `getMore` waiting on the cursor (after `killOp` killed it): it fails with
+    /// `Interrupted`, and the cursor with it.
+    pub fn wake(&self, id: i64) {
+        if let Some(e) = self.map.lock().unwrap().get(&id) {
+            e.killed.notify_waiters();
+            e.killed.notify_one();
+        }
+    }
+
+    /// The cursors no `getMore` is using, as `$currentOp` shows them with `idleCursors`;
+    /// a change stream's shows its position, lag and queued events.
+    pub fn idle(&self, ctx: &ServerCtx) -> Vec<Document> {
+        let entries: Vec<(i64, Arc<tokio::sync::Mutex<Cursor>>, Instant, bool)> = self
+            .map
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(id, e)| (*id, e.cursor.clone(), e.last_used, e.pinned))
+            .collect();
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for (id, cursor, last_used, pinned) in entries {
+            let Ok(c) = cursor.try_lock() else { continue };
+            let idle_for = now.duration_since(last_used);
+            let last_access = bson::DateTime::from_millis(
+                bson::DateTime::now().timestamp_millis() - idle_for.as_millis() as i64,
+            );
+            let change = matches!(c.kind, CursorKind::Change(_));
+            let mut cur = doc! {
+                "cursorId": id,
+                "lastAccessDate": last_access,
+                "noCursorTimeout": pinned,
+                "tailable": change,
+                "awaitData": change,
+            };
+            if let CursorKind::Change(stream) = &c.kind {
+                cur.insert("changeStream", stream.status(&ctx.hub));
+            }
+            out.push(doc! {
+                "type": "idleCursor",
+                "host": &ctx.config.advertised,
+                "ns": &c.ns,
+                "active": false,
+                "cursor": cur,
+            });
+        }
+        out.sort_by_key(|d| {
+            d.get_document("cursor")
+                .ok()
+                .and_then(|c| c.get_i64("cursorId").ok())
+        });
+        out
+    }
+
     /// The number of open cursors.
     pub fn len(&self) -> usize {
         self.map.lock().unwrap().len()
@@ -259,6 +313,9 @@ pub async fn get_more(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<
     c.last_used = Instant::now();
     let time_left = c.time_left;
     let interrupt = c.interrupt.clone();
+    if let Some(opid) = crate::op::current_opid() {
+        ctx.ops.link_cursor(opid, id, &interrupt);
+    }
     match &mut c.kind {
         CursorKind::Query(src) => {
             if max_time.is_some() {
@@ -360,6 +417,8 @@ async fn await_events(
             r = tail.changed() => { if r.is_err() { return Ok((batch, false)); } }
             () = tokio::time::sleep_until(deadline) => return Ok((batch, false)),
             () = killed.notified() => {
+                // killOp wakes the getMore it killed; killCursors, one on a cursor it closed.
+                crate::op::current().check()?;
                 return Err(MongoError::new(ErrorCode::CursorKilled, "cursor was killed while a getMore waited"));
             }
         }

@@ -23,6 +23,7 @@ pub mod cursor;
 pub mod ddl;
 pub mod logs;
 pub mod op;
+pub mod ops;
 pub mod reply;
 pub mod sessions;
 pub mod stats;
@@ -99,6 +100,8 @@ pub struct ServerCtx {
     pub local_sessions: sessions::LocalSessions,
     /// Sessions' transactions and retained read snapshots.
     pub txns: txn::Transactions,
+    /// Running operations and open connections (`currentOp`, `killOp`).
+    pub ops: ops::Ops,
 }
 
 impl ServerCtx {
@@ -138,6 +141,7 @@ impl ServerCtx {
             image_expiry: Mutex::new(None),
             local_sessions: sessions::LocalSessions::default(),
             txns: txn::Transactions::default(),
+            ops: ops::Ops::default(),
         });
         if let Ok(Some(p)) = ctx
             .store
@@ -159,16 +163,19 @@ impl ServerCtx {
             .connections_current
             .fetch_add(1, Ordering::Relaxed);
         self.stats.connections_total.fetch_add(1, Ordering::Relaxed);
-        ConnInfo {
+        let conn = ConnInfo {
             id: self.next_conn.fetch_add(1, Ordering::Relaxed),
             peer,
             app_name: None,
             compressors: Vec::new(),
-        }
+        };
+        self.ops.connected(&conn);
+        conn
     }
 
     /// Forgets a closed connection.
-    pub fn disconnect(&self, _conn: &ConnInfo) {
+    pub fn disconnect(&self, conn: &ConnInfo) {
+        self.ops.disconnected(conn);
         self.stats
             .connections_current
             .fetch_sub(1, Ordering::Relaxed);
@@ -299,7 +306,9 @@ async fn run(ctx: &Arc<ServerCtx>, conn: &mut ConnInfo, name: &str, cmd: &Docume
     {
         return finish(ctx, Reply::error(errors::expired()));
     }
-    let res = op::scope(interrupt, dispatch(ctx, conn, &name, cmd)).await;
+    let guard = ctx.ops.register(conn, &name, cmd, &interrupt);
+    let res = op::scope(interrupt, guard.id, dispatch(ctx, conn, &name, cmd)).await;
+    drop(guard);
     if close_after {
         return Reply::close();
     }
@@ -425,6 +434,8 @@ async fn dispatch_cmd(
         "setClusterParameter" => admin::set_cluster_parameter(ctx, &db, cmd).await?,
         "getClusterParameter" => admin::get_cluster_parameter(ctx, &db, cmd)?,
         "getLog" => Reply::ok(logs::get_log(cmd)?),
+        "currentOp" => Reply::ok(ops::current_op(ctx, &db, cmd)?),
+        "killOp" => Reply::ok(ops::kill_op(ctx, &db, cmd)?),
         "profile" => Reply::ok(logs::profile(cmd)?),
         "getFreeMonitoringStatus" => Reply::ok(doc! {"state": "disabled"}),
         "dbStats" | "dbstats" => stats::db_stats(ctx, &db, cmd)?,

@@ -8,17 +8,22 @@ use bson::{Bson, Document};
 use errors::{ErrorCode, Interrupt, MongoError, Result};
 
 tokio::task_local! {
-    static CURRENT: Interrupt;
+    static CURRENT: (Interrupt, u32);
 }
 
 /// The current operation's interruption point (no deadline outside a command).
 pub fn current() -> Interrupt {
-    CURRENT.try_with(Interrupt::clone).unwrap_or_default()
+    CURRENT.try_with(|c| c.0.clone()).unwrap_or_default()
 }
 
-/// Runs `f` as the operation interrupted by `i`.
-pub async fn scope<F: std::future::Future>(i: Interrupt, f: F) -> F::Output {
-    CURRENT.scope(i, f).await
+/// The current operation's id (`currentOp`'s `opid`), inside a command.
+pub fn current_opid() -> Option<u32> {
+    CURRENT.try_with(|c| c.1).ok()
+}
+
+/// Runs `f` as the operation `opid`, interrupted by `i`.
+pub async fn scope<F: std::future::Future>(i: Interrupt, opid: u32, f: F) -> F::Output {
+    CURRENT.scope((i, opid), f).await
 }
 
 /// The `maxTimeMS` generic argument: `None` when absent or 0 (no limit).

@@ -238,6 +238,39 @@ impl Transactions {
         }
     }
 
+    /// Sessions holding an open transaction that no statement is running on, as
+    /// `$currentOp` shows them with `idleSessions`.
+    pub fn idle_sessions(&self) -> Vec<Document> {
+        let all: Vec<_> = self
+            .sessions
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, s)| (k.clone(), s.clone()))
+            .collect();
+        let mut out = Vec::new();
+        for (key, s) in all {
+            let Ok(s) = s.try_lock() else { continue };
+            if s.state != State::InProgress {
+                continue;
+            }
+            let id = bson::Binary {
+                subtype: bson::spec::BinarySubtype::Uuid,
+                bytes: key,
+            };
+            out.push(doc! {
+                "type": "idleSession",
+                "active": false,
+                "lsid": {"id": id},
+                "transaction": {
+                    "parameters": {"txnNumber": s.txn_number, "autocommit": false},
+                    "timeOpenMicros": s.started.elapsed().as_micros() as i64,
+                },
+            });
+        }
+        out
+    }
+
     /// Aborts every open transaction (`killAllSessions`).
     pub async fn abort_all(&self) {
         let all: Vec<_> = self.sessions.lock().unwrap().values().cloned().collect();

@@ -68,6 +68,11 @@ impl Interrupt {
         self.0.killed.store(true, Ordering::Relaxed);
     }
 
+    /// Whether the operation was killed.
+    pub fn is_killed(&self) -> bool {
+        self.0.killed.load(Ordering::Relaxed)
+    }
+
     /// Fails with `MaxTimeMSExpired` (50) once the deadline has passed, or `Interrupted`
     /// (11601) once killed.
     ///

@@ -9,6 +9,7 @@ mod crud;
 mod ddl;
 mod limits;
 mod local_sessions;
+mod ops;
 mod options;
 mod protocol;
 mod transactions;
