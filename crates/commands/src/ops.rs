@@ -68,26 +68,37 @@ fn op_kind(name: &str) -> &'static str {
     }
 }
 
-/// A command as `currentOp` shows it: whole, or its start past 1 KB (mongod's
-/// `$truncated`).
+/// Fields holding a write's batch: left out of what `currentOp` shows (drivers send them as
+/// OP_MSG document sequences, outside the command body mongod shows).
+const BATCHES: &[&str] = &["documents", "updates", "deletes", "ops", "nsInfo"];
+
+/// A command as `currentOp` shows it: without its write batch, and past 1 KB its start
+/// as text (mongod's `$truncated`). Built on every command, so it never encodes the whole
+/// command to measure it.
 fn shown_command(cmd: &Document) -> Document {
     const MAX: usize = 1024;
-    let size = bson::to_vec(cmd).map_or(usize::MAX, |b| b.len());
-    if size <= MAX {
-        return cmd.clone();
+    let mut d = Document::new();
+    let mut size = 0usize;
+    for (k, v) in cmd {
+        if BATCHES.contains(&k.as_str()) {
+            continue;
+        }
+        size += k.len() + query::spill::bson_size(v);
+        d.insert(k.clone(), v.clone());
     }
-    let text = Bson::Document(cmd.clone())
-        .into_relaxed_extjson()
-        .to_string();
+    if size <= MAX {
+        return d;
+    }
+    let text = Bson::Document(d).into_relaxed_extjson().to_string();
     let mut cut = MAX.min(text.len());
     while !text.is_char_boundary(cut) {
         cut -= 1;
     }
-    let mut d = doc! {"$truncated": &text[..cut]};
+    let mut t = doc! {"$truncated": &text[..cut]};
     if let Some(c) = cmd.get("comment") {
-        d.insert("comment", c.clone());
+        t.insert("comment", c.clone());
     }
-    d
+    t
 }
 
 impl Ops {
