@@ -1198,15 +1198,14 @@ pub async fn aggregate(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result
         let bypass = cmd
             .get("bypassDocumentValidation")
             .is_some_and(query::expr::truthy);
-        let out = out
-            .collect::<Result<Vec<_>>>()
+        let out = util::cpu(|| out.collect::<Result<Vec<_>>>())
             .map_err(|e| executor_error(e, "aggregation"))?;
         write_out(ctx, stage, out, bypass).await?;
         return Ok(Reply::ok(
             doc! {"cursor": {"firstBatch": [], "id": 0i64, "ns": ns}},
         ));
     }
-    let r = cursor_reply(ctx, &ns, out, batch_size, false)
+    let r = util::cpu(|| cursor_reply(ctx, &ns, out, batch_size, false))
         .map_err(|e| executor_error(e, "aggregation"))?;
     Ok(with_at_cluster_time(r, at_ts))
 }

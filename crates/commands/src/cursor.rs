@@ -328,7 +328,9 @@ pub async fn get_more(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<
                 interrupt.set_deadline(Some(started + left));
             }
             let n = batch_size.map_or(usize::MAX, |b| b as usize);
-            let res = interrupt.check().and_then(|()| take_batch(src, n));
+            let res = interrupt
+                .check()
+                .and_then(|()| util::cpu(|| take_batch(src, n)));
             let (batch, done) = match res {
                 Ok(r) => r,
                 Err(e) => {

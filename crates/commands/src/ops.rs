@@ -72,9 +72,9 @@ fn op_kind(name: &str) -> &'static str {
 /// OP_MSG document sequences, outside the command body mongod shows).
 const BATCHES: &[&str] = &["documents", "updates", "deletes", "ops", "nsInfo"];
 
-/// A command as `currentOp` shows it: without its write batch, and past 1 KB its start
-/// as text (mongod's `$truncated`). Built on every command, so it never encodes the whole
-/// command to measure it.
+/// A command as `currentOp` shows it: without its write batch, and past 1 KB of BSON its
+/// start as text (mongod's `$truncated`). Built on every command, so it measures rather
+/// than encodes.
 fn shown_command(cmd: &Document) -> Document {
     const MAX: usize = 1024;
     let mut d = Document::new();
@@ -83,7 +83,7 @@ fn shown_command(cmd: &Document) -> Document {
         if BATCHES.contains(&k.as_str()) {
             continue;
         }
-        size += k.len() + query::spill::bson_size(v);
+        size += 1 + k.len() + 1 + doc::value_len(v);
         d.insert(k.clone(), v.clone());
     }
     if size <= MAX {

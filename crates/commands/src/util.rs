@@ -111,3 +111,16 @@ pub fn command_vars(ctx: &crate::ServerCtx, cmd: &Document) -> Result<query::exp
     }
     Ok(vars)
 }
+
+/// Runs CPU-bound work (a scan, a sort, a pipeline) so that it does not hold up other
+/// connections: on the multi-threaded runtime the worker first hands its other tasks to
+/// another thread (`block_in_place`), which a long query otherwise starved, new
+/// connections' handshakes included. On a current-thread runtime (tests) it just runs.
+pub fn cpu<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
