@@ -880,6 +880,7 @@ pub fn find(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
     };
     let mut src: DocSource;
     let mut plan_sorted = false;
+    let mut point = false;
     if db == "local" && ns.coll == "oplog.rs" {
         src = oplog_source(&snap, filter.clone(), natural == Some(true))?;
     } else if db == "config" && ns.coll == "system.preimages" {
@@ -897,30 +898,36 @@ pub fn find(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
             None => plan_query(&meta, &filter, sort_spec.as_ref(), cmd.get("hint"))?,
         };
         plan_sorted = plan.provides_sort();
+        point = matches!(plan, Plan::IdLookup(_));
         src = query_source(&snap, &meta, filter.clone(), &plan)?;
     }
-    if let (Some(s), false) = (&sort_spec, plan_sorted) {
-        // A blocking sort, within the memory limit (spilling with allowDiskUse); with a
-        // limit, a top-k sort that holds only skip + limit documents.
-        let limits = crate::cursor::limits(ctx, cmd)?;
-        let top = (limit > 0).then_some((limit + skip) as usize);
-        let mut sorter = query::sort::Sorter::new(s.clone(), &limits, top);
-        for d in src {
-            sorter
-                .push(d?)
-                .map_err(|e| executor_error(e, "find command"))?;
+    // Reading and sorting is CPU work that must not hold up other connections; a point
+    // lookup is too short to be worth handing the worker over.
+    let read = move || -> Result<Reply> {
+        if let (Some(s), false) = (&sort_spec, plan_sorted) {
+            // A blocking sort, within the memory limit (spilling with allowDiskUse); with a
+            // limit, a top-k sort that holds only skip + limit documents.
+            let limits = crate::cursor::limits(ctx, cmd)?;
+            let top = (limit > 0).then_some((limit + skip) as usize);
+            let mut sorter = query::sort::Sorter::new(s.clone(), &limits, top);
+            for d in src {
+                sorter
+                    .push(d?)
+                    .map_err(|e| executor_error(e, "find command"))?;
+            }
+            src = sorter.finish()?;
         }
-        src = sorter.finish()?;
-    }
-    let mut src: DocSource = query::pipeline::skip_docs(src, skip as usize);
-    if limit > 0 {
-        src = Box::new(src.take(limit as usize));
-    }
-    if let Some(p) = projection {
-        let f = filter;
-        src = Box::new(src.map(move |r| r.and_then(|d| p.apply_with(&d, Some(&f), &vars))));
-    }
-    let r = cursor_reply(ctx, &ns.full(), src, batch_size, single)?;
+        let mut src: DocSource = query::pipeline::skip_docs(src, skip as usize);
+        if limit > 0 {
+            src = Box::new(src.take(limit as usize));
+        }
+        if let Some(p) = projection {
+            let f = filter;
+            src = Box::new(src.map(move |r| r.and_then(|d| p.apply_with(&d, Some(&f), &vars))));
+        }
+        cursor_reply(ctx, &ns.full(), src, batch_size, single)
+    };
+    let r = if point { read()? } else { util::cpu(read)? };
     if util::get_bool(cmd, "noCursorTimeout").unwrap_or(false) {
         if let Ok(id) = r.doc.get_document("cursor").and_then(|c| c.get_i64("id")) {
             ctx.cursors.pin(id);

@@ -463,7 +463,7 @@ async fn dispatch_cmd(
         "delete" => crud::delete(ctx, &db, cmd).await?,
         "findAndModify" | "findandmodify" => crud::find_and_modify(ctx, &db, cmd).await?,
         "bulkWrite" => bulk_write::bulk_write(ctx, &db, cmd).await?,
-        "find" => util::cpu(|| crud::find(ctx, &db, cmd))?,
+        "find" => crud::find(ctx, &db, cmd)?,
         "count" => util::cpu(|| crud::count(ctx, &db, cmd))?,
         "distinct" => util::cpu(|| crud::distinct(ctx, &db, cmd))?,
         "aggregate" => crud::aggregate(ctx, &db, cmd).await?,
