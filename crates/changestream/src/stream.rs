@@ -253,7 +253,8 @@ impl ChangeStream {
     /// pipeline ends with `$changeStreamSplitLargeEvent` (dropping fragments at or before
     /// the resume point), or fails as MongoDB does.
     fn fit(&self, ev: Document, pos: EventPos) -> Result<Vec<(Document, usize)>> {
-        let n = bson::to_vec(&ev).map_or(usize::MAX, |b| b.len());
+        // Measured, not encoded: the reply encodes it once.
+        let n = doc::encoded_len(&ev);
         if n <= MAX_EVENT_BYTES {
             return Ok(vec![(ev, n)]);
         }
@@ -270,7 +271,7 @@ impl ChangeStream {
             if self.skip_until.is_some_and(|s| fpos <= s) {
                 continue;
             }
-            let n = bson::to_vec(&f).map_or(usize::MAX, |b| b.len());
+            let n = doc::encoded_len(&f);
             out.push((f, n));
         }
         Ok(out)
@@ -313,9 +314,7 @@ fn element_bytes(index: usize, n: usize) -> usize {
 /// The bytes an event's `_id` takes again as the reply's `postBatchResumeToken` field.
 fn token_bytes(ev: &Document) -> usize {
     match ev.get("_id") {
-        Some(Bson::Document(t)) => {
-            bson::to_vec(t).map_or(0, |b| b.len()) + "postBatchResumeToken".len() + 2
-        }
+        Some(Bson::Document(t)) => doc::encoded_len(t) + "postBatchResumeToken".len() + 2,
         _ => 0,
     }
 }

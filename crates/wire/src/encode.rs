@@ -128,7 +128,10 @@ fn encode_op_msg(
     sequences: &[(String, Vec<Document>)],
     compressor: Option<Compressor>,
 ) -> Result<Vec<u8>, WireError> {
-    let mut buf = vec![0; HEADER_LEN];
+    // Sized up front: a 16 MB change-stream batch grew by doubling, copying and faulting
+    // in fresh pages at each step.
+    let mut buf = Vec::with_capacity(HEADER_LEN + 5 + doc::encoded_len(body) + 4);
+    buf.resize(HEADER_LEN, 0);
     buf.extend_from_slice(&flag_bits.to_le_bytes());
     buf.push(0);
     write_document(&mut buf, body, MAX_BODY_SIZE)?;
