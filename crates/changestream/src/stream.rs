@@ -72,7 +72,7 @@ impl ChangeStream {
                 token.to_document(),
             ),
         };
-        if !matches!(spec.start, Start::Now) && hub.store().truncated_upto() >= next {
+        if !matches!(spec.start, Start::Now) && lost_before(hub, next) {
             return Err(history_lost());
         }
         Ok(ChangeStream {
@@ -153,7 +153,7 @@ impl ChangeStream {
         self.drain_leftover(&mut batch, &mut bytes, max)?;
         // Truncation passed this stream's position: what it has not read is gone, even if
         // the hub's window still holds some of it, and it must not skip silently.
-        if hub.store().truncated_upto() >= self.next {
+        if lost_before(hub, self.next) {
             return Err(history_lost());
         }
         hub.sync()?;
@@ -374,6 +374,15 @@ fn hwm_after(current: &Document, hwm: &ResumeTokenData) -> bool {
     let cur = current.get_str("_data").unwrap_or("");
     let new = hwm.to_document();
     new.get_str("_data").unwrap_or("") > cur
+}
+
+/// Whether truncation removed an entry a stream reading from key `next` still needs.
+/// `truncated_upto` is 0 when nothing was ever truncated: then nothing is lost, even for a
+/// stream starting at time 0 (the operationTime a fresh server reports before its first
+/// write, which drivers resume from).
+fn lost_before(hub: &Hub, next: u64) -> bool {
+    let cut = hub.store().truncated_upto();
+    cut > 0 && cut >= next
 }
 
 fn history_lost() -> MongoError {

@@ -1127,3 +1127,30 @@ async fn streams_compare_under_their_own_collation() {
     .await;
     assert!(code != 0);
 }
+
+/// A fresh server reports operationTime (0, 0) before its first write; a stream started
+/// at that time (as a driver resumes a stream that saw no event yet) loses nothing.
+#[tokio::test]
+async fn a_stream_from_time_zero_on_a_fresh_server_sees_the_first_write() {
+    let s = testkit::spawn().await;
+    let db = s.client.database("fresh");
+    let r = db
+        .run_command(doc! {"aggregate": "c", "pipeline": [{"$changeStream": {"startAtOperationTime": bson::Timestamp {time: 0, increment: 0}}}], "cursor": {}})
+        .await
+        .unwrap();
+    let id = r.get_document("cursor").unwrap().get_i64("id").unwrap();
+    db.collection::<Document>("c")
+        .insert_one(doc! {"_id": 1})
+        .await
+        .unwrap();
+    let r = db
+        .run_command(doc! {"getMore": id, "collection": "c", "maxTimeMS": 2000})
+        .await
+        .unwrap();
+    let batch = r
+        .get_document("cursor")
+        .unwrap()
+        .get_array("nextBatch")
+        .unwrap();
+    assert_eq!(batch.len(), 1, "{r}");
+}
