@@ -176,6 +176,17 @@ impl Hub {
         self.store.subscribe()
     }
 
+    /// Whether a reader at `from` is at least `entries` entries behind what the window
+    /// holds, or behind the window altogether (a laggard reading the log).
+    pub fn far_behind(&self, from: u64, entries: usize) -> bool {
+        let w = self.window.read().unwrap();
+        if from < w.covered_from {
+            return true;
+        }
+        let start = w.entries.partition_point(|d| ts_key(d.entry.ts) < from);
+        w.entries.len() - start >= entries
+    }
+
     /// How many committed entries have a clusterTime key at or after `from`, counting at
     /// most `cap` (then `(cap, true)`): from the window when it reaches back that far, else
     /// by reading the log.

@@ -100,6 +100,12 @@ impl ChangeStream {
         }
     }
 
+    /// Whether the stream is catching up: at least a read chunk behind, or behind the
+    /// hub's window. Its next batch is a full one, built from history.
+    pub fn catching_up(&self, hub: &Hub) -> bool {
+        !self.leftover.is_empty() || hub.far_behind(self.next, READ_CHUNK)
+    }
+
     /// Where the stream stands, for `$currentOp`: its resume token and the clusterTime it
     /// reads from next, how far behind the newest commit it is (entries and seconds), and
     /// the events produced but not yet returned.

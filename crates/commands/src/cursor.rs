@@ -21,6 +21,11 @@ pub const CURSOR_TIMEOUT: Duration = Duration::from_secs(600);
 pub const DEFAULT_FIRST_BATCH: usize = 101;
 /// A batch stops growing past this many bytes (16 MiB less room for the envelope).
 const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024 - 64 * 1024;
+/// Change streams that may build a catch-up batch at the same time. A batch of history
+/// holds up to 16 MiB of events as documents while it is built and encoded, so this bounds
+/// what laggards hold together (the machine's cores bound how fast they go anyway); the
+/// others wait their turn, in order.
+pub const CATCH_UP_SLOTS: usize = 2;
 /// How long a change stream getMore waits without `maxTimeMS`.
 const DEFAULT_AWAIT: Duration = Duration::from_secs(1);
 
@@ -371,7 +376,7 @@ pub async fn get_more(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<
             let wait = max_time.map_or(DEFAULT_AWAIT, |ms| Duration::from_millis(ms.max(0) as u64));
             let n = batch_size.map_or(usize::MAX, |b| b as usize);
             let res = await_events(ctx, stream, n, wait, &killed).await;
-            let (batch, finished) = match res {
+            let (batch, finished, slot) = match res {
                 Ok(b) => b,
                 Err(mut e) => {
                     drop(c);
@@ -391,9 +396,11 @@ pub async fn get_more(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<
             } else {
                 id
             };
-            Ok(Reply::ok(
+            let mut r = Reply::ok(
                 doc! {"cursor": {"nextBatch": batch, "postBatchResumeToken": pbrt, "id": out_id, "ns": ns}},
-            ))
+            );
+            r.slot = slot;
+            Ok(r)
         }
     }
 }
@@ -405,19 +412,23 @@ async fn await_events(
     n: usize,
     wait: Duration,
     killed: &Notify,
-) -> Result<(Vec<Document>, bool)> {
+) -> Result<(
+    Vec<Document>,
+    bool,
+    Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
+)> {
     let deadline = tokio::time::Instant::now() + wait;
     let mut tail = ctx.hub.subscribe();
     loop {
         tail.borrow_and_update();
-        let batch = read_now(ctx, stream, n)?;
+        let (batch, slot) = read_bounded(ctx, stream, n).await?;
         if !batch.is_empty() || stream.is_finished() {
             let finished = stream.is_finished();
-            return Ok((batch, finished));
+            return Ok((batch, finished, slot));
         }
         tokio::select! {
-            r = tail.changed() => { if r.is_err() { return Ok((batch, false)); } }
-            () = tokio::time::sleep_until(deadline) => return Ok((batch, false)),
+            r = tail.changed() => { if r.is_err() { return Ok((batch, false, None)); } }
+            () = tokio::time::sleep_until(deadline) => return Ok((batch, false, None)),
             () = killed.notified() => {
                 // killOp wakes the getMore it killed; killCursors, one on a cursor it closed.
                 crate::op::current().check()?;
@@ -425,6 +436,28 @@ async fn await_events(
             }
         }
     }
+}
+
+/// A change stream batch, and the catch-up slot it holds until it has been written.
+type Slotted = (
+    Vec<Document>,
+    Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
+);
+
+/// Reads what is available now, taking a catch-up slot first if the stream is behind.
+async fn read_bounded(ctx: &ServerCtx, stream: &mut ChangeStream, n: usize) -> Result<Slotted> {
+    let slot = if stream.catching_up(&ctx.hub) {
+        Some(Arc::new(
+            ctx.catch_up
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| MongoError::internal("catch-up slots closed"))?,
+        ))
+    } else {
+        None
+    };
+    Ok((read_now(ctx, stream, n)?, slot))
 }
 
 fn read_now(ctx: &ServerCtx, stream: &mut ChangeStream, n: usize) -> Result<Vec<Document>> {
@@ -552,10 +585,10 @@ pub async fn open_change_stream(
     };
     let n = batch_size.map_or(DEFAULT_FIRST_BATCH, |b| b.max(0) as usize);
     // The first batch holds what is already there (events from a resume point); it never waits.
-    let batch = if n == 0 {
-        Vec::new()
+    let (batch, slot) = if n == 0 {
+        (Vec::new(), None)
     } else {
-        read_now(ctx, &mut stream, n)?
+        read_bounded(ctx, &mut stream, n).await?
     };
     let pbrt = stream.post_batch_resume_token();
     let id = if stream.is_finished() {
@@ -569,9 +602,11 @@ pub async fn open_change_stream(
             time_left: None,
         })
     };
-    Ok(Reply::ok(
+    let mut r = Reply::ok(
         doc! {"cursor": {"firstBatch": batch, "postBatchResumeToken": pbrt, "id": id, "ns": ns}},
-    ))
+    );
+    r.slot = slot;
+    Ok(r)
 }
 
 /// A read's access to the database: one snapshot, the operation's interruption point, and

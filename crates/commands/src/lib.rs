@@ -102,6 +102,8 @@ pub struct ServerCtx {
     pub txns: txn::Transactions,
     /// Running operations and open connections (`currentOp`, `killOp`).
     pub ops: ops::Ops,
+    /// Change streams building a catch-up batch at once (see `cursor::CATCH_UP_SLOTS`).
+    pub catch_up: Arc<tokio::sync::Semaphore>,
 }
 
 impl ServerCtx {
@@ -142,6 +144,7 @@ impl ServerCtx {
             local_sessions: sessions::LocalSessions::default(),
             txns: txn::Transactions::default(),
             ops: ops::Ops::default(),
+            catch_up: Arc::new(tokio::sync::Semaphore::new(cursor::CATCH_UP_SLOTS)),
         });
         if let Ok(Some(p)) = ctx
             .store

@@ -8,6 +8,9 @@ use errors::{ExtraInfo, MongoError, labels};
 pub struct Reply {
     pub doc: Document,
     pub close_connection: bool,
+    /// A change stream's catch-up slot, held until the reply has been written: a batch of
+    /// history is memory until the client has read it.
+    pub slot: Option<std::sync::Arc<tokio::sync::OwnedSemaphorePermit>>,
 }
 
 impl Reply {
@@ -17,6 +20,7 @@ impl Reply {
         Reply {
             doc: fields,
             close_connection: false,
+            slot: None,
         }
     }
 
@@ -25,6 +29,7 @@ impl Reply {
         Reply {
             doc: error_doc(&e),
             close_connection: false,
+            slot: None,
         }
     }
 
@@ -33,6 +38,7 @@ impl Reply {
         Reply {
             doc: Document::new(),
             close_connection: true,
+            slot: None,
         }
     }
 }

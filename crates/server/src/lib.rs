@@ -239,6 +239,8 @@ async fn serve(ctx: Arc<ServerCtx>, mut stream: TcpStream, peer: SocketAddr) {
             break;
         };
         next_id = next_id.wrapping_add(1);
+        // A catch-up slot the reply holds, released once the reply is written.
+        let mut slot = None;
         let out = match wire::decode(&msg) {
             Err(e) => {
                 tracing::debug!(conn_id = conn.id, error = %e, "malformed message");
@@ -258,6 +260,7 @@ async fn serve(ctx: Arc<ServerCtx>, mut stream: TcpStream, peer: SocketAddr) {
                         if more_to_come {
                             continue;
                         }
+                        slot = reply.slot.clone();
                         wire::encode_msg(next_id, header.request_id, 0, &reply.doc, compressor)
                     }
                     Request::Query(q) => {
@@ -270,11 +273,43 @@ async fn serve(ctx: Arc<ServerCtx>, mut stream: TcpStream, peer: SocketAddr) {
                 }
             }
         };
-        if stream.write_all(&out).await.is_err() {
+        if write_reply(&mut stream, &out, slot).await.is_err() {
             break;
         }
     }
     ctx.disconnect(&conn);
+}
+
+/// Writes a reply. A catch-up slot it holds is released once the reply is written, or
+/// after a second if the client is slow to read it, so that a reader that stalls cannot
+/// keep other streams from catching up.
+async fn write_reply<T>(
+    stream: &mut TcpStream,
+    out: &[u8],
+    mut slot: Option<T>,
+) -> std::io::Result<()> {
+    const HOLD: std::time::Duration = std::time::Duration::from_secs(1);
+    let until = tokio::time::Instant::now() + HOLD;
+    let mut pos = 0;
+    while pos < out.len() {
+        // `write` is cancel-safe: a timed-out call wrote nothing.
+        let r = if slot.is_some() {
+            match tokio::time::timeout_at(until, stream.write(&out[pos..])).await {
+                Ok(r) => r,
+                Err(_) => {
+                    slot = None;
+                    continue;
+                }
+            }
+        } else {
+            stream.write(&out[pos..]).await
+        };
+        match r? {
+            0 => return Err(std::io::ErrorKind::WriteZero.into()),
+            n => pos += n,
+        }
+    }
+    Ok(())
 }
 
 /// OP_QUERY: only commands on `<db>.$cmd` (the first handshake of older clients).

@@ -1154,3 +1154,81 @@ async fn a_stream_from_time_zero_on_a_fresh_server_sees_the_first_write() {
         .unwrap();
     assert_eq!(batch.len(), 1, "{r}");
 }
+
+/// Laggards take turns building batches of history (a bounded number at once), and a
+/// reader that stops reading its socket gives its turn up after a moment: two stalled
+/// readers do not keep two others from draining the same backlog completely and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_laggards_do_not_hold_up_the_others() {
+    use tokio::io::AsyncWriteExt;
+    let s = testkit::spawn().await;
+    let db = s.client.database("lag");
+    db.collection::<Document>("seed")
+        .insert_one(doc! {})
+        .await
+        .unwrap();
+    let start = db.run_command(doc! {"ping": 1}).await.unwrap();
+    let start = start.get_timestamp("operationTime").unwrap();
+    let c = db.collection::<Document>("c");
+    let pad = "p".repeat(1_000);
+    const N: i32 = 40_000;
+    for chunk in (0..N).collect::<Vec<i32>>().chunks(1_000) {
+        c.insert_many(chunk.iter().map(|i| doc! {"_id": i, "pad": &pad}))
+            .await
+            .unwrap();
+    }
+    let open = || async {
+        let r = db
+            .run_command(doc! {"aggregate": "c", "pipeline": [{"$changeStream": {"startAtOperationTime": start}}], "cursor": {"batchSize": 0}})
+            .await
+            .unwrap();
+        r.get_document("cursor").unwrap().get_i64("id").unwrap()
+    };
+    // Two readers ask for 16 MB of history and never read the reply.
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let id = open().await;
+        let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", s.port))
+            .await
+            .unwrap();
+        let cmd = doc! {"getMore": id, "collection": "c", "$db": "lag"};
+        sock.write_all(&wire::encode_msg_request(1, &cmd, &[], false, None))
+            .await
+            .unwrap();
+        stalled.push(sock);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let drain = |id: i64| {
+        let db = db.clone();
+        async move {
+            let mut next = 0;
+            while next < N {
+                let r = db
+                    .run_command(doc! {"getMore": id, "collection": "c", "maxTimeMS": 1000})
+                    .await
+                    .unwrap();
+                for ev in r
+                    .get_document("cursor")
+                    .unwrap()
+                    .get_array("nextBatch")
+                    .unwrap()
+                {
+                    let k = ev
+                        .as_document()
+                        .unwrap()
+                        .get_document("documentKey")
+                        .unwrap();
+                    assert_eq!(k.get_i32("_id").unwrap(), next, "in order");
+                    next += 1;
+                }
+            }
+        }
+    };
+    let (a, b) = (open().await, open().await);
+    tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::join!(drain(a), drain(b));
+    })
+    .await
+    .expect("the other laggards drained the backlog");
+    drop(stalled);
+}
