@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use bson::{Bson, Document, doc};
+use bson::{Document, doc};
 use futures_util::TryStreamExt;
 use mongodb::Database;
 
@@ -295,5 +295,4 @@ async fn current_op_stage_shows_idle_cursors_streams_and_sessions() {
     )
     .await;
     assert_eq!(code, 14);
-    let _ = Bson::Null;
 }
