@@ -179,12 +179,18 @@ impl Hub {
     /// Whether a reader at `from` is at least `entries` entries behind what the window
     /// holds, or behind the window altogether (a laggard reading the log).
     pub fn far_behind(&self, from: u64, entries: usize) -> bool {
+        self.window_count_from(from).is_none_or(|n| n >= entries)
+    }
+
+    /// How many entries the window holds at or after `from`; `None` when `from` is older
+    /// than the window.
+    fn window_count_from(&self, from: u64) -> Option<usize> {
         let w = self.window.read().unwrap();
         if from < w.covered_from {
-            return true;
+            return None;
         }
         let start = w.entries.partition_point(|d| ts_key(d.entry.ts) < from);
-        w.entries.len() - start >= entries
+        Some(w.entries.len() - start)
     }
 
     /// How many committed entries have a clusterTime key at or after `from`, counting at
@@ -196,13 +202,8 @@ impl Hub {
     pub fn entries_from(&self, from: u64, cap: usize) -> Result<(usize, bool)> {
         self.sync()?;
         let upto = ts_key(self.store.committed_ts());
-        {
-            let w = self.window.read().unwrap();
-            if from >= w.covered_from {
-                let start = w.entries.partition_point(|d| ts_key(d.entry.ts) < from);
-                let n = w.entries.len() - start;
-                return Ok((n.min(cap), n > cap));
-            }
+        if let Some(n) = self.window_count_from(from) {
+            return Ok((n.min(cap), n > cap));
         }
         let mut n = 0usize;
         let mut after = from.saturating_sub(1);

@@ -97,8 +97,7 @@ impl Cursors {
     fn remove(&self, id: i64) -> bool {
         match self.map.lock().unwrap().remove(&id) {
             Some(e) => {
-                e.killed.notify_waiters();
-                e.killed.notify_one();
+                wake_waiter(&e.killed);
                 true
             }
             None => false,
@@ -109,21 +108,21 @@ impl Cursors {
     /// `Interrupted`, and the cursor with it.
     pub fn wake(&self, id: i64) {
         if let Some(e) = self.map.lock().unwrap().get(&id) {
-            e.killed.notify_waiters();
-            e.killed.notify_one();
+            wake_waiter(&e.killed);
         }
     }
 
     /// The cursors no `getMore` is using, as `$currentOp` shows them with `idleCursors`;
     /// a change stream's shows its position, lag and queued events.
     pub fn idle(&self, ctx: &ServerCtx) -> Vec<Document> {
-        let entries: Vec<(i64, Arc<tokio::sync::Mutex<Cursor>>, Instant, bool)> = self
+        let mut entries: Vec<(i64, Arc<tokio::sync::Mutex<Cursor>>, Instant, bool)> = self
             .map
             .lock()
             .unwrap()
             .iter()
             .map(|(id, e)| (*id, e.cursor.clone(), e.last_used, e.pinned))
             .collect();
+        entries.sort_unstable_by_key(|e| e.0);
         let now = Instant::now();
         let mut out = Vec::new();
         for (id, cursor, last_used, pinned) in entries {
@@ -151,11 +150,6 @@ impl Cursors {
                 "cursor": cur,
             });
         }
-        out.sort_by_key(|d| {
-            d.get_document("cursor")
-                .ok()
-                .and_then(|c| c.get_i64("cursorId").ok())
-        });
         out
     }
 
@@ -185,6 +179,12 @@ impl Cursors {
                 || Arc::strong_count(&e.cursor) > 1
         });
     }
+}
+
+/// Wakes the `getMore` waiting on a cursor, whether it is already waiting or about to.
+fn wake_waiter(killed: &Notify) {
+    killed.notify_waiters();
+    killed.notify_one();
 }
 
 fn rand_u64() -> u64 {

@@ -1312,14 +1312,7 @@ mod tests {
             ..StoreOptions::default()
         };
         let store = Store::open(&dir, held).unwrap();
-        let id = store
-            .write(|ctx| {
-                let m = meta(ctx.new_id());
-                ctx.put_collection(&m)?;
-                Ok(m.id)
-            })
-            .await
-            .unwrap();
+        let id = create_collection(&store).await;
         let put = |k: &'static [u8], v: i32| {
             let store = store.clone();
             async move {
@@ -1414,14 +1407,7 @@ mod tests {
     async fn the_timer_commits_pending_batches() {
         let dir = tempdir();
         let store = Store::open(&dir, StoreOptions::default()).unwrap();
-        let id = store
-            .write(|ctx| {
-                let m = meta(ctx.new_id());
-                ctx.put_collection(&m)?;
-                Ok(m.id)
-            })
-            .await
-            .unwrap();
+        let id = create_collection(&store).await;
         store
             .write(move |ctx| ctx.put_doc(id, b"a", &bson::to_vec(&doc! {"v": 1}).unwrap()))
             .await
@@ -1441,6 +1427,18 @@ mod tests {
         );
         drop(store);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Creates the collection `d.c` and returns its id.
+    async fn create_collection(store: &Store) -> u64 {
+        store
+            .write(|ctx| {
+                let m = meta(ctx.new_id());
+                ctx.put_collection(&m)?;
+                Ok(m.id)
+            })
+            .await
+            .unwrap()
     }
 
     fn natural_ids(snap: &Snapshot, id: u64, reverse: bool) -> Vec<i32> {
@@ -1468,14 +1466,7 @@ mod tests {
     async fn natural_order_is_insertion_order_and_an_update_keeps_its_place() {
         let dir = tempdir();
         let store = Store::open(&dir, StoreOptions::default()).unwrap();
-        let id = store
-            .write(|ctx| {
-                let m = meta(ctx.new_id());
-                ctx.put_collection(&m)?;
-                Ok(m.id)
-            })
-            .await
-            .unwrap();
+        let id = create_collection(&store).await;
         put_ids(&store, id, &[3, 1]).await;
         put_ids(&store, id, &[2]).await;
         assert_eq!(
@@ -1568,14 +1559,7 @@ mod tests {
     async fn a_format_2_file_gets_record_ids_in_id_order() {
         let dir = tempdir();
         let store = Store::open(&dir, StoreOptions::default()).unwrap();
-        let id = store
-            .write(|ctx| {
-                let m = meta(ctx.new_id());
-                ctx.put_collection(&m)?;
-                Ok(m.id)
-            })
-            .await
-            .unwrap();
+        let id = create_collection(&store).await;
         put_ids(&store, id, &[3, 1, 2]).await;
         store.checkpoint().await.unwrap();
         drop(store);

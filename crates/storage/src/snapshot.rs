@@ -16,7 +16,7 @@ use crate::txn::{self, Overlay};
 use crate::wal::{Log, LogScan, LogScanRev};
 use crate::{
     CATALOG, IDS, INDEXES, META, PREIMAGES, RECORDS, SESSIONS, TXN_PREIMAGES, as_slice_bound,
-    coll_of, decode_doc, decode_record, doc_key, list_catalog, prefix_range, record_doc,
+    coll_of, decode_doc, decode_record, doc_key, hi_bound, list_catalog, prefix_range, record_doc,
     record_key, rid_of, split_record, storage_err,
 };
 
@@ -282,11 +282,18 @@ impl Snapshot {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             if !mine.is_empty() {
+                // The tables' rows as the overlay holds its own: full key and BSON.
                 let mut rows = Vec::new();
-                for r in base()? {
-                    let (idk, d) = r?;
-                    let bytes = bson::to_vec(&d).map_err(|e| storage_err(e.to_string()))?;
-                    rows.push((doc_key(coll_id, &idk), bytes));
+                for r in self.merged_range(&self.ids, TableId::Ids, l, u)? {
+                    let (k, rid) = r?;
+                    let bson = with_record(
+                        &self.records,
+                        self.pending.as_ref(),
+                        coll_id,
+                        rid_of(&rid)?,
+                        |v| Ok(split_record(v)?.1.to_vec()),
+                    )?;
+                    rows.push((k, bson));
                 }
                 return Ok(DocScan(IdOrder::Rows(txn::merge(rows, mine).into_iter())));
             }
@@ -303,9 +310,7 @@ impl Snapshot {
         if let Some(ov) = &self.overlay {
             let ov = ov.lock().unwrap();
             let (lo, hi) = prefix_range(&coll_id.to_be_bytes());
-            let upper = hi
-                .as_ref()
-                .map_or(Bound::Unbounded, |h| Bound::Excluded(h.as_slice()));
+            let upper = hi_bound(&hi);
             if Overlay::range(&ov.docs, Bound::Included(lo.as_slice()), upper)
                 .next()
                 .is_some()
@@ -322,9 +327,7 @@ impl Snapshot {
 
     fn base_natural(&self, coll_id: u64, reverse: bool) -> Result<NaturalScan> {
         let (lo, hi) = prefix_range(&coll_id.to_be_bytes());
-        let upper = hi
-            .as_ref()
-            .map_or(Bound::Unbounded, |h| Bound::Excluded(h.as_slice()));
+        let upper = hi_bound(&hi);
         let rows = self.merged_range(
             &self.records,
             TableId::Records,
@@ -355,9 +358,7 @@ impl Snapshot {
             }
         }
         let (lo, hi) = prefix_range(&coll_id.to_be_bytes());
-        let upper = hi
-            .as_ref()
-            .map_or(Bound::Unbounded, |h| Bound::Excluded(h.as_slice()));
+        let upper = hi_bound(&hi);
         for (k, v) in Overlay::range(&ov.docs, Bound::Included(lo.as_slice()), upper) {
             if let Some(b) = v
                 && self.base_rid(k)?.is_none()
@@ -402,9 +403,7 @@ impl Snapshot {
     /// On storage failure.
     pub fn collection_size(&self, coll_id: u64) -> Result<(u64, u64, u64)> {
         let (lo, hi) = prefix_range(&coll_id.to_be_bytes());
-        let upper = hi
-            .as_ref()
-            .map_or(Bound::Unbounded, |h| Bound::Excluded(h.as_slice()));
+        let upper = hi_bound(&hi);
         let (mut n, mut data, mut keys) = (0u64, 0u64, 0u64);
         for row in self.merged_range(
             &self.records,
@@ -427,9 +426,7 @@ impl Snapshot {
     /// On storage failure.
     pub fn index_size(&self, index_id: u64) -> Result<u64> {
         let (lo, hi) = prefix_range(&index_id.to_be_bytes());
-        let upper = hi
-            .as_ref()
-            .map_or(Bound::Unbounded, |h| Bound::Excluded(h.as_slice()));
+        let upper = hi_bound(&hi);
         let mut bytes = 0u64;
         for row in self.merged_range(
             &self.indexes,
@@ -672,6 +669,25 @@ impl DoubleEndedIterator for Rowwise {
     }
 }
 
+/// Reads a document's record, through the pending layers, with `f`.
+fn with_record<T>(
+    records: &ReadOnlyTable<&'static [u8], &'static [u8]>,
+    pending: Option<&Arc<Layer>>,
+    coll_id: u64,
+    rid: u64,
+    f: impl FnOnce(&[u8]) -> Result<T>,
+) -> Result<T> {
+    let k = record_key(coll_id, rid);
+    let missing = || errors::MongoError::internal("an _id index entry has no record");
+    if let Some(v) = pending.and_then(|p| p.get(TableId::Records, &k)) {
+        return f(v.ok_or_else(missing)?);
+    }
+    match records.get(k.as_slice()).map_err(storage_err)? {
+        Some(v) => f(v.value()),
+        None => Err(missing()),
+    }
+}
+
 /// A document's record, read through the pending layers.
 fn fetch(
     records: &ReadOnlyTable<&'static [u8], &'static [u8]>,
@@ -679,15 +695,7 @@ fn fetch(
     coll_id: u64,
     rid: u64,
 ) -> Result<Document> {
-    let k = record_key(coll_id, rid);
-    let missing = || errors::MongoError::internal("an _id index entry has no record");
-    if let Some(v) = pending.and_then(|p| p.get(TableId::Records, &k)) {
-        return record_doc(v.ok_or_else(missing)?);
-    }
-    match records.get(k.as_slice()).map_err(storage_err)? {
-        Some(v) => record_doc(v.value()),
-        None => Err(missing()),
-    }
+    with_record(records, pending, coll_id, rid, record_doc)
 }
 
 /// A lazy scan over a collection's documents in `_id` order: `(id_key, doc)`.

@@ -687,20 +687,19 @@ async fn natural_order_is_insertion_order() {
     assert_eq!(ids(&db, doc! {"hint": {"_id": 1}}).await, [1, 2, 3]);
     assert_eq!(ids(&db, doc! {"sort": {"_id": -1}}).await, [3, 2, 1]);
     // Batches across getMore keep the order.
-    let got: Vec<i32> = {
+    async fn ids_of(cursor: mongodb::Cursor<Document>) -> Vec<i32> {
         use futures_util::TryStreamExt;
+        let docs: Vec<Document> = cursor.try_collect().await.unwrap();
+        docs.iter().map(|d| d.get_i32("_id").unwrap()).collect()
+    }
+    let got = ids_of(
         c.find(doc! {})
             .sort(doc! {"$natural": -1})
             .batch_size(1)
             .await
-            .unwrap()
-            .try_collect::<Vec<_>>()
-            .await
-            .unwrap()
-            .iter()
-            .map(|d| d.get_i32("_id").unwrap())
-            .collect()
-    };
+            .unwrap(),
+    )
+    .await;
     assert_eq!(got, [2, 1, 3]);
     // An update keeps its place, even one that grows the document; a delete and
     // re-insert goes last.
@@ -720,18 +719,12 @@ async fn natural_order_is_insertion_order() {
         .unwrap();
     assert_eq!(r.get_i32("_id").unwrap(), 2);
     // Aggregation reads natural order too.
-    let agg: Vec<i32> = {
-        use futures_util::TryStreamExt;
+    let agg = ids_of(
         c.aggregate(vec![doc! {"$project": {"_id": 1}}])
             .await
-            .unwrap()
-            .try_collect::<Vec<_>>()
-            .await
-            .unwrap()
-            .iter()
-            .map(|d| d.get_i32("_id").unwrap())
-            .collect()
-    };
+            .unwrap(),
+    )
+    .await;
     assert_eq!(agg, [2, 1]);
     // explain names the scans.
     let plan = |r: Document| {
