@@ -49,6 +49,108 @@ pub fn try_encode_msg(
     encode_op_msg(request_id, response_to, flags, body, &[], compressor)
 }
 
+/// Like [`encode_msg`], with a cursor batch of already-encoded documents spliced in as the
+/// first field, named `key`, of `body`'s first field (which must be a document: the
+/// `cursor`). A change stream's events are encoded once and shared by every stream that
+/// sends them; this copies their bytes into the reply instead of re-encoding them.
+pub fn encode_msg_with_batch(
+    request_id: i32,
+    response_to: i32,
+    flags: u32,
+    body: &Document,
+    key: &str,
+    batch: &[&[u8]],
+    compressor: Option<Compressor>,
+) -> Vec<u8> {
+    let encoded = spliced_body(body, key, batch).and_then(|raw| {
+        let mut buf = Vec::with_capacity(HEADER_LEN + 5 + raw.len() + 4);
+        buf.resize(HEADER_LEN, 0);
+        buf.extend_from_slice(&flags.to_le_bytes());
+        buf.push(0);
+        buf.extend_from_slice(&raw);
+        finish_msg(buf, request_id, response_to, flags, compressor)
+    });
+    encoded.unwrap_or_else(|e| {
+        encode_op_msg(
+            request_id,
+            response_to,
+            flags,
+            &error_body(&e),
+            &[],
+            compressor,
+        )
+        .unwrap_or_default()
+    })
+}
+
+/// `body` encoded with `batch` as the array `key` at the front of its first sub-document.
+fn spliced_body(body: &Document, key: &str, batch: &[&[u8]]) -> Result<Vec<u8>, WireError> {
+    let mut outer = Vec::new();
+    write_document(&mut outer, body, MAX_BODY_SIZE)?;
+    // The first element: type byte, key, NUL, then the sub-document.
+    let bad = || WireError::new(WireErrorKind::InvalidBson, "reply has no cursor document");
+    if outer.get(4) != Some(&0x03) {
+        return Err(bad());
+    }
+    let key_end = 5 + outer[5..].iter().position(|b| *b == 0).ok_or_else(bad)?;
+    let sub = key_end + 1;
+    let sub_len = outer
+        .get(sub..sub + 4)
+        .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .ok_or_else(bad)?;
+    let mut array = Vec::with_capacity(5 + batch.iter().map(|d| d.len() + 8).sum::<usize>());
+    array.extend_from_slice(&[0; 4]);
+    let mut index = itoa_buf();
+    for (i, d) in batch.iter().enumerate() {
+        array.push(0x03);
+        array.extend_from_slice(index.format(i));
+        array.push(0);
+        array.extend_from_slice(d);
+    }
+    array.push(0);
+    let array_len = message_i32(array.len())?;
+    array[..4].copy_from_slice(&array_len.to_le_bytes());
+    let added = 1 + key.len() + 1 + array.len();
+    let total = outer.len() + added;
+    if total > MAX_BODY_SIZE {
+        return Err(WireError::new(
+            WireErrorKind::TooLarge,
+            format!("document of {total} bytes is over the {MAX_BODY_SIZE}-byte limit"),
+        ));
+    }
+    let mut out = Vec::with_capacity(total);
+    out.extend_from_slice(&message_i32(total)?.to_le_bytes());
+    out.extend_from_slice(&outer[4..sub]);
+    out.extend_from_slice(&message_i32(sub_len + added)?.to_le_bytes());
+    out.push(0x04);
+    write_cstr(&mut out, key)?;
+    out.extend_from_slice(&array);
+    out.extend_from_slice(&outer[sub + 4..]);
+    Ok(out)
+}
+
+/// Decimal array indexes without allocating.
+struct IndexKey([u8; 20]);
+
+fn itoa_buf() -> IndexKey {
+    IndexKey([0; 20])
+}
+
+impl IndexKey {
+    fn format(&mut self, mut n: usize) -> &[u8] {
+        let mut i = self.0.len();
+        loop {
+            i -= 1;
+            self.0[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        &self.0[i..]
+    }
+}
+
 /// Encodes an OP_REPLY: `response_flags`, cursorID 0, startingFrom 0, numberReturned 1 and
 /// `doc`. Like [`encode_msg`], a `doc` that cannot be encoded is replaced by the error.
 pub fn encode_reply(
@@ -146,6 +248,17 @@ fn encode_op_msg(
         let size = message_i32(buf.len() - start)?;
         buf[start..start + 4].copy_from_slice(&size.to_le_bytes());
     }
+    finish_msg(buf, request_id, response_to, flag_bits, compressor)
+}
+
+/// Fills in the header (and checksum, if flagged) of an OP_MSG and compresses it if asked.
+fn finish_msg(
+    mut buf: Vec<u8>,
+    request_id: i32,
+    response_to: i32,
+    flag_bits: u32,
+    compressor: Option<Compressor>,
+) -> Result<Vec<u8>, WireError> {
     let checksum = flag_bits & flags::CHECKSUM_PRESENT != 0;
     if checksum {
         // The checksum covers the header, so the final length must be in place first.

@@ -27,7 +27,8 @@ use errors::{ErrorCode, MongoError};
 
 pub use decode::{check, decode, parse_header};
 pub use encode::{
-    encode_msg, encode_msg_request, encode_query_request, encode_reply, try_encode_msg,
+    encode_msg, encode_msg_request, encode_msg_with_batch, encode_query_request, encode_reply,
+    try_encode_msg,
 };
 
 /// The largest message Eddy accepts or sends, header included (MongoDB's `maxMessageSizeBytes`).
@@ -399,6 +400,39 @@ mod tests {
             assert!(cmd.get_array("empty").unwrap().is_empty());
             assert_eq!(cmd.get_str("insert").unwrap(), "coll");
         }
+    }
+
+    #[test]
+    fn spliced_batch_decodes_as_if_encoded_in_place() {
+        let body = doc! { "cursor": { "postBatchResumeToken": {"_data": "82"}, "id": 7i64, "ns": "db.c" }, "ok": 1.0 };
+        for n in [0, 1, 11, 250] {
+            let events = docs(n);
+            let bytes: Vec<Vec<u8>> = events.iter().map(bson_bytes).collect();
+            let encoded: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
+            for compressor in [None, Some(Compressor::Zlib)] {
+                let msg = encode_msg_with_batch(3, 4, 0, &body, "nextBatch", &encoded, compressor);
+                let got = msg_of(decoded(&msg)).body;
+                let batch: Vec<Bson> = events.iter().cloned().map(Bson::Document).collect();
+                let mut cursor = doc! { "nextBatch": batch };
+                cursor.extend(body.get_document("cursor").unwrap().clone());
+                assert_eq!(got, doc! { "cursor": cursor, "ok": 1.0 }, "{n} events");
+            }
+        }
+        // A body whose first field is not a document, or a batch past the limit, is sent
+        // as an error reply instead.
+        let msg = encode_msg_with_batch(
+            3,
+            4,
+            0,
+            &doc! {"ok": 1.0},
+            "nextBatch",
+            &[bson_bytes(&doc! {}).as_slice()],
+            None,
+        );
+        assert_eq!(msg_of(decoded(&msg)).body.get_f64("ok"), Ok(0.0));
+        let big = bson_bytes(&doc! { "pad": "x".repeat(1 << 20) });
+        let msg = encode_msg_with_batch(3, 4, 0, &body, "nextBatch", &[big.as_slice(); 17], None);
+        assert_eq!(msg_of(decoded(&msg)).body.get_f64("ok"), Ok(0.0));
     }
 
     #[test]
