@@ -119,45 +119,148 @@ pub fn events_for(
     if !seen {
         return Ok(Vec::new());
     }
-    let (doc, token) = build(entry, op_type, &ns, &extra, spec, lookup)?;
+    let (doc, token) = build(entry, op_type, &ns, &extra, Shape::of(spec), lookup)?;
     Ok(finish(entry, doc, token, invalidates))
 }
 
 /// The part of an entry's event that is the same for every stream with default options
 /// (no `fullDocument` lookups or images, no expanded events): built once per entry.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Shared {
     op_type: &'static str,
     ns: Namespace,
     to: Option<Namespace>,
     doc: Document,
     token: ResumeTokenData,
+    /// The event's bytes, encoded for the first stream that sends it unchanged.
+    encoded: std::sync::OnceLock<std::sync::Arc<Encoded>>,
+}
+
+impl Shared {
+    /// The event document.
+    pub fn doc(&self) -> &Document {
+        &self.doc
+    }
+
+    /// The event encoded, once for every stream that sends it unchanged.
+    pub fn encoded(&self) -> &std::sync::Arc<Encoded> {
+        self.encoded
+            .get_or_init(|| std::sync::Arc::new(Encoded::new(&self.doc)))
+    }
+
+    /// The event's operation type.
+    pub fn op_type(&self) -> &'static str {
+        self.op_type
+    }
+}
+
+/// An event as a reply sends it: its BSON bytes and its `_id` (the resume token, which the
+/// batch's `postBatchResumeToken` repeats).
+#[derive(Debug)]
+pub struct Encoded {
+    pub bytes: Vec<u8>,
+    pub token: Document,
+}
+
+impl Encoded {
+    /// Encodes an event.
+    pub fn new(ev: &Document) -> Encoded {
+        let mut bytes = Vec::with_capacity(doc::encoded_len(ev));
+        // Encoding a document that was built in memory fails only on a key with a NUL,
+        // which no event has.
+        let _ = ev.to_writer(&mut bytes);
+        let token = match ev.get("_id") {
+            Some(Bson::Document(t)) => t.clone(),
+            _ => Document::new(),
+        };
+        Encoded { bytes, token }
+    }
+}
+
+impl AsRef<[u8]> for Encoded {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// An event's document: the shared one for default-option streams, or the stream's own.
+pub enum EventDoc<'a> {
+    Shared(&'a Shared),
+    Own(Document),
+}
+
+/// One change event before the user's pipeline runs, possibly shared with other streams.
+pub struct SharedEvent<'a> {
+    pub pos: EventPos,
+    pub doc: EventDoc<'a>,
+    /// Whether this event ends the stream (an `invalidate`).
+    pub invalidate: bool,
+}
+
+impl<'a> SharedEvent<'a> {
+    fn own(e: Event) -> SharedEvent<'a> {
+        SharedEvent {
+            pos: e.pos,
+            doc: EventDoc::Own(e.doc),
+            invalidate: e.invalidate,
+        }
+    }
 }
 
 /// Per-entry cache of [`Shared`].
 pub type SharedCache = std::sync::OnceLock<std::result::Result<Option<Shared>, errors::MongoError>>;
 
-/// Like [`events_for`], but for streams with default options reuses the event built for
-/// the first stream that saw this entry, so fan-out costs a visibility check and a copy.
+/// Like [`events_for`], but for streams with default options the event is the one built
+/// (and, once, encoded) for the first stream that saw this entry, so fan-out costs a
+/// visibility check and, for a stream that sends it unchanged, a reference.
+///
+/// `pre` is the pipeline's leading `$match`, checked against the shared event in place,
+/// so a stream pays nothing for the events it drops.
 ///
 /// # Errors
 /// As [`events_for`].
-///
-/// `pre` is the pipeline's leading `$match`, checked against the shared event before it
-/// is copied, so a stream pays a copy only for the events it keeps.
-pub fn events_for_shared(
+pub fn events_for_shared<'a>(
     entry: &OplogEntry,
-    cache: &SharedCache,
+    cache: &'a SharedCache,
     spec: &StreamSpec,
     lookup: &dyn Lookup,
     pre: Option<&query::filter::Filter>,
-) -> Result<Vec<Event>> {
+) -> Result<Vec<SharedEvent<'a>>> {
     let default_shape = spec.full_document == FullDocument::Default
         && spec.full_document_before_change == FullDocumentBeforeChange::Off
         && !spec.show_expanded_events;
     if !default_shape || (entry.op == OpKind::Command && entry.o.contains_key("applyOps")) {
-        return events_for(entry, spec, lookup);
+        return Ok(events_for(entry, spec, lookup)?
+            .into_iter()
+            .map(SharedEvent::own)
+            .collect());
     }
+    let Some(sh) = shared_event(entry, cache)? else {
+        return Ok(Vec::new());
+    };
+    let (seen, invalidates) = visibility(sh.op_type, &sh.ns, sh.to.as_ref(), spec);
+    if !seen {
+        return Ok(Vec::new());
+    }
+    let mut events: Vec<SharedEvent<'a>> =
+        finish(entry, Document::new(), sh.token.clone(), invalidates)
+            .into_iter()
+            .map(SharedEvent::own)
+            .collect();
+    if pre.is_some_and(|f| !f.matches(&sh.doc)) {
+        events.remove(0);
+    } else {
+        events[0].doc = EventDoc::Shared(sh);
+    }
+    Ok(events)
+}
+
+/// The event an entry makes for default-option streams, built once per entry (`None` for
+/// an entry no such stream sees: a no-op, or an expanded-only DDL event).
+///
+/// # Errors
+/// An entry that cannot be decoded.
+pub fn shared_event<'a>(entry: &OplogEntry, cache: &'a SharedCache) -> Result<Option<&'a Shared>> {
     let shared = cache.get_or_init(|| {
         let Some((op_type, ns, extra)) = classify(entry) else {
             return Ok(None);
@@ -165,31 +268,56 @@ pub fn events_for_shared(
         if is_expanded_only(op_type) {
             return Ok(None);
         }
-        let (doc, token) = build(entry, op_type, &ns, &extra, spec, lookup)?;
+        let (doc, token) = build(entry, op_type, &ns, &extra, Shape::DEFAULT, &NoLookup)?;
         Ok(Some(Shared {
             op_type,
             ns,
             to: extra.to,
             doc,
             token,
+            encoded: std::sync::OnceLock::new(),
         }))
     });
-    let sh = match shared {
-        Ok(Some(sh)) => sh,
-        Ok(None) => return Ok(Vec::new()),
-        Err(e) => return Err(e.clone()),
+    match shared {
+        Ok(sh) => Ok(sh.as_ref()),
+        Err(e) => Err(e.clone()),
+    }
+}
+
+/// Default-shape events read nothing from the database.
+struct NoLookup;
+
+impl Lookup for NoLookup {
+    fn current(&self, _: &Namespace, _: &Document) -> Result<Option<Document>> {
+        Ok(None)
+    }
+    fn preimage(&self, _: Timestamp, _: Option<u32>) -> Result<Option<Document>> {
+        Ok(None)
+    }
+}
+
+/// The options that shape an event document.
+#[derive(Clone, Copy)]
+struct Shape {
+    full_document: FullDocument,
+    before_change: FullDocumentBeforeChange,
+    expanded: bool,
+}
+
+impl Shape {
+    const DEFAULT: Shape = Shape {
+        full_document: FullDocument::Default,
+        before_change: FullDocumentBeforeChange::Off,
+        expanded: false,
     };
-    let (seen, invalidates) = visibility(sh.op_type, &sh.ns, sh.to.as_ref(), spec);
-    if !seen {
-        return Ok(Vec::new());
+
+    fn of(spec: &StreamSpec) -> Shape {
+        Shape {
+            full_document: spec.full_document,
+            before_change: spec.full_document_before_change,
+            expanded: spec.show_expanded_events,
+        }
     }
-    let mut events = finish(entry, Document::new(), sh.token.clone(), invalidates);
-    if pre.is_some_and(|f| !f.matches(&sh.doc)) {
-        events.remove(0);
-    } else {
-        events[0].doc = sh.doc.clone();
-    }
-    Ok(events)
 }
 
 fn is_expanded_only(op_type: &str) -> bool {
@@ -230,7 +358,7 @@ fn build(
     op_type: &'static str,
     ns: &Namespace,
     extra: &Extra,
-    spec: &StreamSpec,
+    shape: Shape,
     lookup: &dyn Lookup,
 ) -> Result<(Document, ResumeTokenData)> {
     let ns = ns.clone();
@@ -251,7 +379,7 @@ fn build(
     ev.insert("_id", token.to_document());
     ev.insert("operationType", op_type);
     ev.insert("clusterTime", entry.ts);
-    if spec.show_expanded_events {
+    if shape.expanded {
         if let Some(u) = uuid {
             ev.insert("collectionUUID", uuid_bson(u));
         }
@@ -262,7 +390,7 @@ fn build(
         "insert" | "replace" => {
             ev.insert("fullDocument", entry.o.clone());
         }
-        "update" => match spec.full_document {
+        "update" => match shape.full_document {
             FullDocument::Default => {}
             FullDocument::UpdateLookup => {
                 let cur = match &document_key {
@@ -273,7 +401,7 @@ fn build(
             }
             FullDocument::WhenAvailable | FullDocument::Required => {
                 let post = post_image(entry, lookup)?;
-                if post.is_none() && spec.full_document == FullDocument::Required {
+                if post.is_none() && shape.full_document == FullDocument::Required {
                     return Err(no_image("post", entry, &ns));
                 }
                 ev.insert("fullDocument", post.map_or(Bson::Null, Bson::Document));
@@ -282,7 +410,7 @@ fn build(
         _ => {}
     }
     if matches!(op_type, "update" | "replace" | "delete") {
-        match spec.full_document_before_change {
+        match shape.before_change {
             FullDocumentBeforeChange::Off => {}
             mode => {
                 let pre = lookup.preimage(entry.ts, txn_index(entry))?;
@@ -307,7 +435,7 @@ fn build(
     if let Some(k) = document_key {
         ev.insert("documentKey", k);
     }
-    if spec.show_expanded_events {
+    if shape.expanded {
         if let Some(d) = &extra.operation_description {
             ev.insert("operationDescription", d.clone());
         }
@@ -320,7 +448,7 @@ fn build(
             .and_then(UpdateDelta::from_document)?;
         ev.insert(
             "updateDescription",
-            delta.to_update_description(spec.show_expanded_events),
+            delta.to_update_description(shape.expanded),
         );
     }
     if let Some(sb) = extra.state_before_change.clone() {

@@ -19,6 +19,12 @@ use storage::{OplogEntry, Store, oplog::ts_key};
 use tokio::sync::watch;
 
 use crate::event::SharedCache;
+use crate::route::{Route, Router, Subscription, Taken};
+use crate::spec::StreamSpec;
+
+/// Entries a stream may be behind the tail and still attach to the router: the router
+/// hands it those entries from the window as it attaches.
+const ATTACH_BACKLOG: usize = 1024;
 
 /// Bytes of decoded entries the shared window keeps: 64 MiB, enough for about 200,000
 /// small-document events, so a stream that is a few seconds behind at 50,000 events/s
@@ -60,6 +66,11 @@ pub struct Hub {
     catching_up: Mutex<()>,
     /// Open streams; the window is moved to the present when the first one opens.
     open_streams: Arc<AtomicUsize>,
+    /// Streams attached for push delivery, indexed by what they can admit. Locked while
+    /// entries are routed and `tailed` moves, so that attaching is exact.
+    router: Arc<Mutex<Router>>,
+    /// Bytes held by all inboxes (an entry counted once per inbox).
+    queued: AtomicUsize,
 }
 
 /// Counts an open stream for as long as it lives.
@@ -86,7 +97,77 @@ impl Hub {
             tailed,
             catching_up: Mutex::new(()),
             open_streams: Arc::new(AtomicUsize::new(0)),
+            router: Arc::new(Mutex::new(Router::default())),
+            queued: AtomicUsize::new(0),
         })
+    }
+
+    /// Starts the tailer: a task that catches the window up after each commit while
+    /// streams are attached, routing the new entries to their inboxes. (Streams that read
+    /// history catch up themselves as they read.) Needs a Tokio runtime; ends with the hub.
+    pub fn spawn_tailer(self: &Arc<Hub>) {
+        let weak = Arc::downgrade(self);
+        let mut commits = self.store.subscribe();
+        tokio::spawn(async move {
+            while commits.changed().await.is_ok() {
+                let Some(hub) = weak.upgrade() else { break };
+                if hub.router.lock().unwrap().is_empty() {
+                    continue;
+                }
+                if let Err(e) = hub.sync() {
+                    tracing::error!(error = %e, "change hub could not read the oplog");
+                }
+            }
+        });
+    }
+
+    /// A stream's (not yet attached) place in the router.
+    pub fn subscription(&self, spec: &StreamSpec) -> Subscription {
+        let id = self.router.lock().unwrap().new_id();
+        Subscription {
+            id,
+            route: Route::of(spec),
+            inbox: Arc::default(),
+            router: self.router.clone(),
+        }
+    }
+
+    /// Attaches a stream whose next entry to read is `next` for push delivery: from now on
+    /// every entry it can admit goes to its inbox. `false` when it is too far behind (it
+    /// goes on reading history).
+    pub fn attach(&self, sub: &Subscription, next: u64) -> bool {
+        let mut router = self.router.lock().unwrap();
+        let tailed = ts_key(self.tailed());
+        let backlog = if next > tailed {
+            Vec::new()
+        } else {
+            let w = self.window.read().unwrap();
+            if next < w.covered_from {
+                return false;
+            }
+            let start = w.entries.partition_point(|d| ts_key(d.entry.ts) < next);
+            if w.entries.len() - start > ATTACH_BACKLOG {
+                return false;
+            }
+            w.entries
+                .iter()
+                .skip(start)
+                .take_while(|d| ts_key(d.entry.ts) <= tailed)
+                .cloned()
+                .collect()
+        };
+        router.attach(sub.id, &sub.inbox, &sub.route, &backlog, &self.queued);
+        true
+    }
+
+    /// The next entry routed to a stream, or what it must do instead.
+    pub fn pop(&self, sub: &Subscription) -> Taken {
+        sub.inbox.pop(&self.queued)
+    }
+
+    /// Bytes all inboxes hold together.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
     }
 
     /// Makes sure every write acknowledged so far is in the window, so that a stream
@@ -109,6 +190,7 @@ impl Hub {
         w.bytes = 0;
         w.covered_from = ts_key(now) + 1;
         drop(w);
+        let _router = self.router.lock().unwrap();
         self.tailed.send_replace(now);
         Ok(())
     }
@@ -133,9 +215,9 @@ impl Hub {
             }
             {
                 let mut w = self.window.write().unwrap();
-                for d in fresh {
+                for d in &fresh {
                     w.bytes += d.bytes;
-                    w.entries.push_back(d);
+                    w.entries.push_back(d.clone());
                 }
                 while w.bytes > WINDOW_BYTES && w.entries.len() > 1 {
                     if let Some(old) = w.entries.pop_front() {
@@ -144,7 +226,14 @@ impl Hub {
                     }
                 }
             }
+            // Routed before `tailed` moves: a stream that saw `tailed` at T has every entry
+            // up to T that it can admit in its inbox.
+            let mut router = self.router.lock().unwrap();
+            for d in &fresh {
+                router.route(d, &self.queued);
+            }
             self.tailed.send_replace(last);
+            drop(router);
             if !full {
                 return Ok(());
             }

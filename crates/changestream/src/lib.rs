@@ -6,6 +6,8 @@
 //! - [`spec`]: parsing `$changeStream` and the stages after it.
 //! - [`event`]: one oplog entry → the events one stream sees.
 //! - [`hub`]: the shared tail of the oplog, decoded once for all streams.
+//! - [`route`]: push delivery: the index of streams by what they can admit, and their
+//!   inboxes.
 //! - [`stream`]: one open stream's position, resume point and batches.
 //!
 //! Key decision: the work of reading and decoding the oplog is shared (the hub), and only
@@ -15,6 +17,7 @@
 pub mod event;
 pub mod hub;
 pub mod resume_token;
+pub mod route;
 pub mod spec;
 pub mod stream;
 

@@ -1,15 +1,17 @@
 //! One open change stream: its position, its resume point and its batches.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use bson::{Bson, Document};
 use errors::{ErrorCode, MongoError, Result, labels};
 use query::pipeline::Env;
 use storage::oplog::{key_ts, ts_key};
 
-use crate::event::{EventPos, Lookup, events_for_shared};
-use crate::hub::Hub;
+use crate::event::{Encoded, EventDoc, EventPos, Lookup, events_for_shared};
+use crate::hub::{Decoded, Hub};
 use crate::resume_token::{ResumeTokenData, TokenType};
+use crate::route::{Inbox, Subscription, Taken};
 use crate::spec::{Start, StreamSpec};
 
 /// The largest event a stream returns (MongoDB's BSON object limit).
@@ -30,13 +32,15 @@ pub struct ChangeStream {
     /// Events at or before this position are skipped (the resume point).
     skip_until: Option<EventPos>,
     /// Events produced but not yet returned (a batch filled up mid-entry).
-    /// Events produced but not yet returned, with their encoded sizes.
-    leftover: VecDeque<(Document, usize)>,
+    leftover: VecDeque<Arc<Encoded>>,
     pbrt: Document,
     /// When set, the resume token is the high-water mark at this oplog key, and `pbrt`
     /// is stale. Kept as a key so that skipping entries costs no token encoding.
     pbrt_hwm: Option<u64>,
     invalidated: bool,
+    /// The stream's place in the hub's router: attached, it is pushed the entries it can
+    /// admit; detached (opening, or fallen behind), it reads from its position.
+    sub: Subscription,
     _slot: crate::hub::StreamSlot,
 }
 
@@ -75,7 +79,9 @@ impl ChangeStream {
         if !matches!(spec.start, Start::Now) && lost_before(hub, next) {
             return Err(history_lost());
         }
+        let sub = hub.subscription(&spec);
         Ok(ChangeStream {
+            sub,
             spec,
             next,
             skip_until,
@@ -103,7 +109,25 @@ impl ChangeStream {
     /// Whether the stream is catching up: at least a read chunk behind, or behind the
     /// hub's window. Its next batch is a full one, built from history.
     pub fn catching_up(&self, hub: &Hub) -> bool {
-        !self.leftover.is_empty() || hub.far_behind(self.next, READ_CHUNK)
+        !self.leftover.is_empty() || hub.far_behind(self.position(hub), READ_CHUNK)
+    }
+
+    /// The inbox to wait on, while the stream is attached for push delivery.
+    pub fn inbox(&self) -> Option<&std::sync::Arc<Inbox>> {
+        self.sub.inbox().attached().then(|| self.sub.inbox())
+    }
+
+    /// The next oplog key the stream has to look at: an attached stream is past every entry
+    /// the router did not give it.
+    fn position(&self, hub: &Hub) -> u64 {
+        let inbox = self.sub.inbox();
+        if !inbox.attached() {
+            return self.next;
+        }
+        inbox
+            .first_key()
+            .unwrap_or_else(|| ts_key(hub.tailed()) + 1)
+            .max(self.next)
     }
 
     /// Where the stream stands, for `$currentOp`: its resume token and the clusterTime it
@@ -112,8 +136,10 @@ impl ChangeStream {
     pub fn status(&self, hub: &Hub) -> Document {
         const CAP: usize = 1_000_000;
         let newest = hub.store().committed_ts();
-        let at = key_ts(self.next);
-        let (behind, capped) = hub.entries_from(self.next, CAP).unwrap_or((0, false));
+        let position = self.position(hub);
+        let at = key_ts(position);
+        let (behind, capped) = hub.entries_from(position, CAP).unwrap_or((0, false));
+        let (inbox_entries, inbox_bytes, pushed) = self.sub.inbox().fill();
         let lag_secs = if behind == 0 {
             0
         } else {
@@ -126,8 +152,11 @@ impl ChangeStream {
             "lagEntries": behind as i64,
             "lagSeconds": lag_secs,
             "queuedEvents": self.leftover.len() as i64,
-            "queuedBytes": self.leftover.iter().map(|(_, n)| *n as i64).sum::<i64>(),
+            "queuedBytes": self.leftover.iter().map(|e| e.bytes.len() as i64).sum::<i64>(),
             "invalidated": self.invalidated,
+            "pushed": pushed,
+            "inboxEntries": inbox_entries as i64,
+            "inboxBytes": inbox_bytes as i64,
         };
         if capped {
             d.insert("lagEntriesAtLeast", true);
@@ -152,17 +181,49 @@ impl ChangeStream {
         lookup: &dyn Lookup,
         env: &dyn Env,
         max: usize,
-    ) -> Result<Vec<Document>> {
+    ) -> Result<Vec<Arc<Encoded>>> {
         let mut batch = Vec::new();
         let mut bytes = 0usize;
         let max = max.max(1);
-        self.drain_leftover(&mut batch, &mut bytes, max)?;
+        self.drain_leftover(&mut batch, &mut bytes, max);
+        hub.sync()?;
+        let upto = hub.tailed();
+        // An attached stream's inbox may hold entries truncation has since removed: the
+        // stream has fallen off history as surely as one reading it (and their images are
+        // gone).
+        if self.sub.inbox().attached() && lost_before(hub, self.position(hub)) {
+            return Err(history_lost());
+        }
+        // Attached: the inbox holds every entry the stream can admit.
+        while !self.invalidated && batch.len() < max && self.leftover.is_empty() {
+            match hub.pop(&self.sub) {
+                Taken::Entry(Some(d)) => {
+                    if ts_key(d.entry.ts) >= self.next {
+                        self.take_entry(&d, lookup, env)?;
+                        self.drain_leftover(&mut batch, &mut bytes, max);
+                    }
+                }
+                Taken::Entry(None) => {
+                    // Every entry up to `upto` was routed before `upto` was tailed.
+                    self.next = self.next.max(ts_key(upto) + 1);
+                    return Ok(self.finish_batch(batch));
+                }
+                // Fallen behind: the entries it dropped are read from history.
+                Taken::Detached(k) => {
+                    self.next = self.next.max(k);
+                    break;
+                }
+                Taken::Pull => break,
+            }
+        }
+        if self.sub.inbox().attached() {
+            return Ok(self.finish_batch(batch));
+        }
         // Truncation passed this stream's position: what it has not read is gone, even if
         // the hub's window still holds some of it, and it must not skip silently.
         if lost_before(hub, self.next) {
             return Err(history_lost());
         }
-        hub.sync()?;
         let upto = hub.tailed();
         while !self.invalidated
             && batch.len() < max
@@ -175,49 +236,8 @@ impl ChangeStream {
                 break;
             }
             for d in entries {
-                let key = ts_key(d.entry.ts);
-                let mut events = VecDeque::new();
-                let pre = self.spec.pipeline.as_ref().and_then(|p| p.leading_match());
-                for ev in events_for_shared(&d.entry, &d.shared, &self.spec, lookup, pre)? {
-                    if self.skipped(ev.pos) {
-                        continue;
-                    }
-                    let original_id = ev.doc.get("_id").cloned();
-                    let out = match &self.spec.pipeline {
-                        Some(p) => p.apply_one(ev.doc, env)?,
-                        None => Some(ev.doc),
-                    };
-                    if let Some(out) = &out {
-                        if out.get("_id") != original_id.as_ref() {
-                            return Err(MongoError::new(
-                                ErrorCode::ChangeStreamFatalError,
-                                "Encountered an event whose _id field, which contains the resume token, was modified by the pipeline. Modifying the _id field of an event makes it impossible to resume the stream from that point. Only transformations that retain the unmodified _id field are allowed.",
-                            )
-                            .with_label(labels::NON_RESUMABLE_CHANGE_STREAM_ERROR));
-                        }
-                    }
-                    if ev.invalidate {
-                        self.invalidated = true;
-                    }
-                    if let Some(out) = out {
-                        for (frag, n) in self.fit(out, ev.pos)? {
-                            events.push_back((frag, n));
-                        }
-                    }
-                }
-                self.next = key + 1;
-                if self
-                    .skip_until
-                    .is_some_and(|s| s.ts <= (d.entry.ts.time, d.entry.ts.increment))
-                {
-                    self.skip_until = None;
-                }
-                let had_events = !events.is_empty();
-                self.leftover.extend(events);
-                self.drain_leftover(&mut batch, &mut bytes, max)?;
-                if !had_events {
-                    self.pbrt_hwm = Some(key + 1);
-                }
+                self.take_entry(&d, lookup, env)?;
+                self.drain_leftover(&mut batch, &mut bytes, max);
                 // Events that did not fit wait for the next getMore; reading on would only
                 // pile up more of them.
                 if self.invalidated || batch.len() >= max || !self.leftover.is_empty() {
@@ -225,6 +245,15 @@ impl ChangeStream {
                 }
             }
         }
+        // Caught up: from here on the router pushes what the stream can admit.
+        if !self.invalidated && self.leftover.is_empty() {
+            hub.attach(&self.sub, self.next);
+        }
+        Ok(self.finish_batch(batch))
+    }
+
+    /// Sets the high-water mark for a batch that came out empty, and returns the batch.
+    fn finish_batch(&mut self, batch: Vec<Arc<Encoded>>) -> Vec<Arc<Encoded>> {
         if batch.is_empty() && self.leftover.is_empty() && !self.invalidated {
             let later = match self.pbrt_hwm {
                 Some(k) => self.next > k,
@@ -237,7 +266,76 @@ impl ChangeStream {
                 self.pbrt_hwm = Some(self.next);
             }
         }
-        Ok(batch)
+        batch
+    }
+
+    /// Runs one entry's events through the stream (resume point, pipeline, size limit) into
+    /// `leftover`, and moves the stream past the entry.
+    fn take_entry(&mut self, d: &Decoded, lookup: &dyn Lookup, env: &dyn Env) -> Result<()> {
+        let key = ts_key(d.entry.ts);
+        let pipeline = self.spec.pipeline.as_ref();
+        // A pipeline of `$match`es only sends shared events unchanged: it reads them in
+        // place, and the reply copies their bytes.
+        let in_place = pipeline.is_none_or(query::pipeline::Pipeline::only_matches);
+        let pre = if in_place {
+            None
+        } else {
+            pipeline.and_then(|p| p.leading_match())
+        };
+        let before = self.leftover.len();
+        for ev in events_for_shared(&d.entry, &d.shared, &self.spec, lookup, pre)? {
+            if self.skipped(ev.pos) {
+                continue;
+            }
+            if ev.invalidate {
+                self.invalidated = true;
+            }
+            let doc = match ev.doc {
+                EventDoc::Shared(sh) if in_place => {
+                    if let Some(p) = pipeline {
+                        if !p.passes(sh.doc(), env)? {
+                            continue;
+                        }
+                    }
+                    let enc = sh.encoded();
+                    if enc.bytes.len() <= MAX_EVENT_BYTES {
+                        self.leftover.push_back(enc.clone());
+                        continue;
+                    }
+                    // Too large to send whole: split (or refuse) a copy.
+                    sh.doc().clone()
+                }
+                EventDoc::Shared(sh) => sh.doc().clone(),
+                EventDoc::Own(doc) => doc,
+            };
+            let original_id = doc.get("_id").cloned();
+            let out = match pipeline {
+                Some(p) if !in_place => p.apply_one(doc, env)?,
+                Some(p) => p.passes(&doc, env)?.then_some(doc),
+                None => Some(doc),
+            };
+            let Some(out) = out else { continue };
+            if out.get("_id") != original_id.as_ref() {
+                return Err(MongoError::new(
+                    ErrorCode::ChangeStreamFatalError,
+                    "Encountered an event whose _id field, which contains the resume token, was modified by the pipeline. Modifying the _id field of an event makes it impossible to resume the stream from that point. Only transformations that retain the unmodified _id field are allowed.",
+                )
+                .with_label(labels::NON_RESUMABLE_CHANGE_STREAM_ERROR));
+            }
+            let fragments = self.fit(out, ev.pos)?;
+            self.leftover.extend(fragments);
+        }
+        self.next = key + 1;
+        if self
+            .skip_until
+            .is_some_and(|s| s.ts <= (d.entry.ts.time, d.entry.ts.increment))
+        {
+            self.skip_until = None;
+        }
+        if self.leftover.len() == before {
+            self.pbrt_hwm = Some(key + 1);
+        }
+        Ok(())
     }
 
     /// Whether an event is at or before the resume point. A resume point inside a split
@@ -258,11 +356,10 @@ impl ChangeStream {
     /// Measures an event and, if it is over the BSON limit, splits it into fragments when the
     /// pipeline ends with `$changeStreamSplitLargeEvent` (dropping fragments at or before
     /// the resume point), or fails as MongoDB does.
-    fn fit(&self, ev: Document, pos: EventPos) -> Result<Vec<(Document, usize)>> {
-        // Measured, not encoded: the reply encodes it once.
+    fn fit(&self, ev: Document, pos: EventPos) -> Result<Vec<Arc<Encoded>>> {
         let n = doc::encoded_len(&ev);
         if n <= MAX_EVENT_BYTES {
-            return Ok(vec![(ev, n)]);
+            return Ok(vec![Arc::new(Encoded::new(&ev))]);
         }
         if !self.spec.split_large_events {
             return Err(too_large(n));
@@ -277,37 +374,30 @@ impl ChangeStream {
             if self.skip_until.is_some_and(|s| fpos <= s) {
                 continue;
             }
-            let n = doc::encoded_len(&f);
-            out.push((f, n));
+            out.push(Arc::new(Encoded::new(&f)));
         }
         Ok(out)
     }
 
     /// Moves produced events into the batch while it has room: a batch never exceeds the
     /// reply's byte budget unless one event alone does.
-    fn drain_leftover(
-        &mut self,
-        batch: &mut Vec<Document>,
-        bytes: &mut usize,
-        max: usize,
-    ) -> Result<()> {
+    fn drain_leftover(&mut self, batch: &mut Vec<Arc<Encoded>>, bytes: &mut usize, max: usize) {
         while batch.len() < max {
-            let Some((doc, n)) = self.leftover.front() else {
+            let Some(ev) = self.leftover.front() else {
                 break;
             };
-            let cost = element_bytes(batch.len(), *n);
-            if !batch.is_empty() && *bytes + cost + token_bytes(doc) > MAX_BATCH_BYTES {
+            let cost = element_bytes(batch.len(), ev.bytes.len());
+            if !batch.is_empty() && *bytes + cost + token_bytes(&ev.token) > MAX_BATCH_BYTES {
                 break;
             }
-            let (doc, _) = self.leftover.pop_front().expect("front exists");
+            let ev = self.leftover.pop_front().expect("front exists");
             *bytes += cost;
-            if let Some(Bson::Document(id)) = doc.get("_id") {
-                self.pbrt = id.clone();
+            if !ev.token.is_empty() {
+                self.pbrt.clone_from(&ev.token);
                 self.pbrt_hwm = None;
             }
-            batch.push(doc);
+            batch.push(ev);
         }
-        Ok(())
     }
 }
 
@@ -318,10 +408,11 @@ fn element_bytes(index: usize, n: usize) -> usize {
 }
 
 /// The bytes an event's `_id` takes again as the reply's `postBatchResumeToken` field.
-fn token_bytes(ev: &Document) -> usize {
-    match ev.get("_id") {
-        Some(Bson::Document(t)) => doc::encoded_len(t) + "postBatchResumeToken".len() + 2,
-        _ => 0,
+fn token_bytes(token: &Document) -> usize {
+    if token.is_empty() {
+        0
+    } else {
+        doc::encoded_len(token) + "postBatchResumeToken".len() + 2
     }
 }
 

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bson::{Bson, DateTime, Document, Timestamp, doc};
+use changestream::event::Encoded;
 use changestream::{ChangeStream, Lookup};
 use errors::{ErrorCode, Interrupt, MongoError, Result, labels};
 use query::filter::Filter;
@@ -396,10 +397,10 @@ pub async fn get_more(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<
             } else {
                 id
             };
-            let mut r = Reply::ok(
-                doc! {"cursor": {"nextBatch": batch, "postBatchResumeToken": pbrt, "id": out_id, "ns": ns}},
-            );
+            let mut r =
+                Reply::ok(doc! {"cursor": {"postBatchResumeToken": pbrt, "id": out_id, "ns": ns}});
             r.slot = slot;
+            r.batch = Some(("nextBatch", batch));
             Ok(r)
         }
     }
@@ -413,7 +414,7 @@ async fn await_events(
     wait: Duration,
     killed: &Notify,
 ) -> Result<(
-    Vec<Document>,
+    Vec<Arc<Encoded>>,
     bool,
     Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
 )> {
@@ -426,8 +427,20 @@ async fn await_events(
             let finished = stream.is_finished();
             return Ok((batch, finished, slot));
         }
+        // Attached, the stream wakes when the router gives it an entry; reading history,
+        // on every commit.
+        let inbox = stream.inbox().cloned();
+        let woken = async {
+            match &inbox {
+                Some(inbox) => {
+                    inbox.notified().await;
+                    true
+                }
+                None => tail.changed().await.is_ok(),
+            }
+        };
         tokio::select! {
-            r = tail.changed() => { if r.is_err() { return Ok((batch, false, None)); } }
+            ok = woken => { if !ok { return Ok((batch, false, None)); } }
             () = tokio::time::sleep_until(deadline) => return Ok((batch, false, None)),
             () = killed.notified() => {
                 // killOp wakes the getMore it killed; killCursors, one on a cursor it closed.
@@ -440,7 +453,7 @@ async fn await_events(
 
 /// A change stream batch, and the catch-up slot it holds until it has been written.
 type Slotted = (
-    Vec<Document>,
+    Vec<Arc<Encoded>>,
     Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
 );
 
@@ -460,7 +473,7 @@ async fn read_bounded(ctx: &ServerCtx, stream: &mut ChangeStream, n: usize) -> R
     Ok((read_now(ctx, stream, n)?, slot))
 }
 
-fn read_now(ctx: &ServerCtx, stream: &mut ChangeStream, n: usize) -> Result<Vec<Document>> {
+fn read_now(ctx: &ServerCtx, stream: &mut ChangeStream, n: usize) -> Result<Vec<Arc<Encoded>>> {
     let env = LazyEnv {
         ctx,
         snap: std::cell::OnceCell::new(),
@@ -602,10 +615,9 @@ pub async fn open_change_stream(
             time_left: None,
         })
     };
-    let mut r = Reply::ok(
-        doc! {"cursor": {"firstBatch": batch, "postBatchResumeToken": pbrt, "id": id, "ns": ns}},
-    );
+    let mut r = Reply::ok(doc! {"cursor": {"postBatchResumeToken": pbrt, "id": id, "ns": ns}});
     r.slot = slot;
+    r.batch = Some(("firstBatch", batch));
     Ok(r)
 }
 

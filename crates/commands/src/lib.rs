@@ -111,6 +111,7 @@ impl ServerCtx {
     /// starts the change hub and the idle-cursor reaper).
     pub fn new(store: Store, config: ServerConfig, parameters: Document) -> Arc<ServerCtx> {
         let hub = Hub::start(store.clone());
+        hub.spawn_tailer();
         let mut params = doc! {
             "enableTestCommands": false,
             "featureCompatibilityVersion": {"version": "8.0"},
@@ -214,7 +215,7 @@ pub async fn handle(ctx: &Arc<ServerCtx>, conn: &mut ConnInfo, cmd: Document) ->
     let start = Instant::now();
     let name = command_name(&cmd).to_string();
     let r = run(ctx, conn, &name, &cmd).await;
-    logs::command_done(&name, &cmd, &r.doc, start.elapsed(), conn.id);
+    logs::command_done(&name, &cmd, &r, start.elapsed(), conn.id);
     r
 }
 

@@ -379,25 +379,24 @@ const COMMAND_LOG_CHARS: usize = 10 * 1024;
 pub fn command_done(
     name: &str,
     cmd: &Document,
-    reply: &Document,
+    reply: &crate::Reply,
     took: std::time::Duration,
     conn: i64,
 ) {
+    let returned = returned(reply);
+    let reply = &reply.doc;
     let ok = reply.get_f64("ok") == Ok(1.0);
     let (slowms, rate) = slow_settings();
     let ms = i64::try_from(took.as_millis()).unwrap_or(i64::MAX);
-    let slow = ms > slowms && !waits_by_design(name, cmd, reply) && sampled(rate);
+    let slow = ms > slowms && !waits_by_design(name, cmd, returned) && sampled(rate);
     if slow && tracing::enabled!(target: "commands", tracing::Level::INFO) {
         let mut attr = doc! {
             "type": "command",
             "ns": namespace(name, cmd),
             "command": loggable(cmd),
         };
-        if let Ok(n) = reply.get_document("cursor").and_then(|c| {
-            c.get_array("firstBatch")
-                .or_else(|_| c.get_array("nextBatch"))
-        }) {
-            attr.insert("nreturned", n.len() as i64);
+        if let Some(n) = returned {
+            attr.insert("nreturned", n as i64);
         }
         if !ok {
             attr.insert("ok", 0);
@@ -426,13 +425,26 @@ fn error_attrs(attr: &mut Document, reply: &Document) {
     }
 }
 
-fn waits_by_design(name: &str, cmd: &Document, reply: &Document) -> bool {
+/// How many documents a cursor reply returns, if it is one.
+fn returned(reply: &crate::Reply) -> Option<usize> {
+    if let Some((_, batch)) = &reply.batch {
+        return Some(batch.len());
+    }
+    reply
+        .doc
+        .get_document("cursor")
+        .and_then(|c| {
+            c.get_array("firstBatch")
+                .or_else(|_| c.get_array("nextBatch"))
+        })
+        .ok()
+        .map(Vec::len)
+}
+
+fn waits_by_design(name: &str, cmd: &Document, returned: Option<usize>) -> bool {
     match name {
         "hello" | "isMaster" | "ismaster" => cmd.contains_key("maxAwaitTimeMS"),
-        "getMore" => reply
-            .get_document("cursor")
-            .and_then(|c| c.get_array("nextBatch"))
-            .is_ok_and(Vec::is_empty),
+        "getMore" => returned == Some(0),
         _ => false,
     }
 }

@@ -11,6 +11,12 @@ pub struct Reply {
     /// A change stream's catch-up slot, held until the reply has been written: a batch of
     /// history is memory until the client has read it.
     pub slot: Option<std::sync::Arc<tokio::sync::OwnedSemaphorePermit>>,
+    /// A change stream's batch of encoded events, sent as the field `.0` at the front of
+    /// the `cursor` document (the reply's first field) without decoding them again.
+    pub batch: Option<(
+        &'static str,
+        Vec<std::sync::Arc<changestream::event::Encoded>>,
+    )>,
 }
 
 impl Reply {
@@ -21,6 +27,7 @@ impl Reply {
             doc: fields,
             close_connection: false,
             slot: None,
+            batch: None,
         }
     }
 
@@ -30,6 +37,7 @@ impl Reply {
             doc: error_doc(&e),
             close_connection: false,
             slot: None,
+            batch: None,
         }
     }
 
@@ -39,6 +47,53 @@ impl Reply {
             doc: Document::new(),
             close_connection: true,
             slot: None,
+            batch: None,
+        }
+    }
+}
+
+impl Reply {
+    /// The reply as one document, with any encoded batch decoded into it (for OP_REPLY,
+    /// which has no use for the shared bytes).
+    pub fn full_doc(&self) -> Document {
+        let Some((key, events)) = &self.batch else {
+            return self.doc.clone();
+        };
+        let mut d = self.doc.clone();
+        let batch: Vec<Bson> = events
+            .iter()
+            .map(|e| Document::from_reader(e.bytes.as_slice()).map_or(Bson::Null, Bson::Document))
+            .collect();
+        if let Some(Bson::Document(c)) = d.get_mut("cursor") {
+            let mut with = Document::new();
+            with.insert(*key, batch);
+            with.extend(std::mem::take(c));
+            *c = with;
+        }
+        d
+    }
+
+    /// Encodes the reply as an OP_MSG.
+    pub fn encode_msg(
+        &self,
+        request_id: i32,
+        response_to: i32,
+        compressor: Option<wire::Compressor>,
+    ) -> Vec<u8> {
+        match &self.batch {
+            Some((key, events)) => wire::encode_msg_with_batch(
+                request_id,
+                response_to,
+                0,
+                &self.doc,
+                key,
+                &events
+                    .iter()
+                    .map(|e| e.bytes.as_slice())
+                    .collect::<Vec<_>>(),
+                compressor,
+            ),
+            None => wire::encode_msg(request_id, response_to, 0, &self.doc, compressor),
         }
     }
 }

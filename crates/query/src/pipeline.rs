@@ -700,6 +700,11 @@ impl Pipeline {
         self.collation.as_deref()
     }
 
+    /// The collation string comparisons use, shared.
+    pub fn collation_arc(&self) -> Option<Arc<Collation>> {
+        self.collation.clone()
+    }
+
     /// The final `$out`/`$merge`, if any.
     pub fn out_stage(&self) -> Option<&OutStage> {
         self.out.as_ref().map(|(_, o)| o)
@@ -714,7 +719,32 @@ impl Pipeline {
         v
     }
 
-    /// Leading `$match` filter, usable for index planning / pushdown.
+    /// Whether every stage is a `$match`: an event that passes comes out unchanged.
+    pub fn only_matches(&self) -> bool {
+        self.stages
+            .iter()
+            .all(|(_, s)| matches!(s, Stage::Match(_)))
+    }
+
+    /// For a pipeline of `$match` stages only ([`Pipeline::only_matches`]): whether `doc`
+    /// passes them all, read in place (it comes out unchanged if it does).
+    ///
+    /// # Errors
+    /// A `$match` that fails to evaluate (e.g. an `$expr` error).
+    pub fn passes(&self, doc: &Document, env: &dyn Env) -> Result<bool> {
+        let vars = Vars::new(env.now(), env.cluster_time());
+        let vars = self.vars_for(&vars);
+        for (_, stage) in &self.stages {
+            if let Stage::Match(f) = stage {
+                if !f.try_matches_with(doc, Some(&vars))? {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// The first stage, if it is a `$match`.
     pub fn leading_match(&self) -> Option<&Filter> {
         match self.stages.first() {
             Some((_, Stage::Match(f))) => Some(f),

@@ -261,14 +261,14 @@ async fn serve(ctx: Arc<ServerCtx>, mut stream: TcpStream, peer: SocketAddr) {
                             continue;
                         }
                         slot = reply.slot.clone();
-                        wire::encode_msg(next_id, header.request_id, 0, &reply.doc, compressor)
+                        reply.encode_msg(next_id, header.request_id, compressor)
                     }
                     Request::Query(q) => {
                         let reply = legacy_query(&ctx, &mut conn, q).await;
                         if reply.close_connection {
                             break;
                         }
-                        wire::encode_reply(next_id, header.request_id, 0, &reply.doc)
+                        wire::encode_reply(next_id, header.request_id, 0, &reply.full_doc())
                     }
                 }
             }

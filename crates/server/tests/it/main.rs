@@ -12,6 +12,7 @@ mod local_sessions;
 mod ops;
 mod options;
 mod protocol;
+mod routing;
 mod transactions;
 mod validation;
 mod wal;
