@@ -6,8 +6,11 @@
 //! `/proc`; `--uri URI --pid PID` measures a server that is already running.
 //!
 //! Usage: `cargo build --release && target/release/eddy-bench
-//! [inserts|find|stream|images|txn|fanout|recovery|all] [--seconds N] [--docs N] [--log-mb N]
-//! [--uri URI --pid PID]`
+//! [inserts|find|stream|images|txn|fanout|streams|recovery|all] [--seconds N] [--docs N]
+//! [--log-mb N] [--streams 1,100,10000] [--uri URI --pid PID]`
+//!
+//! `streams` (not part of `all`) opens each number of concurrent change streams over raw connections (one
+//! connection and one waiting `getMore` per stream; raise `ulimit -n` past the largest).
 //!
 //! `recovery` (not part of `all`) starts its own server with checkpoints held off, writes
 //! `--log-mb` (default 1024) of log, kills the server with SIGKILL, and times the restart.
@@ -29,6 +32,7 @@ struct Args {
     seconds: u64,
     docs: usize,
     log_mb: u64,
+    streams: Vec<usize>,
 }
 
 fn args() -> Args {
@@ -39,6 +43,7 @@ fn args() -> Args {
         seconds: 5,
         docs: 1_000_000,
         log_mb: 1024,
+        streams: vec![1, 100, 10_000],
     };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
@@ -48,6 +53,12 @@ fn args() -> Args {
             "--seconds" => a.seconds = it.next().and_then(|s| s.parse().ok()).unwrap_or(5),
             "--docs" => a.docs = it.next().and_then(|s| s.parse().ok()).unwrap_or(1_000_000),
             "--log-mb" => a.log_mb = it.next().and_then(|s| s.parse().ok()).unwrap_or(1024),
+            "--streams" => {
+                a.streams = it
+                    .next()
+                    .map(|s| s.split(',').filter_map(|n| n.parse().ok()).collect())
+                    .unwrap_or_default();
+            }
             other => a.what = other.to_string(),
         }
     }
@@ -170,6 +181,15 @@ async fn main() {
     if all || a.what == "txn" {
         transactions(&c, 8, false, secs).await;
         transactions(&c, 8, true, secs).await;
+    }
+    if a.what == "streams" {
+        let port = uri
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.split(['/', '?']).next()?.parse().ok())
+            .expect("a port in the URI");
+        for n in &a.streams {
+            streams(&uri, port, *n, secs, pid).await;
+        }
     }
     if all || a.what == "fanout" {
         for n in [1, 100, 1000] {
@@ -657,5 +677,206 @@ async fn transactions(client: &Client, clients: usize, contended: bool, secs: Du
         n as f64 / el,
         n as f64 * 10.0 / el,
         conflicts.load(Ordering::Relaxed)
+    );
+}
+
+/// Server RSS in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A raw wire-protocol connection: one command at a time, replies decoded to documents.
+/// Lighter than a driver's pool, so that tens of thousands of streams fit in one process.
+struct Raw {
+    sock: tokio::net::TcpStream,
+    next_id: i32,
+}
+
+impl Raw {
+    /// Connects from 127.0.0.`source` (past ~28,000 connections one source address runs
+    /// out of ephemeral ports).
+    async fn connect(port: u16, source: u8) -> std::io::Result<Raw> {
+        let s = tokio::net::TcpSocket::new_v4()?;
+        s.bind(std::net::SocketAddr::from(([127, 0, 0, source], 0)))?;
+        let sock = s
+            .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+            .await?;
+        sock.set_nodelay(true)?;
+        Ok(Raw { sock, next_id: 1 })
+    }
+
+    async fn command(&mut self, body: &Document) -> std::io::Result<Document> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        self.next_id += 1;
+        let msg = wire::encode_msg_request(self.next_id, body, &[], false, None);
+        self.sock.write_all(&msg).await?;
+        let mut len = [0u8; 4];
+        self.sock.read_exact(&mut len).await?;
+        let n = i32::from_le_bytes(len) as usize;
+        let mut buf = len.to_vec();
+        buf.resize(n, 0);
+        self.sock.read_exact(&mut buf[4..]).await?;
+        match wire::decode(&buf).map(|f| f.request) {
+            Ok(wire::Request::Msg(m)) => Ok(m.body),
+            other => Err(std::io::Error::other(format!("unexpected reply {other:?}"))),
+        }
+    }
+}
+
+/// Nanoseconds since the benchmark's epoch, as written into each document and read back
+/// from its event.
+fn now_ns(epoch: Instant) -> i64 {
+    i64::try_from(epoch.elapsed().as_nanos()).unwrap_or(i64::MAX)
+}
+
+/// `n` concurrent change streams on one collection, each on its own connection with a
+/// `getMore` waiting, each matching 1% of the events (`fullDocument.k` equal to its own
+/// value of 100), while writers insert 1,000 documents/s. Prints insert-start → event
+/// arrival latency, server CPU per 1,000 deliveries, and server memory per connection and
+/// per idle stream besides its connection.
+async fn streams(uri: &str, port: u16, n: usize, secs: Duration, pid: Option<u32>) {
+    const SHARES: i64 = 100;
+    const RATE: u64 = 1000;
+    let c = client(uri, 16).await;
+    let coll = c.database("bench").collection::<Document>("streams");
+    let _ = coll.drop().await;
+    coll.insert_one(doc! {"warm": true}).await.unwrap();
+    let epoch = Instant::now();
+    let rss0 = pid.map_or(0, rss_kib);
+    // Connections first (with a hello each), then a stream on each.
+    let mut conns = Vec::with_capacity(n);
+    for i in 0..n {
+        let source = 1 + (i / 20_000) as u8;
+        let mut r = match Raw::connect(port, source).await {
+            Ok(r) => r,
+            Err(e) => {
+                println!("streams: {n}: connection {i} failed: {e} (raise ulimit -n)");
+                return;
+            }
+        };
+        r.command(&doc! {"hello": 1, "$db": "admin"}).await.unwrap();
+        conns.push(r);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_conns = pid.map_or(0, rss_kib);
+    let mut ids = Vec::with_capacity(n);
+    for (j, r) in conns.iter_mut().enumerate() {
+        let reply = r
+            .command(&doc! {
+                "aggregate": "streams",
+                "pipeline": [{"$changeStream": {}}, {"$match": {"fullDocument.k": (j as i64) % SHARES}}],
+                "cursor": {},
+                "$db": "bench",
+            })
+            .await
+            .unwrap();
+        ids.push(reply.get_document("cursor").unwrap().get_i64("id").unwrap());
+    }
+    let delivered = Arc::new(AtomicU64::new(0));
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::<u32>::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::with_capacity(n);
+    for (mut r, id) in conns.into_iter().zip(ids) {
+        let (delivered, latencies, stop) = (delivered.clone(), latencies.clone(), stop.clone());
+        readers.push(tokio::spawn(async move {
+            let get_more =
+                doc! {"getMore": id, "collection": "streams", "maxTimeMS": 2000, "$db": "bench"};
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(reply) = r.command(&get_more).await else {
+                    break;
+                };
+                let Ok(batch) = reply
+                    .get_document("cursor")
+                    .and_then(|c| c.get_array("nextBatch"))
+                else {
+                    break;
+                };
+                let now = now_ns(epoch);
+                let mine = batch.iter().filter_map(|ev| {
+                    let t = ev
+                        .as_document()?
+                        .get_document("fullDocument")
+                        .ok()?
+                        .get_i64("t")
+                        .ok()?;
+                    Some(u32::try_from((now - t) / 1000).unwrap_or(u32::MAX))
+                });
+                latencies.lock().unwrap().extend(mine);
+                delivered.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            }
+        }));
+    }
+    // Every stream has its getMore waiting.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_streams = pid.map_or(0, rss_kib);
+    let cpu0 = pid.map(cpu_seconds);
+    let start = Instant::now();
+    let writers = 4u64;
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let coll = coll.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 * writers / RATE));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut i = w as i64;
+            let mut done = 0u64;
+            while start.elapsed() < secs {
+                tick.tick().await;
+                coll.insert_one(doc! {"k": i % SHARES, "t": now_ns(epoch)})
+                    .await
+                    .unwrap();
+                i += writers as i64;
+                done += 1;
+            }
+            done
+        }));
+    }
+    let mut written = 0;
+    for t in tasks {
+        written += t.await.unwrap();
+    }
+    let wrote_for = start.elapsed().as_secs_f64();
+    // Let the last events arrive.
+    let expect = written * n as u64 / SHARES as u64;
+    let settle = Instant::now();
+    while delivered.load(Ordering::Relaxed) < expect && settle.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cpu = pid.map(|p| cpu_seconds(p) - cpu0.unwrap_or(0.0));
+    stop.store(true, Ordering::Relaxed);
+    let got = delivered.load(Ordering::Relaxed);
+    for r in &readers {
+        r.abort();
+    }
+    for r in readers {
+        let _ = r.await;
+    }
+    let mut lat = std::mem::take(&mut *latencies.lock().unwrap());
+    lat.sort_unstable();
+    let p = |q: f64| {
+        lat.get(((lat.len().max(1) - 1) as f64 * q) as usize)
+            .map_or(f64::NAN, |v| f64::from(*v) / 1000.0)
+    };
+    let cpu_txt = cpu.map_or("server CPU n/a".to_string(), |s| {
+        format!(
+            "server CPU {:.1} ms per 1,000 deliveries ({:.0} µs per write)",
+            s * 1000.0 / (got.max(1) as f64 / 1000.0),
+            s * 1e6 / written.max(1) as f64
+        )
+    });
+    let per = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / n as f64;
+    println!(
+        "streams: {n} streams, 1% each, writes {:.0}/s (target {RATE}/s): {got} of {expect} deliveries, insert->event p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {cpu_txt}; server RSS {:.1} KiB per connection, {:.1} KiB per idle stream besides it",
+        written as f64 / wrote_for,
+        p(0.5),
+        p(0.99),
+        p(1.0),
+        per(rss0, rss_conns),
+        per(rss_conns, rss_streams),
     );
 }
