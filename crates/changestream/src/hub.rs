@@ -1,12 +1,15 @@
 //! The change hub: each committed oplog entry is decoded once and shared with
 //! every stream.
 //!
-//! The first stream to read after a commit catches the window up: it reads the new entries
-//! from the log's in-memory tail, decodes them once, and appends them to a shared window of
-//! recent entries bounded in bytes. Streams read that window by position; a stream whose
-//! position has fallen out of the window (a laggard) reads the oplog itself from its
-//! position, so it holds no memory and slows no one. Writers never wait for streams: the commit pipeline only bumps a watch channel.
-//! Idle streams sleep on that channel and cost no CPU; with no stream open, nothing is
+//! After each commit the tailer (or the first stream to read, whichever comes first)
+//! catches the window up: it reads the new entries from the log's in-memory tail, decodes
+//! them once, appends them to a shared window of recent entries bounded in memory, and
+//! routes each to the inboxes of the attached streams that can admit it (see
+//! [`crate::route`]). A stream that is not attached (opening, or fallen behind) reads the
+//! window by position, or the log itself when its position is older than the window, so
+//! a laggard holds no shared memory and makes no one else decode what it skips. Writers
+//! never wait for streams: the commit pipeline only bumps a watch channel. Idle streams
+//! sleep on their inboxes and cost nothing per write; with no stream open, nothing is
 //! decoded at all.
 
 use std::collections::VecDeque;
@@ -26,26 +29,35 @@ use crate::spec::StreamSpec;
 /// hands it those entries from the window as it attaches.
 const ATTACH_BACKLOG: usize = 1024;
 
-/// Bytes of decoded entries the shared window keeps: 64 MiB, enough for about 200,000
-/// small-document events, so a stream that is a few seconds behind at 50,000 events/s
-/// still reads from memory.
+/// Memory the shared window's decoded entries may take (as [`Decoded::cost`] estimates
+/// it): 64 MiB, about 30,000 small-document entries, so a stream a moment behind reads
+/// from memory; streams further behind read the log.
 pub const WINDOW_BYTES: usize = 64 * 1024 * 1024;
 
-/// A decoded entry with its encoded size, and the event it makes for default-option
-/// streams once the first such stream has built it.
+/// A decoded entry with the memory it is reckoned to take, and the event it makes for
+/// default-option streams once the first such stream has built it.
 pub struct Decoded {
     pub entry: OplogEntry,
+    /// The memory the entry is reckoned to take: see [`Decoded::cost`].
     pub bytes: usize,
     pub shared: SharedCache,
 }
 
 impl Decoded {
-    fn new(entry: OplogEntry, bytes: usize) -> Decoded {
+    fn new(entry: OplogEntry, encoded: usize) -> Decoded {
         Decoded {
             entry,
-            bytes,
+            bytes: Decoded::cost(encoded),
             shared: SharedCache::new(),
         }
+    }
+
+    /// The memory an entry of `encoded` bytes takes once decoded with its shared event:
+    /// the entry's and the event's documents (a `Document` takes about 1.5 times its BSON,
+    /// more for small fields) and the event's encoded bytes; reckoned as four times the
+    /// entry's size plus 1 KiB, which measured small-document entries do not exceed.
+    pub fn cost(encoded: usize) -> usize {
+        encoded * 4 + 1024
     }
 }
 
@@ -310,35 +322,44 @@ impl Hub {
         &self.store
     }
 
-    /// Up to `limit` entries with clusterTime at or after `from` (a `ts_key`) and at or
-    /// before `upto`, from the window, or from the oplog when `from` is older than the window.
+    /// Up to `limit` entries with clusterTime at or after `from` (a `ts_key`), and the
+    /// clusterTime they were read up to: from the window (caught up first) when `from` is
+    /// in it, else from the log up to the newest commit, decoded for this reader alone and
+    /// without making the window decode what the reader skips over.
     ///
     /// # Errors
     /// On storage failure.
-    pub fn read(&self, from: u64, upto: Timestamp, limit: usize) -> Result<Vec<Arc<Decoded>>> {
-        let upto = ts_key(upto);
-        {
+    pub fn read(&self, from: u64, limit: usize) -> Result<(Vec<Arc<Decoded>>, Timestamp)> {
+        if from >= self.window.read().unwrap().covered_from {
+            self.sync()?;
+            let upto = self.tailed();
             let w = self.window.read().unwrap();
+            // Catching up may have moved the window past `from`: then read the log.
             if from >= w.covered_from {
                 let start = w.entries.partition_point(|d| ts_key(d.entry.ts) < from);
-                return Ok(w
+                let got = w
                     .entries
                     .iter()
                     .skip(start)
-                    .take_while(|d| ts_key(d.entry.ts) <= upto)
+                    .take_while(|d| ts_key(d.entry.ts) <= ts_key(upto))
                     .take(limit)
                     .cloned()
-                    .collect());
+                    .collect();
+                return Ok((got, upto));
             }
         }
         // A laggard: read the log directly, decoding for this stream alone.
+        let upto = self.store.committed_ts();
         let mut out = Vec::new();
-        for (_, bytes) in self.store.read_log(from.saturating_sub(1), upto, limit)? {
+        for (_, bytes) in self
+            .store
+            .read_log(from.saturating_sub(1), ts_key(upto), limit)?
+        {
             out.push(Arc::new(Decoded::new(
                 OplogEntry::from_bytes(&bytes)?,
                 bytes.len(),
             )));
         }
-        Ok(out)
+        Ok((out, upto))
     }
 }

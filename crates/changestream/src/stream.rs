@@ -186,7 +186,11 @@ impl ChangeStream {
         let mut bytes = 0usize;
         let max = max.max(1);
         self.drain_leftover(&mut batch, &mut bytes, max);
-        hub.sync()?;
+        // Only an attached stream needs the window caught up (routing happens there); one
+        // reading history reads the log.
+        if self.sub.inbox().attached() {
+            hub.sync()?;
+        }
         let upto = hub.tailed();
         // An attached stream's inbox may hold entries truncation has since removed: the
         // stream has fallen off history as surely as one reading it (and their images are
@@ -224,15 +228,15 @@ impl ChangeStream {
         if lost_before(hub, self.next) {
             return Err(history_lost());
         }
-        let upto = hub.tailed();
-        while !self.invalidated
-            && batch.len() < max
-            && self.leftover.is_empty()
-            && self.next <= ts_key(upto)
-        {
-            let entries = hub.read(self.next, upto, READ_CHUNK)?;
+        while !self.invalidated && batch.len() < max && self.leftover.is_empty() {
+            let (entries, upto) = hub.read(self.next, READ_CHUNK)?;
+            // Truncation may have removed the segment at this position while it was read,
+            // and the read gone on from the oldest one left: never a silent gap.
+            if lost_before(hub, self.next) {
+                return Err(history_lost());
+            }
             if entries.is_empty() {
-                self.next = ts_key(upto) + 1;
+                self.next = self.next.max(ts_key(upto) + 1);
                 break;
             }
             for d in entries {

@@ -470,7 +470,17 @@ async fn read_bounded(ctx: &ServerCtx, stream: &mut ChangeStream, n: usize) -> R
     } else {
         None
     };
-    Ok((read_now(ctx, stream, n)?, slot))
+    // A batch of history is a long stretch of CPU: off the async workers, so that writers
+    // and other connections keep being served meanwhile.
+    let batch = if slot.is_some()
+        && tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::MultiThread
+    {
+        tokio::task::block_in_place(|| read_now(ctx, stream, n))?
+    } else {
+        read_now(ctx, stream, n)?
+    };
+    Ok((batch, slot))
 }
 
 fn read_now(ctx: &ServerCtx, stream: &mut ChangeStream, n: usize) -> Result<Vec<Arc<Encoded>>> {
