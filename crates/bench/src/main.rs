@@ -6,8 +6,12 @@
 //! `/proc`; `--uri URI --pid PID` measures a server that is already running.
 //!
 //! Usage: `cargo build --release && target/release/eddy-bench
-//! [inserts|find|stream|images|txn|fanout|streams|recovery|all] [--seconds N] [--docs N]
+//! [inserts|find|stream|images|txn|fanout|streams|catchup|recovery|all] [--seconds N] [--docs N]
 //! [--log-mb N] [--streams 1,100,10000] [--uri URI --pid PID]`
+//!
+//! `catchup` (not part of `all`) has 1 stream drain 1,000,000 100-byte events and 50 streams
+//! 200,000 1 KB events each, while a writer inserts elsewhere (`--catchup L,N,SIZE` for
+//! one other case).
 //!
 //! `streams` (not part of `all`) opens each number of concurrent change streams over raw connections (one
 //! connection and one waiting `getMore` per stream; raise `ulimit -n` past the largest).
@@ -33,6 +37,7 @@ struct Args {
     docs: usize,
     log_mb: u64,
     streams: Vec<usize>,
+    catchup: Vec<usize>,
 }
 
 fn args() -> Args {
@@ -44,6 +49,7 @@ fn args() -> Args {
         docs: 1_000_000,
         log_mb: 1024,
         streams: vec![1, 100, 10_000],
+        catchup: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
@@ -53,6 +59,12 @@ fn args() -> Args {
             "--seconds" => a.seconds = it.next().and_then(|s| s.parse().ok()).unwrap_or(5),
             "--docs" => a.docs = it.next().and_then(|s| s.parse().ok()).unwrap_or(1_000_000),
             "--log-mb" => a.log_mb = it.next().and_then(|s| s.parse().ok()).unwrap_or(1024),
+            "--catchup" => {
+                a.catchup = it
+                    .next()
+                    .map(|s| s.split(',').filter_map(|n| n.parse().ok()).collect())
+                    .unwrap_or_default();
+            }
             "--streams" => {
                 a.streams = it
                     .next()
@@ -182,13 +194,23 @@ async fn main() {
         transactions(&c, 8, false, secs).await;
         transactions(&c, 8, true, secs).await;
     }
-    if a.what == "streams" {
-        let port = uri
-            .rsplit_once(':')
+    let port = || -> u16 {
+        uri.rsplit_once(':')
             .and_then(|(_, p)| p.split(['/', '?']).next()?.parse().ok())
-            .expect("a port in the URI");
+            .expect("a port in the URI")
+    };
+    if a.what == "streams" {
         for n in &a.streams {
-            streams(&uri, port, *n, secs, pid).await;
+            streams(&uri, port(), *n, secs, pid).await;
+        }
+    }
+    if a.what == "catchup" {
+        match a.catchup.as_slice() {
+            [l, n, size] => catch_up(&uri, port(), *l, *n as u64, *size, pid).await,
+            _ => {
+                catch_up(&uri, port(), 1, 1_000_000, 100, pid).await;
+                catch_up(&uri, port(), 50, 200_000, 1024, pid).await;
+            }
         }
     }
     if all || a.what == "fanout" {
@@ -710,7 +732,8 @@ impl Raw {
         Ok(Raw { sock, next_id: 1 })
     }
 
-    async fn command(&mut self, body: &Document) -> std::io::Result<Document> {
+    /// Sends a command and returns the whole reply message.
+    async fn round_trip(&mut self, body: &Document) -> std::io::Result<Vec<u8>> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         self.next_id += 1;
         let msg = wire::encode_msg_request(self.next_id, body, &[], false, None);
@@ -718,9 +741,14 @@ impl Raw {
         let mut len = [0u8; 4];
         self.sock.read_exact(&mut len).await?;
         let n = i32::from_le_bytes(len) as usize;
-        let mut buf = len.to_vec();
-        buf.resize(n, 0);
+        let mut buf = vec![0u8; n];
+        buf[..4].copy_from_slice(&len);
         self.sock.read_exact(&mut buf[4..]).await?;
+        Ok(buf)
+    }
+
+    async fn command(&mut self, body: &Document) -> std::io::Result<Document> {
+        let buf = self.round_trip(body).await?;
         match wire::decode(&buf).map(|f| f.request) {
             Ok(wire::Request::Msg(m)) => Ok(m.body),
             other => Err(std::io::Error::other(format!("unexpected reply {other:?}"))),
@@ -878,5 +906,150 @@ async fn streams(uri: &str, port: u16, n: usize, secs: Duration, pid: Option<u32
         p(1.0),
         per(rss0, rss_conns),
         per(rss_conns, rss_streams),
+    );
+}
+
+impl Raw {
+    /// Sends a command and returns the reply's body as raw BSON (an OP_MSG's section 0),
+    /// without decoding it.
+    async fn command_raw(&mut self, body: &Document) -> std::io::Result<Vec<u8>> {
+        let mut buf = self.round_trip(body).await?;
+        // Header (16), flag bits (4), section kind 0 (1), then the body.
+        Ok(buf.split_off(21))
+    }
+}
+
+/// Reads a stream's backlog until it has `expect` events, checking each event's
+/// `fullDocument.i` follows the last; returns the events read.
+async fn drain_raw(mut r: Raw, id: i64, coll: &str, expect: u64) -> std::io::Result<u64> {
+    let get_more = doc! {"getMore": id, "collection": coll, "batchSize": 1_000_000, "maxTimeMS": 1000, "$db": "bench"};
+    let mut got = 0u64;
+    while got < expect {
+        let body = r.command_raw(&get_more).await?;
+        let reply = bson::RawDocument::from_bytes(&body).map_err(std::io::Error::other)?;
+        let batch = reply
+            .get_document("cursor")
+            .and_then(|c| c.get_array("nextBatch"))
+            .map_err(|e| {
+                std::io::Error::other(format!("{e}: {:?}", bson::Document::try_from(reply)))
+            })?;
+        let mut n = 0;
+        for ev in batch {
+            let i = ev
+                .ok()
+                .and_then(|e| e.as_document())
+                .and_then(|e| e.get_document("fullDocument").ok())
+                .and_then(|d| d.get_i64("i").ok());
+            if i != Some(got as i64) {
+                return Err(std::io::Error::other(format!(
+                    "event {got} out of order: {i:?}"
+                )));
+            }
+            got += 1;
+            n += 1;
+        }
+        if n == 0 {
+            break;
+        }
+    }
+    Ok(got)
+}
+
+/// `laggards` change streams, each `n` events of `size` bytes behind, drain at once
+/// over raw connections while a writer inserts into another collection. Prints events/s
+/// (in all), the server's RSS before and at its peak, and the writer's rate before and
+/// during the drain.
+async fn catch_up(uri: &str, port: u16, laggards: usize, n: u64, size: usize, pid: Option<u32>) {
+    let c = client(uri, 16).await;
+    let db = c.database("bench");
+    let coll = db.collection::<Document>("catchup");
+    let _ = coll.drop().await;
+    coll.insert_one(doc! {"warm": true}).await.unwrap();
+    let mut streams = Vec::new();
+    for _ in 0..laggards {
+        let mut r = Raw::connect(port, 1).await.unwrap();
+        let reply = r
+            .command(&doc! {"aggregate": "catchup", "pipeline": [{"$changeStream": {}}], "cursor": {}, "$db": "bench"})
+            .await
+            .unwrap();
+        let id = reply.get_document("cursor").unwrap().get_i64("id").unwrap();
+        streams.push((r, id));
+    }
+    let pad = "x".repeat(size.saturating_sub(40));
+    let start = Instant::now();
+    let mut i = 0i64;
+    while (i as u64) < n {
+        let docs: Vec<Document> = (i..(i + 1000).min(n as i64))
+            .map(|k| doc! {"i": k, "pad": &pad})
+            .collect();
+        i += docs.len() as i64;
+        coll.insert_many(docs).await.unwrap();
+    }
+    let load_rate = n as f64 / start.elapsed().as_secs_f64();
+    // The side writer: single-document inserts into another collection, one at a time,
+    // flat out (durable commits: its rate is the commit pipeline's).
+    let side = db.collection::<Document>("catchup_side");
+    let _ = side.drop().await;
+    let writer_rate = |secs: Duration, stop: Arc<std::sync::atomic::AtomicBool>| {
+        let side = side.clone();
+        let pad = pad.clone();
+        async move {
+            let t = Instant::now();
+            let mut w = 0u64;
+            while t.elapsed() < secs && !stop.load(Ordering::Relaxed) {
+                side.insert_one(doc! {"k": w as i64, "pad": &pad})
+                    .await
+                    .unwrap();
+                w += 1;
+            }
+            w as f64 / t.elapsed().as_secs_f64()
+        }
+    };
+    let never = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let alone = writer_rate(Duration::from_secs(3), never).await;
+    let rss_before = pid.map_or(0, rss_kib);
+    let peak = Arc::new(AtomicU64::new(rss_before));
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (peak, sampling) = (peak.clone(), sampling.clone());
+        tokio::spawn(async move {
+            while !sampling.load(Ordering::Relaxed) {
+                if let Some(p) = pid {
+                    peak.fetch_max(rss_kib(p), Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    // One laggard drains alone (its rate is the figure); many drain beside the writer.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(laggards == 1));
+    let during = tokio::spawn(writer_rate(Duration::from_secs(3600), stop.clone()));
+    let t = Instant::now();
+    let tasks: Vec<_> = streams
+        .into_iter()
+        .map(|(r, id)| tokio::spawn(drain_raw(r, id, "catchup", n)))
+        .collect();
+    let mut total = 0u64;
+    let mut complete = 0usize;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(got) => {
+                total += got;
+                complete += usize::from(got == n);
+            }
+            Err(e) => println!("catch-up: a stream failed: {e}"),
+        }
+    }
+    let el = t.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let during = during.await.unwrap();
+    sampling.store(true, Ordering::Relaxed);
+    let _ = sampler.await;
+    println!(
+        "catch-up: {laggards} streams each {n} events of {size} B behind (loaded at {load_rate:.0} docs/s): {complete} drained completely and in order, {total} events in {el:.1} s = {:.0} events/s; server RSS {} MB before, peak {} MB; side writer {alone:.0} docs/s alone, {during:.0} docs/s during the drain ({:.0}%; not run beside a single laggard)",
+        total as f64 / el,
+        rss_before / 1024,
+        peak.load(Ordering::Relaxed) / 1024,
+        during * 100.0 / alone.max(1.0)
     );
 }
