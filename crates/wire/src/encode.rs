@@ -20,7 +20,24 @@ pub fn encode_msg(
     body: &Document,
     compressor: Option<Compressor>,
 ) -> Vec<u8> {
-    try_encode_msg(request_id, response_to, flags, body, compressor).unwrap_or_else(|e| {
+    or_error_reply(
+        try_encode_msg(request_id, response_to, flags, body, compressor),
+        request_id,
+        response_to,
+        flags,
+        compressor,
+    )
+}
+
+/// An encoded reply, or, when it could not be encoded, the error as the reply.
+fn or_error_reply(
+    encoded: Result<Vec<u8>, WireError>,
+    request_id: i32,
+    response_to: i32,
+    flags: u32,
+    compressor: Option<Compressor>,
+) -> Vec<u8> {
+    encoded.unwrap_or_else(|e| {
         encode_op_msg(
             request_id,
             response_to,
@@ -70,17 +87,7 @@ pub fn encode_msg_with_batch(
         buf.extend_from_slice(&raw);
         finish_msg(buf, request_id, response_to, flags, compressor)
     });
-    encoded.unwrap_or_else(|e| {
-        encode_op_msg(
-            request_id,
-            response_to,
-            flags,
-            &error_body(&e),
-            &[],
-            compressor,
-        )
-        .unwrap_or_default()
-    })
+    or_error_reply(encoded, request_id, response_to, flags, compressor)
 }
 
 /// `body` encoded with `batch` as the array `key` at the front of its first sub-document.
