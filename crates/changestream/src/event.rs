@@ -177,12 +177,6 @@ impl Encoded {
     }
 }
 
-impl AsRef<[u8]> for Encoded {
-    fn as_ref(&self) -> &[u8] {
-        &self.bytes
-    }
-}
-
 /// An event's document: the shared one for default-option streams, or the stream's own.
 pub enum EventDoc<'a> {
     Shared(&'a Shared),
@@ -226,10 +220,7 @@ pub fn events_for_shared<'a>(
     lookup: &dyn Lookup,
     pre: Option<&query::filter::Filter>,
 ) -> Result<Vec<SharedEvent<'a>>> {
-    let default_shape = spec.full_document == FullDocument::Default
-        && spec.full_document_before_change == FullDocumentBeforeChange::Off
-        && !spec.show_expanded_events;
-    if !default_shape || (entry.op == OpKind::Command && entry.o.contains_key("applyOps")) {
+    if !spec.default_shape() || (entry.op == OpKind::Command && entry.o.contains_key("applyOps")) {
         return Ok(events_for(entry, spec, lookup)?
             .into_iter()
             .map(SharedEvent::own)

@@ -177,11 +177,6 @@ impl Hub {
         sub.inbox.pop(&self.queued)
     }
 
-    /// Bytes all inboxes hold together.
-    pub fn queued_bytes(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
-    }
-
     /// Makes sure every write acknowledged so far is in the window, so that a stream
     /// opened (or resumed) right after a write sees it.
     ///

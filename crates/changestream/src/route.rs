@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 
 use crate::event::SharedCache;
 use crate::hub::Decoded;
-use crate::spec::{FullDocument, FullDocumentBeforeChange, StreamSpec, Target};
+use crate::spec::{StreamSpec, Target};
 
 /// Entries one stream's inbox holds before the stream falls back to reading history.
 pub const INBOX_ENTRIES: usize = 8192;
@@ -122,11 +122,11 @@ impl Inbox {
         if !s.attached {
             return true;
         }
-        let over_budget = total.load(Ordering::Relaxed) + d.bytes > INBOXES_BYTES;
-        if s.entries.len() >= INBOX_ENTRIES
-            || (s.bytes + d.bytes > INBOX_BYTES && !s.entries.is_empty())
-            || (over_budget && !s.entries.is_empty())
-        {
+        // An empty inbox takes one entry whatever its size, so that an entry larger than the
+        // bounds does not detach every stream it goes to.
+        let over_budget = s.bytes + d.bytes > INBOX_BYTES
+            || total.load(Ordering::Relaxed) + d.bytes > INBOXES_BYTES;
+        if s.entries.len() >= INBOX_ENTRIES || (over_budget && !s.entries.is_empty()) {
             return false;
         }
         s.bytes += d.bytes;
@@ -195,9 +195,7 @@ impl Route {
             return route;
         };
         let collation = pipeline.collation_arc();
-        let default_shape = spec.full_document == FullDocument::Default
-            && spec.full_document_before_change == FullDocumentBeforeChange::Off
-            && !spec.show_expanded_events;
+        let default_shape = spec.default_shape();
         for (path, pred) in filter.predicates() {
             let values = match pred {
                 Predicate::Eq(v) => vec![v],
@@ -278,16 +276,19 @@ impl TargetIndex {
         self.unkeyed.is_empty() && self.groups.is_empty()
     }
 
+    /// The group of streams keyed like `k`.
+    fn group_of(&self, k: &KeyPred) -> Option<usize> {
+        self.groups
+            .iter()
+            .position(|g| g.path == k.path && g.collation == k.collation)
+    }
+
     fn insert(&mut self, id: u64, route: &Route) {
         let Some(k) = &route.key else {
             self.unkeyed.insert(id, route.ops);
             return;
         };
-        let pos = self
-            .groups
-            .iter()
-            .position(|g| g.path == k.path && g.collation == k.collation);
-        let g = match pos {
+        let g = match self.group_of(k) {
             Some(i) => &mut self.groups[i],
             None => {
                 self.groups.push(KeyGroup {
@@ -313,11 +314,7 @@ impl TargetIndex {
             self.unkeyed.remove(&id);
             return;
         };
-        let Some(i) = self
-            .groups
-            .iter()
-            .position(|g| g.path == k.path && g.collation == k.collation)
-        else {
+        let Some(i) = self.group_of(k) else {
             return;
         };
         let g = &mut self.groups[i];

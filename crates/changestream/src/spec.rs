@@ -61,6 +61,16 @@ pub struct StreamSpec {
     pub split_large_events: bool,
 }
 
+impl StreamSpec {
+    /// Whether the stream's events have the default shape (no `fullDocument` lookups or
+    /// images, no expanded events): such streams share one event per entry.
+    pub fn default_shape(&self) -> bool {
+        self.full_document == FullDocument::Default
+            && self.full_document_before_change == FullDocumentBeforeChange::Off
+            && !self.show_expanded_events
+    }
+}
+
 /// Stages allowed after `$changeStream`.
 const ALLOWED: &[&str] = &[
     "$match",

@@ -38,6 +38,9 @@ pub struct ChangeStream {
     /// is stale. Kept as a key so that skipping entries costs no token encoding.
     pbrt_hwm: Option<u64>,
     invalidated: bool,
+    /// Whether the pipeline is only `$match` stages (or absent): the stream then sends
+    /// shared events unchanged, reading them in place, and the reply copies their bytes.
+    in_place: bool,
     /// The stream's place in the hub's router: attached, it is pushed the entries it can
     /// admit; detached (opening, or fallen behind), it reads from its position.
     sub: Subscription,
@@ -80,8 +83,13 @@ impl ChangeStream {
             return Err(history_lost());
         }
         let sub = hub.subscription(&spec);
+        let in_place = spec
+            .pipeline
+            .as_ref()
+            .is_none_or(query::pipeline::Pipeline::only_matches);
         Ok(ChangeStream {
             sub,
+            in_place,
             spec,
             next,
             skip_until,
@@ -190,14 +198,13 @@ impl ChangeStream {
         // reading history reads the log.
         if self.sub.inbox().attached() {
             hub.sync()?;
+            // Its inbox may hold entries truncation has since removed: the stream has fallen
+            // off history as surely as one reading it (and their images are gone).
+            if lost_before(hub, self.position(hub)) {
+                return Err(history_lost());
+            }
         }
         let upto = hub.tailed();
-        // An attached stream's inbox may hold entries truncation has since removed: the
-        // stream has fallen off history as surely as one reading it (and their images are
-        // gone).
-        if self.sub.inbox().attached() && lost_before(hub, self.position(hub)) {
-            return Err(history_lost());
-        }
         // Attached: the inbox holds every entry the stream can admit.
         while !self.invalidated && batch.len() < max && self.leftover.is_empty() {
             match hub.pop(&self.sub) {
@@ -278,14 +285,9 @@ impl ChangeStream {
     fn take_entry(&mut self, d: &Decoded, lookup: &dyn Lookup, env: &dyn Env) -> Result<()> {
         let key = ts_key(d.entry.ts);
         let pipeline = self.spec.pipeline.as_ref();
-        // A pipeline of `$match`es only sends shared events unchanged: it reads them in
-        // place, and the reply copies their bytes.
-        let in_place = pipeline.is_none_or(query::pipeline::Pipeline::only_matches);
-        let pre = if in_place {
-            None
-        } else {
-            pipeline.and_then(|p| p.leading_match())
-        };
+        // The pipeline that reshapes events, if it does more than match them.
+        let shaping = if self.in_place { None } else { pipeline };
+        let pre = shaping.and_then(|p| p.leading_match());
         let before = self.leftover.len();
         for ev in events_for_shared(&d.entry, &d.shared, &self.spec, lookup, pre)? {
             if self.skipped(ev.pos) {
@@ -294,38 +296,46 @@ impl ChangeStream {
             if ev.invalidate {
                 self.invalidated = true;
             }
-            let doc = match ev.doc {
-                EventDoc::Shared(sh) if in_place => {
-                    if let Some(p) = pipeline {
-                        if !p.passes(sh.doc(), env)? {
+            let out = if let Some(p) = shaping {
+                let doc = match ev.doc {
+                    EventDoc::Shared(sh) => sh.doc().clone(),
+                    EventDoc::Own(doc) => doc,
+                };
+                let original_id = doc.get("_id").cloned();
+                let Some(out) = p.apply_one(doc, env)? else {
+                    continue;
+                };
+                if out.get("_id") != original_id.as_ref() {
+                    return Err(MongoError::new(
+                        ErrorCode::ChangeStreamFatalError,
+                        "Encountered an event whose _id field, which contains the resume token, was modified by the pipeline. Modifying the _id field of an event makes it impossible to resume the stream from that point. Only transformations that retain the unmodified _id field are allowed.",
+                    )
+                    .with_label(labels::NON_RESUMABLE_CHANGE_STREAM_ERROR));
+                }
+                out
+            } else {
+                let passes = |doc: &Document| pipeline.map_or(Ok(true), |p| p.passes(doc, env));
+                match ev.doc {
+                    EventDoc::Shared(sh) => {
+                        if !passes(sh.doc())? {
                             continue;
                         }
+                        let enc = sh.encoded();
+                        if enc.bytes.len() <= MAX_EVENT_BYTES {
+                            self.leftover.push_back(enc.clone());
+                            continue;
+                        }
+                        // Too large to send whole: split (or refuse) a copy.
+                        sh.doc().clone()
                     }
-                    let enc = sh.encoded();
-                    if enc.bytes.len() <= MAX_EVENT_BYTES {
-                        self.leftover.push_back(enc.clone());
-                        continue;
+                    EventDoc::Own(doc) => {
+                        if !passes(&doc)? {
+                            continue;
+                        }
+                        doc
                     }
-                    // Too large to send whole: split (or refuse) a copy.
-                    sh.doc().clone()
                 }
-                EventDoc::Shared(sh) => sh.doc().clone(),
-                EventDoc::Own(doc) => doc,
             };
-            let original_id = doc.get("_id").cloned();
-            let out = match pipeline {
-                Some(p) if !in_place => p.apply_one(doc, env)?,
-                Some(p) => p.passes(&doc, env)?.then_some(doc),
-                None => Some(doc),
-            };
-            let Some(out) = out else { continue };
-            if out.get("_id") != original_id.as_ref() {
-                return Err(MongoError::new(
-                    ErrorCode::ChangeStreamFatalError,
-                    "Encountered an event whose _id field, which contains the resume token, was modified by the pipeline. Modifying the _id field of an event makes it impossible to resume the stream from that point. Only transformations that retain the unmodified _id field are allowed.",
-                )
-                .with_label(labels::NON_RESUMABLE_CHANGE_STREAM_ERROR));
-            }
             let fragments = self.fit(out, ev.pos)?;
             self.leftover.extend(fragments);
         }
