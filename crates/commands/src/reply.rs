@@ -55,9 +55,9 @@ impl Reply {
 impl Reply {
     /// The reply as one document, with any encoded batch decoded into it (for OP_REPLY,
     /// which has no use for the shared bytes).
-    pub fn full_doc(&self) -> Document {
+    pub fn full_doc(&self) -> std::borrow::Cow<'_, Document> {
         let Some((key, events)) = &self.batch else {
-            return self.doc.clone();
+            return std::borrow::Cow::Borrowed(&self.doc);
         };
         let mut d = self.doc.clone();
         let batch: Vec<Bson> = events
@@ -70,7 +70,7 @@ impl Reply {
             with.extend(std::mem::take(c));
             *c = with;
         }
-        d
+        std::borrow::Cow::Owned(d)
     }
 
     /// Encodes the reply as an OP_MSG.
