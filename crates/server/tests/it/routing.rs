@@ -322,6 +322,18 @@ fn ids(events: &[Document]) -> Vec<i64> {
         .collect()
 }
 
+/// More documents than a stream's inbox holds, `_id` 0 up, inserted 1,000 at a time, each
+/// with `pad`.
+async fn overfill(c: &mongodb::Collection<Document>, pad: &str) -> i64 {
+    let n = changestream::route::INBOX_ENTRIES as i64 + 2000;
+    for chunk in (0..n).step_by(1000) {
+        c.insert_many((chunk..(chunk + 1000).min(n)).map(|i| doc! {"_id": i, "pad": pad}))
+            .await
+            .unwrap();
+    }
+    n
+}
+
 /// A stream that does not read while more events arrive than its inbox holds falls back to
 /// reading history, loses and repeats nothing, and is pushed again once caught up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -333,12 +345,7 @@ async fn an_overflowing_stream_reads_history_then_returns_to_push() {
     let st = status(&db, id).await;
     assert_eq!(st.get_bool("pushed"), Ok(true), "{st}");
     let c = db.collection::<Document>("o");
-    let n = changestream::route::INBOX_ENTRIES as i64 + 2000;
-    for chunk in (0..n).step_by(1000) {
-        c.insert_many((chunk..(chunk + 1000).min(n)).map(|i| doc! {"_id": i}))
-            .await
-            .unwrap();
-    }
+    let n = overfill(&c, "").await;
     let st = status(&db, id).await;
     assert_eq!(st.get_bool("pushed"), Ok(false), "{st}");
     assert_eq!(st.get_i64("lagEntries"), Ok(n), "{st}");
@@ -359,14 +366,7 @@ async fn an_overflowed_stream_past_truncation_loses_history() {
     let db = s.client.database("rt");
     db.create_collection("t").await.unwrap();
     let (id, _) = open(&db, "t".into(), doc! {"pipeline": [{"$changeStream": {}}]}).await;
-    let c = db.collection::<Document>("t");
-    let pad = "p".repeat(300);
-    let n = changestream::route::INBOX_ENTRIES as i64 + 2000;
-    for chunk in (0..n).step_by(1000) {
-        c.insert_many((chunk..(chunk + 1000).min(n)).map(|i| doc! {"_id": i, "pad": &pad}))
-            .await
-            .unwrap();
-    }
+    overfill(&db.collection::<Document>("t"), &"p".repeat(300)).await;
     let (code, _) = cmd_error(
         &db,
         doc! {"getMore": id, "collection": "t", "maxTimeMS": 1000},
