@@ -55,26 +55,45 @@ fn args() -> Args {
     while let Some(x) = it.next() {
         match x.as_str() {
             "--uri" => a.uri = it.next(),
-            "--pid" => a.pid = it.next().and_then(|s| s.parse().ok()),
-            "--seconds" => a.seconds = it.next().and_then(|s| s.parse().ok()).unwrap_or(5),
-            "--docs" => a.docs = it.next().and_then(|s| s.parse().ok()).unwrap_or(1_000_000),
-            "--log-mb" => a.log_mb = it.next().and_then(|s| s.parse().ok()).unwrap_or(1024),
+            "--pid" => a.pid = Some(number("--pid", it.next())),
+            "--seconds" => a.seconds = number("--seconds", it.next()),
+            "--docs" => a.docs = number("--docs", it.next()),
+            "--log-mb" => a.log_mb = number("--log-mb", it.next()),
             "--catchup" => {
-                a.catchup = it
-                    .next()
-                    .map(|s| s.split(',').filter_map(|n| n.parse().ok()).collect())
-                    .unwrap_or_default();
+                a.catchup = numbers("--catchup", it.next());
+                if a.catchup.len() != 3 {
+                    usage("--catchup takes LAGGARDS,EVENTS,SIZE");
+                }
             }
-            "--streams" => {
-                a.streams = it
-                    .next()
-                    .map(|s| s.split(',').filter_map(|n| n.parse().ok()).collect())
-                    .unwrap_or_default();
-            }
+            "--streams" => a.streams = numbers("--streams", it.next()),
             other => a.what = other.to_string(),
         }
     }
     a
+}
+
+/// A flag's number, or the usage error.
+fn number<T: std::str::FromStr>(flag: &str, v: Option<String>) -> T {
+    let v = v.unwrap_or_default();
+    v.parse()
+        .unwrap_or_else(|_| usage(&format!("{flag} takes a number, got {v:?}")))
+}
+
+/// A comma-separated list of numbers, or the usage error.
+fn numbers(flag: &str, list: Option<String>) -> Vec<usize> {
+    let list = list.unwrap_or_default();
+    let parsed: Option<Vec<usize>> = list.split(',').map(|n| n.parse().ok()).collect();
+    match parsed {
+        Some(v) if !v.is_empty() => v,
+        _ => usage(&format!(
+            "{flag} takes comma-separated numbers, got {list:?}"
+        )),
+    }
+}
+
+fn usage(why: &str) -> ! {
+    eprintln!("eddy-bench: {why}");
+    std::process::exit(2)
 }
 
 /// A server process started for the benchmark; killed on drop.
