@@ -168,12 +168,11 @@ impl<'a> BitReader<'a> {
 /// Upper-case hex of `b`, as resume tokens' `_data` spells KeyString bytes.
 pub fn hex_upper(b: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
-    let mut s = String::with_capacity(b.len() * 2);
+    let mut s = Vec::with_capacity(b.len() * 2);
     for &x in b {
-        s.push(DIGITS[usize::from(x >> 4)] as char);
-        s.push(DIGITS[usize::from(x & 0x0F)] as char);
+        s.extend_from_slice(&[DIGITS[usize::from(x >> 4)], DIGITS[usize::from(x & 0x0F)]]);
     }
-    s
+    String::from_utf8(s).expect("hex digits are ASCII")
 }
 
 /// Appends one value's encoding (type byte + payload), ascending or descending (all bytes

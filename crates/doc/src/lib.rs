@@ -6,11 +6,13 @@
 //! - [`path`]: dotted paths, literal and array-expanding.
 //! - [`keystring`]: the order-preserving byte encoding (MongoDB's KeyString V1) used for
 //!   `_id` keys, index keys and resume tokens, so that byte order is value order.
+//! - [`raw`]: raw BSON to `Document` in one pass, with bounded nesting.
 
 pub mod collation;
 pub mod compare;
 pub mod keystring;
 pub mod path;
+pub mod raw;
 
 pub use collation::Collation;
 pub use compare::{

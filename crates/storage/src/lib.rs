@@ -46,7 +46,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{oneshot, watch};
 
 pub use catalog::{CollectionMeta, IndexMeta, Namespace};
-pub use oplog::{OpKind, OplogEntry};
+pub use oplog::{EntryHead, OpKind, OplogEntry};
 pub use snapshot::{DocScan, IndexScan, NaturalScan, Snapshot};
 pub use txn::{Overlay, Txn, write_conflict};
 pub use wal::{Log, LogItem, LogScan};
@@ -367,8 +367,8 @@ impl Store {
             has_pending: Arc::default(),
         });
         pipeline
-            .start_timer(interval, state_pending_age)
-            .map_err(|e| format!("cannot start the checkpoint timer: {e}"))?;
+            .start_committer(interval, state_pending_age)
+            .map_err(|e| format!("cannot start the committer thread: {e}"))?;
         let recovery = Recovery {
             frames,
             log_bytes,
@@ -849,8 +849,13 @@ fn preimage_record(
 }
 
 fn decode_doc(b: &[u8]) -> Result<Document> {
-    Document::from_reader(b).map_err(|e| MongoError::internal(format!("corrupt document: {e}")))
+    doc::raw::bytes_to_document(b, STORED_MAX_DEPTH)
+        .map_err(|e| MongoError::internal(format!("corrupt document: {e}")))
 }
+
+/// Nesting a stored document may have: more than any command can carry (the wire
+/// protocol refuses commands nested past 200 levels), so only a damaged file reaches it.
+pub(crate) const STORED_MAX_DEPTH: usize = 1024;
 
 /// A record: the `_id` key's length, the `_id` key, the BSON.
 fn record_value(id_key: &[u8], bson: &[u8]) -> Vec<u8> {

@@ -165,48 +165,32 @@ impl OplogEntry {
         r.into_bytes()
     }
 
-    /// Decodes an entry from the oplog table.
+    /// Decodes an encoded entry.
     pub fn from_bytes(b: &[u8]) -> Result<OplogEntry> {
-        // One pass over the raw form: only `o`, `o2` and `lsid` become documents.
-        // (Decoding the whole entry into a document and copying those out of it cost five
-        // times as much; so did looking each field up, as each lookup scans from the start.)
-        use bson::RawBsonRef as R;
-        let bad = || MongoError::internal("corrupt oplog entry");
-        let raw = bson::RawDocument::from_bytes(b)
-            .map_err(|e| MongoError::internal(format!("oplog: {e}")))?;
-        let doc = |d: &bson::RawDocument| Document::try_from(d).map_err(|_| bad());
-        let mut e = OplogEntry::new(OpKind::Noop, String::new(), None, Document::new());
-        let (mut has_ts, mut has_wall, mut has_op, mut has_ns, mut has_o) =
-            (false, false, false, false, false);
-        for item in raw {
-            let (k, v) = item.map_err(|_| bad())?;
-            match (k, v) {
-                ("ts", R::Timestamp(t)) => (e.ts, has_ts) = (t, true),
-                ("wall", R::DateTime(t)) => (e.wall, has_wall) = (t, true),
-                ("op", R::String(s)) => {
-                    e.op = OpKind::from_code(s).ok_or_else(bad)?;
-                    has_op = true;
-                }
-                ("ns", R::String(s)) => (e.ns, has_ns) = (s.to_string(), true),
-                ("ui", R::Binary(bin)) => {
-                    e.ui = Some(bson::Uuid::from_bytes(
-                        bin.bytes.try_into().map_err(|_| bad())?,
-                    ));
-                }
-                ("o", R::Document(d)) => (e.o, has_o) = (doc(d)?, true),
-                ("o2", R::Document(d)) => e.o2 = Some(doc(d)?),
-                ("lsid", R::Document(d)) => e.lsid = Some(doc(d)?),
-                ("txnNumber", R::Int64(n)) => e.txn_number = Some(n),
-                ("stmtId", R::Int32(n)) => e.stmt_id = Some(n),
-                ("inTxn", R::Boolean(t)) => e.in_txn = t,
-                ("txnOpIndex", R::Int32(n)) => e.txn_op_index = n,
-                _ => {}
-            }
-        }
-        if !(has_ts && has_wall && has_op && has_ns && has_o) {
-            return Err(bad());
-        }
-        Ok(e)
+        OplogEntry::from_head(&EntryHead::parse(b)?, b)
+    }
+
+    /// Decodes an entry whose head was read already: only `o`, `o2` and `lsid` are
+    /// converted.
+    pub fn from_head(h: &EntryHead, b: &[u8]) -> Result<OplogEntry> {
+        let doc = |r: &std::ops::Range<usize>| {
+            doc::raw::bytes_to_document(&b[r.clone()], crate::STORED_MAX_DEPTH)
+                .map_err(|_| corrupt())
+        };
+        Ok(OplogEntry {
+            ts: h.ts,
+            wall: h.wall,
+            op: h.op,
+            ns: h.ns.clone(),
+            ui: h.ui,
+            o: doc(&h.o)?,
+            o2: h.o2.as_ref().map(doc).transpose()?,
+            lsid: h.lsid.as_ref().map(doc).transpose()?,
+            txn_number: h.txn_number,
+            stmt_id: h.stmt_id,
+            in_txn: h.in_txn,
+            txn_op_index: h.txn_op_index,
+        })
     }
 
     /// Decodes an entry from its document form.
@@ -232,6 +216,101 @@ impl OplogEntry {
             in_txn: d.get_bool("inTxn").unwrap_or(false),
             txn_op_index: d.get_i32("txnOpIndex").unwrap_or(0),
         })
+    }
+}
+
+/// What an encoded entry says, read in one pass without converting its documents:
+/// `o`, `o2` and `lsid` are byte ranges of the entry, so that a reader can copy them as
+/// they are (a change event's `fullDocument`, say) or convert only the one it needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EntryHead {
+    pub ts: Timestamp,
+    pub wall: DateTime,
+    pub op: OpKind,
+    pub ns: String,
+    pub ui: Option<bson::Uuid>,
+    pub o: std::ops::Range<usize>,
+    pub o2: Option<std::ops::Range<usize>>,
+    pub lsid: Option<std::ops::Range<usize>>,
+    pub txn_number: Option<i64>,
+    pub stmt_id: Option<i32>,
+    pub in_txn: bool,
+    pub txn_op_index: i32,
+}
+
+fn corrupt() -> MongoError {
+    MongoError::internal("corrupt oplog entry")
+}
+
+impl EntryHead {
+    /// Reads an encoded entry's fields.
+    ///
+    /// # Errors
+    /// Malformed BSON, or an entry without `ts`, `wall`, `op`, `ns` or `o`.
+    pub fn parse(b: &[u8]) -> Result<EntryHead> {
+        use bson::RawBsonRef as R;
+        let raw = bson::RawDocument::from_bytes(b)
+            .map_err(|e| MongoError::internal(format!("oplog: {e}")))?;
+        // A sub-document's place in `b` (its bytes are a slice of `b`).
+        let range = |d: &bson::RawDocument| {
+            let at = d.as_bytes().as_ptr() as usize - b.as_ptr() as usize;
+            at..at + d.as_bytes().len()
+        };
+        let (mut ts, mut wall, mut op, mut ns, mut o) = (None, None, None, None, None);
+        let mut h = EntryHead {
+            ts: Timestamp {
+                time: 0,
+                increment: 0,
+            },
+            wall: DateTime::from_millis(0),
+            op: OpKind::Noop,
+            ns: String::new(),
+            ui: None,
+            o: 0..0,
+            o2: None,
+            lsid: None,
+            txn_number: None,
+            stmt_id: None,
+            in_txn: false,
+            txn_op_index: 0,
+        };
+        for item in raw {
+            let (k, v) = item.map_err(|_| corrupt())?;
+            match (k, v) {
+                ("ts", R::Timestamp(t)) => ts = Some(t),
+                ("wall", R::DateTime(t)) => wall = Some(t),
+                ("op", R::String(s)) => op = Some(OpKind::from_code(s).ok_or_else(corrupt)?),
+                ("ns", R::String(s)) => ns = Some(s.to_string()),
+                ("ui", R::Binary(bin)) => {
+                    h.ui = Some(bson::Uuid::from_bytes(
+                        bin.bytes.try_into().map_err(|_| corrupt())?,
+                    ));
+                }
+                ("o", R::Document(d)) => o = Some(range(d)),
+                ("o2", R::Document(d)) => h.o2 = Some(range(d)),
+                ("lsid", R::Document(d)) => h.lsid = Some(range(d)),
+                ("txnNumber", R::Int64(n)) => h.txn_number = Some(n),
+                ("stmtId", R::Int32(n)) => h.stmt_id = Some(n),
+                ("inTxn", R::Boolean(t)) => h.in_txn = t,
+                ("txnOpIndex", R::Int32(n)) => h.txn_op_index = n,
+                _ => {}
+            }
+        }
+        let (Some(t), Some(w), Some(op), Some(ns), Some(o)) = (ts, wall, op, ns, o) else {
+            return Err(corrupt());
+        };
+        (h.ts, h.wall, h.op, h.ns, h.o) = (t, w, op, ns, o);
+        Ok(h)
+    }
+
+    /// Whether an update entry is a whole-document replacement (its `o` is the new
+    /// document rather than `{$v: 2, diff}`).
+    pub fn is_replacement(&self, b: &[u8]) -> bool {
+        self.op == OpKind::Update
+            && bson::RawDocument::from_bytes(&b[self.o.clone()])
+                .ok()
+                .and_then(|o| o.get("$v").ok().flatten())
+                .is_none()
     }
 }
 

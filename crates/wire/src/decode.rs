@@ -1,6 +1,6 @@
 //! Framing and decoding of client requests.
 
-use bson::{Document, RawBsonRef, RawDocument};
+use bson::Document;
 
 use crate::compression::decompress_into;
 use crate::{
@@ -321,47 +321,11 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Fully validates `bytes` as exactly one BSON document and converts it.
+/// Fully validates `bytes` as exactly one BSON document and converts it, refusing nesting
+/// deeper than `MAX_BSON_DEPTH` (the conversion recurses once per level, and 16 MiB of
+/// `{a: {a: ...}}` would otherwise blow the stack).
 fn parse_document(bytes: &[u8]) -> Result<Document, WireError> {
-    let raw = RawDocument::from_bytes(bytes).map_err(|e| invalid_bson(e.to_string()))?;
-    // Walk the raw form first, with bounded recursion: the conversion below recurses once
-    // per nesting level, and 16 MiB of `{a: {a: ...}}` would otherwise blow the stack.
-    check_nesting(raw, 1)?;
-    Document::try_from(raw).map_err(|e| invalid_bson(e.to_string()))
-}
-
-fn check_nesting(doc: &RawDocument, depth: usize) -> Result<(), WireError> {
-    check_depth(depth)?;
-    for element in doc {
-        let (_, value) = element.map_err(|e| invalid_bson(e.to_string()))?;
-        check_value_nesting(value, depth)?;
-    }
-    Ok(())
-}
-
-fn check_value_nesting(value: RawBsonRef<'_>, depth: usize) -> Result<(), WireError> {
-    match value {
-        RawBsonRef::Document(doc) => check_nesting(doc, depth + 1),
-        RawBsonRef::JavaScriptCodeWithScope(code) => check_nesting(code.scope, depth + 1),
-        RawBsonRef::Array(array) => {
-            check_depth(depth + 1)?;
-            for item in array {
-                let item = item.map_err(|e| invalid_bson(e.to_string()))?;
-                check_value_nesting(item, depth + 1)?;
-            }
-            Ok(())
-        }
-        _ => Ok(()),
-    }
-}
-
-fn check_depth(depth: usize) -> Result<(), WireError> {
-    if depth > MAX_BSON_DEPTH {
-        return Err(invalid_bson(format!(
-            "BSON nesting deeper than {MAX_BSON_DEPTH}"
-        )));
-    }
-    Ok(())
+    doc::raw::bytes_to_document(bytes, MAX_BSON_DEPTH).map_err(|e| invalid_bson(e.to_string()))
 }
 
 fn malformed(message: impl Into<String>) -> WireError {
