@@ -52,13 +52,19 @@ const MAX_GROUP: usize = 256;
 /// Redo bytes replayed per redb transaction during recovery.
 const REPLAY_TXN_BYTES: usize = 64 * 1024 * 1024;
 
-/// The open write transaction is committed in redb once it holds this many batches, this
-/// many bytes of changes, or its oldest batch has waited this long. Sized so that a reader
-/// walks at most a few small layers, while one redb commit (about 40% of a lone insert's
-/// instructions) is shared by up to 16 batches.
-const PENDING_MAX_BATCHES: usize = 16;
+/// The open write transaction is committed in redb (by the committer thread, off the
+/// writers' path) once it holds this many batches, this many bytes of changes, or its
+/// oldest batch has waited this long. One redb commit cost about 800k instructions, as
+/// much as three single-document inserts, mostly the same pages written again; a reader
+/// walks at most about this many small layers.
+const PENDING_MAX_BATCHES: usize = 64;
 const PENDING_MAX_BYTES: usize = 8 * 1024 * 1024;
-pub(crate) const DEFAULT_PENDING_MAX_AGE: Duration = Duration::from_millis(10);
+pub(crate) const DEFAULT_PENDING_MAX_AGE: Duration = Duration::from_millis(50);
+
+/// Past these, the writer commits redb itself rather than wait for the committer thread
+/// (which would mean it is far behind): bounds the layers a reader walks.
+const PENDING_HARD_BATCHES: usize = 4 * PENDING_MAX_BATCHES;
+const PENDING_HARD_BYTES: usize = 4 * PENDING_MAX_BYTES;
 
 pub(crate) type Completion = Box<dyn FnOnce(Result<()>) + Send>;
 pub(crate) type Job = Box<dyn for<'a> FnOnce(&mut WriteCtx<'a>) -> Completion + Send>;
@@ -68,8 +74,6 @@ pub(crate) enum Msg {
     Job(Job),
     /// Make the tables durable now, then answer.
     Checkpoint(Completion),
-    /// Checkpoint if one is due.
-    Tick,
 }
 
 /// What the pipeline carries between batches.
@@ -195,24 +199,30 @@ pub(crate) struct Visible {
 /// The pipeline shared by every writer: a queue of jobs, and the writer state that one
 /// leader at a time works with.
 ///
-/// Key decision: no dedicated commit thread. The first writer to find nobody leading runs
-/// the batch itself, on its own thread, taking every job queued meanwhile, until the queue
-/// is empty; the others wait for their completion. A lone writer thus pays no thread
-/// hand-off at all (on this machine's VM each cross-thread wake-up cost more than the
-/// commit's own work), and concurrent writers still share one fdatasync per batch.
+/// Key decision: a writer that finds nobody leading runs one batch itself, on its own
+/// thread, so that a lone writer pays no thread hand-off (on this machine's VM each
+/// cross-thread wake-up cost more than the commit's own work). Whatever is left after that
+/// batch (jobs queued meanwhile, a redb commit or a checkpoint that has come due) is handed
+/// to the committer thread, which leads until the queue is empty: the writer's reply is
+/// never held up by other writers' batches or by housekeeping, and under many writers the
+/// runtime's worker threads stay free for the connections while the committer thread
+/// waits on the fdatasyncs.
 pub(crate) struct Pipeline {
     queue: Mutex<Queue>,
     writer: Mutex<Option<Writer>>,
-    /// The writer's `has_pending`: the timer then ticks soon, to commit it.
+    /// The writer's `has_pending`: the committer then wakes soon, to commit it.
     has_pending: Arc<std::sync::atomic::AtomicBool>,
-    /// Wakes the checkpoint timer when the pipeline closes.
-    timer_cv: std::sync::Condvar,
+    /// Wakes the committer thread: work handed to it, or the pipeline closing.
+    committer_cv: std::sync::Condvar,
 }
 
 #[derive(Default)]
 struct Queue {
     msgs: std::collections::VecDeque<Msg>,
+    /// Somebody (a writer or the committer) is leading.
     leading: bool,
+    /// The leader handed the lead to the committer thread.
+    handoff: bool,
     closed: bool,
 }
 
@@ -222,11 +232,11 @@ impl Pipeline {
             has_pending: w.has_pending.clone(),
             queue: Mutex::new(Queue::default()),
             writer: Mutex::new(Some(w)),
-            timer_cv: std::sync::Condvar::new(),
+            committer_cv: std::sync::Condvar::new(),
         })
     }
 
-    /// Queues `msg`, and runs the pipeline on this thread if nobody else is.
+    /// Queues `msg`, and runs a batch on this thread if nobody is leading.
     ///
     /// # Errors
     /// InterruptedAtShutdown once the pipeline is closed.
@@ -240,55 +250,83 @@ impl Pipeline {
             !std::mem::replace(&mut q.leading, true)
         };
         if lead {
-            self.lead();
+            self.lead_once();
         }
         Ok(())
     }
 
-    /// Runs batches until the queue is empty.
-    fn lead(&self) {
-        let mut guard = self
-            .writer
+    fn writer(&self) -> std::sync::MutexGuard<'_, Option<Writer>> {
+        self.writer
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        loop {
-            let (batch, others) = {
-                let mut q = self.queue.lock().unwrap();
-                if q.msgs.is_empty() {
-                    q.leading = false;
-                    return;
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs one batch on the caller's thread, then gives up the lead, or hands it to the
+    /// committer thread if work is left.
+    fn lead_once(&self) {
+        let mut guard = self.writer();
+        self.step(&mut guard);
+        let due = guard.as_ref().is_some_and(Writer::housekeeping_due);
+        let mut q = self.queue.lock().unwrap();
+        if q.msgs.is_empty() && !due {
+            q.leading = false;
+            return;
+        }
+        q.handoff = true;
+        drop(q);
+        drop(guard);
+        self.committer_cv.notify_one();
+    }
+
+    /// Takes up to `MAX_GROUP` queued jobs (and any other messages) and runs them.
+    fn step(&self, guard: &mut Option<Writer>) {
+        let (batch, others) = {
+            let mut q = self.queue.lock().unwrap();
+            let mut batch = Vec::new();
+            let mut others = Vec::new();
+            while batch.len() < MAX_GROUP {
+                match q.msgs.pop_front() {
+                    Some(Msg::Job(j)) => batch.push(j),
+                    Some(m) => others.push(m),
+                    None => break,
                 }
-                let mut batch = Vec::new();
-                let mut others = Vec::new();
-                while batch.len() < MAX_GROUP {
-                    match q.msgs.pop_front() {
-                        Some(Msg::Job(j)) => batch.push(j),
-                        Some(m) => others.push(m),
-                        None => break,
-                    }
-                }
-                (batch, others)
-            };
-            let Some(w) = guard.as_mut() else {
-                // Closed: the jobs are dropped, and their callers hear of it.
-                continue;
-            };
-            if !batch.is_empty() {
-                w.batch(batch);
             }
-            for m in others {
-                match m {
-                    Msg::Checkpoint(reply) => reply(w.checkpoint()),
-                    Msg::Tick | Msg::Job(_) => {}
-                }
+            (batch, others)
+        };
+        // Closed: the jobs are dropped, and their callers hear of it.
+        let Some(w) = guard.as_mut() else { return };
+        if !batch.is_empty() {
+            w.batch(batch);
+        }
+        for m in others {
+            match m {
+                Msg::Checkpoint(reply) => reply(w.checkpoint()),
+                Msg::Job(_) => {}
             }
-            w.commit_open_if_due();
-            w.maybe_checkpoint();
         }
     }
 
-    /// Starts the thread that asks for checkpoints when they are due.
-    pub(crate) fn start_timer(
+    /// Leads on the committer thread until the queue is empty, committing redb and
+    /// checkpointing when due.
+    fn lead_committer(&self) {
+        let mut guard = self.writer();
+        loop {
+            self.step(&mut guard);
+            if let Some(w) = guard.as_mut() {
+                w.commit_open_if_due();
+                w.maybe_checkpoint();
+            }
+            let mut q = self.queue.lock().unwrap();
+            if q.msgs.is_empty() {
+                q.leading = false;
+                return;
+            }
+        }
+    }
+
+    /// Starts the committer thread: it leads when a writer hands it the lead, and wakes
+    /// on its own to commit pending batches in redb and to checkpoint when due.
+    pub(crate) fn start_committer(
         self: &Arc<Self>,
         interval: Duration,
         pending_max_age: Duration,
@@ -296,24 +334,32 @@ impl Pipeline {
         let p = self.clone();
         let tick = (interval / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
         std::thread::Builder::new()
-            .name("eddy-checkpoint".into())
+            .name("eddy-commit".into())
             .spawn(move || {
                 loop {
                     {
-                        let wait = if p.has_pending.load(Ordering::SeqCst) {
-                            pending_max_age
-                        } else {
-                            tick
-                        };
-                        let q = p.queue.lock().unwrap();
-                        let (q, _) = p.timer_cv.wait_timeout(q, wait).unwrap();
+                        let mut q = p.queue.lock().unwrap();
+                        if !q.handoff && !q.closed {
+                            let wait = if p.has_pending.load(Ordering::SeqCst) {
+                                pending_max_age
+                            } else {
+                                tick
+                            };
+                            q = p.committer_cv.wait_timeout(q, wait).unwrap().0;
+                        }
                         if q.closed {
                             return;
                         }
+                        if std::mem::take(&mut q.handoff) {
+                            // The writer that handed over still holds `leading` for us.
+                        } else if q.leading {
+                            // A writer is leading: it hands over if anything is due.
+                            continue;
+                        } else {
+                            q.leading = true;
+                        }
                     }
-                    if p.submit(Msg::Tick).is_err() {
-                        return;
-                    }
+                    p.lead_committer();
                 }
             })
             .map(drop)
@@ -322,12 +368,9 @@ impl Pipeline {
     /// Refuses new jobs, runs the queued ones, checkpoints and closes the log.
     pub(crate) fn close(&self) {
         self.queue.lock().unwrap().closed = true;
-        self.timer_cv.notify_all();
-        // Whoever leads now finishes the queue; then the writer is ours.
-        let mut guard = self
-            .writer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.committer_cv.notify_all();
+        // Whoever leads now finishes its batch; then the writer is ours.
+        let mut guard = self.writer();
         let left: Vec<Msg> = self.queue.lock().unwrap().msgs.drain(..).collect();
         if let Some(w) = guard.as_mut() {
             let jobs: Vec<Job> = left
@@ -338,7 +381,6 @@ impl Pipeline {
                         reply(Ok(()));
                         None
                     }
-                    Msg::Tick => None,
                 })
                 .collect();
             if !jobs.is_empty() {
@@ -351,13 +393,30 @@ impl Pipeline {
 }
 
 impl Writer {
-    /// Checkpoints when one is due: by log bytes, by time, or because a truncation waits.
-    fn maybe_checkpoint(&mut self) {
+    /// Whether a checkpoint is due: by log bytes, by time, or because a truncation waits.
+    fn checkpoint_due(&self) -> bool {
         let s = &self.state;
-        if s.since_checkpoint >= s.opts.checkpoint_bytes
+        s.since_checkpoint >= s.opts.checkpoint_bytes
             || s.checkpoint_wanted
             || (s.dirty() && s.last_checkpoint.elapsed() >= s.opts.checkpoint_interval)
-        {
+    }
+
+    /// Whether the open transaction's pending batches are due for a redb commit.
+    fn commit_due(&self) -> bool {
+        self.pending_redo.len() >= PENDING_MAX_BATCHES
+            || self.pending_bytes >= PENDING_MAX_BYTES
+            || self
+                .pending_since
+                .is_some_and(|t| t.elapsed() >= self.state.opts.pending_max_age)
+    }
+
+    /// Whether the committer thread has work besides queued jobs.
+    fn housekeeping_due(&self) -> bool {
+        self.commit_due() || self.checkpoint_due()
+    }
+
+    fn maybe_checkpoint(&mut self) {
+        if self.checkpoint_due() {
             self.checkpoint_logged();
         }
     }
@@ -501,12 +560,9 @@ impl Writer {
         Ok(())
     }
 
-    /// Commits the open transaction if its oldest pending batch has waited long enough.
+    /// Commits the open transaction if its pending batches are due for it.
     fn commit_open_if_due(&mut self) {
-        if self
-            .pending_since
-            .is_some_and(|t| t.elapsed() >= self.state.opts.pending_max_age)
-        {
+        if self.commit_due() {
             let _ = self.commit_open();
         }
     }
@@ -579,8 +635,8 @@ impl Writer {
         self.pending_bytes += s.building.bytes + s.redo.bytes().len();
         self.open = Some(txn);
         let must_commit = s.range_op
-            || self.pending_redo.len() >= PENDING_MAX_BATCHES
-            || self.pending_bytes >= PENDING_MAX_BYTES;
+            || self.pending_redo.len() >= PENDING_HARD_BATCHES
+            || self.pending_bytes >= PENDING_HARD_BYTES;
         if must_commit {
             if let Err(e) = self.commit_open() {
                 return Err((e, completions));
