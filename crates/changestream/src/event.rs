@@ -5,6 +5,7 @@ use errors::Result;
 use query::update::UpdateDelta;
 use storage::{Namespace, OpKind, OplogEntry};
 
+use crate::hub::Decoded;
 use crate::resume_token::ResumeTokenData;
 use crate::spec::{FullDocument, FullDocumentBeforeChange, StreamSpec, Target};
 
@@ -120,32 +121,44 @@ pub fn events_for(
         return Ok(Vec::new());
     }
     let (doc, token) = build(entry, op_type, &ns, &extra, Shape::of(spec), lookup)?;
-    Ok(finish(entry, doc, token, invalidates))
+    Ok(finish(
+        (entry.ts, entry.wall, entry.txn_op_index),
+        doc,
+        token,
+        invalidates,
+    ))
 }
 
 /// The part of an entry's event that is the same for every stream with default options
-/// (no `fullDocument` lookups or images, no expanded events): built once per entry.
+/// (no `fullDocument` lookups or images, no expanded events): built once per entry, as a
+/// document or as bytes, and the other form made from it on first use.
 #[derive(Debug)]
 pub struct Shared {
     op_type: &'static str,
     ns: Namespace,
     to: Option<Namespace>,
-    doc: Document,
     token: ResumeTokenData,
-    /// The event's bytes, encoded for the first stream that sends it unchanged.
+    doc: std::sync::OnceLock<Document>,
+    /// The event's bytes, shared by every stream that sends it unchanged.
     encoded: std::sync::OnceLock<std::sync::Arc<Encoded>>,
 }
 
 impl Shared {
     /// The event document.
     pub fn doc(&self) -> &Document {
-        &self.doc
+        self.doc.get_or_init(|| {
+            let enc = self.encoded.get().expect("a shared event has one form");
+            // Built from a valid entry's documents: converting it back cannot fail.
+            doc::raw::bytes_to_document(&enc.bytes, usize::MAX).unwrap_or_default()
+        })
     }
 
     /// The event encoded, once for every stream that sends it unchanged.
     pub fn encoded(&self) -> &std::sync::Arc<Encoded> {
-        self.encoded
-            .get_or_init(|| std::sync::Arc::new(Encoded::new(&self.doc)))
+        self.encoded.get_or_init(|| {
+            let doc = self.doc.get().expect("a shared event has one form");
+            std::sync::Arc::new(Encoded::new(doc))
+        })
     }
 
     /// The event's operation type.
@@ -214,31 +227,35 @@ pub type SharedCache = std::sync::OnceLock<std::result::Result<Option<Shared>, e
 /// # Errors
 /// As [`events_for`].
 pub fn events_for_shared<'a>(
-    entry: &OplogEntry,
-    cache: &'a SharedCache,
+    d: &'a Decoded,
     spec: &StreamSpec,
     lookup: &dyn Lookup,
     pre: Option<&query::filter::Filter>,
 ) -> Result<Vec<SharedEvent<'a>>> {
-    if !spec.default_shape() || (entry.op == OpKind::Command && entry.o.contains_key("applyOps")) {
-        return Ok(events_for(entry, spec, lookup)?
+    let h = &d.head;
+    if !spec.default_shape() || h.op == OpKind::Command && d.entry()?.o.contains_key("applyOps") {
+        return Ok(events_for(d.entry()?, spec, lookup)?
             .into_iter()
             .map(SharedEvent::own)
             .collect());
     }
-    let Some(sh) = shared_event(entry, cache)? else {
+    let Some(sh) = shared_event(d)? else {
         return Ok(Vec::new());
     };
     let (seen, invalidates) = visibility(sh.op_type, &sh.ns, sh.to.as_ref(), spec);
     if !seen {
         return Ok(Vec::new());
     }
-    let mut events: Vec<SharedEvent<'a>> =
-        finish(entry, Document::new(), sh.token.clone(), invalidates)
-            .into_iter()
-            .map(SharedEvent::own)
-            .collect();
-    if pre.is_some_and(|f| !f.matches(&sh.doc)) {
+    let mut events: Vec<SharedEvent<'a>> = finish(
+        (h.ts, h.wall, h.txn_op_index),
+        Document::new(),
+        sh.token.clone(),
+        invalidates,
+    )
+    .into_iter()
+    .map(SharedEvent::own)
+    .collect();
+    if pre.is_some_and(|f| !f.matches(sh.doc())) {
         events.remove(0);
     } else {
         events[0].doc = EventDoc::Shared(sh);
@@ -247,32 +264,140 @@ pub fn events_for_shared<'a>(
 }
 
 /// The event an entry makes for default-option streams, built once per entry (`None` for
-/// an entry no such stream sees: a no-op, or an expanded-only DDL event).
+/// an entry no such stream sees: a no-op, or an expanded-only DDL event). Inserts, updates,
+/// replacements and deletes are built from the entry's bytes (see [`raw_shared`]).
 ///
 /// # Errors
 /// An entry that cannot be decoded.
-pub fn shared_event<'a>(entry: &OplogEntry, cache: &'a SharedCache) -> Result<Option<&'a Shared>> {
-    let shared = cache.get_or_init(|| {
-        let Some((op_type, ns, extra)) = classify(entry) else {
-            return Ok(None);
-        };
-        if is_expanded_only(op_type) {
-            return Ok(None);
+pub fn shared_event(d: &Decoded) -> Result<Option<&Shared>> {
+    let shared = d.shared.get_or_init(|| match d.head.op {
+        OpKind::Insert | OpKind::Update | OpKind::Delete => raw_shared(d),
+        OpKind::Noop => Ok(None),
+        OpKind::Command => {
+            let entry = d.entry()?;
+            let Some((op_type, ns, extra)) = classify(entry) else {
+                return Ok(None);
+            };
+            if is_expanded_only(op_type) {
+                return Ok(None);
+            }
+            let (doc, token) = build(entry, op_type, &ns, &extra, Shape::DEFAULT, &NoLookup)?;
+            Ok(Some(Shared {
+                op_type,
+                ns,
+                to: extra.to,
+                token,
+                doc: std::sync::OnceLock::from(doc),
+                encoded: std::sync::OnceLock::new(),
+            }))
         }
-        let (doc, token) = build(entry, op_type, &ns, &extra, Shape::DEFAULT, &NoLookup)?;
-        Ok(Some(Shared {
-            op_type,
-            ns,
-            to: extra.to,
-            doc,
-            token,
-            encoded: std::sync::OnceLock::new(),
-        }))
     });
     match shared {
         Ok(sh) => Ok(sh.as_ref()),
         Err(e) => Err(e.clone()),
     }
+}
+
+/// The default-shape event of an insert, update, replacement or delete, built from the
+/// entry's bytes: the documents in it (`fullDocument`, `documentKey`, `updateDescription`,
+/// `lsid`) are copied as they are, never converted. The same event as [`build`] makes with
+/// [`Shape::DEFAULT`], byte for byte (see the tests); converting the entry and encoding the
+/// event document took most of a change event's cost.
+fn raw_shared(d: &Decoded) -> Result<Option<Shared>> {
+    use bson::{RawDocument, RawDocumentBuf};
+    let h = &d.head;
+    let b = d.raw();
+    let Some(ns) = Namespace::parse(&h.ns) else {
+        return Ok(None);
+    };
+    let bad = || errors::MongoError::internal("corrupt oplog entry");
+    let raw =
+        |r: &std::ops::Range<usize>| RawDocument::from_bytes(&b[r.clone()]).map_err(|_| bad());
+    let o = raw(&h.o)?;
+    let o2 = h.o2.as_ref().map(raw).transpose()?;
+    // `{_id: <o._id>}`, when `o` has an `_id`.
+    let id_key = || -> Result<Option<RawDocumentBuf>> {
+        Ok(o.get("_id").map_err(|_| bad())?.map(|id| {
+            let mut k = RawDocumentBuf::new();
+            k.append_ref("_id", id);
+            k
+        }))
+    };
+    let (op_type, own_key) = match h.op {
+        OpKind::Insert if o2.is_none() => ("insert", id_key()?),
+        OpKind::Insert => ("insert", None),
+        OpKind::Update if h.is_replacement(b) => ("replace", None),
+        OpKind::Update => ("update", None),
+        OpKind::Delete => ("delete", id_key()?),
+        OpKind::Command | OpKind::Noop => return Ok(None),
+    };
+    let key: Option<&RawDocument> = match (&own_key, h.op) {
+        (Some(k), _) => Some(k),
+        (None, OpKind::Insert | OpKind::Update) => o2,
+        (None, _) => None,
+    };
+    let mut ident = doc! {"operationType": op_type};
+    if let Some(k) = key {
+        ident.insert(
+            "documentKey",
+            doc::raw::to_document(k, usize::MAX).map_err(|_| bad())?,
+        );
+    }
+    let token = ResumeTokenData::event(h.ts, h.txn_op_index, h.ui, ident);
+    let token_doc = token.to_document();
+    let mut ev = RawDocumentBuf::new();
+    ev.append(
+        "_id",
+        RawDocumentBuf::from_document(&token_doc).map_err(|_| bad())?,
+    );
+    ev.append("operationType", op_type);
+    ev.append("clusterTime", h.ts);
+    ev.append("wallTime", h.wall);
+    if matches!(op_type, "insert" | "replace") {
+        ev.append_ref("fullDocument", o);
+    }
+    let mut ns_raw = RawDocumentBuf::new();
+    ns_raw.append("db", ns.db.as_str());
+    ns_raw.append("coll", ns.coll.as_str());
+    ev.append("ns", ns_raw);
+    if let Some(k) = key {
+        ev.append_ref("documentKey", k);
+    }
+    if op_type == "update" {
+        // The entry's diff is the update description with `disambiguatedPaths`, which
+        // only expanded events show.
+        let diff = o
+            .get_document("diff")
+            .map_err(|_| errors::MongoError::internal("update entry without diff"))?;
+        let mut desc = RawDocumentBuf::new();
+        for item in diff {
+            let (k, v) = item.map_err(|_| bad())?;
+            if k != "disambiguatedPaths" {
+                desc.append_ref(k, v);
+            }
+        }
+        ev.append("updateDescription", desc);
+    }
+    if h.in_txn {
+        if let Some(l) = &h.lsid {
+            ev.append_ref("lsid", raw(l)?);
+        }
+        if let Some(t) = h.txn_number {
+            ev.append("txnNumber", t);
+        }
+    }
+    let encoded = Encoded {
+        bytes: ev.into_bytes(),
+        token: token_doc,
+    };
+    Ok(Some(Shared {
+        op_type,
+        ns,
+        to: None,
+        token,
+        doc: std::sync::OnceLock::new(),
+        encoded: std::sync::OnceLock::from(std::sync::Arc::new(encoded)),
+    }))
 }
 
 /// Default-shape events read nothing from the database.
@@ -458,14 +583,14 @@ fn build(
 
 /// The event, followed by an `invalidate` when it ends the stream.
 fn finish(
-    entry: &OplogEntry,
+    (ts, wall, txn_op_index): (Timestamp, bson::DateTime, i32),
     doc: Document,
     token: ResumeTokenData,
     invalidates: bool,
 ) -> Vec<Event> {
     let pos = EventPos {
-        ts: (entry.ts.time, entry.ts.increment),
-        txn_op_index: entry.txn_op_index,
+        ts: (ts.time, ts.increment),
+        txn_op_index,
         from_invalidate: false,
         fragment: None,
     };
@@ -485,8 +610,8 @@ fn finish(
             doc: doc! {
                 "_id": t.to_document(),
                 "operationType": "invalidate",
-                "clusterTime": entry.ts,
-                "wallTime": entry.wall,
+                "clusterTime": ts,
+                "wallTime": wall,
             },
             invalidate: true,
         });
@@ -683,5 +808,71 @@ fn classify(e: &OplogEntry) -> Option<(&'static str, Namespace, Extra)> {
                 _ => None,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::DateTime;
+    use query::update::UpdateDelta;
+
+    fn entry(op: OpKind, o: Document, o2: Option<Document>) -> OplogEntry {
+        let mut e = OplogEntry::new(op, "db.coll", Some(bson::Uuid::new()), o);
+        e.o2 = o2;
+        e.ts = Timestamp {
+            time: 1_700_000_000,
+            increment: 7,
+        };
+        e.wall = DateTime::from_millis(1_700_000_000_123);
+        e
+    }
+
+    fn delta() -> Document {
+        let mut d = UpdateDelta::default();
+        d.updated_fields.insert("a.b", 5);
+        d.updated_fields.insert("s", "x");
+        d.removed_fields.push("gone".into());
+        d.truncated_arrays.push(("arr".into(), 2));
+        doc! {"$v": 2, "diff": d.to_document()}
+    }
+
+    /// The event built from an entry's bytes is the document path's event, byte for byte.
+    #[test]
+    fn raw_events_equal_document_events() {
+        let full = doc! {"_id": 1, "x": {"y": [1, 2]}, "s": "text"};
+        let mut in_txn = entry(OpKind::Insert, full.clone(), Some(doc! {"_id": 1}));
+        in_txn.in_txn = true;
+        in_txn.txn_op_index = 3;
+        in_txn.lsid = Some(doc! {"id": bson::Uuid::new()});
+        in_txn.txn_number = Some(9);
+        let entries = [
+            entry(OpKind::Insert, full.clone(), None),
+            entry(OpKind::Insert, full.clone(), Some(doc! {"_id": 1, "sk": 2})),
+            entry(OpKind::Insert, doc! {"no_id": true}, None),
+            entry(OpKind::Update, delta(), Some(doc! {"_id": "k"})),
+            entry(OpKind::Update, full.clone(), Some(doc! {"_id": 1})),
+            entry(
+                OpKind::Delete,
+                doc! {"_id": bson::oid::ObjectId::new()},
+                None,
+            ),
+            in_txn,
+        ];
+        for e in entries {
+            let (op_type, ns, extra) = classify(&e).unwrap();
+            let (want, token) = build(&e, op_type, &ns, &extra, Shape::DEFAULT, &NoLookup).unwrap();
+            let d = Decoded::new(e.to_bytes().into()).unwrap();
+            let sh = shared_event(&d).unwrap().unwrap();
+            assert_eq!(sh.op_type(), op_type);
+            assert_eq!(sh.token, token);
+            let enc = sh.encoded();
+            assert_eq!(enc.bytes, bson::to_vec(&want).unwrap(), "{op_type}: {want}");
+            assert_eq!(sh.doc(), &want);
+            assert_eq!(enc.token, token.to_document());
+        }
+        let noop = entry(OpKind::Noop, doc! {"msg": "x"}, None);
+        let d = Decoded::new(noop.to_bytes().into()).unwrap();
+        assert!(shared_event(&d).unwrap().is_none());
     }
 }

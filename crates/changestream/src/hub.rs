@@ -14,11 +14,12 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use bson::Timestamp;
+use errors::MongoError;
 use errors::Result;
-use storage::{OplogEntry, Store, oplog::ts_key};
+use storage::{EntryHead, OplogEntry, Store, oplog::ts_key};
 use tokio::sync::watch;
 
 use crate::event::SharedCache;
@@ -34,22 +35,53 @@ const ATTACH_BACKLOG: usize = 1024;
 /// from memory; streams further behind read the log.
 pub const WINDOW_BYTES: usize = 64 * 1024 * 1024;
 
-/// A decoded entry with the memory it is reckoned to take, and the event it makes for
-/// default-option streams once the first such stream has built it.
+/// A committed entry as the hub shares it: its encoded bytes and its head (time, kind,
+/// namespace), its documents converted only if some stream needs them, and the event it
+/// makes for default-option streams once the first such stream has built it.
 pub struct Decoded {
-    pub entry: OplogEntry,
+    pub head: EntryHead,
+    raw: Arc<[u8]>,
+    /// The whole entry, converted on first use (non-default stream options, DDL).
+    entry: OnceLock<std::result::Result<OplogEntry, MongoError>>,
     /// The memory the entry is reckoned to take: see [`Decoded::cost`].
     pub bytes: usize,
     pub shared: SharedCache,
 }
 
 impl Decoded {
-    fn new(entry: OplogEntry, encoded: usize) -> Decoded {
-        Decoded {
-            entry,
-            bytes: Decoded::cost(encoded),
+    /// Reads an encoded entry's head.
+    ///
+    /// # Errors
+    /// A corrupt entry.
+    pub fn new(raw: Arc<[u8]>) -> Result<Decoded> {
+        Ok(Decoded {
+            head: EntryHead::parse(&raw)?,
+            bytes: Decoded::cost(raw.len()),
+            raw,
+            entry: OnceLock::new(),
             shared: SharedCache::new(),
-        }
+        })
+    }
+
+    /// The entry's clusterTime.
+    pub fn ts(&self) -> Timestamp {
+        self.head.ts
+    }
+
+    /// The encoded entry.
+    pub fn raw(&self) -> &[u8] {
+        &self.raw
+    }
+
+    /// The entry with its documents converted (once).
+    ///
+    /// # Errors
+    /// A corrupt entry.
+    pub fn entry(&self) -> Result<&OplogEntry> {
+        self.entry
+            .get_or_init(|| OplogEntry::from_head(&self.head, &self.raw))
+            .as_ref()
+            .map_err(Clone::clone)
     }
 
     /// The memory an entry of `encoded` bytes takes once decoded with its shared event:
@@ -157,14 +189,14 @@ impl Hub {
             if next < w.covered_from {
                 return false;
             }
-            let start = w.entries.partition_point(|d| ts_key(d.entry.ts) < next);
+            let start = w.entries.partition_point(|d| ts_key(d.ts()) < next);
             if w.entries.len() - start > ATTACH_BACKLOG {
                 return false;
             }
             w.entries
                 .iter()
                 .skip(start)
-                .take_while(|d| ts_key(d.entry.ts) <= tailed)
+                .take_while(|d| ts_key(d.ts()) <= tailed)
                 .cloned()
                 .collect()
         };
@@ -217,8 +249,7 @@ impl Hub {
             let full = got.len() == CHUNK;
             let mut fresh = Vec::with_capacity(got.len());
             for (_, bytes) in got {
-                let entry = OplogEntry::from_bytes(&bytes)?;
-                fresh.push(Arc::new(Decoded::new(entry, bytes.len())));
+                fresh.push(Arc::new(Decoded::new(bytes)?));
             }
             {
                 let mut w = self.window.write().unwrap();
@@ -229,7 +260,7 @@ impl Hub {
                 while w.bytes > WINDOW_BYTES && w.entries.len() > 1 {
                     if let Some(old) = w.entries.pop_front() {
                         w.bytes -= old.bytes;
-                        w.covered_from = ts_key(old.entry.ts) + 1;
+                        w.covered_from = ts_key(old.ts()) + 1;
                     }
                 }
             }
@@ -285,7 +316,7 @@ impl Hub {
         if from < w.covered_from {
             return None;
         }
-        let start = w.entries.partition_point(|d| ts_key(d.entry.ts) < from);
+        let start = w.entries.partition_point(|d| ts_key(d.ts()) < from);
         Some(w.entries.len() - start)
     }
 
@@ -331,12 +362,12 @@ impl Hub {
             let w = self.window.read().unwrap();
             // Catching up may have moved the window past `from`: then read the log.
             if from >= w.covered_from {
-                let start = w.entries.partition_point(|d| ts_key(d.entry.ts) < from);
+                let start = w.entries.partition_point(|d| ts_key(d.ts()) < from);
                 let got = w
                     .entries
                     .iter()
                     .skip(start)
-                    .take_while(|d| ts_key(d.entry.ts) <= ts_key(upto))
+                    .take_while(|d| ts_key(d.ts()) <= ts_key(upto))
                     .take(limit)
                     .cloned()
                     .collect();
@@ -350,10 +381,7 @@ impl Hub {
             .store
             .read_log(from.saturating_sub(1), ts_key(upto), limit)?
         {
-            out.push(Arc::new(Decoded::new(
-                OplogEntry::from_bytes(&bytes)?,
-                bytes.len(),
-            )));
+            out.push(Arc::new(Decoded::new(bytes)?));
         }
         Ok((out, upto))
     }

@@ -23,7 +23,6 @@ use query::filter::Predicate;
 use storage::{OpKind, oplog::ts_key};
 use tokio::sync::Notify;
 
-use crate::event::SharedCache;
 use crate::hub::Decoded;
 use crate::spec::{StreamSpec, Target};
 
@@ -113,7 +112,7 @@ impl Inbox {
     /// The oplog key of the first entry waiting, if any.
     pub fn first_key(&self) -> Option<u64> {
         let s = self.state.lock().unwrap();
-        s.entries.front().map(|d| ts_key(d.entry.ts))
+        s.entries.front().map(|d| ts_key(d.ts()))
     }
 
     /// Adds an entry; `false` (and nothing added) when it would overflow.
@@ -141,7 +140,7 @@ impl Inbox {
     fn detach(&self, from: u64, total: &AtomicUsize) {
         let mut s = self.state.lock().unwrap();
         s.attached = false;
-        let k = s.entries.front().map_or(from, |d| ts_key(d.entry.ts));
+        let k = s.entries.front().map_or(from, |d| ts_key(d.ts()));
         s.dropped_from = Some(s.dropped_from.map_or(k, |d| d.min(k)));
         total.fetch_sub(s.bytes, Ordering::Relaxed);
         s.entries.clear();
@@ -334,7 +333,7 @@ impl TargetIndex {
 
     /// Adds the streams that can admit an event (`op` its operation type bit, `doc` the
     /// default-option event) to `out`.
-    fn candidates(&self, op: u8, doc: &Document, out: &mut HashSet<u64>) {
+    fn candidates(&self, op: u8, sh: &crate::event::Shared, out: &mut HashSet<u64>) {
         out.extend(
             self.unkeyed
                 .iter()
@@ -342,7 +341,8 @@ impl TargetIndex {
                 .map(|(id, _)| *id),
         );
         for g in &self.groups {
-            for key in event_keys(doc, &g.path, g.collation.as_deref()) {
+            // The event's document is built only for streams keyed on its fields.
+            for key in event_keys(sh.doc(), &g.path, g.collation.as_deref()) {
                 if let Some(set) = g.by_key.get(&key) {
                     out.extend(set.iter().filter(|(_, m)| **m & op != 0).map(|(id, _)| *id));
                 }
@@ -459,7 +459,7 @@ impl Router {
                 continue;
             };
             if !inbox.push(d, total) {
-                inbox.detach(ts_key(d.entry.ts), total);
+                inbox.detach(ts_key(d.ts()), total);
                 full.push(id);
             }
         }
@@ -469,7 +469,7 @@ impl Router {
     }
 
     fn candidates(&self, d: &Decoded, out: &mut HashSet<u64>) -> errors::Result<()> {
-        match d.entry.op {
+        match d.head.op {
             OpKind::Noop => Ok(()),
             // DDL (and applyOps) entries are rare: every stream reads them.
             OpKind::Command => {
@@ -479,7 +479,7 @@ impl Router {
                 Ok(())
             }
             OpKind::Insert | OpKind::Update | OpKind::Delete => {
-                let Some((db, _)) = d.entry.ns.split_once('.') else {
+                let Some((db, _)) = d.head.ns.split_once('.') else {
                     return Ok(());
                 };
                 let Some(sh) = shared(d)? else {
@@ -487,13 +487,13 @@ impl Router {
                 };
                 let op = op_bit(sh.op_type()).unwrap_or(ALL_OPS);
                 let keys = [
-                    TargetKey::Coll(d.entry.ns.clone()),
+                    TargetKey::Coll(d.head.ns.clone()),
                     TargetKey::Db(db.to_string()),
                     TargetKey::Cluster,
                 ];
                 for k in &keys {
                     if let Some(t) = self.targets.get(k) {
-                        t.candidates(op, sh.doc(), out);
+                        t.candidates(op, sh, out);
                     }
                 }
                 Ok(())
@@ -503,8 +503,7 @@ impl Router {
 }
 
 fn shared(d: &Decoded) -> errors::Result<Option<&crate::event::Shared>> {
-    let cache: &SharedCache = &d.shared;
-    crate::event::shared_event(&d.entry, cache)
+    crate::event::shared_event(d)
 }
 
 /// A stream's place in the router: its id, route and inbox. Dropping it detaches the

@@ -209,7 +209,7 @@ impl ChangeStream {
         while !self.invalidated && batch.len() < max && self.leftover.is_empty() {
             match hub.pop(&self.sub) {
                 Taken::Entry(Some(d)) => {
-                    if ts_key(d.entry.ts) >= self.next {
+                    if ts_key(d.ts()) >= self.next {
                         self.take_entry(&d, lookup, env)?;
                         self.drain_leftover(&mut batch, &mut bytes, max);
                     }
@@ -283,13 +283,13 @@ impl ChangeStream {
     /// Runs one entry's events through the stream (resume point, pipeline, size limit) into
     /// `leftover`, and moves the stream past the entry.
     fn take_entry(&mut self, d: &Decoded, lookup: &dyn Lookup, env: &dyn Env) -> Result<()> {
-        let key = ts_key(d.entry.ts);
+        let key = ts_key(d.ts());
         let pipeline = self.spec.pipeline.as_ref();
         // The pipeline that reshapes events, if it does more than match them.
         let shaping = if self.in_place { None } else { pipeline };
         let pre = shaping.and_then(|p| p.leading_match());
         let before = self.leftover.len();
-        for ev in events_for_shared(&d.entry, &d.shared, &self.spec, lookup, pre)? {
+        for ev in events_for_shared(d, &self.spec, lookup, pre)? {
             if self.skipped(ev.pos) {
                 continue;
             }
@@ -317,7 +317,8 @@ impl ChangeStream {
                 let passes = |doc: &Document| pipeline.map_or(Ok(true), |p| p.passes(doc, env));
                 match ev.doc {
                     EventDoc::Shared(sh) => {
-                        if !passes(sh.doc())? {
+                        // Without a pipeline the event's document is never built.
+                        if pipeline.is_some() && !passes(sh.doc())? {
                             continue;
                         }
                         let enc = sh.encoded();
@@ -342,7 +343,7 @@ impl ChangeStream {
         self.next = key + 1;
         if self
             .skip_until
-            .is_some_and(|s| s.ts <= (d.entry.ts.time, d.entry.ts.increment))
+            .is_some_and(|s| s.ts <= (d.ts().time, d.ts().increment))
         {
             self.skip_until = None;
         }
