@@ -214,12 +214,14 @@ pub fn command_name(cmd: &Document) -> &str {
 pub async fn handle(ctx: &Arc<ServerCtx>, conn: &mut ConnInfo, cmd: Document) -> Reply {
     let start = Instant::now();
     let name = command_name(&cmd).to_string();
+    // Shared with `currentOp`'s registry for as long as the command runs, uncopied.
+    let cmd = Arc::new(cmd);
     let r = run(ctx, conn, &name, &cmd).await;
     logs::command_done(&name, &cmd, &r, start.elapsed(), conn.id);
     r
 }
 
-async fn run(ctx: &Arc<ServerCtx>, conn: &mut ConnInfo, name: &str, cmd: &Document) -> Reply {
+async fn run(ctx: &Arc<ServerCtx>, conn: &mut ConnInfo, name: &str, cmd: &Arc<Document>) -> Reply {
     let name = name.to_string();
     ctx.stats.command.fetch_add(1, Ordering::Relaxed);
     ctx.local_sessions.touch(cmd);

@@ -20,8 +20,8 @@ struct Running {
     conn: i64,
     op: &'static str,
     ns: String,
-    command: Document,
-    lsid: Option<Bson>,
+    /// The command as it came: `currentOp` shows it without its write batch.
+    command: std::sync::Arc<Document>,
     started: Instant,
     interrupt: Interrupt,
     /// The cursor a `getMore` works on, and that cursor's own interruption point.
@@ -73,8 +73,8 @@ fn op_kind(name: &str) -> &'static str {
 const BATCHES: &[&str] = &["documents", "updates", "deletes", "ops", "nsInfo"];
 
 /// A command as `currentOp` shows it: without its write batch, and past 1 KB of BSON its
-/// start as text (mongod's `$truncated`). Built on every command, so it measures rather
-/// than encodes.
+/// start as text (mongod's `$truncated`). Built only when `currentOp` lists the command;
+/// it measures rather than encodes.
 fn shown_command(cmd: &Document) -> Document {
     const MAX: usize = 1024;
     let mut d = Document::new();
@@ -123,7 +123,7 @@ impl Ops {
         &self,
         conn: &ConnInfo,
         name: &str,
-        cmd: &Document,
+        cmd: &std::sync::Arc<Document>,
         interrupt: &Interrupt,
     ) -> OpGuard<'_> {
         let id = self.next.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
@@ -146,8 +146,7 @@ impl Ops {
                 conn: conn.id,
                 op: op_kind(name),
                 ns,
-                command: shown_command(cmd),
-                lsid: cmd.get("lsid").cloned(),
+                command: cmd.clone(),
                 started: Instant::now(),
                 interrupt: interrupt.clone(),
                 cursor: None,
@@ -205,7 +204,7 @@ impl Ops {
                 "microsecs_running": el.as_micros() as i64,
                 "op": r.op,
                 "ns": &r.ns,
-                "command": r.command.clone(),
+                "command": shown_command(&r.command),
                 "numYields": 0,
                 "locks": {},
                 "waitingForLock": false,
@@ -217,7 +216,7 @@ impl Ops {
                     d.insert("appName", a);
                 }
             }
-            if let Some(l) = &r.lsid {
+            if let Some(l) = r.command.get("lsid") {
                 d.insert("lsid", l.clone());
             }
             out.push(d);
