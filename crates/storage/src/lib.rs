@@ -343,6 +343,7 @@ impl Store {
         let mut state = WriterState::new(opts, next_lsn, applied.0);
         state.last_ts = oplog::key_ts(last_ts);
         load_next_id(&db, &mut state).map_err(|e| e.message)?;
+        let gc_pending = has_gc_marks(&db).map_err(|e| e.message)?;
         let db = Arc::new(db);
         let (committed, _) = watch::channel(state.last_ts);
         let tracker = state.tracker.clone();
@@ -365,6 +366,8 @@ impl Store {
             pending_bytes: 0,
             pending_since: None,
             has_pending: Arc::default(),
+            gc_pending: Arc::new(std::sync::atomic::AtomicBool::new(gc_pending)),
+            purged: false,
         });
         pipeline
             .start_committer(interval, state_pending_age)
@@ -461,6 +464,12 @@ impl Store {
         self.inner.committed.subscribe()
     }
 
+    /// Whether dropped collections or indexes still have entries to purge (the committer
+    /// thread deletes them between writes).
+    pub fn purge_pending(&self) -> bool {
+        self.inner.pipeline.purge_pending()
+    }
+
     /// Committed entries with clusterTime keys in `(after, upto]`, at most `limit`,
     /// oldest first: from the log's in-memory tail when it reaches back that far.
     ///
@@ -539,6 +548,14 @@ fn load_next_id(db: &Database, state: &mut WriterState) -> Result<()> {
         state.stored_next_id = next;
     }
     Ok(())
+}
+
+/// Whether dropped collections or indexes were left to purge (by a restart, or a crash).
+fn has_gc_marks(db: &Database) -> Result<bool> {
+    let txn = db.begin_read().map_err(storage_err)?;
+    let meta = txn.open_table(META).map_err(storage_err)?;
+    let mut marks = meta.range::<&str>("gc:".."gc;").map_err(storage_err)?;
+    Ok(marks.next().is_some())
 }
 
 pub(crate) fn shutting_down() -> MongoError {
@@ -1434,6 +1451,79 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// A drop is a catalog change and a mark: the committer thread purges the collection's
+    /// documents, `_id` index and index entries in chunks afterwards, and after a restart
+    /// goes on where it stood.
+    #[tokio::test]
+    async fn dropped_collections_are_purged_in_the_background() {
+        let dir = tempdir();
+        let n = 3 * pipeline::PURGE_CHUNK + 7;
+        let (id, ix) = {
+            let store = Store::open(&dir, StoreOptions::default()).unwrap();
+            let (id, ix) = store
+                .write(move |ctx| {
+                    let mut m = meta(ctx.new_id());
+                    let ix = ctx.new_id();
+                    m.indexes.push(IndexMeta {
+                        id: ix,
+                        name: "a_1".into(),
+                        key: doc! {"a": 1},
+                        unique: false,
+                        sparse: false,
+                        partial_filter: None,
+                        spec: doc! {"v": 2, "key": {"a": 1}, "name": "a_1"},
+                        multikey: false,
+                    });
+                    ctx.put_collection(&m)?;
+                    for i in 0..n as u32 {
+                        let k = i.to_be_bytes();
+                        ctx.put_doc(m.id, &k, &bson::to_vec(&doc! {"_id": i}).unwrap())?;
+                        let mut ik = ix.to_be_bytes().to_vec();
+                        ik.extend_from_slice(&k);
+                        ctx.index_put(&ik, &k)?;
+                    }
+                    Ok((m.id, ix))
+                })
+                .await
+                .unwrap();
+            let m = store
+                .snapshot()
+                .unwrap()
+                .collection(&ns())
+                .unwrap()
+                .unwrap();
+            store
+                .write(move |ctx| ctx.remove_collection(&m))
+                .await
+                .unwrap();
+            let snap = store.snapshot().unwrap();
+            assert!(snap.collection(&ns()).unwrap().is_none());
+            // Closed at once: what is left to purge is purged after the restart.
+            drop(snap);
+            store.close();
+            (id, ix)
+        };
+        let store = Store::open(&dir, StoreOptions::default()).unwrap();
+        let started = std::time::Instant::now();
+        loop {
+            let snap = store.snapshot().unwrap();
+            let left = snap.collection_size(id).unwrap().0 + snap.index_size(ix).unwrap();
+            if left == 0 && !store.purge_pending() {
+                // The `_id` index went too (a lookup finds no entry, not a dangling one).
+                assert_eq!(snap.get_doc(id, &5u32.to_be_bytes()).unwrap(), None);
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "never purged: {left} bytes/documents left"
+            );
+            drop(snap);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     /// Creates the collection `d.c` and returns its id.
     async fn create_collection(store: &Store) -> u64 {
         store
@@ -1555,7 +1645,20 @@ mod tests {
             })
             .await
             .unwrap();
-        assert!(natural_ids(&store.snapshot().unwrap(), id, false).is_empty());
+        assert!(
+            store
+                .snapshot()
+                .unwrap()
+                .collection(&ns())
+                .unwrap()
+                .is_none()
+        );
+        // Its records go with the purge that follows.
+        let started = std::time::Instant::now();
+        while !natural_ids(&store.snapshot().unwrap(), id, false).is_empty() {
+            assert!(started.elapsed() < Duration::from_secs(60), "never purged");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         drop(store);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -34,7 +34,7 @@ pub enum TableId {
 }
 
 impl TableId {
-    fn from_u8(v: u8) -> Option<TableId> {
+    pub(crate) fn from_u8(v: u8) -> Option<TableId> {
         Some(match v {
             1 => TableId::Catalog,
             2 => TableId::Docs,
