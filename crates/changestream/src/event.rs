@@ -344,12 +344,13 @@ fn raw_shared(d: &Decoded) -> Result<Option<Shared>> {
         );
     }
     let token = ResumeTokenData::event(h.ts, h.txn_op_index, h.ui, ident);
-    let token_doc = token.to_document();
-    let mut ev = RawDocumentBuf::new();
-    ev.append(
-        "_id",
-        RawDocumentBuf::from_document(&token_doc).map_err(|_| bad())?,
-    );
+    let (token_doc, token_raw) = token.to_document_and_bytes();
+    // Sized up front: the documents copied in, and room for the rest.
+    let room = o.as_bytes().len() + key.map_or(0, |k| k.as_bytes().len()) + 256;
+    let mut buf = Vec::with_capacity(room);
+    buf.extend_from_slice(&[5, 0, 0, 0, 0]);
+    let mut ev = RawDocumentBuf::from_bytes(buf).map_err(|_| bad())?;
+    ev.append("_id", token_raw);
     ev.append("operationType", op_type);
     ev.append("clusterTime", h.ts);
     ev.append("wallTime", h.wall);

@@ -149,6 +149,25 @@ impl ResumeTokenData {
         d
     }
 
+    /// [`ResumeTokenData::to_document`], and the same document encoded.
+    pub fn to_document_and_bytes(&self) -> (Document, bson::RawDocumentBuf) {
+        let (key, tb) = self.key_string();
+        let hex = doc::keystring::hex_upper(&key);
+        let mut raw = bson::RawDocumentBuf::new();
+        raw.append("_data", hex.as_str());
+        let mut d = Document::new();
+        d.insert("_data", hex);
+        if !tb.is_empty() {
+            let b = Binary {
+                subtype: BinarySubtype::Generic,
+                bytes: tb,
+            };
+            raw.append("_typeBits", b.clone());
+            d.insert("_typeBits", b);
+        }
+        (d, raw)
+    }
+
     /// Parses a token document (from `resumeAfter`/`startAfter`). Accepts versions 0–2 and
     /// hex in either case. Errors use MongoDB's codes where it has one for the check.
     pub fn from_document(token: &Document) -> Result<Self, MongoError> {

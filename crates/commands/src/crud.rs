@@ -195,12 +195,16 @@ pub(crate) fn insert_one(
     stmt: usize,
 ) -> Result<()> {
     exec::validate::check(meta, d, None, s.bypass_validation)?;
-    exec::write::insert_doc(w, meta, d)?;
+    let bytes = exec::write::insert_doc(w, meta, d)?;
     let key = doc! {"_id": d.get("_id").cloned().unwrap_or(Bson::Null)};
-    w.log(s.entry(
-        OplogEntry::new(OpKind::Insert, meta.ns.full(), Some(meta.uuid), d.clone()).with_o2(key),
-        stmt,
-    ))?;
+    w.log(
+        s.entry(
+            OplogEntry::new(OpKind::Insert, meta.ns.full(), Some(meta.uuid), d.clone())
+                .with_o2(key)
+                .with_o_bytes(bytes),
+            stmt,
+        ),
+    )?;
     Ok(())
 }
 

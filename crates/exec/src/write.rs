@@ -87,11 +87,16 @@ fn id_index(meta: &CollectionMeta) -> IndexMeta {
     })
 }
 
-/// Inserts a document (which has its `_id`), with its index entries.
+/// Inserts a document (which has its `_id`), with its index entries, and returns the
+/// document as it stored it (encoded).
 ///
 /// # Errors
 /// DuplicateKey, BSONObjectTooLarge, or a storage error.
-pub fn insert_doc(ctx: &mut WriteCtx<'_>, meta: &mut CollectionMeta, doc: &Document) -> Result<()> {
+pub fn insert_doc(
+    ctx: &mut WriteCtx<'_>,
+    meta: &mut CollectionMeta,
+    doc: &Document,
+) -> Result<Vec<u8>> {
     let id = doc
         .get("_id")
         .ok_or_else(|| MongoError::internal("document without _id"))?;
@@ -124,7 +129,7 @@ pub fn insert_doc(ctx: &mut WriteCtx<'_>, meta: &mut CollectionMeta, doc: &Docum
     if became_multikey {
         mark_multikey(ctx, meta, &planned)?;
     }
-    Ok(())
+    Ok(bytes)
 }
 
 fn mark_multikey(

@@ -64,6 +64,9 @@ pub struct OplogEntry {
     pub in_txn: bool,
     /// Position of this operation inside its transaction (0 outside one).
     pub txn_op_index: i32,
+    /// `o` encoded, when the writer has its bytes already (an inserted document's): then
+    /// [`OplogEntry::to_bytes`] copies them rather than encoding `o` again.
+    pub o_bytes: Option<Vec<u8>>,
 }
 
 impl OplogEntry {
@@ -85,6 +88,7 @@ impl OplogEntry {
             stmt_id: None,
             in_txn: false,
             txn_op_index: 0,
+            o_bytes: None,
         }
     }
 
@@ -92,6 +96,13 @@ impl OplogEntry {
     #[must_use]
     pub fn with_o2(mut self, o2: Document) -> Self {
         self.o2 = Some(o2);
+        self
+    }
+
+    /// Sets `o_bytes`: `o` as the caller encoded it already.
+    #[must_use]
+    pub fn with_o_bytes(mut self, bytes: Vec<u8>) -> Self {
+        self.o_bytes = Some(bytes);
         self
     }
 
@@ -141,7 +152,14 @@ impl OplogEntry {
         if let Some(ui) = self.ui {
             r.append("ui", RawBson::Binary(bson::Binary::from_uuid(ui)));
         }
-        r.append("o", raw(&self.o));
+        match self
+            .o_bytes
+            .as_deref()
+            .and_then(|b| bson::RawDocument::from_bytes(b).ok())
+        {
+            Some(o) => r.append_ref("o", o),
+            None => r.append("o", raw(&self.o)),
+        }
         if let Some(o2) = &self.o2 {
             r.append("o2", raw(o2));
         }
@@ -190,6 +208,7 @@ impl OplogEntry {
             stmt_id: h.stmt_id,
             in_txn: h.in_txn,
             txn_op_index: h.txn_op_index,
+            o_bytes: None,
         })
     }
 
@@ -215,6 +234,7 @@ impl OplogEntry {
             stmt_id: d.get_i32("stmtId").ok(),
             in_txn: d.get_bool("inTxn").unwrap_or(false),
             txn_op_index: d.get_i32("txnOpIndex").unwrap_or(0),
+            o_bytes: None,
         })
     }
 }
@@ -354,6 +374,9 @@ mod tests {
         e.txn_op_index = 2;
         assert_eq!(e.to_bytes(), bson::to_vec(&e.to_document()).unwrap());
         assert_eq!(OplogEntry::from_bytes(&e.to_bytes()).unwrap(), e);
+        // `o` given encoded is written as is.
+        let pre = e.clone().with_o_bytes(bson::to_vec(&e.o).unwrap());
+        assert_eq!(pre.to_bytes(), e.to_bytes());
         assert_eq!(key_ts(ts_key(e.ts)), e.ts);
         assert!(
             ts_key(Timestamp {
