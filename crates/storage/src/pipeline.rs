@@ -1,20 +1,22 @@
 //! The commit pipeline: write jobs run in batches (group commit), one batch at a time, by
-//! whichever writer leads (see [`Pipeline`]).
+//! whichever writer leads, or by the committer thread it hands the rest to (see
+//! [`Pipeline`]).
 //!
 //! For each batch the leader
-//! 1. runs the jobs in one redb write transaction that will not be forced to disk
+//! 1. runs the jobs in the open redb write transaction, which is not forced to disk
 //!    (`Durability::None`), recording every table change in the batch's redo section and
 //!    every oplog entry it logs (with a strictly increasing clusterTime);
 //! 2. appends one frame (entries + redo) to the log and fdatasyncs it: the durability
 //!    point, before which no job of the batch is acknowledged;
-//! 3. commits the redb transaction, which makes the batch visible to readers, adds its
-//!    entries to the log's in-memory tail, publishes the batch's clusterTime and completes
-//!    the jobs.
+//! 3. publishes the batch's changes to readers as a layer over the last redb commit, adds
+//!    its entries to the log's in-memory tail, publishes the batch's clusterTime and
+//!    completes the jobs.
 //!
-//! A checkpoint (a durable, empty redb commit) makes the tables durable every
-//! `checkpoint_interval` or `checkpoint_bytes` of log; the lsn the tables hold is stored in
-//! every batch's transaction, so the checkpoint records it. Recovery replays the frames
-//! after it ([`replay`]). Whole segments are truncated only once a checkpoint covers them.
+//! The committer thread commits the open transaction in redb every few batches or
+//! milliseconds, purges what dropped collections and indexes left behind, and checkpoints:
+//! a durable, empty redb commit that records the lsn the tables hold, every
+//! `checkpoint_interval` or `checkpoint_bytes` of log. Recovery replays the frames after it
+//! ([`replay`]). Whole segments are truncated only once a checkpoint covers them.
 //!
 //! A batch takes every job waiting, never waiting for more: a lone writer gets one round
 //! trip plus one fdatasync, and writers that arrive while an fdatasync is under way share
