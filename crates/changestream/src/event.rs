@@ -246,15 +246,25 @@ pub fn events_for_shared<'a>(
     if !seen {
         return Ok(Vec::new());
     }
-    let mut events: Vec<SharedEvent<'a>> = finish(
-        (h.ts, h.wall, h.txn_op_index),
-        Document::new(),
-        sh.token.clone(),
-        invalidates,
-    )
-    .into_iter()
-    .map(SharedEvent::own)
-    .collect();
+    let pos = (h.ts, h.wall, h.txn_op_index);
+    let mut events: Vec<SharedEvent<'a>> = if invalidates {
+        finish(pos, Document::new(), sh.token.clone(), true)
+            .into_iter()
+            .map(SharedEvent::own)
+            .collect()
+    } else {
+        // The common case, for every stream an entry reaches: no token copied.
+        vec![SharedEvent {
+            pos: EventPos {
+                ts: (h.ts.time, h.ts.increment),
+                txn_op_index: h.txn_op_index,
+                from_invalidate: false,
+                fragment: None,
+            },
+            doc: EventDoc::Shared(sh),
+            invalidate: false,
+        }]
+    };
     if pre.is_some_and(|f| !f.matches(sh.doc())) {
         events.remove(0);
     } else {

@@ -34,6 +34,9 @@ pub struct ChangeStream {
     /// Events produced but not yet returned (a batch filled up mid-entry).
     leftover: VecDeque<Arc<Encoded>>,
     pbrt: Document,
+    /// The last event put in the batch being built: its token becomes `pbrt` when the batch
+    /// is finished (copying the token for every event cost as much as the event itself).
+    pbrt_event: Option<Arc<Encoded>>,
     /// When set, the resume token is the high-water mark at this oplog key, and `pbrt`
     /// is stale. Kept as a key so that skipping entries costs no token encoding.
     pbrt_hwm: Option<u64>,
@@ -95,6 +98,7 @@ impl ChangeStream {
             skip_until,
             leftover: VecDeque::new(),
             pbrt,
+            pbrt_event: None,
             pbrt_hwm: None,
             invalidated: false,
             _slot: hub.register(),
@@ -265,6 +269,9 @@ impl ChangeStream {
 
     /// Sets the high-water mark for a batch that came out empty, and returns the batch.
     fn finish_batch(&mut self, batch: Vec<Arc<Encoded>>) -> Vec<Arc<Encoded>> {
+        if let Some(e) = self.pbrt_event.take() {
+            self.pbrt.clone_from(&e.token);
+        }
         if batch.is_empty() && self.leftover.is_empty() && !self.invalidated {
             let later = match self.pbrt_hwm {
                 Some(k) => self.next > k,
@@ -408,7 +415,7 @@ impl ChangeStream {
             let ev = self.leftover.pop_front().expect("front exists");
             *bytes += cost;
             if !ev.token.is_empty() {
-                self.pbrt.clone_from(&ev.token);
+                self.pbrt_event = Some(ev.clone());
                 self.pbrt_hwm = None;
             }
             batch.push(ev);
