@@ -173,6 +173,9 @@ impl Shared {
 pub struct Encoded {
     pub bytes: Vec<u8>,
     pub token: Document,
+    /// The bytes `token` takes again as a reply's `postBatchResumeToken` field (0 without
+    /// a token), measured once rather than for every batch the event goes in.
+    pub token_bytes: usize,
 }
 
 impl Encoded {
@@ -186,7 +189,21 @@ impl Encoded {
             Some(Bson::Document(t)) => t.clone(),
             _ => Document::new(),
         };
-        Encoded { bytes, token }
+        Encoded::with_token(bytes, token)
+    }
+
+    /// An event already encoded, with its token.
+    pub fn with_token(bytes: Vec<u8>, token: Document) -> Encoded {
+        let token_bytes = if token.is_empty() {
+            0
+        } else {
+            doc::encoded_len(&token) + "postBatchResumeToken".len() + 2
+        };
+        Encoded {
+            bytes,
+            token,
+            token_bytes,
+        }
     }
 }
 
@@ -397,10 +414,7 @@ fn raw_shared(d: &Decoded) -> Result<Option<Shared>> {
             ev.append("txnNumber", t);
         }
     }
-    let encoded = Encoded {
-        bytes: ev.into_bytes(),
-        token: token_doc,
-    };
+    let encoded = Encoded::with_token(ev.into_bytes(), token_doc);
     Ok(Some(Shared {
         op_type,
         ns,

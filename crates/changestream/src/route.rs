@@ -13,7 +13,7 @@
 //! would overflow is detached: it drops what it held and reads history from where it stands,
 //! in bounded chunks like any laggard, and attaches again when it has caught up.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -333,7 +333,7 @@ impl TargetIndex {
 
     /// Adds the streams that can admit an event (`op` its operation type bit, `doc` the
     /// default-option event) to `out`.
-    fn candidates(&self, op: u8, sh: &crate::event::Shared, out: &mut HashSet<u64>) {
+    fn candidates(&self, op: u8, sh: &crate::event::Shared, out: &mut Vec<u64>) {
         out.extend(
             self.unkeyed
                 .iter()
@@ -350,7 +350,7 @@ impl TargetIndex {
         }
     }
 
-    fn all(&self, out: &mut HashSet<u64>) {
+    fn all(&self, out: &mut Vec<u64>) {
         out.extend(self.unkeyed.keys());
         for g in &self.groups {
             for set in g.by_key.values() {
@@ -441,14 +441,19 @@ impl Router {
         if self.subs.is_empty() {
             return;
         }
-        let mut ids = HashSet::new();
+        // A vector, deduplicated once (a stream keyed on an array field can be found under
+        // several of the event's keys): a set cost more per candidate than delivering.
+        let mut ids = Vec::new();
         if let Err(e) = self.candidates(d, &mut ids) {
             // Every stream meets the entry, and reports the error itself.
             tracing::warn!(error = %e, "change stream router could not read an entry");
+            ids.clear();
             for t in self.targets.values() {
                 t.all(&mut ids);
             }
         }
+        ids.sort_unstable();
+        ids.dedup();
         let mut full = Vec::new();
         for id in ids {
             let Some((inbox, _)) = self.subs.get(&id) else {
@@ -468,7 +473,7 @@ impl Router {
         }
     }
 
-    fn candidates(&self, d: &Decoded, out: &mut HashSet<u64>) -> errors::Result<()> {
+    fn candidates(&self, d: &Decoded, out: &mut Vec<u64>) -> errors::Result<()> {
         match d.head.op {
             OpKind::Noop => Ok(()),
             // DDL (and applyOps) entries are rare: every stream reads them.

@@ -409,7 +409,7 @@ impl ChangeStream {
                 break;
             };
             let cost = element_bytes(batch.len(), ev.bytes.len());
-            if !batch.is_empty() && *bytes + cost + token_bytes(&ev.token) > MAX_BATCH_BYTES {
+            if !batch.is_empty() && *bytes + cost + ev.token_bytes > MAX_BATCH_BYTES {
                 break;
             }
             let ev = self.leftover.pop_front().expect("front exists");
@@ -427,15 +427,6 @@ impl ChangeStream {
 /// its decimal index key and that key's NUL.
 fn element_bytes(index: usize, n: usize) -> usize {
     n + 2 + index.checked_ilog10().unwrap_or(0) as usize + 1
-}
-
-/// The bytes an event's `_id` takes again as the reply's `postBatchResumeToken` field.
-fn token_bytes(token: &Document) -> usize {
-    if token.is_empty() {
-        0
-    } else {
-        doc::encoded_len(token) + "postBatchResumeToken".len() + 2
-    }
 }
 
 fn too_large(n: usize) -> MongoError {
