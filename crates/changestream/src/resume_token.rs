@@ -96,39 +96,45 @@ impl ResumeTokenData {
         }
     }
 
-    /// The token's values in KeyString order.
-    fn values(&self) -> Vec<Bson> {
-        let mut v = vec![
-            Bson::Timestamp(self.cluster_time),
-            Bson::Int32(self.version),
-        ];
+    /// The KeyString bytes (`_data` before hex) and serialised type bits (empty when zero).
+    /// Byte order of the first element is stream order. The values, in order: clusterTime,
+    /// version, tokenType (v1+), txnOpIndex, fromInvalidate (v1+), uuid (v2: or null),
+    /// eventIdentifier, fragmentNum; the event identifier is encoded where it stands (a
+    /// copy of it for every event was a fifth of catching up on history).
+    pub fn key_string(&self) -> (Vec<u8>, Vec<u8>) {
+        use doc::keystring::{append_document_with_type_bits, append_value_with_type_bits};
+        let mut buf = Vec::with_capacity(96);
+        let mut tb = doc::keystring::TypeBits::new();
+        let mut put =
+            |buf: &mut Vec<u8>, v: &Bson| append_value_with_type_bits(buf, &mut tb, v, false);
+        put(&mut buf, &Bson::Timestamp(self.cluster_time));
+        put(&mut buf, &Bson::Int32(self.version));
         if self.version >= 1 {
-            v.push(Bson::Int32(self.token_type.code()));
+            put(&mut buf, &Bson::Int32(self.token_type.code()));
         }
-        v.push(Bson::Int32(self.txn_op_index));
+        put(&mut buf, &Bson::Int32(self.txn_op_index));
         if self.version >= 1 {
-            v.push(Bson::Boolean(self.from_invalidate));
+            put(&mut buf, &Bson::Boolean(self.from_invalidate));
         }
         match self.uuid {
-            Some(u) => v.push(Bson::Binary(Binary {
-                subtype: BinarySubtype::Uuid,
-                bytes: u.bytes().to_vec(),
-            })),
-            None if self.version >= 2 => v.push(Bson::Null),
+            Some(u) => put(
+                &mut buf,
+                &Bson::Binary(Binary {
+                    subtype: BinarySubtype::Uuid,
+                    bytes: u.bytes().to_vec(),
+                }),
+            ),
+            None if self.version >= 2 => put(&mut buf, &Bson::Null),
             None => {}
         }
-        v.extend(self.event_identifier.clone().map(Bson::Document));
-        v.extend(self.fragment_num.map(Bson::Int32));
-        v
-    }
-
-    /// The KeyString bytes (`_data` before hex) and serialised type bits (empty when zero).
-    /// Byte order of the first element is stream order.
-    pub fn key_string(&self) -> (Vec<u8>, Vec<u8>) {
-        let values = self.values();
-        let refs: Vec<(&Bson, bool)> = values.iter().map(|v| (v, false)).collect();
-        let (key, tb) = doc::keystring::encode_key_with_type_bits(&refs);
-        (key, tb.to_bytes())
+        if let Some(ident) = &self.event_identifier {
+            append_document_with_type_bits(&mut buf, &mut tb, ident);
+        }
+        if let Some(f) = self.fragment_num {
+            append_value_with_type_bits(&mut buf, &mut tb, &Bson::Int32(f), false);
+        }
+        doc::keystring::append_end(&mut buf);
+        (buf, tb.to_bytes())
     }
 
     /// `{_data: "<UPPERCASE HEX>"}` plus `_typeBits` (BinData 0) only when non-zero.

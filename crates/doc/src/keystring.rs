@@ -195,6 +195,18 @@ pub fn append_value_with_type_bits(
     }
 }
 
+/// As [`append_value_with_type_bits`] (ascending) for a document value, without it having
+/// to be wrapped in a `Bson` (which would mean copying it).
+pub fn append_document_with_type_bits(buf: &mut Vec<u8>, tb: &mut TypeBits, d: &Document) {
+    buf.push(OBJECT);
+    encode_fields(buf, tb, d, None);
+}
+
+/// The end byte of a whole key.
+pub fn append_end(buf: &mut Vec<u8>) {
+    buf.push(END);
+}
+
 /// As [`append_value`], with every string (also inside objects and arrays) keyed by its
 /// sort key under `coll`; `None` is [`append_value`] itself.
 pub fn append_value_collated(

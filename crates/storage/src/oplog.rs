@@ -262,12 +262,128 @@ fn corrupt() -> MongoError {
     MongoError::internal("corrupt oplog entry")
 }
 
+/// One element of a BSON document at `at`: its key, type byte and value bytes, and where
+/// the next element starts. `None` for anything but a well-formed element of the types
+/// oplog entries use (the caller then parses with `bson`, which says what is wrong).
+fn element(b: &[u8], at: usize) -> Option<(&[u8], u8, &[u8], usize)> {
+    let t = *b.get(at)?;
+    let key_end = at + 1 + b.get(at + 1..)?.iter().position(|&c| c == 0)?;
+    let key = &b[at + 1..key_end];
+    let v = key_end + 1;
+    let len_at = |i: usize| -> Option<usize> {
+        let n = i32::from_le_bytes(b.get(i..i + 4)?.try_into().ok()?);
+        usize::try_from(n).ok()
+    };
+    let n = match t {
+        0x01 | 0x09 | 0x11 | 0x12 => 8,
+        0x02 => 4 + len_at(v)?,
+        0x03 | 0x04 => len_at(v)?,
+        0x05 => 5 + len_at(v)?,
+        0x07 => 12,
+        0x08 => 1,
+        0x0A => 0,
+        0x10 => 4,
+        0x13 => 16,
+        _ => return None,
+    };
+    let value = b.get(v..v.checked_add(n)?)?;
+    // Strings, documents and arrays end with a NUL, and hold at least that.
+    if matches!(t, 0x02 | 0x03 | 0x04) && (value.len() < 5 || value.last() != Some(&0)) {
+        return None;
+    }
+    Some((key, t, value, v + n))
+}
+
+/// A BSON string value's text (length, bytes, NUL).
+fn string_value(v: &[u8]) -> Option<&str> {
+    std::str::from_utf8(v.get(4..v.len().checked_sub(1)?)?).ok()
+}
+
 impl EntryHead {
-    /// Reads an encoded entry's fields.
+    /// Reads an encoded entry's fields. Entries are read far more often than written
+    /// (every change event, every stream catching up), and `bson`'s raw iterator cost a
+    /// fifth of catching up on history: this walks the elements directly, and falls back
+    /// to `bson` for anything it does not expect.
     ///
     /// # Errors
     /// Malformed BSON, or an entry without `ts`, `wall`, `op`, `ns` or `o`.
     pub fn parse(b: &[u8]) -> Result<EntryHead> {
+        match EntryHead::walk(b) {
+            Some(h) => Ok(h),
+            None => EntryHead::parse_checked(b),
+        }
+    }
+
+    fn walk(b: &[u8]) -> Option<EntryHead> {
+        let declared = usize::try_from(i32::from_le_bytes(b.get(..4)?.try_into().ok()?)).ok()?;
+        if declared != b.len() || b.last() != Some(&0) {
+            return None;
+        }
+        let (mut ts, mut wall, mut op, mut ns, mut o) = (None, None, None, None, None);
+        let (mut ui, mut o2, mut lsid, mut txn_number, mut stmt_id) =
+            (None, None, None, None, None);
+        let (mut in_txn, mut txn_op_index) = (false, 0);
+        let mut at = 4;
+        while at < b.len() - 1 {
+            let (key, t, v, next) = element(b, at)?;
+            let start = next - v.len();
+            match (key, t) {
+                (b"ts", 0x11) => {
+                    let x = u64::from_le_bytes(v.try_into().ok()?);
+                    ts = Some(Timestamp {
+                        time: (x >> 32) as u32,
+                        increment: x as u32,
+                    });
+                }
+                (b"wall", 0x09) => {
+                    wall = Some(DateTime::from_millis(i64::from_le_bytes(
+                        v.try_into().ok()?,
+                    )));
+                }
+                (b"op", 0x02) => op = Some(OpKind::from_code(string_value(v)?)?),
+                (b"ns", 0x02) => ns = Some(string_value(v)?.to_string()),
+                (b"ui", 0x05) if v.len() == 21 && v[4] == 4 => {
+                    ui = Some(bson::Uuid::from_bytes(v[5..].try_into().ok()?));
+                }
+                (b"o", 0x03) => o = Some(start..next),
+                (b"o2", 0x03) => o2 = Some(start..next),
+                (b"lsid", 0x03) => lsid = Some(start..next),
+                (b"txnNumber", 0x12) => txn_number = Some(i64::from_le_bytes(v.try_into().ok()?)),
+                (b"stmtId", 0x10) => stmt_id = Some(i32::from_le_bytes(v.try_into().ok()?)),
+                (b"inTxn", 0x08) if v[0] <= 1 => in_txn = v[0] == 1,
+                (b"txnOpIndex", 0x10) => txn_op_index = i32::from_le_bytes(v.try_into().ok()?),
+                // Another field, or a known one of another type: let `bson` judge.
+                (
+                    b"ts" | b"wall" | b"op" | b"ns" | b"ui" | b"o" | b"o2" | b"lsid" | b"inTxn",
+                    _,
+                ) => {
+                    return None;
+                }
+                _ => {}
+            }
+            at = next;
+        }
+        if at != b.len() - 1 {
+            return None;
+        }
+        Some(EntryHead {
+            ts: ts?,
+            wall: wall?,
+            op: op?,
+            ns: ns?,
+            ui,
+            o: o?,
+            o2,
+            lsid,
+            txn_number,
+            stmt_id,
+            in_txn,
+            txn_op_index,
+        })
+    }
+
+    /// [`EntryHead::parse`] through `bson`'s checked iterator.
+    fn parse_checked(b: &[u8]) -> Result<EntryHead> {
         use bson::RawBsonRef as R;
         let raw = bson::RawDocument::from_bytes(b)
             .map_err(|e| MongoError::internal(format!("oplog: {e}")))?;
@@ -350,6 +466,51 @@ pub fn key_ts(k: u64) -> Timestamp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The direct walk reads what `bson`'s checked iterator reads, and never panics.
+    #[test]
+    fn head_walk_matches_the_checked_parse() {
+        let mut e = OplogEntry::new(
+            OpKind::Update,
+            "db.coll.with.dots",
+            Some(bson::Uuid::new()),
+            doc! {"$v": 2, "diff": {"updatedFields": {"a": 1}}},
+        )
+        .with_o2(doc! {"_id": "k"});
+        e.ts = Timestamp {
+            time: 1_700_000_000,
+            increment: 9,
+        };
+        e.wall = DateTime::from_millis(1_700_000_000_123);
+        let plain = e.to_bytes();
+        e.lsid = Some(doc! {"id": bson::Uuid::new()});
+        e.txn_number = Some(5);
+        e.stmt_id = Some(2);
+        e.in_txn = true;
+        e.txn_op_index = 3;
+        let full = e.to_bytes();
+        for b in [&plain, &full] {
+            let walked = EntryHead::walk(b).expect("walks");
+            assert_eq!(walked, EntryHead::parse_checked(b).unwrap());
+            assert_eq!(OplogEntry::from_bytes(b).unwrap().to_bytes(), *b);
+        }
+        // Damage anywhere: the walk gives up or agrees, and parse never panics.
+        for i in 0..full.len() {
+            for x in [0x00, 0x7f, 0xff] {
+                let mut d = full.clone();
+                d[i] = x;
+                if let Some(h) = EntryHead::walk(&d) {
+                    if let Ok(c) = EntryHead::parse_checked(&d) {
+                        assert_eq!(h, c, "byte {i} = {x:#x}");
+                    }
+                }
+                let _ = EntryHead::parse(&d);
+            }
+        }
+        for n in 0..full.len() {
+            let _ = EntryHead::parse(&full[..n]);
+        }
+    }
 
     #[test]
     fn entry_round_trip() {
