@@ -288,7 +288,7 @@ fn element(b: &[u8], at: usize) -> Option<(&[u8], u8, &[u8], usize)> {
     };
     let value = b.get(v..v.checked_add(n)?)?;
     // Strings, documents and arrays end with a NUL, and hold at least that.
-    if matches!(t, 0x02 | 0x03 | 0x04) && (value.len() < 5 || value.last() != Some(&0)) {
+    if matches!(t, 0x02..=0x04) && (value.len() < 5 || value.last() != Some(&0)) {
         return None;
     }
     Some((key, t, value, v + n))
