@@ -172,8 +172,12 @@ impl Shared {
 #[derive(Debug)]
 pub struct Encoded {
     pub bytes: Vec<u8>,
-    pub token: Document,
-    /// The bytes `token` takes again as a reply's `postBatchResumeToken` field (0 without
+    /// The event's `_id`, read from `bytes` when first asked for (a batch needs only its
+    /// last event's, for the `postBatchResumeToken`).
+    token: std::sync::OnceLock<Document>,
+    /// Whether the event has an `_id` (a resume token).
+    pub has_token: bool,
+    /// The bytes the token takes again as a reply's `postBatchResumeToken` field (0 without
     /// a token), measured once rather than for every batch the event goes in.
     pub token_bytes: usize,
 }
@@ -189,21 +193,43 @@ impl Encoded {
             Some(Bson::Document(t)) => t.clone(),
             _ => Document::new(),
         };
-        Encoded::with_token(bytes, token)
-    }
-
-    /// An event already encoded, with its token.
-    pub fn with_token(bytes: Vec<u8>, token: Document) -> Encoded {
-        let token_bytes = if token.is_empty() {
-            0
-        } else {
-            doc::encoded_len(&token) + "postBatchResumeToken".len() + 2
-        };
+        let token_bytes = pbrt_bytes(doc::encoded_len(&token), !token.is_empty());
         Encoded {
             bytes,
-            token,
+            has_token: !token.is_empty(),
+            token: std::sync::OnceLock::from(token),
             token_bytes,
         }
+    }
+
+    /// An event already encoded whose `_id` (a resume token) is `token_len` bytes long.
+    pub fn with_token_len(bytes: Vec<u8>, token_len: usize) -> Encoded {
+        Encoded {
+            bytes,
+            token: std::sync::OnceLock::new(),
+            has_token: true,
+            token_bytes: pbrt_bytes(token_len, true),
+        }
+    }
+
+    /// The event's `_id` (empty when it has none).
+    pub fn token(&self) -> &Document {
+        self.token.get_or_init(|| {
+            bson::RawDocument::from_bytes(&self.bytes)
+                .ok()
+                .and_then(|d| d.get_document("_id").ok())
+                .and_then(|t| doc::raw::to_document(t, 8).ok())
+                .unwrap_or_default()
+        })
+    }
+}
+
+/// The bytes a token of `len` bytes takes as a `postBatchResumeToken` field.
+fn pbrt_bytes(len: usize, present: bool) -> usize {
+    if present {
+        len + "postBatchResumeToken".len() + 2
+    } else {
+        0
     }
 }
 
@@ -331,90 +357,103 @@ pub fn shared_event(d: &Decoded) -> Result<Option<&Shared>> {
 /// [`Shape::DEFAULT`], byte for byte (see the tests); converting the entry and encoding the
 /// event document took most of a change event's cost.
 fn raw_shared(d: &Decoded) -> Result<Option<Shared>> {
-    use bson::{RawDocument, RawDocumentBuf};
+    use doc::raw::{Writer, element, elements};
     let h = &d.head;
     let b = d.raw();
     let Some(ns) = Namespace::parse(&h.ns) else {
         return Ok(None);
     };
     let bad = || errors::MongoError::internal("corrupt oplog entry");
-    let raw =
-        |r: &std::ops::Range<usize>| RawDocument::from_bytes(&b[r.clone()]).map_err(|_| bad());
-    let o = raw(&h.o)?;
-    let o2 = h.o2.as_ref().map(raw).transpose()?;
-    // `{_id: <o._id>}`, when `o` has an `_id`.
-    let id_key = || -> Result<Option<RawDocumentBuf>> {
-        Ok(o.get("_id").map_err(|_| bad())?.map(|id| {
-            let mut k = RawDocumentBuf::new();
-            k.append_ref("_id", id);
-            k
-        }))
-    };
-    let (op_type, own_key) = match h.op {
-        OpKind::Insert if o2.is_none() => ("insert", id_key()?),
-        OpKind::Insert => ("insert", None),
-        OpKind::Update if h.is_replacement(b) => ("replace", None),
-        OpKind::Update => ("update", None),
-        OpKind::Delete => ("delete", id_key()?),
+    let o = &b[h.o.clone()];
+    let o2 = h.o2.as_ref().map(|r| &b[r.clone()]);
+    let id_of = |doc| id_element(doc).ok_or_else(bad);
+    enum Key<'a> {
+        Id(u8, &'a [u8]),
+        Doc(&'a [u8]),
+    }
+    let (op_type, key) = match h.op {
+        OpKind::Insert => (
+            "insert",
+            match o2 {
+                Some(k) => Some(Key::Doc(k)),
+                None => id_of(o)?.map(|(t, v)| Key::Id(t, v)),
+            },
+        ),
+        OpKind::Update if h.is_replacement(b) => ("replace", o2.map(Key::Doc)),
+        OpKind::Update => ("update", o2.map(Key::Doc)),
+        OpKind::Delete => ("delete", id_of(o)?.map(|(t, v)| Key::Id(t, v))),
         OpKind::Command | OpKind::Noop => return Ok(None),
     };
-    let key: Option<&RawDocument> = match (&own_key, h.op) {
-        (Some(k), _) => Some(k),
-        (None, OpKind::Insert | OpKind::Update) => o2,
-        (None, _) => None,
-    };
+    // The documentKey as bytes (for the event) and as a document (for the token).
+    let key_bytes = key.map(|k| match k {
+        Key::Doc(bytes) => bytes.to_vec(),
+        Key::Id(t, v) => {
+            let mut w = Writer::with_capacity(v.len() + 16);
+            w.raw(b"_id", t, v);
+            w.finish()
+        }
+    });
     let mut ident = doc! {"operationType": op_type};
-    if let Some(k) = key {
+    if let Some(k) = &key_bytes {
         ident.insert(
             "documentKey",
-            doc::raw::to_document(k, usize::MAX).map_err(|_| bad())?,
+            doc::raw::bytes_to_document(k, usize::MAX).map_err(|_| bad())?,
         );
     }
     let token = ResumeTokenData::event(h.ts, h.txn_op_index, h.ui, ident);
-    let (token_doc, token_raw) = token.to_document_and_bytes();
-    // Sized up front: the documents copied in, and room for the rest.
-    let room = o.as_bytes().len() + key.map_or(0, |k| k.as_bytes().len()) + 256;
-    let mut buf = Vec::with_capacity(room);
-    buf.extend_from_slice(&[5, 0, 0, 0, 0]);
-    let mut ev = RawDocumentBuf::from_bytes(buf).map_err(|_| bad())?;
-    ev.append("_id", token_raw);
-    ev.append("operationType", op_type);
-    ev.append("clusterTime", h.ts);
-    ev.append("wallTime", h.wall);
-    if matches!(op_type, "insert" | "replace") {
-        ev.append_ref("fullDocument", o);
+    let (ks, tb) = token.key_string();
+    let room = o.len() + key_bytes.as_ref().map_or(0, Vec::len) + 2 * ks.len() + 256;
+    let mut w = Writer::with_capacity(room);
+    w.begin("_id");
+    w.str_with("_data", |buf| doc::keystring::hex_upper_into(buf, &ks));
+    if !tb.is_empty() {
+        w.binary("_typeBits", 0, &tb);
     }
-    let mut ns_raw = RawDocumentBuf::new();
-    ns_raw.append("db", ns.db.as_str());
-    ns_raw.append("coll", ns.coll.as_str());
-    ev.append("ns", ns_raw);
-    if let Some(k) = key {
-        ev.append_ref("documentKey", k);
+    w.end();
+    // `_id` is the first element: type byte, "_id", NUL, then the document.
+    let token_len = {
+        let (_, _, v, _) = element(w.peek(), 4).ok_or_else(bad)?;
+        v.len()
+    };
+    w.str("operationType", op_type);
+    w.timestamp("clusterTime", h.ts);
+    w.datetime("wallTime", h.wall);
+    if matches!(op_type, "insert" | "replace") {
+        w.raw(b"fullDocument", 0x03, o);
+    }
+    w.begin("ns");
+    w.str("db", &ns.db);
+    w.str("coll", &ns.coll);
+    w.end();
+    if let Some(k) = &key_bytes {
+        w.raw(b"documentKey", 0x03, k);
     }
     if op_type == "update" {
         // The entry's diff is the update description with `disambiguatedPaths`, which
         // only expanded events show.
-        let diff = o
-            .get_document("diff")
-            .map_err(|_| errors::MongoError::internal("update entry without diff"))?;
-        let mut desc = RawDocumentBuf::new();
-        for item in diff {
-            let (k, v) = item.map_err(|_| bad())?;
-            if k != "disambiguatedPaths" {
-                desc.append_ref(k, v);
+        let diff = elements(o)
+            .ok_or_else(bad)?
+            .into_iter()
+            .find(|(k, t, _)| *k == b"diff" && *t == 0x03)
+            .map(|(_, _, v)| v)
+            .ok_or_else(|| errors::MongoError::internal("update entry without diff"))?;
+        w.begin("updateDescription");
+        for (k, t, v) in elements(diff).ok_or_else(bad)? {
+            if k != b"disambiguatedPaths" {
+                w.raw(k, t, v);
             }
         }
-        ev.append("updateDescription", desc);
+        w.end();
     }
     if h.in_txn {
         if let Some(l) = &h.lsid {
-            ev.append_ref("lsid", raw(l)?);
+            w.raw(b"lsid", 0x03, &b[l.clone()]);
         }
         if let Some(t) = h.txn_number {
-            ev.append("txnNumber", t);
+            w.i64("txnNumber", t);
         }
     }
-    let encoded = Encoded::with_token(ev.into_bytes(), token_doc);
+    let encoded = Encoded::with_token_len(w.finish(), token_len);
     Ok(Some(Shared {
         op_type,
         ns,
@@ -423,6 +462,16 @@ fn raw_shared(d: &Decoded) -> Result<Option<Shared>> {
         doc: std::sync::OnceLock::new(),
         encoded: std::sync::OnceLock::from(std::sync::Arc::new(encoded)),
     }))
+}
+
+/// A document's `_id` element (type and value), when it has one; `None` if malformed.
+fn id_element(doc: &[u8]) -> Option<Option<(u8, &[u8])>> {
+    Some(
+        doc::raw::elements(doc)?
+            .into_iter()
+            .find(|(k, ..)| *k == b"_id")
+            .map(|(_, t, v)| (t, v)),
+    )
 }
 
 /// Default-shape events read nothing from the database.
@@ -894,7 +943,8 @@ mod tests {
             let enc = sh.encoded();
             assert_eq!(enc.bytes, bson::to_vec(&want).unwrap(), "{op_type}: {want}");
             assert_eq!(sh.doc(), &want);
-            assert_eq!(enc.token, token.to_document());
+            assert_eq!(enc.token(), &token.to_document());
+            assert_eq!(enc.token_bytes, doc::encoded_len(&token.to_document()) + 22);
         }
         let noop = entry(OpKind::Noop, doc! {"msg": "x"}, None);
         let d = Decoded::new(noop.to_bytes().into()).unwrap();

@@ -270,7 +270,7 @@ impl ChangeStream {
     /// Sets the high-water mark for a batch that came out empty, and returns the batch.
     fn finish_batch(&mut self, batch: Vec<Arc<Encoded>>) -> Vec<Arc<Encoded>> {
         if let Some(e) = self.pbrt_event.take() {
-            self.pbrt.clone_from(&e.token);
+            self.pbrt.clone_from(e.token());
         }
         if batch.is_empty() && self.leftover.is_empty() && !self.invalidated {
             let later = match self.pbrt_hwm {
@@ -414,7 +414,7 @@ impl ChangeStream {
             }
             let ev = self.leftover.pop_front().expect("front exists");
             *bytes += cost;
-            if !ev.token.is_empty() {
+            if ev.has_token {
                 self.pbrt_event = Some(ev.clone());
                 self.pbrt_hwm = None;
             }

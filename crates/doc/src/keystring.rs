@@ -167,12 +167,18 @@ impl<'a> BitReader<'a> {
 
 /// Upper-case hex of `b`, as resume tokens' `_data` spells KeyString bytes.
 pub fn hex_upper(b: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
     let mut s = Vec::with_capacity(b.len() * 2);
-    for &x in b {
-        s.extend_from_slice(&[DIGITS[usize::from(x >> 4)], DIGITS[usize::from(x & 0x0F)]]);
-    }
+    hex_upper_into(&mut s, b);
     String::from_utf8(s).expect("hex digits are ASCII")
+}
+
+/// Appends `b` in uppercase hex to `out`.
+pub fn hex_upper_into(out: &mut Vec<u8>, b: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
+    out.reserve(b.len() * 2);
+    for &x in b {
+        out.extend_from_slice(&[DIGITS[usize::from(x >> 4)], DIGITS[usize::from(x & 0x0F)]]);
+    }
 }
 
 /// Appends one value's encoding (type byte + payload), ascending or descending (all bytes

@@ -112,6 +112,168 @@ fn value(v: RawBsonRef<'_>, depth: usize, max: usize) -> Result<Bson, RawError> 
     })
 }
 
+/// One element of the BSON document in `b` whose element starts at `at`: its key, type
+/// byte and value bytes, and where the next element starts. A walk of trusted bytes (what
+/// Eddy wrote and checked with a CRC): it checks bounds, lengths and terminators, never
+/// UTF-8 or nested documents; `None` for anything malformed, and the caller then uses
+/// `bson`'s checked reading, which says what is wrong.
+pub fn element(b: &[u8], at: usize) -> Option<(&[u8], u8, &[u8], usize)> {
+    let t = *b.get(at)?;
+    let key_end = at + 1 + b.get(at + 1..)?.iter().position(|&c| c == 0)?;
+    let key = &b[at + 1..key_end];
+    let v = key_end + 1;
+    let len_at = |i: usize| -> Option<usize> {
+        let n = i32::from_le_bytes(b.get(i..i + 4)?.try_into().ok()?);
+        usize::try_from(n).ok()
+    };
+    let cstr_end =
+        |i: usize| -> Option<usize> { Some(i + b.get(i..)?.iter().position(|&c| c == 0)? + 1) };
+    let n = match t {
+        0x01 | 0x09 | 0x11 | 0x12 => 8,
+        0x02 | 0x0D | 0x0E => 4 + len_at(v)?,
+        0x03 | 0x04 | 0x0F => len_at(v)?,
+        0x05 => 5 + len_at(v)?,
+        0x07 => 12,
+        0x08 => 1,
+        0x06 | 0x0A | 0x7F | 0xFF => 0,
+        0x0B => cstr_end(cstr_end(v)?)? - v,
+        0x0C => 4 + len_at(v)? + 12,
+        0x10 => 4,
+        0x13 => 16,
+        _ => return None,
+    };
+    let value = b.get(v..v.checked_add(n)?)?;
+    // Strings, documents and arrays end with a NUL, and hold at least that.
+    if matches!(t, 0x02..=0x04 | 0x0D | 0x0E) && (value.len() < 5 || value.last() != Some(&0)) {
+        return None;
+    }
+    Some((key, t, value, v + n))
+}
+
+/// An element as [`elements`] lists it: key, type byte, value bytes.
+pub type Element<'a> = (&'a [u8], u8, &'a [u8]);
+
+/// The elements of a whole document (as [`element`] reads them), `None` if its bytes are
+/// malformed.
+pub fn elements(doc: &[u8]) -> Option<Vec<Element<'_>>> {
+    let declared = usize::try_from(i32::from_le_bytes(doc.get(..4)?.try_into().ok()?)).ok()?;
+    if declared != doc.len() || doc.last() != Some(&0) {
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut at = 4;
+    while at < doc.len() - 1 {
+        let (k, t, v, next) = element(doc, at)?;
+        out.push((k, t, v));
+        at = next;
+    }
+    (at == doc.len() - 1).then_some(out)
+}
+
+/// Builds one BSON document in a single buffer, element by element, sub-documents opened
+/// and closed in turn: for the hot paths that assemble documents mostly out of BSON that
+/// exists already (a change event is an oplog entry's documents plus a few fields).
+/// Keys must not contain NUL (they are Eddy's own, or copied from BSON).
+pub struct Writer {
+    buf: Vec<u8>,
+    /// Where each open document starts (the root first).
+    open: Vec<usize>,
+}
+
+impl Writer {
+    /// A root document, with room for `capacity` bytes.
+    pub fn with_capacity(capacity: usize) -> Writer {
+        let mut buf = Vec::with_capacity(capacity.max(5));
+        buf.extend_from_slice(&[0; 4]);
+        Writer { buf, open: vec![0] }
+    }
+
+    fn key(&mut self, t: u8, key: &[u8]) {
+        debug_assert!(!key.contains(&0), "a BSON key holds no NUL");
+        self.buf.push(t);
+        self.buf.extend_from_slice(key);
+        self.buf.push(0);
+    }
+
+    /// A value already encoded, of type `t` (a document's bytes, say).
+    pub fn raw(&mut self, key: &[u8], t: u8, value: &[u8]) {
+        self.key(t, key);
+        self.buf.extend_from_slice(value);
+    }
+
+    pub fn str(&mut self, key: &str, v: &str) {
+        self.key(0x02, key.as_bytes());
+        self.buf
+            .extend_from_slice(&(v.len() as i32 + 1).to_le_bytes());
+        self.buf.extend_from_slice(v.as_bytes());
+        self.buf.push(0);
+    }
+
+    /// A string written by `f` into the buffer (no intermediate `String`).
+    pub fn str_with(&mut self, key: &str, f: impl FnOnce(&mut Vec<u8>)) {
+        self.key(0x02, key.as_bytes());
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&[0; 4]);
+        f(&mut self.buf);
+        self.buf.push(0);
+        let n = (self.buf.len() - at - 4) as i32;
+        self.buf[at..at + 4].copy_from_slice(&n.to_le_bytes());
+    }
+
+    pub fn i64(&mut self, key: &str, v: i64) {
+        self.key(0x12, key.as_bytes());
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+
+    pub fn timestamp(&mut self, key: &str, ts: bson::Timestamp) {
+        self.key(0x11, key.as_bytes());
+        let v = (u64::from(ts.time) << 32) | u64::from(ts.increment);
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+
+    pub fn datetime(&mut self, key: &str, t: bson::DateTime) {
+        self.key(0x09, key.as_bytes());
+        self.buf
+            .extend_from_slice(&t.timestamp_millis().to_le_bytes());
+    }
+
+    pub fn binary(&mut self, key: &str, subtype: u8, bytes: &[u8]) {
+        self.key(0x05, key.as_bytes());
+        self.buf
+            .extend_from_slice(&(bytes.len() as i32).to_le_bytes());
+        self.buf.push(subtype);
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Opens a sub-document; [`Writer::end`] closes it.
+    pub fn begin(&mut self, key: &str) {
+        self.key(0x03, key.as_bytes());
+        self.open.push(self.buf.len());
+        self.buf.extend_from_slice(&[0; 4]);
+    }
+
+    /// Closes the innermost open document.
+    pub fn end(&mut self) {
+        let start = self.open.pop().expect("a document is open");
+        self.buf.push(0);
+        let n = (self.buf.len() - start) as i32;
+        self.buf[start..start + 4].copy_from_slice(&n.to_le_bytes());
+    }
+
+    /// The bytes written so far.
+    pub fn peek(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// The document's bytes (closing what is open).
+    pub fn finish(mut self) -> Vec<u8> {
+        while !self.open.is_empty() {
+            self.end();
+        }
+        self.buf
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,6 +309,64 @@ mod tests {
             to_document(raw, 100).unwrap(),
             Document::try_from(raw).unwrap()
         );
+    }
+
+    /// The walk reads every element of every type as `bson` does, and never panics.
+    #[test]
+    fn elements_walk_every_type() {
+        let bytes = bson::to_vec(&sample()).unwrap();
+        let walked = elements(&bytes).expect("walks");
+        let raw = RawDocument::from_bytes(&bytes).unwrap();
+        let keys: Vec<&str> = raw.iter().map(|e| e.unwrap().0).collect();
+        assert_eq!(walked.len(), keys.len());
+        for ((k, t, v), name) in walked.iter().zip(&keys) {
+            assert_eq!(*k, name.as_bytes());
+            // Re-assembled alone, each element is the same value.
+            let mut w = Writer::with_capacity(64);
+            w.raw(k, *t, v);
+            let one = w.finish();
+            let one = RawDocument::from_bytes(&one).unwrap();
+            assert_eq!(one.get(name).unwrap(), raw.get(name).unwrap(), "{name}");
+        }
+        for n in 0..bytes.len() {
+            let _ = elements(&bytes[..n]);
+            let mut d = bytes.clone();
+            d[n] = 0xff;
+            let _ = elements(&d);
+        }
+    }
+
+    #[test]
+    fn writer_builds_what_bson_encodes() {
+        let mut w = Writer::with_capacity(8);
+        w.str("s", "text");
+        w.str_with("h", |b| b.extend_from_slice(b"ABC"));
+        w.i64("n", -5);
+        w.timestamp(
+            "ts",
+            bson::Timestamp {
+                time: 7,
+                increment: 9,
+            },
+        );
+        w.datetime("dt", bson::DateTime::from_millis(1234));
+        w.binary("u", 4, &[1; 16]);
+        w.begin("sub");
+        w.str("db", "d");
+        w.begin("deeper");
+        w.end();
+        w.end();
+        let sub = bson::to_vec(&doc! {"x": 1}).unwrap();
+        w.raw(b"raw", 0x03, &sub);
+        let want = doc! {
+            "s": "text", "h": "ABC", "n": -5i64,
+            "ts": bson::Timestamp { time: 7, increment: 9 },
+            "dt": bson::DateTime::from_millis(1234),
+            "u": Binary { subtype: BinarySubtype::Uuid, bytes: vec![1; 16] },
+            "sub": {"db": "d", "deeper": {}},
+            "raw": {"x": 1},
+        };
+        assert_eq!(w.finish(), bson::to_vec(&want).unwrap());
     }
 
     #[test]

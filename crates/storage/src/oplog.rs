@@ -262,38 +262,6 @@ fn corrupt() -> MongoError {
     MongoError::internal("corrupt oplog entry")
 }
 
-/// One element of a BSON document at `at`: its key, type byte and value bytes, and where
-/// the next element starts. `None` for anything but a well-formed element of the types
-/// oplog entries use (the caller then parses with `bson`, which says what is wrong).
-fn element(b: &[u8], at: usize) -> Option<(&[u8], u8, &[u8], usize)> {
-    let t = *b.get(at)?;
-    let key_end = at + 1 + b.get(at + 1..)?.iter().position(|&c| c == 0)?;
-    let key = &b[at + 1..key_end];
-    let v = key_end + 1;
-    let len_at = |i: usize| -> Option<usize> {
-        let n = i32::from_le_bytes(b.get(i..i + 4)?.try_into().ok()?);
-        usize::try_from(n).ok()
-    };
-    let n = match t {
-        0x01 | 0x09 | 0x11 | 0x12 => 8,
-        0x02 => 4 + len_at(v)?,
-        0x03 | 0x04 => len_at(v)?,
-        0x05 => 5 + len_at(v)?,
-        0x07 => 12,
-        0x08 => 1,
-        0x0A => 0,
-        0x10 => 4,
-        0x13 => 16,
-        _ => return None,
-    };
-    let value = b.get(v..v.checked_add(n)?)?;
-    // Strings, documents and arrays end with a NUL, and hold at least that.
-    if matches!(t, 0x02..=0x04) && (value.len() < 5 || value.last() != Some(&0)) {
-        return None;
-    }
-    Some((key, t, value, v + n))
-}
-
 /// A BSON string value's text (length, bytes, NUL).
 fn string_value(v: &[u8]) -> Option<&str> {
     std::str::from_utf8(v.get(4..v.len().checked_sub(1)?)?).ok()
@@ -325,7 +293,7 @@ impl EntryHead {
         let (mut in_txn, mut txn_op_index) = (false, 0);
         let mut at = 4;
         while at < b.len() - 1 {
-            let (key, t, v, next) = element(b, at)?;
+            let (key, t, v, next) = doc::raw::element(b, at)?;
             let start = next - v.len();
             match (key, t) {
                 (b"ts", 0x11) => {
