@@ -105,6 +105,7 @@ pub async fn hello(
                 .collect::<Vec<_>>(),
         );
     }
+    crate::security::hello_fields(ctx, conn, cmd, &mut d).await;
     Ok(Reply::ok(d))
 }
 
@@ -249,6 +250,21 @@ pub fn set_parameter(ctx: &ServerCtx, cmd: &Document) -> Result<Reply> {
         if k == "logComponentVerbosity" {
             was.insert("was", crate::logs::set_component_verbosity(v)?);
             continue;
+        }
+        if matches!(
+            k.as_str(),
+            "scramIterationCount" | "scramSHA256IterationCount"
+        ) {
+            let n = match v {
+                Bson::Int32(n) => i64::from(*n),
+                Bson::Int64(n) => *n,
+                _ => -1,
+            };
+            if n < 5000 {
+                return Err(MongoError::bad_value(format!(
+                    "Invalid value for parameter {k}: must be an integer of at least 5000"
+                )));
+            }
         }
         match params.get(k) {
             Some(old) => {

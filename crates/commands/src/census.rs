@@ -172,6 +172,103 @@ pub const COMMANDS: &[Census] = &[
         handler: ("crud.rs", "pub fn explain("),
         fields: &[("verbosity", "verbosity(cmd)")],
     },
+    Census {
+        names: &["createUser"],
+        handler: ("users.rs", "pub async fn create_user("),
+        fields: &[
+            ("pwd", Q),
+            ("roles", Q),
+            ("customData", Q),
+            ("mechanisms", "mechanisms(cmd"),
+            ("digestPassword", "credentials(ctx, cmd"),
+            ("authenticationRestrictions", "refuse_restrictions(cmd)"),
+        ],
+    },
+    Census {
+        names: &["updateUser"],
+        handler: ("users.rs", "pub async fn update_user("),
+        fields: &[
+            ("pwd", Q),
+            ("roles", Q),
+            ("customData", Q),
+            ("mechanisms", Q),
+            ("digestPassword", "credentials(ctx, cmd"),
+            ("authenticationRestrictions", "refuse_restrictions(cmd)"),
+        ],
+    },
+    Census {
+        names: &["dropUser"],
+        handler: ("users.rs", "pub async fn drop_user("),
+        fields: &[],
+    },
+    Census {
+        names: &["dropAllUsersFromDatabase"],
+        handler: ("users.rs", "pub async fn drop_all_users("),
+        fields: &[],
+    },
+    Census {
+        names: &["usersInfo"],
+        handler: ("users.rs", "pub fn users_info("),
+        fields: read![
+            "showCredentials",
+            "showPrivileges",
+            "showCustomData",
+            "showAuthenticationRestrictions",
+            "filter",
+        ],
+    },
+    Census {
+        names: &["grantRolesToUser", "revokeRolesFromUser"],
+        handler: ("users.rs", "pub async fn change_user_roles("),
+        fields: &[("roles", "required(cmd, name, \"roles\")")],
+    },
+    Census {
+        names: &["createRole"],
+        handler: ("users.rs", "pub async fn create_role("),
+        fields: &[
+            ("privileges", Q),
+            ("roles", Q),
+            ("authenticationRestrictions", "refuse_restrictions(cmd)"),
+        ],
+    },
+    Census {
+        names: &["updateRole"],
+        handler: ("users.rs", "pub async fn update_role("),
+        fields: &[
+            ("privileges", Q),
+            ("roles", Q),
+            ("authenticationRestrictions", "refuse_restrictions(cmd)"),
+        ],
+    },
+    Census {
+        names: &["dropRole"],
+        handler: ("users.rs", "pub async fn drop_role("),
+        fields: &[],
+    },
+    Census {
+        names: &["dropAllRolesFromDatabase"],
+        handler: ("users.rs", "pub async fn drop_all_roles("),
+        fields: &[],
+    },
+    Census {
+        names: &["rolesInfo"],
+        handler: ("users.rs", "pub fn roles_info("),
+        fields: read![
+            "showPrivileges",
+            "showBuiltinRoles",
+            "showAuthenticationRestrictions"
+        ],
+    },
+    Census {
+        names: &["grantPrivilegesToRole", "revokePrivilegesFromRole"],
+        handler: ("users.rs", "pub async fn change_role_privileges("),
+        fields: &[("privileges", "required(cmd, name, \"privileges\")")],
+    },
+    Census {
+        names: &["grantRolesToRole", "revokeRolesFromRole"],
+        handler: ("users.rs", "pub async fn change_role_roles("),
+        fields: &[("roles", "required(cmd, name, \"roles\")")],
+    },
 ];
 
 /// Fields MongoDB has that Eddy refuses, with the error it gives.
@@ -312,6 +409,7 @@ mod tests {
             "crud.rs" => include_str!("crud.rs"),
             "cursor.rs" => include_str!("cursor.rs"),
             "ops.rs" => include_str!("ops.rs"),
+            "users.rs" => include_str!("users.rs"),
             other => panic!("no source for {other}"),
         }
     }

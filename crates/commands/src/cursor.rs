@@ -49,6 +49,10 @@ pub struct Cursor {
     /// What is left of the opening command's `maxTimeMS` (a non-awaitData cursor's budget
     /// spans its `getMore`s, as in MongoDB); `None` without a limit.
     pub time_left: Option<Duration>,
+    /// Who opened the cursor, and what the opening command needed: a `getMore` must come
+    /// from the same user, who must still hold it (a revoked privilege stops a change
+    /// stream at its next `getMore`).
+    pub opened_by: crate::security::Caller,
 }
 
 struct Entry {
@@ -57,6 +61,8 @@ struct Entry {
     last_used: Instant,
     /// `noCursorTimeout`: never reaped for idleness.
     pinned: bool,
+    /// Who opened the cursor, and its namespace (for `killCursors` while it is in use).
+    owner: (Option<(String, String)>, String),
 }
 
 /// The table of open cursors.
@@ -66,6 +72,11 @@ pub struct Cursors {
 }
 
 impl Cursors {
+    /// Who opened cursor `id`, and its namespace, if it exists.
+    pub fn owner(&self, id: i64) -> Option<(Option<(String, String)>, String)> {
+        self.map.lock().unwrap().get(&id).map(|e| e.owner.clone())
+    }
+
     /// Registers a cursor and returns its id.
     pub fn add(&self, cursor: Cursor) -> i64 {
         let mut map = self.map.lock().unwrap();
@@ -76,6 +87,7 @@ impl Cursors {
                 break;
             }
         }
+        let owner = (cursor.opened_by.user.clone(), cursor.ns.clone());
         map.insert(
             id,
             Entry {
@@ -83,6 +95,7 @@ impl Cursors {
                 killed: Arc::new(Notify::new()),
                 last_used: Instant::now(),
                 pinned: false,
+                owner,
             },
         );
         id
@@ -265,6 +278,7 @@ pub fn cursor_reply(
             last_used: Instant::now(),
             time_left: interrupt.remaining(),
             interrupt,
+            opened_by: crate::security::caller(),
         })
     };
     Ok(Reply::ok(
@@ -308,6 +322,21 @@ pub async fn get_more(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<
     };
     let mut c = cursor.lock().await;
     let ns = c.ns.clone();
+    let me = crate::security::caller();
+    if !me.owns(&c.opened_by.user) {
+        return Err(MongoError::new(
+            ErrorCode::Unauthorized,
+            format!("cursor id {id} was not created by the authenticated user"),
+        ));
+    }
+    if let Some(need) = &c.opened_by.need {
+        if !me.satisfies(need) {
+            return Err(MongoError::new(
+                ErrorCode::Unauthorized,
+                format!("not authorized for getMore with cursor id {id}"),
+            ));
+        }
+    }
     if ns != format!("{db}.{coll}") {
         return Err(MongoError::new(
             ErrorCode::Unauthorized,
@@ -550,6 +579,18 @@ pub fn kill_cursors(ctx: &ServerCtx, cmd: &Document) -> Result<Reply> {
             Bson::Int32(i) => i64::from(*i),
             _ => return Err(MongoError::type_mismatch("cursor ids must be longs")),
         };
+        if let Some(owner) = ctx.cursors.owner(id) {
+            let me = crate::security::caller();
+            let (db, coll) = owner.1.split_once('.').unwrap_or((owner.1.as_str(), ""));
+            let any = me.allows("killAnyCursor", &auth::Target::Cluster)
+                || me.allows("killAnyCursor", &auth::Target::Collection { db, coll });
+            if !me.owns(&owner.0) && !any {
+                return Err(crate::security::unauthorized(
+                    cmd.get_str("$db").unwrap_or(""),
+                    cmd,
+                ));
+            }
+        }
         if ctx.cursors.remove(id) {
             killed.push(Bson::Int64(id));
         } else {
@@ -623,6 +664,7 @@ pub async fn open_change_stream(
             last_used: Instant::now(),
             interrupt: Interrupt::none(),
             time_left: None,
+            opened_by: crate::security::caller(),
         })
     };
     let mut r = Reply::ok(doc! {"cursor": {"postBatchResumeToken": pbrt, "id": id, "ns": ns}});

@@ -478,9 +478,26 @@ pub fn list_databases(ctx: &ServerCtx, cmd: &Document) -> Result<Reply> {
     let filter = util::opt_doc(cmd, "filter")?
         .map(Filter::parse)
         .transpose()?;
+    // Without the `listDatabases` action, a user sees the databases it has privileges in
+    // (`authorizedDatabases`, the default then); asked not to, it is refused.
+    let caller = crate::security::caller();
+    let all = caller.allows("listDatabases", &auth::Target::Cluster);
+    let authorized = match cmd.get("authorizedDatabases") {
+        Some(v) => query::expr::truthy(v),
+        None => !all,
+    };
+    if !all && !authorized {
+        return Err(MongoError::new(
+            ErrorCode::Unauthorized,
+            "not authorized on admin to execute command { listDatabases: 1 }",
+        ));
+    }
     let mut dbs = Vec::new();
     let mut total = 0i64;
     for (n, (size, empty)) in sizes {
+        if authorized && !caller.sees_db(&n) {
+            continue;
+        }
         let d = if name_only {
             doc! {"name": &n}
         } else {
@@ -541,7 +558,15 @@ pub fn list_collections(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Rep
         ));
         infos.sort_by(|a, b| a.0.cmp(&b.0));
     }
+    // `authorizedCollections` (with `nameOnly`): only what the caller holds privileges on.
+    let caller = crate::security::caller();
+    let authorized = matches!(cmd.get("authorizedCollections"), Some(v) if query::expr::truthy(v))
+        && name_only
+        && !caller.allows("listCollections", &auth::Target::Database(db));
     for (coll, info) in infos {
+        if authorized && !caller.sees_collection(db, &coll) {
+            continue;
+        }
         if filter.as_ref().is_none_or(|f| f.matches(&info)) {
             out.push(if name_only {
                 doc! {"name": &coll, "type": info.get_str("type").unwrap_or("collection")}

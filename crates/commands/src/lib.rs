@@ -24,10 +24,13 @@ pub mod ddl;
 pub mod logs;
 pub mod op;
 pub mod ops;
+pub mod privileges;
 pub mod reply;
+pub mod security;
 pub mod sessions;
 pub mod stats;
 pub mod txn;
+pub mod users;
 pub mod util;
 pub mod write_concern;
 
@@ -55,6 +58,8 @@ pub struct ServerConfig {
     pub port: u16,
     /// The oplog's size bound (`--oplogSize`), reported as `local.oplog.rs`'s `maxSize`.
     pub oplog_size_bytes: u64,
+    /// `--auth`.
+    pub auth: bool,
 }
 
 /// Counters for `serverStatus`.
@@ -104,6 +109,8 @@ pub struct ServerCtx {
     pub ops: ops::Ops,
     /// Change streams building a catch-up batch at once (see `cursor::CATCH_UP_SLOTS`).
     pub catch_up: Arc<tokio::sync::Semaphore>,
+    /// Access control.
+    pub security: security::Security,
 }
 
 impl ServerCtx {
@@ -124,11 +131,15 @@ impl ServerCtx {
             "internalQueryMaxAddToSetBytes": query::spill::DEFAULT_MAX_BYTES as i64,
             "allowDiskUseByDefault": true,
             "authenticationMechanisms": ["SCRAM-SHA-1", "SCRAM-SHA-256"],
+            "scramIterationCount": auth::scram::DEFAULT_SHA1_ITERATIONS as i32,
+            "scramSHA256IterationCount": auth::scram::DEFAULT_SHA256_ITERATIONS as i32,
+            "authFailedDelayMs": security::DEFAULT_AUTH_FAILED_DELAY_MS,
         };
         for (k, v) in parameters {
             params.insert(k, v);
         }
         let (shutdown, _) = tokio::sync::watch::channel(false);
+        let config_auth = config.auth;
         let ctx = Arc::new(ServerCtx {
             store,
             hub,
@@ -146,6 +157,7 @@ impl ServerCtx {
             txns: txn::Transactions::default(),
             ops: ops::Ops::default(),
             catch_up: Arc::new(tokio::sync::Semaphore::new(cursor::CATCH_UP_SLOTS)),
+            security: security::Security::new(config_auth),
         });
         if let Ok(Some(p)) = ctx
             .store
@@ -172,6 +184,7 @@ impl ServerCtx {
             peer,
             app_name: None,
             compressors: Vec::new(),
+            auth: security::ConnAuth::default(),
         };
         self.ops.connected(&conn);
         conn
@@ -202,6 +215,8 @@ pub struct ConnInfo {
     pub app_name: Option<String>,
     /// Compressors negotiated through hello, in the client's order of preference.
     pub compressors: Vec<String>,
+    /// Who the connection is authenticated as.
+    pub auth: security::ConnAuth,
 }
 
 /// The command name: the first field of the body.
@@ -312,9 +327,39 @@ async fn run(ctx: &Arc<ServerCtx>, conn: &mut ConnInfo, name: &str, cmd: &Arc<Do
     {
         return finish(ctx, Reply::error(errors::expired()));
     }
+    let db = match util::db_of(cmd) {
+        Ok(db) => db,
+        Err(e) => return finish(ctx, Reply::error(e)),
+    };
+    let caller = match security::check(ctx, conn, &name, &db, cmd) {
+        Ok(c) => c,
+        Err(e) => return finish(ctx, Reply::error(e)),
+    };
     let guard = ctx.ops.register(conn, &name, cmd, &interrupt);
-    let res = op::scope(interrupt, guard.id, dispatch(ctx, conn, &name, cmd)).await;
+    let res = security::scope(
+        caller,
+        op::scope(interrupt, guard.id, dispatch(ctx, conn, &name, cmd)),
+    )
+    .await;
     drop(guard);
+    // Writes to `admin` may have changed users or roles (`admin.system.users` written
+    // directly, a dropped `admin`): connections resolve their privileges again.
+    if db == "admin"
+        && matches!(
+            name.as_str(),
+            "insert"
+                | "update"
+                | "delete"
+                | "findAndModify"
+                | "findandmodify"
+                | "bulkWrite"
+                | "drop"
+                | "dropDatabase"
+                | "renameCollection"
+        )
+    {
+        ctx.security.changed();
+    }
     if close_after {
         return Reply::close();
     }
@@ -423,9 +468,7 @@ async fn dispatch_cmd(
         "getParameter" => admin::get_parameter(ctx, cmd)?,
         "setParameter" => admin::set_parameter(ctx, cmd)?,
         "whatsmyuri" => Reply::ok(doc! {"you": &conn.peer}),
-        "connectionStatus" => {
-            Reply::ok(doc! {"authInfo": {"authenticatedUsers": [], "authenticatedUserRoles": []}})
-        }
+        "connectionStatus" => security::connection_status(ctx, conn, cmd)?,
         "listCommands" => admin::list_commands(),
         "replSetGetStatus" => admin::repl_set_get_status(ctx)?,
         "replSetGetConfig" => admin::repl_set_get_config(ctx),
@@ -446,11 +489,34 @@ async fn dispatch_cmd(
         "getFreeMonitoringStatus" => Reply::ok(doc! {"state": "disabled"}),
         "dbStats" | "dbstats" => stats::db_stats(ctx, &db, cmd)?,
         "collStats" | "collstats" => stats::coll_stats(ctx, &db, cmd)?,
-        "logout" | "saslStart" | "saslContinue" | "authenticate" => {
+        "saslStart" => Reply::ok(security::sasl_start(ctx, conn, &db, cmd).await?),
+        "saslContinue" => Reply::ok(security::sasl_continue(ctx, conn, cmd).await?),
+        "logout" => security::logout(conn),
+        "authenticate" => {
             return Err(MongoError::new(
-                ErrorCode::AuthenticationFailed,
-                "Authentication is not supported yet",
+                ErrorCode::MechanismUnavailable,
+                "Only SCRAM-SHA-1 and SCRAM-SHA-256 are supported, through saslStart",
             ));
+        }
+        // Users and roles.
+        "createUser" => users::create_user(ctx, &db, cmd).await?,
+        "updateUser" => users::update_user(ctx, &db, cmd).await?,
+        "dropUser" => users::drop_user(ctx, &db, cmd).await?,
+        "dropAllUsersFromDatabase" => users::drop_all_users(ctx, &db).await?,
+        "usersInfo" => users::users_info(ctx, conn, &db, cmd)?,
+        "grantRolesToUser" | "revokeRolesFromUser" => {
+            users::change_user_roles(ctx, &db, name, cmd).await?
+        }
+        "createRole" => users::create_role(ctx, &db, cmd).await?,
+        "updateRole" => users::update_role(ctx, &db, cmd).await?,
+        "dropRole" => users::drop_role(ctx, &db, cmd).await?,
+        "dropAllRolesFromDatabase" => users::drop_all_roles(ctx, &db).await?,
+        "rolesInfo" => users::roles_info(ctx, conn, &db, cmd)?,
+        "grantPrivilegesToRole" | "revokePrivilegesFromRole" => {
+            users::change_role_privileges(ctx, &db, name, cmd).await?
+        }
+        "grantRolesToRole" | "revokeRolesFromRole" => {
+            users::change_role_roles(ctx, &db, name, cmd).await?
         }
         // DDL.
         "create" => ddl::create(ctx, &db, cmd).await?,

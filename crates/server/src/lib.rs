@@ -37,6 +37,8 @@ pub struct Config {
     /// `--setParameter` values.
     pub parameters: Document,
     pub argv: Vec<String>,
+    /// `--auth`: access control on.
+    pub auth: bool,
 }
 
 impl Config {
@@ -54,6 +56,7 @@ impl Config {
             checkpoint_size_mb: 256,
             parameters: Document::new(),
             argv: vec!["eddy".into()],
+            auth: false,
         }
     }
 
@@ -68,6 +71,9 @@ impl Config {
         };
         if !self.parameters.is_empty() {
             d.insert("setParameter", self.parameters.clone());
+        }
+        if self.auth {
+            d.insert("security", doc! {"authorization": "enabled"});
         }
         d
     }
@@ -164,6 +170,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         parsed: cfg2.parsed(),
         port,
         oplog_size_bytes: cfg.oplog_size_mb.max(1) * 1024 * 1024,
+        auth: cfg.auth,
     };
     let ctx = ServerCtx::new(store, config, cfg.parameters.clone());
     let accept_tasks = listeners

@@ -51,6 +51,10 @@ struct Cli {
     /// Server parameter as name=value (repeatable), e.g. enableTestCommands=1.
     #[arg(long = "setParameter", value_name = "NAME=VALUE")]
     set_parameter: Vec<String>,
+    /// Access control: every command but the handshake needs an authenticated user with
+    /// the right privileges (create the first user on `admin` from localhost).
+    #[arg(long)]
+    auth: bool,
     /// Log only warnings and errors.
     #[arg(long)]
     quiet: bool,
@@ -142,6 +146,7 @@ fn main() -> ExitCode {
         checkpoint_size_mb: cli.checkpoint_size_mb,
         parameters: params,
         argv: std::env::args().collect(),
+        auth: cli.auth,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,6 +1,7 @@
 //! Integration tests: each starts the real server on an ephemeral port with a temporary
 //! data directory and talks to it through the `mongodb` crate (or raw sockets).
 
+mod auth;
 mod bulk_write;
 mod change_streams;
 mod collation;
