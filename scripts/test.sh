@@ -45,7 +45,24 @@ EDDY_PORT=$port .venv/bin/python -m pytest -q tests/python
 stage "dump/restore round trip (npm @apostrophecms/mongodb-snapshot)"
 (cd tests/node && EDDY_PORT=$port node dump_restore.js)
 
-for suite in changestreams crud transactions sessions retryable-writes csot; do
+passes=$(mktemp -d)
+suites=(changestreams crud transactions sessions retryable-writes csot)
+for suite in "${suites[@]}"; do
   stage "drivers' specification tests ($suite)"
-  EDDY_BIN=target/release/eddy ./scripts/spec-tests.sh "$suite"
+  EDDY_BIN=target/release/eddy PASSED_OUT="$passes/$suite" ./scripts/spec-tests.sh "$suite"
 done
+# The same suites again with access control on (PyMongo's harness creates its user through
+# the localhost exception and runs as it), plus the suites that only run with auth. Every
+# test that passed without auth must pass with it.
+stage "drivers' specification tests with --auth (${suites[*]} auth)"
+EDDY_AUTH=1 EDDY_BIN=target/release/eddy PASSED_OUT="$passes/with-auth" \
+  ./scripts/spec-tests.sh "${suites[@]}" auth
+sort "${suites[@]/#/$passes/}" > "$passes/without-auth"
+if ! comm -23 "$passes/without-auth" "$passes/with-auth" > "$passes/lost"; then exit 1; fi
+if [ -s "$passes/lost" ]; then
+  echo "these tests pass without auth but not with it:" >&2
+  cat "$passes/lost" >&2
+  exit 1
+fi
+echo "with auth: all $(wc -l < "$passes/without-auth") tests that pass without auth pass," \
+  "and $(comm -13 "$passes/without-auth" "$passes/with-auth" | wc -l) more that need auth"

@@ -156,7 +156,7 @@ pub fn server_status(ctx: &ServerCtx) -> Result<Reply> {
         "localTime": DateTime::now(),
         "connections": {
             "current": load(&s.connections_current),
-            "available": 1_000_000i64 - load(&s.connections_current),
+            "available": i64::try_from(ctx.config.max_conns).unwrap_or(i64::MAX) - load(&s.connections_current),
             "totalCreated": load(&s.connections_total),
         },
         "opcounters": {

@@ -386,7 +386,7 @@ pub async fn bulk_write(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Resul
     };
     let batch_size = match cmd.get("cursor") {
         None => None,
-        Some(Bson::Document(c)) => util::opt_count(c, "batchSize")?,
+        Some(Bson::Document(c)) => util::opt_batch_size(c)?,
         Some(v) => return Err(wrong_type("bulkWrite.cursor", v, "object")),
     };
     let vars = util::command_vars(ctx, cmd)?;

@@ -57,7 +57,7 @@ pub const COMMANDS: &[Census] = &[
             ("hint", Q),
             ("skip", Q),
             ("limit", Q),
-            ("batchSize", Q),
+            ("batchSize", "opt_batch_size(cmd)"),
             ("singleBatch", Q),
             ("noCursorTimeout", Q),
             ("collation", "collation::for_read"),
@@ -155,7 +155,11 @@ pub const COMMANDS: &[Census] = &[
     Census {
         names: &["getMore"],
         handler: ("cursor.rs", "pub async fn get_more("),
-        fields: read!["collection", "batchSize", "maxTimeMS"],
+        fields: &[
+            ("collection", Q),
+            ("batchSize", "opt_batch_size(cmd)"),
+            ("maxTimeMS", Q),
+        ],
     },
     Census {
         names: &["killCursors"],

@@ -856,12 +856,7 @@ pub fn find(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
         }
     }
     let mut single = util::get_bool(cmd, "singleBatch").unwrap_or(false);
-    let mut batch_size = util::opt_count(cmd, "batchSize")?;
-    if batch_size.is_some_and(|b| b < 0) {
-        return Err(MongoError::bad_value(
-            "BatchSize value must be non-negative",
-        ));
-    }
+    let mut batch_size = util::opt_batch_size(cmd)?;
     let limit = if limit < 0 {
         single = true;
         -limit
@@ -1110,7 +1105,7 @@ pub async fn aggregate(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result
     }
     let explain = util::get_bool(cmd, "explain").unwrap_or(false);
     let batch_size = match cmd.get_document("cursor") {
-        Ok(c) => util::opt_count(c, "batchSize")?,
+        Ok(c) => util::opt_batch_size(c)?,
         Err(_) if explain => None,
         Err(_) => {
             return Err(MongoError::failed_to_parse(

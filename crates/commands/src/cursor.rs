@@ -312,7 +312,8 @@ pub async fn get_more(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<
             ));
         }
     };
-    let batch_size = util::opt_count(cmd, "batchSize")?.filter(|b| *b > 0);
+    // 0 asks for the default batch, as in MongoDB.
+    let batch_size = util::opt_batch_size(cmd)?.filter(|b| *b > 0);
     let max_time = util::get_i64(cmd, "maxTimeMS");
     let Some((cursor, killed)) = ctx.cursors.get(id) else {
         return Err(MongoError::new(
@@ -640,7 +641,7 @@ pub async fn open_change_stream(
     };
     let mut stream = ChangeStream::open(spec, &ctx.hub)?;
     let batch_size = match cmd.get_document("cursor") {
-        Ok(c) => util::opt_count(c, "batchSize")?,
+        Ok(c) => util::opt_batch_size(c)?,
         Err(_) => {
             return Err(MongoError::failed_to_parse(
                 "The 'cursor' option is required, except for aggregate with the explain argument",

@@ -575,10 +575,10 @@ pub fn list_collections(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Rep
             });
         }
     }
-    let batch = cmd
-        .get_document("cursor")
-        .ok()
-        .and_then(|c| util::get_i64(c, "batchSize"));
+    let batch = match cmd.get_document("cursor") {
+        Ok(c) => util::opt_batch_size(c)?,
+        Err(_) => None,
+    };
     let src: DocSource = Box::new(out.into_iter().map(Ok));
     cursor_reply(
         ctx,
@@ -603,10 +603,10 @@ pub fn list_indexes(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> 
         ));
     };
     let specs: Vec<Document> = m.indexes.iter().map(|i| i.spec.clone()).collect();
-    let batch = cmd
-        .get_document("cursor")
-        .ok()
-        .and_then(|c| util::get_i64(c, "batchSize"));
+    let batch = match cmd.get_document("cursor") {
+        Ok(c) => util::opt_batch_size(c)?,
+        Err(_) => None,
+    };
     cursor_reply(
         ctx,
         &ns.full(),

@@ -60,6 +60,8 @@ pub struct ServerConfig {
     pub oplog_size_bytes: u64,
     /// `--auth`.
     pub auth: bool,
+    /// `--maxConns`.
+    pub max_conns: u64,
 }
 
 /// Counters for `serverStatus`.

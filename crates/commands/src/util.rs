@@ -98,6 +98,21 @@ pub fn opt_count(cmd: &Document, key: &str) -> Result<Option<i64>> {
     }
 }
 
+/// A `batchSize` (of find, getMore, or a `cursor` option): absent, or a count that is
+/// not negative, refused as mongod's IDL validator refuses it (Location51024).
+///
+/// # Errors
+/// TypeMismatch for a non-number; 51024 for a negative one.
+pub fn opt_batch_size(d: &Document) -> Result<Option<i64>> {
+    match opt_count(d, "batchSize")? {
+        Some(b) if b < 0 => Err(MongoError::with_code(
+            51024,
+            format!("BSON field 'batchSize' value must be >= 0, actual value '{b}'"),
+        )),
+        b => Ok(b),
+    }
+}
+
 /// The variables a command's expressions see: `$$NOW` and `$$CLUSTER_TIME` fixed for the
 /// whole command, and its `let` parameters (find, aggregate, update, delete, findAndModify,
 /// bulkWrite).

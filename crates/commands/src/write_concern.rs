@@ -31,6 +31,20 @@ const SUPPORTED: &[&str] = &[
     "abortTransaction",
     "setClusterParameter",
     "setFeatureCompatibilityVersion",
+    "createUser",
+    "updateUser",
+    "dropUser",
+    "dropAllUsersFromDatabase",
+    "grantRolesToUser",
+    "revokeRolesFromUser",
+    "createRole",
+    "updateRole",
+    "dropRole",
+    "dropAllRolesFromDatabase",
+    "grantPrivilegesToRole",
+    "revokePrivilegesFromRole",
+    "grantRolesToRole",
+    "revokeRolesFromRole",
 ];
 
 /// The data-bearing members of this replica set.

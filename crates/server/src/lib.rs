@@ -7,18 +7,23 @@
 //! malformed gets an error reply and the connection goes on.
 
 pub mod log;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bson::{Bson, Document, doc};
 use commands::{ServerConfig, ServerCtx};
 use storage::{Store, StoreOptions};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use wire::{Compressor, Request};
+
+pub use tls::{TlsConfig, TlsMode};
 
 /// Everything the server needs to start.
 #[derive(Debug, Clone)]
@@ -39,7 +44,17 @@ pub struct Config {
     pub argv: Vec<String>,
     /// `--auth`: access control on.
     pub auth: bool,
+    /// `--tlsMode` and its files.
+    pub tls: TlsConfig,
+    /// `--maxConns`: connections over this many are closed as soon as they are accepted.
+    pub max_conns: u64,
+    /// How long a connection may sit idle with part of a message sent before it is
+    /// closed (`--partialMessageTimeoutSecs`); also bounds a TLS handshake.
+    pub partial_message_timeout: Duration,
 }
+
+/// mongod's default `net.maxIncomingConnections`.
+pub const DEFAULT_MAX_CONNS: u64 = 1_000_000;
 
 impl Config {
     /// Defaults for a server on `dbpath` and `port` (tests use port 0).
@@ -57,12 +72,32 @@ impl Config {
             parameters: Document::new(),
             argv: vec!["eddy".into()],
             auth: false,
+            tls: TlsConfig::default(),
+            max_conns: DEFAULT_MAX_CONNS,
+            partial_message_timeout: Duration::from_secs(30),
         }
     }
 
     fn parsed(&self) -> Document {
+        let mut net = doc! {"bindIp": self.bind_ip.join(","), "port": i32::from(self.port)};
+        if self.max_conns != DEFAULT_MAX_CONNS {
+            net.insert("maxIncomingConnections", self.max_conns as i64);
+        }
+        if self.tls.mode != TlsMode::Disabled {
+            let mut t = doc! {"mode": self.tls.mode.name()};
+            if let Some(f) = &self.tls.certificate_key_file {
+                t.insert("certificateKeyFile", f.display().to_string());
+            }
+            if let Some(f) = &self.tls.ca_file {
+                t.insert("CAFile", f.display().to_string());
+            }
+            if self.tls.allow_connections_without_certificates {
+                t.insert("allowConnectionsWithoutCertificates", true);
+            }
+            net.insert("tls", t);
+        }
         let mut d = doc! {
-            "net": {"bindIp": self.bind_ip.join(","), "port": i32::from(self.port)},
+            "net": net,
             "replication": {"replSet": &self.repl_set, "oplogSizeMB": self.oplog_size_mb as i64},
             "storage": {
                 "dbPath": self.dbpath.display().to_string(),
@@ -138,6 +173,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         checkpoint_bytes: cfg.checkpoint_size_mb.max(1) * 1024 * 1024,
         ..StoreOptions::default()
     };
+    let tls = tls::acceptor(&cfg.tls)?;
     let store = Store::open(&cfg.dbpath, opts).map_err(anyhow::Error::msg)?;
     let mut listeners = Vec::new();
     let mut port = cfg.port;
@@ -171,14 +207,17 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         port,
         oplog_size_bytes: cfg.oplog_size_mb.max(1) * 1024 * 1024,
         auth: cfg.auth,
+        max_conns: cfg.max_conns,
     };
     let ctx = ServerCtx::new(store, config, cfg.parameters.clone());
+    let listening = Arc::new(Listening {
+        tls,
+        mode: cfg.tls.mode,
+        partial_message_timeout: cfg.partial_message_timeout,
+    });
     let accept_tasks = listeners
         .into_iter()
-        .map(|l| {
-            let ctx = ctx.clone();
-            tokio::spawn(accept_loop(l, ctx))
-        })
+        .map(|l| tokio::spawn(accept_loop(l, ctx.clone(), listening.clone())))
         .collect();
     tracing::info!(port, dbpath = %cfg.dbpath.display(), "eddy is ready for connections");
     Ok(Running {
@@ -194,16 +233,35 @@ fn gethostname() -> String {
         .unwrap_or_else(|_| "localhost".into())
 }
 
-async fn accept_loop(listener: TcpListener, ctx: Arc<ServerCtx>) {
+/// What every connection of a listener shares.
+struct Listening {
+    tls: Option<TlsAcceptor>,
+    mode: TlsMode,
+    partial_message_timeout: Duration,
+}
+
+async fn accept_loop(listener: TcpListener, ctx: Arc<ServerCtx>, l: Arc<Listening>) {
     let mut backoff = Duration::from_millis(10);
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(10);
-                let ctx = ctx.clone();
+                // Over --maxConns: closed at once, before it costs anything.
+                if ctx.stats.connections_current.load(Ordering::Relaxed) >= ctx.config.max_conns {
+                    tracing::info!(%peer, max = ctx.config.max_conns, "connection refused: too many open connections");
+                    drop(stream);
+                    continue;
+                }
+                let conn = ctx.connect(peer.to_string());
                 let _ = stream.set_nodelay(true);
+                let ctx = ctx.clone();
+                let l = l.clone();
                 tokio::spawn(async move {
-                    serve(ctx, stream, peer).await;
+                    match handshake(&l, stream).await {
+                        Some(Stream::Plain(s)) => serve(&ctx, conn, s, &l).await,
+                        Some(Stream::Tls(s)) => serve(&ctx, conn, *s, &l).await,
+                        None => ctx.disconnect(&conn),
+                    }
                 });
             }
             Err(e) => {
@@ -215,11 +273,52 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ServerCtx>) {
     }
 }
 
-/// Serves one connection until the peer closes it, it sends something unframeable, or a
-/// fail point asks to drop it.
-async fn serve(ctx: Arc<ServerCtx>, mut stream: TcpStream, peer: SocketAddr) {
-    let mut conn = ctx.connect(peer.to_string());
-    tracing::debug!(conn_id = conn.id, %peer, "connection accepted");
+enum Stream {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+}
+
+/// Sets up a new connection's transport as `--tlsMode` says: plain, TLS, or whichever
+/// the client opens with. `None` if the TLS handshake fails or the peer goes away (or
+/// stays silent past the partial-message timeout) first.
+async fn handshake(l: &Listening, stream: tokio::net::TcpStream) -> Option<Stream> {
+    let Some(acceptor) = &l.tls else {
+        return Some(Stream::Plain(stream));
+    };
+    let wants_tls = match l.mode {
+        TlsMode::Require => true,
+        TlsMode::Allow | TlsMode::Prefer => {
+            // A silent client is left waiting, as on a plain port, until it speaks.
+            tls::peek_is_tls(&stream).await?
+        }
+        TlsMode::Disabled => false,
+    };
+    if !wants_tls {
+        return Some(Stream::Plain(stream));
+    }
+    match tokio::time::timeout(l.partial_message_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => Some(Stream::Tls(Box::new(s))),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// Serves one connection until the peer closes it, it sends something unframeable, it
+/// leaves half a message unsent for too long, or a fail point asks to drop it.
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    ctx: &Arc<ServerCtx>,
+    mut conn: commands::ConnInfo,
+    mut stream: S,
+    l: &Listening,
+) {
+    let ctx = ctx.clone();
+    tracing::debug!(conn_id = conn.id, peer = %conn.peer, "connection accepted");
     let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut next_id: i32 = 1;
     'conn: loop {
@@ -236,7 +335,26 @@ async fn serve(ctx: Arc<ServerCtx>, mut stream: TcpStream, peer: SocketAddr) {
             if buf.capacity() - buf.len() < 4096 {
                 buf.reserve(64 * 1024);
             }
-            match stream.read_buf(&mut buf).await {
+            // Between messages a connection may idle for ever; in the middle of one, only
+            // for the partial-message timeout (a peer that sends a length and stops would
+            // otherwise hold its buffer and task indefinitely).
+            let partial = !buf.is_empty();
+            let read = stream.read_buf(&mut buf);
+            let r = if partial {
+                match tokio::time::timeout(l.partial_message_timeout, read).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        tracing::debug!(
+                            conn_id = conn.id,
+                            "closing connection: idle in the middle of a message"
+                        );
+                        break 'conn;
+                    }
+                }
+            } else {
+                read.await
+            };
+            match r {
                 Ok(0) | Err(_) => break 'conn,
                 Ok(_) => {}
             }
@@ -290,8 +408,8 @@ async fn serve(ctx: Arc<ServerCtx>, mut stream: TcpStream, peer: SocketAddr) {
 /// Writes a reply. A catch-up slot it holds is released once the reply is written, or
 /// after a second if the client is slow to read it, so that a reader that stalls cannot
 /// keep other streams from catching up.
-async fn write_reply<T>(
-    stream: &mut TcpStream,
+async fn write_reply<S: AsyncWrite + Unpin, T>(
+    stream: &mut S,
     out: &[u8],
     mut slot: Option<T>,
 ) -> std::io::Result<()> {
@@ -299,7 +417,8 @@ async fn write_reply<T>(
     let until = tokio::time::Instant::now() + HOLD;
     let mut pos = 0;
     while pos < out.len() {
-        // `write` is cancel-safe: a timed-out call wrote nothing.
+        // `write` is cancel-safe: a timed-out call wrote nothing (tokio-rustls returns
+        // as soon as it has taken any of the bytes).
         let r = if slot.is_some() {
             match tokio::time::timeout_at(until, stream.write(&out[pos..])).await {
                 Ok(r) => r,
@@ -316,7 +435,14 @@ async fn write_reply<T>(
             n => pos += n,
         }
     }
-    Ok(())
+    // TLS may hold the tail of the reply in its buffer (a plain socket's flush is free).
+    if slot.is_some() {
+        if let Ok(r) = tokio::time::timeout_at(until, stream.flush()).await {
+            return r;
+        }
+        drop(slot);
+    }
+    stream.flush().await
 }
 
 /// OP_QUERY: only commands on `<db>.$cmd` (the first handshake of older clients).

@@ -55,6 +55,27 @@ struct Cli {
     /// the right privileges (create the first user on `admin` from localhost).
     #[arg(long)]
     auth: bool,
+    /// TLS: disabled, allowTLS or preferTLS (TLS and plain clients on one port), or
+    /// requireTLS.
+    #[arg(long = "tlsMode", default_value = "disabled", value_parser = parse_tls_mode)]
+    tls_mode: server::TlsMode,
+    /// PEM file with the server's certificate (chain) and private key.
+    #[arg(long = "tlsCertificateKeyFile")]
+    tls_certificate_key_file: Option<PathBuf>,
+    /// PEM file with the CA(s) that sign client certificates; clients must then present
+    /// one, unless --tlsAllowConnectionsWithoutCertificates.
+    #[arg(long = "tlsCAFile")]
+    tls_ca_file: Option<PathBuf>,
+    /// With --tlsCAFile: let clients without a certificate in.
+    #[arg(long = "tlsAllowConnectionsWithoutCertificates")]
+    tls_allow_connections_without_certificates: bool,
+    /// Most connections open at once; any over it is closed as soon as it is accepted.
+    #[arg(long = "maxConns", default_value_t = server::DEFAULT_MAX_CONNS)]
+    max_conns: u64,
+    /// Seconds a connection may sit idle after sending part of a message (or in its TLS
+    /// handshake) before it is closed.
+    #[arg(long = "partialMessageTimeoutSecs", default_value_t = 30.0)]
+    partial_message_timeout_secs: f64,
     /// Log only warnings and errors.
     #[arg(long)]
     quiet: bool,
@@ -84,6 +105,11 @@ enum LogCommand {
         #[arg(long, default_value = "./eddy-data")]
         dbpath: PathBuf,
     },
+}
+
+fn parse_tls_mode(s: &str) -> Result<server::TlsMode, String> {
+    server::TlsMode::parse(s)
+        .ok_or_else(|| "expected disabled, allowTLS, preferTLS or requireTLS".to_string())
 }
 
 /// Runs `eddy log ...`.
@@ -147,6 +173,16 @@ fn main() -> ExitCode {
         parameters: params,
         argv: std::env::args().collect(),
         auth: cli.auth,
+        tls: server::TlsConfig {
+            mode: cli.tls_mode,
+            certificate_key_file: cli.tls_certificate_key_file,
+            ca_file: cli.tls_ca_file,
+            allow_connections_without_certificates: cli.tls_allow_connections_without_certificates,
+        },
+        max_conns: cli.max_conns.max(1),
+        partial_message_timeout: std::time::Duration::from_secs_f64(
+            cli.partial_message_timeout_secs.clamp(0.01, 86_400.0),
+        ),
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

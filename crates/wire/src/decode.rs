@@ -172,7 +172,10 @@ fn decode_op_msg(msg: &[u8]) -> Result<OpMsg, WireError> {
                 if body.is_some() {
                     return Err(malformed("OP_MSG has more than one body section"));
                 }
-                body = Some(r.document(MAX_BODY_SIZE)?);
+                let bytes = r.document_bytes(MAX_BODY_SIZE)?;
+                let d = parse_document(bytes)?;
+                check_unique_fields(bytes, &d)?;
+                body = Some(d);
             }
             1 => {
                 let size = r.i32("section size")?;
@@ -302,6 +305,11 @@ impl<'a> Reader<'a> {
 
     /// Reads one BSON document of at most `limit` bytes.
     fn document(&mut self, limit: usize) -> Result<Document, WireError> {
+        parse_document(self.document_bytes(limit)?)
+    }
+
+    /// The bytes of the document that comes next, its length checked against `limit`.
+    fn document_bytes(&mut self, limit: usize) -> Result<&'a [u8], WireError> {
         let declared = self
             .0
             .first_chunk::<4>()
@@ -317,8 +325,28 @@ impl<'a> Reader<'a> {
                 format!("document of {len} bytes is over the {limit}-byte limit"),
             ));
         }
-        parse_document(self.take(len, "document")?)
+        self.take(len, "document")
     }
+}
+
+/// Refuses a command body that repeats a top-level field, as mongod's command parsers do
+/// (`{insert, documents, documents}` would otherwise keep only the last): `body` is the
+/// conversion of `bytes`, which a repeated key leaves shorter than the element count.
+fn check_unique_fields(bytes: &[u8], body: &Document) -> Result<(), WireError> {
+    let Ok(raw) = bson::RawDocument::from_bytes(bytes) else {
+        return Ok(());
+    };
+    let keys = || raw.into_iter().filter_map(|e| e.ok().map(|(k, _)| k));
+    if keys().count() == body.len() {
+        return Ok(());
+    }
+    let mut seen = std::collections::HashSet::new();
+    let dup = keys().find(|k| !seen.insert(*k)).unwrap_or_default();
+    let command = body.keys().next().map_or("", String::as_str);
+    Err(WireError::new(
+        WireErrorKind::DuplicateField,
+        format!("BSON field '{command}.{dup}' is a duplicate field"),
+    ))
 }
 
 /// Fully validates `bytes` as exactly one BSON document and converts it, refusing nesting

@@ -231,6 +231,9 @@ pub enum WireErrorKind {
     Compression,
     /// A document is over the size limit.
     TooLarge,
+    /// A command body repeats a top-level field (mongod's IDL parsers refuse it with
+    /// Location40413).
+    DuplicateField,
 }
 
 /// A decoding (or, rarely, encoding) failure.
@@ -261,8 +264,12 @@ impl WireError {
             | WireErrorKind::UnknownOpcode
             | WireErrorKind::ChecksumMismatch
             | WireErrorKind::Malformed
-            | WireErrorKind::Compression => ErrorCode::ProtocolError,
+            | WireErrorKind::Compression
+            | WireErrorKind::DuplicateField => ErrorCode::ProtocolError,
         };
+        if self.kind == WireErrorKind::DuplicateField {
+            return MongoError::with_code(40413, self.message.clone());
+        }
         MongoError::new(code, self.message.clone())
     }
 }
