@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs every test: format and lint checks, the Rust unit and integration tests (which
-# start real servers), the PyMongo smoke and resume-token tests against a freshly built
-# eddy, and the drivers' specification tests (change streams, transactions, sessions,
-# retryable writes, client-side operation timeouts) through PyMongo's runner.
-# Installs what it needs itself (Python venvs with pymongo and pytest, the npm token
-# decoder).
+# start real servers), the PyMongo and mongosh tests against a freshly built eddy (smoke,
+# resume tokens, TLS, auth), the drivers' specification tests (change streams, CRUD,
+# transactions, sessions, retryable writes, client-side operation timeouts) through
+# PyMongo's runner without and then with --auth, and each fuzz target for a bounded time.
+# Installs what it needs itself (Python venvs with pymongo and pytest, openssl, the npm
+# packages, cargo-fuzz).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,7 +26,10 @@ cargo clippy --workspace --all-targets -- -D warnings
 stage "cargo test"
 cargo test --workspace
 
-stage "pymongo smoke test"
+stage "pymongo and mongosh tests"
+if ! command -v openssl >/dev/null; then
+  apt-get install -y -q openssl >/dev/null || { apt-get update -q && apt-get install -y -q openssl; }
+fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
@@ -66,3 +70,6 @@ if [ -s "$passes/lost" ]; then
 fi
 echo "with auth: all $(wc -l < "$passes/without-auth") tests that pass without auth pass," \
   "and $(comm -13 "$passes/without-auth" "$passes/with-auth" | wc -l) more that need auth"
+
+stage "fuzzing (cargo fuzz: wire_message, command, query; ${FUZZ_SECONDS:-60} s each)"
+./scripts/fuzz.sh

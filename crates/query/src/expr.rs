@@ -224,6 +224,85 @@ pub(crate) fn err(code: i32, msg: impl Into<String>) -> MongoError {
     MongoError::with_code(code, msg)
 }
 
+/// The most memory the values one expression builds at once may take: the 100 MB MongoDB
+/// gives `$range` and the array accumulators (`internalQueryMax*Bytes`). Without it, an
+/// expression that doubles a value in a `$reduce` exhausts the server's memory.
+pub(crate) const MAX_VALUE_BYTES: usize = 100 * 1024 * 1024;
+
+/// The most a string an expression builds may hold: MongoDB's `BufferMaxSize`.
+pub(crate) const MAX_STRING_BYTES: usize = 64 * 1024 * 1024;
+
+/// Counts what an expression is building, and refuses with `ExceededMemoryLimit` (146) once
+/// it passes [`MAX_VALUE_BYTES`].
+pub(crate) struct Budget {
+    what: &'static str,
+    used: usize,
+}
+
+impl Budget {
+    pub(crate) fn new(what: &'static str) -> Budget {
+        Budget { what, used: 0 }
+    }
+
+    pub(crate) fn add(&mut self, v: &Bson) -> Result<()> {
+        self.used += approx_size(v, MAX_VALUE_BYTES + 1 - self.used.min(MAX_VALUE_BYTES));
+        if self.used > MAX_VALUE_BYTES {
+            return Err(err(
+                146,
+                format!(
+                    "{} would use too much memory ({} bytes) and cannot spill to disk. Memory limit: {MAX_VALUE_BYTES} bytes",
+                    self.what, self.used
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A value's size in memory, roughly (its BSON size plus a per-value overhead), counted
+/// only until it passes `cap`.
+pub(crate) fn approx_size(v: &Bson, cap: usize) -> usize {
+    const OVERHEAD: usize = 16;
+    match v {
+        Bson::String(s) => OVERHEAD + s.len(),
+        Bson::Binary(b) => OVERHEAD + b.bytes.len(),
+        Bson::JavaScriptCode(s) | Bson::Symbol(s) => OVERHEAD + s.len(),
+        Bson::RegularExpression(r) => OVERHEAD + r.pattern.len() + r.options.len(),
+        Bson::Array(a) => {
+            let mut n = OVERHEAD;
+            for x in a {
+                n += approx_size(x, cap.saturating_sub(n));
+                if n > cap {
+                    break;
+                }
+            }
+            n
+        }
+        Bson::Document(d) => {
+            let mut n = OVERHEAD;
+            for (k, x) in d {
+                n += k.len() + approx_size(x, cap.saturating_sub(n));
+                if n > cap {
+                    break;
+                }
+            }
+            n
+        }
+        _ => OVERHEAD,
+    }
+}
+
+/// Refuses a string over [`MAX_STRING_BYTES`] before it is built, as MongoDB's buffers do.
+pub(crate) fn check_string_len(len: usize) -> Result<()> {
+    if len > MAX_STRING_BYTES {
+        return Err(err(
+            13548,
+            format!("BufBuilder attempted to grow() to {len} bytes, past the 64MB limit."),
+        ));
+    }
+    Ok(())
+}
+
 /// The MongoDB type name of a value for error messages (`missing` for none).
 pub fn type_name(v: Option<&Bson>) -> &'static str {
     match v {
@@ -417,8 +496,10 @@ impl Node {
             }
             Node::Obj(fields) => {
                 let mut d = Document::new();
+                let mut budget = Budget::new("an object expression");
                 for (k, n) in fields {
                     if let Some(v) = n.eval(cx)? {
+                        budget.add(&v)?;
                         d.insert(k.clone(), v);
                     }
                 }
@@ -426,8 +507,11 @@ impl Node {
             }
             Node::Arr(items) => {
                 let mut out = Vec::with_capacity(items.len());
+                let mut budget = Budget::new("an array expression");
                 for n in items {
-                    out.push(n.eval(cx)?.unwrap_or(Bson::Null));
+                    let v = n.eval(cx)?.unwrap_or(Bson::Null);
+                    budget.add(&v)?;
+                    out.push(v);
                 }
                 Ok(Some(Bson::Array(out)))
             }

@@ -9,7 +9,9 @@ use doc::compare::{cmp_values_with, values_equal_with};
 use errors::{MongoError, Result};
 
 use super::accum::{Acc, AccKind};
-use super::{Args, Ctx, Node, err, invalid_op, num, parse_node, truthy, type_name};
+use super::{
+    Args, Budget, Ctx, Node, check_string_len, err, invalid_op, num, parse_node, truthy, type_name,
+};
 use crate::filter::Rx;
 
 /// How an operator takes its arguments.
@@ -356,8 +358,19 @@ pub(crate) fn cmp_opt(a: &Option<Bson>, b: &Option<Bson>, coll: Option<&Collatio
     }
 }
 
+/// Evaluates an operator's operands, refusing once together they would hold more than
+/// [`MAX_VALUE_BYTES`](super::MAX_VALUE_BYTES) (each operand may be a copy of a large value).
 pub(crate) fn eval_all(nodes: &[Node], cx: &Ctx<'_>) -> Result<Vec<Option<Bson>>> {
-    nodes.iter().map(|n| n.eval(cx)).collect()
+    let mut budget = Budget::new("an expression's operands");
+    let mut out = Vec::with_capacity(nodes.len());
+    for n in nodes {
+        let v = n.eval(cx)?;
+        if let Some(v) = &v {
+            budget.add(v)?;
+        }
+        out.push(v);
+    }
+    Ok(out)
 }
 
 fn arg<'a>(args: &'a Args, name: &str) -> Option<&'a Node> {
@@ -1247,6 +1260,7 @@ pub(crate) fn eval_op(name: &str, args: &Args, cx: &Ctx<'_>) -> Result<Option<Bs
             };
             let mut vars = cx.vars.clone();
             let mut out = Vec::new();
+            let mut budget = Budget::new("$map");
             for e in a {
                 vars.set(&var, e.clone());
                 let inner = Ctx {
@@ -1255,7 +1269,9 @@ pub(crate) fn eval_op(name: &str, args: &Args, cx: &Ctx<'_>) -> Result<Option<Bs
                 };
                 let r = body.eval(&inner)?;
                 if name == "$map" {
-                    out.push(r.unwrap_or(Bson::Null));
+                    let r = r.unwrap_or(Bson::Null);
+                    budget.add(&r)?;
+                    out.push(r);
                 } else if r.as_ref().is_some_and(truthy) {
                     out.push(e);
                     if limit.is_some_and(|l| out.len() >= l) {
@@ -1354,6 +1370,21 @@ pub(crate) fn eval_op(name: &str, args: &Args, cx: &Ctx<'_>) -> Result<Option<Bs
                 _ => String::new(),
             };
             let (input, rep) = (s(0), s(2));
+            // The longest the result can be, refused before it is built.
+            let matches = match &vals[1].1 {
+                _ if name == "$replaceOne" => 1,
+                Some(Bson::RegularExpression(r)) => Rx::new(&r.pattern, &r.options)?
+                    .regex()
+                    .find_iter(&input)
+                    .count(),
+                _ if s(1).is_empty() => 0,
+                _ => input.matches(&s(1)).count(),
+            };
+            check_string_len(
+                input
+                    .len()
+                    .saturating_add(matches.saturating_mul(rep.len())),
+            )?;
             let out = match &vals[1].1 {
                 Some(Bson::RegularExpression(r)) => {
                     let rx = Rx::new(&r.pattern, &r.options)?;
@@ -1725,6 +1756,14 @@ fn eval_values(
         }
         "$not" => some(Bson::Boolean(!vals[0].as_ref().is_some_and(truthy))),
         "$concat" => {
+            check_string_len(
+                vals.iter()
+                    .map(|v| match v {
+                        Some(Bson::String(s)) => s.len(),
+                        _ => 0,
+                    })
+                    .sum(),
+            )?;
             let mut out = String::new();
             for v in &vals {
                 match v {
@@ -1927,7 +1966,21 @@ fn eval_values(
             if step == 0 {
                 return Err(err(34449, "$range requires a non-zero step value"));
             }
-            let mut out = Vec::new();
+            // MongoDB's internalQueryMaxRangeBytes, counted as it counts it: an array
+            // header and a 16-byte value per element.
+            const MAX_RANGE_BYTES: i64 = 100 * 1024 * 1024;
+            let steps = (end - start) / step;
+            let length = if steps >= 0 { 1 + steps } else { 0 };
+            let needed = 24 + length * 16;
+            if needed >= MAX_RANGE_BYTES {
+                return Err(err(
+                    146,
+                    format!(
+                        "$range would use too much memory ({needed} bytes) and cannot spill to disk. Memory limit: {MAX_RANGE_BYTES} bytes"
+                    ),
+                ));
+            }
+            let mut out = Vec::with_capacity(length as usize);
             let mut i = start;
             while (step > 0 && i < end) || (step < 0 && i > end) {
                 out.push(Bson::Int32(i as i32));

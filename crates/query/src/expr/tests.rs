@@ -804,3 +804,53 @@ fn let_parameters_reject_bad_names_and_field_paths() {
     assert_eq!(code(doc! {"x": "$$undefinedVar"}), 17276);
     assert!(Vars::default().bind_let(&doc! {"é": 1, "a_1": 2}).is_ok());
 }
+
+/// Expressions that grow a value without bound are refused before they exhaust memory
+/// (found by hand while fuzzing: each of these took the whole server down).
+#[test]
+fn values_that_grow_without_bound_are_refused() {
+    // Each doubling starts from a 1 MB value, so the limit is reached in a few steps.
+    let doubling = |init: Bson, op: &str| {
+        bson!({"$reduce": {
+            "input": {"$range": [0, 40]},
+            "initialValue": init,
+            "in": {op: ["$$value", "$$value"]},
+        }})
+    };
+    let d = doc! {"m": "x".repeat(1 << 20)};
+    errors(
+        &d,
+        &[
+            (bson!({"$range": [0, 1_000_000_000]}), 146),
+            (bson!({"$range": [0, 2_000_000_000, 1]}), 146),
+            (doubling(bson!(["$m"]), "$concatArrays"), 146),
+            (
+                bson!({"$reduce": {"input": {"$range": [0, 40]}, "initialValue": "$m",
+                    "in": ["$$value", "$$value"]}}),
+                146,
+            ),
+            (
+                bson!({"$reduce": {"input": {"$range": [0, 40]}, "initialValue": {"a": "$m"},
+                    "in": {"a": "$$value", "b": "$$value"}}}),
+                146,
+            ),
+            (
+                bson!({"$reduce": {"input": {"$range": [0, 30]}, "initialValue": "ab",
+                    "in": {"$replaceAll": {"input": "$$value", "find": "a", "replacement": "$$value"}}}}),
+                13548,
+            ),
+            (
+                bson!({"$map": {"input": {"$range": [0, 200]}, "in": "$m"}}),
+                146,
+            ),
+        ],
+    );
+    // The string limit is on the result: just under it is built.
+    let big = "x".repeat(33 * 1024 * 1024);
+    let d = doc! {"s": &big};
+    errors(&d, &[(bson!({"$concat": ["$s", "$s"]}), 13548)]);
+    assert_eq!(
+        ev(bson!({"$strLenBytes": {"$concat": ["$s", "y"]}}), &d).unwrap(),
+        Some(Bson::Int32(big.len() as i32 + 1))
+    );
+}
