@@ -2,8 +2,8 @@
 with requireTLS, and with both, each a fresh server (one run, side by side, so the ratios
 hold on a noisy machine).
 
-- 1 writer: a PyMongo writer inserting single documents as fast as it can while one
-  change stream reads them; commits/s and server CPU per document.
+- 1 writer: a PyMongo writer inserting single documents as fast as it can (w:1, so each
+  waits for its fdatasync); commits/s and server CPU per document.
 - fan-out: K change streams, a writer inserting N documents in batches of 100; server CPU
   per 1,000 deliveries.
 - login: SCRAM-SHA-256 conversations (saslStart, saslContinue, the final empty step) on one
@@ -111,8 +111,6 @@ def one_writer(srv, seconds):
     c = pymongo.MongoClient(srv.uri)
     c.bench.docs.drop()
     c.bench.create_collection("docs")
-    # Written first for `seconds`, then the stream is read to the end: the subscriber
-    # needs the count up front, so the writer's pace is measured in a first pass.
     n, t0, s0 = 0, time.monotonic(), cpu(srv.proc.pid)
     while time.monotonic() - t0 < seconds:
         c.bench.docs.insert_one(doc(n))

@@ -10,8 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${FUZZ_SECONDS:-60}
-targets=("${@:-wire_message command query}")
-read -r -a targets <<< "${targets[*]}"
+targets=(wire_message command query)
+if [ $# -gt 0 ]; then targets=("$@"); fi
 
 if ! command -v cargo-fuzz >/dev/null; then
   cargo install cargo-fuzz --locked --version 0.13.2

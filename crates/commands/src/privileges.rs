@@ -80,6 +80,15 @@ fn role_dbs(cmd: &Document, db: &str) -> Vec<String> {
 }
 
 /// `{db: "", collection: ""}`: every normal collection of every database.
+/// `grantRole` on every database whose roles or privileges a `createRole`/`updateRole`
+/// hands out.
+fn grants_roles_from(cmd: &Document, db: &str) -> impl Iterator<Item = (&'static str, Res)> {
+    role_dbs(cmd, db)
+        .into_iter()
+        .chain(privilege_dbs(cmd))
+        .map(|d| ("grantRole", Res::Db(d)))
+}
+
 fn any_normal() -> Res {
     Res::Coll(String::new(), String::new())
 }
@@ -245,30 +254,12 @@ pub fn need(ctx: &ServerCtx, name: &str, db: &str, cmd: &Document) -> Result<Nee
         ),
         "createRole" => {
             let mut v = vec![("createRole", db_res(db))];
-            v.extend(
-                role_dbs(cmd, db)
-                    .into_iter()
-                    .map(|d| ("grantRole", Res::Db(d))),
-            );
-            v.extend(
-                privilege_dbs(cmd)
-                    .into_iter()
-                    .map(|d| ("grantRole", Res::Db(d))),
-            );
+            v.extend(grants_roles_from(cmd, db));
             Need::All(v)
         }
         "updateRole" => {
             let mut v = vec![("revokeRole", any_normal())];
-            v.extend(
-                role_dbs(cmd, db)
-                    .into_iter()
-                    .map(|d| ("grantRole", Res::Db(d))),
-            );
-            v.extend(
-                privilege_dbs(cmd)
-                    .into_iter()
-                    .map(|d| ("grantRole", Res::Db(d))),
-            );
+            v.extend(grants_roles_from(cmd, db));
             Need::All(v)
         }
         "dropRole" | "dropAllRolesFromDatabase" => on_db("dropRole"),

@@ -57,12 +57,40 @@ fn check(depth: usize, max: usize) -> Result<(), RawError> {
     }
 }
 
+/// Converts raw command bytes like [`bytes_to_document`], and names the first top-level
+/// field that appears more than once (the document keeps its last value): mongod's
+/// command parsers refuse such a command, and noticing it here costs no second walk.
+///
+/// # Errors
+/// As [`to_document`].
+pub fn bytes_to_command(
+    bytes: &[u8],
+    max_depth: usize,
+) -> Result<(Document, Option<String>), RawError> {
+    let raw = RawDocument::from_bytes(bytes).map_err(invalid)?;
+    let mut repeated = None;
+    let d = fields(raw, 1, max_depth, &mut repeated)?;
+    Ok((d, repeated))
+}
+
 fn document(raw: &RawDocument, depth: usize, max: usize) -> Result<Document, RawError> {
+    fields(raw, depth, max, &mut None)
+}
+
+/// A document's fields, noting in `repeated` the first key that appears twice.
+fn fields(
+    raw: &RawDocument,
+    depth: usize,
+    max: usize,
+    repeated: &mut Option<String>,
+) -> Result<Document, RawError> {
     check(depth, max)?;
     let mut d = Document::new();
     for item in raw {
         let (k, v) = item.map_err(invalid)?;
-        d.insert(k.to_owned(), value(v, depth, max)?);
+        if d.insert(k.to_owned(), value(v, depth, max)?).is_some() && repeated.is_none() {
+            *repeated = Some(k.to_owned());
+        }
     }
     Ok(d)
 }

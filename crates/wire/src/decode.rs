@@ -172,9 +172,12 @@ fn decode_op_msg(msg: &[u8]) -> Result<OpMsg, WireError> {
                 if body.is_some() {
                     return Err(malformed("OP_MSG has more than one body section"));
                 }
-                let bytes = r.document_bytes(MAX_BODY_SIZE)?;
-                let d = parse_document(bytes)?;
-                check_unique_fields(bytes, &d)?;
+                let (d, repeated) =
+                    doc::raw::bytes_to_command(r.document_bytes(MAX_BODY_SIZE)?, MAX_BSON_DEPTH)
+                        .map_err(|e| invalid_bson(e.to_string()))?;
+                if let Some(field) = repeated {
+                    return Err(duplicate_field(&d, &field));
+                }
                 body = Some(d);
             }
             1 => {
@@ -329,24 +332,14 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Refuses a command body that repeats a top-level field, as mongod's command parsers do
-/// (`{insert, documents, documents}` would otherwise keep only the last): `body` is the
-/// conversion of `bytes`, which a repeated key leaves shorter than the element count.
-fn check_unique_fields(bytes: &[u8], body: &Document) -> Result<(), WireError> {
-    let Ok(raw) = bson::RawDocument::from_bytes(bytes) else {
-        return Ok(());
-    };
-    let keys = || raw.into_iter().filter_map(|e| e.ok().map(|(k, _)| k));
-    if keys().count() == body.len() {
-        return Ok(());
-    }
-    let mut seen = std::collections::HashSet::new();
-    let dup = keys().find(|k| !seen.insert(*k)).unwrap_or_default();
+/// A command body that repeats a top-level field, refused as mongod's command parsers
+/// refuse it (`{insert, documents, documents}` would otherwise keep only the last).
+fn duplicate_field(body: &Document, field: &str) -> WireError {
     let command = body.keys().next().map_or("", String::as_str);
-    Err(WireError::new(
+    WireError::new(
         WireErrorKind::DuplicateField,
-        format!("BSON field '{command}.{dup}' is a duplicate field"),
-    ))
+        format!("BSON field '{command}.{field}' is a duplicate field"),
+    )
 }
 
 /// Fully validates `bytes` as exactly one BSON document and converts it, refusing nesting

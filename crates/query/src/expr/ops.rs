@@ -1369,25 +1369,25 @@ pub(crate) fn eval_op(name: &str, args: &Args, cx: &Ctx<'_>) -> Result<Option<Bs
                 Some(Bson::String(s)) => s.clone(),
                 _ => String::new(),
             };
-            let (input, rep) = (s(0), s(2));
+            let (input, find, rep) = (s(0), s(1), s(2));
+            let rx = match &vals[1].1 {
+                Some(Bson::RegularExpression(r)) => Some(Rx::new(&r.pattern, &r.options)?),
+                _ => None,
+            };
             // The longest the result can be, refused before it is built.
-            let matches = match &vals[1].1 {
+            let matches = match &rx {
                 _ if name == "$replaceOne" => 1,
-                Some(Bson::RegularExpression(r)) => Rx::new(&r.pattern, &r.options)?
-                    .regex()
-                    .find_iter(&input)
-                    .count(),
-                _ if s(1).is_empty() => 0,
-                _ => input.matches(&s(1)).count(),
+                Some(rx) => rx.regex().find_iter(&input).count(),
+                None if find.is_empty() => 0,
+                None => input.matches(&find).count(),
             };
             check_string_len(
                 input
                     .len()
                     .saturating_add(matches.saturating_mul(rep.len())),
             )?;
-            let out = match &vals[1].1 {
-                Some(Bson::RegularExpression(r)) => {
-                    let rx = Rx::new(&r.pattern, &r.options)?;
+            let out = match &rx {
+                Some(rx) => {
                     let rep = fancy_regex::NoExpand(&rep);
                     if name == "$replaceOne" {
                         rx.regex().replacen(&input, 1, rep).into_owned()
@@ -1395,16 +1395,9 @@ pub(crate) fn eval_op(name: &str, args: &Args, cx: &Ctx<'_>) -> Result<Option<Bs
                         rx.regex().replace_all(&input, rep).into_owned()
                     }
                 }
-                _ => {
-                    let find = s(1);
-                    if name == "$replaceOne" {
-                        input.replacen(&find, &rep, 1)
-                    } else if find.is_empty() {
-                        input.clone()
-                    } else {
-                        input.replace(&find, &rep)
-                    }
-                }
+                None if name == "$replaceOne" => input.replacen(&find, &rep, 1),
+                None if find.is_empty() => input,
+                None => input.replace(&find, &rep),
             };
             Ok(Some(Bson::String(out)))
         }
@@ -1756,15 +1749,15 @@ fn eval_values(
         }
         "$not" => some(Bson::Boolean(!vals[0].as_ref().is_some_and(truthy))),
         "$concat" => {
-            check_string_len(
-                vals.iter()
-                    .map(|v| match v {
-                        Some(Bson::String(s)) => s.len(),
-                        _ => 0,
-                    })
-                    .sum(),
-            )?;
-            let mut out = String::new();
+            let len = vals
+                .iter()
+                .map(|v| match v {
+                    Some(Bson::String(s)) => s.len(),
+                    _ => 0,
+                })
+                .sum();
+            check_string_len(len)?;
+            let mut out = String::with_capacity(len);
             for v in &vals {
                 match v {
                     Some(Bson::String(s)) => out.push_str(s),

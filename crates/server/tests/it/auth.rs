@@ -766,7 +766,7 @@ async fn bad_logins_slow_only_their_connection() {
         .await
         .unwrap();
     let attacker = tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .unwrap();
@@ -774,15 +774,7 @@ async fn bad_logins_slow_only_their_connection() {
             sock.write_all(&wire::encode_msg_request(1, &cmd, &[], false, None))
                 .await
                 .unwrap();
-            let mut len = [0u8; 4];
-            sock.read_exact(&mut len).await.unwrap();
-            let mut msg = len.to_vec();
-            msg.resize(i32::from_le_bytes(len) as usize, 0);
-            sock.read_exact(&mut msg[4..]).await.unwrap();
-            match wire::decode(&msg).unwrap().request {
-                wire::Request::Msg(m) => m.body,
-                wire::Request::Query(_) => panic!("unexpected reply"),
-            }
+            crate::read_reply(&mut sock).await.expect("a reply")
         };
         for _ in 0..1000 {
             let start = send(doc! {

@@ -23,20 +23,12 @@ fn op_msg(request_id: i32, body: &[u8]) -> Vec<u8> {
     m
 }
 
-/// Reads one reply from `s`, or `None` when the server closed the connection.
+/// Reads one reply from `s`, or `None` when the server closed the connection; never
+/// waits more than 5 s.
 async fn read_reply(s: &mut TcpStream) -> Option<bson::Document> {
-    let mut len = [0u8; 4];
-    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut len))
+    tokio::time::timeout(Duration::from_secs(5), crate::read_reply(s))
         .await
         .expect("the server answers or closes")
-        .ok()?;
-    let mut msg = len.to_vec();
-    msg.resize(i32::from_le_bytes(len) as usize, 0);
-    s.read_exact(&mut msg[4..]).await.ok()?;
-    match wire::decode(&msg).unwrap().request {
-        wire::Request::Msg(m) => Some(m.body),
-        wire::Request::Query(_) => panic!("unexpected reply"),
-    }
 }
 
 async fn send_raw(port: u16, body: &RawDocumentBuf) -> bson::Document {

@@ -47,21 +47,27 @@ pub async fn raw_with_sequences(
     body: Document,
     seqs: &[(String, Vec<Document>)],
 ) -> Document {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
     s.write_all(&wire::encode_msg_request(1, &body, seqs, false, None))
         .await
         .unwrap();
+    read_reply(&mut s).await.expect("a reply")
+}
+
+/// Reads one OP_MSG reply from `s` and returns its body, or `None` when the server closed
+/// the connection first.
+pub async fn read_reply(s: &mut (impl tokio::io::AsyncRead + Unpin)) -> Option<Document> {
+    use tokio::io::AsyncReadExt;
     let mut len = [0u8; 4];
-    s.read_exact(&mut len).await.unwrap();
-    let n = i32::from_le_bytes(len) as usize;
+    s.read_exact(&mut len).await.ok()?;
     let mut msg = len.to_vec();
-    msg.resize(n, 0);
-    s.read_exact(&mut msg[4..]).await.unwrap();
+    msg.resize(i32::from_le_bytes(len) as usize, 0);
+    s.read_exact(&mut msg[4..]).await.ok()?;
     match wire::decode(&msg).unwrap().request {
-        wire::Request::Msg(m) => m.body,
+        wire::Request::Msg(m) => Some(m.body),
         wire::Request::Query(_) => panic!("unexpected reply"),
     }
 }
