@@ -196,15 +196,77 @@ pub(crate) fn insert_one(
 ) -> Result<()> {
     exec::validate::check(meta, d, None, s.bypass_validation)?;
     let bytes = exec::write::insert_doc(w, meta, d)?;
-    let key = doc! {"_id": d.get("_id").cloned().unwrap_or(Bson::Null)};
-    w.log(
-        s.entry(
-            OplogEntry::new(OpKind::Insert, meta.ns.full(), Some(meta.uuid), d.clone())
-                .with_o2(key)
-                .with_o_bytes(bytes),
-            stmt,
-        ),
-    )?;
+    let id = d.get("_id").cloned().unwrap_or(Bson::Null);
+    log_insert(w, meta, bytes, id, s, stmt)
+}
+
+/// A document of an `insert` command, made ready outside the commit pipeline: encoded for
+/// storage (`_id` first, generated when missing), its `_id` checked. The pipeline then
+/// stores, logs and publishes these bytes without building the document again.
+pub(crate) struct Encoded {
+    bytes: Vec<u8>,
+    id: Bson,
+}
+
+impl Encoded {
+    pub(crate) fn new(d: &Document) -> Result<Encoded> {
+        check_id(d)?;
+        let id = d
+            .get("_id")
+            .cloned()
+            .unwrap_or_else(|| Bson::ObjectId(ObjectId::new()));
+        let bytes = doc::encode::encode_with_id(d, &id)
+            .map_err(|e| MongoError::bad_value(e.to_string()))?;
+        Ok(Encoded {
+            bytes: exec::write::check_size(bytes)?,
+            id,
+        })
+    }
+}
+
+/// [`insert_one`] for an [`Encoded`] document: the document is decoded only when the
+/// collection's validator or secondary indexes need it.
+pub(crate) fn insert_encoded(
+    w: &mut WriteCtx<'_>,
+    meta: &mut CollectionMeta,
+    e: Encoded,
+    s: &Session,
+    stmt: usize,
+) -> Result<()> {
+    let validated = !s.bypass_validation && exec::validate::of(meta)?.is_some();
+    let doc = if validated || exec::write::insert_needs_document(meta) {
+        // The bytes were encoded from a decoded command, whose nesting the wire decoder
+        // bounded already.
+        let d = doc::raw::bytes_to_document(&e.bytes, usize::MAX)
+            .map_err(|err| MongoError::internal(err.to_string()))?;
+        exec::validate::check(meta, &d, None, s.bypass_validation)?;
+        Some(d)
+    } else {
+        None
+    };
+    exec::write::insert_encoded(w, meta, &e.bytes, &e.id, doc.as_ref())?;
+    log_insert(w, meta, e.bytes, e.id, s, stmt)
+}
+
+/// Logs an insert whose stored bytes are `bytes`: the entry's `o` is those bytes, not a
+/// copy of the document.
+fn log_insert(
+    w: &mut WriteCtx<'_>,
+    meta: &CollectionMeta,
+    bytes: Vec<u8>,
+    id: Bson,
+    s: &Session,
+    stmt: usize,
+) -> Result<()> {
+    let entry = OplogEntry::new(
+        OpKind::Insert,
+        meta.ns.full(),
+        Some(meta.uuid),
+        Document::new(),
+    )
+    .with_o2(doc! {"_id": id})
+    .with_o_bytes(bytes);
+    w.log(s.entry(entry, stmt))?;
     Ok(())
 }
 
@@ -216,13 +278,10 @@ pub async fn insert(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Re
     let ns = util::coll_arg(cmd, "insert", db)?;
     let docs = batch(cmd, "documents")?;
     let ordered = util::get_bool(cmd, "ordered").unwrap_or(true);
-    let mut prepared: Vec<Result<Document>> = Vec::with_capacity(docs.len());
+    let mut prepared: Vec<Result<Encoded>> = Vec::with_capacity(docs.len());
     for d in docs {
         prepared.push(match d {
-            Bson::Document(d) => {
-                let d = with_id(d);
-                check_id(&d).map(|()| d)
-            }
+            Bson::Document(d) => Encoded::new(d),
             _ => Err(MongoError::type_mismatch(
                 "documents to insert must be objects",
             )),
@@ -239,7 +298,7 @@ pub async fn insert(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Re
             let mut errs = Vec::new();
             for (i, d) in prepared.into_iter().enumerate() {
                 s.interrupt.check()?;
-                match d.and_then(|d| insert_one(w, &mut meta, &d, &s, i)) {
+                match d.and_then(|d| insert_encoded(w, &mut meta, d, &s, i)) {
                     Ok(()) => n += 1,
                     Err(e) => {
                         errs.push(Bson::Document(write_error(i, &e)));

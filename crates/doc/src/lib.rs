@@ -10,6 +10,7 @@
 
 pub mod collation;
 pub mod compare;
+pub mod encode;
 pub mod keystring;
 pub mod path;
 pub mod raw;

@@ -253,6 +253,16 @@ impl Writer {
         self.buf.extend_from_slice(&v.to_le_bytes());
     }
 
+    pub fn i32(&mut self, key: &str, v: i32) {
+        self.key(0x10, key.as_bytes());
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+
+    pub fn bool(&mut self, key: &str, v: bool) {
+        self.key(0x08, key.as_bytes());
+        self.buf.push(u8::from(v));
+    }
+
     pub fn timestamp(&mut self, key: &str, ts: bson::Timestamp) {
         self.key(0x11, key.as_bytes());
         let v = (u64::from(ts.time) << 32) | u64::from(ts.increment);

@@ -27,7 +27,15 @@ fn partial(ix: &IndexMeta) -> Result<Option<Filter>> {
 /// # Errors
 /// BSONObjectTooLarge when over 16 MiB.
 pub fn encode_doc(doc: &Document) -> Result<Vec<u8>> {
-    let b = bson::to_vec(doc).map_err(|e| MongoError::bad_value(e.to_string()))?;
+    let b = doc::encode::encode(doc).map_err(|e| MongoError::bad_value(e.to_string()))?;
+    check_size(b)
+}
+
+/// `b`, a document's encoding, if it is within the size a stored document may have.
+///
+/// # Errors
+/// BSONObjectTooLarge.
+pub fn check_size(b: Vec<u8>) -> Result<Vec<u8>> {
     if b.len() > MAX_DOC_BYTES {
         return Err(MongoError::new(
             ErrorCode::BSONObjectTooLarge,
@@ -100,14 +108,43 @@ pub fn insert_doc(
     let id = doc
         .get("_id")
         .ok_or_else(|| MongoError::internal("document without _id"))?;
-    let idk = id_key(id);
     let bytes = encode_doc(doc)?;
-    if ctx.get_doc(meta.id, &idk)?.is_some() {
-        return Err(duplicate_key(meta, &id_index(meta), doc));
+    insert_encoded(ctx, meta, &bytes, id, Some(doc))?;
+    Ok(bytes)
+}
+
+/// Whether inserting into `meta` needs the document itself, not only its bytes and
+/// `_id`: for the keys of its secondary indexes.
+pub fn insert_needs_document(meta: &CollectionMeta) -> bool {
+    meta.indexes.iter().any(|i| !i.is_id())
+}
+
+/// Inserts a document given as its stored bytes (`_id` first, within the size limit)
+/// and its `_id`, with its index entries. `doc` is the same document decoded; it must be
+/// given when [`insert_needs_document`], and is decoded here if an error message needs it.
+///
+/// # Errors
+/// DuplicateKey, or a storage error.
+pub fn insert_encoded(
+    ctx: &mut WriteCtx<'_>,
+    meta: &mut CollectionMeta,
+    bytes: &[u8],
+    id: &Bson,
+    doc: Option<&Document>,
+) -> Result<()> {
+    let idk = id_key(id);
+    if ctx.has_doc(meta.id, &idk)? {
+        let d = match doc {
+            Some(d) => d.clone(),
+            None => bson::from_slice(bytes).map_err(|e| MongoError::internal(e.to_string()))?,
+        };
+        return Err(duplicate_key(meta, &id_index(meta), &d));
     }
     let mut planned = Vec::new();
     let mut became_multikey = false;
     for ix in meta.indexes.iter().filter(|i| !i.is_id()) {
+        let doc =
+            doc.ok_or_else(|| MongoError::internal("an indexed insert without its document"))?;
         let pf = partial(ix)?;
         let (keys, mk) = entry_keys(ix, pf.as_ref(), doc, &idk);
         if ix.unique {
@@ -120,7 +157,7 @@ pub fn insert_doc(
         became_multikey |= mk && !ix.multikey;
         planned.push((ix.id, keys, mk));
     }
-    ctx.put_doc(meta.id, &idk, &bytes)?;
+    ctx.put_new_doc(meta.id, &idk, bytes)?;
     for (_, keys, _) in &planned {
         for k in keys {
             ctx.index_put(k, &idk)?;
@@ -129,7 +166,7 @@ pub fn insert_doc(
     if became_multikey {
         mark_multikey(ctx, meta, &planned)?;
     }
-    Ok(bytes)
+    Ok(())
 }
 
 fn mark_multikey(

@@ -680,12 +680,29 @@ impl<'t> WriteCtx<'t> {
         forward!(self, get_doc(coll_id, id_key))
     }
 
+    /// Whether a document with this `_id` key exists (without reading it).
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn has_doc(&mut self, coll_id: u64, id_key: &[u8]) -> Result<bool> {
+        forward!(self, has_doc(coll_id, id_key))
+    }
+
     /// Stores a document (insert or overwrite).
     ///
     /// # Errors
     /// On storage failure; WriteConflict in a transaction.
     pub fn put_doc(&mut self, coll_id: u64, id_key: &[u8], bytes: &[u8]) -> Result<()> {
         forward!(self, put_doc(coll_id, id_key, bytes))
+    }
+
+    /// Stores a new document: the caller found no document under its `_id` key
+    /// ([`WriteCtx::has_doc`]) in this same job, so the key is not looked up again.
+    ///
+    /// # Errors
+    /// On storage failure; WriteConflict in a transaction.
+    pub fn put_new_doc(&mut self, coll_id: u64, id_key: &[u8], bytes: &[u8]) -> Result<()> {
+        forward!(self, put_new_doc(coll_id, id_key, bytes))
     }
 
     /// Deletes a document.

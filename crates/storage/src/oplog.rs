@@ -65,7 +65,8 @@ pub struct OplogEntry {
     /// Position of this operation inside its transaction (0 outside one).
     pub txn_op_index: i32,
     /// `o` encoded, when the writer has its bytes already (an inserted document's): then
-    /// [`OplogEntry::to_bytes`] copies them rather than encoding `o` again.
+    /// [`OplogEntry::to_bytes`] copies them rather than encoding `o` again, and `o` may be
+    /// left empty ([`OplogEntry::o_document`] reads it).
     pub o_bytes: Option<Vec<u8>>,
 }
 
@@ -111,13 +112,22 @@ impl OplogEntry {
         self.op == OpKind::Update && !self.o.contains_key("$v")
     }
 
+    /// `o`: the document itself, or decoded from `o_bytes` when the writer gave only those
+    /// (an insert's entry leaves `o` empty then).
+    pub fn o_document(&self) -> Document {
+        match &self.o_bytes {
+            Some(b) if self.o.is_empty() => bson::from_slice(b).unwrap_or_default(),
+            _ => self.o.clone(),
+        }
+    }
+
     /// The entry in MongoDB's oplog format.
     pub fn to_document(&self) -> Document {
         let mut d = doc! { "op": self.op.code(), "ns": &self.ns };
         if let Some(ui) = self.ui {
             d.insert("ui", ui);
         }
-        d.insert("o", self.o.clone());
+        d.insert("o", self.o_document());
         if let Some(o2) = &self.o2 {
             d.insert("o2", o2.clone());
         }
@@ -144,43 +154,39 @@ impl OplogEntry {
     /// Encodes in the shape of [`OplogEntry::to_document`], writing the BSON directly (the
     /// document form would copy `o`, the inserted document, once more).
     pub fn to_bytes(&self) -> Vec<u8> {
-        use bson::{RawBson, RawDocumentBuf};
-        let raw = |d: &Document| RawDocumentBuf::from_document(d).expect("document serializes");
-        let mut r = RawDocumentBuf::new();
-        r.append("op", self.op.code());
-        r.append("ns", self.ns.as_str());
+        let enc = |d: &Document| doc::encode::encode(d).expect("an oplog document encodes");
+        let o = match &self.o_bytes {
+            Some(b) => std::borrow::Cow::Borrowed(b.as_slice()),
+            None => std::borrow::Cow::Owned(enc(&self.o)),
+        };
+        let mut w = doc::raw::Writer::with_capacity(o.len() + 160);
+        w.str("op", self.op.code());
+        w.str("ns", &self.ns);
         if let Some(ui) = self.ui {
-            r.append("ui", RawBson::Binary(bson::Binary::from_uuid(ui)));
+            w.binary("ui", 4, &ui.bytes());
         }
-        match self
-            .o_bytes
-            .as_deref()
-            .and_then(|b| bson::RawDocument::from_bytes(b).ok())
-        {
-            Some(o) => r.append_ref("o", o),
-            None => r.append("o", raw(&self.o)),
-        }
+        w.raw(b"o", 0x03, &o);
         if let Some(o2) = &self.o2 {
-            r.append("o2", raw(o2));
+            w.raw(b"o2", 0x03, &enc(o2));
         }
         if let Some(l) = &self.lsid {
-            r.append("lsid", raw(l));
+            w.raw(b"lsid", 0x03, &enc(l));
         }
         if let Some(t) = self.txn_number {
-            r.append("txnNumber", t);
+            w.i64("txnNumber", t);
         }
         if let Some(s) = self.stmt_id {
-            r.append("stmtId", s);
+            w.i32("stmtId", s);
         }
         if self.in_txn {
-            r.append("inTxn", true);
-            r.append("txnOpIndex", self.txn_op_index);
+            w.bool("inTxn", true);
+            w.i32("txnOpIndex", self.txn_op_index);
         }
-        r.append("ts", self.ts);
-        r.append("t", 1i64);
-        r.append("v", 2i64);
-        r.append("wall", self.wall);
-        r.into_bytes()
+        w.timestamp("ts", self.ts);
+        w.i64("t", 1);
+        w.i64("v", 2);
+        w.datetime("wall", self.wall);
+        w.finish()
     }
 
     /// Decodes an encoded entry.

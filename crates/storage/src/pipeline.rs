@@ -1365,6 +1365,26 @@ impl<'t> Tables<'t> {
         }
     }
 
+    /// Whether a document is stored under this `_id` key.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn has_doc(&mut self, coll_id: u64, id_key: &[u8]) -> Result<bool> {
+        Ok(self.stored_rid(&doc_key(coll_id, id_key))?.is_some())
+    }
+
+    /// Stores a document the caller knows is new (see `WriteCtx::put_new_doc`).
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn put_new_doc(&mut self, coll_id: u64, id_key: &[u8], bytes: &[u8]) -> Result<()> {
+        let k = doc_key(coll_id, id_key);
+        self.touch(txn::T_DOC, &k);
+        let rid = self.new_id();
+        self.change(Op::Put(TableId::Ids, &k, &rid.to_be_bytes()))?;
+        self.put_record(&k, rid, bytes)
+    }
+
     /// The record id of the document under a full document key.
     fn stored_rid(&mut self, k: &[u8]) -> Result<Option<u64>> {
         let r: std::result::Result<Option<[u8; 8]>, String> = (|| {
@@ -1398,6 +1418,11 @@ impl<'t> Tables<'t> {
                 rid
             }
         };
+        self.put_record(k, rid, bytes)
+    }
+
+    /// Writes the record `rid` of the document under full key `k`.
+    fn put_record(&mut self, k: &[u8], rid: u64, bytes: &[u8]) -> Result<()> {
         self.change(Op::Put(
             TableId::Records,
             &record_key(coll_of(k), rid),

@@ -356,6 +356,14 @@ impl TxnCtx<'_> {
         }
     }
 
+    pub(crate) fn has_doc(&mut self, coll_id: u64, id_key: &[u8]) -> Result<bool> {
+        Ok(self.get_doc(coll_id, id_key)?.is_some())
+    }
+
+    pub(crate) fn put_new_doc(&mut self, coll_id: u64, id_key: &[u8], bytes: &[u8]) -> Result<()> {
+        self.put_doc(coll_id, id_key, bytes)
+    }
+
     pub(crate) fn put_doc(&mut self, coll_id: u64, id_key: &[u8], bytes: &[u8]) -> Result<()> {
         let k = doc_key(coll_id, id_key);
         self.claim(tagged(T_DOC, &k))?;
