@@ -188,7 +188,7 @@ impl Encoded {
         let mut bytes = Vec::with_capacity(doc::encoded_len(ev));
         // Encoding a document that was built in memory fails only on a key with a NUL,
         // which no event has.
-        let _ = ev.to_writer(&mut bytes);
+        let _ = doc::encode::encode_into(ev, &mut bytes);
         let token = match ev.get("_id") {
             Some(Bson::Document(t)) => t.clone(),
             _ => Document::new(),

@@ -231,7 +231,7 @@ pub fn take_batch(src: &mut DocSource, n: usize) -> Result<(Vec<Document>, bool)
                 let d = d?;
                 // The document, plus its array element header: type byte, index key, NUL.
                 let key_len = out.len().checked_ilog10().unwrap_or(0) as usize + 1;
-                let size = bson::to_vec(&d).map(|b| b.len()).unwrap_or(0) + key_len + 2;
+                let size = doc::encoded_len(&d) + key_len + 2;
                 // A document that would overflow the batch waits for the next one (unless it
                 // is alone), as in MongoDB, so that the reply stays under the message limit.
                 if !out.is_empty() && bytes + size > MAX_BATCH_BYTES {

@@ -16,11 +16,22 @@ use bson::{Bson, Document, spec::BinarySubtype};
 /// What `bson::to_vec` reports (a key holding NUL, say).
 pub fn encode(doc: &Document) -> Result<Vec<u8>, bson::ser::Error> {
     let mut out = Vec::with_capacity(128);
-    if write_doc(&mut out, fields(doc)) {
-        Ok(out)
-    } else {
-        bson::to_vec(doc)
+    encode_into(doc, &mut out)?;
+    Ok(out)
+}
+
+/// Appends `doc`'s encoding to `out` (as [`encode`]).
+///
+/// # Errors
+/// As [`encode`]; `out` is then as it was.
+pub fn encode_into(doc: &Document, out: &mut Vec<u8>) -> Result<(), bson::ser::Error> {
+    let start = out.len();
+    if write_doc(out, fields(doc)) {
+        return Ok(());
     }
+    out.truncate(start);
+    doc.to_writer(&mut *out)
+        .inspect_err(|_| out.truncate(start))
 }
 
 /// `doc` encoded with `_id` first, holding `id`, and its other fields after it in order:

@@ -879,7 +879,7 @@ fn preimage_record(
         "preImage": doc.clone(),
         "operationTime": DateTime::now(),
     };
-    bson::to_vec(&rec).map_err(|e| MongoError::internal(e.to_string()))
+    doc::encode::encode(&rec).map_err(|e| MongoError::internal(e.to_string()))
 }
 
 fn decode_doc(b: &[u8]) -> Result<Document> {

@@ -1656,7 +1656,7 @@ impl<'t> Tables<'t> {
     /// # Errors
     /// On storage failure.
     pub fn put_setting(&mut self, name: &str, value: &Document) -> Result<()> {
-        let b = bson::to_vec(value).map_err(|e| MongoError::internal(e.to_string()))?;
+        let b = doc::encode::encode(value).map_err(|e| MongoError::internal(e.to_string()))?;
         let key = format!("setting:{name}");
         self.change(Op::Put(TableId::Meta, key.as_bytes(), &b))
     }
@@ -1679,7 +1679,7 @@ impl<'t> Tables<'t> {
     /// # Errors
     /// On storage failure.
     pub fn put_session_record(&mut self, key: &[u8], record: &Document) -> Result<()> {
-        let b = bson::to_vec(record).map_err(|e| MongoError::internal(e.to_string()))?;
+        let b = doc::encode::encode(record).map_err(|e| MongoError::internal(e.to_string()))?;
         self.change(Op::Put(TableId::Sessions, key, &b))
     }
 }

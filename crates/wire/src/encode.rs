@@ -341,7 +341,7 @@ fn message_i32(len: usize) -> Result<i32, WireError> {
 
 fn write_document(buf: &mut Vec<u8>, doc: &Document, limit: usize) -> Result<(), WireError> {
     let start = buf.len();
-    doc.to_writer(&mut *buf)
+    doc::encode::encode_into(doc, buf)
         .map_err(|e| WireError::new(WireErrorKind::InvalidBson, e.to_string()))?;
     let len = buf.len() - start;
     if len > limit {
