@@ -233,13 +233,15 @@ pub(crate) fn insert_encoded(
     s: &Session,
     stmt: usize,
 ) -> Result<()> {
-    let validated = !s.bypass_validation && exec::validate::of(meta)?.is_some();
-    let doc = if validated || exec::write::insert_needs_document(meta) {
+    let validation = exec::validate::applying(meta, s.bypass_validation)?;
+    let doc = if validation.is_some() || exec::write::insert_needs_document(meta) {
         // The bytes were encoded from a decoded command, whose nesting the wire decoder
         // bounded already.
         let d = doc::raw::bytes_to_document(&e.bytes, usize::MAX)
             .map_err(|err| MongoError::internal(err.to_string()))?;
-        exec::validate::check(meta, &d, None, s.bypass_validation)?;
+        if let Some(v) = &validation {
+            exec::validate::check_with(v, meta, &d, None)?;
+        }
         Some(d)
     } else {
         None

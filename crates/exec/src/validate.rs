@@ -126,7 +126,7 @@ pub fn of(meta: &CollectionMeta) -> Result<Option<Arc<Validation>>> {
         Some(a) => parse_action("collMod", a)?,
         None => Action::Error,
     };
-    let mut key_bytes = bson::to_vec(v).map_err(|e| MongoError::internal(e.to_string()))?;
+    let mut key_bytes = doc::encode::encode(v).map_err(|e| MongoError::internal(e.to_string()))?;
     key_bytes.push(level as u8);
     key_bytes.push(action as u8);
     let key = (meta.uuid, key_bytes);
@@ -157,12 +157,31 @@ pub fn check(
     old: Option<&Document>,
     bypass: bool,
 ) -> Result<()> {
-    if bypass {
-        return Ok(());
+    match applying(meta, bypass)? {
+        Some(v) => check_with(&v, meta, new, old),
+        None => Ok(()),
     }
-    let Some(v) = of(meta)? else {
-        return Ok(());
-    };
+}
+
+/// The validation a write to `meta` goes through: none when `bypass`
+/// (`bypassDocumentValidation`) or when the collection validates nothing.
+///
+/// # Errors
+/// As [`of`].
+pub fn applying(meta: &CollectionMeta, bypass: bool) -> Result<Option<Arc<Validation>>> {
+    if bypass { Ok(None) } else { of(meta) }
+}
+
+/// [`check`] against validation settings already looked up ([`applying`]).
+///
+/// # Errors
+/// As [`check`].
+pub fn check_with(
+    v: &Validation,
+    meta: &CollectionMeta,
+    new: &Document,
+    old: Option<&Document>,
+) -> Result<()> {
     if v.validator.matches(new) {
         return Ok(());
     }

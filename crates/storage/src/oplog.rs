@@ -116,7 +116,9 @@ impl OplogEntry {
     /// (an insert's entry leaves `o` empty then).
     pub fn o_document(&self) -> Document {
         match &self.o_bytes {
-            Some(b) if self.o.is_empty() => bson::from_slice(b).unwrap_or_default(),
+            Some(b) if self.o.is_empty() => {
+                doc::raw::bytes_to_document(b, crate::STORED_MAX_DEPTH).unwrap_or_default()
+            }
             _ => self.o.clone(),
         }
     }

@@ -1380,9 +1380,7 @@ impl<'t> Tables<'t> {
     pub fn put_new_doc(&mut self, coll_id: u64, id_key: &[u8], bytes: &[u8]) -> Result<()> {
         let k = doc_key(coll_id, id_key);
         self.touch(txn::T_DOC, &k);
-        let rid = self.new_id();
-        self.change(Op::Put(TableId::Ids, &k, &rid.to_be_bytes()))?;
-        self.put_record(&k, rid, bytes)
+        self.insert_at(&k, bytes)
     }
 
     /// The record id of the document under a full document key.
@@ -1410,14 +1408,17 @@ impl<'t> Tables<'t> {
     /// takes the next record id (the end of natural order).
     fn put_doc_at(&mut self, k: &[u8], bytes: &[u8]) -> Result<()> {
         self.touch(txn::T_DOC, k);
-        let rid = match self.stored_rid(k)? {
-            Some(rid) => rid,
-            None => {
-                let rid = self.new_id();
-                self.change(Op::Put(TableId::Ids, k, &rid.to_be_bytes()))?;
-                rid
-            }
-        };
+        match self.stored_rid(k)? {
+            Some(rid) => self.put_record(k, rid, bytes),
+            None => self.insert_at(k, bytes),
+        }
+    }
+
+    /// Stores a new document under full key `k`, as the next record (the end of natural
+    /// order).
+    fn insert_at(&mut self, k: &[u8], bytes: &[u8]) -> Result<()> {
+        let rid = self.new_id();
+        self.change(Op::Put(TableId::Ids, k, &rid.to_be_bytes()))?;
         self.put_record(k, rid, bytes)
     }
 

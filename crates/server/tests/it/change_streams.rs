@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 use mongodb::change_stream::event::{ChangeStreamEvent, OperationType};
 use mongodb::options::FullDocumentType;
 
-use crate::cmd_error;
+use crate::{cmd_error, cursor_batch};
 
 async fn next(
     cs: &mut mongodb::change_stream::ChangeStream<ChangeStreamEvent<Document>>,
@@ -101,11 +101,7 @@ async fn resume_tokens_order_and_resume() {
     // startAtOperationTime at the third event's time: events 2, 3, 4.
     let db = s.client.database("cs");
     let r = db.run_command(doc! {"aggregate": "r", "pipeline": [{"$changeStream": {"resumeAfter": bson::to_document(&tokens[3]).unwrap()}}], "cursor": {}}).await.unwrap();
-    let first = r
-        .get_document("cursor")
-        .unwrap()
-        .get_array("firstBatch")
-        .unwrap();
+    let first = cursor_batch(&r, "firstBatch");
     assert_eq!(
         first.len(),
         1,
@@ -339,11 +335,7 @@ async fn resume_from_high_water_mark_misses_nothing() {
         .await
         .unwrap();
     let r = db.run_command(doc! {"aggregate": "h", "pipeline": [{"$changeStream": {"resumeAfter": pbrt}}], "cursor": {}}).await.unwrap();
-    let batch = r
-        .get_document("cursor")
-        .unwrap()
-        .get_array("firstBatch")
-        .unwrap();
+    let batch = cursor_batch(&r, "firstBatch");
     assert_eq!(
         batch.len(),
         1,
@@ -646,11 +638,7 @@ async fn large_events_split_and_resume_mid_event() {
         .unwrap()
         .insert("resumeAfter", frags[0].get_document("_id").unwrap().clone());
     let r = db.run_command(resume).await.unwrap();
-    let first = r
-        .get_document("cursor")
-        .unwrap()
-        .get_array("firstBatch")
-        .unwrap();
+    let first = cursor_batch(&r, "firstBatch");
     assert_eq!(first.len(), 1);
     assert_eq!(
         first[0]
@@ -702,11 +690,7 @@ async fn images_at(
             {"$match": {"operationType": "update"}}], "cursor": {}})
         .await
         .unwrap();
-    let batch = r
-        .get_document("cursor")
-        .unwrap()
-        .get_array("firstBatch")
-        .unwrap();
+    let batch = cursor_batch(&r, "firstBatch");
     let e = batch[0].as_document().unwrap();
     let get = |k: &str| match e.get(k) {
         Some(bson::Bson::Document(d)) => Some(d.clone()),
@@ -933,11 +917,7 @@ async fn fifteen_mb_document_with_both_images_splits_and_resumes_mid_event() {
         .unwrap()
         .insert("resumeAfter", frags[1].get_document("_id").unwrap().clone());
     let r = db.run_command(resume).await.unwrap();
-    let first = r
-        .get_document("cursor")
-        .unwrap()
-        .get_array("firstBatch")
-        .unwrap();
+    let first = cursor_batch(&r, "firstBatch");
     assert_eq!(first.len(), 1);
     assert_eq!(
         first[0]
@@ -1013,11 +993,7 @@ async fn drain_sized(db: &mongodb::Database, coll: &str, id: i64, want: usize) -
             .unwrap();
         let n = bson::to_vec(&r).unwrap().len();
         assert!(n <= MAX_REPLY, "a reply of {n} bytes is over {MAX_REPLY}");
-        let batch = r
-            .get_document("cursor")
-            .unwrap()
-            .get_array("nextBatch")
-            .unwrap();
+        let batch = cursor_batch(&r, "nextBatch");
         assert!(!batch.is_empty(), "events were waiting");
         for ev in batch {
             let key = ev
@@ -1147,11 +1123,7 @@ async fn a_stream_from_time_zero_on_a_fresh_server_sees_the_first_write() {
         .run_command(doc! {"getMore": id, "collection": "c", "maxTimeMS": 2000})
         .await
         .unwrap();
-    let batch = r
-        .get_document("cursor")
-        .unwrap()
-        .get_array("nextBatch")
-        .unwrap();
+    let batch = cursor_batch(&r, "nextBatch");
     assert_eq!(batch.len(), 1, "{r}");
 }
 

@@ -6,7 +6,7 @@ use bson::{RawDocumentBuf, doc};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::cmd_error;
+use crate::{cmd_error, cursor_batch};
 
 /// An OP_MSG whose body is exactly `body`'s bytes: the only way to send a command with a
 /// repeated field, since `bson::Document` cannot hold one.
@@ -126,11 +126,7 @@ async fn negative_batch_sizes_are_refused() {
         .run_command(doc! {"getMore": id, "collection": "c", "batchSize": 0})
         .await
         .unwrap();
-    let batch = r
-        .get_document("cursor")
-        .unwrap()
-        .get_array("nextBatch")
-        .unwrap();
+    let batch = cursor_batch(&r, "nextBatch");
     assert_eq!(batch.len(), 3);
 }
 

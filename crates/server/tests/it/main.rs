@@ -24,6 +24,15 @@ use bson::Document;
 use mongodb::Database;
 
 /// Runs a command and returns the server's error code, panicking if it succeeded.
+/// A cursor reply's `firstBatch` or `nextBatch` (`key`).
+pub fn cursor_batch<'a>(reply: &'a Document, key: &str) -> &'a Vec<bson::Bson> {
+    reply
+        .get_document("cursor")
+        .unwrap()
+        .get_array(key)
+        .unwrap()
+}
+
 pub async fn cmd_error(db: &Database, cmd: Document) -> (i32, String) {
     match db.run_command(cmd.clone()).await {
         Ok(r) => panic!("expected {cmd} to fail, got {r}"),

@@ -6,7 +6,7 @@ use std::time::Duration;
 use bson::{Bson, Document, doc};
 use mongodb::Database;
 
-use crate::cmd_error;
+use crate::{cmd_error, cursor_batch};
 
 async fn run(db: &Database, cmd: Document) -> Document {
     db.run_command(cmd).await.unwrap()
@@ -131,11 +131,7 @@ async fn recreating_id_index_is_a_no_op() {
     .await;
     assert!(r.get_bool("createdCollectionAutomatically").unwrap(), "{r}");
     let ix = run(&db, doc! {"listIndexes": "fresh"}).await;
-    let batch = ix
-        .get_document("cursor")
-        .unwrap()
-        .get_array("firstBatch")
-        .unwrap();
+    let batch = cursor_batch(&ix, "firstBatch");
     assert_eq!(batch.len(), 1);
     // `_id_` with another key or a unique flag is still refused.
     let (code, _) = cmd_error(

@@ -8,6 +8,8 @@ use futures_util::StreamExt;
 use mongodb::change_stream::event::{ChangeStreamEvent, OperationType};
 use mongodb::error::{ErrorKind, TRANSIENT_TRANSACTION_ERROR};
 
+use crate::cursor_batch;
+
 async fn next(
     cs: &mut mongodb::change_stream::ChangeStream<ChangeStreamEvent<Document>>,
 ) -> ChangeStreamEvent<Document> {
@@ -392,11 +394,7 @@ async fn snapshot_reads_return_and_accept_at_cluster_time() {
         .run_command(doc! {"aggregate": "c", "pipeline": [{"$count": "n"}], "cursor": {}, "readConcern": {"level": "snapshot", "atClusterTime": at}})
         .await
         .unwrap();
-    let first = again
-        .get_document("cursor")
-        .unwrap()
-        .get_array("firstBatch")
-        .unwrap();
+    let first = cursor_batch(&again, "firstBatch");
     assert_eq!(first[0].as_document().unwrap().get_i32("n").unwrap(), 3);
     // A time long gone is refused.
     let old = bson::Timestamp {
@@ -432,11 +430,7 @@ async fn after_cluster_time_reads_what_was_seen_and_refuses_the_future() {
         )
         .await
         .unwrap();
-    let batch = r
-        .get_document("cursor")
-        .unwrap()
-        .get_array("firstBatch")
-        .unwrap();
+    let batch = cursor_batch(&r, "firstBatch");
     assert_eq!(batch.len(), 1, "the write before that time is visible");
     let ahead = bson::Timestamp {
         time: seen.time + 3600,
