@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test: format and lint checks, the Rust unit and integration tests (which
 # start real servers), the PyMongo and mongosh tests against a freshly built eddy (smoke,
-# resume tokens, TLS, auth), the drivers' specification tests (change streams, CRUD,
-# transactions, sessions, retryable writes, client-side operation timeouts) through
-# PyMongo's runner without and then with --auth, and each fuzz target for a bounded time.
+# resume tokens, TLS, auth), a replica set failover test (three eddy processes), the
+# drivers' specification tests (change streams, CRUD, transactions, sessions, retryable
+# writes, client-side operation timeouts) through PyMongo's runner without and then with
+# --auth, and each fuzz target for a bounded time.
 # Installs what it needs itself (Python venvs with pymongo and pytest, openssl, the npm
 # packages, cargo-fuzz).
 set -euo pipefail
@@ -48,6 +49,8 @@ done
 EDDY_PORT=$port .venv/bin/python -m pytest -q tests/python
 stage "dump/restore round trip (npm @apostrophecms/mongodb-snapshot)"
 (cd tests/node && EDDY_PORT=$port node dump_restore.js)
+stage "replica set: failover (3 members, 5 SIGKILLs of the primary, 2 partitions)"
+EDDY_BIN=target/release/eddy .venv/bin/python tests/replset/failover.py
 
 passes=$(mktemp -d)
 suites=(changestreams crud transactions sessions retryable-writes csot)

@@ -129,7 +129,7 @@ impl Drop for StreamSlot {
 impl Hub {
     /// The hub of a store.
     pub fn start(store: Store) -> Arc<Hub> {
-        let now = store.committed_ts();
+        let now = store.majority_ts();
         let (tailed, _) = watch::channel(now);
         Arc::new(Hub {
             store: store.clone(),
@@ -151,7 +151,7 @@ impl Hub {
     /// history catch up themselves as they read.) Needs a Tokio runtime; ends with the hub.
     pub fn spawn_tailer(self: &Arc<Hub>) {
         let weak = Arc::downgrade(self);
-        let mut commits = self.store.subscribe();
+        let mut commits = self.store.subscribe_majority();
         tokio::spawn(async move {
             while commits.changed().await.is_ok() {
                 let Some(hub) = weak.upgrade() else { break };
@@ -215,7 +215,7 @@ impl Hub {
     /// # Errors
     /// On storage failure.
     pub fn sync(&self) -> Result<()> {
-        if ts_key(self.tailed()) < ts_key(self.store.committed_ts()) {
+        if ts_key(self.tailed()) < ts_key(self.store.majority_ts()) {
             self.catch_up()?;
         }
         Ok(())
@@ -223,7 +223,7 @@ impl Hub {
 
     fn skip_ahead(&self) -> Result<()> {
         let _guard = self.catching_up.lock().unwrap();
-        let now = self.store.committed_ts();
+        let now = self.store.majority_ts();
         let mut w = self.window.write().unwrap();
         w.entries.clear();
         w.bytes = 0;
@@ -238,7 +238,7 @@ impl Hub {
         /// Entries decoded per step, so that a long gap never sits in memory at once.
         const CHUNK: usize = 10_000;
         let _guard = self.catching_up.lock().unwrap();
-        let upto = self.store.committed_ts();
+        let upto = self.store.majority_ts();
         loop {
             let from = *self.tailed.borrow();
             // New entries come from the log's in-memory tail, as encoded: no disk read.
@@ -300,7 +300,7 @@ impl Hub {
     /// catches the window up itself ([`Hub::sync`]), with no tailer task in between (on
     /// this machine each task hand-off cost more than decoding the entry).
     pub fn subscribe(&self) -> watch::Receiver<Timestamp> {
-        self.store.subscribe()
+        self.store.subscribe_majority()
     }
 
     /// Whether a reader at `from` is at least `entries` entries behind what the window
@@ -328,7 +328,7 @@ impl Hub {
     /// On storage failure.
     pub fn entries_from(&self, from: u64, cap: usize) -> Result<(usize, bool)> {
         self.sync()?;
-        let upto = ts_key(self.store.committed_ts());
+        let upto = ts_key(self.store.majority_ts());
         if let Some(n) = self.window_count_from(from) {
             return Ok((n.min(cap), n > cap));
         }
@@ -375,7 +375,7 @@ impl Hub {
             }
         }
         // A laggard: read the log directly, decoding for this stream alone.
-        let upto = self.store.committed_ts();
+        let upto = self.store.majority_ts();
         let mut out = Vec::new();
         for (_, bytes) in self
             .store

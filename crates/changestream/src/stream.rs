@@ -56,7 +56,7 @@ impl ChangeStream {
     /// # Errors
     /// ChangeStreamHistoryLost when the start is older than the retained oplog.
     pub fn open(spec: StreamSpec, hub: &Hub) -> Result<ChangeStream> {
-        let now = hub.store().committed_ts();
+        let now = hub.store().majority_ts();
         let (next, skip_until, pbrt) = match &spec.start {
             Start::Now => {
                 let n = ts_key(now) + 1;
@@ -147,7 +147,7 @@ impl ChangeStream {
     /// the events produced but not yet returned.
     pub fn status(&self, hub: &Hub) -> Document {
         const CAP: usize = 1_000_000;
-        let newest = hub.store().committed_ts();
+        let newest = hub.store().majority_ts();
         let position = self.position(hub);
         let at = key_ts(position);
         let (behind, capped) = hub.entries_from(position, CAP).unwrap_or((0, false));

@@ -49,9 +49,17 @@ pub async fn hello(
             .map(String::from)
             .collect();
     }
-    // Awaitable hello: the topology never changes, so hold the reply for maxAwaitTimeMS
-    // (or until shutdown), as monitors expect.
-    if cmd.contains_key("topologyVersion") {
+    if let Some(set) = &ctx.repl {
+        if cmd.contains_key("topologyVersion") {
+            if let Some(ms) = util::get_i64(cmd, "maxAwaitTimeMS") {
+                let wait = Duration::from_millis(ms.clamp(0, 60_000) as u64);
+                crate::replset::await_topology(ctx, set, cmd, wait).await;
+            }
+        }
+    }
+    // Awaitable hello: a single-node set's topology never changes, so hold the reply for
+    // maxAwaitTimeMS (or until shutdown), as monitors expect.
+    if ctx.repl.is_none() && cmd.contains_key("topologyVersion") {
         if let Some(ms) = util::get_i64(cmd, "maxAwaitTimeMS") {
             let mut stop = ctx.shutdown.subscribe();
             let wait = Duration::from_millis(ms.clamp(0, 60_000) as u64);
@@ -86,6 +94,24 @@ pub async fn hello(
             "majorityWriteDate": DateTime::now(),
         },
     );
+    if let Some(set) = &ctx.repl {
+        for k in [
+            "isWritablePrimary",
+            "ismaster",
+            "hosts",
+            "setName",
+            "setVersion",
+            "secondary",
+            "primary",
+            "me",
+            "electionId",
+            "lastWrite",
+            "topologyVersion",
+        ] {
+            d.remove(k);
+        }
+        crate::replset::hello_fields(ctx, set, name != "hello", &mut d);
+    }
     d.insert("helloOk", true);
     d.insert("maxBsonObjectSize", wire::MAX_BSON_OBJECT_SIZE as i32);
     d.insert("maxMessageSizeBytes", wire::MAX_MESSAGE_SIZE_BYTES as i32);
@@ -437,6 +463,37 @@ pub fn shutdown(ctx: &ServerCtx, db: &str) -> Result<Reply> {
     Ok(Reply::ok(Document::new()))
 }
 
+/// The `raftPartition` fail point (replica set members only): `{mode: "alwaysOn", data:
+/// {members: [ids]}}` cuts this member off from those members (RPCs neither sent nor
+/// answered), `{mode: "off"}` heals.
+fn raft_partition(ctx: &ServerCtx, cmd: &Document) -> Result<Reply> {
+    if ctx.repl.is_none() {
+        return Err(MongoError::bad_value(
+            "raftPartition applies to replica set members (--replSet)",
+        ));
+    }
+    let members = match cmd.get("mode") {
+        Some(Bson::String(m)) if m == "off" => Vec::new(),
+        Some(Bson::String(m)) if m == "alwaysOn" => util::opt_doc(cmd, "data")?
+            .and_then(|d| d.get_array("members").ok())
+            .ok_or_else(|| MongoError::bad_value("raftPartition needs data.members"))?
+            .iter()
+            .map(|m| match m {
+                Bson::Int32(i) if *i >= 0 => Ok(*i as u64),
+                Bson::Int64(i) if *i >= 0 => Ok(*i as u64),
+                _ => Err(MongoError::bad_value("data.members holds member ids")),
+            })
+            .collect::<Result<_>>()?,
+        _ => {
+            return Err(MongoError::bad_value(
+                "raftPartition takes mode \"alwaysOn\" or \"off\"",
+            ));
+        }
+    };
+    repl::net::set_partition(members);
+    Ok(Reply::ok(doc! {"count": 0}))
+}
+
 /// `configureFailPoint` (only with `enableTestCommands`).
 ///
 /// # Errors
@@ -451,6 +508,9 @@ pub fn configure_fail_point(ctx: &ServerCtx, cmd: &Document) -> Result<Reply> {
     let name = cmd
         .get_str("configureFailPoint")
         .map_err(|_| MongoError::bad_value("configureFailPoint needs a name"))?;
+    if name == "raftPartition" {
+        return raft_partition(ctx, cmd);
+    }
     if !matches!(
         name,
         "failCommand"
@@ -685,6 +745,10 @@ pub fn spawn_image_expiry(ctx: std::sync::Weak<ServerCtx>) {
             let Some(secs) = *ctx.image_expiry.lock().unwrap() else {
                 continue;
             };
+            // On a replica set the primary expires them, and the members apply its deletes.
+            if ctx.repl.as_ref().is_some_and(|r| !r.writable()) {
+                continue;
+            }
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default()

@@ -947,6 +947,10 @@ pub fn find(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
         let f = filter.clone();
         let recs = snap.preimage_records()?;
         src = Box::new(recs.into_iter().filter(move |d| f.matches(d)).map(Ok));
+    } else if db == "local" && ns.coll == "system.replset" {
+        let f = filter.clone();
+        let recs = crate::replset::system_replset(ctx);
+        src = Box::new(recs.into_iter().filter(move |d| f.matches(d)).map(Ok));
     } else {
         let Some(meta) = snap.collection(&ns)? else {
             return Ok(Reply::ok(

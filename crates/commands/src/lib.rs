@@ -25,6 +25,7 @@ pub mod logs;
 pub mod op;
 pub mod ops;
 pub mod privileges;
+pub mod replset;
 pub mod reply;
 pub mod security;
 pub mod sessions;
@@ -113,12 +114,20 @@ pub struct ServerCtx {
     pub catch_up: Arc<tokio::sync::Semaphore>,
     /// Access control.
     pub security: security::Security,
+    /// The replica set, when started with `--replSet` (else a single-node set that needs
+    /// no consensus: see `replset`).
+    pub repl: Option<Arc<repl::ReplSet>>,
 }
 
 impl ServerCtx {
     /// Creates the shared state over an open store. Must run inside a tokio runtime (it
     /// starts the change hub and the idle-cursor reaper).
-    pub fn new(store: Store, config: ServerConfig, parameters: Document) -> Arc<ServerCtx> {
+    pub fn new(
+        store: Store,
+        config: ServerConfig,
+        parameters: Document,
+        repl: Option<Arc<repl::ReplSet>>,
+    ) -> Arc<ServerCtx> {
         let hub = Hub::start(store.clone());
         hub.spawn_tailer();
         let mut params = doc! {
@@ -160,6 +169,7 @@ impl ServerCtx {
             ops: ops::Ops::default(),
             catch_up: Arc::new(tokio::sync::Semaphore::new(cursor::CATCH_UP_SLOTS)),
             security: security::Security::new(config_auth),
+            repl,
         });
         if let Ok(Some(p)) = ctx
             .store
@@ -337,6 +347,9 @@ async fn run(ctx: &Arc<ServerCtx>, conn: &mut ConnInfo, name: &str, cmd: &Arc<Do
         Ok(c) => c,
         Err(e) => return finish(ctx, Reply::error(e)),
     };
+    if let Err(e) = replset::gate(ctx, &name, cmd) {
+        return finish(ctx, Reply::error(reply::add_server_labels(e, &name, cmd)));
+    }
     let guard = ctx.ops.register(conn, &name, cmd, &interrupt);
     let res = security::scope(
         caller,
@@ -376,7 +389,10 @@ async fn run(ctx: &Arc<ServerCtx>, conn: &mut ConnInfo, name: &str, cmd: &Arc<Do
         }
     };
     if wce.is_none() && r.doc.get_f64("ok") == Ok(1.0) {
-        wce = wc.and_then(|wc| wc.error());
+        wce = match &ctx.repl {
+            Some(set) => replset_write_concern(ctx, set, &name, cmd, wc.as_ref()).await,
+            None => wc.and_then(|wc| wc.error()),
+        };
     }
     if let Some(w) = wce {
         let labels = reply::write_concern_error_labels(&name, cmd, &w);
@@ -386,6 +402,39 @@ async fn run(ctx: &Arc<ServerCtx>, conn: &mut ConnInfo, name: &str, cmd: &Arc<Do
         }
     }
     finish(ctx, r)
+}
+
+/// On a replica set, waits for the members a write's concern names (`majority` when the
+/// command gives none, as in MongoDB 5.0+); returns its `writeConcernError`, if any.
+async fn replset_write_concern(
+    ctx: &ServerCtx,
+    set: &Arc<repl::ReplSet>,
+    name: &str,
+    cmd: &Document,
+    wc: Option<&write_concern::WriteConcern>,
+) -> Option<Document> {
+    // Inside a transaction only its commit (or abort) waits.
+    if cmd.contains_key("autocommit") && !matches!(name, "commitTransaction" | "abortTransaction") {
+        return None;
+    }
+    if !replset::writes(name, cmd) {
+        return None;
+    }
+    let data_members = set.topology().members.len();
+    let (wait, wtimeout) = match wc {
+        None => (replset::Wait::Majority, 0),
+        Some(wc) => {
+            let wait = match wc.w() {
+                Bson::String(m) if m == "majority" => replset::Wait::Majority,
+                Bson::Int64(n) if *n as usize > data_members => return wc.error_for(data_members),
+                Bson::Int64(n) if *n <= 1 => replset::Wait::Local,
+                Bson::Int64(n) => replset::Wait::Members(*n as usize),
+                _ => return wc.error_for(data_members),
+            };
+            (wait, wc.wtimeout())
+        }
+    };
+    replset::wait_for(ctx, set, wait, wtimeout).await
 }
 
 /// Whether a retryable write was already executed (its retry is answered from the
@@ -420,7 +469,7 @@ async fn dispatch(
 ) -> Result<Reply> {
     if let Ok(rc) = cmd.get_document("readConcern") {
         if let Some(Bson::Timestamp(t)) = rc.get("afterClusterTime") {
-            txn::check_cluster_time(ctx, *t)?;
+            txn::check_cluster_time(ctx, *t).await?;
         }
     }
     if txn::is_txn_command(name, cmd) {
@@ -472,8 +521,19 @@ async fn dispatch_cmd(
         "whatsmyuri" => Reply::ok(doc! {"you": &conn.peer}),
         "connectionStatus" => security::connection_status(ctx, conn, cmd)?,
         "listCommands" => admin::list_commands(),
-        "replSetGetStatus" => admin::repl_set_get_status(ctx)?,
-        "replSetGetConfig" => admin::repl_set_get_config(ctx),
+        "replSetGetStatus" => match &ctx.repl {
+            Some(set) => replset::get_status(ctx, set)?,
+            None => admin::repl_set_get_status(ctx)?,
+        },
+        "replSetGetConfig" => match &ctx.repl {
+            Some(set) => replset::get_config(set)?,
+            None => admin::repl_set_get_config(ctx),
+        },
+        "replSetInitiate" => replset::initiate(ctx, cmd).await?,
+        "replSetReconfig" => replset::reconfig(ctx, cmd).await?,
+        "replSetStepDown" => replset::step_down(ctx, cmd).await?,
+        "replSetFreeze" => replset::freeze(ctx, cmd)?,
+        "_eddyRaft" => replset::raft_rpc(ctx, cmd).await?,
         "endSessions"
         | "killSessions"
         | "killAllSessions"

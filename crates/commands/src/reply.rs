@@ -147,6 +147,11 @@ fn add_extra(d: &mut Document, e: &MongoError) {
                     d.insert("errInfo", v);
                 }
             }
+            ExtraInfo::Fields(f) => {
+                if let Ok(v) = Document::from_reader(f.as_slice()) {
+                    d.extend(v);
+                }
+            }
         }
     }
 }

@@ -126,12 +126,18 @@ pub fn read_snapshot(
     let Ok(rc) = cmd.get_document("readConcern") else {
         return Ok((snapshot(ctx)?, None));
     };
-    if rc.get_str("level").ok() != Some("snapshot") {
+    let level = rc.get_str("level").ok();
+    if level == Some("majority") && ctx.repl.is_some() {
+        // What a majority holds: nothing a failover could take back.
+        return Ok((Arc::new(ctx.store.snapshot_majority()?), None));
+    }
+    if level != Some("snapshot") {
         return Ok((snapshot(ctx)?, None));
     }
     let snap = match rc.get("atClusterTime") {
         None => {
-            let s = Arc::new(ctx.store.snapshot()?);
+            // On a replica set, a snapshot read without a time reads at the majority point.
+            let s = Arc::new(ctx.store.snapshot_majority()?);
             ctx.txns.retain(&s);
             s
         }
@@ -602,7 +608,23 @@ fn abort(s: &mut SessionTxn, n: i64) -> Result<Reply> {
 ///
 /// # Errors
 /// InvalidOptions for a time the server has not reached.
-pub fn check_cluster_time(ctx: &ServerCtx, t: Timestamp) -> Result<()> {
+pub async fn check_cluster_time(ctx: &ServerCtx, t: Timestamp) -> Result<()> {
+    if ctx.repl.is_some() {
+        // A member that has not applied that far yet waits for it (a secondary behind
+        // the primary a causally consistent session read from), within maxTimeMS.
+        let key = storage::oplog::ts_key(t);
+        let mut rx = ctx.store.subscribe();
+        while storage::oplog::ts_key(*rx.borrow_and_update()) < key {
+            crate::op::current().check()?;
+            tokio::select! {
+                r = rx.changed() => if r.is_err() {
+                    return Err(MongoError::new(ErrorCode::InterruptedAtShutdown, "shutting down"));
+                },
+                () = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+            }
+        }
+        return Ok(());
+    }
     let now = ctx.store.committed_ts();
     if storage::oplog::ts_key(t) > storage::oplog::ts_key(now) {
         return Err(invalid(format!(

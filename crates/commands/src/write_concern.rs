@@ -156,8 +156,24 @@ pub fn parse(name: &str, cmd: &Document) -> Result<Option<WriteConcern>> {
 }
 
 impl WriteConcern {
+    /// `w`: a number (as Int64), `"majority"`, another tag name, or a tag set.
+    pub fn w(&self) -> &Bson {
+        &self.w
+    }
+
+    /// `wtimeout` in milliseconds (0: none).
+    pub fn wtimeout(&self) -> i32 {
+        self.wtimeout
+    }
+
     /// The `writeConcernError` this write concern gets once the write is applied, if any.
     pub fn error(&self) -> Option<Document> {
+        self.error_for(MEMBERS as usize)
+    }
+
+    /// ... on a set of `members` data-bearing members.
+    pub fn error_for(&self, members: usize) -> Option<Document> {
+        let members = members as i64;
         let mut used = doc! {"w": self.w.clone()};
         if let Some(j) = self.j {
             used.insert("j", j);
@@ -165,7 +181,7 @@ impl WriteConcern {
         used.insert("wtimeout", self.wtimeout);
         used.insert("provenance", "clientSupplied");
         let (code, msg) = match &self.w {
-            Bson::Int64(n) if *n > MEMBERS => (
+            Bson::Int64(n) if *n > members => (
                 ErrorCode::UnsatisfiableWriteConcern,
                 "Not enough data-bearing nodes".to_string(),
             ),

@@ -67,6 +67,7 @@ error_codes! {
     InvalidRoleModification = 49,
     MechanismUnavailable = 334,
     IllegalOperation = 20,
+    AlreadyInitialized = 23,
     NamespaceNotFound = 26,
     IndexNotFound = 27,
     PathNotViable = 28,
@@ -87,6 +88,8 @@ error_codes! {
     ImmutableField = 66,
     InvalidOptions = 72,
     InvalidNamespace = 73,
+    NodeNotFound = 74,
+    NoReplicationEnabled = 76,
     IndexOptionsConflict = 85,
     IndexKeySpecsConflict = 86,
     NetworkTimeout = 89,
@@ -97,6 +100,8 @@ error_codes! {
     ExceededTimeLimit = 262,
     InvalidReplicaSetConfig = 93,
     NotYetInitialized = 94,
+    NotSecondary = 95,
+    NewReplicaSetConfigurationIncompatible = 103,
     WriteConflict = 112,
     CommandFailed = 125,
     ConflictingOperationInProgress = 117,
@@ -225,6 +230,9 @@ pub enum ExtraInfo {
     },
     /// An `errInfo` document (DocumentValidationFailure's details), as raw BSON bytes.
     ErrInfo(Vec<u8>),
+    /// Fields added to the error reply as they are (e.g. a not-primary error's
+    /// `topologyVersion`), as a raw BSON document.
+    Fields(Vec<u8>),
 }
 
 impl MongoError {

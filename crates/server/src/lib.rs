@@ -33,6 +33,9 @@ pub struct Config {
     pub advertise: Option<String>,
     pub dbpath: PathBuf,
     pub repl_set: String,
+    /// `--replSet` was given: a member of a replicated set (see the `repl` crate), not a
+    /// single-node set.
+    pub replicated: bool,
     pub oplog_size_mb: u64,
     pub oplog_min_retention_hours: Option<f64>,
     /// Seconds between checkpoints (mongod's `--syncdelay`).
@@ -65,6 +68,7 @@ impl Config {
             advertise: None,
             dbpath,
             repl_set: "rs0".into(),
+            replicated: false,
             oplog_size_mb: 1024,
             oplog_min_retention_hours: None,
             syncdelay_secs: 5.0,
@@ -171,8 +175,14 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             .map(|h| Duration::from_secs_f64(h * 3600.0)),
         checkpoint_interval: Duration::from_secs_f64(cfg.syncdelay_secs.max(0.01)),
         checkpoint_bytes: cfg.checkpoint_size_mb.max(1) * 1024 * 1024,
+        replicated: cfg.replicated,
         ..StoreOptions::default()
     };
+    if cfg.replicated && cfg.auth {
+        anyhow::bail!(
+            "--replSet with --auth needs members to authenticate to each other (a key file), which eddy does not support yet: run the replica set without --auth"
+        );
+    }
     let tls = tls::acceptor(&cfg.tls)?;
     let store = Store::open(&cfg.dbpath, opts).map_err(anyhow::Error::msg)?;
     let mut listeners = Vec::new();
@@ -209,7 +219,19 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         auth: cfg.auth,
         max_conns: cfg.max_conns,
     };
-    let ctx = ServerCtx::new(store, config, cfg.parameters.clone());
+    let repl = if cfg.replicated {
+        let set = repl::ReplSet::open(
+            store.clone(),
+            cfg.repl_set.clone(),
+            config.advertised.clone(),
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
+        Some(set)
+    } else {
+        None
+    };
+    let ctx = ServerCtx::new(store, config, cfg.parameters.clone(), repl);
     let listening = Arc::new(Listening {
         tls,
         mode: cfg.tls.mode,

@@ -32,9 +32,10 @@ struct Cli {
     /// Data directory (created if missing).
     #[arg(long, default_value = "./eddy-data")]
     dbpath: PathBuf,
-    /// Replica set name the server reports.
-    #[arg(long = "replSet", default_value = "rs0")]
-    repl_set: String,
+    /// Run as a member of this replica set (initiate it with `replSetInitiate`). Without
+    /// it the server is a single-node set named `rs0`.
+    #[arg(long = "replSet")]
+    repl_set: Option<String>,
     /// Oplog size bound, in megabytes.
     #[arg(long = "oplogSize", default_value_t = 1024)]
     oplog_size: u64,
@@ -165,7 +166,8 @@ fn main() -> ExitCode {
         port: cli.port,
         advertise: cli.advertise,
         dbpath: cli.dbpath,
-        repl_set: cli.repl_set,
+        replicated: cli.repl_set.is_some(),
+        repl_set: cli.repl_set.unwrap_or_else(|| "rs0".into()),
         oplog_size_mb: cli.oplog_size,
         oplog_min_retention_hours: cli.oplog_min_retention_hours,
         syncdelay_secs: cli.syncdelay,

@@ -29,6 +29,7 @@ pub mod oplog;
 mod pending;
 pub mod pipeline;
 pub mod redo;
+pub mod replica;
 pub mod snapshot;
 pub mod txn;
 pub mod wal;
@@ -77,6 +78,9 @@ const OLD_OPLOG: TableDefinition<u64, &[u8]> = TableDefinition::new("oplog");
 const META_NEXT_ID: &str = "next_id";
 /// The lsn and clusterTime key the tables hold as of the last checkpoint (16 bytes).
 const META_APPLIED: &str = "applied";
+/// On a replica set member: the log id `(lsn, term, leader)` of the last frame the
+/// checkpointed tables hold.
+const META_REPL_APPLIED: &str = "repl_applied";
 /// The data directory's format.
 const META_FORMAT: &str = "format";
 const FORMAT: &[u8] = b"3";
@@ -101,6 +105,9 @@ pub struct StoreOptions {
     pub checkpoint_interval: Duration,
     /// ... or once this many bytes of log were written since the last one.
     pub checkpoint_bytes: u64,
+    /// The log is a replica set's replicated log: recovery replays nothing after the
+    /// checkpoint (the consensus layer applies what a majority holds; see `replica`).
+    pub replicated: bool,
     /// Bytes of recent entries kept in memory for change streams.
     pub tail_bytes: usize,
     /// The longest an acknowledged batch waits in the open redb transaction (readers see
@@ -118,6 +125,7 @@ impl Default for StoreOptions {
             checkpoint_bytes: 256 * 1024 * 1024,
             tail_bytes: 32 * 1024 * 1024,
             pending_max_age: pipeline::DEFAULT_PENDING_MAX_AGE,
+            replicated: false,
         }
     }
 }
@@ -155,6 +163,8 @@ struct Inner {
     tracker: Arc<Mutex<txn::Tracker>>,
     next_id: Arc<AtomicU64>,
     recovery: Recovery,
+    /// Set once the store is a replica set member's (see `replica`).
+    repl: std::sync::OnceLock<Arc<replica::ReplShared>>,
 }
 
 impl Drop for Inner {
@@ -308,7 +318,8 @@ impl Store {
                 .map_err(|e| format!("cannot create {}: {e}", log_dir.display()))?;
             wal::writer::sync_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
-        let (frames, report, applied) = pipeline::replay(&db, &log_dir, applied)?;
+        let replay_upto = if opts.replicated { applied.0 } else { u64::MAX };
+        let (frames, report, applied) = pipeline::replay(&db, &log_dir, applied, replay_upto)?;
         if migrate {
             let n = add_record_ids(&db, &path)?;
             tracing::info!(
@@ -335,7 +346,11 @@ impl Store {
             segs.push(wal::Seg::empty(1, 0));
         }
         let active = segs.last().cloned().unwrap();
-        let last_ts = applied.1.max(report.last_ts);
+        let last_ts = if opts.replicated {
+            applied.1
+        } else {
+            applied.1.max(report.last_ts)
+        };
         let next_lsn = report.last_lsn.max(applied.0) + 1;
         let log = Arc::new(Log::new(log_dir, segs, last_ts, opts.tail_bytes));
         let lw = wal::writer::LogWriter::open(log.clone(), active.seq, active.end, seg_max)
@@ -368,6 +383,7 @@ impl Store {
             has_pending: Arc::default(),
             gc_pending: Arc::new(std::sync::atomic::AtomicBool::new(gc_pending)),
             purged: false,
+            repl: None,
         });
         pipeline
             .start_committer(interval, state_pending_age)
@@ -399,6 +415,7 @@ impl Store {
                 tracker,
                 next_id,
                 recovery,
+                repl: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -476,7 +493,7 @@ impl Store {
     /// # Errors
     /// ChangeStreamHistoryLost when the history was truncated meanwhile; damaged segments.
     pub fn read_log(&self, after: u64, upto: u64, limit: usize) -> Result<Vec<wal::LogEntry>> {
-        let upto = upto.min(oplog::ts_key(self.committed_ts()));
+        let upto = upto.min(oplog::ts_key(self.majority_ts()));
         self.inner.log.read(after, upto, limit)
     }
 
@@ -505,6 +522,13 @@ impl Store {
         rx.await.map_err(|_| {
             if self.inner.closed.load(Ordering::SeqCst) {
                 shutting_down()
+            } else if self
+                .inner
+                .repl
+                .get()
+                .is_some_and(|r| !r.writable.load(Ordering::SeqCst))
+            {
+                MongoError::new(errors::ErrorCode::NotWritablePrimary, "not primary")
             } else {
                 MongoError::internal(
                     "the write was not applied: its commit batch failed (see the server log)",

@@ -33,6 +33,8 @@ pub(crate) struct Layer {
     prev: Option<Arc<Layer>>,
     /// Layers in the chain, this one included.
     depth: usize,
+    /// The clusterTime key of the batch's last entry.
+    ts: u64,
 }
 
 /// The changes of the batch being run, before it is published.
@@ -55,18 +57,31 @@ impl Building {
     }
 
     /// The layer of these changes on top of `prev`.
-    pub(crate) fn publish(&mut self, prev: Option<Arc<Layer>>) -> Arc<Layer> {
+    pub(crate) fn publish(&mut self, prev: Option<Arc<Layer>>, ts: u64) -> Arc<Layer> {
         self.bytes = 0;
         let depth = prev.as_ref().map_or(0, |p| p.depth) + 1;
         Arc::new(Layer {
             tables: std::mem::take(&mut self.tables),
             prev,
             depth,
+            ts,
         })
     }
 }
 
 impl Layer {
+    /// The newest layer of the chain whose batch is at or before clusterTime key `ts`.
+    pub(crate) fn at_or_before(self: &Arc<Self>, ts: u64) -> Option<Arc<Layer>> {
+        let mut l = Some(self.clone());
+        while let Some(x) = l {
+            if x.ts <= ts {
+                return Some(x);
+            }
+            l = x.prev.clone();
+        }
+        None
+    }
+
     /// Layers in the chain.
     #[cfg(test)]
     pub(crate) fn depth(&self) -> usize {
@@ -322,11 +337,11 @@ mod tests {
         let mut b = Building::default();
         b.put(TableId::Docs, b"k1", b"old");
         b.put(TableId::Docs, b"k2", b"two");
-        let l1 = b.publish(None);
+        let l1 = b.publish(None, 1);
         b.put(TableId::Docs, b"k1", b"new");
         b.del(TableId::Docs, b"k2");
         b.put(TableId::Catalog, b"d.c", b"meta");
-        let l2 = b.publish(Some(l1.clone()));
+        let l2 = b.publish(Some(l1.clone()), 2);
         assert_eq!(l2.depth(), 2);
         assert_eq!(l2.get(TableId::Docs, b"k1"), Some(Some(&b"new"[..])));
         assert_eq!(l2.get(TableId::Docs, b"k2"), Some(None));

@@ -83,6 +83,14 @@ pub(crate) enum Msg {
     Job(Job),
     /// Make the tables durable now, then answer.
     Checkpoint(Completion),
+    /// Replication (see `crate::replica`): write frames placed in the log.
+    Append(Vec<crate::replica::ReplFrame>, crate::replica::IoDone),
+    /// ... apply frames a majority holds.
+    Apply(Vec<crate::replica::ReplFrame>, Completion),
+    /// ... remove the frames from an lsn on.
+    Truncate(u64, Completion),
+    /// ... a proposal the consensus layer refused.
+    Rejected(u64),
 }
 
 /// What the pipeline carries between batches.
@@ -99,6 +107,9 @@ pub(crate) struct WriterState {
     pub opts: StoreOptions,
     /// The lsn of the next frame.
     pub next_lsn: u64,
+    /// The last frame the tables hold all of: `next_lsn - 1`, except on a replica set
+    /// member, whose log may hold frames a majority does not have yet.
+    pub tables_lsn: u64,
     /// The lsn a durable checkpoint holds.
     pub checkpoint_lsn: u64,
     /// Log bytes appended since that checkpoint.
@@ -108,20 +119,20 @@ pub(crate) struct WriterState {
     pub checkpoint_wanted: bool,
     /// Set when the log or the tables failed: nothing more may be written.
     pub failed: Option<MongoError>,
-    frame: FrameBuf,
-    redo: Redo,
+    pub(crate) frame: FrameBuf,
+    pub(crate) redo: Redo,
     /// Segments before this one are dropped once the batch commits.
     drop_before: Option<u64>,
     /// Decoded catalog records, so that a write does not decode its collection's record
     /// each time. Every catalog change goes through `Tables::change`, which drops the
     /// entry; a failed batch drops them all.
-    catalog_cache: std::collections::HashMap<String, Option<CollectionMeta>>,
+    pub(crate) catalog_cache: std::collections::HashMap<String, Option<CollectionMeta>>,
     /// The point changes of the batch being run, for its layer.
-    building: Building,
+    pub(crate) building: Building,
     /// Whether the batch being run deleted a range (then it is committed in redb at once).
-    range_op: bool,
+    pub(crate) range_op: bool,
     /// Whether the batch being run marked dropped entries for purging.
-    gc_wanted: bool,
+    pub(crate) gc_wanted: bool,
 }
 
 impl WriterState {
@@ -137,6 +148,7 @@ impl WriterState {
             tracker: Arc::default(),
             opts,
             next_lsn,
+            tables_lsn: checkpoint_lsn,
             checkpoint_lsn,
             since_checkpoint: 0,
             last_checkpoint: Instant::now(),
@@ -175,7 +187,7 @@ impl WriterState {
     }
 
     fn dirty(&self) -> bool {
-        self.next_lsn - 1 > self.checkpoint_lsn
+        self.tables_lsn > self.checkpoint_lsn
     }
 }
 
@@ -194,7 +206,7 @@ pub(crate) struct Writer {
     /// The write transaction kept open across batches (see `crate::pending`).
     pub open: Option<WriteTransaction>,
     /// The redo of the batches in `open` not yet committed in redb, oldest first.
-    pub pending_redo: Vec<Vec<u8>>,
+    pub pending_redo: Vec<(u64, Vec<u8>)>,
     pub pending_bytes: usize,
     pub pending_since: Option<Instant>,
     /// Whether `open` holds pending batches (read by the timer, which commits them).
@@ -203,6 +215,8 @@ pub(crate) struct Writer {
     pub gc_pending: Arc<std::sync::atomic::AtomicBool>,
     /// Whether `open` holds purged entries (and must be committed even with no batch).
     pub purged: bool,
+    /// Set when the log is a replica set's replicated log.
+    pub repl: Option<crate::replica::ReplState>,
 }
 
 /// What readers see: the clusterTime of the last published batch, and the layers of the
@@ -237,6 +251,12 @@ pub(crate) struct Pipeline {
 #[derive(Default)]
 struct Queue {
     msgs: std::collections::VecDeque<Msg>,
+    /// Replication's messages: run before any queued job, in the order they came.
+    ctl: std::collections::VecDeque<Msg>,
+    /// The pipeline is replicated: writers never lead (see `Pipeline::submit`).
+    replicated: bool,
+    /// A replicated pipeline waits for the majority before running more jobs.
+    draining: bool,
     /// Somebody (a writer or the committer) is leading.
     leading: bool,
     /// The leader handed the lead to the committer thread.
@@ -265,6 +285,20 @@ impl Pipeline {
             if q.closed {
                 return Err(crate::shutting_down());
             }
+            if q.replicated {
+                // Replicated, the leader may wait on the consensus layer, which runs on the
+                // runtime's threads: it is always the committer thread.
+                match msg {
+                    Msg::Job(_) => q.msgs.push_back(msg),
+                    m => q.ctl.push_back(m),
+                }
+                if !std::mem::replace(&mut q.leading, true) {
+                    q.handoff = true;
+                    drop(q);
+                    self.committer_cv.notify_one();
+                }
+                return Ok(());
+            }
             q.msgs.push_back(msg);
             !std::mem::replace(&mut q.leading, true)
         };
@@ -272,6 +306,14 @@ impl Pipeline {
             self.lead_once();
         }
         Ok(())
+    }
+
+    /// Makes the pipeline replicated (before any write): see `crate::replica`.
+    pub(crate) fn set_replicated(&self, r: crate::replica::ReplState) {
+        self.queue.lock().unwrap().replicated = true;
+        if let Some(w) = self.writer().as_mut() {
+            w.repl = Some(r);
+        }
     }
 
     /// Whether dropped entries are left to purge.
@@ -304,11 +346,20 @@ impl Pipeline {
 
     /// Takes up to `MAX_GROUP` queued jobs (and any other messages) and runs them.
     fn step(&self, guard: &mut Option<Writer>) {
+        // A replicated pipeline that waits for the majority runs no jobs; if it is not the
+        // primary any more, the jobs waiting fail (their callers hear NotWritablePrimary).
+        let drop_jobs = guard
+            .as_ref()
+            .and_then(|w| w.repl.as_ref())
+            .is_some_and(|r| !r.shared.writable.load(Ordering::SeqCst));
         let (batch, others) = {
             let mut q = self.queue.lock().unwrap();
             let mut batch = Vec::new();
-            let mut others = Vec::new();
-            while batch.len() < MAX_GROUP {
+            let mut others: Vec<Msg> = q.ctl.drain(..).collect();
+            if q.draining && drop_jobs {
+                q.msgs.clear();
+            }
+            while batch.len() < MAX_GROUP && !q.draining {
                 match q.msgs.pop_front() {
                     Some(Msg::Job(j)) => batch.push(j),
                     Some(m) => others.push(m),
@@ -319,15 +370,29 @@ impl Pipeline {
         };
         // Closed: the jobs are dropped, and their callers hear of it.
         let Some(w) = guard.as_mut() else { return };
-        if !batch.is_empty() {
-            w.batch(batch);
-        }
+        let mut checkpoints = Vec::new();
         for m in others {
             match m {
-                Msg::Checkpoint(reply) => reply(w.checkpoint()),
+                Msg::Checkpoint(reply) => checkpoints.push(reply),
+                Msg::Append(frames, done) => w.repl_append(frames, done),
+                Msg::Apply(frames, done) => w.repl_apply(frames, done),
+                Msg::Truncate(lsn, done) => w.repl_truncate(lsn, done),
+                Msg::Rejected(p) => w.repl_rejected(p),
                 Msg::Job(_) => {}
             }
         }
+        if !batch.is_empty() {
+            if w.repl.is_some() {
+                w.batch_replicated(batch);
+            } else {
+                w.batch(batch);
+            }
+        }
+        for reply in checkpoints {
+            reply(w.checkpoint());
+        }
+        let draining = w.repl_blocked();
+        self.queue.lock().unwrap().draining = draining;
     }
 
     /// Leads on the committer thread until the queue is empty, committing redb and
@@ -347,7 +412,7 @@ impl Pipeline {
                 }
             }
             let mut q = self.queue.lock().unwrap();
-            if q.msgs.is_empty() {
+            if q.ctl.is_empty() && (q.msgs.is_empty() || q.draining) {
                 q.leading = false;
                 return;
             }
@@ -403,7 +468,12 @@ impl Pipeline {
         self.committer_cv.notify_all();
         // Whoever leads now finishes its batch; then the writer is ours.
         let mut guard = self.writer();
-        let left: Vec<Msg> = self.queue.lock().unwrap().msgs.drain(..).collect();
+        let left: Vec<Msg> = {
+            let mut q = self.queue.lock().unwrap();
+            let mut v: Vec<Msg> = q.ctl.drain(..).collect();
+            v.extend(q.msgs.drain(..));
+            v
+        };
         if let Some(w) = guard.as_mut() {
             let jobs: Vec<Job> = left
                 .into_iter()
@@ -413,9 +483,18 @@ impl Pipeline {
                         reply(Ok(()));
                         None
                     }
+                    Msg::Append(_, done) => {
+                        done(Err(std::io::Error::other("shutting down")));
+                        None
+                    }
+                    Msg::Apply(_, done) | Msg::Truncate(_, done) => {
+                        done(Err(crate::shutting_down()));
+                        None
+                    }
+                    Msg::Rejected(_) => None,
                 })
                 .collect();
-            if !jobs.is_empty() {
+            if !jobs.is_empty() && w.repl.is_none() {
                 w.batch(jobs);
             }
             w.checkpoint_logged();
@@ -442,6 +521,21 @@ impl Writer {
                 .is_some_and(|t| t.elapsed() >= self.state.opts.pending_max_age)
     }
 
+    /// Whether a replicated pipeline must wait for the majority before it runs more jobs:
+    /// its open transaction is full and holds batches a majority does not.
+    pub(crate) fn repl_blocked(&self) -> bool {
+        self.repl.as_ref().is_some_and(|r| !r.settled())
+            && (self.pending_redo.len() >= PENDING_HARD_BATCHES
+                || self.pending_bytes >= PENDING_HARD_BYTES)
+    }
+
+    /// Whether the open transaction is due for a redb commit.
+    pub(crate) fn commit_wanted(&self) -> bool {
+        self.commit_due()
+            || self.pending_redo.len() >= PENDING_HARD_BATCHES
+            || self.pending_bytes >= PENDING_HARD_BYTES
+    }
+
     /// Whether the committer thread has work besides queued jobs.
     fn housekeeping_due(&self) -> bool {
         self.commit_due() || self.checkpoint_due()
@@ -464,6 +558,10 @@ impl Writer {
         if !self.state.dirty() || self.state.failed.is_some() {
             return Ok(());
         }
+        if self.repl.as_ref().is_some_and(|r| !r.settled()) {
+            // The tables hold batches a majority does not: later.
+            return Ok(());
+        }
         let started = Instant::now();
         self.commit_open()?;
         let mut txn = self.db.begin_write().map_err(storage_err)?;
@@ -473,8 +571,21 @@ impl Writer {
         {
             let s = &self.state;
             let mut h = Handles::open(&txn)?;
-            h.set_applied(s.next_lsn - 1, oplog::ts_key(s.last_ts))
+            h.set_applied(s.tables_lsn, oplog::ts_key(s.last_ts))
                 .map_err(storage_err)?;
+            if let Some(r) = &self.repl {
+                let (lsn, term, leader) = *r.shared.applied.lock().unwrap();
+                let mut b = Vec::with_capacity(14);
+                b.extend_from_slice(&lsn.to_be_bytes());
+                b.extend_from_slice(&term.to_be_bytes());
+                b.extend_from_slice(&leader.to_be_bytes());
+                h.apply(&Op::Put(
+                    TableId::Meta,
+                    crate::META_REPL_APPLIED.as_bytes(),
+                    &b,
+                ))
+                .map_err(storage_err)?;
+            }
             // Batches log the next id without storing it (see `Tables::finish`).
             let next = s.stored_next_id.to_be_bytes();
             h.apply(&Op::Put(TableId::Meta, META_NEXT_ID.as_bytes(), &next))
@@ -482,9 +593,9 @@ impl Writer {
         }
         txn.commit().map_err(storage_err)?;
         let s = &mut self.state;
-        crate::wal::write_checkpoint(self.log.dir(), s.next_lsn - 1, oplog::ts_key(s.last_ts))
+        crate::wal::write_checkpoint(self.log.dir(), s.tables_lsn, oplog::ts_key(s.last_ts))
             .map_err(storage_err)?;
-        s.checkpoint_lsn = s.next_lsn - 1;
+        s.checkpoint_lsn = s.tables_lsn;
         s.since_checkpoint = 0;
         s.last_checkpoint = Instant::now();
         s.checkpoint_wanted = false;
@@ -531,7 +642,7 @@ impl Writer {
     }
 
     /// The open write transaction, begun if there is none.
-    fn take_open(&mut self) -> Result<WriteTransaction> {
+    pub(crate) fn take_open(&mut self) -> Result<WriteTransaction> {
         if let Some(t) = self.open.take() {
             return Ok(t);
         }
@@ -543,7 +654,7 @@ impl Writer {
     /// After a failed batch: the open transaction also held the batches still pending
     /// (acknowledged, and shown to readers through their layers), so it is begun again and
     /// their changes are made again from their redo.
-    fn rebuild_open(&mut self, failed: WriteTransaction) {
+    pub(crate) fn rebuild_open(&mut self, failed: WriteTransaction) {
         let _ = failed.abort();
         // What was purged in it is purged again: its `gc:` marks are still there.
         if std::mem::take(&mut self.purged) {
@@ -554,7 +665,7 @@ impl Writer {
             let _ = t.set_durability(Durability::None);
             {
                 let mut h = Handles::open(&t).map_err(|e| e.message)?;
-                for redo_bytes in &self.pending_redo {
+                for (_, redo_bytes) in &self.pending_redo {
                     for op in redo::ops(redo_bytes) {
                         h.apply(&op?)?;
                     }
@@ -574,7 +685,11 @@ impl Writer {
 
     /// Commits the open transaction in redb (not durably), so that readers find the
     /// pending batches in the tables rather than in layers.
-    fn commit_open(&mut self) -> Result<()> {
+    pub(crate) fn commit_open(&mut self) -> Result<()> {
+        if self.repl.as_ref().is_some_and(|r| !r.settled()) {
+            // Not before a majority holds every batch in it (see `crate::replica`).
+            return Ok(());
+        }
         let Some(txn) = self.open.take() else {
             return Ok(());
         };
@@ -611,15 +726,17 @@ impl Writer {
         }
     }
 
-    fn run_batch(
+    /// Runs a batch's jobs in the open transaction, recording the frame and redo in the
+    /// writer state; returns the transaction and the jobs' completions.
+    pub(crate) fn run_jobs(
         &mut self,
         batch: Vec<Job>,
-    ) -> std::result::Result<Vec<Completion>, (MongoError, Vec<Completion>)> {
+    ) -> std::result::Result<(WriteTransaction, Vec<Completion>), (MongoError, Vec<Completion>)>
+    {
         if let Some(e) = &self.state.failed {
             // Jobs that never ran still have to hear about it: run none, fail all.
             return Err((e.clone(), Vec::new()));
         }
-        let prior_ts = oplog::ts_key(self.state.last_ts);
         self.state.frame.clear();
         self.state.redo.clear();
         self.state.building = Building::default();
@@ -654,6 +771,15 @@ impl Writer {
             self.rebuild_open(txn);
             return Err((e, completions));
         }
+        Ok((txn, completions))
+    }
+
+    fn run_batch(
+        &mut self,
+        batch: Vec<Job>,
+    ) -> std::result::Result<Vec<Completion>, (MongoError, Vec<Completion>)> {
+        let prior_ts = oplog::ts_key(self.state.last_ts);
+        let (txn, completions) = self.run_jobs(batch)?;
         let lsn = self.state.next_lsn;
         let s = &mut self.state;
         if s.redo.is_empty() && !s.frame.has_entries() {
@@ -673,9 +799,10 @@ impl Writer {
         }
         s.since_checkpoint += bytes.len() as u64;
         s.next_lsn = lsn + 1;
+        s.tables_lsn = lsn;
         // The batch is durable: show it to readers, in the tables (a range change, or a
         // full open transaction) or as a layer over them.
-        self.pending_redo.push(s.redo.bytes().to_vec());
+        self.pending_redo.push((lsn, s.redo.bytes().to_vec()));
         self.pending_bytes += s.building.bytes + s.redo.bytes().len();
         self.open = Some(txn);
         let must_commit = s.range_op
@@ -695,7 +822,8 @@ impl Writer {
                 .visible
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let layer = self.state.building.publish(vis.pending.take());
+            let ts = oplog::ts_key(self.state.last_ts);
+            let layer = self.state.building.publish(vis.pending.take(), ts);
             vis.pending = Some(layer);
             vis.ts = self.state.last_ts;
             drop(vis);
@@ -1065,6 +1193,7 @@ pub(crate) fn replay(
     db: &Database,
     log_dir: &std::path::Path,
     applied: (u64, u64),
+    upto: u64,
 ) -> std::result::Result<(u64, crate::wal::scan::ScanReport, (u64, u64)), String> {
     use crate::wal::scan::{Mode, Scanner};
     let mut sc = Scanner::new(log_dir, Mode::Recover, applied.0)?;
@@ -1083,7 +1212,7 @@ pub(crate) fn replay(
                     more = false;
                     break;
                 };
-                if hdr.lsn <= applied.0 {
+                if hdr.lsn <= applied.0 || hdr.lsn > upto {
                     continue;
                 }
                 for op in redo::ops(&redo_bytes) {

@@ -15,7 +15,10 @@
 //! 32     8     last_ts         clusterTime key of the newest entry up to this frame
 //! 40     4     n_entries
 //! 44     4     entries_len
-//! 48     8     reserved (0)
+//! 48     4     term            Raft term of the leader that logged the frame (0 unreplicated)
+//! 52     2     leader          member id of that leader
+//! 54     1     kind            FrameKind: a batch, or one of Raft's own entries
+//! 55     1     reserved (0)
 //! 56     ...   entries: n_entries × (ts u64, len u32, BSON oplog entry)
 //!        ...   redo: the batch's table changes (`crate::redo`)
 //! ```
@@ -47,6 +50,40 @@ pub struct FrameHeader {
     pub last_ts: u64,
     pub n_entries: u32,
     pub entries_len: u32,
+    pub stamp: Stamp,
+}
+
+/// What a frame is, in the replicated log's terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(u8)]
+pub enum FrameKind {
+    /// A commit batch: oplog entries and table changes.
+    #[default]
+    Batch = 0,
+    /// A new leader's empty entry.
+    Blank = 1,
+    /// A replica set membership change: the redo section holds the configuration.
+    Membership = 2,
+}
+
+impl FrameKind {
+    fn from_u8(b: u8) -> Option<FrameKind> {
+        match b {
+            0 => Some(FrameKind::Batch),
+            1 => Some(FrameKind::Blank),
+            2 => Some(FrameKind::Membership),
+            _ => None,
+        }
+    }
+}
+
+/// Who logged a frame: the Raft term and leader (both 0 on a single node that does not
+/// replicate), and what kind of entry it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stamp {
+    pub term: u32,
+    pub leader: u16,
+    pub kind: FrameKind,
 }
 
 impl FrameHeader {
@@ -100,7 +137,18 @@ pub fn parse_header(b: &[u8; FRAME_HEADER_BYTES]) -> Parsed {
         last_ts: u64_at(32),
         n_entries: u32_at(40),
         entries_len: u32_at(44),
+        stamp: Stamp {
+            term: u32_at(48),
+            leader: u16::from_le_bytes([b[52], b[53]]),
+            kind: match FrameKind::from_u8(b[54]) {
+                Some(k) => k,
+                None => return Parsed::Bad("unknown frame kind"),
+            },
+        },
     };
+    if b[55] != 0 {
+        return Parsed::Bad("reserved frame byte set");
+    }
     if (h.total_len as usize) < FRAME_HEADER_BYTES + h.entries_len as usize {
         return Parsed::Bad("frame length shorter than its entries");
     }
@@ -193,11 +241,7 @@ impl FrameBuf {
         h[40..44].copy_from_slice(&self.n_entries.to_le_bytes());
         h[44..48].copy_from_slice(&(entries_len as u32).to_le_bytes());
         h[48..56].fill(0);
-        let crc = crc32c::crc32c_append(
-            crc32c::crc32c(&self.buf[8..FRAME_HEADER_BYTES]),
-            &self.buf[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + entries_len],
-        );
-        self.buf[4..8].copy_from_slice(&crc.to_le_bytes());
+        let crc = seal(&mut self.buf);
         let h = FrameHeader {
             head_crc: crc,
             total_len: total_len as u32,
@@ -207,9 +251,55 @@ impl FrameBuf {
             last_ts,
             n_entries: self.n_entries,
             entries_len: entries_len as u32,
+            stamp: Stamp::default(),
         };
         (&self.buf, h)
     }
+}
+
+/// Writes the header CRC of a whole frame (header fields and entries in place); returns it.
+fn seal(frame: &mut [u8]) -> u32 {
+    let entries_len = u32::from_le_bytes(frame[44..48].try_into().unwrap()) as usize;
+    let crc = crc32c::crc32c_append(
+        crc32c::crc32c(&frame[8..FRAME_HEADER_BYTES]),
+        &frame[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + entries_len],
+    );
+    frame[4..8].copy_from_slice(&crc.to_le_bytes());
+    crc
+}
+
+/// Gives a whole frame (as [`FrameBuf::finish`] returned it) its place in the replicated
+/// log: its lsn and stamp, with the header CRC made again. Returns the new header.
+///
+/// # Errors
+/// When the bytes are not a well-formed frame.
+pub fn restamp(frame: &mut [u8], lsn: u64, stamp: Stamp) -> Result<FrameHeader, &'static str> {
+    if frame.len() < FRAME_HEADER_BYTES {
+        return Err("frame cut short");
+    }
+    frame[16..24].copy_from_slice(&lsn.to_le_bytes());
+    frame[48..52].copy_from_slice(&stamp.term.to_le_bytes());
+    frame[52..54].copy_from_slice(&stamp.leader.to_le_bytes());
+    frame[54] = stamp.kind as u8;
+    frame[55] = 0;
+    let hb: &[u8; FRAME_HEADER_BYTES] = frame[..FRAME_HEADER_BYTES].try_into().unwrap();
+    let Parsed::Header(h) = parse_header(hb) else {
+        return Err("not a frame");
+    };
+    if frame.len() < h.total_len as usize {
+        return Err("frame cut short");
+    }
+    let head_crc = seal(frame);
+    Ok(FrameHeader { head_crc, ..h })
+}
+
+/// A frame with no entries and `redo` as its redo section, for Raft's own entries.
+pub fn plain_frame(lsn: u64, ts: u64, stamp: Stamp, redo: &[u8]) -> Vec<u8> {
+    let mut f = FrameBuf::default();
+    f.clear();
+    let mut bytes = f.finish(lsn, ts, ts, redo).0.to_vec();
+    restamp(&mut bytes, lsn, stamp).expect("a frame just built");
+    bytes
 }
 
 /// Splits an entries section into `(ts key, BSON)` items.
@@ -321,6 +411,44 @@ mod tests {
             };
             assert!(!ok, "flip at {i} went unnoticed");
         }
+    }
+
+    #[test]
+    fn restamped_frames_keep_their_contents_and_checks() {
+        let mut f = FrameBuf::default();
+        f.clear();
+        f.push_entry(7, b"abc");
+        let mut bytes = f.finish(0, 5, 7, b"REDO").0.to_vec();
+        let stamp = Stamp {
+            term: 9,
+            leader: 3,
+            kind: FrameKind::Batch,
+        };
+        let h = restamp(&mut bytes, 42, stamp).unwrap();
+        assert_eq!((h.lsn, h.stamp, h.prior_ts, h.last_ts), (42, stamp, 5, 7));
+        let hb: [u8; FRAME_HEADER_BYTES] = bytes[..FRAME_HEADER_BYTES].try_into().unwrap();
+        let Parsed::Header(parsed) = parse_header(&hb) else {
+            panic!("header")
+        };
+        assert_eq!(parsed, h);
+        let ents = &bytes[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + h.entries_len as usize];
+        assert!(head_ok(&hb, ents));
+        // Raft's own entries: empty frames of their kind.
+        let blank = Stamp {
+            kind: FrameKind::Blank,
+            ..stamp
+        };
+        let b = plain_frame(43, 7, blank, &[]);
+        let hb: [u8; FRAME_HEADER_BYTES] = b[..FRAME_HEADER_BYTES].try_into().unwrap();
+        let Parsed::Header(h) = parse_header(&hb) else {
+            panic!("header")
+        };
+        assert_eq!((h.lsn, h.stamp, h.n_entries), (43, blank, 0));
+        // An unknown kind is not a frame.
+        let mut bad = b.clone();
+        bad[54] = 9;
+        let hb: [u8; FRAME_HEADER_BYTES] = bad[..FRAME_HEADER_BYTES].try_into().unwrap();
+        assert!(matches!(parse_header(&hb), Parsed::Bad(_)));
     }
 
     #[test]

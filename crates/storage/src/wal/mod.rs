@@ -56,8 +56,8 @@ pub struct Seg {
     pub end: u64,
     /// Entries in the segment.
     pub entries: u64,
-    /// `(prior_ts, offset)` of frames, at least [`INDEX_EVERY_BYTES`] apart.
-    pub index: Vec<(u64, u64)>,
+    /// `(prior_ts, offset, lsn)` of frames, at least [`INDEX_EVERY_BYTES`] apart.
+    pub index: Vec<(u64, u64, u64)>,
 }
 
 impl Seg {
@@ -83,9 +83,9 @@ impl Seg {
         let far = self
             .index
             .last()
-            .is_none_or(|&(_, o)| at - o >= INDEX_EVERY_BYTES);
+            .is_none_or(|&(_, o, _)| at - o >= INDEX_EVERY_BYTES);
         if far {
-            self.index.push((h.prior_ts, at));
+            self.index.push((h.prior_ts, at, h.lsn));
         }
         self.last_lsn = h.lsn;
         self.last_ts = h.last_ts;
@@ -95,12 +95,32 @@ impl Seg {
 
     /// Where a scan for entries after `after` may start in this segment.
     fn start_offset(&self, after: u64) -> u64 {
-        let i = self.index.partition_point(|&(p, _)| p <= after);
+        let i = self.index.partition_point(|&(p, _, _)| p <= after);
         match i {
             0 => SEG_HEADER_BYTES,
             i => self.index[i - 1].1,
         }
     }
+
+    /// Where a scan for the frame with `lsn` may start in this segment.
+    fn lsn_offset(&self, lsn: u64) -> u64 {
+        let i = self.index.partition_point(|&(_, _, l)| l <= lsn);
+        match i {
+            0 => SEG_HEADER_BYTES,
+            i => self.index[i - 1].1,
+        }
+    }
+}
+
+/// A whole frame read back from the log.
+#[derive(Debug, Clone)]
+pub struct RawFrame {
+    pub h: frame::FrameHeader,
+    /// Where it starts in its segment.
+    pub seq: u64,
+    pub at: u64,
+    pub entries: Vec<u8>,
+    pub redo: Vec<u8>,
 }
 
 /// The path of segment `seq` in `dir`.
@@ -274,6 +294,85 @@ impl Log {
             seqs,
             buf: Vec::new(),
         }
+    }
+
+    /// Whole frames with lsns from `from` up to `to` inclusive, oldest first, stopping
+    /// after `max_bytes` (but always with the first one): how the replicated log reads its
+    /// entries back.
+    ///
+    /// # Errors
+    /// A damaged or unreadable segment; a requested frame that is not in the log.
+    pub fn read_frames(&self, from: u64, to: u64, max_bytes: usize) -> Result<Vec<RawFrame>> {
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let segs: Vec<(u64, u64, u64)> = {
+            let segs = self.segs.read().unwrap();
+            segs.iter()
+                .filter(|s| s.first_lsn != 0 && s.last_lsn >= from && s.first_lsn <= to)
+                .map(|s| (s.seq, s.lsn_offset(from), s.end))
+                .collect()
+        };
+        let mut want = from;
+        'segs: for (seq, start, end) in segs {
+            let mut r = SegReader::open(&seg_path(&self.dir, seq), start, end)
+                .map_err(|e| MongoError::internal(format!("cannot read log segment {seq}: {e}")))?;
+            loop {
+                match r.next(true) {
+                    Ok(Step::Frame {
+                        at,
+                        h,
+                        entries,
+                        redo,
+                    }) => {
+                        if h.lsn < want {
+                            continue;
+                        }
+                        if h.lsn > to {
+                            break 'segs;
+                        }
+                        if h.lsn != want {
+                            return Err(MongoError::internal(format!(
+                                "log frame {want} is missing (found {} in segment {seq})",
+                                h.lsn
+                            )));
+                        }
+                        bytes += entries.len() + redo.len();
+                        out.push(RawFrame {
+                            h,
+                            seq,
+                            at,
+                            entries,
+                            redo,
+                        });
+                        want += 1;
+                        if want > to || bytes >= max_bytes {
+                            break 'segs;
+                        }
+                    }
+                    Ok(Step::End { .. }) => break,
+                    Ok(Step::Bad { at, why }) => return Err(self.corrupt(seq, at, &why)),
+                    Err(e) => return Err(self.corrupt(seq, r.offset(), &e.to_string())),
+                }
+            }
+        }
+        if out.is_empty() && from <= to {
+            return Err(MongoError::internal(format!(
+                "log frame {from} is not in the log"
+            )));
+        }
+        Ok(out)
+    }
+
+    /// Forgets the in-memory entries after clusterTime key `after` (their frames were
+    /// truncated).
+    pub(crate) fn trim_tail(&self, after: u64) {
+        let mut t = self.tail.write().unwrap();
+        while t.entries.back().is_some_and(|(ts, _)| *ts > after) {
+            if let Some((_, b)) = t.entries.pop_back() {
+                t.bytes -= b.len();
+            }
+        }
+        t.from = t.from.min(after);
     }
 
     /// The clusterTime key of the oldest retained entry.

@@ -188,6 +188,95 @@ impl LogWriter {
         Ok(())
     }
 
+    /// Removes the frames from `lsn` on (the replicated log truncates entries its leader
+    /// does not have): zeros them, durably, deletes later segments, and continues writing
+    /// where the frame before `lsn` ended.
+    ///
+    /// # Errors
+    /// On I/O failure; the log may then be left partly truncated, and nothing more may be
+    /// appended.
+    pub(crate) fn truncate_from(&mut self, lsn: u64) -> io::Result<()> {
+        let segs = self.log.segs();
+        let Some(target) = segs
+            .iter()
+            .find(|s| s.first_lsn != 0 && s.first_lsn <= lsn && lsn <= s.last_lsn)
+            .cloned()
+        else {
+            return Ok(());
+        };
+        // The frame's offset, found from the nearest index point.
+        let path = seg_path(self.log.dir(), target.seq);
+        let mut r = super::scan::SegReader::open(&path, target.lsn_offset(lsn), target.end)?;
+        let at = loop {
+            match r.next(false)? {
+                super::scan::Step::Frame { at, h, .. } if h.lsn == lsn => break at,
+                super::scan::Step::Frame { .. } => {}
+                _ => {
+                    return Err(io::Error::other(format!(
+                        "log frame {lsn} not found in segment {}",
+                        target.seq
+                    )));
+                }
+            }
+        };
+        // Let the preparer finish whatever it is doing; the next segment is made afresh.
+        let p = self.prep.clone();
+        {
+            let mut st = p.m.lock().unwrap();
+            while st.busy || st.creating {
+                st = p.cv.wait(st).unwrap();
+            }
+            st.next_wanted = None;
+            if let Some((seq, _)) = st.next_ready.take() {
+                let _ = std::fs::remove_file(seg_path(self.log.dir(), seq));
+            }
+        }
+        for s in segs.iter().filter(|s| s.seq > target.seq) {
+            match std::fs::remove_file(seg_path(self.log.dir(), s.seq)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let file = if target.seq == self.seq {
+            self.file.clone()
+        } else {
+            Arc::new(File::options().read(true).write(true).open(&path)?)
+        };
+        let old_end = if target.seq == self.seq {
+            self.pos
+        } else {
+            target.end
+        };
+        zero_fill(&file, at, old_end.max(at))?;
+        file.sync_data()?;
+        sync_dir(self.log.dir())?;
+        // The segment as it now is: its frames before `at`.
+        let mut seg = Seg::empty(target.seq, target.prior_ts);
+        let mut r = super::scan::SegReader::open(&path, SEG_HEADER_BYTES, at)?;
+        while let super::scan::Step::Frame { at, h, .. } = r.next(false)? {
+            seg.add_frame(&h, at, at + u64::from(h.total_len));
+        }
+        self.log.with_segs(|segs| {
+            segs.retain(|s| s.seq < target.seq);
+            segs.push(seg);
+        });
+        self.log.trim_tail(target_prior(&self.log));
+        let len = file.metadata()?.len();
+        {
+            let mut st = p.m.lock().unwrap();
+            st.active = Some(file.clone());
+            st.prepared_end = len.max(at);
+            st.extend_wanted = false;
+            st.next_wanted = Some(target.seq + 1);
+            p.cv.notify_all();
+        }
+        self.file = file;
+        self.seq = target.seq;
+        self.pos = at;
+        Ok(())
+    }
+
     /// Waits, if needed, until the frame about to be written cannot meet the preparer's
     /// zeros, and asks for more zeros when they run low.
     fn reserve(&self, len: u64) {
@@ -247,6 +336,11 @@ impl LogWriter {
         self.pos = SEG_HEADER_BYTES;
         Ok(())
     }
+}
+
+/// The newest clusterTime key the log still holds.
+fn target_prior(log: &Log) -> u64 {
+    log.segs().last().map_or(0, |s| s.last_ts)
 }
 
 impl Drop for LogWriter {

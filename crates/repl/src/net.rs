@@ -1,0 +1,235 @@
+//! Member-to-member traffic: Raft's three RPCs as an internal command (`_eddyRaft`) over
+//! the same listener and wire protocol as clients, so that it goes through the same
+//! framing, limits and (once members authenticate with a key file) the same checks.
+//!
+//! Request: `{_eddyRaft: "append" | "vote" | "snapshot", to: <member id>, req: <the RPC>,
+//! $db: "admin"}`. Reply: `{ok: 1, resp: <the response>}` or `{ok: 1, raftError: ...}`
+//! when the receiving Raft node refused it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bson::{Document, doc};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+
+use crate::{Member, NodeId, TypeConfig};
+
+/// Makes a client per peer.
+#[derive(Clone)]
+pub struct Network {
+    /// The set's settings, sent with every RPC (a member that has not started its Raft
+    /// node yet starts it with them).
+    pub settings: crate::Settings,
+    /// This member.
+    pub me: NodeId,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Peer;
+
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> Peer {
+        Peer {
+            target,
+            host: node.host.clone(),
+            conn: Arc::new(Mutex::new(None)),
+            next_id: 1,
+            settings: self.settings,
+            me: self.me,
+        }
+    }
+}
+
+/// One peer: a connection, opened when first needed and again after a failure.
+pub struct Peer {
+    target: NodeId,
+    host: String,
+    conn: Arc<Mutex<Option<TcpStream>>>,
+    next_id: i32,
+    settings: crate::Settings,
+    me: NodeId,
+}
+
+/// Test fault injection (the `raftPartition` fail point): members this process neither
+/// sends RPCs to nor answers.
+static PARTITIONED: std::sync::Mutex<Vec<NodeId>> = std::sync::Mutex::new(Vec::new());
+
+/// Cuts this member off from `members` (empty: heals).
+pub fn set_partition(members: Vec<NodeId>) {
+    *PARTITIONED.lock().unwrap() = members;
+}
+
+/// Whether traffic with `member` is cut.
+pub fn partitioned(member: NodeId) -> bool {
+    PARTITIONED.lock().unwrap().contains(&member)
+}
+
+type RpcResult<T, E> = Result<T, RPCError<NodeId, Member, E>>;
+
+impl Peer {
+    async fn call<Req: Serialize, Resp: DeserializeOwned, E>(
+        &mut self,
+        kind: &str,
+        req: &Req,
+        ttl: Duration,
+    ) -> RpcResult<Resp, E>
+    where
+        E: std::error::Error + DeserializeOwned,
+    {
+        let req = crate::encode(req)
+            .map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))?;
+        let req = bson::Binary {
+            subtype: bson::spec::BinarySubtype::Generic,
+            bytes: req,
+        };
+        if partitioned(self.target) {
+            let e = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "partitioned");
+            return Err(RPCError::Unreachable(Unreachable::new(&e)));
+        }
+        let body = doc! {
+            "_eddyRaft": kind,
+            "from": self.me as i64,
+            "to": self.target as i64,
+            "req": req,
+            "settings": {
+                "electionTimeoutMillis": self.settings.election_timeout_ms as i64,
+                "heartbeatIntervalMillis": self.settings.heartbeat_ms as i64,
+            },
+            "$db": "admin",
+        };
+        self.next_id = self.next_id.wrapping_add(1);
+        let msg = wire::encode_msg_request(self.next_id, &body, &[], false, None);
+        let reply = match tokio::time::timeout(ttl, self.round_trip(&msg)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                *self.conn.lock().await = None;
+                return Err(RPCError::Unreachable(Unreachable::new(&e)));
+            }
+            Err(_) => {
+                *self.conn.lock().await = None;
+                let e = std::io::Error::new(std::io::ErrorKind::TimedOut, "member RPC timed out");
+                return Err(RPCError::Unreachable(Unreachable::new(&e)));
+            }
+        };
+        let net = |e: String| RPCError::Network(NetworkError::new(&std::io::Error::other(e)));
+        if let Ok(r) = reply.get_binary_generic("resp") {
+            return crate::decode(r).map_err(net);
+        }
+        if let Ok(r) = reply.get_binary_generic("raftError") {
+            let e: E = crate::decode(r).map_err(net)?;
+            return Err(RPCError::RemoteError(RemoteError::new(self.target, e)));
+        }
+        let msg = reply
+            .get_str("errmsg")
+            .unwrap_or("member RPC refused")
+            .to_string();
+        Err(RPCError::Unreachable(Unreachable::new(
+            &std::io::Error::other(msg),
+        )))
+    }
+
+    async fn round_trip(&self, msg: &[u8]) -> std::io::Result<Document> {
+        let mut guard = self.conn.lock().await;
+        if guard.is_none() {
+            let s = TcpStream::connect(&self.host).await?;
+            s.set_nodelay(true)?;
+            *guard = Some(s);
+        }
+        let s = guard.as_mut().unwrap();
+        s.write_all(msg).await?;
+        let mut head = [0u8; 4];
+        s.read_exact(&mut head).await?;
+        let len = i32::from_le_bytes(head);
+        if !(16..=64 * 1024 * 1024).contains(&len) {
+            return Err(std::io::Error::other("bad reply length from a member"));
+        }
+        let mut buf = vec![0u8; len as usize];
+        buf[..4].copy_from_slice(&head);
+        s.read_exact(&mut buf[4..]).await?;
+        let frame = wire::decode(&buf).map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+        match frame.request {
+            wire::Request::Msg(m) => Ok(m.body),
+            wire::Request::Query(_) => Err(std::io::Error::other("unexpected reply from a member")),
+        }
+    }
+}
+
+impl Peer {
+    /// Asks this member to stand for election now.
+    ///
+    /// # Errors
+    /// When it cannot be reached or refuses.
+    pub async fn elect(&mut self) -> Result<(), String> {
+        let r: RpcResult<bool, openraft::error::Fatal<NodeId>> =
+            self.call("elect", &(), Duration::from_secs(5)).await;
+        r.map(drop).map_err(|e| e.to_string())
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Peer {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
+        self.call("append", &rpc, option.hard_ttl()).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> {
+        self.call("snapshot", &rpc, option.hard_ttl()).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>, RaftError<NodeId>> {
+        self.call("vote", &rpc, option.hard_ttl()).await
+    }
+}
+
+/// Serves one `_eddyRaft` request on this member's Raft node.
+///
+/// # Errors
+/// A request that does not parse.
+pub async fn serve(
+    raft: &openraft::Raft<TypeConfig>,
+    kind: &str,
+    req: &[u8],
+) -> Result<Document, String> {
+    fn bin(bytes: Vec<u8>) -> bson::Binary {
+        bson::Binary {
+            subtype: bson::spec::BinarySubtype::Generic,
+            bytes,
+        }
+    }
+    fn reply<T: Serialize, E: Serialize>(r: Result<T, E>) -> Result<Document, String> {
+        match r {
+            Ok(v) => Ok(doc! {"resp": bin(crate::encode(&v)?)}),
+            Err(e) => Ok(doc! {"raftError": bin(crate::encode(&e)?)}),
+        }
+    }
+    match kind {
+        "append" => reply(raft.append_entries(crate::decode(req)?).await),
+        "vote" => reply(raft.vote(crate::decode(req)?).await),
+        "snapshot" => reply(raft.install_snapshot(crate::decode(req)?).await),
+        // A primary stepping down asks a caught-up member to stand for election now.
+        "elect" => reply(raft.trigger().elect().await.map(|()| true)),
+        other => Err(format!("unknown member RPC {other:?}")),
+    }
+}
