@@ -9,7 +9,8 @@
 #        EDDY_AUTH=1 to start eddy with --auth: PyMongo's harness then creates its user
 #        ("user"/"password", root) through the localhost exception and runs as it, and the
 #        suites that need auth (auth) run too;
-#        PASSED_OUT=FILE to write the names of the tests that passed to FILE.
+#        PASSED_OUT=FILE to write the names of the tests that passed to FILE;
+#        EDDY_RS=3 to run against a replica set of three members (--replSet) instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -60,16 +61,43 @@ for s in "${@:-changestreams}"; do
 done
 
 data=$(mktemp -d)
-port=$("$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+free_port() { "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 auth=()
 if [ "${EDDY_AUTH:-0}" = 1 ]; then auth=(--auth); fi
-"$EDDY_BIN" --port "$port" --dbpath "$data" --quiet --setParameter enableTestCommands=1 "${auth[@]+"${auth[@]}"}" &
-pid=$!
-trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$data"' EXIT
-for _ in $(seq 1 100); do
-  (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-  sleep 0.1
+members=${EDDY_RS:-1}
+pids=()
+ports=()
+trap 'for p in "${pids[@]}"; do kill $p 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$data"' EXIT
+for i in $(seq 1 "$members"); do
+  p=$(free_port)
+  rs=()
+  if [ "$members" -gt 1 ]; then rs=(--replSet rs0); fi
+  "$EDDY_BIN" --port "$p" --dbpath "$data/m$i" --quiet --setParameter enableTestCommands=1 \
+    "${rs[@]+"${rs[@]}"}" "${auth[@]+"${auth[@]}"}" &
+  pids+=($!)
+  ports+=("$p")
+  for _ in $(seq 1 100); do
+    (echo > "/dev/tcp/127.0.0.1/$p") 2>/dev/null && break
+    sleep 0.1
+  done
 done
+port=${ports[0]}
+if [ "$members" -gt 1 ]; then
+  # EDDY_RS=N: a replica set of N members; the one that initiates it is elected first.
+  "$py" - "${ports[@]}" <<'PY'
+import sys, time
+from pymongo import MongoClient
+ports = sys.argv[1:]
+c = MongoClient(f"mongodb://localhost:{ports[0]}/?directConnection=true")
+c.admin.command("replSetInitiate", {"_id": "rs0", "members": [
+    {"_id": i, "host": f"localhost:{p}"} for i, p in enumerate(ports)]})
+deadline = time.time() + 30
+while not c.admin.command("hello").get("isWritablePrimary"):
+    if time.time() > deadline:
+        sys.exit("no primary")
+    time.sleep(0.1)
+PY
+fi
 
 args=(-p no:cacheprovider -o addopts= -m "default or default_async or auth" -ra --strict-markers --timeout=60
       --junitxml="$data/junit.xml")

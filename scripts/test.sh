@@ -58,6 +58,9 @@ for suite in "${suites[@]}"; do
   stage "drivers' specification tests ($suite)"
   EDDY_BIN=target/release/eddy PASSED_OUT="$passes/$suite" ./scripts/spec-tests.sh "$suite"
 done
+# The suites that exercise replication, against a replica set of three members.
+stage "drivers' specification tests against a 3-member replica set (changestreams transactions sessions retryable-writes)"
+EDDY_RS=3 EDDY_BIN=target/release/eddy ./scripts/spec-tests.sh changestreams transactions sessions retryable-writes
 # The same suites again with access control on (PyMongo's harness creates its user through
 # the localhost exception and runs as it), plus the suites that only run with auth. Every
 # test that passed without auth must pass with it.

@@ -448,8 +448,9 @@ pub async fn raft_rpc(ctx: &ServerCtx, cmd: &Document) -> Result<Reply> {
     let req = cmd
         .get_binary_generic("req")
         .map_err(|_| MongoError::new(ErrorCode::BadValue, "_eddyRaft needs the request"))?;
+    let xfer = util::get_i64(cmd, "xfer").unwrap_or(0).max(0) as u64;
     Ok(Reply::ok(
-        set.serve_rpc(from, to, settings, kind, req).await?,
+        set.serve_rpc(from, to, settings, kind, xfer, req).await?,
     ))
 }
 

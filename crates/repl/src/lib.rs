@@ -127,7 +127,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            heartbeat_ms: 500,
+            heartbeat_ms: 2000,
             election_timeout_ms: 10_000,
         }
     }
@@ -285,6 +285,8 @@ pub struct ReplSet {
     stepping_down: std::sync::atomic::AtomicBool,
     /// One reconfiguration at a time.
     reconfig_lock: tokio::sync::Mutex<()>,
+    /// Requests arriving in parts: `(from, transfer) -> bytes so far`, one per member.
+    parts: Mutex<BTreeMap<NodeId, (u64, Vec<u8>)>>,
 }
 
 fn id_path(store: &Store) -> PathBuf {
@@ -336,6 +338,7 @@ impl ReplSet {
             frozen_until: Mutex::new(None),
             stepping_down: std::sync::atomic::AtomicBool::new(false),
             reconfig_lock: tokio::sync::Mutex::new(()),
+            parts: Mutex::new(BTreeMap::new()),
         });
         if let Ok(s) = std::fs::read_to_string(id_path(&store)) {
             let bad = || {
@@ -512,7 +515,8 @@ impl ReplSet {
         Ok(())
     }
 
-    /// Serves a member RPC (`_eddyRaft`) addressed to member `to`.
+    /// Serves a member RPC (`_eddyRaft`) addressed to member `to`; `part` requests carry
+    /// the first parts of a large one (transfer `xfer`).
     ///
     /// # Errors
     /// A request that does not parse, or one for another member id.
@@ -522,6 +526,7 @@ impl ReplSet {
         to: NodeId,
         settings: Settings,
         kind: &str,
+        xfer: u64,
         req: &[u8],
     ) -> Result<Document> {
         if net::partitioned(from) {
@@ -531,6 +536,25 @@ impl ReplSet {
             ));
         }
         let running = self.start(to, settings).await?;
+        if kind == "part" {
+            let mut parts = self.parts.lock().unwrap();
+            let e = parts.entry(from).or_insert((xfer, Vec::new()));
+            if e.0 != xfer {
+                // A transfer the member gave up on: a new one replaces it.
+                *e = (xfer, Vec::new());
+            }
+            e.1.extend_from_slice(req);
+            return Ok(Document::new());
+        }
+        let whole;
+        let req = match self.parts.lock().unwrap().remove(&from) {
+            Some((x, mut b)) if x == xfer => {
+                b.extend_from_slice(req);
+                whole = b;
+                &whole[..]
+            }
+            _ => req,
+        };
         net::serve(&running.raft, kind, req)
             .await
             .map_err(|e| MongoError::new(ErrorCode::BadValue, e))
@@ -978,6 +1002,12 @@ fn parse_config(c: &Document, set: &str) -> Result<(Members, Settings)> {
         if !(0.0..=1000.0).contains(&priority) {
             return Err(bad(format!(
                 "member {id}: priority must be between 0 and 1000"
+            )));
+        }
+        if priority != 0.0 && priority != 1.0 {
+            // Electable members are equal in eddy's elections (no priority takeover).
+            return Err(bad(format!(
+                "member {id}: priority {priority} is not supported by eddy: a member is electable (1) or not (0)"
             )));
         }
         if hidden && priority != 0.0 {

@@ -38,6 +38,9 @@ pub(crate) const MEMBERSHIP_SETTING: &str = "__repl_membership";
 /// here, not from the segments.
 const CACHE_ENTRIES: usize = 8192;
 
+/// Bytes of entries one replication message carries (at least one entry).
+const CHUNK_BYTES: usize = 4 * 1024 * 1024;
+
 type SE = StorageError<NodeId>;
 
 fn io_err(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl ToString) -> SE {
@@ -181,6 +184,9 @@ impl LogStore {
     }
 
     /// Reads entries `[start, end)` from the cache, or else from the log.
+    /// Reads entries from `start` on, up to `end` (exclusive) or about [`CHUNK_BYTES`]
+    /// (at least one): one replication message, small enough that it never holds up the
+    /// leader's heartbeats on the same stream for long.
     fn entries(&self, start: u64, end: u64) -> Result<Vec<Entry<TypeConfig>>, SE> {
         if start >= end {
             return Ok(Vec::new());
@@ -188,8 +194,18 @@ impl LogStore {
         {
             let c = self.inner.cache.lock().unwrap();
             if c.first_key_value().is_some_and(|(&k, _)| k <= start) {
-                let v: Vec<_> = c.range(start..end).map(|(_, e)| e.clone()).collect();
-                if v.len() as u64 == end - start || !v.is_empty() {
+                let mut bytes = 0usize;
+                let mut v = Vec::new();
+                for (_, e) in c.range(start..end) {
+                    if bytes >= CHUNK_BYTES {
+                        break;
+                    }
+                    if let EntryPayload::Normal(p) = &e.payload {
+                        bytes += p.frame.len();
+                    }
+                    v.push(e.clone());
+                }
+                if !v.is_empty() {
                     return Ok(v);
                 }
             }
@@ -197,7 +213,7 @@ impl LogStore {
         let frames = self
             .inner
             .store
-            .read_frames(start + 1, end, 8 * 1024 * 1024)
+            .read_frames(start + 1, end, CHUNK_BYTES)
             .map_err(|e| log_err(e.message))?;
         frames.iter().map(frame_entry).collect()
     }

@@ -45,6 +45,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             host: node.host.clone(),
             conn: Arc::new(Mutex::new(None)),
             next_id: 1,
+            next_xfer: 0,
             settings: self.settings,
             me: self.me,
         }
@@ -57,9 +58,13 @@ pub struct Peer {
     host: String,
     conn: Arc<Mutex<Option<TcpStream>>>,
     next_id: i32,
+    next_xfer: u64,
     settings: crate::Settings,
     me: NodeId,
 }
+
+/// Bytes of request one member message carries; larger requests go in parts.
+const PART_BYTES: usize = 8 * 1024 * 1024;
 
 /// Test fault injection (the `raftPartition` fail point): members this process neither
 /// sends RPCs to nor answers.
@@ -87,30 +92,58 @@ impl Peer {
     where
         E: std::error::Error + DeserializeOwned,
     {
-        let req = crate::encode(req)
+        let bytes = crate::encode(req)
             .map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))?;
-        let req = bson::Binary {
-            subtype: bson::spec::BinarySubtype::Generic,
-            bytes: req,
-        };
         if partitioned(self.target) {
             let e = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "partitioned");
             return Err(RPCError::Unreachable(Unreachable::new(&e)));
         }
-        let body = doc! {
-            "_eddyRaft": kind,
-            "from": self.me as i64,
-            "to": self.target as i64,
-            "req": req,
-            "settings": {
-                "electionTimeoutMillis": self.settings.election_timeout_ms as i64,
-                "heartbeatIntervalMillis": self.settings.heartbeat_ms as i64,
-            },
-            "$db": "admin",
+        // A request over one message's room (a batch's frame can be as large as its
+        // documents) goes in parts, which the member puts back together.
+        self.next_xfer += 1;
+        let xfer = self.next_xfer;
+        let chunks: Vec<&[u8]> = if bytes.is_empty() {
+            vec![&[][..]]
+        } else {
+            bytes.chunks(PART_BYTES).collect()
         };
-        self.next_id = self.next_id.wrapping_add(1);
-        let msg = wire::encode_msg_request(self.next_id, &body, &[], false, None);
-        let reply = match tokio::time::timeout(ttl, self.round_trip(&msg)).await {
+        let last = chunks.len() - 1;
+        let round = async {
+            let mut reply = Document::new();
+            for (i, chunk) in chunks.into_iter().enumerate() {
+                let bin = bson::Binary {
+                    subtype: bson::spec::BinarySubtype::Generic,
+                    bytes: chunk.to_vec(),
+                };
+                let mut body = doc! {
+                    "_eddyRaft": if i == last { kind } else { "part" },
+                    "from": self.me as i64,
+                    "to": self.target as i64,
+                    "xfer": xfer as i64,
+                    "req": bin,
+                    "settings": {
+                        "electionTimeoutMillis": self.settings.election_timeout_ms as i64,
+                        "heartbeatIntervalMillis": self.settings.heartbeat_ms as i64,
+                    },
+                    "$db": "admin",
+                };
+                if last == 0 {
+                    body.remove("xfer");
+                }
+                self.next_id = self.next_id.wrapping_add(1);
+                let msg = wire::try_encode_msg(self.next_id, 0, 0, &body, None)
+                    .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+                reply = self.round_trip(&msg).await?;
+                if i < last && reply.get_f64("ok") != Ok(1.0) {
+                    break;
+                }
+            }
+            Ok::<Document, std::io::Error>(reply)
+        };
+        // Raft's RPC timeout is sized for heartbeats; a large request also gets the time
+        // to move and write it (a second per 16 MB: far slower than loopback or a LAN).
+        let ttl = ttl + Duration::from_millis(bytes.len() as u64 / 16_000);
+        let reply = match tokio::time::timeout(ttl, round).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 *self.conn.lock().await = None;
@@ -139,14 +172,20 @@ impl Peer {
         )))
     }
 
+    /// Sends one message and reads its reply. The connection is taken out while the
+    /// message is in flight and put back after its reply: if Raft gives up on the RPC
+    /// (drops this future), the connection is dropped with it, never reused with a reply
+    /// still to come.
     async fn round_trip(&self, msg: &[u8]) -> std::io::Result<Document> {
-        let mut guard = self.conn.lock().await;
-        if guard.is_none() {
-            let s = TcpStream::connect(&self.host).await?;
-            s.set_nodelay(true)?;
-            *guard = Some(s);
-        }
-        let s = guard.as_mut().unwrap();
+        let taken = self.conn.lock().await.take();
+        let mut s = match taken {
+            Some(s) => s,
+            None => {
+                let s = TcpStream::connect(&self.host).await?;
+                s.set_nodelay(true)?;
+                s
+            }
+        };
         s.write_all(msg).await?;
         let mut head = [0u8; 4];
         s.read_exact(&mut head).await?;
@@ -157,6 +196,7 @@ impl Peer {
         let mut buf = vec![0u8; len as usize];
         buf[..4].copy_from_slice(&head);
         s.read_exact(&mut buf[4..]).await?;
+        *self.conn.lock().await = Some(s);
         let frame = wire::decode(&buf).map_err(|e| std::io::Error::other(format!("{e:?}")))?;
         match frame.request {
             wire::Request::Msg(m) => Ok(m.body),
