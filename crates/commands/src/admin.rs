@@ -18,6 +18,46 @@ fn election_id() -> ObjectId {
     ObjectId::parse_str("7fffffff0000000000000001").expect("valid constant")
 }
 
+/// `hello`'s topology fields on the single-node set (no `--replSet`).
+async fn single_node_fields(ctx: &ServerCtx, cmd: &Document, name: &str, d: &mut Document) {
+    // Awaitable hello: a single-node set's topology never changes, so hold the reply for
+    // maxAwaitTimeMS (or until shutdown), as monitors expect.
+    if cmd.contains_key("topologyVersion") {
+        if let Some(ms) = util::get_i64(cmd, "maxAwaitTimeMS") {
+            let mut stop = ctx.shutdown.subscribe();
+            let wait = Duration::from_millis(ms.clamp(0, 60_000) as u64);
+            let _ = tokio::time::timeout(wait, stop.wait_for(|s| *s)).await;
+        }
+    }
+    let me = ctx.config.advertised.clone();
+    let snap_ts = ctx.store.committed_ts();
+    if name == "hello" {
+        d.insert("isWritablePrimary", true);
+    } else {
+        d.insert("ismaster", true);
+    }
+    d.insert(
+        "topologyVersion",
+        doc! {"processId": ctx.process_id, "counter": 0i64},
+    );
+    d.insert("hosts", vec![Bson::String(me.clone())]);
+    d.insert("setName", ctx.config.repl_set.clone());
+    d.insert("setVersion", 1);
+    d.insert("secondary", false);
+    d.insert("primary", me.clone());
+    d.insert("me", me);
+    d.insert("electionId", election_id());
+    d.insert(
+        "lastWrite",
+        doc! {
+            "opTime": {"ts": snap_ts, "t": 1i64},
+            "lastWriteDate": DateTime::now(),
+            "majorityOpTime": {"ts": snap_ts, "t": 1i64},
+            "majorityWriteDate": DateTime::now(),
+        },
+    );
+}
+
 /// Records the handshake's client metadata (`client.application.name`) on the connection.
 /// Runs before fail points are evaluated: a `failCommand` with `appName` applies to the
 /// handshake that names the application, as in mongod.
@@ -49,68 +89,18 @@ pub async fn hello(
             .map(String::from)
             .collect();
     }
-    if let Some(set) = &ctx.repl {
-        if cmd.contains_key("topologyVersion") {
-            if let Some(ms) = util::get_i64(cmd, "maxAwaitTimeMS") {
-                let wait = Duration::from_millis(ms.clamp(0, 60_000) as u64);
-                crate::replset::await_topology(ctx, set, cmd, wait).await;
-            }
-        }
-    }
-    // Awaitable hello: a single-node set's topology never changes, so hold the reply for
-    // maxAwaitTimeMS (or until shutdown), as monitors expect.
-    if ctx.repl.is_none() && cmd.contains_key("topologyVersion") {
-        if let Some(ms) = util::get_i64(cmd, "maxAwaitTimeMS") {
-            let mut stop = ctx.shutdown.subscribe();
-            let wait = Duration::from_millis(ms.clamp(0, 60_000) as u64);
-            let _ = tokio::time::timeout(wait, stop.wait_for(|s| *s)).await;
-        }
-    }
-    let me = ctx.config.advertised.clone();
-    let snap_ts = ctx.store.committed_ts();
     let mut d = Document::new();
-    if name == "hello" {
-        d.insert("isWritablePrimary", true);
-    } else {
-        d.insert("ismaster", true);
-    }
-    d.insert(
-        "topologyVersion",
-        doc! {"processId": ctx.process_id, "counter": 0i64},
-    );
-    d.insert("hosts", vec![Bson::String(me.clone())]);
-    d.insert("setName", ctx.config.repl_set.clone());
-    d.insert("setVersion", 1);
-    d.insert("secondary", false);
-    d.insert("primary", me.clone());
-    d.insert("me", me);
-    d.insert("electionId", election_id());
-    d.insert(
-        "lastWrite",
-        doc! {
-            "opTime": {"ts": snap_ts, "t": 1i64},
-            "lastWriteDate": DateTime::now(),
-            "majorityOpTime": {"ts": snap_ts, "t": 1i64},
-            "majorityWriteDate": DateTime::now(),
-        },
-    );
-    if let Some(set) = &ctx.repl {
-        for k in [
-            "isWritablePrimary",
-            "ismaster",
-            "hosts",
-            "setName",
-            "setVersion",
-            "secondary",
-            "primary",
-            "me",
-            "electionId",
-            "lastWrite",
-            "topologyVersion",
-        ] {
-            d.remove(k);
+    match &ctx.repl {
+        Some(set) => {
+            if cmd.contains_key("topologyVersion") {
+                if let Some(ms) = util::get_i64(cmd, "maxAwaitTimeMS") {
+                    let wait = Duration::from_millis(ms.clamp(0, 60_000) as u64);
+                    crate::replset::await_topology(ctx, set, cmd, wait).await;
+                }
+            }
+            crate::replset::hello_fields(ctx, set, name != "hello", &mut d);
         }
-        crate::replset::hello_fields(ctx, set, name != "hello", &mut d);
+        None => single_node_fields(ctx, cmd, name, &mut d).await,
     }
     d.insert("helloOk", true);
     d.insert("maxBsonObjectSize", wire::MAX_BSON_OBJECT_SIZE as i32);

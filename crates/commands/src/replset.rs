@@ -63,44 +63,9 @@ const ANY_STATE: &[&str] = &[
     "getClusterParameter",
 ];
 
-/// Commands that write (so only a primary takes them).
-const WRITES: &[&str] = &[
-    "insert",
-    "update",
-    "delete",
-    "findAndModify",
-    "findandmodify",
-    "bulkWrite",
-    "create",
-    "drop",
-    "dropDatabase",
-    "renameCollection",
-    "collMod",
-    "createIndexes",
-    "dropIndexes",
-    "deleteIndexes",
-    "commitTransaction",
-    "abortTransaction",
-    "createUser",
-    "updateUser",
-    "dropUser",
-    "dropAllUsersFromDatabase",
-    "grantRolesToUser",
-    "revokeRolesFromUser",
-    "createRole",
-    "updateRole",
-    "dropRole",
-    "dropAllRolesFromDatabase",
-    "grantPrivilegesToRole",
-    "revokePrivilegesFromRole",
-    "grantRolesToRole",
-    "revokeRolesFromRole",
-    "setClusterParameter",
-];
-
 /// Whether a command writes.
 pub fn writes(name: &str, cmd: &Document) -> bool {
-    if WRITES.contains(&name) || cmd.contains_key("autocommit") {
+    if crate::write_concern::WRITES.contains(&name) || cmd.contains_key("autocommit") {
         return true;
     }
     name == "aggregate"

@@ -10,27 +10,25 @@
 use bson::{Bson, Document, doc};
 use errors::{ErrorCode, MongoError, Result};
 
-/// Commands that accept a write concern; any other refuses one, as MongoDB does.
-const SUPPORTED: &[&str] = &[
+/// Commands that write: they accept a write concern, and only a replica set's primary
+/// takes them.
+pub const WRITES: &[&str] = &[
     "insert",
     "update",
     "delete",
     "findAndModify",
     "findandmodify",
     "bulkWrite",
-    "aggregate",
     "create",
-    "createIndexes",
     "drop",
     "dropDatabase",
+    "renameCollection",
+    "collMod",
+    "createIndexes",
     "dropIndexes",
     "deleteIndexes",
-    "collMod",
-    "renameCollection",
     "commitTransaction",
     "abortTransaction",
-    "setClusterParameter",
-    "setFeatureCompatibilityVersion",
     "createUser",
     "updateUser",
     "dropUser",
@@ -45,7 +43,15 @@ const SUPPORTED: &[&str] = &[
     "revokePrivilegesFromRole",
     "grantRolesToRole",
     "revokeRolesFromRole",
+    "setClusterParameter",
 ];
+
+/// Whether `name` accepts a write concern (any other refuses one, as MongoDB does): the
+/// commands that write, and `aggregate` (for `$out`/`$merge`) and
+/// `setFeatureCompatibilityVersion`.
+fn supported(name: &str) -> bool {
+    WRITES.contains(&name) || matches!(name, "aggregate" | "setFeatureCompatibilityVersion")
+}
 
 /// The data-bearing members of this replica set.
 const MEMBERS: i64 = 1;
@@ -71,7 +77,7 @@ pub fn parse(name: &str, cmd: &Document) -> Result<Option<WriteConcern>> {
     let Some(v) = cmd.get("writeConcern") else {
         return Ok(None);
     };
-    if !SUPPORTED.contains(&name) {
+    if !supported(name) {
         return Err(MongoError::new(
             ErrorCode::InvalidOptions,
             "Command does not support writeConcern",

@@ -184,6 +184,15 @@ impl LogStore {
     }
 
     /// Reads entries `[start, end)` from the cache, or else from the log.
+    /// The index after the log's last entry.
+    fn log_end(&self) -> u64 {
+        self.inner
+            .last
+            .lock()
+            .unwrap()
+            .map_or(0, |(l, _)| l.index + 1)
+    }
+
     /// Reads entries from `start` on, up to `end` (exclusive) or about [`CHUNK_BYTES`]
     /// (at least one): one replication message, small enough that it never holds up the
     /// leader's heartbeats on the same stream for long.
@@ -271,13 +280,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, SE> {
         let (start, end) = bounds(&range);
-        let last = self
-            .inner
-            .last
-            .lock()
-            .unwrap()
-            .map_or(0, |(l, _)| l.index + 1);
-        let end = end.min(last);
+        let end = end.min(self.log_end());
         let mut out = Vec::new();
         let mut at = start;
         while at < end {
@@ -296,13 +299,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         start: u64,
         end: u64,
     ) -> Result<Vec<Entry<TypeConfig>>, SE> {
-        let last = self
-            .inner
-            .last
-            .lock()
-            .unwrap()
-            .map_or(0, |(l, _)| l.index + 1);
-        self.entries(start, end.min(last))
+        self.entries(start, end.min(self.log_end()))
     }
 }
 

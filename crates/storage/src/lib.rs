@@ -440,6 +440,13 @@ impl Store {
     /// # Errors
     /// On storage failure.
     pub fn snapshot(&self) -> Result<Snapshot> {
+        self.snapshot_upto(None)
+    }
+
+    /// A read view of what is committed, up to clusterTime `cap` when given: the pending
+    /// layers of later batches are left out (redb's last commit never holds more than
+    /// `cap` when it is the majority point, see `replica`).
+    fn snapshot_upto(&self, cap: Option<Timestamp>) -> Result<Snapshot> {
         // Under the read lock, no batch is published and redb commits nothing between
         // opening the read transaction and taking its clusterTime and pending layers.
         let (txn, ts, pending) = {
@@ -448,11 +455,17 @@ impl Store {
                 .visible
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            (
-                self.inner.db.begin_read().map_err(storage_err)?,
-                v.ts,
-                v.pending.clone(),
-            )
+            let txn = self.inner.db.begin_read().map_err(storage_err)?;
+            match cap {
+                Some(c) if oplog::ts_key(c) < oplog::ts_key(v.ts) => (
+                    txn,
+                    c,
+                    v.pending
+                        .as_ref()
+                        .and_then(|p| p.at_or_before(oplog::ts_key(c))),
+                ),
+                _ => (txn, v.ts, v.pending.clone()),
+            }
         };
         Snapshot::new(txn, self.inner.log.clone(), ts, pending)
     }

@@ -745,8 +745,7 @@ impl crate::Store {
             .into_iter()
             .map(|f| {
                 let mut b = Vec::with_capacity(f.h.total_len as usize);
-                let hb = whole_header(&f.h);
-                b.extend_from_slice(&hb);
+                b.extend_from_slice(&f.h.encode());
                 b.extend_from_slice(&f.entries);
                 b.extend_from_slice(&f.redo);
                 ReplFrame {
@@ -759,24 +758,6 @@ impl crate::Store {
     }
 }
 
-/// A frame header's bytes, as written.
-fn whole_header(h: &FrameHeader) -> [u8; FRAME_HEADER_BYTES] {
-    let mut b = [0u8; FRAME_HEADER_BYTES];
-    b[0..4].copy_from_slice(&frame::FRAME_MAGIC.to_le_bytes());
-    b[4..8].copy_from_slice(&h.head_crc.to_le_bytes());
-    b[8..12].copy_from_slice(&h.total_len.to_le_bytes());
-    b[12..16].copy_from_slice(&h.redo_crc.to_le_bytes());
-    b[16..24].copy_from_slice(&h.lsn.to_le_bytes());
-    b[24..32].copy_from_slice(&h.prior_ts.to_le_bytes());
-    b[32..40].copy_from_slice(&h.last_ts.to_le_bytes());
-    b[40..44].copy_from_slice(&h.n_entries.to_le_bytes());
-    b[44..48].copy_from_slice(&h.entries_len.to_le_bytes());
-    b[48..52].copy_from_slice(&h.stamp.term.to_le_bytes());
-    b[52..54].copy_from_slice(&h.stamp.leader.to_le_bytes());
-    b[54] = h.stamp.kind as u8;
-    b
-}
-
 impl crate::Store {
     /// A read view of what a majority holds (`readConcern: "majority"`): the tables as
     /// redb last committed them (never more than a majority holds, see this module) and the
@@ -786,30 +767,9 @@ impl crate::Store {
     /// # Errors
     /// On storage failure.
     pub fn snapshot_majority(&self) -> Result<crate::snapshot::Snapshot> {
-        let Some(r) = self.inner.repl.get() else {
-            return self.snapshot();
-        };
-        let (txn, ts, pending) = {
-            let v = self
-                .inner
-                .visible
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let majority = *r.majority.borrow();
-            let ts = if oplog::ts_key(majority) < oplog::ts_key(v.ts) {
-                majority
-            } else {
-                v.ts
-            };
-            (
-                self.inner.db.begin_read().map_err(storage_err)?,
-                ts,
-                v.pending
-                    .as_ref()
-                    .and_then(|p| p.at_or_before(oplog::ts_key(ts))),
-            )
-        };
-        crate::snapshot::Snapshot::new(txn, self.inner.log.clone(), ts, pending)
+        // The majority point only grows: read before the snapshot, it bounds it safely.
+        let cap = self.inner.repl.get().map(|r| *r.majority.borrow());
+        self.snapshot_upto(cap)
     }
 }
 

@@ -92,6 +92,24 @@ impl FrameHeader {
         (self.total_len as usize).saturating_sub(FRAME_HEADER_BYTES + self.entries_len as usize)
     }
 
+    /// The header's bytes, as written (with `head_crc` as it is).
+    pub fn encode(&self) -> [u8; FRAME_HEADER_BYTES] {
+        let mut b = [0u8; FRAME_HEADER_BYTES];
+        b[0..4].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
+        b[4..8].copy_from_slice(&self.head_crc.to_le_bytes());
+        b[8..12].copy_from_slice(&self.total_len.to_le_bytes());
+        b[12..16].copy_from_slice(&self.redo_crc.to_le_bytes());
+        b[16..24].copy_from_slice(&self.lsn.to_le_bytes());
+        b[24..32].copy_from_slice(&self.prior_ts.to_le_bytes());
+        b[32..40].copy_from_slice(&self.last_ts.to_le_bytes());
+        b[40..44].copy_from_slice(&self.n_entries.to_le_bytes());
+        b[44..48].copy_from_slice(&self.entries_len.to_le_bytes());
+        b[48..52].copy_from_slice(&self.stamp.term.to_le_bytes());
+        b[52..54].copy_from_slice(&self.stamp.leader.to_le_bytes());
+        b[54] = self.stamp.kind as u8;
+        b
+    }
+
     /// Offset of the next frame after one starting at `offset`.
     pub fn next_offset(&self, offset: u64) -> u64 {
         align(offset + u64::from(self.total_len))
@@ -231,19 +249,8 @@ impl FrameBuf {
         let total_len = self.buf.len();
         let padded = align(total_len as u64) as usize;
         self.buf.resize(padded, 0);
-        let h = &mut self.buf[..FRAME_HEADER_BYTES];
-        h[0..4].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
-        h[8..12].copy_from_slice(&(total_len as u32).to_le_bytes());
-        h[12..16].copy_from_slice(&crc32c::crc32c(redo).to_le_bytes());
-        h[16..24].copy_from_slice(&lsn.to_le_bytes());
-        h[24..32].copy_from_slice(&prior_ts.to_le_bytes());
-        h[32..40].copy_from_slice(&last_ts.to_le_bytes());
-        h[40..44].copy_from_slice(&self.n_entries.to_le_bytes());
-        h[44..48].copy_from_slice(&(entries_len as u32).to_le_bytes());
-        h[48..56].fill(0);
-        let crc = seal(&mut self.buf);
-        let h = FrameHeader {
-            head_crc: crc,
+        let mut h = FrameHeader {
+            head_crc: 0,
             total_len: total_len as u32,
             redo_crc: crc32c::crc32c(redo),
             lsn,
@@ -253,6 +260,8 @@ impl FrameBuf {
             entries_len: entries_len as u32,
             stamp: Stamp::default(),
         };
+        self.buf[..FRAME_HEADER_BYTES].copy_from_slice(&h.encode());
+        h.head_crc = seal(&mut self.buf);
         (&self.buf, h)
     }
 }
