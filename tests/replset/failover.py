@@ -55,7 +55,7 @@ class Member:
     def start(self):
         self.proc = subprocess.Popen(
             [EDDY, "--port", str(self.port), "--dbpath", self.dbpath, "--replSet", "rs0",
-             "--setParameter", "enableTestCommands=1"],
+             "--setParameter", "enableTestCommands=1"] + getattr(self, "extra", []),
             stdout=self.log, stderr=self.log)
         deadline = time.time() + 30
         while time.time() < deadline:

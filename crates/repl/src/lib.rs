@@ -22,7 +22,6 @@ pub mod log;
 pub mod net;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Cursor;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -115,6 +114,7 @@ openraft::declare_raft_types!(
         R = (),
         NodeId = NodeId,
         Node = Member,
+        SnapshotData = tokio::fs::File,
 );
 
 /// The settings of a set (`settings` in its config), fixed when it is initiated.
@@ -404,8 +404,12 @@ impl ReplSet {
             // fails and the second succeeds: both fit in electionTimeoutMillis this way.
             election_timeout_min: settings.election_timeout_ms / 3,
             election_timeout_max: settings.election_timeout_ms / 2,
+            // Images of the tables (snapshots) are taken when the oplog's bounds want log
+            // frames released (see `release_log`), not by entry counts.
             snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: u64::MAX,
+            // A chunk's answer waits for the image to be installed, when it is the last.
+            install_snapshot_timeout: 120_000,
             max_payload_entries: 256,
             ..Config::default()
         };
@@ -435,6 +439,7 @@ impl ReplSet {
                 self.incarnation,
             ));
         }
+        tokio::spawn(release_log(self.store.clone(), raft.clone()));
         tokio::spawn(watch_metrics(Arc::downgrade(self), raft));
         Ok(running)
     }
@@ -1115,6 +1120,63 @@ async fn forward_proposals(
 
 /// Follows Raft's metrics: this member's state, the primary, the membership, and whether
 /// it may take writes.
+/// How long frames Raft purged stay readable (see `release_log`).
+const PURGE_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Releases log frames the oplog's bounds want gone (`ReplShared::purge_wanted`): takes
+/// an image of the tables (a Raft snapshot) that covers them, then has Raft purge them,
+/// so that a member that would still need them is sent the image instead.
+async fn release_log(store: Store, raft: Raft<TypeConfig>) {
+    let Some(shared) = store.repl().cloned() else {
+        return;
+    };
+    let mut asked_at: Option<(std::time::Instant, u64)> = None;
+    let mut purges: std::collections::VecDeque<(std::time::Instant, u64)> = Default::default();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let wanted = shared.purge_wanted.load(Ordering::SeqCst);
+        let purged = shared.purged.load(Ordering::SeqCst);
+        // A replication request made before a purge may still read the frames it purged
+        // (openraft retries a request after a backoff): they are released for deletion
+        // only after a grace period.
+        if purges.back().map_or(0, |p| p.1) < purged {
+            purges.push_back((std::time::Instant::now(), purged));
+        }
+        while let Some(&(at, lsn)) = purges.front() {
+            if at.elapsed() < PURGE_GRACE {
+                break;
+            }
+            shared.released.fetch_max(lsn, Ordering::SeqCst);
+            purges.pop_front();
+        }
+        if wanted <= purged {
+            continue;
+        }
+        let m = raft.metrics().borrow().clone();
+        if m.state == ServerState::Shutdown {
+            return;
+        }
+        let image = m.snapshot.map_or(0, |l| l.index + 1);
+        if image < wanted {
+            // One image at a time; another only once the last is taken (or after a while,
+            // if taking it failed).
+            let waiting = asked_at.is_some_and(|(at, from)| {
+                from == image && at.elapsed() < std::time::Duration::from_secs(60)
+            });
+            if !waiting {
+                asked_at = Some((std::time::Instant::now(), image));
+                if raft.trigger().snapshot().await.is_err() {
+                    return;
+                }
+            }
+        }
+        let upto = image.min(wanted);
+        if upto > purged && raft.trigger().purge_log(upto - 1).await.is_err() {
+            return;
+        }
+    }
+}
+
 async fn watch_metrics(set: std::sync::Weak<ReplSet>, raft: Raft<TypeConfig>) {
     let mut rx = raft.metrics();
     let mut m = rx.borrow_and_update().clone();

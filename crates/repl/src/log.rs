@@ -109,6 +109,13 @@ impl LogStore {
             .last_frame()
             .map_err(|e| e.message)?
             .map(|h| (log_id(h.lsn, h.stamp), h.last_ts));
+        if let (Some(r), Some(p)) = (store.repl(), meta.purged) {
+            // Nothing from before this start reads purged frames any more.
+            r.purged
+                .fetch_max(p.index + 1, std::sync::atomic::Ordering::SeqCst);
+            r.released
+                .fetch_max(p.index + 1, std::sync::atomic::Ordering::SeqCst);
+        }
         Ok(LogStore {
             inner: Arc::new(LogInner {
                 store,
@@ -219,11 +226,19 @@ impl LogStore {
                 }
             }
         }
-        let frames = self
-            .inner
-            .store
-            .read_frames(start + 1, end, CHUNK_BYTES)
-            .map_err(|e| log_err(e.message))?;
+        let frames = match self.inner.store.read_frames(start + 1, end, CHUNK_BYTES) {
+            Ok(f) => f,
+            Err(e) => {
+                let purged = self.inner.meta.lock().unwrap().purged;
+                if purged.is_some_and(|p| start <= p.index) {
+                    // Purged and gone (which the grace period before deletion should
+                    // prevent): nothing; the member is sent an image instead.
+                    tracing::warn!(index = start, error = %e.message, "asked for purged log entries");
+                    return Ok(Vec::new());
+                }
+                return Err(log_err(e.message));
+            }
+        };
         frames.iter().map(frame_entry).collect()
     }
 }
@@ -386,7 +401,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .unwrap()
             .retain(|&k, _| k > log_id.index);
         self.save_meta()
-            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+        if let Some(r) = self.inner.store.repl() {
+            r.purged
+                .fetch_max(log_id.index + 1, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(())
     }
 }
 
@@ -441,7 +461,7 @@ pub(crate) fn applied_id(store: &Store) -> Option<LogId<NodeId>> {
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotBuilder = NoSnapshots;
+    type SnapshotBuilder = ImageBuilder;
 
     async fn applied_state(
         &mut self,
@@ -469,40 +489,243 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        NoSnapshots
+        ImageBuilder {
+            log: self.log.clone(),
+        }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<std::io::Cursor<Vec<u8>>>, SE> {
-        Err(no_snapshots())
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, SE> {
+        let dir = images_dir(self.store());
+        let path = dir.join(INCOMING);
+        let f = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir)?;
+            std::fs::File::create(&path)
+        })
+        .await
+        .map_err(|e| snap_err(ErrorVerb::Write, e))?
+        .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        Ok(Box::new(tokio::fs::File::from_std(f)))
     }
 
     async fn install_snapshot(
         &mut self,
-        _meta: &SnapshotMeta<NodeId, Member>,
-        _snapshot: Box<std::io::Cursor<Vec<u8>>>,
+        meta: &SnapshotMeta<NodeId, Member>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), SE> {
-        Err(no_snapshots())
+        use tokio::io::AsyncWriteExt;
+        let mut f = snapshot;
+        f.flush().await.map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        f.sync_all()
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        drop(f);
+        let store = self.store().clone();
+        let dir = images_dir(&store);
+        let path = keep_image(&dir, &dir.join(INCOMING), meta)
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            "installing an image of the tables from the primary (initial sync)"
+        );
+        let pos = store
+            .install_image(path)
+            .await
+            .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e.message))?;
+        // Raft's log now begins after the image (or still holds the frames after it).
+        let inner = &self.log.inner;
+        inner.cache.lock().unwrap().retain(|&k, _| k + 1 > pos.lsn);
+        let last = store
+            .last_frame()
+            .map_err(|e| log_err(e.message))?
+            .map(|h| (log_id(h.lsn, h.stamp), h.last_ts));
+        *inner.last.lock().unwrap() = last;
+        {
+            let mut m = inner.meta.lock().unwrap();
+            if m.purged < meta.last_log_id {
+                m.purged = meta.last_log_id;
+            }
+        }
+        self.log
+            .save_meta()
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+        if let Some(r) = store.repl() {
+            r.purged
+                .fetch_max(pos.lsn, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SE> {
-        Ok(None)
+        let dir = images_dir(self.store());
+        let found = tokio::task::spawn_blocking(move || current_image(&dir))
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Read, e))?
+            .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        let Some((meta, path)) = found else {
+            return Ok(None);
+        };
+        let f = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(f),
+        }))
     }
 }
 
-fn no_snapshots() -> SE {
-    io_err(
-        ErrorSubject::Snapshot(None),
-        ErrorVerb::Read,
-        "this member cannot take or install snapshots: members catch up from the log, which is kept whole",
-    )
+/// Where a member keeps its image of the tables (Raft's snapshot): `<id>.img` and its
+/// Raft metadata `<id>.meta`; one received is written to [`INCOMING`] first.
+fn images_dir(store: &Store) -> PathBuf {
+    store.path().join("raft-snapshot")
 }
 
-/// Snapshots are never taken (the snapshot policy is `Never` and the log is never purged
-/// for Raft's sake): a member that joins or falls behind catches up from the log.
-pub struct NoSnapshots;
+const INCOMING: &str = "incoming.img";
 
-impl RaftSnapshotBuilder<TypeConfig> for NoSnapshots {
+fn snap_err(verb: ErrorVerb, e: impl ToString) -> SE {
+    io_err(ErrorSubject::Snapshot(None), verb, e)
+}
+
+/// A file name for a snapshot id (which openraft passes around as text).
+fn image_name(id: &str) -> String {
+    id.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect()
+}
+
+/// Makes the image at `from` this member's current one (with `meta` beside it), and
+/// deletes any older one. Returns its path.
+async fn keep_image(
+    dir: &std::path::Path,
+    from: &std::path::Path,
+    meta: &SnapshotMeta<NodeId, Member>,
+) -> io::Result<PathBuf> {
+    let dir = dir.to_path_buf();
+    let from = from.to_path_buf();
+    let meta = meta.clone();
+    tokio::task::spawn_blocking(move || {
+        let name = image_name(&meta.snapshot_id);
+        let img = dir.join(format!("{name}.img"));
+        let meta_path = dir.join(format!("{name}.meta"));
+        std::fs::rename(&from, &img)?;
+        let b = crate::encode(&meta).map_err(io::Error::other)?;
+        let tmp = meta_path.with_extension("tmp");
+        std::fs::write(&tmp, b)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &meta_path)?;
+        for e in std::fs::read_dir(&dir)?.flatten() {
+            let p = e.path();
+            let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+            if stem != name && p != dir.join(INCOMING) {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+        std::fs::File::open(&dir)?.sync_all()?;
+        Ok(img)
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
+/// This member's current image and its metadata, if it has one.
+fn current_image(
+    dir: &std::path::Path,
+) -> io::Result<Option<(SnapshotMeta<NodeId, Member>, PathBuf)>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut best: Option<(SnapshotMeta<NodeId, Member>, PathBuf)> = None;
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.extension().and_then(|x| x.to_str()) != Some("meta") {
+            continue;
+        }
+        let img = p.with_extension("img");
+        if !img.exists() {
+            continue;
+        }
+        let meta: SnapshotMeta<NodeId, Member> =
+            crate::decode(&std::fs::read(&p)?).map_err(io::Error::other)?;
+        if best
+            .as_ref()
+            .is_none_or(|(b, _)| b.last_log_id < meta.last_log_id)
+        {
+            best = Some((meta, img));
+        }
+    }
+    Ok(best)
+}
+
+/// Takes images of the tables (Raft's snapshots), when the oplog's bounds want log
+/// frames released (see `crate::ReplSet`).
+pub struct ImageBuilder {
+    log: LogStore,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for ImageBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SE> {
-        Err(no_snapshots())
+        let store = self.log.inner.store.clone();
+        let dir = images_dir(&store);
+        let started = std::time::Instant::now();
+        let (info, tmp) = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            let tmp = dir.join("building.img");
+            let f = std::fs::File::create(&tmp).map_err(|e| e.to_string())?;
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+            let info = store
+                .write_image(&mut w, &format!("setting:{MEMBERSHIP_SETTING}"))
+                .map_err(|e| e.message)?;
+            let f = w.into_inner().map_err(|e| e.to_string())?;
+            f.sync_all().map_err(|e| e.to_string())?;
+            Ok::<_, String>((info, tmp))
+        })
+        .await
+        .map_err(|e| snap_err(ErrorVerb::Write, e))?
+        .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        let pos = info.pos;
+        let last_log_id = (pos.lsn > 0).then(|| {
+            log_id(
+                pos.lsn,
+                Stamp {
+                    term: pos.term,
+                    leader: pos.leader,
+                    kind: FrameKind::Batch,
+                },
+            )
+        });
+        let last_membership = match &info.wanted_meta {
+            Some(v) => membership_of(&bson::from_slice(v).map_err(log_err)?)?,
+            None => StoredMembership::default(),
+        };
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        let meta = SnapshotMeta {
+            last_log_id,
+            last_membership,
+            snapshot_id: format!("{}-{}-{millis}", pos.lsn, pos.term),
+        };
+        let dir = images_dir(&self.log.inner.store);
+        let img = keep_image(&dir, &tmp, &meta)
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        tracing::info!(
+            lsn = pos.lsn,
+            records = info.records,
+            mb = info.bytes as f64 / 1e6,
+            ms = started.elapsed().as_millis() as u64,
+            "took an image of the tables (a Raft snapshot)"
+        );
+        let f = tokio::fs::File::open(&img)
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(f),
+        })
     }
 }

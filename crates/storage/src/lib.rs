@@ -25,6 +25,7 @@
 //! `doc::keystring`, and the caller decides which keys a document has.
 
 pub mod catalog;
+pub mod image;
 pub mod oplog;
 mod pending;
 pub mod pipeline;
@@ -588,7 +589,7 @@ fn load_next_id(db: &Database, state: &mut WriterState) -> Result<()> {
 }
 
 /// Whether dropped collections or indexes were left to purge (by a restart, or a crash).
-fn has_gc_marks(db: &Database) -> Result<bool> {
+pub(crate) fn has_gc_marks(db: &Database) -> Result<bool> {
     let txn = db.begin_read().map_err(storage_err)?;
     let meta = txn.open_table(META).map_err(storage_err)?;
     let mut marks = meta.range::<&str>("gc:".."gc;").map_err(storage_err)?;

@@ -78,6 +78,10 @@ const PENDING_HARD_BYTES: usize = 4 * PENDING_MAX_BYTES;
 pub(crate) type Completion = Box<dyn FnOnce(Result<()>) + Send>;
 pub(crate) type Job = Box<dyn for<'a> FnOnce(&mut WriteCtx<'a>) -> Completion + Send>;
 
+/// Where the pipeline answers a request for an image's read transaction and position.
+pub(crate) type ImageReply =
+    Box<dyn FnOnce(Result<(redb::ReadTransaction, crate::image::ImagePos)>) + Send>;
+
 /// What the pipeline is asked to do.
 pub(crate) enum Msg {
     Job(Job),
@@ -91,6 +95,13 @@ pub(crate) enum Msg {
     Truncate(u64, Completion),
     /// ... a proposal the consensus layer refused.
     Rejected(u64),
+    /// ... a read transaction for an image of the tables, and the frame it holds.
+    Image(ImageReply),
+    /// ... replace the tables with an image (a file, already read whole once).
+    Install(
+        std::path::PathBuf,
+        Box<dyn FnOnce(Result<crate::image::ImagePos>) + Send>,
+    ),
 }
 
 /// What the pipeline carries between batches.
@@ -122,7 +133,9 @@ pub(crate) struct WriterState {
     pub(crate) frame: FrameBuf,
     pub(crate) redo: Redo,
     /// Segments before this one are dropped once the batch commits.
-    drop_before: Option<u64>,
+    pub(crate) drop_before: Option<u64>,
+    /// On a replica set member: what replication shares (the log's bounds wait for it).
+    pub(crate) repl_shared: Option<Arc<crate::replica::ReplShared>>,
     /// Decoded catalog records, so that a write does not decode its collection's record
     /// each time. Every catalog change goes through `Tables::change`, which drops the
     /// entry; a failed batch drops them all.
@@ -157,6 +170,7 @@ impl WriterState {
             frame: FrameBuf::default(),
             redo: Redo::default(),
             drop_before: None,
+            repl_shared: None,
             catalog_cache: std::collections::HashMap::new(),
             building: Building::default(),
             range_op: false,
@@ -312,6 +326,7 @@ impl Pipeline {
     pub(crate) fn set_replicated(&self, r: crate::replica::ReplState) {
         self.queue.lock().unwrap().replicated = true;
         if let Some(w) = self.writer().as_mut() {
+            w.state.repl_shared = Some(r.shared.clone());
             w.repl = Some(r);
         }
     }
@@ -378,6 +393,8 @@ impl Pipeline {
                 Msg::Apply(frames, done) => w.repl_apply(frames, done),
                 Msg::Truncate(lsn, done) => w.repl_truncate(lsn, done),
                 Msg::Rejected(p) => w.repl_rejected(p),
+                Msg::Image(reply) => reply(w.image_point()),
+                Msg::Install(path, reply) => reply(w.install_image(&path)),
                 Msg::Job(_) => {}
             }
         }
@@ -489,6 +506,14 @@ impl Pipeline {
                     }
                     Msg::Apply(_, done) | Msg::Truncate(_, done) => {
                         done(Err(crate::shutting_down()));
+                        None
+                    }
+                    Msg::Image(reply) => {
+                        reply(Err(crate::shutting_down()));
+                        None
+                    }
+                    Msg::Install(_, reply) => {
+                        reply(Err(crate::shutting_down()));
                         None
                     }
                     Msg::Rejected(_) => None,
@@ -711,6 +736,10 @@ impl Writer {
         }
         vis.pending = None;
         drop(vis);
+        if let Some(r) = self.repl.as_mut() {
+            // Settled: the tables hold exactly the frames a majority holds.
+            r.image_at = r.applied_pos();
+        }
         self.purged = false;
         self.pending_redo.clear();
         self.pending_bytes = 0;
@@ -896,7 +925,7 @@ impl Writer {
     }
 
     /// Deletes the segments a committed batch truncated.
-    fn drop_segments(&mut self) {
+    pub(crate) fn drop_segments(&mut self) {
         let Some(keep) = self.state.drop_before.take() else {
             return;
         };
@@ -915,6 +944,55 @@ impl Writer {
             }
         }
     }
+}
+
+/// The segments to drop while the log is over its size bound: the oldest sealed ones that
+/// a checkpoint covers, that are older than the minimum retention and, on a replica set
+/// member, that the consensus layer no longer needs (else it is asked to release them).
+/// Returns the first segment kept and the newest clusterTime key dropped.
+pub(crate) fn segment_cut(log: &Log, state: &mut WriterState) -> Option<(u64, u64)> {
+    let limit = state.opts.oplog_size_bytes;
+    if log.bytes() <= limit {
+        return None;
+    }
+    let min_keep = state.opts.oplog_min_retention.map(|d| {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        now.saturating_sub(d).as_secs() as u32
+    });
+    let released = state
+        .repl_shared
+        .as_ref()
+        .map(|r| r.released.load(Ordering::SeqCst));
+    let segs = log.segs();
+    let mut total: u64 = segs.iter().map(|s| s.end).sum();
+    let mut cut = None;
+    let mut wanted = 0;
+    // Never the newest segment: it is being written, and it knows the last time.
+    for s in &segs[..segs.len().saturating_sub(1)] {
+        if total <= limit {
+            break;
+        }
+        if s.first_lsn != 0 && s.last_lsn > state.checkpoint_lsn {
+            state.checkpoint_wanted = true;
+            break;
+        }
+        if min_keep.is_some_and(|t| oplog::key_ts(s.last_ts).time >= t) {
+            break;
+        }
+        total -= s.end;
+        if released.is_some_and(|r| s.last_lsn > r) {
+            // Every segment the bounds would drop is asked for at once.
+            wanted = s.last_lsn;
+        } else if wanted == 0 {
+            cut = Some((s.seq + 1, s.last_ts));
+        }
+    }
+    if let (Some(shared), true) = (&state.repl_shared, wanted > 0) {
+        shared.purge_wanted.fetch_max(wanted, Ordering::SeqCst);
+    }
+    cut
 }
 
 /// The redb tables of one write transaction, each opened when first used: opening all
@@ -964,7 +1042,7 @@ fn key_pair(k: &[u8]) -> std::result::Result<(u64, u32), String> {
     ))
 }
 
-fn pair_bytes(k: (u64, u32)) -> [u8; 12] {
+pub(crate) fn pair_bytes(k: (u64, u32)) -> [u8; 12] {
     let mut b = [0u8; 12];
     b[..8].copy_from_slice(&k.0.to_be_bytes());
     b[8..].copy_from_slice(&k.1.to_be_bytes());
@@ -1327,39 +1405,10 @@ impl<'t> Tables<'t> {
         Ok(())
     }
 
-    /// Chooses the oldest segments to drop while the log is over its size bound: sealed
-    /// ones that a checkpoint covers and that are older than the minimum retention. Their
-    /// pre-images go in this batch; the files go once it commits.
+    /// Chooses the oldest segments to drop while the log is over its size bound (see
+    /// [`segment_cut`]). Their pre-images go in this batch; the files go once it commits.
     fn plan_truncation(&mut self) -> Result<()> {
-        let limit = self.state.opts.oplog_size_bytes;
-        if self.log.bytes() <= limit {
-            return Ok(());
-        }
-        let min_keep = self.state.opts.oplog_min_retention.map(|d| {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default();
-            now.saturating_sub(d).as_secs() as u32
-        });
-        let segs = self.log.segs();
-        let mut total: u64 = segs.iter().map(|s| s.end).sum();
-        let mut cut = None;
-        // Never the newest segment: it is being written, and it knows the last time.
-        for s in &segs[..segs.len().saturating_sub(1)] {
-            if total <= limit {
-                break;
-            }
-            if s.first_lsn != 0 && s.last_lsn > self.state.checkpoint_lsn {
-                self.state.checkpoint_wanted = true;
-                break;
-            }
-            if min_keep.is_some_and(|t| oplog::key_ts(s.last_ts).time >= t) {
-                break;
-            }
-            total -= s.end;
-            cut = Some((s.seq + 1, s.last_ts));
-        }
-        let Some((keep, upto)) = cut else {
+        let Some((keep, upto)) = segment_cut(self.log, self.state) else {
             return Ok(());
         };
         self.state.drop_before = Some(keep);

@@ -36,6 +36,7 @@ use bson::Timestamp;
 use errors::{ErrorCode, MongoError, Result};
 use tokio::sync::watch;
 
+use crate::image::ImagePos;
 use crate::oplog;
 use crate::pending::Building;
 use crate::pipeline::{Completion, Handles, Job, Writer};
@@ -123,6 +124,15 @@ pub struct ReplShared {
     pub applied: std::sync::Mutex<(u64, u32, u16)>,
     /// This member's last batch in its log: `(lsn, term)` (what a write concern waits for).
     pub last_own: std::sync::Mutex<(u64, u32)>,
+    /// The consensus layer purged the log's frames up to this lsn (it sends an image to a
+    /// member that would need them).
+    pub purged: AtomicU64,
+    /// ... and no longer reads them, even for a request made before the purge: the
+    /// oplog's bounds may drop them (it follows `purged` after a grace period).
+    pub released: AtomicU64,
+    /// The oplog's bounds want the frames up to this lsn gone: the consensus layer takes
+    /// an image and releases them (then `purged` follows).
+    pub purge_wanted: AtomicU64,
 }
 
 /// The pipeline's replication state.
@@ -133,16 +143,38 @@ pub(crate) struct ReplState {
     parked: VecDeque<Parked>,
     /// Lsns of this node's batches the tables hold before a majority does.
     spec: BTreeSet<u64>,
+    /// The clusterTime key of the last frame applied as majority-committed.
+    applied_ts: u64,
+    /// The frame the last redb commit holds the tables as of (what an image is taken at).
+    pub(crate) image_at: ImagePos,
 }
 
 impl ReplState {
-    pub(crate) fn new(proposer: Arc<dyn Proposer>, shared: Arc<ReplShared>) -> ReplState {
+    pub(crate) fn new(
+        proposer: Arc<dyn Proposer>,
+        shared: Arc<ReplShared>,
+        image_at: ImagePos,
+    ) -> ReplState {
         ReplState {
             proposer,
             shared,
             next_proposal: 1,
             parked: VecDeque::new(),
             spec: BTreeSet::new(),
+            applied_ts: image_at.ts,
+            image_at,
+        }
+    }
+
+    /// The position of the last frame applied as majority-committed.
+    pub(crate) fn applied_pos(&self) -> ImagePos {
+        let (lsn, term, leader) = *self.shared.applied.lock().unwrap();
+        ImagePos {
+            lsn,
+            term,
+            leader,
+            ts: self.applied_ts,
+            next_id: 0,
         }
     }
 
@@ -184,6 +216,7 @@ impl Writer {
                 self.state.last_ts = before;
                 self.state.catalog_cache.clear();
                 self.state.touched.clear();
+                self.state.drop_before = None;
                 for c in completions {
                     c(Err(e.clone()));
                 }
@@ -191,6 +224,9 @@ impl Writer {
             }
         };
         self.open = Some(txn);
+        // Segments the batch truncated (their pre-images go with it) were released by the
+        // consensus layer: a rollback of the batch would not need them.
+        self.drop_segments();
         let s = &mut self.state;
         let touched = std::mem::take(&mut s.touched);
         if s.redo.is_empty() && !s.frame.has_entries() {
@@ -334,6 +370,7 @@ impl Writer {
                 }
             }
             self.state.tables_lsn = f.lsn;
+            self.repl().applied_ts = h.last_ts;
             let shared = self.repl().shared.clone();
             *shared.applied.lock().unwrap() = (f.lsn, h.stamp.term, h.stamp.leader);
             let ts = oplog::key_ts(h.last_ts);
@@ -348,6 +385,14 @@ impl Writer {
         }
         if self.repl().settled() && self.commit_wanted() {
             let _ = self.commit_open();
+        }
+        if !self.repl().shared.writable.load(Ordering::SeqCst) {
+            // A secondary's log keeps to the oplog's bounds too (the primary's batches
+            // delete the pre-images).
+            if let Some((keep, _)) = crate::pipeline::segment_cut(&self.log, &mut self.state) {
+                self.state.drop_before = Some(keep);
+                self.drop_segments();
+            }
         }
         done(result);
     }
@@ -553,6 +598,139 @@ impl Writer {
     }
 }
 
+impl Writer {
+    /// A read transaction of the tables as of a frame a majority holds, and that frame:
+    /// the last redb commit (committing the open transaction first when a majority holds
+    /// all of it, so that the image is recent).
+    pub(crate) fn image_point(&mut self) -> Result<(redb::ReadTransaction, ImagePos)> {
+        if self.repl().settled() {
+            self.commit_open()?;
+        }
+        let txn = self.db.begin_read().map_err(storage_err)?;
+        let mut pos = self.repl().image_at;
+        pos.next_id = self.state.next_id.load(Ordering::SeqCst);
+        Ok((txn, pos))
+    }
+
+    /// Replaces the tables with the image at `path` (read whole once already, so known
+    /// to be sound), and empties the log unless it holds the image's last frame.
+    pub(crate) fn install_image(&mut self, path: &std::path::Path) -> Result<ImagePos> {
+        let open = || {
+            std::fs::File::open(path)
+                .map(std::io::BufReader::new)
+                .map_err(|e| storage_err(format!("{}: {e}", path.display())))
+        };
+        let pos = crate::image::read_pos(&mut open()?).map_err(storage_err)?;
+        // Whatever this member held in the open transaction goes.
+        let parked = std::mem::take(&mut self.repl().parked);
+        for p in parked {
+            for c in p.completions {
+                c(Err(repl_state_changed()));
+            }
+        }
+        self.repl().spec.clear();
+        if let Some(t) = self.open.take() {
+            let _ = t.abort();
+        }
+        self.pending_redo.clear();
+        self.pending_bytes = 0;
+        self.pending_since = None;
+        self.has_pending.store(false, Ordering::SeqCst);
+        self.purged = false;
+        self.state.drop_before = None;
+        // The log first: a crash after this leaves the old tables, which the consensus
+        // layer sends an image for again.
+        let keep_log = self
+            .log
+            .read_frames(pos.lsn, pos.lsn, 0)
+            .ok()
+            .and_then(|f| f.first().map(|f| f.h.stamp.term))
+            == Some(pos.term);
+        if !keep_log {
+            if let Err(e) = self.lw.restart(pos.ts) {
+                let e = MongoError::internal(format!(
+                    "the write-ahead log could not be emptied for an initial sync ({e}); no more writes are accepted: restart the server"
+                ));
+                self.state.failed = Some(e.clone());
+                return Err(e);
+            }
+            self.state.next_lsn = pos.lsn + 1;
+        }
+        let r = (|| -> std::result::Result<(), String> {
+            let txn = self.db.begin_write().map_err(|e| e.to_string())?;
+            crate::image::clear_tables(&txn)?;
+            {
+                let mut h = Handles::open(&txn).map_err(|e| e.message)?;
+                crate::image::read(&mut open().map_err(|e| e.message)?, |_, op| h.apply(&op))?;
+                h.set_applied(pos.lsn, pos.ts)?;
+                let mut b = Vec::with_capacity(14);
+                b.extend_from_slice(&pos.lsn.to_be_bytes());
+                b.extend_from_slice(&pos.term.to_be_bytes());
+                b.extend_from_slice(&pos.leader.to_be_bytes());
+                h.apply(&Op::Put(
+                    TableId::Meta,
+                    crate::META_REPL_APPLIED.as_bytes(),
+                    &b,
+                ))?;
+                h.apply(&Op::Put(
+                    TableId::Meta,
+                    META_NEXT_ID.as_bytes(),
+                    &pos.next_id.to_be_bytes(),
+                ))?;
+            }
+            txn.commit().map_err(|e| e.to_string())?;
+            crate::wal::write_checkpoint(self.log.dir(), pos.lsn, pos.ts).map_err(|e| e.to_string())
+        })();
+        if let Err(e) = r {
+            let e = MongoError::internal(format!(
+                "an initial sync image could not be installed ({e}); no more writes are accepted: restart the server"
+            ));
+            self.state.failed = Some(e.clone());
+            return Err(e);
+        }
+        let ts = oplog::key_ts(pos.ts);
+        let s = &mut self.state;
+        s.tables_lsn = pos.lsn;
+        s.checkpoint_lsn = pos.lsn;
+        s.since_checkpoint = 0;
+        s.last_checkpoint = std::time::Instant::now();
+        s.last_ts = ts;
+        s.catalog_cache.clear();
+        s.next_id.fetch_max(pos.next_id, Ordering::SeqCst);
+        s.stored_next_id = pos.next_id;
+        {
+            let mut vis = self
+                .visible
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            vis.pending = None;
+            vis.ts = ts;
+        }
+        let gc = crate::has_gc_marks(&self.db).unwrap_or(true);
+        self.gc_pending.store(gc, Ordering::SeqCst);
+        let r = self.repl();
+        r.applied_ts = pos.ts;
+        r.image_at = pos;
+        let shared = r.shared.clone();
+        *shared.applied.lock().unwrap() = (pos.lsn, pos.term, pos.leader);
+        shared.majority.send_if_modified(|m| {
+            if oplog::ts_key(*m) < pos.ts {
+                *m = ts;
+                true
+            } else {
+                false
+            }
+        });
+        self.committed.send_replace(ts);
+        tracing::info!(
+            lsn = pos.lsn,
+            kept_log = keep_log,
+            "installed an initial sync image of the tables"
+        );
+        Ok(pos)
+    }
+}
+
 impl crate::Store {
     /// Makes this store a replica set member's: from now on batches are proposed to
     /// `proposer` and the consensus layer drives the log (see this module). Call before
@@ -566,11 +744,22 @@ impl crate::Store {
             truncations: AtomicU64::new(0),
             applied: std::sync::Mutex::new(stored),
             last_own: std::sync::Mutex::new((0, 0)),
+            purged: AtomicU64::new(0),
+            released: AtomicU64::new(0),
+            purge_wanted: AtomicU64::new(0),
         });
         let _ = self.inner.repl.set(shared.clone());
+        // The tables as opened are the last checkpoint's: recovery replays nothing after it.
+        let image_at = ImagePos {
+            lsn: stored.0,
+            term: stored.1,
+            leader: stored.2,
+            ts: oplog::ts_key(now),
+            next_id: 0,
+        };
         self.inner
             .pipeline
-            .set_replicated(ReplState::new(proposer, shared.clone()));
+            .set_replicated(ReplState::new(proposer, shared.clone(), image_at));
         shared
     }
 
@@ -629,6 +818,52 @@ impl crate::Store {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.inner.pipeline.submit(crate::pipeline::Msg::Truncate(
             lsn,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        ))?;
+        rx.await.map_err(|_| crate::shutting_down())?
+    }
+
+    /// Writes an image of the tables, as of a frame a majority holds, to `w` (blocking:
+    /// call it off the runtime); `want_meta` names a META record to return as the image
+    /// holds it.
+    ///
+    /// # Errors
+    /// When the tables cannot be read or `w` fails.
+    pub fn write_image(
+        &self,
+        w: &mut dyn std::io::Write,
+        want_meta: &str,
+    ) -> Result<crate::image::ImageInfo> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.inner
+            .pipeline
+            .submit(crate::pipeline::Msg::Image(Box::new(move |r| {
+                let _ = tx.send(r);
+            })))?;
+        let (txn, pos) = rx.recv().map_err(|_| crate::shutting_down())??;
+        crate::image::write(&txn, pos, w, want_meta).map_err(storage_err)
+    }
+
+    /// Replaces the tables with the image in the file at `path` (an initial sync): the
+    /// image is read whole and checked first.
+    ///
+    /// # Errors
+    /// When the image is damaged (nothing changes then), or it cannot be installed (then
+    /// the store takes no more writes).
+    pub async fn install_image(&self, path: std::path::PathBuf) -> Result<ImagePos> {
+        let p = path.clone();
+        tokio::task::spawn_blocking(move || {
+            let f = std::fs::File::open(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+            crate::image::read(&mut std::io::BufReader::new(f), |_, _| Ok(()))
+        })
+        .await
+        .map_err(storage_err)?
+        .map_err(storage_err)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.inner.pipeline.submit(crate::pipeline::Msg::Install(
+            path,
             Box::new(move |r| {
                 let _ = tx.send(r);
             }),
@@ -934,5 +1169,72 @@ mod tests {
         assert_eq!(e.code, ErrorCode::NotWritablePrimary as i32);
         store.close();
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// An image taken on one member installs on another, whose log then continues after
+    /// the image's frame; a damaged image is refused and changes nothing.
+    #[tokio::test]
+    async fn an_image_installs_on_another_member() {
+        let root = std::env::temp_dir().join(format!("eddy-image-{}", bson::oid::ObjectId::new()));
+        let opts = StoreOptions {
+            replicated: true,
+            ..StoreOptions::default()
+        };
+        let a = Store::open(&root.join("a"), opts.clone()).unwrap();
+        let rec = Arc::new(Recorder::default());
+        a.enable_replication(rec.clone())
+            .writable
+            .store(true, Ordering::SeqCst);
+        let coll = 7;
+        let w = insert(&a, coll, 1);
+        let f1 = place(&rec, 1, 1, true).await;
+        append(&a, f1.clone()).await;
+        w.await.unwrap().unwrap();
+        a.repl_apply(vec![f1]).await.unwrap();
+        let img = root.join("a.img");
+        let info = {
+            let mut f = std::fs::File::create(&img).unwrap();
+            a.write_image(&mut f, "setting:none").unwrap()
+        };
+        assert_eq!((info.pos.lsn, info.pos.term), (1, 1));
+        assert!(info.records > 0);
+
+        let b = Store::open(&root.join("b"), opts).unwrap();
+        b.enable_replication(Arc::new(Recorder::default()));
+        // Damaged: refused, nothing changes.
+        let bad = root.join("bad.img");
+        let mut bytes = std::fs::read(&img).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x40;
+        std::fs::write(&bad, bytes).unwrap();
+        assert!(b.install_image(bad).await.is_err());
+        assert!(!has(&b.snapshot().unwrap(), coll, 1));
+
+        let pos = b.install_image(img).await.unwrap();
+        assert_eq!(pos, info.pos);
+        assert!(has(&b.snapshot().unwrap(), coll, 1));
+        assert!(has(&b.snapshot_majority().unwrap(), coll, 1));
+        assert_eq!(b.majority_ts(), a.majority_ts());
+        assert!(
+            b.last_frame().unwrap().is_none(),
+            "the log starts after the image"
+        );
+
+        // A's next batch continues B's log.
+        let w = insert(&a, coll, 2);
+        let f2 = place(&rec, 2, 1, true).await;
+        append(&a, f2.clone()).await;
+        w.await.unwrap().unwrap();
+        let foreign = ReplFrame {
+            proposal: None,
+            ..f2
+        };
+        append(&b, foreign.clone()).await;
+        b.repl_apply(vec![foreign]).await.unwrap();
+        assert!(has(&b.snapshot().unwrap(), coll, 2));
+        assert_eq!(b.last_frame().unwrap().unwrap().lsn, 2);
+        a.close();
+        b.close();
+        let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -277,6 +277,40 @@ impl LogWriter {
         Ok(())
     }
 
+    /// Starts the log afresh after an installed image (see `crate::image`): continues in
+    /// a new, empty segment whose history begins at clusterTime key `prior_ts`, and
+    /// deletes every older segment.
+    ///
+    /// # Errors
+    /// On I/O failure; nothing more may be appended then.
+    pub(crate) fn restart(&mut self, prior_ts: u64) -> io::Result<()> {
+        self.rotate()?;
+        let seq = self.seq;
+        self.log.with_segs(|segs| {
+            if let Some(s) = segs.last_mut() {
+                s.prior_ts = prior_ts;
+                s.last_ts = prior_ts;
+            }
+        });
+        let gone: Vec<u64> = self
+            .log
+            .segs()
+            .iter()
+            .map(|s| s.seq)
+            .filter(|&q| q < seq)
+            .collect();
+        self.log.drop_before(seq);
+        self.log.trim_tail(prior_ts);
+        for q in gone {
+            match std::fs::remove_file(seg_path(self.log.dir(), q)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        sync_dir(self.log.dir())
+    }
+
     /// Waits, if needed, until the frame about to be written cannot meet the preparer's
     /// zeros, and asks for more zeros when they run low.
     fn reserve(&self, len: u64) {
