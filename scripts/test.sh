@@ -53,6 +53,8 @@ stage "replica set: failover (3 members, 5 SIGKILLs of the primary, 2 partitions
 EDDY_BIN=target/release/eddy .venv/bin/python tests/replset/failover.py
 stage "replica set: initial sync (a wiped member, a member that fell off a 1 MB oplog)"
 EDDY_BIN=target/release/eddy .venv/bin/python tests/replset/initial_sync.py
+stage "replica set: access control with a key file"
+EDDY_BIN=target/release/eddy .venv/bin/python tests/replset/keyfile.py
 
 passes=$(mktemp -d)
 suites=(changestreams crud transactions sessions retryable-writes csot)

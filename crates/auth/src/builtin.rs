@@ -233,6 +233,7 @@ const ADMIN_ONLY: &[&str] = &[
     "restore",
     "root",
     "directShardOperations",
+    "__system",
 ];
 
 /// A privilege list being built: a second privilege on the same resource merges into the
@@ -471,6 +472,12 @@ fn privileges(name: &str, db: &str) -> Option<Vec<Privilege>> {
         "directShardOperations" => {
             b.add(Resource::Cluster, &[&["issueDirectShardOperations"]]);
         }
+        // What replica set members authenticate as (with the key file): everything,
+        // including the `internal` action of member traffic.
+        "__system" => {
+            b.add(Resource::AnyResource, &[crate::actions::ACTIONS])
+                .add(Resource::Cluster, &[crate::actions::ACTIONS]);
+        }
         _ => return None,
     }
     Some(b.0)
@@ -548,7 +555,10 @@ mod tests {
         assert!(role("read", "anything").is_some());
         assert!(role("read", "$external").is_none());
         assert!(role("nosuch", "admin").is_none());
-        assert_eq!(names("admin").len(), 18);
+        assert_eq!(names("admin").len(), 19);
+        let system = set("__system", "admin");
+        assert!(system.allows("internal", &Target::Cluster));
+        assert!(!set("root", "admin").allows("internal", &Target::Cluster));
         assert!(is_builtin_name("clusterAdmin") && !is_builtin_name("mine"));
         // Every action of every role is a known one.
         for db in ["admin", "test"] {

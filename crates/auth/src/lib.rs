@@ -1,6 +1,7 @@
 //! Access control: SCRAM authentication, users and roles, privileges.
 //!
-//! - [`scram`]: SCRAM-SHA-1 and SCRAM-SHA-256 credentials and server conversations.
+//! - [`scram`]: SCRAM-SHA-1 and SCRAM-SHA-256 credentials, server conversations, and the
+//!   client side members use to authenticate to each other.
 //! - [`privilege`]: resources, actions, and whether granted privileges cover a need.
 //! - [`actions`]: MongoDB's privilege action names.
 //! - [`builtin`]: the built-in roles and their privileges.
@@ -20,5 +21,5 @@ pub mod user;
 
 pub use privilege::{Privilege, PrivilegeSet, Resource, Target};
 pub use roles::{RoleDoc, RoleName};
-pub use scram::{Conversation, Credential, Mechanism};
+pub use scram::{Client, Conversation, Credential, Mechanism};
 pub use user::UserDoc;

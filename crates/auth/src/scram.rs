@@ -387,6 +387,90 @@ impl Conversation {
     }
 }
 
+/// The client's side of a SCRAM conversation (a member authenticating to another with
+/// the key file, as `__system`).
+pub struct Client {
+    mechanism: Mechanism,
+    /// The user name as sent (SCRAM-escaped) and as given.
+    user: String,
+    raw_user: String,
+    client_nonce: String,
+    /// The server signature expected in its final message, once the proof is sent.
+    expect: Option<Vec<u8>>,
+}
+
+impl Client {
+    /// Starts a conversation as `user`: the client and its first message.
+    pub fn start(mechanism: Mechanism, user: &str) -> (Client, Vec<u8>) {
+        let mut nonce = [0u8; 24];
+        rand::rng().fill_bytes(&mut nonce);
+        let client_nonce = B64.encode(nonce);
+        let name = user.replace('=', "=3D").replace(',', "=2C");
+        let first = format!("n,,n={name},r={client_nonce}");
+        (
+            Client {
+                mechanism,
+                user: name,
+                raw_user: user.to_string(),
+                client_nonce,
+                expect: None,
+            },
+            first.into_bytes(),
+        )
+    }
+
+    /// Answers the server's first message with the proof of `password`.
+    ///
+    /// # Errors
+    /// AuthenticationFailed for a server message that is not SCRAM's, or that does not
+    /// continue this client's nonce; BadValue for a password SASLprep refuses.
+    pub fn respond(&mut self, server_first: &[u8], password: &str) -> Result<Vec<u8>> {
+        let m = self.mechanism;
+        let sf = std::str::from_utf8(server_first).map_err(|_| auth_failed())?;
+        let attrs = attributes(sf);
+        let get = |c| attrs.iter().find(|(a, _)| *a == c).map(|(_, v)| *v);
+        let nonce = get('r')
+            .filter(|n| n.starts_with(&self.client_nonce) && n.len() > self.client_nonce.len())
+            .ok_or_else(auth_failed)?;
+        let salt = get('s')
+            .and_then(|s| B64.decode(s).ok())
+            .ok_or_else(auth_failed)?;
+        let iterations: u32 = get('i')
+            .and_then(|i| i.parse().ok())
+            .filter(|&i| i >= MIN_ITERATIONS)
+            .ok_or_else(auth_failed)?;
+        let prepared = m.prepare_password(&self.raw_user, password)?;
+        let salted = m.salted_password(&prepared, &salt, iterations);
+        let client_key = m.hmac(&salted, b"Client Key");
+        let stored_key = m.hash(&client_key);
+        let without_proof = format!("c=biws,r={nonce}");
+        let auth_message = format!(
+            "n={},r={},{sf},{without_proof}",
+            self.user, self.client_nonce
+        );
+        let sig = m.hmac(&stored_key, auth_message.as_bytes());
+        let proof: Vec<u8> = client_key.iter().zip(&sig).map(|(a, b)| a ^ b).collect();
+        let server_key = m.hmac(&salted, b"Server Key");
+        self.expect = Some(m.hmac(&server_key, auth_message.as_bytes()));
+        Ok(format!("{without_proof},p={}", B64.encode(proof)).into_bytes())
+    }
+
+    /// Checks the server's final message: that it knew the password too.
+    ///
+    /// # Errors
+    /// AuthenticationFailed when its signature is not the one expected.
+    pub fn verify(&self, server_final: &[u8]) -> Result<()> {
+        let got = std::str::from_utf8(server_final)
+            .ok()
+            .and_then(|s| s.strip_prefix("v="))
+            .and_then(|v| B64.decode(v).ok());
+        match (&self.expect, got) {
+            (Some(e), Some(g)) if bool::from(e.ct_eq(&g)) => Ok(()),
+            _ => Err(auth_failed()),
+        }
+    }
+}
+
 /// The credential a user that does not exist gets, so that its conversation looks like any
 /// other: the salt is derived from the name and a secret of this server, so a repeated
 /// attempt sees the same salt, as it would for a real user.
@@ -410,38 +494,17 @@ fn stand_in(mech: Mechanism, user: &str, server_secret: &[u8]) -> Credential {
 mod tests {
     use super::*;
 
-    /// A client side written from the RFC, to drive the server.
+    /// The client side drives the server.
     fn client(mech: Mechanism, user: &str, password: &str, server: &Credential) -> bool {
         let secret = b"secret";
-        let client_nonce = "fyko+d2lbbFgONRv9qkxdawL";
-        let first = format!("n,,n={user},r={client_nonce}");
+        let (mut c, first) = Client::start(mech, user);
         let lookup = |_: &str| Some(server.clone());
-        let (conv, server_first) =
-            Conversation::start(mech, first.as_bytes(), lookup, secret).unwrap();
-        let sf = String::from_utf8(server_first).unwrap();
-        let attrs = attributes(&sf);
-        let get = |c| attrs.iter().find(|(a, _)| *a == c).unwrap().1;
-        let nonce = get('r');
-        assert!(nonce.starts_with(client_nonce));
-        let salt = B64.decode(get('s')).unwrap();
-        let iterations: u32 = get('i').parse().unwrap();
-        let prepared = mech.prepare_password(user, password).unwrap();
-        let salted = mech.salted_password(&prepared, &salt, iterations);
-        let client_key = mech.hmac(&salted, b"Client Key");
-        let stored_key = mech.hash(&client_key);
-        let without_proof = format!("c=biws,r={nonce}");
-        let auth_message = format!("n={user},r={client_nonce},{sf},{without_proof}");
-        let sig = mech.hmac(&stored_key, auth_message.as_bytes());
-        let proof: Vec<u8> = client_key.iter().zip(&sig).map(|(a, b)| a ^ b).collect();
-        let fin = format!("{without_proof},p={}", B64.encode(proof));
-        match conv.finish(fin.as_bytes()) {
+        let (conv, server_first) = Conversation::start(mech, &first, lookup, secret).unwrap();
+        let fin = c.respond(&server_first, password).unwrap();
+        match conv.finish(&fin) {
             Ok(Step::Verified(v)) => {
-                let server_key = mech.hmac(&salted, b"Server Key");
-                let expect = mech.hmac(&server_key, auth_message.as_bytes());
-                assert_eq!(
-                    String::from_utf8(v).unwrap(),
-                    format!("v={}", B64.encode(expect))
-                );
+                c.verify(&v).unwrap();
+                assert!(c.verify(b"v=AAAA").is_err());
                 true
             }
             Err(e) => {

@@ -59,8 +59,10 @@ pub struct ServerConfig {
     pub port: u16,
     /// The oplog's size bound (`--oplogSize`), reported as `local.oplog.rs`'s `maxSize`.
     pub oplog_size_bytes: u64,
-    /// `--auth`.
+    /// `--auth` (or `--keyFile`).
     pub auth: bool,
+    /// The key file's key: members authenticate to each other as `__system` with it.
+    pub key: Option<String>,
     /// `--maxConns`.
     pub max_conns: u64,
 }
@@ -150,7 +152,7 @@ impl ServerCtx {
             params.insert(k, v);
         }
         let (shutdown, _) = tokio::sync::watch::channel(false);
-        let config_auth = config.auth;
+        let security = security::Security::new(config.auth, config.key.as_deref());
         let ctx = Arc::new(ServerCtx {
             store,
             hub,
@@ -168,7 +170,7 @@ impl ServerCtx {
             txns: txn::Transactions::default(),
             ops: ops::Ops::default(),
             catch_up: Arc::new(tokio::sync::Semaphore::new(cursor::CATCH_UP_SLOTS)),
-            security: security::Security::new(config_auth),
+            security,
             repl,
         });
         if let Ok(Some(p)) = ctx

@@ -33,6 +33,8 @@ pub struct Security {
     /// resolving a role like `root` builds every built-in privilege, which was most of a
     /// login's server CPU (550 of 600 us) when each new connection did it again.
     shared: std::sync::Mutex<SharedResolved>,
+    /// `__system@local`, whose password is the key file's key (see [`system_user`]).
+    system: Option<UserDoc>,
 }
 
 type SharedResolved = (
@@ -41,7 +43,8 @@ type SharedResolved = (
 );
 
 impl Security {
-    pub fn new(enabled: bool) -> Security {
+    /// Access control on or off; with a key file's `key`, the `__system` user exists.
+    pub fn new(enabled: bool, key: Option<&str>) -> Security {
         let mut secret = [0u8; 32];
         rand_bytes(&mut secret);
         Security {
@@ -50,7 +53,13 @@ impl Security {
             generation: AtomicU64::new(1),
             localhost_closed: std::sync::atomic::AtomicBool::new(false),
             shared: std::sync::Mutex::new((0, Default::default())),
+            system: key.and_then(system_user),
         }
+    }
+
+    /// The `__system@local` user, when a key file is set.
+    pub fn system_user(&self) -> Option<&UserDoc> {
+        self.system.as_ref()
     }
 
     /// The generation of users and roles: connections re-resolve their privileges when it
@@ -367,6 +376,36 @@ pub fn connection_status(ctx: &ServerCtx, conn: &mut ConnInfo, cmd: &Document) -
     }
     Ok(Reply::ok(doc! {"authInfo": info}))
 }
+
+/// The user replica set members authenticate as, `__system` on `local`: its password is
+/// the key file's key and it holds the `__system` role (every action, including member
+/// traffic's `internal`), as in MongoDB. It is not stored: it exists while the key does.
+fn system_user(key: &str) -> Option<UserDoc> {
+    let mut credentials = std::collections::BTreeMap::new();
+    for (m, iterations) in [
+        (auth::Mechanism::Sha1, auth::scram::DEFAULT_SHA1_ITERATIONS),
+        (
+            auth::Mechanism::Sha256,
+            auth::scram::DEFAULT_SHA256_ITERATIONS,
+        ),
+    ] {
+        credentials.insert(
+            m,
+            auth::Credential::new(m, SYSTEM_USER, key, iterations).ok()?,
+        );
+    }
+    Some(UserDoc {
+        user: SYSTEM_USER.into(),
+        db: "local".into(),
+        user_id: bson::Uuid::new(),
+        credentials,
+        roles: vec![auth::RoleName::new("__system", "admin")],
+        custom_data: None,
+    })
+}
+
+/// The name of the user members authenticate as.
+pub const SYSTEM_USER: &str = "__system";
 
 /// Whether the localhost exception applies: access control is on, no user and no role
 /// exists yet (once one has, the exception stays closed until a restart), and the client

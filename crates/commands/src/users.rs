@@ -55,6 +55,9 @@ fn load_all(ctx: &ServerCtx, ns: &Namespace) -> Result<Vec<Document>> {
 /// # Errors
 /// On storage failure or a damaged record.
 pub fn load_user(ctx: &ServerCtx, user: &str, db: &str) -> Result<Option<UserDoc>> {
+    if user == crate::security::SYSTEM_USER && db == "local" {
+        return Ok(ctx.security.system_user().cloned());
+    }
     load(ctx, &users_ns(), &user_id_key(user, db))?
         .map(|d| UserDoc::from_document(&d))
         .transpose()

@@ -287,6 +287,9 @@ pub struct ReplSet {
     reconfig_lock: tokio::sync::Mutex<()>,
     /// Requests arriving in parts: `(from, transfer) -> bytes so far`, one per member.
     parts: Mutex<BTreeMap<NodeId, (u64, Vec<u8>)>>,
+    /// The key file's key: this member authenticates to the others with it (as
+    /// `__system`) before its first RPC on each connection.
+    key: Option<Arc<str>>,
 }
 
 fn id_path(store: &Store) -> PathBuf {
@@ -303,6 +306,7 @@ impl ReplSet {
         store: Store,
         name: String,
         me: String,
+        key: Option<String>,
     ) -> std::result::Result<Arc<ReplSet>, String> {
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = store.enable_replication(Arc::new(RaftProposer { tx }));
@@ -339,6 +343,7 @@ impl ReplSet {
             stepping_down: std::sync::atomic::AtomicBool::new(false),
             reconfig_lock: tokio::sync::Mutex::new(()),
             parts: Mutex::new(BTreeMap::new()),
+            key: key.map(Arc::from),
         });
         if let Ok(s) = std::fs::read_to_string(id_path(&store)) {
             let bad = || {
@@ -421,7 +426,11 @@ impl ReplSet {
         let log = log::LogStore::open(self.store.clone(), id, self.incarnation)
             .map_err(MongoError::internal)?;
         let sm = log::StateMachine { log: log.clone() };
-        let network = net::Network { settings, me: id };
+        let network = net::Network {
+            settings,
+            me: id,
+            key: self.key.clone(),
+        };
         let raft = Raft::new(id, config, network, log, sm)
             .await
             .map_err(|e| MongoError::internal(format!("cannot start replication: {e}")))?;
@@ -698,6 +707,7 @@ impl ReplSet {
             &mut net::Network {
                 settings,
                 me: running.id,
+                key: self.key.clone(),
             },
             target.0,
             &target.1,

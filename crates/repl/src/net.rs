@@ -34,6 +34,8 @@ pub struct Network {
     pub settings: crate::Settings,
     /// This member.
     pub me: NodeId,
+    /// The key file's key, when members authenticate (see [`authenticate`]).
+    pub key: Option<Arc<str>>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -48,6 +50,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             next_xfer: 0,
             settings: self.settings,
             me: self.me,
+            key: self.key.clone(),
         }
     }
 }
@@ -61,6 +64,7 @@ pub struct Peer {
     next_xfer: u64,
     settings: crate::Settings,
     me: NodeId,
+    key: Option<Arc<str>>,
 }
 
 /// Bytes of request one member message carries; larger requests go in parts.
@@ -181,28 +185,103 @@ impl Peer {
         let mut s = match taken {
             Some(s) => s,
             None => {
-                let s = TcpStream::connect(&self.host).await?;
+                let mut s = TcpStream::connect(&self.host).await?;
                 s.set_nodelay(true)?;
+                if let Some(key) = &self.key {
+                    authenticate(&mut s, key).await?;
+                }
                 s
             }
         };
         s.write_all(msg).await?;
-        let mut head = [0u8; 4];
-        s.read_exact(&mut head).await?;
-        let len = i32::from_le_bytes(head);
-        if !(16..=64 * 1024 * 1024).contains(&len) {
-            return Err(std::io::Error::other("bad reply length from a member"));
-        }
-        let mut buf = vec![0u8; len as usize];
-        buf[..4].copy_from_slice(&head);
-        s.read_exact(&mut buf[4..]).await?;
+        let body = read_reply(&mut s).await?;
         *self.conn.lock().await = Some(s);
-        let frame = wire::decode(&buf).map_err(|e| std::io::Error::other(format!("{e:?}")))?;
-        match frame.request {
-            wire::Request::Msg(m) => Ok(m.body),
-            wire::Request::Query(_) => Err(std::io::Error::other("unexpected reply from a member")),
-        }
+        Ok(body)
     }
+}
+
+/// Reads one reply message's body.
+async fn read_reply(s: &mut TcpStream) -> std::io::Result<Document> {
+    let mut head = [0u8; 4];
+    s.read_exact(&mut head).await?;
+    let len = i32::from_le_bytes(head);
+    if !(16..=64 * 1024 * 1024).contains(&len) {
+        return Err(std::io::Error::other("bad reply length from a member"));
+    }
+    let mut buf = vec![0u8; len as usize];
+    buf[..4].copy_from_slice(&head);
+    s.read_exact(&mut buf[4..]).await?;
+    let frame = wire::decode(&buf).map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+    match frame.request {
+        wire::Request::Msg(m) => Ok(m.body),
+        wire::Request::Query(_) => Err(std::io::Error::other("unexpected reply from a member")),
+    }
+}
+
+/// Authenticates a new connection to a member as `__system` with the key file's key
+/// (SCRAM-SHA-256, as mongod members do), before any RPC on it.
+async fn authenticate(s: &mut TcpStream, key: &str) -> std::io::Result<()> {
+    let fail = |why: String| {
+        std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("member authentication failed: {why}"),
+        )
+    };
+    let mech = auth::Mechanism::Sha256;
+    let (mut client, first) = auth::Client::start(mech, "__system");
+    let bin = |b: Vec<u8>| bson::Binary {
+        subtype: bson::spec::BinarySubtype::Generic,
+        bytes: b,
+    };
+    let send = async |s: &mut TcpStream, body: Document| -> std::io::Result<Document> {
+        let msg = wire::try_encode_msg(1, 0, 0, &body, None)
+            .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+        s.write_all(&msg).await?;
+        let r = read_reply(s).await?;
+        if r.get_f64("ok") != Ok(1.0) {
+            return Err(fail(r.get_str("errmsg").unwrap_or("refused").to_string()));
+        }
+        Ok(r)
+    };
+    let r = send(
+        s,
+        doc! {
+            "saslStart": 1,
+            "mechanism": mech.name(),
+            "payload": bin(first),
+            "options": {"skipEmptyExchange": true},
+            "$db": "local",
+        },
+    )
+    .await?;
+    let server_first = r
+        .get_binary_generic("payload")
+        .map_err(|_| fail("no payload".into()))?;
+    let fin = client
+        .respond(server_first, key)
+        .map_err(|e| fail(e.message))?;
+    let conv = r
+        .get("conversationId")
+        .cloned()
+        .unwrap_or(bson::Bson::Int32(1));
+    let r = send(
+        s,
+        doc! {
+            "saslContinue": 1,
+            "conversationId": conv,
+            "payload": bin(fin),
+            "$db": "local",
+        },
+    )
+    .await?;
+    let server_final = r
+        .get_binary_generic("payload")
+        .map_err(|_| fail("no payload".into()))?;
+    client.verify(server_final).map_err(|e| fail(e.message))?;
+    if r.get_bool("done") != Ok(true) {
+        return Err(fail("the conversation did not end".into()));
+    }
+    Ok(())
 }
 
 impl Peer {

@@ -47,6 +47,9 @@ pub struct Config {
     pub argv: Vec<String>,
     /// `--auth`: access control on.
     pub auth: bool,
+    /// `--keyFile`: the shared secret replica set members authenticate to each other with
+    /// (as `__system`); implies `--auth`.
+    pub key_file: Option<PathBuf>,
     /// `--tlsMode` and its files.
     pub tls: TlsConfig,
     /// `--maxConns`: connections over this many are closed as soon as they are accepted.
@@ -76,6 +79,7 @@ impl Config {
             parameters: Document::new(),
             argv: vec!["eddy".into()],
             auth: false,
+            key_file: None,
             tls: TlsConfig::default(),
             max_conns: DEFAULT_MAX_CONNS,
             partial_message_timeout: Duration::from_secs(30),
@@ -111,11 +115,56 @@ impl Config {
         if !self.parameters.is_empty() {
             d.insert("setParameter", self.parameters.clone());
         }
-        if self.auth {
-            d.insert("security", doc! {"authorization": "enabled"});
+        if self.auth || self.key_file.is_some() {
+            let mut sec = doc! {"authorization": "enabled"};
+            if let Some(k) = &self.key_file {
+                sec.insert("keyFile", k.display().to_string());
+            }
+            d.insert("security", sec);
         }
         d
     }
+}
+
+/// Reads a key file as mongod does: whitespace is ignored, what is left must be 6 to 1024
+/// base64 characters, and the file must not be readable by group or others.
+///
+/// # Errors
+/// When the file cannot be read, is too open, or does not hold a key.
+pub fn read_key_file(path: &std::path::Path) -> anyhow::Result<String> {
+    let shown = path.display();
+    let meta =
+        std::fs::metadata(path).map_err(|e| anyhow::anyhow!("error getting file {shown}: {e}"))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if meta.permissions().mode() & 0o077 != 0 {
+            anyhow::bail!("permissions on {shown} are too open");
+        }
+    }
+    let _ = meta;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("error reading file {shown}: {e}"))?;
+    let key: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    if key.len() < 6 {
+        anyhow::bail!(
+            "security key in {shown} has length {}, must be at least 6 characters",
+            key.len()
+        );
+    }
+    if key.len() > 1024 {
+        anyhow::bail!(
+            "security key in {shown} has length {}, must be at most 1024 characters",
+            key.len()
+        );
+    }
+    if let Some(c) = key
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '+' || *c == '/' || *c == '='))
+    {
+        anyhow::bail!("invalid char in key file {shown}: {c}");
+    }
+    Ok(key)
 }
 
 /// Parses a `--setParameter name=value` value as MongoDB does: booleans and numbers are
@@ -178,9 +227,11 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         replicated: cfg.replicated,
         ..StoreOptions::default()
     };
-    if cfg.replicated && cfg.auth {
+    let key = cfg.key_file.as_deref().map(read_key_file).transpose()?;
+    let auth = cfg.auth || key.is_some();
+    if cfg.replicated && auth && key.is_none() {
         anyhow::bail!(
-            "--replSet with --auth needs members to authenticate to each other (a key file), which eddy does not support yet: run the replica set without --auth"
+            "security.keyFile is required when authorization is enabled with replica sets"
         );
     }
     let tls = tls::acceptor(&cfg.tls)?;
@@ -216,7 +267,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         parsed: cfg2.parsed(),
         port,
         oplog_size_bytes: cfg.oplog_size_mb.max(1) * 1024 * 1024,
-        auth: cfg.auth,
+        auth,
+        key: key.clone(),
         max_conns: cfg.max_conns,
     };
     let repl = if cfg.replicated {
@@ -224,6 +276,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             store.clone(),
             cfg.repl_set.clone(),
             config.advertised.clone(),
+            key,
         )
         .await
         .map_err(anyhow::Error::msg)?;

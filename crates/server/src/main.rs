@@ -56,6 +56,10 @@ struct Cli {
     /// the right privileges (create the first user on `admin` from localhost).
     #[arg(long)]
     auth: bool,
+    /// Key file replica set members authenticate to each other with (as `__system`):
+    /// 6 to 1024 base64 characters, readable by its owner only. Implies --auth.
+    #[arg(long = "keyFile")]
+    key_file: Option<PathBuf>,
     /// TLS: disabled, allowTLS or preferTLS (TLS and plain clients on one port), or
     /// requireTLS.
     #[arg(long = "tlsMode", default_value = "disabled", value_parser = parse_tls_mode)]
@@ -175,6 +179,7 @@ fn main() -> ExitCode {
         parameters: params,
         argv: std::env::args().collect(),
         auth: cli.auth,
+        key_file: cli.key_file,
         tls: server::TlsConfig {
             mode: cli.tls_mode,
             certificate_key_file: cli.tls_certificate_key_file,
