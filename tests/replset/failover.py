@@ -5,14 +5,16 @@ then cut off from the others twice (the `raftPartition` fail point).
 Checks:
 - every write acknowledged with w: "majority" survives, on every member;
 - the change stream delivers each of them exactly once, in order, across every failover;
-- writes acknowledged with w: 1 by a primary cut off from the majority are rolled back, and
-  no change stream ever delivers them;
+- writes acknowledged with w: 1 by a primary cut off from the majority are rolled back, no
+  change stream ever delivers them, and each is in a rollback file
+  (`<dbpath>/rollback/<collection UUID>/removed.*.bson`);
 - a new primary is elected within the election timeout (plus one heartbeat).
 
 Usage: EDDY_BIN=target/release/eddy python tests/replset/failover.py
 Prints the election times it measured.
 """
 
+import glob
 import os
 import signal
 import socket
@@ -21,7 +23,9 @@ import sys
 import tempfile
 import threading
 import time
+from uuid import UUID
 
+import bson
 from pymongo import MongoClient, WriteConcern
 from pymongo.errors import PyMongoError
 
@@ -258,6 +262,21 @@ def main():
     leaked = [e for e in events + seen_before if isinstance(e, str) and e.startswith("lost-")]
     if leaked:
         failures.append(f"the change stream delivered rolled-back writes {leaked}")
+    # Every rolled-back write is in a rollback file of the member that took it, under the
+    # collection's UUID, as mongod writes them.
+    with members[0].direct() as c:
+        info = next(c.test.list_collections(filter={"name": "events"}))
+    uuid = str(UUID(bytes=bytes(info["info"]["uuid"])))
+    in_files = set()
+    for m in members:
+        for path in glob.glob(os.path.join(m.dbpath, "rollback", "*", "removed.*.bson")):
+            if os.path.basename(os.path.dirname(path)) != uuid:
+                failures.append(f"rollback file {path} is not under the collection's UUID {uuid}")
+            with open(path, "rb") as f:
+                in_files |= {d["_id"] for d in bson.decode_all(f.read())}
+    missing = [i for i in rolled_back if i not in in_files]
+    if missing:
+        failures.append(f"rolled-back writes missing from the rollback files: {missing}")
     unacked = [e for e in events if e not in set(acked) and e not in attempted]
     if unacked:
         failures.append(f"the change stream delivered writes nobody made {unacked[:10]}")

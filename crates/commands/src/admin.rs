@@ -254,10 +254,11 @@ pub fn set_parameter(ctx: &ServerCtx, cmd: &Document) -> Result<Reply> {
         if k.starts_with('$') || matches!(k.as_str(), "lsid" | "comment") {
             continue;
         }
-        if k == "enableTestCommands" {
-            return Err(MongoError::bad_value(
-                "not allowed to change [enableTestCommands] at runtime",
-            ));
+        if k == "enableTestCommands" || k == "createRollbackDataFiles" {
+            // createRollbackDataFiles is read when the store opens (see StoreOptions).
+            return Err(MongoError::bad_value(format!(
+                "not allowed to change [{k}] at runtime"
+            )));
         }
         if k == "logLevel" {
             was.insert("was", crate::logs::set_log_level(v)?);

@@ -147,6 +147,7 @@ impl ServerCtx {
             "scramIterationCount": auth::scram::DEFAULT_SHA1_ITERATIONS as i32,
             "scramSHA256IterationCount": auth::scram::DEFAULT_SHA256_ITERATIONS as i32,
             "authFailedDelayMs": security::DEFAULT_AUTH_FAILED_DELAY_MS,
+            "createRollbackDataFiles": true,
         };
         for (k, v) in parameters {
             params.insert(k, v);

@@ -172,8 +172,12 @@ pub fn read_key_file(path: &std::path::Path) -> anyhow::Result<String> {
 pub fn parse_parameter(s: &str) -> Option<(String, Bson)> {
     let (k, v) = s.split_once('=')?;
     let v = match v {
-        "true" | "1" if k == "enableTestCommands" => Bson::Boolean(true),
-        "false" | "0" if k == "enableTestCommands" => Bson::Boolean(false),
+        "true" | "1" if k == "enableTestCommands" || k == "createRollbackDataFiles" => {
+            Bson::Boolean(true)
+        }
+        "false" | "0" if k == "enableTestCommands" || k == "createRollbackDataFiles" => {
+            Bson::Boolean(false)
+        }
         "true" => Bson::Boolean(true),
         "false" => Bson::Boolean(false),
         _ => match v.parse::<i32>() {
@@ -225,6 +229,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         checkpoint_interval: Duration::from_secs_f64(cfg.syncdelay_secs.max(0.01)),
         checkpoint_bytes: cfg.checkpoint_size_mb.max(1) * 1024 * 1024,
         replicated: cfg.replicated,
+        rollback_files: !matches!(
+            cfg.parameters.get("createRollbackDataFiles"),
+            Some(Bson::Boolean(false) | Bson::Int32(0))
+        ),
         ..StoreOptions::default()
     };
     let key = cfg.key_file.as_deref().map(read_key_file).transpose()?;

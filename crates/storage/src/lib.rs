@@ -114,6 +114,10 @@ pub struct StoreOptions {
     /// The longest an acknowledged batch waits in the open redb transaction (readers see
     /// it through the pending layers meanwhile) before that transaction is committed.
     pub pending_max_age: Duration,
+    /// On a replica set member: documents of writes rolled back (acknowledged with
+    /// `w: 1`, never majority-committed) are written to `<dbpath>/rollback/<collection
+    /// UUID>/removed.<time>.bson` (mongod's `createRollbackDataFiles`).
+    pub rollback_files: bool,
 }
 
 impl Default for StoreOptions {
@@ -127,6 +131,7 @@ impl Default for StoreOptions {
             tail_bytes: 32 * 1024 * 1024,
             pending_max_age: pipeline::DEFAULT_PENDING_MAX_AGE,
             replicated: false,
+            rollback_files: true,
         }
     }
 }
@@ -939,7 +944,7 @@ fn record_value(id_key: &[u8], bson: &[u8]) -> Vec<u8> {
 }
 
 /// A record's `_id` key and BSON.
-fn split_record(v: &[u8]) -> Result<(&[u8], &[u8])> {
+pub(crate) fn split_record(v: &[u8]) -> Result<(&[u8], &[u8])> {
     let corrupt = || MongoError::internal("corrupt record");
     let n =
         u32::from_be_bytes(v.get(..4).ok_or_else(corrupt)?.try_into().expect("4 bytes")) as usize;

@@ -535,6 +535,11 @@ impl Writer {
                 c(Err(err.clone()));
             }
         }
+        if self.state.opts.rollback_files {
+            if let Err(e) = self.write_rollback_files(cut) {
+                tracing::error!(error = %e, "could not write the rolled-back documents to rollback files");
+            }
+        }
         // The tables: begin the open transaction again from the batches kept.
         self.pending_redo.retain(|(l, _)| *l < cut);
         self.repl().spec.retain(|&s| s < cut);
@@ -728,6 +733,92 @@ impl Writer {
             "installed an initial sync image of the tables"
         );
         Ok(pos)
+    }
+}
+
+impl Writer {
+    /// Writes the documents the log's batches from `cut` on leave behind (their last
+    /// version; a document they deleted has none) to `<dbpath>/rollback/<collection
+    /// UUID>/removed.<time>.bson`, as mongod does, before those batches are rolled back.
+    fn write_rollback_files(&mut self, cut: u64) -> std::result::Result<(), String> {
+        // The last record each rolled-back batch wrote, in log order.
+        let mut last: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>> = Default::default();
+        for (_, r) in self.pending_redo.iter().filter(|(l, _)| *l >= cut) {
+            for op in redo::ops(r) {
+                match op? {
+                    Op::Put(TableId::Records, k, v) => {
+                        last.insert(k.to_vec(), Some(v.to_vec()));
+                    }
+                    Op::Del(TableId::Records, k) => {
+                        last.insert(k.to_vec(), None);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let mut by_coll: std::collections::BTreeMap<u64, Vec<u8>> = Default::default();
+        for (k, v) in &last {
+            let (Some(v), Some(coll)) = (v, k.get(..8)) else {
+                continue;
+            };
+            let coll = u64::from_be_bytes(coll.try_into().unwrap());
+            let (_, bson) = crate::split_record(v).map_err(|e| e.message)?;
+            by_coll.entry(coll).or_default().extend_from_slice(bson);
+        }
+        if by_coll.is_empty() {
+            return Ok(());
+        }
+        // Collection ids to UUIDs, as the tables hold them before the rollback.
+        let uuids: std::collections::HashMap<u64, bson::Uuid> = {
+            let txn = self.take_open().map_err(|e| e.message)?;
+            let r = (|| -> std::result::Result<_, String> {
+                let t = txn.open_table(crate::CATALOG).map_err(|e| e.to_string())?;
+                let mut m = std::collections::HashMap::new();
+                for item in redb::ReadableTable::iter(&t).map_err(|e| e.to_string())? {
+                    let (_, v) = item.map_err(|e| e.to_string())?;
+                    if let Ok(c) = crate::catalog::CollectionMeta::from_bytes(v.value()) {
+                        m.insert(c.id, c.uuid);
+                    }
+                }
+                Ok(m)
+            })();
+            self.open = Some(txn);
+            r?
+        };
+        let now = bson::DateTime::now()
+            .try_to_rfc3339_string()
+            .map_err(|e| e.to_string())?;
+        let stamp = now.get(..19).unwrap_or(&now).replace(':', "-");
+        let root = self
+            .log
+            .dir()
+            .parent()
+            .unwrap_or(self.log.dir())
+            .join("rollback");
+        for (coll, docs) in by_coll {
+            let dir = root.join(
+                uuids
+                    .get(&coll)
+                    .map_or_else(|| format!("collection-{coll}"), ToString::to_string),
+            );
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let mut n = 0;
+            let path = loop {
+                let p = dir.join(format!("removed.{stamp}.{n}.bson"));
+                if !p.exists() {
+                    break p;
+                }
+                n += 1;
+            };
+            let mut f =
+                std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            std::io::Write::write_all(&mut f, &docs)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            f.sync_all()
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            tracing::warn!(path = %path.display(), "wrote rolled-back documents to a rollback file");
+        }
+        Ok(())
     }
 }
 
