@@ -4,7 +4,7 @@
 # started eddy. Prints "N passed, M failed, K skipped" last; exits non-zero on any failure,
 # or if nothing passed (a harness that cannot connect skips everything).
 #
-# Usage: scripts/spec-tests.sh [changestreams|crud|transactions|sessions|retryable-writes|csot|auth]...   (default: changestreams)
+# Usage: scripts/spec-tests.sh [changestreams|crud|transactions|sessions|retryable-writes|retryable-reads|sdam|csot|auth]...   (default: changestreams)
 # Env:   EDDY_BIN (default target/release/eddy), SPEC_DIR (default target/spec-venv),
 #        EDDY_AUTH=1 to start eddy with --auth: PyMongo's harness then creates its user
 #        ("user"/"password", root) through the localhost exception and runs as it, and the
@@ -44,6 +44,9 @@ deselect=(
   # Its threads hold their connections with a `$where` that sleeps: Eddy has no
   # server-side JavaScript and refuses `$where` (as mongod with javascriptEnabled=false).
   "test/test_auth.py::TestSCRAM::test_scram_threaded"
+  # Needs the ingress connection-establishment rate limiter (a server parameter MongoDB
+  # added after 8.0) and a `$where` that sleeps.
+  "test/test_discovery_and_monitoring.py::TestPoolBackpressure::test_connection_pool_is_not_cleared"
 )
 
 selection=()
@@ -54,6 +57,8 @@ for s in "${@:-changestreams}"; do
     transactions) selection+=(test/test_transactions_unified.py test/test_transactions.py) ;;
     sessions) selection+=(test/test_sessions_unified.py) ;;
     retryable-writes) selection+=(test/test_retryable_writes_unified.py) ;;
+    retryable-reads) selection+=(test/test_retryable_reads_unified.py test/test_retryable_reads.py) ;;
+    sdam) selection+=(test/test_discovery_and_monitoring.py) ;;
     csot) selection+=(test/test_csot.py) ;;
     auth) selection+=(test/test_auth.py test/test_auth_spec.py) ;;
     *) echo "unknown suite '$s'" >&2; exit 2 ;;

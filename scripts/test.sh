@@ -55,6 +55,8 @@ stage "replica set: initial sync (a wiped member, a member that fell off a 1 MB 
 EDDY_BIN=target/release/eddy .venv/bin/python tests/replset/initial_sync.py
 stage "replica set: access control with a key file"
 EDDY_BIN=target/release/eddy .venv/bin/python tests/replset/keyfile.py
+stage "replica set: mongosh's rs.* helpers"
+EDDY_BIN=target/release/eddy .venv/bin/python tests/replset/mongosh_rs.py
 
 passes=$(mktemp -d)
 suites=(changestreams crud transactions sessions retryable-writes csot)
@@ -63,8 +65,8 @@ for suite in "${suites[@]}"; do
   EDDY_BIN=target/release/eddy PASSED_OUT="$passes/$suite" ./scripts/spec-tests.sh "$suite"
 done
 # The suites that exercise replication, against a replica set of three members.
-stage "drivers' specification tests against a 3-member replica set (changestreams transactions sessions retryable-writes)"
-EDDY_RS=3 EDDY_BIN=target/release/eddy ./scripts/spec-tests.sh changestreams transactions sessions retryable-writes
+stage "drivers' specification tests against a 3-member replica set (changestreams transactions sessions retryable-writes retryable-reads sdam)"
+EDDY_RS=3 EDDY_BIN=target/release/eddy ./scripts/spec-tests.sh changestreams transactions sessions retryable-writes retryable-reads sdam
 # The same suites again with access control on (PyMongo's harness creates its user through
 # the localhost exception and runs as it), plus the suites that only run with auth. Every
 # test that passed without auth must pass with it.

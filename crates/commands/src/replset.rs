@@ -176,7 +176,7 @@ pub fn hello_fields(ctx: &ServerCtx, set: &ReplSet, legacy: bool, d: &mut Docume
         "topologyVersion",
         doc! {"processId": ctx.process_id, "counter": t.counter},
     );
-    if t.state == MemberState::Startup {
+    if matches!(t.state, MemberState::Startup | MemberState::Removed) {
         d.insert("secondary", false);
         d.insert("info", "Does not have a valid replica set config");
         d.insert("isreplicaset", true);

@@ -549,6 +549,13 @@ impl ReplSet {
                 "partitioned from this member (raftPartition fail point)",
             ));
         }
+        if kind == "removed" {
+            self.leave().await;
+            return Ok(doc! {"resp": bson::Binary {
+                subtype: bson::spec::BinarySubtype::Generic,
+                bytes: encode(&true).map_err(MongoError::internal)?,
+            }});
+        }
         let running = self.start(to, settings).await?;
         if kind == "part" {
             let mut parts = self.parts.lock().unwrap();
@@ -572,6 +579,18 @@ impl ReplSet {
         net::serve(&running.raft, kind, req)
             .await
             .map_err(|e| MongoError::new(ErrorCode::BadValue, e))
+    }
+
+    /// This member was removed from the set: its Raft node stops (it is REMOVED until it
+    /// restarts), and it forgets its member id (so that it can be added again after a
+    /// restart, as a new member).
+    async fn leave(&self) {
+        let running = self.running.lock().unwrap().clone();
+        if let Some(r) = running {
+            tracing::warn!("removed from the replica set: this member stops replicating");
+            let _ = r.raft.shutdown().await;
+        }
+        let _ = std::fs::remove_file(id_path(&self.store));
     }
 
     /// The topology now.
@@ -871,9 +890,28 @@ impl ReplSet {
             .copied()
             .collect();
         if !removed.is_empty() {
-            raft.change_membership(openraft::ChangeMembers::RemoveNodes(removed), true)
+            raft.change_membership(openraft::ChangeMembers::RemoveNodes(removed.clone()), true)
                 .await
                 .map_err(|e| fail(e.to_string()))?;
+            // Raft stops sending to a removed member, which may never see the config
+            // without it: it is told (as mongod's heartbeats tell it), and stops.
+            for id in removed {
+                if let Some((m, _)) = old.get(&id) {
+                    let mut peer = openraft::network::RaftNetworkFactory::new_client(
+                        &mut net::Network {
+                            settings: self.settings(),
+                            me: running.id,
+                            key: self.key.clone(),
+                        },
+                        id,
+                        m,
+                    )
+                    .await;
+                    if let Err(e) = peer.removed().await {
+                        tracing::warn!(member = id, error = %e, "could not tell a removed member");
+                    }
+                }
+            }
         }
         // A new voter votes once it has caught up.
         let promote: BTreeSet<NodeId> = new_voters.difference(&old_voters).copied().collect();

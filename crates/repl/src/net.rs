@@ -294,6 +294,16 @@ impl Peer {
             self.call("elect", &(), Duration::from_secs(5)).await;
         r.map(drop).map_err(|e| e.to_string())
     }
+
+    /// Tells this member that it was removed from the set.
+    ///
+    /// # Errors
+    /// When it cannot be reached.
+    pub async fn removed(&mut self) -> Result<(), String> {
+        let r: RpcResult<bool, openraft::error::Fatal<NodeId>> =
+            self.call("removed", &(), Duration::from_secs(5)).await;
+        r.map(drop).map_err(|e| e.to_string())
+    }
 }
 
 impl RaftNetwork<TypeConfig> for Peer {
