@@ -1,6 +1,7 @@
 """Replica set figures, one run: majority-write latency and throughput on three members
-against one (a single-node eddy), time to elect a new primary after SIGKILL, and change
-stream delivery latency on the primary against a secondary.
+against one (a single-node eddy), time to elect a new primary after SIGKILL, change
+stream delivery latency on the primary against a secondary, and the catch-up rate of a
+member that rejoins CATCHUP_MB (default 1024) megabytes of writes behind.
 
 Usage: python scripts/bench-replset.py [EDDY_BIN]   (default target/release/eddy)
 Starts its own servers on free ports with temporary data directories.
@@ -30,10 +31,14 @@ def free_port():
     return p
 
 
+CATCHUP_MB = int(os.environ.get("CATCHUP_MB", "1024"))
+
+
 def start(port, dbpath, rs):
     args = [EDDY, "--port", str(port), "--dbpath", dbpath, "--quiet"]
     if rs:
-        args += ["--replSet", "rs0"]
+        # Room for the catch-up run's writes in the log (it is caught up from the log).
+        args += ["--replSet", "rs0", "--oplogSize", str(CATCHUP_MB * 3)]
     p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while True:
         try:
@@ -133,6 +138,7 @@ def main():
         elections.append(time.perf_counter() - t0)
         procs[primary] = start(ports[primary], os.path.join(root, f"m{primary}"), rs=True)
         time.sleep(2)
+    catch = catch_up(ports, procs, root)
     for p in procs:
         p.send_signal(signal.SIGTERM)
     print(f"single node, w:1 (one pymongo writer, {N} inserts): {r1[0]:,.0f}/s, "
@@ -144,6 +150,48 @@ def main():
     print("new primary after SIGKILL (electionTimeoutMillis 2000): "
           + ", ".join(f"{t:.2f} s" for t in elections)
           + f" (median {statistics.median(elections):.2f} s)")
+    print(f"catch-up of a member rejoining {catch[0]:,.0f} MB of writes behind: {catch[1]:.1f} s "
+          f"({catch[0] / catch[1]:,.0f} MB/s; the writes took {catch[2]:.1f} s with w: majority)")
+
+
+def optime(port):
+    h = MongoClient(f"mongodb://localhost:{port}/?directConnection=true",
+                    serverSelectionTimeoutMS=2000).admin.command("hello")
+    return h["lastWrite"]["majorityOpTime"]["ts"]
+
+
+def catch_up(ports, procs, root):
+    """Kills a secondary, writes CATCHUP_MB MB (1 KB documents, w: majority) to the other
+    two, restarts it and times until it has applied everything the primary has."""
+    uri = "mongodb://" + ",".join(f"localhost:{p}" for p in ports) + "/?replicaSet=rs0"
+    client = MongoClient(uri)
+    primary = next(i for i, p in enumerate(ports)
+                   if MongoClient(f"mongodb://localhost:{p}/?directConnection=true")
+                   .admin.command("hello").get("isWritablePrimary"))
+    lag = next(i for i in range(3) if i != primary)
+    procs[lag].send_signal(signal.SIGKILL)
+    procs[lag].wait()
+    pad = "x" * 1000
+    coll = client.test.catchup
+    t0 = time.perf_counter()
+    written = 0
+    n = 0
+    while written < CATCHUP_MB * 1024 * 1024:
+        coll.insert_many([{"_id": n + j, "pad": pad} for j in range(1000)], ordered=False)
+        n += 1000
+        written += 1000 * 1030
+    wrote = time.perf_counter() - t0
+    target = optime(ports[primary])
+    t0 = time.perf_counter()
+    procs[lag] = start(ports[lag], os.path.join(root, f"m{lag}"), rs=True)
+    while True:
+        try:
+            if optime(ports[lag]) >= target:
+                break
+        except Exception:
+            pass
+        time.sleep(0.05)
+    return written / 1e6, time.perf_counter() - t0, wrote
 
 
 if __name__ == "__main__":
