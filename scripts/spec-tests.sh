@@ -10,7 +10,8 @@
 #        ("user"/"password", root) through the localhost exception and runs as it, and the
 #        suites that need auth (auth) run too;
 #        PASSED_OUT=FILE to write the names of the tests that passed to FILE;
-#        EDDY_RS=3 to run against a replica set of three members (--replSet) instead.
+#        EDDY_RS=3 to run against a replica set of three members (--replSet) instead
+#        (with EDDY_AUTH=1 too, the members share a --keyFile).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -68,8 +69,16 @@ done
 data=$(mktemp -d)
 free_port() { "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 auth=()
-if [ "${EDDY_AUTH:-0}" = 1 ]; then auth=(--auth); fi
 members=${EDDY_RS:-1}
+if [ "${EDDY_AUTH:-0}" = 1 ]; then
+  auth=(--auth)
+  if [ "$members" -gt 1 ]; then
+    # A set with access control: its members authenticate to each other with a key file.
+    "$py" -c 'import base64, os; print(base64.b64encode(os.urandom(96)).decode())' > "$data/key"
+    chmod 600 "$data/key"
+    auth=(--keyFile "$data/key")
+  fi
+fi
 pids=()
 ports=()
 trap 'for p in "${pids[@]}"; do kill $p 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$data"' EXIT

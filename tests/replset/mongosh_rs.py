@@ -1,5 +1,6 @@
 """mongosh's replica set helpers against three eddy members: rs.initiate, rs.add, rs.status,
-rs.conf, db.hello, rs.stepDown, rs.freeze and rs.remove, each run by mongosh itself (from
+rs.conf, db.hello, rs.stepDown, rs.freeze, rs.remove and rs.reconfig (a priority takeover),
+each run by mongosh itself (from
 tests/node: `npm ci` there installs it).
 
 Usage: EDDY_BIN=target/release/eddy python tests/replset/mongosh_rs.py
@@ -101,6 +102,15 @@ def main():
     assert conf["version"] > version, conf
     until("member 2 sees itself removed",
           lambda: hello(m2).get("setName") is None or not hello(m2).get("hosts"))
+
+    # rs.reconfig() giving member 0 a higher priority: once caught up it takes over.
+    sh(m0, "rs.freeze(0)")
+    t0 = time.time()
+    out = sh(m1, "const c = rs.conf(); c.members[0].priority = 2; JSON.stringify(rs.reconfig(c))")
+    assert json.loads(out)["ok"] == 1, out
+    until("member 0 (priority 2) to take over", lambda: hello(m0).get("isWritablePrimary"))
+    print(f"priority takeover: member 0 primary {time.time() - t0:.1f} s after rs.reconfig()")
+    assert json.loads(sh(m0, "JSON.stringify(rs.conf())"))["members"][0]["priority"] == 2
 
     for m in members:
         m.kill()

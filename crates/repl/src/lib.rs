@@ -593,6 +593,32 @@ impl ReplSet {
         let _ = std::fs::remove_file(id_path(&self.store));
     }
 
+    fn election_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.settings().election_timeout_ms)
+    }
+
+    /// On the primary: a voting member of higher priority than this one that has caught
+    /// up (within 64 log entries), the highest such.
+    fn takeover_target(&self) -> Option<NodeId> {
+        let t = self.topology();
+        let mine = t
+            .members
+            .iter()
+            .find(|(id, _, _)| Some(*id) == t.my_id)?
+            .1
+            .priority_milli;
+        let last = self.store.last_frame().ok().flatten().map_or(0, |h| h.lsn);
+        t.members
+            .iter()
+            .filter(|(id, m, voter)| {
+                *voter
+                    && m.priority_milli > mine
+                    && t.matched.get(id).is_some_and(|&l| l + 64 >= last)
+            })
+            .max_by_key(|(id, m, _)| (m.priority_milli, std::cmp::Reverse(*id)))
+            .map(|(id, _, _)| *id)
+    }
+
     /// The topology now.
     pub fn topology(&self) -> Topology {
         self.topology.borrow().clone()
@@ -673,7 +699,7 @@ impl ReplSet {
         }
         self.stepping_down.store(true, Ordering::SeqCst);
         self.shared.writable.store(false, Ordering::SeqCst);
-        let mut r = self.hand_over(&running, catch_up).await;
+        let mut r = self.hand_over(&running, catch_up, None).await;
         if r.is_err() && force {
             // Forced: no member is ready to take over, so this one stops sending heartbeats
             // and the others elect one when their election timeout passes.
@@ -698,17 +724,59 @@ impl ReplSet {
         r
     }
 
-    async fn hand_over(&self, running: &Running, catch_up: std::time::Duration) -> Result<()> {
+    /// Priority takeover: this primary hands over to `target`, an electable member of
+    /// higher priority that has caught up (as a higher-priority mongod calls an election
+    /// once caught up; here the primary hands over, as members refuse to vote while they
+    /// hear from a primary). It does not stand again for one election timeout.
+    async fn take_over(self: Arc<Self>, target: NodeId) {
+        let Some(running) = self.running() else {
+            return;
+        };
+        if !self.writable() || self.stepping_down.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        self.shared.writable.store(false, Ordering::SeqCst);
+        let e = std::time::Duration::from_millis(self.settings().election_timeout_ms);
+        let catch_up = std::time::Duration::from_secs(2);
+        match self.hand_over(&running, catch_up, Some(target)).await {
+            Ok(()) => {
+                tracing::info!(
+                    member = target,
+                    "handed over to a member of higher priority"
+                );
+                *self.frozen_until.lock().unwrap() = Some(std::time::Instant::now() + e);
+                running.raft.runtime_config().elect(false);
+            }
+            Err(e) => {
+                tracing::info!(member = target, error = %e.message, "priority takeover did not happen")
+            }
+        }
+        self.stepping_down.store(false, Ordering::SeqCst);
+    }
+
+    /// Hands the primary's role to a caught-up electable member (`only` that one, if
+    /// given; else the one with the highest priority): it stands for election at once.
+    async fn hand_over(
+        &self,
+        running: &Running,
+        catch_up: std::time::Duration,
+        only: Option<NodeId>,
+    ) -> Result<()> {
         let deadline = std::time::Instant::now() + catch_up;
         let last = self.store.last_frame().ok().flatten().map_or(0, |h| h.lsn);
         let target = loop {
             let t = self.topology();
-            let caught_up = t.members.iter().find(|(id, m, voter)| {
-                Some(*id) != t.my_id
-                    && *voter
-                    && m.priority_milli > 0
-                    && t.matched.get(id).is_some_and(|&l| l >= last)
-            });
+            let caught_up = t
+                .members
+                .iter()
+                .filter(|(id, m, voter)| {
+                    Some(*id) != t.my_id
+                        && only.is_none_or(|o| o == *id)
+                        && *voter
+                        && m.priority_milli > 0
+                        && t.matched.get(id).is_some_and(|&l| l >= last)
+                })
+                .max_by_key(|(id, m, _)| (m.priority_milli, std::cmp::Reverse(*id)));
             if let Some((id, m, _)) = caught_up {
                 break (*id, m.clone());
             }
@@ -1057,10 +1125,9 @@ fn parse_config(c: &Document, set: &str) -> Result<(Members, Settings)> {
                 "member {id}: priority must be between 0 and 1000"
             )));
         }
-        if priority != 0.0 && priority != 1.0 {
-            // Electable members are equal in eddy's elections (no priority takeover).
+        if !(0.0..=1000.0).contains(&priority) {
             return Err(bad(format!(
-                "member {id}: priority {priority} is not supported by eddy: a member is electable (1) or not (0)"
+                "member {id}: priority must be between 0 and 1000, not {priority}"
             )));
         }
         if hidden && priority != 0.0 {
@@ -1230,6 +1297,7 @@ async fn watch_metrics(set: std::sync::Weak<ReplSet>, raft: Raft<TypeConfig>) {
     let mut m = rx.borrow_and_update().clone();
     let mut got_at = std::time::Instant::now();
     let mut first = true;
+    let mut takeover_at: Option<std::time::Instant> = None;
     loop {
         let Some(set) = set.upgrade() else { return };
         let state = match m.state {
@@ -1306,6 +1374,12 @@ async fn watch_metrics(set: std::sync::Weak<ReplSet>, raft: Raft<TypeConfig>) {
         if electable != electable_before || first {
             raft.runtime_config().elect(electable);
             first = false;
+        }
+        if writable && takeover_at.is_none_or(|t| t.elapsed() > set.election_timeout()) {
+            if let Some(target) = set.takeover_target() {
+                takeover_at = Some(std::time::Instant::now());
+                tokio::spawn(set.clone().take_over(target));
+            }
         }
         drop(set);
         tokio::select! {
