@@ -67,6 +67,9 @@ done
 # The suites that exercise replication, against a replica set of three members.
 stage "drivers' specification tests against a 3-member replica set (changestreams transactions sessions retryable-writes retryable-reads sdam)"
 EDDY_RS=3 EDDY_BIN=target/release/eddy ./scripts/spec-tests.sh changestreams transactions sessions retryable-writes retryable-reads sdam
+# A set with access control: members authenticate to each other with a key file.
+stage "drivers' specification tests against a 3-member replica set with --keyFile (changestreams transactions retryable-writes auth)"
+EDDY_AUTH=1 EDDY_RS=3 EDDY_BIN=target/release/eddy ./scripts/spec-tests.sh changestreams transactions retryable-writes auth
 # The same suites again with access control on (PyMongo's harness creates its user through
 # the localhost exception and runs as it), plus the suites that only run with auth. Every
 # test that passed without auth must pass with it.
