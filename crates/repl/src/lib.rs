@@ -405,10 +405,12 @@ impl ReplSet {
             cluster_name: self.name.clone(),
             heartbeat_interval: settings.heartbeat_ms,
             // A member refuses to vote while it heard from the primary within the longest
-            // election timeout (openraft's leader lease), so the first round of an election
-            // fails and the second succeeds: both fit in electionTimeoutMillis this way.
-            election_timeout_min: settings.election_timeout_ms / 3,
-            election_timeout_max: settings.election_timeout_ms / 2,
+            // election timeout (openraft's leader lease), and a follower of a live primary
+            // stands only after that lease plus its election timeout: with these, at
+            // 7/12 to 2/3 of electionTimeoutMillis after the primary's last heartbeat, so
+            // that the election is over within electionTimeoutMillis.
+            election_timeout_min: settings.election_timeout_ms / 4,
+            election_timeout_max: settings.election_timeout_ms / 3,
             // Images of the tables (snapshots) are taken when the oplog's bounds want log
             // frames released (see `release_log`), not by entry counts.
             snapshot_policy: SnapshotPolicy::Never,
@@ -1184,9 +1186,9 @@ fn parse_config(c: &Document, set: &str) -> Result<(Members, Settings)> {
             }
         }
     }
-    if settings.heartbeat_ms * 3 >= settings.election_timeout_ms {
+    if settings.heartbeat_ms * 4 >= settings.election_timeout_ms {
         return Err(bad(format!(
-            "heartbeatIntervalMillis ({}) must be under a third of electionTimeoutMillis ({})",
+            "heartbeatIntervalMillis ({}) must be under a quarter of electionTimeoutMillis ({})",
             settings.heartbeat_ms, settings.election_timeout_ms
         )));
     }
