@@ -562,11 +562,22 @@ impl Store {
     /// # Errors
     /// On storage failure, or when the store is closed.
     pub async fn checkpoint(&self) -> Result<()> {
-        let (tx, rx) = oneshot::channel::<Result<()>>();
-        let done: Completion = Box::new(move |r| {
+        self.ask(Msg::Checkpoint).await
+    }
+
+    /// Sends the pipeline the request `msg` makes around its reply, and waits for the
+    /// reply.
+    ///
+    /// # Errors
+    /// The reply's error, or InterruptedAtShutdown when the pipeline closes first.
+    pub(crate) async fn ask<T: Send + 'static>(
+        &self,
+        msg: impl FnOnce(Box<dyn FnOnce(Result<T>) + Send>) -> Msg,
+    ) -> Result<T> {
+        let (tx, rx) = oneshot::channel::<Result<T>>();
+        self.inner.pipeline.submit(msg(Box::new(move |r| {
             let _ = tx.send(r);
-        });
-        self.inner.pipeline.submit(Msg::Checkpoint(done))?;
+        })))?;
         rx.await.map_err(|_| shutting_down())?
     }
 

@@ -39,7 +39,7 @@ use crate::redo::{self, Op, Redo, TableId};
 use crate::txn::{self, Overlay};
 use crate::wal::frame::FrameBuf;
 use crate::wal::writer::LogWriter;
-use crate::wal::{Log, seg_path};
+use crate::wal::Log;
 use crate::{
     Backend, CATALOG, IDS, INDEXES, META, META_APPLIED, META_NEXT_ID, OLD_DOCS, PREIMAGES, RECORDS,
     SESSIONS, StoreOptions, TXN_PREIMAGES, WriteCtx, coll_of, decode_doc, decode_record, doc_key,
@@ -599,17 +599,8 @@ impl Writer {
             h.set_applied(s.tables_lsn, oplog::ts_key(s.last_ts))
                 .map_err(storage_err)?;
             if let Some(r) = &self.repl {
-                let (lsn, term, leader) = *r.shared.applied.lock().unwrap();
-                let mut b = Vec::with_capacity(14);
-                b.extend_from_slice(&lsn.to_be_bytes());
-                b.extend_from_slice(&term.to_be_bytes());
-                b.extend_from_slice(&leader.to_be_bytes());
-                h.apply(&Op::Put(
-                    TableId::Meta,
-                    crate::META_REPL_APPLIED.as_bytes(),
-                    &b,
-                ))
-                .map_err(storage_err)?;
+                let applied = *r.shared.applied.lock().unwrap();
+                h.set_repl_applied(applied).map_err(storage_err)?;
             }
             // Batches log the next id without storing it (see `Tables::finish`).
             let next = s.stored_next_id.to_be_bytes();
@@ -929,19 +920,8 @@ impl Writer {
         let Some(keep) = self.state.drop_before.take() else {
             return;
         };
-        let gone: Vec<u64> = self
-            .log
-            .segs()
-            .iter()
-            .map(|s| s.seq)
-            .filter(|&q| q < keep)
-            .collect();
-        self.log.drop_before(keep);
-        for q in gone {
-            let p = seg_path(self.log.dir(), q);
-            if let Err(e) = std::fs::remove_file(&p) {
-                tracing::warn!(error = %e, path = %p.display(), "could not delete a truncated log segment");
-            }
+        for (p, e) in self.log.remove_before(keep) {
+            tracing::warn!(error = %e, path = %p.display(), "could not delete a truncated log segment");
         }
     }
 }
@@ -1236,6 +1216,22 @@ impl<'t> Handles<'t> {
             TableId::Preimages => copy(self.preimages()?.get(key_u64(key)?).map_err(e)?),
             TableId::TxnPreimages => copy(self.txn_preimages()?.get(key_pair(key)?).map_err(e)?),
         })
+    }
+
+    /// On a replica set member: records the log id `(lsn, term, leader)` of the last frame
+    /// the tables hold (read back by `Store::repl_applied_stored`).
+    pub(crate) fn set_repl_applied(
+        &mut self,
+        (lsn, term, leader): (u64, u32, u16),
+    ) -> std::result::Result<(), String> {
+        let mut b = [0u8; 14];
+        b[..8].copy_from_slice(&lsn.to_be_bytes());
+        b[8..12].copy_from_slice(&term.to_be_bytes());
+        b[12..].copy_from_slice(&leader.to_be_bytes());
+        self.meta()?
+            .insert(crate::META_REPL_APPLIED, b.as_slice())
+            .map(drop)
+            .map_err(|e| e.to_string())
     }
 
     /// Records the lsn and clusterTime the tables hold (at checkpoints and at the end of

@@ -668,15 +668,7 @@ impl Writer {
                 let mut h = Handles::open(&txn).map_err(|e| e.message)?;
                 crate::image::read(&mut open().map_err(|e| e.message)?, |_, op| h.apply(&op))?;
                 h.set_applied(pos.lsn, pos.ts)?;
-                let mut b = Vec::with_capacity(14);
-                b.extend_from_slice(&pos.lsn.to_be_bytes());
-                b.extend_from_slice(&pos.term.to_be_bytes());
-                b.extend_from_slice(&pos.leader.to_be_bytes());
-                h.apply(&Op::Put(
-                    TableId::Meta,
-                    crate::META_REPL_APPLIED.as_bytes(),
-                    &b,
-                ))?;
+                h.set_repl_applied((pos.lsn, pos.term, pos.leader))?;
                 h.apply(&Op::Put(
                     TableId::Meta,
                     META_NEXT_ID.as_bytes(),
@@ -891,14 +883,8 @@ impl crate::Store {
     /// # Errors
     /// When a frame cannot be applied (then the store takes no more writes).
     pub async fn repl_apply(&self, frames: Vec<ReplFrame>) -> Result<()> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.inner.pipeline.submit(crate::pipeline::Msg::Apply(
-            frames,
-            Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        ))?;
-        rx.await.map_err(|_| crate::shutting_down())?
+        self.ask(|done| crate::pipeline::Msg::Apply(frames, done))
+            .await
     }
 
     /// Removes the frames from `lsn` on, rolling back this node's batches among them.
@@ -906,14 +892,8 @@ impl crate::Store {
     /// # Errors
     /// When the log cannot be truncated.
     pub async fn repl_truncate(&self, lsn: u64) -> Result<()> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.inner.pipeline.submit(crate::pipeline::Msg::Truncate(
-            lsn,
-            Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        ))?;
-        rx.await.map_err(|_| crate::shutting_down())?
+        self.ask(|done| crate::pipeline::Msg::Truncate(lsn, done))
+            .await
     }
 
     /// Writes an image of the tables, as of a frame a majority holds, to `w` (blocking:
@@ -952,14 +932,8 @@ impl crate::Store {
         .await
         .map_err(storage_err)?
         .map_err(storage_err)?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.inner.pipeline.submit(crate::pipeline::Msg::Install(
-            path,
-            Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        ))?;
-        rx.await.map_err(|_| crate::shutting_down())?
+        self.ask(|done| crate::pipeline::Msg::Install(path, done))
+            .await
     }
 
     /// A proposal the consensus layer refused.

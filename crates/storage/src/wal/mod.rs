@@ -212,6 +212,27 @@ impl Log {
         t.from = t.from.max(upto);
     }
 
+    /// Forgets the segments before `seq` and deletes their files; returns the files that
+    /// could not be deleted.
+    pub(crate) fn remove_before(&self, seq: u64) -> Vec<(PathBuf, std::io::Error)> {
+        let gone: Vec<u64> = self
+            .segs()
+            .iter()
+            .map(|s| s.seq)
+            .filter(|&q| q < seq)
+            .collect();
+        self.drop_before(seq);
+        gone.into_iter()
+            .filter_map(|q| {
+                let p = seg_path(&self.dir, q);
+                match std::fs::remove_file(&p) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Some((p, e)),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
     /// Adds a committed batch's entries to the in-memory tail.
     pub(crate) fn push_tail<'a>(&self, entries: impl Iterator<Item = (u64, &'a [u8])>) {
         let mut t = self.tail.write().unwrap();

@@ -292,21 +292,10 @@ impl LogWriter {
                 s.last_ts = prior_ts;
             }
         });
-        let gone: Vec<u64> = self
-            .log
-            .segs()
-            .iter()
-            .map(|s| s.seq)
-            .filter(|&q| q < seq)
-            .collect();
-        self.log.drop_before(seq);
+        let failed = self.log.remove_before(seq);
         self.log.trim_tail(prior_ts);
-        for q in gone {
-            match std::fs::remove_file(seg_path(self.log.dir(), q)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
+        if let Some((_, e)) = failed.into_iter().next() {
+            return Err(e);
         }
         sync_dir(self.log.dir())
     }
