@@ -428,12 +428,7 @@ impl ReplSet {
         let log = log::LogStore::open(self.store.clone(), id, self.incarnation)
             .map_err(MongoError::internal)?;
         let sm = log::StateMachine { log: log.clone() };
-        let network = net::Network {
-            settings,
-            me: id,
-            key: self.key.clone(),
-        };
-        let raft = Raft::new(id, config, network, log, sm)
+        let raft = Raft::new(id, config, self.network(id), log, sm)
             .await
             .map_err(|e| MongoError::internal(format!("cannot start replication: {e}")))?;
         let running = Arc::new(Running {
@@ -553,10 +548,7 @@ impl ReplSet {
         }
         if kind == "removed" {
             self.leave().await;
-            return Ok(doc! {"resp": bson::Binary {
-                subtype: bson::spec::BinarySubtype::Generic,
-                bytes: encode(&true).map_err(MongoError::internal)?,
-            }});
+            return net::reply(Ok::<bool, ()>(true)).map_err(MongoError::internal);
         }
         let running = self.start(to, settings).await?;
         if kind == "part" {
@@ -595,6 +587,20 @@ impl ReplSet {
         let _ = std::fs::remove_file(id_path(&self.store));
     }
 
+    /// The client side of member traffic, for this member (`me`).
+    fn network(&self, me: NodeId) -> net::Network {
+        net::Network {
+            settings: self.settings(),
+            me,
+            key: self.key.clone(),
+        }
+    }
+
+    /// A client for member `id` at `member`, outside Raft's own replication.
+    async fn peer(&self, me: NodeId, id: NodeId, member: &Member) -> net::Peer {
+        openraft::network::RaftNetworkFactory::new_client(&mut self.network(me), id, member).await
+    }
+
     fn election_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.settings().election_timeout_ms)
     }
@@ -610,15 +616,7 @@ impl ReplSet {
             .1
             .priority_milli;
         let last = self.store.last_frame().ok().flatten().map_or(0, |h| h.lsn);
-        t.members
-            .iter()
-            .filter(|(id, m, voter)| {
-                *voter
-                    && m.priority_milli > mine
-                    && t.matched.get(id).is_some_and(|&l| l + 64 >= last)
-            })
-            .max_by_key(|(id, m, _)| (m.priority_milli, std::cmp::Reverse(*id)))
-            .map(|(id, _, _)| *id)
+        best_caught_up(&t, last, 64, mine, None).map(|(id, _)| id)
     }
 
     /// The topology now.
@@ -738,7 +736,7 @@ impl ReplSet {
             return;
         }
         self.shared.writable.store(false, Ordering::SeqCst);
-        let e = std::time::Duration::from_millis(self.settings().election_timeout_ms);
+        let e = self.election_timeout();
         let catch_up = std::time::Duration::from_secs(2);
         match self.hand_over(&running, catch_up, Some(target)).await {
             Ok(()) => {
@@ -767,20 +765,8 @@ impl ReplSet {
         let deadline = std::time::Instant::now() + catch_up;
         let last = self.store.last_frame().ok().flatten().map_or(0, |h| h.lsn);
         let target = loop {
-            let t = self.topology();
-            let caught_up = t
-                .members
-                .iter()
-                .filter(|(id, m, voter)| {
-                    Some(*id) != t.my_id
-                        && only.is_none_or(|o| o == *id)
-                        && *voter
-                        && m.priority_milli > 0
-                        && t.matched.get(id).is_some_and(|&l| l >= last)
-                })
-                .max_by_key(|(id, m, _)| (m.priority_milli, std::cmp::Reverse(*id)));
-            if let Some((id, m, _)) = caught_up {
-                break (*id, m.clone());
+            if let Some(found) = best_caught_up(&self.topology(), last, 0, 0, only) {
+                break found;
             }
             if std::time::Instant::now() >= deadline {
                 return Err(MongoError::new(
@@ -792,16 +778,7 @@ impl ReplSet {
         };
         // It stands for election at once; this member, seeing its higher term, follows.
         let settings = self.settings();
-        let mut peer = openraft::network::RaftNetworkFactory::new_client(
-            &mut net::Network {
-                settings,
-                me: running.id,
-                key: self.key.clone(),
-            },
-            target.0,
-            &target.1,
-        )
-        .await;
+        let mut peer = self.peer(running.id, target.0, &target.1).await;
         peer.elect().await.map_err(|e| {
             MongoError::new(
                 ErrorCode::ExceededTimeLimit,
@@ -967,16 +944,7 @@ impl ReplSet {
             // without it: it is told (as mongod's heartbeats tell it), and stops.
             for id in removed {
                 if let Some((m, _)) = old.get(&id) {
-                    let mut peer = openraft::network::RaftNetworkFactory::new_client(
-                        &mut net::Network {
-                            settings: self.settings(),
-                            me: running.id,
-                            key: self.key.clone(),
-                        },
-                        id,
-                        m,
-                    )
-                    .await;
+                    let mut peer = self.peer(running.id, id, m).await;
                     if let Err(e) = peer.removed().await {
                         tracing::warn!(member = id, error = %e, "could not tell a removed member");
                     }
@@ -1235,8 +1203,29 @@ async fn forward_proposals(
     }
 }
 
-/// Follows Raft's metrics: this member's state, the primary, the membership, and whether
-/// it may take writes.
+/// The voting member other than this one (`only` that one, if given) with the highest
+/// priority above `above` whose log is within `slack` entries of `last` (ties go to the
+/// lowest id).
+fn best_caught_up(
+    t: &Topology,
+    last: u64,
+    slack: u64,
+    above: u32,
+    only: Option<NodeId>,
+) -> Option<(NodeId, Member)> {
+    t.members
+        .iter()
+        .filter(|(id, m, voter)| {
+            Some(*id) != t.my_id
+                && only.is_none_or(|o| o == *id)
+                && *voter
+                && m.priority_milli > above
+                && t.matched.get(id).is_some_and(|&l| l + slack >= last)
+        })
+        .max_by_key(|(id, m, _)| (m.priority_milli, std::cmp::Reverse(*id)))
+        .map(|(id, m, _)| (*id, m.clone()))
+}
+
 /// How long frames Raft purged stay readable (see `release_log`).
 const PURGE_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -1294,6 +1283,8 @@ async fn release_log(store: Store, raft: Raft<TypeConfig>) {
     }
 }
 
+/// Follows Raft's metrics: this member's state, the primary, the membership, and whether
+/// it may take writes.
 async fn watch_metrics(set: std::sync::Weak<ReplSet>, raft: Raft<TypeConfig>) {
     let mut rx = raft.metrics();
     let mut m = rx.borrow_and_update().clone();

@@ -67,6 +67,28 @@ fn stamp_of(id: &LogId<NodeId>, kind: FrameKind) -> Stamp {
     }
 }
 
+/// The log's last entry: its id and clusterTime key.
+fn last_entry(store: &Store) -> Result<Option<(LogId<NodeId>, u64)>, SE> {
+    Ok(store
+        .last_frame()
+        .map_err(|e| log_err(e.message))?
+        .map(|h| (log_id(h.lsn, h.stamp), h.last_ts)))
+}
+
+/// The log id of a frame known by its position `(lsn, term, leader)`; none for lsn 0.
+fn position_id(lsn: u64, term: u32, leader: u16) -> Option<LogId<NodeId>> {
+    (lsn > 0).then(|| {
+        log_id(
+            lsn,
+            Stamp {
+                term,
+                leader,
+                kind: FrameKind::Batch,
+            },
+        )
+    })
+}
+
 /// What is kept beside the log: the vote and the last purged log id.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct RaftMeta {
@@ -105,10 +127,7 @@ impl LogStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => RaftMeta::default(),
             Err(e) => return Err(format!("{}: {e}", meta_path.display())),
         };
-        let last = store
-            .last_frame()
-            .map_err(|e| e.message)?
-            .map(|h| (log_id(h.lsn, h.stamp), h.last_ts));
+        let last = last_entry(&store).map_err(|e| e.to_string())?;
         if let (Some(r), Some(p)) = (store.repl(), meta.purged) {
             // Nothing from before this start reads purged frames any more.
             r.purged
@@ -139,6 +158,30 @@ impl LogStore {
         f.sync_all()?;
         std::fs::rename(&tmp, &self.inner.meta_path)?;
         std::fs::File::open(self.inner.store.path())?.sync_all()
+    }
+
+    /// Raft purged the entries up to `id` (or an image replaced them): the cache lets
+    /// them go, the vote file records it, and the pipeline learns that the log may drop
+    /// them.
+    fn record_purged(&self, id: LogId<NodeId>) -> Result<(), SE> {
+        {
+            let mut m = self.inner.meta.lock().unwrap();
+            if m.purged < Some(id) {
+                m.purged = Some(id);
+            }
+        }
+        self.inner
+            .cache
+            .lock()
+            .unwrap()
+            .retain(|&k, _| k > id.index);
+        self.save_meta()
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+        if let Some(r) = self.inner.store.repl() {
+            r.purged
+                .fetch_max(id.index + 1, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(())
     }
 
     /// An entry as a whole frame, stamped for its place in the log; `prior` is the
@@ -381,32 +424,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .repl_truncate(id.index + 1)
             .await
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e.message))?;
-        let last = self
-            .inner
-            .store
-            .last_frame()
-            .map_err(|e| log_err(e.message))?
-            .map(|h| (log_id(h.lsn, h.stamp), h.last_ts));
-        *self.inner.last.lock().unwrap() = last;
+        *self.inner.last.lock().unwrap() = last_entry(&self.inner.store)?;
         Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SE> {
         // Raft no longer needs these entries; change stream history keeps them until the
         // oplog's own size and age bounds drop their segments.
-        self.inner.meta.lock().unwrap().purged = Some(log_id);
-        self.inner
-            .cache
-            .lock()
-            .unwrap()
-            .retain(|&k, _| k > log_id.index);
-        self.save_meta()
-            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
-        if let Some(r) = self.inner.store.repl() {
-            r.purged
-                .fetch_max(log_id.index + 1, std::sync::atomic::Ordering::SeqCst);
-        }
-        Ok(())
+        self.record_purged(log_id)
     }
 }
 
@@ -448,16 +473,7 @@ pub(crate) fn applied_id(store: &Store) -> Option<LogId<NodeId>> {
         .map(|r| *r.applied.lock().unwrap())
         .or_else(|| store.repl_applied_stored())
         .unwrap_or((0, 0, 0));
-    (lsn > 0).then(|| {
-        log_id(
-            lsn,
-            Stamp {
-                term,
-                leader,
-                kind: FrameKind::Batch,
-            },
-        )
-    })
+    position_id(lsn, term, leader)
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -533,27 +549,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .await
             .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e.message))?;
         // Raft's log now begins after the image (or still holds the frames after it).
-        let inner = &self.log.inner;
-        inner.cache.lock().unwrap().retain(|&k, _| k + 1 > pos.lsn);
-        let last = store
-            .last_frame()
-            .map_err(|e| log_err(e.message))?
-            .map(|h| (log_id(h.lsn, h.stamp), h.last_ts));
-        *inner.last.lock().unwrap() = last;
-        {
-            let mut m = inner.meta.lock().unwrap();
-            if m.purged < meta.last_log_id {
-                m.purged = meta.last_log_id;
-            }
+        *self.log.inner.last.lock().unwrap() = last_entry(&store)?;
+        match position_id(pos.lsn, pos.term, pos.leader) {
+            Some(id) => self.log.record_purged(id),
+            None => Ok(()),
         }
-        self.log
-            .save_meta()
-            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
-        if let Some(r) = store.repl() {
-            r.purged
-                .fetch_max(pos.lsn, std::sync::atomic::Ordering::SeqCst);
-        }
-        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SE> {
@@ -686,16 +686,7 @@ impl RaftSnapshotBuilder<TypeConfig> for ImageBuilder {
         .map_err(|e| snap_err(ErrorVerb::Write, e))?
         .map_err(|e| snap_err(ErrorVerb::Write, e))?;
         let pos = info.pos;
-        let last_log_id = (pos.lsn > 0).then(|| {
-            log_id(
-                pos.lsn,
-                Stamp {
-                    term: pos.term,
-                    leader: pos.leader,
-                    kind: FrameKind::Batch,
-                },
-            )
-        });
+        let last_log_id = position_id(pos.lsn, pos.term, pos.leader);
         let last_membership = match &info.wanted_meta {
             Some(v) => membership_of(&bson::from_slice(v).map_err(log_err)?)?,
             None => StoredMembership::default(),

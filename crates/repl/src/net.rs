@@ -115,16 +115,12 @@ impl Peer {
         let round = async {
             let mut reply = Document::new();
             for (i, chunk) in chunks.into_iter().enumerate() {
-                let bin = bson::Binary {
-                    subtype: bson::spec::BinarySubtype::Generic,
-                    bytes: chunk.to_vec(),
-                };
                 let mut body = doc! {
                     "_eddyRaft": if i == last { kind } else { "part" },
                     "from": self.me as i64,
                     "to": self.target as i64,
                     "xfer": xfer as i64,
-                    "req": bin,
+                    "req": bin(chunk.to_vec()),
                     "settings": {
                         "electionTimeoutMillis": self.settings.election_timeout_ms as i64,
                         "heartbeatIntervalMillis": self.settings.heartbeat_ms as i64,
@@ -229,10 +225,6 @@ async fn authenticate(s: &mut TcpStream, key: &str) -> std::io::Result<()> {
     };
     let mech = auth::Mechanism::Sha256;
     let (mut client, first) = auth::Client::start(mech, "__system");
-    let bin = |b: Vec<u8>| bson::Binary {
-        subtype: bson::spec::BinarySubtype::Generic,
-        bytes: b,
-    };
     let send = async |s: &mut TcpStream, body: Document| -> std::io::Result<Document> {
         let msg = wire::try_encode_msg(1, 0, 0, &body, None)
             .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
@@ -290,9 +282,7 @@ impl Peer {
     /// # Errors
     /// When it cannot be reached or refuses.
     pub async fn elect(&mut self) -> Result<(), String> {
-        let r: RpcResult<bool, openraft::error::Fatal<NodeId>> =
-            self.call("elect", &(), Duration::from_secs(5)).await;
-        r.map(drop).map_err(|e| e.to_string())
+        self.notify("elect").await
     }
 
     /// Tells this member that it was removed from the set.
@@ -300,8 +290,13 @@ impl Peer {
     /// # Errors
     /// When it cannot be reached.
     pub async fn removed(&mut self) -> Result<(), String> {
+        self.notify("removed").await
+    }
+
+    /// Sends this member an RPC of `kind` that carries nothing and answers `true`.
+    async fn notify(&mut self, kind: &str) -> Result<(), String> {
         let r: RpcResult<bool, openraft::error::Fatal<NodeId>> =
-            self.call("removed", &(), Duration::from_secs(5)).await;
+            self.call(kind, &(), Duration::from_secs(5)).await;
         r.map(drop).map_err(|e| e.to_string())
     }
 }
@@ -332,6 +327,25 @@ impl RaftNetwork<TypeConfig> for Peer {
     }
 }
 
+/// Bytes as a BSON binary (generic subtype).
+pub(crate) fn bin(bytes: Vec<u8>) -> bson::Binary {
+    bson::Binary {
+        subtype: bson::spec::BinarySubtype::Generic,
+        bytes,
+    }
+}
+
+/// A member RPC's reply: `resp` holds its result, `raftError` Raft's error.
+///
+/// # Errors
+/// When the result cannot be encoded.
+pub(crate) fn reply<T: Serialize, E: Serialize>(r: Result<T, E>) -> Result<Document, String> {
+    match r {
+        Ok(v) => Ok(doc! {"resp": bin(crate::encode(&v)?)}),
+        Err(e) => Ok(doc! {"raftError": bin(crate::encode(&e)?)}),
+    }
+}
+
 /// Serves one `_eddyRaft` request on this member's Raft node.
 ///
 /// # Errors
@@ -341,18 +355,6 @@ pub async fn serve(
     kind: &str,
     req: &[u8],
 ) -> Result<Document, String> {
-    fn bin(bytes: Vec<u8>) -> bson::Binary {
-        bson::Binary {
-            subtype: bson::spec::BinarySubtype::Generic,
-            bytes,
-        }
-    }
-    fn reply<T: Serialize, E: Serialize>(r: Result<T, E>) -> Result<Document, String> {
-        match r {
-            Ok(v) => Ok(doc! {"resp": bin(crate::encode(&v)?)}),
-            Err(e) => Ok(doc! {"raftError": bin(crate::encode(&e)?)}),
-        }
-    }
     match kind {
         "append" => reply(raft.append_entries(crate::decode(req)?).await),
         "vote" => reply(raft.vote(crate::decode(req)?).await),

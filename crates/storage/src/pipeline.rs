@@ -37,9 +37,9 @@ use crate::oplog::{self, OpKind, OplogEntry};
 use crate::pending::{Building, Layer};
 use crate::redo::{self, Op, Redo, TableId};
 use crate::txn::{self, Overlay};
+use crate::wal::Log;
 use crate::wal::frame::FrameBuf;
 use crate::wal::writer::LogWriter;
-use crate::wal::Log;
 use crate::{
     Backend, CATALOG, IDS, INDEXES, META, META_APPLIED, META_NEXT_ID, OLD_DOCS, PREIMAGES, RECORDS,
     SESSIONS, StoreOptions, TXN_PREIMAGES, WriteCtx, coll_of, decode_doc, decode_record, doc_key,
