@@ -216,6 +216,10 @@ def main():
     time.sleep(1.5)
     stop.set()
     writer.join(10)
+    # The first watcher must be gone before `stop` is cleared for the second: otherwise
+    # it may go on appending to `seen` (the "end" event), and the check would read that.
+    watcher.join(30)
+    assert not watcher.is_alive(), "the first change stream reader did not stop"
     # The last write, so that the stream has seen everything before it.
     coll.insert_one({"_id": "end"})
     acked.append("end")
