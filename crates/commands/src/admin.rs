@@ -186,7 +186,13 @@ pub fn server_status(ctx: &ServerCtx) -> Result<Reply> {
         "storageEngine": {"name": "redb", "supportsCommittedReads": true, "persistent": true},
         "repl": {"setName": &ctx.config.repl_set, "isWritablePrimary": true, "secondary": false, "primary": &ctx.config.advertised, "me": &ctx.config.advertised},
         "oplog": oplog,
-        "metrics": {"cursor": {"open": {"total": ctx.cursors.len() as i64}}},
+        "metrics": {
+            "cursor": {"open": {"total": ctx.cursors.len() as i64}},
+            "ttl": {
+                "passes": ctx.ttl.passes.load(Ordering::Relaxed) as i64,
+                "deletedDocuments": ctx.ttl.deleted_documents.load(Ordering::Relaxed) as i64,
+            },
+        },
     }))
 }
 

@@ -430,6 +430,26 @@ fn delete_one(
     Ok(())
 }
 
+/// Deletes up to `limit` documents of `meta` matching `filter`, as separate (non-retryable)
+/// statements: the TTL monitor's and capped collections' deletes. Returns how many.
+///
+/// # Errors
+/// A storage error.
+pub(crate) fn delete_matching(
+    w: &mut WriteCtx<'_>,
+    meta: &CollectionMeta,
+    filter: &Filter,
+    s: &Session,
+    limit: usize,
+) -> Result<usize> {
+    let docs = matching(w, meta, filter, &s.interrupt)?;
+    let n = docs.len().min(limit);
+    for d in docs.iter().take(limit) {
+        delete_one(w, meta, d, s, 0)?;
+    }
+    Ok(n)
+}
+
 pub(crate) struct UpdateOutcome {
     pub(crate) n: i64,
     pub(crate) modified: i64,

@@ -382,14 +382,15 @@ pub async fn coll_mod(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<
             changes.insert(k.clone(), v.clone());
         }
     }
-    if changes.contains_key("index") {
-        // Hiding indexes and changing their TTL or uniqueness are not implemented: refused
-        // rather than accepted and ignored.
-        return Err(MongoError::new(
-            ErrorCode::InvalidOptions,
-            "collMod 'index' (hidden, expireAfterSeconds, prepareUnique, unique) is not supported by Eddy",
-        ));
-    }
+    let index_change = match changes.remove("index") {
+        Some(Bson::Document(d)) => Some(parse_index_change(&d)?),
+        Some(_) => {
+            return Err(MongoError::type_mismatch(
+                "BSON field 'collMod.index' is the wrong type, expected type 'object'",
+            ));
+        }
+        None => None,
+    };
     let mut check = changes.clone();
     for k in ["validationLevel", "validationAction"] {
         if let Some(v) = check.remove(k) {
@@ -417,6 +418,12 @@ pub async fn coll_mod(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<
             };
             let mut before = doc! {"uuid": meta.uuid};
             before.extend(meta.options.clone());
+            let mut reply = Document::new();
+            if let Some(change) = &index_change {
+                let (spec, r) = apply_index_change(&mut meta, change)?;
+                reply = r;
+                changes.insert("index", spec);
+            }
             for (k, v) in &changes {
                 if k == "index" {
                     continue;
@@ -439,10 +446,121 @@ pub async fn coll_mod(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<
             )
             .with_o2(doc! {"collectionOptions": before});
             w.log(e)?;
-            Ok(())
+            Ok(reply)
         })
-        .await?;
-    Ok(Reply::ok(Document::new()))
+        .await
+        .map(Reply::ok)
+}
+
+/// What `collMod`'s `index` option asks of one index.
+struct IndexChange {
+    /// `keyPattern` or `name`.
+    target: Bson,
+    hidden: Option<bool>,
+    expire_after: Option<Bson>,
+}
+
+fn parse_index_change(d: &Document) -> Result<IndexChange> {
+    let mut target = None;
+    let mut change = IndexChange {
+        target: Bson::Null,
+        hidden: None,
+        expire_after: None,
+    };
+    for (k, v) in d {
+        match k.as_str() {
+            "keyPattern" | "name" => {
+                if target.is_some() {
+                    return Err(MongoError::new(
+                        ErrorCode::InvalidOptions,
+                        "Cannot specify both key pattern and name.",
+                    ));
+                }
+                target = Some(v.clone());
+            }
+            "hidden" => match v {
+                Bson::Boolean(b) => change.hidden = Some(*b),
+                _ => {
+                    return Err(MongoError::type_mismatch(
+                        "BSON field 'collMod.index.hidden' is the wrong type, expected type 'bool'",
+                    ));
+                }
+            },
+            "expireAfterSeconds" => change.expire_after = Some(v.clone()),
+            "prepareUnique" | "unique" | "forceNonUnique" | "dryRun" => {
+                return Err(unsupported(&format!("collMod index changes of '{k}'")));
+            }
+            other => {
+                return Err(MongoError::with_code(
+                    40415,
+                    format!("BSON field 'collMod.index.{other}' is an unknown field."),
+                ));
+            }
+        }
+    }
+    change.target = target.ok_or_else(|| {
+        MongoError::new(
+            ErrorCode::InvalidOptions,
+            "Must specify either index name or key pattern.",
+        )
+    })?;
+    if change.hidden.is_none() && change.expire_after.is_none() {
+        return Err(MongoError::new(
+            ErrorCode::InvalidOptions,
+            "no expireAfterSeconds or hidden field",
+        ));
+    }
+    Ok(change)
+}
+
+/// Applies a `collMod` index change to the catalog record: the oplog's `index` spec and
+/// the reply's `*_old`/`*_new` fields.
+fn apply_index_change(meta: &mut CollectionMeta, c: &IndexChange) -> Result<(Document, Document)> {
+    let ix = meta
+        .indexes
+        .iter_mut()
+        .find(|i| match &c.target {
+            Bson::String(n) => &i.name == n,
+            Bson::Document(k) => &i.key == k,
+            _ => false,
+        })
+        .ok_or_else(|| {
+            MongoError::new(
+                ErrorCode::IndexNotFound,
+                format!("cannot find index {} for ns {}", c.target, meta.ns.full()),
+            )
+        })?;
+    let mut reply = Document::new();
+    let mut spec = doc! {"name": &ix.name, "keyPattern": ix.key.clone()};
+    if let Some(h) = c.hidden {
+        if ix.is_id() {
+            return Err(MongoError::bad_value("can't hide _id index"));
+        }
+        reply.insert("hidden_old", ix.hidden());
+        reply.insert("hidden_new", h);
+        if h {
+            ix.spec.insert("hidden", true);
+        } else {
+            ix.spec.remove("hidden");
+        }
+        spec.insert("hidden", h);
+    }
+    if let Some(v) = &c.expire_after {
+        if ix.is_id() {
+            return Err(MongoError::new(
+                ErrorCode::InvalidOptions,
+                "The field 'expireAfterSeconds' is not valid for an _id index specification.",
+            ));
+        }
+        check_ttl(v, &ix.key)?;
+        if let Some(old) = ix.spec.get("expireAfterSeconds") {
+            reply.insert("expireAfterSeconds_old", old.clone());
+        }
+        reply.insert("expireAfterSeconds_new", v.clone());
+        ix.spec.insert("expireAfterSeconds", v.clone());
+        spec.insert("expireAfterSeconds", v.clone());
+    }
+    Ok((spec, reply))
 }
 
 /// `listDatabases`.
@@ -636,15 +754,34 @@ fn parse_index(spec: &Document) -> Result<(IndexMeta, IndexCollation)> {
         ));
     }
     for (f, v) in &key {
-        let ok =
-            matches!(doc::compare::as_f64(v), Some(d) if d != 0.0) || matches!(v, Bson::String(_));
+        if let Bson::String(kind) = v {
+            // The index types MongoDB has and Eddy does not build yet are refused rather
+            // than created and then never used.
+            let msg = match kind.as_str() {
+                "text" | "2dsphere" | "2d" | "hashed" | "geoHaystack" => {
+                    format!(
+                        "'{kind}' indexes are not supported by Eddy (index key {f}: \"{kind}\")"
+                    )
+                }
+                _ => format!("Unknown index plugin '{kind}'"),
+            };
+            return Err(MongoError::new(ErrorCode::CannotCreateIndex, msg));
+        }
+        let ok = matches!(doc::compare::as_f64(v), Some(d) if d != 0.0);
         if !ok || f.is_empty() {
             return Err(MongoError::new(
                 ErrorCode::CannotCreateIndex,
                 format!("Values in the index key pattern can't be 0 or invalid: {f}: {v}"),
             ));
         }
+        if f == "$**" || f.ends_with(".$**") {
+            return Err(MongoError::new(
+                ErrorCode::CannotCreateIndex,
+                format!("wildcard indexes are not supported by Eddy (index key {f})"),
+            ));
+        }
     }
+    check_index_options(spec, &key)?;
     let name = spec
         .get_str("name")
         .map_err(|_| {
@@ -661,7 +798,11 @@ fn parse_index(spec: &Document) -> Result<(IndexMeta, IndexCollation)> {
         Some(c) => Some(doc::Collation::from_option(Some(c))?),
         None => None,
     };
-    let mut full = doc! {"v": 2, "key": key.clone(), "name": &name};
+    let v = match spec.get("v").and_then(doc::compare::as_f64) {
+        Some(v) if v == 1.0 => 1,
+        _ => 2,
+    };
+    let mut full = doc! {"v": v, "key": key.clone(), "name": &name};
     for (k, v) in spec {
         if !matches!(k.as_str(), "key" | "name" | "v" | "ns" | "collation") {
             full.insert(k.clone(), v.clone());
@@ -678,6 +819,109 @@ fn parse_index(spec: &Document) -> Result<(IndexMeta, IndexCollation)> {
         multikey: false,
     };
     Ok((ix, collation))
+}
+
+/// Checks an index specification's options: each one is either honoured or refused with
+/// MongoDB's error for it, never accepted and ignored.
+fn check_index_options(spec: &Document, key: &Document) -> Result<()> {
+    let not_valid = |k: &str| {
+        MongoError::new(
+            ErrorCode::InvalidIndexSpecificationOption,
+            format!(
+                "The field '{k}' is not valid for an index specification. Specification: {spec}"
+            ),
+        )
+    };
+    let refused = |k: &str, what: &str| {
+        MongoError::new(
+            ErrorCode::CannotCreateIndex,
+            format!("The index option '{k}' is for {what}, which Eddy does not support"),
+        )
+    };
+    for (k, v) in spec {
+        match k.as_str() {
+            "key" | "name" | "ns" | "collation" | "partialFilterExpression" => {}
+            "v" => {
+                if !matches!(doc::compare::as_f64(v), Some(x) if x == 1.0 || x == 2.0) {
+                    return Err(MongoError::new(
+                        ErrorCode::CannotCreateIndex,
+                        format!(
+                            "Invalid index specification {spec}; cause: index version {v} is not supported"
+                        ),
+                    ));
+                }
+            }
+            // `background` has had no effect since MongoDB 4.2 (every build is the same
+            // kind); it is accepted as there.
+            "unique" | "sparse" | "background" => {
+                if !matches!(v, Bson::Boolean(_)) && doc::compare::as_f64(v).is_none() {
+                    return Err(MongoError::type_mismatch(format!(
+                        "The field '{k}' must be a boolean, but got {}",
+                        util::type_name(v)
+                    )));
+                }
+            }
+            "hidden" => {
+                if !matches!(v, Bson::Boolean(_)) {
+                    return Err(MongoError::type_mismatch(format!(
+                        "The field 'hidden' must be a boolean, but got {}",
+                        util::type_name(v)
+                    )));
+                }
+            }
+            "expireAfterSeconds" => check_ttl(v, key)?,
+            "storageEngine" => {
+                if !matches!(v, Bson::Document(d) if d.is_empty()) {
+                    return Err(unsupported("storageEngine settings"));
+                }
+            }
+            "weights" | "default_language" | "language_override" | "textIndexVersion" => {
+                return Err(refused(k, "text indexes"));
+            }
+            "2dsphereIndexVersion"
+            | "bits"
+            | "min"
+            | "max"
+            | "bucketSize"
+            | "coarsestIndexedLevel"
+            | "finestIndexedLevel" => {
+                return Err(refused(k, "geospatial indexes"));
+            }
+            "wildcardProjection" => return Err(refused(k, "wildcard indexes")),
+            "prepareUnique" => return Err(refused(k, "converting an index to unique")),
+            "clustered" => return Err(refused(k, "clustered collections")),
+            _ => return Err(not_valid(k)),
+        }
+    }
+    Ok(())
+}
+
+/// A TTL index's `expireAfterSeconds`: a number from 0 to 2^31 - 1, on a single field.
+fn check_ttl(v: &Bson, key: &Document) -> Result<()> {
+    let Some(secs) = doc::compare::as_f64(v) else {
+        return Err(MongoError::new(
+            ErrorCode::CannotCreateIndex,
+            format!(
+                "TTL index 'expireAfterSeconds' option must be numeric, but received a type of '{}'",
+                util::type_name(v)
+            ),
+        ));
+    };
+    if !(0.0..=f64::from(i32::MAX)).contains(&secs) || secs.is_nan() {
+        return Err(MongoError::new(
+            ErrorCode::CannotCreateIndex,
+            format!(
+                "TTL index 'expireAfterSeconds' option must be within an acceptable range, try a lower number: {secs}"
+            ),
+        ));
+    }
+    if key.len() != 1 {
+        return Err(MongoError::new(
+            ErrorCode::CannotCreateIndex,
+            "TTL indexes are single-field indexes, compound indexes do not support TTL",
+        ));
+    }
+    Ok(())
 }
 
 /// Settles an index's collation against the collection's default, writing it into the
@@ -775,7 +1019,7 @@ pub async fn create_indexes(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> R
                 settle_collation(&mut ix, own_collation, &meta)?;
                 let same_collation = |e: &IndexMeta| e.spec.get("collation") == ix.spec.get("collation");
                 if let Some(existing) = meta.indexes.iter().find(|e| e.name == ix.name) {
-                    if existing.key == ix.key && existing.unique == ix.unique && existing.sparse == ix.sparse && existing.partial_filter == ix.partial_filter && same_collation(existing) {
+                    if existing.key == ix.key && existing.unique == ix.unique && existing.sparse == ix.sparse && existing.partial_filter == ix.partial_filter && existing.expire_after_secs() == ix.expire_after_secs() && same_collation(existing) {
                         continue;
                     }
                     let code = if existing.key == ix.key { ErrorCode::IndexOptionsConflict } else { ErrorCode::IndexKeySpecsConflict };

@@ -13,6 +13,7 @@
 //! - [`logs`]: `getLog`'s ring of recent lines, log verbosity, `profile` and `slowms`.
 //! - [`stats`]: `dbStats`, `collStats` and `$collStats`.
 //! - [`write_concern`]: parsing write concerns and the `writeConcernError` of unmet ones.
+//! - [`ttl`]: the TTL monitor.
 //! - [`util`]: argument readers shared by the handlers.
 
 pub mod admin;
@@ -30,6 +31,7 @@ pub mod reply;
 pub mod security;
 pub mod sessions;
 pub mod stats;
+pub mod ttl;
 pub mod txn;
 pub mod users;
 pub mod util;
@@ -97,6 +99,7 @@ pub struct ServerCtx {
     pub config: ServerConfig,
     pub cursors: cursor::Cursors,
     pub stats: Stats,
+    pub ttl: ttl::TtlStats,
     pub started: Instant,
     pub process_id: ObjectId,
     pub parameters: Mutex<Document>,
@@ -148,6 +151,8 @@ impl ServerCtx {
             "scramSHA256IterationCount": auth::scram::DEFAULT_SHA256_ITERATIONS as i32,
             "authFailedDelayMs": security::DEFAULT_AUTH_FAILED_DELAY_MS,
             "createRollbackDataFiles": true,
+            "ttlMonitorEnabled": true,
+            "ttlMonitorSleepSecs": 60,
         };
         for (k, v) in parameters {
             params.insert(k, v);
@@ -160,6 +165,7 @@ impl ServerCtx {
             config,
             cursors: cursor::Cursors::default(),
             stats: Stats::default(),
+            ttl: ttl::TtlStats::default(),
             started: Instant::now(),
             process_id: ObjectId::new(),
             parameters: Mutex::new(params),
@@ -185,6 +191,7 @@ impl ServerCtx {
         cursor::spawn_reaper(Arc::downgrade(&ctx));
         txn::spawn_reaper(Arc::downgrade(&ctx));
         admin::spawn_image_expiry(Arc::downgrade(&ctx));
+        ttl::spawn(Arc::downgrade(&ctx));
         ctx
     }
 

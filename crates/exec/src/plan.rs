@@ -175,7 +175,8 @@ pub fn plan_query(
             }
             Bson::Document(k) => meta.indexes.iter().find(|i| &i.key == k),
             _ => None,
-        };
+        }
+        .filter(|i| !i.hidden());
         let Some(ix) = ix else {
             return Err(MongoError::new(
                 ErrorCode::BadValue,
@@ -212,11 +213,9 @@ pub fn plan_query(
     }
 
     let mut best: Option<(&IndexMeta, u8)> = None;
-    for ix in meta
-        .indexes
-        .iter()
-        .filter(|i| !i.is_id() && i.partial_filter.is_none() && !i.sparse && serves(i, coll))
-    {
+    for ix in meta.indexes.iter().filter(|i| {
+        !i.is_id() && !i.hidden() && i.partial_filter.is_none() && !i.sparse && serves(i, coll)
+    }) {
         let first = &ix.fields()[0].0;
         let r = preds
             .iter()
@@ -236,11 +235,9 @@ pub fn plan_query(
     }
     // No predicate uses an index; a sort still may.
     if let Some(s) = sort {
-        for ix in meta
-            .indexes
-            .iter()
-            .filter(|i| !i.is_id() && i.partial_filter.is_none() && !i.sparse && serves(i, coll))
-        {
+        for ix in meta.indexes.iter().filter(|i| {
+            !i.is_id() && !i.hidden() && i.partial_filter.is_none() && !i.sparse && serves(i, coll)
+        }) {
             if sort_direction(ix, s).is_some() {
                 return Ok(index_plan(ix, &preds, sort));
             }

@@ -110,6 +110,22 @@ impl IndexMeta {
         self.name == "_id_"
     }
 
+    /// Whether the index is hidden from the query planner (`hidden: true`): still
+    /// maintained, and still enforcing `unique`, but never chosen nor hinted.
+    pub fn hidden(&self) -> bool {
+        self.spec.get_bool("hidden").unwrap_or(false)
+    }
+
+    /// A TTL index's `expireAfterSeconds`.
+    pub fn expire_after_secs(&self) -> Option<i64> {
+        self.spec.get("expireAfterSeconds").and_then(|v| match v {
+            Bson::Int32(i) => Some(i64::from(*i)),
+            Bson::Int64(i) => Some(*i),
+            Bson::Double(d) => Some(*d as i64),
+            _ => None,
+        })
+    }
+
     /// The key fields with direction (true = descending).
     pub fn fields(&self) -> Vec<(String, bool)> {
         self.key
