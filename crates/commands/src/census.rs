@@ -63,6 +63,8 @@ pub const COMMANDS: &[Census] = &[
             ("collation", "collation::for_read"),
             ("let", "command_vars"),
             ("allowDiskUse", "cursor::limits"),
+            ("tailable", "tail::options"),
+            ("awaitData", "tail::options"),
             // Type-checked flags with nothing to do on one node: partial results are for
             // shards that are down, and oplogReplay has had no effect since 4.4.
             ("allowPartialResults", Q),
@@ -301,20 +303,6 @@ pub const REFUSED: &[(&str, &str, ErrorCode, &str)] = &[
         ErrorCode::InvalidOptions,
         "find's 'showRecordId' is not supported by Eddy",
     ),
-    // There are no capped collections yet (issue 11), so every tailable cursor is
-    // requested on a non-capped collection, which mongod refuses with BadValue.
-    (
-        "find",
-        "tailable",
-        ErrorCode::BadValue,
-        "error processing query: tailable cursor requested on non capped collection",
-    ),
-    (
-        "find",
-        "awaitData",
-        ErrorCode::BadValue,
-        "error processing query: tailable cursor requested on non capped collection",
-    ),
 ];
 
 /// Refuses a field of a censused command that its handler does not read.
@@ -494,8 +482,8 @@ mod tests {
         let e = check("find", &bson::doc! {"find": "c", "returnKey": true}).unwrap_err();
         assert_eq!(e.code, 72);
         assert!(check("find", &bson::doc! {"find": "c", "returnKey": false}).is_ok());
-        let e = check("find", &bson::doc! {"find": "c", "tailable": true}).unwrap_err();
-        assert_eq!(e.code, 2);
+        // Read by the handler now (capped collections take tailable cursors).
+        assert!(check("find", &bson::doc! {"find": "c", "tailable": true}).is_ok());
         assert!(check("hello", &bson::doc! {"hello": 1, "anything": 1}).is_ok());
     }
 }

@@ -195,9 +195,33 @@ pub(crate) fn insert_one(
     stmt: usize,
 ) -> Result<()> {
     exec::validate::check(meta, d, None, s.bypass_validation)?;
+    check_capped_size(meta, doc::encoded_len(d))?;
     let bytes = exec::write::insert_doc(w, meta, d)?;
     let id = d.get("_id").cloned().unwrap_or(Bson::Null);
-    log_insert(w, meta, bytes, id, s, stmt)
+    log_insert(w, meta, bytes, id, s, stmt)?;
+    cap(w, meta)
+}
+
+/// Keeps a capped collection within its bounds after an insert: its oldest documents are
+/// deleted, in the same commit, each logged as a delete (as mongod has replicated capped
+/// deletes since 5.0), so change streams show them as `delete` events.
+fn cap(w: &mut WriteCtx<'_>, meta: &CollectionMeta) -> Result<()> {
+    while let Some(old) = exec::write::capped_excess(w, meta)? {
+        delete_one(w, meta, &old, &Session::default(), 0)?;
+    }
+    Ok(())
+}
+
+/// Refuses a document larger than a capped collection's whole size: it could never be
+/// kept.
+fn check_capped_size(meta: &CollectionMeta, len: usize) -> Result<()> {
+    match meta.capped() {
+        Some((size, _)) if len as u64 > size => Err(MongoError::bad_value(format!(
+            "document of {len} bytes is larger than the capped collection {}'s size of {size} bytes",
+            meta.ns.full()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// A document of an `insert` command, made ready outside the commit pipeline: encoded for
@@ -246,8 +270,10 @@ pub(crate) fn insert_encoded(
     } else {
         None
     };
+    check_capped_size(meta, e.bytes.len())?;
     exec::write::insert_encoded(w, meta, &e.bytes, &e.id, doc.as_ref())?;
-    log_insert(w, meta, e.bytes, e.id, s, stmt)
+    log_insert(w, meta, e.bytes, e.id, s, stmt)?;
+    cap(w, meta)
 }
 
 /// Logs an insert whose stored bytes are `bytes`: the entry's `o` is those bytes, not a
@@ -947,9 +973,38 @@ pub fn find(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
     if limit > 0 {
         batch_size = Some(batch_size.map_or(limit, |b| if b == 0 { 0 } else { b.min(limit) }));
     }
+    let tailable = crate::tail::options(cmd)?;
     let (snap, at_ts) = crate::txn::read_snapshot(ctx, cmd)?;
     let coll = exec::collation::for_read(cmd, &snap, &ns)?;
     let filter = filter.with_collation(coll.clone());
+    if let Some(await_data) = tailable {
+        let meta = snap.collection(&ns)?.filter(|m| m.capped().is_some());
+        let Some(meta) = meta else {
+            return Err(MongoError::bad_value(
+                "error processing query: tailable cursor requested on non capped collection",
+            ));
+        };
+        let mut tail = crate::tail::Tail::new(meta.id, filter, projection, vars, await_data);
+        let n = batch_size.map_or(crate::cursor::DEFAULT_FIRST_BATCH, |b| b.max(0) as usize);
+        let batch = tail.read(&snap, n)?;
+        // A tailable cursor with no place in the collection (it was empty) is dead, as in
+        // mongod.
+        let id = if tail.placed() {
+            ctx.cursors.add(crate::cursor::Cursor {
+                ns: ns.full(),
+                kind: crate::cursor::CursorKind::Tail(Box::new(tail)),
+                last_used: std::time::Instant::now(),
+                time_left: None,
+                interrupt: crate::op::current(),
+                opened_by: crate::security::caller(),
+            })
+        } else {
+            0
+        };
+        return Ok(Reply::ok(
+            doc! {"cursor": {"firstBatch": batch, "id": id, "ns": ns.full()}},
+        ));
+    }
     // `sort: {$natural: ±1}` reads the collection in natural order or backwards, as a hint
     // of `{$natural: ±1}` does.
     let natural = natural_order(sort.as_ref(), cmd.get("hint"))?;

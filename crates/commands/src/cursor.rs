@@ -37,6 +37,8 @@ pub type DocSource = Box<dyn Iterator<Item = Result<Document>> + Send>;
 pub enum CursorKind {
     Query(DocSource),
     Change(Box<ChangeStream>),
+    /// A tailable cursor on a capped collection.
+    Tail(Box<crate::tail::Tail>),
 }
 
 /// An open cursor.
@@ -145,13 +147,17 @@ impl Cursors {
             let last_access = bson::DateTime::from_millis(
                 bson::DateTime::now().timestamp_millis() - idle_for.as_millis() as i64,
             );
-            let change = matches!(c.kind, CursorKind::Change(_));
+            let (tailable, await_data) = match &c.kind {
+                CursorKind::Query(_) => (false, false),
+                CursorKind::Change(_) => (true, true),
+                CursorKind::Tail(t) => (true, t.await_data),
+            };
             let mut cur = doc! {
                 "cursorId": id,
                 "lastAccessDate": last_access,
                 "noCursorTimeout": pinned,
-                "tailable": change,
-                "awaitData": change,
+                "tailable": tailable,
+                "awaitData": await_data,
             };
             if let CursorKind::Change(stream) = &c.kind {
                 cur.insert("changeStream", stream.status(&ctx.hub));
@@ -388,6 +394,25 @@ pub async fn get_more(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<
             Ok(Reply::ok(
                 doc! {"cursor": {"nextBatch": batch, "id": out_id, "ns": ns}},
             ))
+        }
+        CursorKind::Tail(tail) => {
+            if max_time.is_some() && !tail.await_data {
+                return Err(MongoError::bad_value(
+                    "cannot set maxTimeMS on getMore command for a non-awaitData cursor",
+                ));
+            }
+            let n = batch_size.map_or(DEFAULT_FIRST_BATCH, |b| b as usize);
+            let res = crate::tail::get_more(ctx, tail, n, max_time, &killed).await;
+            drop(c);
+            match res {
+                Ok(batch) => Ok(Reply::ok(
+                    doc! {"cursor": {"nextBatch": batch, "id": id, "ns": ns}},
+                )),
+                Err(e) => {
+                    ctx.cursors.remove(id);
+                    Err(e)
+                }
+            }
         }
         CursorKind::Change(stream) => {
             if let Some(fp) =

@@ -98,7 +98,27 @@ fn unsupported(what: &str) -> MongoError {
     )
 }
 
+/// A capped collection's largest size: 1 PB, as in mongod.
+const MAX_CAPPED_SIZE: u64 = 1 << 50;
+
+/// A capped collection's size as mongod keeps it: at least 4096 bytes, else rounded up to
+/// a multiple of 256.
+fn capped_size(n: f64) -> i64 {
+    let n = n.ceil() as i64;
+    if n <= 4096 {
+        4096
+    } else {
+        (n + 255) / 256 * 256
+    }
+}
+
 fn validate_options(opts: &Document) -> Result<()> {
+    if opts.get_bool("capped").unwrap_or(false) && !opts.contains_key("size") {
+        return Err(MongoError::new(
+            ErrorCode::InvalidOptions,
+            "the 'size' field is required when 'capped' is true",
+        ));
+    }
     for (k, v) in opts {
         match k.as_str() {
             "capped" | "autoIndexId" => {
@@ -108,10 +128,6 @@ fn validate_options(opts: &Document) -> Result<()> {
                         util::type_name(v)
                     )));
                 }
-                // Capped collections are issue 11's; until then they are refused, not faked.
-                if k == "capped" && v.as_bool() == Some(true) {
-                    return Err(unsupported("capped collections"));
-                }
                 if k == "autoIndexId" && v.as_bool() == Some(false) {
                     return Err(unsupported(
                         "collections without an _id index (autoIndexId: false)",
@@ -119,10 +135,26 @@ fn validate_options(opts: &Document) -> Result<()> {
                 }
             }
             "size" | "max" => {
-                if doc::compare::as_f64(v).is_none() {
+                let Some(n) = doc::compare::as_f64(v) else {
                     return Err(MongoError::type_mismatch(format!(
                         "BSON field 'create.{k}' is the wrong type"
                     )));
+                };
+                if !opts.get_bool("capped").unwrap_or(false) {
+                    return Err(MongoError::new(
+                        ErrorCode::InvalidOptions,
+                        format!("the '{k}' field is only valid when 'capped' is true"),
+                    ));
+                }
+                if k == "size" && !(0.0..=MAX_CAPPED_SIZE as f64).contains(&n) {
+                    return Err(MongoError::bad_value(
+                        "size must be greater than 0 and at most 1 PB",
+                    ));
+                }
+                if k == "max" && n >= f64::from(1u32 << 31) {
+                    return Err(MongoError::bad_value(
+                        "max in a capped collection has to be < 2^31 or not set",
+                    ));
                 }
             }
             "changeStreamPreAndPostImages" => {
@@ -218,6 +250,12 @@ pub async fn create(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Re
         }
     }
     validate_options(&options)?;
+    if let Some(n) = options.get("size").and_then(doc::compare::as_f64) {
+        options.insert("size", capped_size(n));
+    }
+    if let Some(n) = options.get("max").and_then(doc::compare::as_f64) {
+        options.insert("max", n as i64);
+    }
     if options.contains_key("validator") {
         exec::validate::check_namespace(&ns)?;
     }
@@ -401,6 +439,47 @@ pub async fn coll_mod(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<
             }
         }
     }
+    let mut capped_change = Document::new();
+    for (k, v) in std::mem::take(&mut check) {
+        match k.as_str() {
+            "validator"
+            | "viewOn"
+            | "pipeline"
+            | "changeStreamPreAndPostImages"
+            | "expireAfterSeconds"
+            | "timeseries" => {
+                check.insert(k, v);
+            }
+            "cappedSize" | "cappedMax" => {
+                let Some(n) = doc::compare::as_f64(&v) else {
+                    return Err(MongoError::type_mismatch(format!(
+                        "BSON field 'collMod.{k}' is the wrong type '{}', expected types '[long, int, decimal, double]'",
+                        util::type_name(&v)
+                    )));
+                };
+                if k == "cappedSize" {
+                    if !(n > 0.0 && n <= MAX_CAPPED_SIZE as f64) {
+                        return Err(MongoError::bad_value(
+                            "cappedSize must be greater than 0 and at most 1 PB",
+                        ));
+                    }
+                    capped_change.insert("size", capped_size(n));
+                } else {
+                    if n >= f64::from(1u32 << 31) {
+                        return Err(MongoError::bad_value("cappedMax must be less than 2^31"));
+                    }
+                    capped_change.insert("max", n as i64);
+                }
+                changes.remove(&k);
+            }
+            other => {
+                return Err(MongoError::with_code(
+                    40415,
+                    format!("BSON field 'collMod.{other}' is an unknown field."),
+                ));
+            }
+        }
+    }
     validate_options(&check)?;
     if changes
         .get_document("validator")
@@ -419,13 +498,25 @@ pub async fn coll_mod(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<
             let mut before = doc! {"uuid": meta.uuid};
             before.extend(meta.options.clone());
             let mut reply = Document::new();
+            if !capped_change.is_empty() {
+                if meta.capped().is_none() {
+                    return Err(MongoError::new(
+                        ErrorCode::InvalidOptions,
+                        format!("cappedSize and cappedMax are only for capped collections, and {} is not capped", ns.full()),
+                    ));
+                }
+                for (k, v) in &capped_change {
+                    changes.insert(if k == "size" { "cappedSize" } else { "cappedMax" }, v.clone());
+                }
+                meta.options.extend(capped_change);
+            }
             if let Some(change) = &index_change {
                 let (spec, r) = apply_index_change(&mut meta, change)?;
                 reply = r;
                 changes.insert("index", spec);
             }
             for (k, v) in &changes {
-                if k == "index" {
+                if matches!(k.as_str(), "index" | "cappedSize" | "cappedMax") {
                     continue;
                 }
                 // An empty validator removes validation.
@@ -799,7 +890,7 @@ fn parse_index(spec: &Document) -> Result<(IndexMeta, IndexCollation)> {
         None => None,
     };
     let v = match spec.get("v").and_then(doc::compare::as_f64) {
-        Some(v) if v == 1.0 => 1,
+        Some(1.0) => 1,
         _ => 2,
     };
     let mut full = doc! {"v": v, "key": key.clone(), "name": &name};

@@ -13,6 +13,7 @@
 //! - [`logs`]: `getLog`'s ring of recent lines, log verbosity, `profile` and `slowms`.
 //! - [`stats`]: `dbStats`, `collStats` and `$collStats`.
 //! - [`write_concern`]: parsing write concerns and the `writeConcernError` of unmet ones.
+//! - [`tail`]: tailable cursors on capped collections.
 //! - [`ttl`]: the TTL monitor.
 //! - [`util`]: argument readers shared by the handlers.
 
@@ -31,6 +32,7 @@ pub mod reply;
 pub mod security;
 pub mod sessions;
 pub mod stats;
+pub mod tail;
 pub mod ttl;
 pub mod txn;
 pub mod users;

@@ -114,7 +114,16 @@ fn storage_stats(ctx: &ServerCtx, snap: &Snapshot, ns: &Namespace, scale: i64) -
     d.insert("numOrphanDocs", 0);
     d.insert("storageSize", (s.storage as i64) / scale);
     d.insert("freeStorageSize", 0);
-    d.insert("capped", false);
+    match m.capped() {
+        Some((size, max)) => {
+            d.insert("capped", true);
+            d.insert("max", max.map_or(0, |m| m as i64));
+            d.insert("maxSize", size as i64 / scale);
+        }
+        None => {
+            d.insert("capped", false);
+        }
+    }
     d.insert("nindexes", m.indexes.len() as i32);
     let mut details = Document::new();
     let mut index_sizes = Document::new();

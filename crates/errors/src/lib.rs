@@ -155,6 +155,7 @@ error_codes! {
     NotImplemented = 238,
     APIStrictError = 323,
     InvalidIndexSpecificationOption = 197,
+    CappedPositionLost = 136,
     OptionNotSupportedOnView = 167,
     CommandNotSupportedOnView = 166,
     UnknownTopologyVersion = 301,

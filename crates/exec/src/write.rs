@@ -158,6 +158,9 @@ pub fn insert_encoded(
         planned.push((ix.id, keys, mk));
     }
     ctx.put_new_doc(meta.id, &idk, bytes)?;
+    if meta.capped().is_some() {
+        ctx.add_capped_usage(meta.id, 1, bytes.len() as i64)?;
+    }
     for (_, keys, _) in &planned {
         for k in keys {
             ctx.index_put(k, &idk)?;
@@ -223,6 +226,10 @@ pub fn replace_doc(
         planned.push((ix.id, added, removed, mk));
     }
     ctx.put_doc(meta.id, &idk, &bytes)?;
+    if meta.capped().is_some() {
+        let grew = bytes.len() as i64 - doc::encoded_len(old) as i64;
+        ctx.add_capped_usage(meta.id, 0, grew)?;
+    }
     for (_, added, removed, _) in &planned {
         for k in removed {
             ctx.index_remove(k)?;
@@ -256,7 +263,28 @@ pub fn delete_doc(ctx: &mut WriteCtx<'_>, meta: &CollectionMeta, doc: &Document)
             ctx.index_remove(&k)?;
         }
     }
-    ctx.delete_doc(meta.id, &idk)
+    ctx.delete_doc(meta.id, &idk)?;
+    if meta.capped().is_some() {
+        ctx.add_capped_usage(meta.id, -1, -(doc::encoded_len(doc) as i64))?;
+    }
+    Ok(())
+}
+
+/// The oldest document of a capped collection over its bounds (its size in bytes or its
+/// document count), which the caller deletes (and logs) before asking again; `None` once
+/// the collection is within them, and always for other collections.
+///
+/// # Errors
+/// A storage error.
+pub fn capped_excess(ctx: &mut WriteCtx<'_>, meta: &CollectionMeta) -> Result<Option<Document>> {
+    let Some((size, max)) = meta.capped() else {
+        return Ok(None);
+    };
+    let (count, bytes) = ctx.capped_usage(meta.id)?;
+    if bytes > size || max.is_some_and(|m| count > m) {
+        return ctx.oldest_doc(meta.id);
+    }
+    Ok(None)
 }
 
 /// Builds a new index over the collection's existing documents. On a unique violation,

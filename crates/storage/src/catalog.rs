@@ -194,6 +194,22 @@ impl CollectionMeta {
         })
     }
 
+    /// A capped collection's bounds: its size in bytes and its document count, if any.
+    pub fn capped(&self) -> Option<(u64, Option<u64>)> {
+        if !self.options.get_bool("capped").unwrap_or(false) {
+            return None;
+        }
+        let num = |k: &str| match self.options.get(k) {
+            Some(Bson::Int32(v)) => Some(i64::from(*v)),
+            Some(Bson::Int64(v)) => Some(*v),
+            Some(Bson::Double(v)) => Some(*v as i64),
+            _ => None,
+        };
+        let size = num("size").unwrap_or(0).max(0) as u64;
+        let max = num("max").filter(|m| *m > 0).map(|m| m as u64);
+        Some((size, max))
+    }
+
     /// Whether change stream pre- and post-images are enabled.
     pub fn pre_post_images(&self) -> bool {
         self.options

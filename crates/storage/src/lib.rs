@@ -775,6 +775,39 @@ impl<'t> WriteCtx<'t> {
         forward!(self, scan_docs(coll_id))
     }
 
+    /// A capped collection's document count and bytes.
+    ///
+    /// # Errors
+    /// On storage failure; inside a transaction (capped collections take no
+    /// transactional writes).
+    pub fn capped_usage(&mut self, coll_id: u64) -> Result<(u64, u64)> {
+        forward!(
+            self,
+            capped_usage(coll_id),
+            "writing to a capped collection"
+        )
+    }
+
+    /// Adds to a capped collection's document count and bytes.
+    ///
+    /// # Errors
+    /// As [`WriteCtx::capped_usage`].
+    pub fn add_capped_usage(&mut self, coll_id: u64, count: i64, bytes: i64) -> Result<()> {
+        forward!(
+            self,
+            add_capped_usage(coll_id, count, bytes),
+            "writing to a capped collection"
+        )
+    }
+
+    /// The first document of a collection in natural order.
+    ///
+    /// # Errors
+    /// As [`WriteCtx::capped_usage`].
+    pub fn oldest_doc(&mut self, coll_id: u64) -> Result<Option<Document>> {
+        forward!(self, oldest_doc(coll_id), "writing to a capped collection")
+    }
+
     /// The `_id` key stored under an index key, if any.
     ///
     /// # Errors

@@ -1486,6 +1486,10 @@ impl<'t> Tables<'t> {
         for ix in &meta.indexes {
             self.remove_index_entries(ix.id)?;
         }
+        if meta.capped().is_some() {
+            let key = format!("capped:{}", meta.id);
+            self.change(Op::Del(TableId::Meta, key.as_bytes()))?;
+        }
         Ok(())
     }
 
@@ -1639,6 +1643,60 @@ impl<'t> Tables<'t> {
         })();
         let rows = r.map_err(|e| self.fail(e))?;
         rows.iter().map(|v| decode_record(v)).collect()
+    }
+
+    /// A capped collection's document count and bytes, kept in the meta table as its
+    /// writes change them (`capped:<id>`).
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn capped_usage(&mut self, coll_id: u64) -> Result<(u64, u64)> {
+        let key = format!("capped:{coll_id}");
+        let r = self.h.get(TableId::Meta, key.as_bytes());
+        match r {
+            Ok(Some(v)) if v.len() == 16 => Ok((
+                u64::from_be_bytes(v[..8].try_into().expect("8 bytes")),
+                u64::from_be_bytes(v[8..].try_into().expect("8 bytes")),
+            )),
+            Ok(_) => Ok((0, 0)),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    /// Adds to a capped collection's count and bytes (see [`Tables::capped_usage`]).
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn add_capped_usage(&mut self, coll_id: u64, count: i64, bytes: i64) -> Result<()> {
+        let (c, b) = self.capped_usage(coll_id)?;
+        let c = c.saturating_add_signed(count);
+        let b = b.saturating_add_signed(bytes);
+        let mut v = [0u8; 16];
+        v[..8].copy_from_slice(&c.to_be_bytes());
+        v[8..].copy_from_slice(&b.to_be_bytes());
+        let key = format!("capped:{coll_id}");
+        self.change(Op::Put(TableId::Meta, key.as_bytes(), &v))
+    }
+
+    /// The first document of a collection in natural order: a capped collection's oldest.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn oldest_doc(&mut self, coll_id: u64) -> Result<Option<Document>> {
+        let (lo, hi) = prefix_range(&coll_id.to_be_bytes());
+        let r: std::result::Result<Option<Vec<u8>>, String> = (|| {
+            let mut range = self
+                .h
+                .records()?
+                .range::<&[u8]>((Bound::Included(lo.as_slice()), hi_bound(&hi)))
+                .map_err(|e| e.to_string())?;
+            match range.next() {
+                Some(item) => Ok(Some(item.map_err(|e| e.to_string())?.1.value().to_vec())),
+                None => Ok(None),
+            }
+        })();
+        let row = r.map_err(|e| self.fail(e))?;
+        row.map(|v| decode_record(&v).map(|(_, d)| d)).transpose()
     }
 
     /// The `_id` key stored under an index key, if any.

@@ -325,6 +325,30 @@ impl Snapshot {
         self.base_natural(coll_id, reverse)
     }
 
+    /// The documents stored after the one under `id_key`, in natural order: a tailable
+    /// cursor's next reads. `None` when that document is gone (a capped collection's
+    /// oldest documents are removed as new ones arrive). Not for a transaction's view.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn scan_natural_after(&self, coll_id: u64, id_key: &[u8]) -> Result<Option<NaturalScan>> {
+        let Some(rid) = self.base_rid(&doc_key(coll_id, id_key))? else {
+            return Ok(None);
+        };
+        let lo = record_key(coll_id, rid);
+        let (_, hi) = prefix_range(&coll_id.to_be_bytes());
+        let rows = self.merged_range(
+            &self.records,
+            TableId::Records,
+            Bound::Excluded(lo.as_slice()),
+            hi_bound(&hi),
+        )?;
+        Ok(Some(NaturalScan(Natural::Base {
+            rows: Box::new(rows),
+            reverse: false,
+        })))
+    }
+
     fn base_natural(&self, coll_id: u64, reverse: bool) -> Result<NaturalScan> {
         let (lo, hi) = prefix_range(&coll_id.to_be_bytes());
         let upper = hi_bound(&hi);

@@ -15,6 +15,7 @@ mod ops;
 mod options;
 mod protocol;
 mod routing;
+mod surface;
 mod tls;
 mod transactions;
 mod validation;

@@ -407,7 +407,7 @@ async fn global_log(admin: &Database) -> Vec<Document> {
 }
 
 /// Source: https://www.mongodb.com/docs/v8.0/reference/command/create/. The kinds of
-/// collection Eddy does not implement yet (time-series, clustered, capped, encrypted, and
+/// collection Eddy does not implement yet (time-series, clustered, encrypted, and
 /// engine settings) are refused with InvalidOptions (72) instead of being created as plain
 /// collections that ignore them; the forms restore tools send that mean nothing are kept.
 #[tokio::test]
@@ -419,7 +419,6 @@ async fn unsupported_collection_kinds_are_refused() {
         doc! {"timeseries": {"timeField": "t"}, "expireAfterSeconds": 60},
         doc! {"clusteredIndex": {"key": {"_id": 1}, "unique": true}},
         doc! {"expireAfterSeconds": 60},
-        doc! {"capped": true, "size": 4096},
         doc! {"encryptedFields": {"fields": []}},
         doc! {"storageEngine": {"wiredTiger": {"configString": "block_compressor=zstd"}}},
         doc! {"indexOptionDefaults": {"storageEngine": {"wiredTiger": {}}}},

@@ -1,0 +1,534 @@
+// surface: capped collections with tailable cursors, TTL indexes, and index options that
+// are honoured or refused (never accepted and ignored).
+
+use std::time::Duration;
+
+use bson::{Bson, DateTime, Document, doc};
+use futures_util::StreamExt;
+use mongodb::Database;
+use mongodb::change_stream::event::{ChangeStreamEvent, OperationType};
+
+use crate::{cmd_error, cursor_batch};
+
+async fn run(db: &Database, cmd: Document) -> Document {
+    db.run_command(cmd).await.unwrap()
+}
+
+fn num(d: &Document, k: &str) -> i64 {
+    match d.get(k) {
+        Some(Bson::Int32(v)) => i64::from(*v),
+        Some(Bson::Int64(v)) => *v,
+        Some(Bson::Double(v)) => *v as i64,
+        other => panic!("{k}: {other:?} in {d}"),
+    }
+}
+
+fn ids(batch: &[Bson]) -> Vec<i64> {
+    batch
+        .iter()
+        .map(|d| num(d.as_document().unwrap(), "_id"))
+        .collect()
+}
+
+async fn next_event(
+    cs: &mut mongodb::change_stream::ChangeStream<ChangeStreamEvent<Document>>,
+) -> (OperationType, Bson) {
+    let e = tokio::time::timeout(Duration::from_secs(10), cs.next())
+        .await
+        .expect("an event within 10 s")
+        .unwrap()
+        .unwrap();
+    let id = e.document_key.unwrap().get("_id").unwrap().clone();
+    (e.operation_type, id)
+}
+
+/// Source: https://www.mongodb.com/docs/v8.0/core/capped-collections/ ("if a capped
+/// collection reaches its size or document limit, the oldest documents are removed to make
+/// room"; "capped collections guarantee insertion order"; a size of 4096 or less gives a
+/// cap of 4096 bytes, a larger one is raised to a multiple of 256) and
+/// https://www.mongodb.com/docs/v8.0/reference/command/collStats/ (`capped`, `max`,
+/// `maxSize`). The issue's own case: `capped: true, size: 4096, max: 3`, then 5 inserts.
+#[tokio::test]
+async fn capped_collections_keep_their_bounds() {
+    let s = testkit::spawn().await;
+    let db = s.client.database("capped");
+    run(
+        &db,
+        doc! {"create": "c", "capped": true, "size": 4096, "max": 3},
+    )
+    .await;
+    let c = db.collection::<Document>("c");
+    let mut cs = c.watch().await.unwrap();
+    for i in 0..5 {
+        c.insert_one(doc! {"_id": i}).await.unwrap();
+    }
+    let r = run(&db, doc! {"find": "c"}).await;
+    assert_eq!(ids(cursor_batch(&r, "firstBatch")), vec![2, 3, 4]);
+    let st = run(&db, doc! {"collStats": "c"}).await;
+    assert!(st.get_bool("capped").unwrap(), "{st}");
+    assert_eq!(
+        (num(&st, "count"), num(&st, "max"), num(&st, "maxSize")),
+        (3, 3, 4096)
+    );
+    // The oldest documents go in the commit that inserts past the bound, each logged as a
+    // delete: change streams see insert 3, delete 0, insert 4, delete 1.
+    let mut seen = Vec::new();
+    for _ in 0..7 {
+        seen.push(next_event(&mut cs).await);
+    }
+    let want = [
+        (OperationType::Insert, 0),
+        (OperationType::Insert, 1),
+        (OperationType::Insert, 2),
+        (OperationType::Insert, 3),
+        (OperationType::Delete, 0),
+        (OperationType::Insert, 4),
+        (OperationType::Delete, 1),
+    ];
+    for (got, want) in seen.iter().zip(want) {
+        assert_eq!(
+            (got.0.clone(), got.1.clone()),
+            (want.0, Bson::Int32(want.1))
+        );
+    }
+    let r = run(&db, doc! {"listCollections": 1, "filter": {"name": "c"}}).await;
+    let opts = cursor_batch(&r, "firstBatch")[0]
+        .as_document()
+        .unwrap()
+        .get_document("options")
+        .unwrap()
+        .clone();
+    assert_eq!(opts, doc! {"capped": true, "size": 4096i64, "max": 3i64});
+
+    // The size bound: 100 documents of about 120 bytes in 5000 (raised to 5120) bytes.
+    run(&db, doc! {"create": "s", "capped": true, "size": 5000}).await;
+    let sc = db.collection::<Document>("s");
+    for i in 0..100 {
+        sc.insert_one(doc! {"_id": i, "pad": "x".repeat(100)})
+            .await
+            .unwrap();
+    }
+    let st = run(&db, doc! {"collStats": "s"}).await;
+    assert_eq!(num(&st, "maxSize"), 5120);
+    assert!(num(&st, "size") <= 5120, "{st}");
+    let r = run(&db, doc! {"find": "s", "batchSize": 1000}).await;
+    let kept = ids(cursor_batch(&r, "firstBatch"));
+    assert_eq!(kept.len() as i64, num(&st, "count"));
+    // The newest are kept, in insertion order.
+    let first = 100 - kept.len() as i64;
+    assert_eq!(kept, (first..100).collect::<Vec<_>>());
+    assert!(kept.len() > 30 && kept.len() < 45, "{}", kept.len());
+
+    // collMod cappedMax / cappedSize (new in 6.0): the next insert trims to the new bound.
+    run(&db, doc! {"collMod": "c", "cappedMax": 1}).await;
+    c.insert_one(doc! {"_id": 9}).await.unwrap();
+    let r = run(&db, doc! {"find": "c"}).await;
+    assert_eq!(ids(cursor_batch(&r, "firstBatch")), vec![9]);
+    let (code, _) = cmd_error(&db, doc! {"collMod": "c", "cappedSize": -1}).await;
+    assert_eq!(code, 2);
+    db.collection::<Document>("plain")
+        .insert_one(doc! {})
+        .await
+        .unwrap();
+    let (code, _) = cmd_error(&db, doc! {"collMod": "plain", "cappedSize": 8192}).await;
+    assert_eq!(code, 72);
+    // A document larger than the whole collection could never be kept.
+    let r = run(
+        &db,
+        doc! {"insert": "c", "documents": [{"_id": 10, "big": "x".repeat(5000)}]},
+    )
+    .await;
+    assert_eq!(r.get_array("writeErrors").unwrap().len(), 1, "{r}");
+    // Creation errors, as mongod words them.
+    let (code, _) = cmd_error(&db, doc! {"create": "nosize", "capped": true}).await;
+    assert_eq!(code, 72);
+    let (code, _) = cmd_error(&db, doc! {"create": "nocap", "size": 4096}).await;
+    assert_eq!(code, 72);
+    // Capped collections take no transactional writes.
+    let mut session = s.client.start_session().await.unwrap();
+    session.start_transaction().await.unwrap();
+    let e = c
+        .insert_one(doc! {"_id": 11})
+        .session(&mut session)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("capped collection"), "{e}");
+}
+
+/// Source: https://www.mongodb.com/docs/v8.0/core/tailable-cursors/: a tailable cursor
+/// stays open after the last document and returns documents inserted later; with
+/// awaitData a getMore waits (up to maxTimeMS) for data; a cursor whose position was
+/// removed dies with CappedPositionLost (136); a tailable cursor on an empty collection
+/// or a non-capped one is refused or dead.
+#[tokio::test]
+async fn tailable_cursors_follow_inserts() {
+    let s = testkit::spawn().await;
+    let db = s.client.database("tail");
+    run(
+        &db,
+        doc! {"create": "c", "capped": true, "size": 4096, "max": 3},
+    )
+    .await;
+    let c = db.collection::<Document>("c");
+    // Empty: the cursor is dead at once.
+    let r = run(&db, doc! {"find": "c", "tailable": true}).await;
+    assert_eq!(num(r.get_document("cursor").unwrap(), "id"), 0);
+    for i in 0..3 {
+        c.insert_one(doc! {"_id": i, "even": i % 2 == 0})
+            .await
+            .unwrap();
+    }
+    let r = run(
+        &db,
+        doc! {"find": "c", "tailable": true, "awaitData": true, "filter": {"even": true}},
+    )
+    .await;
+    assert_eq!(ids(cursor_batch(&r, "firstBatch")), vec![0, 2]);
+    let id = num(r.get_document("cursor").unwrap(), "id");
+    assert_ne!(id, 0);
+    // Nothing new: an awaitData getMore waits maxTimeMS, then returns an empty batch.
+    let t = std::time::Instant::now();
+    let r = run(
+        &db,
+        doc! {"getMore": id, "collection": "c", "maxTimeMS": 300},
+    )
+    .await;
+    assert!(cursor_batch(&r, "nextBatch").is_empty());
+    assert!(
+        t.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        t.elapsed()
+    );
+    // An insert while it waits wakes it; an odd one is filtered out.
+    let c2 = c.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        c2.insert_one(doc! {"_id": 3, "even": false}).await.unwrap();
+        c2.insert_one(doc! {"_id": 4, "even": true}).await.unwrap();
+    });
+    let t = std::time::Instant::now();
+    let mut got = Vec::new();
+    while got.is_empty() {
+        let r = run(
+            &db,
+            doc! {"getMore": id, "collection": "c", "maxTimeMS": 5000},
+        )
+        .await;
+        got = ids(cursor_batch(&r, "nextBatch"));
+    }
+    assert_eq!(got, vec![4]);
+    assert!(t.elapsed() < Duration::from_secs(4));
+    // Three more inserts remove the document the cursor stands on (4 is kept, but the
+    // cursor read up to 4; then 5, 6, 7 push 4 out).
+    for i in 5..8 {
+        c.insert_one(doc! {"_id": i, "even": true}).await.unwrap();
+    }
+    let (code, name) = cmd_error(&db, doc! {"getMore": id, "collection": "c"}).await;
+    assert_eq!((code, name.as_str()), (136, "CappedPositionLost"));
+    // Option checks.
+    let (code, _) = cmd_error(&db, doc! {"find": "c", "awaitData": true}).await;
+    assert_eq!(code, 9);
+    let (code, _) = cmd_error(
+        &db,
+        doc! {"find": "c", "tailable": true, "sort": {"_id": 1}},
+    )
+    .await;
+    assert_eq!(code, 2);
+    db.collection::<Document>("plain")
+        .insert_one(doc! {})
+        .await
+        .unwrap();
+    let (code, _) = cmd_error(&db, doc! {"find": "plain", "tailable": true}).await;
+    assert_eq!(code, 2);
+    // A non-awaitData tailable cursor takes no maxTimeMS on getMore.
+    let r = run(&db, doc! {"find": "c", "tailable": true, "batchSize": 1}).await;
+    let id = num(r.get_document("cursor").unwrap(), "id");
+    let (code, _) = cmd_error(
+        &db,
+        doc! {"getMore": id, "collection": "c", "maxTimeMS": 10},
+    )
+    .await;
+    assert_eq!(code, 2);
+}
+
+/// Source: https://www.mongodb.com/docs/v8.0/core/index-ttl/: a background task removes
+/// documents whose indexed date is older than expireAfterSeconds (an array expires by its
+/// earliest date; a field that is not a date never expires); it runs every
+/// ttlMonitorSleepSecs; the deletes are ordinary deletes (change streams see them);
+/// collMod changes expireAfterSeconds (https://www.mongodb.com/docs/v8.0/reference/command/collMod/).
+/// The issue's case: a document 10 s old under `expireAfterSeconds: 1`.
+#[tokio::test]
+async fn ttl_indexes_expire_documents() {
+    let s = testkit::spawn_with(|cfg| {
+        cfg.parameters.insert("ttlMonitorSleepSecs", 1);
+    })
+    .await;
+    let db = s.client.database("ttl");
+    let c = db.collection::<Document>("c");
+    let now = DateTime::now().timestamp_millis();
+    let at = |ms: i64| Bson::DateTime(DateTime::from_millis(now + ms));
+    c.insert_many(vec![
+        doc! {"_id": 1, "at": at(-10_000)},
+        doc! {"_id": 2, "at": at(3_600_000)},
+        doc! {"_id": 3, "at": [at(3_600_000), at(-30_000)]},
+        doc! {"_id": 4, "at": "not a date"},
+        doc! {"_id": 5},
+    ])
+    .await
+    .unwrap();
+    let mut cs = c.watch().await.unwrap();
+    run(
+        &db,
+        doc! {"createIndexes": "c", "indexes": [{"key": {"at": 1}, "name": "at_1", "expireAfterSeconds": 1}]},
+    )
+    .await;
+    let mut deleted = vec![next_event(&mut cs).await, next_event(&mut cs).await];
+    deleted.sort_by_key(|(_, id)| id.as_i32());
+    assert_eq!(
+        deleted,
+        vec![
+            (OperationType::Delete, Bson::Int32(1)),
+            (OperationType::Delete, Bson::Int32(3))
+        ]
+    );
+    let r = run(&db, doc! {"find": "c"}).await;
+    assert_eq!(ids(cursor_batch(&r, "firstBatch")), vec![2, 4, 5]);
+    let m = run(&db, doc! {"serverStatus": 1}).await;
+    let ttl = m
+        .get_document("metrics")
+        .unwrap()
+        .get_document("ttl")
+        .unwrap();
+    assert!(
+        num(ttl, "deletedDocuments") >= 2 && num(ttl, "passes") >= 1,
+        "{ttl}"
+    );
+
+    // collMod raises the bound: a document 5 s old is kept; lowered to 0, it goes.
+    let r = run(
+        &db,
+        doc! {"collMod": "c", "index": {"name": "at_1", "expireAfterSeconds": 100_000}},
+    )
+    .await;
+    assert_eq!(
+        (
+            num(&r, "expireAfterSeconds_old"),
+            num(&r, "expireAfterSeconds_new")
+        ),
+        (1, 100_000)
+    );
+    c.insert_one(doc! {"_id": 6, "at": at(-5_000)})
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let r = run(&db, doc! {"find": "c", "filter": {"_id": 6}}).await;
+    assert_eq!(
+        cursor_batch(&r, "firstBatch").len(),
+        1,
+        "kept under the longer TTL"
+    );
+    run(
+        &db,
+        doc! {"collMod": "c", "index": {"keyPattern": {"at": 1}, "expireAfterSeconds": 0}},
+    )
+    .await;
+    let t = std::time::Instant::now();
+    loop {
+        let r = run(&db, doc! {"find": "c", "filter": {"_id": 6}}).await;
+        if cursor_batch(&r, "firstBatch").is_empty() {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "6 never expired");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // TTL option errors (mongod's CannotCreateIndex, 67).
+    for spec in [
+        doc! {"key": {"a": 1, "b": 1}, "name": "ab", "expireAfterSeconds": 5},
+        doc! {"key": {"a": 1}, "name": "a", "expireAfterSeconds": "5"},
+        doc! {"key": {"a": 1}, "name": "a", "expireAfterSeconds": -1},
+    ] {
+        let (code, _) =
+            cmd_error(&db, doc! {"createIndexes": "c", "indexes": [spec.clone()]}).await;
+        assert_eq!(code, 67, "{spec}");
+    }
+}
+
+/// Every index option either has its effect or is refused. Sources:
+/// https://www.mongodb.com/docs/v8.0/reference/command/createIndexes/ (the option list),
+/// https://www.mongodb.com/docs/v8.0/core/index-hidden/ (a hidden index is maintained but
+/// not used by the planner, nor by a hint), and mongod's errors for what Eddy does not
+/// build: CannotCreateIndex (67) and InvalidIndexSpecificationOption (197).
+#[tokio::test]
+async fn index_options_are_honoured_or_refused() {
+    let s = testkit::spawn().await;
+    let db = s.client.database("ixopts");
+    let c = db.collection::<Document>("c");
+    c.insert_many(
+        (0..20)
+            .map(|i| doc! {"_id": i, "a": i, "s": if i < 5 { Bson::Int32(i) } else { Bson::Null }}),
+    )
+    .await
+    .unwrap();
+    let create = |spec: Document| doc! {"createIndexes": "c", "indexes": [spec]};
+    // unique: enforced.
+    run(
+        &db,
+        create(doc! {"key": {"a": 1}, "name": "a_1", "unique": true}),
+    )
+    .await;
+    let r = run(
+        &db,
+        doc! {"insert": "c", "documents": [{"_id": 100, "a": 3}]},
+    )
+    .await;
+    assert_eq!(
+        num(
+            r.get_array("writeErrors").unwrap()[0]
+                .as_document()
+                .unwrap(),
+            "code"
+        ),
+        11000
+    );
+    let winning = |r: &Document| {
+        let qp = r.get_document("queryPlanner").unwrap();
+        qp.get_document("winningPlan").unwrap().clone()
+    };
+    let stage_of = |wp: &Document| -> String {
+        let mut d = wp.clone();
+        loop {
+            match d.get_document("inputStage") {
+                Ok(i) => d = i.clone(),
+                Err(_) => return d.get_str("stage").unwrap().to_string(),
+            }
+        }
+    };
+    let explain = doc! {"explain": {"find": "c", "filter": {"a": 7}}};
+    assert_eq!(
+        stage_of(&winning(&run(&db, explain.clone()).await)),
+        "IXSCAN"
+    );
+    // hidden: still enforced, but not used, and not hintable.
+    let r = run(
+        &db,
+        doc! {"collMod": "c", "index": {"name": "a_1", "hidden": true}},
+    )
+    .await;
+    assert_eq!(
+        (
+            r.get_bool("hidden_old").unwrap(),
+            r.get_bool("hidden_new").unwrap()
+        ),
+        (false, true)
+    );
+    assert_eq!(
+        stage_of(&winning(&run(&db, explain.clone()).await)),
+        "COLLSCAN"
+    );
+    let (code, _) = cmd_error(&db, doc! {"find": "c", "hint": "a_1"}).await;
+    assert_eq!(code, 2);
+    let r = run(
+        &db,
+        doc! {"insert": "c", "documents": [{"_id": 101, "a": 3}]},
+    )
+    .await;
+    assert!(
+        r.get_array("writeErrors").is_ok(),
+        "a hidden unique index still enforces"
+    );
+    run(
+        &db,
+        doc! {"collMod": "c", "index": {"name": "a_1", "hidden": false}},
+    )
+    .await;
+    assert_eq!(
+        stage_of(&winning(&run(&db, explain.clone()).await)),
+        "IXSCAN"
+    );
+    let (code, _) = cmd_error(
+        &db,
+        doc! {"collMod": "c", "index": {"name": "_id_", "hidden": true}},
+    )
+    .await;
+    assert_eq!(code, 2);
+    let (code, _) = cmd_error(
+        &db,
+        doc! {"collMod": "c", "index": {"name": "a_1", "unique": true}},
+    )
+    .await;
+    assert_eq!(code, 72);
+    let (code, _) = cmd_error(
+        &db,
+        doc! {"collMod": "c", "index": {"name": "nope", "hidden": true}},
+    )
+    .await;
+    assert_eq!(code, 27);
+    // Created hidden.
+    run(
+        &db,
+        create(doc! {"key": {"s": 1}, "name": "s_1", "hidden": true}),
+    )
+    .await;
+    let ex = doc! {"explain": {"find": "c", "filter": {"s": 2}}};
+    assert_eq!(stage_of(&winning(&run(&db, ex).await)), "COLLSCAN");
+    // Accepted as mongod accepts them: background (no effect since 4.2 there too), an
+    // empty storageEngine, v 1 or 2.
+    run(
+        &db,
+        create(
+            doc! {"key": {"b": 1}, "name": "b_1", "background": true, "storageEngine": {}, "v": 1},
+        ),
+    )
+    .await;
+    let r = run(&db, doc! {"listIndexes": "c"}).await;
+    let b = cursor_batch(&r, "firstBatch")
+        .iter()
+        .map(|d| d.as_document().unwrap())
+        .find(|d| d.get_str("name") == Ok("b_1"))
+        .unwrap();
+    assert_eq!(num(b, "v"), 1);
+    // Refused: index types Eddy does not build, their options, and unknown options.
+    for (spec, code) in [
+        (doc! {"key": {"t": "text"}, "name": "t"}, 67),
+        (doc! {"key": {"g": "2dsphere"}, "name": "g"}, 67),
+        (doc! {"key": {"g": "2d"}, "name": "g"}, 67),
+        (doc! {"key": {"h": "hashed"}, "name": "h"}, 67),
+        (doc! {"key": {"$**": 1}, "name": "w"}, 67),
+        (doc! {"key": {"x.$**": 1}, "name": "w"}, 67),
+        (doc! {"key": {"x": "nonsense"}, "name": "x"}, 67),
+        (doc! {"key": {"x": 1}, "name": "x", "weights": {"x": 2}}, 67),
+        (
+            doc! {"key": {"x": 1}, "name": "x", "default_language": "french"},
+            67,
+        ),
+        (
+            doc! {"key": {"x": 1}, "name": "x", "2dsphereIndexVersion": 3},
+            67,
+        ),
+        (doc! {"key": {"x": 1}, "name": "x", "bits": 26}, 67),
+        (
+            doc! {"key": {"x": 1}, "name": "x", "wildcardProjection": {"a": 1}},
+            67,
+        ),
+        (
+            doc! {"key": {"x": 1}, "name": "x", "prepareUnique": true},
+            67,
+        ),
+        (
+            doc! {"key": {"x": 1}, "name": "x", "storageEngine": {"wiredTiger": {}}},
+            72,
+        ),
+        (doc! {"key": {"x": 1}, "name": "x", "v": 3}, 67),
+        (doc! {"key": {"x": 1}, "name": "x", "bogus": 1}, 197),
+        (doc! {"key": {"x": 1}, "name": "x", "hidden": 1}, 14),
+    ] {
+        let (got, _) = cmd_error(&db, create(spec.clone())).await;
+        assert_eq!(got, code, "{spec}");
+    }
+    let r = run(&db, doc! {"listIndexes": "c"}).await;
+    let names: Vec<&str> = cursor_batch(&r, "firstBatch")
+        .iter()
+        .map(|d| d.as_document().unwrap().get_str("name").unwrap())
+        .collect();
+    assert_eq!(names, vec!["_id_", "a_1", "s_1", "b_1"]);
+}
