@@ -48,6 +48,27 @@ macro_rules! read {
 
 pub const COMMANDS: &[Census] = &[
     Census {
+        names: &["fsync"],
+        handler: ("diag.rs", "pub async fn fsync("),
+        fields: read!["lock", "async"],
+    },
+    Census {
+        names: &["validate"],
+        handler: ("diag.rs", "pub fn validate("),
+        fields: &[
+            ("full", "\"full\", \"checkBSONConformance\""),
+            ("checkBSONConformance", Q),
+            ("repair", "\"repair\", \"metadata\", \"background\""),
+            ("metadata", "\"repair\", \"metadata\", \"background\""),
+            ("background", "\"repair\", \"metadata\", \"background\""),
+        ],
+    },
+    Census {
+        names: &["dbHash", "dbhash"],
+        handler: ("diag.rs", "pub fn db_hash("),
+        fields: read!["collections"],
+    },
+    Census {
         names: &["find"],
         handler: ("crud.rs", "pub fn find("),
         fields: &[
@@ -335,6 +356,9 @@ pub fn check(name: &str, cmd: &Document) -> Result<()> {
 /// Commands whose fields are not censused: they take no options, or only ones they read
 /// as a whole (`setParameter`'s names, `hello`'s handshake metadata).
 pub const UNCENSUSED: &[&str] = &[
+    "fsyncUnlock",
+    "connPoolStats",
+    "features",
     "hello",
     "isMaster",
     "ismaster",

@@ -6,6 +6,7 @@
 //! - [`reply`]: ok and error replies.
 //! - [`admin`]: handshake, diagnostics, parameters, sessions, fail points.
 //! - [`ddl`]: create, drop, rename, collMod, indexes, listings.
+//! - [`diag`]: fsync and its lock, validate, dbHash, connPoolStats, features.
 //! - [`crud`]: insert, update, delete, findAndModify, find, count, distinct, aggregate.
 //! - [`bulk_write`]: the `bulkWrite` command (8.0 client bulk write).
 //! - [`cursor`]: the cursor table, getMore, killCursors, and change stream cursors.
@@ -23,6 +24,7 @@ pub mod census;
 pub mod crud;
 pub mod cursor;
 pub mod ddl;
+pub mod diag;
 pub mod logs;
 pub mod op;
 pub mod ops;
@@ -102,6 +104,7 @@ pub struct ServerCtx {
     pub cursors: cursor::Cursors,
     pub stats: Stats,
     pub ttl: ttl::TtlStats,
+    pub fsync_lock: diag::FsyncLock,
     pub started: Instant,
     pub process_id: ObjectId,
     pub parameters: Mutex<Document>,
@@ -168,6 +171,7 @@ impl ServerCtx {
             cursors: cursor::Cursors::default(),
             stats: Stats::default(),
             ttl: ttl::TtlStats::default(),
+            fsync_lock: diag::FsyncLock::default(),
             started: Instant::now(),
             process_id: ObjectId::new(),
             parameters: Mutex::new(params),
@@ -256,7 +260,17 @@ pub async fn handle(ctx: &Arc<ServerCtx>, conn: &mut ConnInfo, cmd: Document) ->
     // Shared with `currentOp`'s registry for as long as the command runs, uncopied.
     let cmd = Arc::new(cmd);
     let r = run(ctx, conn, &name, &cmd).await;
-    logs::command_done(&name, &cmd, &r, start.elapsed(), conn.id);
+    let took = start.elapsed();
+    logs::command_done(&name, &cmd, &r, took, conn.id);
+    if let Ok(db) = util::db_of(&cmd) {
+        // Only where writes may happen: not on a secondary, nor under an fsync lock.
+        let writable = ctx.repl.as_ref().is_none_or(|s| s.writable()) && !ctx.fsync_lock.held();
+        if let Some(entry) = logs::profiled(&db, &name, &cmd, &r, took, conn).filter(|_| writable) {
+            if let Err(e) = logs::write_profile(ctx, &db, entry).await {
+                tracing::warn!(error = %e, "could not write to system.profile");
+            }
+        }
+    }
     r
 }
 
@@ -363,6 +377,14 @@ async fn run(ctx: &Arc<ServerCtx>, conn: &mut ConnInfo, name: &str, cmd: &Arc<Do
         return finish(ctx, Reply::error(reply::add_server_labels(e, &name, cmd)));
     }
     let guard = ctx.ops.register(conn, &name, cmd, &interrupt);
+    // `fsync` with `lock: true` holds writes back until `fsyncUnlock` (they show in
+    // `currentOp` meanwhile, and `killOp` or maxTimeMS ends the wait).
+    if replset::writes(&name, cmd) {
+        if let Err(e) = ctx.fsync_lock.wait(&interrupt).await {
+            drop(guard);
+            return finish(ctx, Reply::error(e));
+        }
+    }
     let res = security::scope(
         caller,
         op::scope(interrupt, guard.id, dispatch(ctx, conn, &name, cmd)),
@@ -557,9 +579,15 @@ async fn dispatch_cmd(
         "setClusterParameter" => admin::set_cluster_parameter(ctx, &db, cmd).await?,
         "getClusterParameter" => admin::get_cluster_parameter(ctx, &db, cmd)?,
         "getLog" => Reply::ok(logs::get_log(cmd)?),
+        "fsync" => diag::fsync(ctx, cmd).await?,
+        "fsyncUnlock" => diag::fsync_unlock(ctx)?,
+        "validate" => diag::validate(ctx, &db, cmd)?,
+        "dbHash" | "dbhash" => diag::db_hash(ctx, &db, cmd)?,
+        "connPoolStats" => diag::conn_pool_stats(),
+        "features" => diag::features(ctx),
         "currentOp" => Reply::ok(ops::current_op(ctx, &db, cmd)?),
         "killOp" => Reply::ok(ops::kill_op(ctx, &db, cmd)?),
-        "profile" => Reply::ok(logs::profile(cmd)?),
+        "profile" => Reply::ok(logs::profile(&db, cmd)?),
         "getFreeMonitoringStatus" => Reply::ok(doc! {"state": "disabled"}),
         "dbStats" | "dbstats" => stats::db_stats(ctx, &db, cmd)?,
         "collStats" | "collstats" => stats::coll_stats(ctx, &db, cmd)?,

@@ -284,33 +284,39 @@ fn merge(tree: &mut Document, own: &mut i32, d: &Document, path: &str, top: bool
     Ok(())
 }
 
-/// The profiler's settings (level 0 only: Eddy keeps no `system.profile`).
+/// The profiler's settings: each database's level (0 when unset), and the server-wide
+/// `slowms` and `sampleRate`.
 struct Profile {
-    level: i32,
+    levels: std::collections::BTreeMap<String, i32>,
     slowms: i64,
     sample_rate: f64,
 }
 
 static PROFILE: Mutex<Profile> = Mutex::new(Profile {
-    level: 0,
+    levels: std::collections::BTreeMap::new(),
     slowms: 100,
     sample_rate: 1.0,
 });
 
+fn profile_settings() -> std::sync::MutexGuard<'static, Profile> {
+    PROFILE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The slow-operation threshold and sample rate.
 pub fn slow_settings() -> (i64, f64) {
-    let p = PROFILE
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let p = profile_settings();
     (p.slowms, p.sample_rate)
 }
 
-/// `profile`: reports the previous settings, and changes `slowms` and `sampleRate`.
+/// `profile`: reports the previous settings, and changes the database's level (1: slow
+/// operations, 2: all of them, written to its `system.profile`), `slowms` and
+/// `sampleRate`.
 ///
 /// # Errors
-/// Levels 1 and 2 (they would write `system.profile`, which Eddy does not keep),
 /// `filter`, and out-of-range values.
-pub fn profile(cmd: &Document) -> Result<Document> {
+pub fn profile(db: &str, cmd: &Document) -> Result<Document> {
     let level =
         cmd.get("profile")
             .and_then(doc::compare::as_f64)
@@ -319,11 +325,6 @@ pub fn profile(cmd: &Document) -> Result<Document> {
         return Err(MongoError::bad_value(format!(
             "Invalid profiling level: {level}"
         )));
-    }
-    if level > 0 {
-        return Err(MongoError::bad_value(
-            "profiling levels 1 and 2 are not supported: Eddy keeps no system.profile collection (slow operations are logged, see slowms)",
-        ));
     }
     if cmd.contains_key("filter") {
         return Err(MongoError::bad_value(
@@ -352,10 +353,9 @@ pub fn profile(cmd: &Document) -> Result<Document> {
             }
         })
         .transpose()?;
-    let mut p = PROFILE
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let out = doc! {"was": p.level, "slowms": p.slowms as i32, "sampleRate": p.sample_rate};
+    let mut p = profile_settings();
+    let was = p.levels.get(db).copied().unwrap_or(0);
+    let out = doc! {"was": was, "slowms": p.slowms as i32, "sampleRate": p.sample_rate};
     if let Some(ms) = slowms {
         p.slowms = ms;
     }
@@ -363,9 +363,81 @@ pub fn profile(cmd: &Document) -> Result<Document> {
         p.sample_rate = r;
     }
     if level >= 0 {
-        p.level = level;
+        p.levels.insert(db.to_string(), level);
     }
     Ok(out)
+}
+
+/// The `system.profile` entry for a finished command, when its database's profiling
+/// level asks for one: every operation at level 2, slow ones (over `slowms`, sampled by
+/// `sampleRate`) at level 1.
+pub fn profiled(
+    db: &str,
+    name: &str,
+    cmd: &Document,
+    reply: &crate::Reply,
+    took: std::time::Duration,
+    conn: &crate::ConnInfo,
+) -> Option<Document> {
+    let (level, slowms, rate) = {
+        let p = profile_settings();
+        (
+            p.levels.get(db).copied().unwrap_or(0),
+            p.slowms,
+            p.sample_rate,
+        )
+    };
+    let returned = returned(reply);
+    let ms = i64::try_from(took.as_millis()).unwrap_or(i64::MAX);
+    let wanted = match level {
+        2 => true,
+        1 => over(took, slowms) && !waits_by_design(name, cmd, returned) && sampled(rate),
+        _ => false,
+    };
+    if !wanted {
+        return None;
+    }
+    let op = match name {
+        "find" => "query",
+        "insert" => "insert",
+        "update" => "update",
+        "delete" => "remove",
+        "getMore" => "getmore",
+        _ => "command",
+    };
+    let mut d = doc! {
+        "op": op,
+        "ns": namespace(name, cmd),
+        "command": loggable(cmd),
+    };
+    if let Some(n) = returned {
+        d.insert("nreturned", n as i64);
+    }
+    if reply.doc.get_f64("ok") != Ok(1.0) {
+        d.insert("ok", 0);
+        error_attrs(&mut d, &reply.doc);
+    }
+    d.insert("millis", ms);
+    d.insert("ts", bson::DateTime::now());
+    d.insert("client", conn.peer.clone());
+    if let Some(app) = &conn.app_name {
+        d.insert("appName", app.clone());
+    }
+    let users: Vec<Bson> = conn
+        .auth
+        .user
+        .iter()
+        .map(|(user, db)| Bson::Document(doc! {"user": user, "db": db}))
+        .collect();
+    let user = conn
+        .auth
+        .user
+        .as_ref()
+        .map(|(u, db)| format!("{u}@{db}"))
+        .unwrap_or_default();
+    d.insert("allUsers", users);
+    d.insert("user", user);
+    Some(d)
 }
 
 /// Bytes of a command's JSON past which the log shows it as `{$truncated: ...}`, the way
@@ -388,7 +460,7 @@ pub fn command_done(
     let ok = reply.get_f64("ok") == Ok(1.0);
     let (slowms, rate) = slow_settings();
     let ms = i64::try_from(took.as_millis()).unwrap_or(i64::MAX);
-    let slow = ms > slowms && !waits_by_design(name, cmd, returned) && sampled(rate);
+    let slow = over(took, slowms) && !waits_by_design(name, cmd, returned) && sampled(rate);
     if slow && tracing::enabled!(target: "commands", tracing::Level::INFO) {
         let mut attr = doc! {
             "type": "command",
@@ -504,4 +576,38 @@ fn sampled(rate: f64) -> bool {
     STATE.store(x, Ordering::Relaxed);
     let r = x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11;
     (r as f64 / (1u64 << 53) as f64) < rate
+}
+
+/// A profiled database's `system.profile`: a capped collection of 1 MB, as mongod
+/// creates it.
+const PROFILE_BYTES: i64 = 1024 * 1024;
+
+/// Writes a `system.profile` entry, creating the collection if it is missing.
+///
+/// # Errors
+/// A storage error.
+pub async fn write_profile(
+    ctx: &std::sync::Arc<crate::ServerCtx>,
+    db: &str,
+    entry: Document,
+) -> Result<()> {
+    let ns = storage::catalog::Namespace::new(db, "system.profile");
+    ctx.store
+        .write(move |w| {
+            let mut meta = match w.collection(&ns)? {
+                Some(m) => m,
+                None => {
+                    crate::ddl::create_in(w, &ns, doc! {"capped": true, "size": PROFILE_BYTES})?
+                }
+            };
+            let d = crate::crud::with_id(&entry);
+            crate::crud::insert_one(w, &mut meta, &d, &crate::crud::Session::default(), 0)
+        })
+        .await
+}
+
+/// Whether an operation took longer than `slowms`, measured in microseconds as mongod
+/// does (so `slowms: 0` catches every operation).
+fn over(took: std::time::Duration, slowms: i64) -> bool {
+    took.as_micros() > u128::try_from(slowms.max(0)).unwrap_or(0) * 1000
 }

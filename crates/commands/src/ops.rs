@@ -74,8 +74,9 @@ const BATCHES: &[&str] = &["documents", "updates", "deletes", "ops", "nsInfo"];
 
 /// A command as `currentOp` shows it: without its write batch, and past 1 KB of BSON its
 /// start as text (mongod's `$truncated`). Built only when `currentOp` lists the command;
-/// it measures rather than encodes.
-fn shown_command(cmd: &Document) -> Document {
+/// it measures rather than encodes. With `truncate` false (`$currentOp`'s
+/// `truncateOps: false`), shown whole.
+fn shown_command(cmd: &Document, truncate: bool) -> Document {
     const MAX: usize = 1024;
     let mut d = Document::new();
     let mut size = 0usize;
@@ -86,7 +87,7 @@ fn shown_command(cmd: &Document) -> Document {
         size += 1 + k.len() + 1 + doc::value_len(v);
         d.insert(k.clone(), v.clone());
     }
-    if size <= MAX {
+    if size <= MAX || !truncate {
         return d;
     }
     let text = Bson::Document(d).into_relaxed_extjson().to_string();
@@ -179,7 +180,7 @@ impl Ops {
 
     /// The running operations, and with `idle_connections` the connections running none,
     /// in mongod's `currentOp` shape.
-    fn docs(&self, ctx: &ServerCtx, idle_connections: bool) -> Vec<Document> {
+    fn docs(&self, ctx: &ServerCtx, idle_connections: bool, truncate: bool) -> Vec<Document> {
         let host = ctx.config.advertised.clone();
         let conns = self.conns.lock().unwrap().clone();
         let running = self.running.lock().unwrap();
@@ -204,7 +205,7 @@ impl Ops {
                 "microsecs_running": el.as_micros() as i64,
                 "op": r.op,
                 "ns": &r.ns,
-                "command": shown_command(&r.command),
+                "command": shown_command(&r.command, truncate),
                 "numYields": 0,
                 "locks": {},
                 "waitingForLock": false,
@@ -300,7 +301,7 @@ pub fn current_op(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Document>
     }
     let filter = Filter::parse(&spec)?;
     let mut inprog = Vec::new();
-    for d in ctx.ops.docs(ctx, all) {
+    for d in ctx.ops.docs(ctx, all, true) {
         if filter.try_matches(&d)? {
             inprog.push(Bson::Document(d));
         }
@@ -346,6 +347,7 @@ pub fn kill_op(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Document> {
 /// `$currentOp`'s options.
 struct StageOpts {
     idle_connections: bool,
+    truncate_ops: bool,
     idle_cursors: bool,
     idle_sessions: bool,
 }
@@ -359,6 +361,7 @@ fn stage_opts(spec: &Bson) -> Result<StageOpts> {
     };
     let mut o = StageOpts {
         idle_connections: false,
+        truncate_ops: true,
         idle_cursors: false,
         idle_sessions: true,
     };
@@ -371,15 +374,7 @@ fn stage_opts(spec: &Bson) -> Result<StageOpts> {
             "allUsers" | "localOps" | "targetAllNodes" => {
                 bool_opt(v, k)?;
             }
-            "truncateOps" => {
-                // Commands are always shown truncated past 1 KB.
-                if !bool_opt(v, k)? {
-                    return Err(MongoError::new(
-                        ErrorCode::InvalidOptions,
-                        "$currentOp truncateOps: false is not supported by Eddy (commands are shown truncated past 1 KB)",
-                    ));
-                }
-            }
+            "truncateOps" => o.truncate_ops = bool_opt(v, k)?,
             other => {
                 return Err(MongoError::with_code(
                     ErrorCode::FailedToParse as i32,
@@ -413,7 +408,7 @@ pub fn take_current_op(
     }
     let o = stage_opts(&spec)?;
     stages.remove(0);
-    let mut docs = ctx.ops.docs(ctx, o.idle_connections);
+    let mut docs = ctx.ops.docs(ctx, o.idle_connections, o.truncate_ops);
     if o.idle_sessions {
         docs.extend(ctx.txns.idle_sessions());
     }

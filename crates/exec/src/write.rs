@@ -14,8 +14,11 @@ use crate::keys::{entry_keys, id_key};
 /// The largest document MongoDB stores.
 pub const MAX_DOC_BYTES: usize = 16 * 1024 * 1024;
 
-/// An index's partial filter, evaluated under the index's collation.
-fn partial(ix: &IndexMeta) -> Result<Option<Filter>> {
+/// An index's partial filter, parsed under the index's collation.
+///
+/// # Errors
+/// A filter that no longer parses.
+pub fn partial(ix: &IndexMeta) -> Result<Option<Filter>> {
     ix.partial_filter
         .as_ref()
         .map(|f| Ok(Filter::parse(f)?.with_collation(crate::collation::of_index(ix))))
