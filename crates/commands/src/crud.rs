@@ -978,18 +978,26 @@ pub fn find(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
     let coll = exec::collation::for_read(cmd, &snap, &ns)?;
     let filter = filter.with_collation(coll.clone());
     if let Some(await_data) = tailable {
-        let meta = snap.collection(&ns)?.filter(|m| m.capped().is_some());
-        let Some(meta) = meta else {
-            return Err(MongoError::bad_value(
-                "error processing query: tailable cursor requested on non capped collection",
-            ));
+        let source = if db == "local" && ns.coll == "oplog.rs" {
+            crate::tail::Source::Oplog
+        } else {
+            match snap.collection(&ns)?.filter(|m| m.capped().is_some()) {
+                Some(meta) => crate::tail::Source::Capped(meta.id),
+                None => {
+                    return Err(MongoError::bad_value(
+                        "error processing query: tailable cursor requested on non capped collection",
+                    ));
+                }
+            }
         };
-        let mut tail = crate::tail::Tail::new(meta.id, filter, projection, vars, await_data);
+        let mut tail = crate::tail::Tail::new(source, filter, projection, vars, await_data)
+            .with_skip_limit(skip as u64, limit as u64);
         let n = batch_size.map_or(crate::cursor::DEFAULT_FIRST_BATCH, |b| b.max(0) as usize);
         let batch = tail.read(&snap, n)?;
-        // A tailable cursor with no place in the collection (it was empty) is dead, as in
-        // mongod.
-        let id = if tail.placed() {
+        // A tailable cursor with no place in the collection (it was empty), or whose limit
+        // is spent, is dead, as in mongod; so is one asked for a single batch (a negative
+        // limit).
+        let id = if tail.alive() && !single {
             ctx.cursors.add(crate::cursor::Cursor {
                 ns: ns.full(),
                 kind: crate::cursor::CursorKind::Tail(Box::new(tail)),

@@ -368,6 +368,13 @@ pub async fn get_more(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<
             let started = Instant::now();
             if let Some(left) = time_left {
                 interrupt.set_deadline(Some(started + left));
+                // The fail point fires for any operation with a time limit: this getMore
+                // has what is left of its find's.
+                if crate::admin::take_fail_point(ctx, "maxTimeAlwaysTimeOut", |_| true).is_some() {
+                    drop(c);
+                    ctx.cursors.remove(id);
+                    return Err(errors::expired());
+                }
             }
             let n = batch_size.map_or(usize::MAX, |b| b as usize);
             let res = interrupt
@@ -403,11 +410,20 @@ pub async fn get_more(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<
             }
             let n = batch_size.map_or(DEFAULT_FIRST_BATCH, |b| b as usize);
             let res = crate::tail::get_more(ctx, tail, n, max_time, &killed).await;
+            let alive = tail.alive();
             drop(c);
             match res {
-                Ok(batch) => Ok(Reply::ok(
-                    doc! {"cursor": {"nextBatch": batch, "id": id, "ns": ns}},
-                )),
+                Ok(batch) => {
+                    let out_id = if alive {
+                        id
+                    } else {
+                        ctx.cursors.remove(id);
+                        0
+                    };
+                    Ok(Reply::ok(
+                        doc! {"cursor": {"nextBatch": batch, "id": out_id, "ns": ns}},
+                    ))
+                }
                 Err(e) => {
                     ctx.cursors.remove(id);
                     Err(e)

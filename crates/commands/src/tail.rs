@@ -1,7 +1,7 @@
 //! Tailable cursors on capped collections (`find` with `tailable`, and `awaitData`).
 //!
 //! A tailable cursor remembers the last document it read in natural (insertion) order,
-//! by `_id`. Each `getMore` takes a fresh snapshot and reads on from the record after it,
+//! by `_id` (on the oplog, the last entry's time). Each `getMore` takes a fresh snapshot and reads on from the record after it,
 //! so it returns what was inserted since. If that document has been removed (the capped
 //! collection went past its bounds and dropped it), the cursor's place is gone and it
 //! fails with CappedPositionLost, as in mongod. With `awaitData`, a `getMore` that finds
@@ -15,6 +15,7 @@ use errors::{ErrorCode, MongoError, Result};
 use query::expr::Vars;
 use query::filter::Filter;
 use query::projection::Projection;
+use storage::OplogEntry;
 use storage::Snapshot;
 use tokio::sync::Notify;
 
@@ -23,38 +24,77 @@ use crate::ServerCtx;
 /// How long an awaitData `getMore` waits without `maxTimeMS`.
 const DEFAULT_AWAIT: Duration = Duration::from_secs(1);
 
+/// What a tailable cursor reads.
+#[derive(Debug, Clone, Copy)]
+pub enum Source {
+    /// A capped collection, by storage id.
+    Capped(u64),
+    /// The oplog (`local.oplog.rs`), as tools that tail it read it.
+    Oplog,
+}
+
+/// Where a tailable cursor stands.
+enum Place {
+    /// Before the first document.
+    Start,
+    /// On a capped collection's document, by `_id` key.
+    Doc(Vec<u8>),
+    /// On an oplog entry, by time.
+    Entry(bson::Timestamp),
+}
+
 /// A tailable cursor's state.
 pub struct Tail {
-    coll_id: u64,
+    source: Source,
     filter: Filter,
     projection: Option<Projection>,
     vars: Vars,
-    /// The `_id` key of the last document read (matched or not); `None` before the first.
-    last: Option<Vec<u8>>,
+    place: Place,
+    /// Matching documents still to skip, and still to return (`limit`).
+    skip: u64,
+    limit: Option<u64>,
     pub await_data: bool,
+}
+
+fn lost() -> MongoError {
+    MongoError::new(
+        ErrorCode::CappedPositionLost,
+        "CollectionScan died due to position in capped collection being deleted",
+    )
 }
 
 impl Tail {
     pub fn new(
-        coll_id: u64,
+        source: Source,
         filter: Filter,
         projection: Option<Projection>,
         vars: Vars,
         await_data: bool,
     ) -> Tail {
         Tail {
-            coll_id,
+            source,
             filter,
             projection,
             vars,
-            last: None,
+            place: Place::Start,
+            skip: 0,
+            limit: None,
             await_data,
         }
     }
 
-    /// Whether the cursor has a place in the collection (it read at least one document).
-    pub fn placed(&self) -> bool {
-        self.last.is_some()
+    /// Skips the first `skip` matches and ends after `limit` (0: no limit), as `find`'s
+    /// options ask.
+    pub fn with_skip_limit(mut self, skip: u64, limit: u64) -> Tail {
+        self.skip = skip;
+        self.limit = (limit > 0).then_some(limit);
+        self
+    }
+
+    /// Whether the cursor has a place (it read at least one document) and may return
+    /// more (its limit is not spent): otherwise it is dead, as in mongod.
+    pub fn alive(&self) -> bool {
+        !matches!(self.place, Place::Start) && self.limit != Some(0)
     }
 
     /// Reads up to `n` matching documents after the cursor's place.
@@ -62,31 +102,71 @@ impl Tail {
     /// # Errors
     /// CappedPositionLost when the document the cursor stood on is gone.
     pub fn read(&mut self, snap: &Snapshot, n: usize) -> Result<Vec<Document>> {
-        let scan = match &self.last {
-            None => snap.scan_natural(self.coll_id, false)?,
-            Some(k) => snap.scan_natural_after(self.coll_id, k)?.ok_or_else(|| {
-                MongoError::new(
-                    ErrorCode::CappedPositionLost,
-                    "CollectionScan died due to position in capped collection being deleted",
-                )
-            })?,
+        let n = match self.limit {
+            Some(l) => n.min(usize::try_from(l).unwrap_or(usize::MAX)),
+            None => n,
         };
         let mut out = Vec::new();
-        for row in scan {
-            let (k, d) = row?;
-            self.last = Some(k);
-            if !self.filter.matches(&d) {
-                continue;
+        if n == 0 {
+            return Ok(out);
+        }
+        match self.source {
+            Source::Capped(coll_id) => {
+                let scan = match &self.place {
+                    Place::Doc(k) => snap.scan_natural_after(coll_id, k)?.ok_or_else(lost)?,
+                    _ => snap.scan_natural(coll_id, false)?,
+                };
+                for row in scan {
+                    let (k, d) = row?;
+                    self.place = Place::Doc(k);
+                    if self.take(d, &mut out)? && out.len() >= n {
+                        break;
+                    }
+                }
             }
-            out.push(match &self.projection {
-                Some(p) => p.apply_with(&d, Some(&self.filter), &self.vars)?,
-                None => d,
-            });
-            if out.len() >= n {
-                break;
+            Source::Oplog => {
+                let after = match self.place {
+                    Place::Entry(ts) => {
+                        // The entry the cursor stood on has been truncated away.
+                        if let Some(first) = snap.oplog_after(None)?.next() {
+                            if first?.0 > ts {
+                                return Err(lost());
+                            }
+                        }
+                        Some(ts)
+                    }
+                    _ => None,
+                };
+                for row in snap.oplog_after(after)? {
+                    let (ts, bytes) = row?;
+                    self.place = Place::Entry(ts);
+                    let d = OplogEntry::from_bytes(&bytes)?.to_document();
+                    if self.take(d, &mut out)? && out.len() >= n {
+                        break;
+                    }
+                }
             }
         }
+        if let Some(l) = &mut self.limit {
+            *l -= out.len() as u64;
+        }
         Ok(out)
+    }
+
+    /// Adds `d` to `out` if it matches and is not skipped; returns whether it was added.
+    fn take(&mut self, d: Document, out: &mut Vec<Document>) -> Result<bool> {
+        if !self.filter.matches(&d) {
+            return Ok(false);
+        }
+        if self.skip > 0 {
+            self.skip -= 1;
+            return Ok(false);
+        }
+        out.push(match &self.projection {
+            Some(p) => p.apply_with(&d, Some(&self.filter), &self.vars)?,
+            None => d,
+        });
+        Ok(true)
     }
 }
 
@@ -108,7 +188,7 @@ pub async fn get_more(
     loop {
         commits.borrow_and_update();
         let batch = tail.read(&ctx.store.snapshot()?, n)?;
-        if !batch.is_empty() || !tail.await_data {
+        if !batch.is_empty() || !tail.await_data || !tail.alive() {
             return Ok(batch);
         }
         tokio::select! {
@@ -124,7 +204,7 @@ pub async fn get_more(
 ///
 /// # Errors
 /// BadValue for awaitData without tailable, a sort other than `{$natural: 1}`, or a
-/// limit or single batch with tailable.
+/// single batch with tailable.
 pub fn options(cmd: &Document) -> Result<Option<bool>> {
     let flag = |k: &str| -> Result<bool> {
         match cmd.get(k) {
@@ -160,14 +240,5 @@ pub fn options(cmd: &Document) -> Result<Option<bool>> {
             "cannot use tailable option with the 'singleBatch' option",
         ));
     }
-    if util_count(cmd, "limit") != 0 || util_count(cmd, "skip") != 0 {
-        return Err(MongoError::bad_value(
-            "tailable cursors with 'limit' or 'skip' are not supported by Eddy",
-        ));
-    }
     Ok(Some(await_data))
-}
-
-fn util_count(cmd: &Document, k: &str) -> i64 {
-    cmd.get(k).and_then(doc::compare::as_f64).unwrap_or(0.0) as i64
 }

@@ -738,7 +738,11 @@ fn parse_doc(d: &Document, depth: usize) -> Result<Node> {
                     nodes.push(Node::Schema(Box::new(Schema::parse(s)?)));
                 }
                 "$where" => {
-                    return Err(MongoError::bad_value("$where is not supported"));
+                    // mongod's error when it has no JavaScript engine (javascriptEnabled:
+                    // false); Eddy is built without one.
+                    return Err(MongoError::bad_value(
+                        "no globalScriptEngine in $where parsing",
+                    ));
                 }
                 "$text" => {
                     return Err(MongoError::new(
@@ -1006,7 +1010,9 @@ fn parse_operator(k: &str, v: &Bson, regex_opts: Option<&Bson>, depth: usize) ->
         }
         "$comment" => Ok(Pred::And(Vec::new())),
         "$near" | "$nearSphere" | "$geoWithin" | "$geoIntersects" | "$within" => {
-            Err(MongoError::bad_value(format!("{k} is not supported")))
+            Err(MongoError::bad_value(format!(
+                "{k} is not supported by Eddy (geospatial queries are not implemented)"
+            )))
         }
         _ => Err(MongoError::bad_value(format!("unknown operator: {k}"))),
     }

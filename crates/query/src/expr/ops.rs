@@ -147,7 +147,12 @@ pub(crate) fn parse_op(name: &str, v: &Bson) -> Result<Node> {
     if name == "$literal" {
         return Ok(Node::Lit(v.clone()));
     }
-    if matches!(name, "$meta" | "$function" | "$accumulator" | "$where") {
+    if matches!(name, "$function" | "$accumulator" | "$where") {
+        return Err(MongoError::bad_value(format!(
+            "{name} needs server-side JavaScript, which this server is built without (as mongod with javascriptEnabled: false)"
+        )));
+    }
+    if name == "$meta" {
         return Err(MongoError::bad_value(format!("{name} is not supported")));
     }
     let Some((key, spec)) = OPS.iter().find(|(n, _)| *n == name) else {
