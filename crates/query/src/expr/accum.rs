@@ -25,6 +25,20 @@ pub(crate) enum AccKind {
     MergeObjects,
     StdDevPop,
     StdDevSamp,
+    /// `$firstN`, `$lastN`, `$maxN`, `$minN`: `n` values.
+    FirstN,
+    LastN,
+    MaxN,
+    MinN,
+    /// `$top`, `$bottom`, `$topN`, `$bottomN`: the output of the first or last `n`
+    /// documents in `sortBy` order (each value fed is `[sort key values, output]`).
+    Top,
+    Bottom,
+    TopN,
+    BottomN,
+    /// `$median` and `$percentile` over the numeric inputs.
+    Median,
+    Percentile,
 }
 
 impl AccKind {
@@ -43,9 +57,48 @@ impl AccKind {
             "$mergeObjects" => AccKind::MergeObjects,
             "$stdDevPop" => AccKind::StdDevPop,
             "$stdDevSamp" => AccKind::StdDevSamp,
+            "$firstN" => AccKind::FirstN,
+            "$lastN" => AccKind::LastN,
+            "$maxN" => AccKind::MaxN,
+            "$minN" => AccKind::MinN,
+            "$top" => AccKind::Top,
+            "$bottom" => AccKind::Bottom,
+            "$topN" => AccKind::TopN,
+            "$bottomN" => AccKind::BottomN,
+            "$median" => AccKind::Median,
+            "$percentile" => AccKind::Percentile,
             _ => return None,
         })
     }
+
+    /// Whether the accumulator takes an object of named arguments (`n`, `sortBy`, `p`...)
+    /// rather than one expression.
+    pub(crate) fn takes_params(self) -> bool {
+        matches!(
+            self,
+            AccKind::FirstN
+                | AccKind::LastN
+                | AccKind::MaxN
+                | AccKind::MinN
+                | AccKind::Top
+                | AccKind::Bottom
+                | AccKind::TopN
+                | AccKind::BottomN
+                | AccKind::Median
+                | AccKind::Percentile
+        )
+    }
+}
+
+/// The constant arguments of a parameterised accumulator.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AccParams {
+    /// How many values (`n`; 1 for `$top`/`$bottom`).
+    pub(crate) n: usize,
+    /// `sortBy`'s directions (true = descending), for `$top`/`$bottom`(`N`).
+    pub(crate) desc: Vec<bool>,
+    /// `$percentile`'s `p`; `[0.5]` for `$median`.
+    pub(crate) p: Vec<f64>,
 }
 
 /// A running accumulator.
@@ -63,9 +116,16 @@ pub(crate) struct Acc {
     /// Bytes of `items` (`$push`, `$addToSet`), and the most they may reach.
     bytes: usize,
     cap: usize,
+    params: AccParams,
 }
 
 impl Acc {
+    /// The same accumulator with its constant arguments.
+    pub(crate) fn with_params(mut self, params: AccParams) -> Acc {
+        self.params = params;
+        self
+    }
+
     /// The same accumulator with its `$push`/`$addToSet` array held to `cap` bytes.
     pub(crate) fn capped(mut self, cap: usize) -> Acc {
         self.cap = cap;
@@ -76,10 +136,10 @@ impl Acc {
     fn keep(&mut self, v: &Bson) -> Result<()> {
         self.bytes += 8 + crate::spill::bson_size(v);
         if self.bytes > self.cap {
-            let name = if self.kind == AccKind::Push {
-                "$push"
-            } else {
-                "$addToSet"
+            let name = match self.kind {
+                AccKind::Push => "$push",
+                AccKind::AddToSet => "$addToSet",
+                _ => "an accumulator",
             };
             return Err(err(
                 146,
@@ -106,6 +166,7 @@ impl Acc {
             m2: 0.0,
             bytes: 0,
             cap: crate::spill::DEFAULT_MAX_BYTES,
+            params: AccParams::default(),
         }
     }
 
@@ -180,6 +241,32 @@ impl Acc {
                     ));
                 }
             },
+            AccKind::FirstN => {
+                if self.items.len() < self.params.n {
+                    self.keep_item(v.unwrap_or(Bson::Null))?;
+                }
+            }
+            AccKind::LastN => {
+                self.keep_item(v.unwrap_or(Bson::Null))?;
+                self.trim(coll);
+            }
+            AccKind::MaxN | AccKind::MinN => {
+                if let Some(v) = v.filter(|v| !matches!(v, Bson::Null | Bson::Undefined)) {
+                    self.keep_item(v)?;
+                    self.trim(coll);
+                }
+            }
+            AccKind::Top | AccKind::Bottom | AccKind::TopN | AccKind::BottomN => {
+                if let Some(v) = v {
+                    self.keep_item(v)?;
+                    self.trim(coll);
+                }
+            }
+            AccKind::Median | AccKind::Percentile => {
+                if let Some(v) = v.filter(|v| num::kind(v).is_some()) {
+                    self.keep_item(Bson::Double(num::f(&v)))?;
+                }
+            }
             AccKind::StdDevPop | AccKind::StdDevSamp => {
                 if let Some(x) = v.as_ref().filter(|v| num::kind(v).is_some()).map(num::f) {
                     self.count += 1;
@@ -228,6 +315,7 @@ impl Acc {
             m2: d.get_f64("m2").unwrap_or(0.0),
             bytes: 0,
             cap: crate::spill::DEFAULT_MAX_BYTES,
+            params: AccParams::default(),
         }
         .counted()
     }
@@ -284,6 +372,26 @@ impl Acc {
                     self.merged.insert(k, v);
                 }
             }
+            AccKind::FirstN
+            | AccKind::LastN
+            | AccKind::MaxN
+            | AccKind::MinN
+            | AccKind::Top
+            | AccKind::Bottom
+            | AccKind::TopN
+            | AccKind::BottomN
+            | AccKind::Median
+            | AccKind::Percentile => {
+                for v in later.items {
+                    if self.kind == AccKind::FirstN && self.items.len() >= self.params.n {
+                        break;
+                    }
+                    self.keep_item(v)?;
+                    if self.kind != AccKind::FirstN {
+                        self.trim(coll);
+                    }
+                }
+            }
             AccKind::StdDevPop | AccKind::StdDevSamp => {
                 // Chan et al.'s parallel combination of two (n, mean, M2) states.
                 let (na, nb) = (self.count as f64, later.count as f64);
@@ -297,6 +405,114 @@ impl Acc {
             }
         }
         Ok(())
+    }
+
+    /// Keeps a value in the state's list, counted against the memory cap.
+    fn keep_item(&mut self, v: Bson) -> Result<()> {
+        self.keep(&v)?;
+        self.items.push(v);
+        Ok(())
+    }
+
+    /// Orders two values fed to this accumulator: its first `n` after ordering are the
+    /// result. `$maxN` wants the greatest first, `$minN` the least; `$top`(`N`) the first in
+    /// `sortBy` order and `$bottom`(`N`) the last (so the order is reversed).
+    fn order(&self, a: &Bson, b: &Bson, coll: Option<&Collation>) -> Ordering {
+        match self.kind {
+            AccKind::MaxN => cmp_values_with(b, a, coll),
+            AccKind::MinN => cmp_values_with(a, b, coll),
+            AccKind::Top | AccKind::TopN | AccKind::Bottom | AccKind::BottomN => {
+                let key = |v: &Bson| match v {
+                    Bson::Array(p) => match p.first() {
+                        Some(Bson::Array(k)) => k.clone(),
+                        _ => Vec::new(),
+                    },
+                    _ => Vec::new(),
+                };
+                let (ka, kb) = (key(a), key(b));
+                let mut o = Ordering::Equal;
+                for (i, desc) in self.params.desc.iter().enumerate() {
+                    let (x, y) = (
+                        ka.get(i).unwrap_or(&Bson::Null),
+                        kb.get(i).unwrap_or(&Bson::Null),
+                    );
+                    let c = cmp_values_with(x, y, coll);
+                    let c = if *desc { c.reverse() } else { c };
+                    if c != Ordering::Equal {
+                        o = c;
+                        break;
+                    }
+                }
+                if matches!(self.kind, AccKind::Bottom | AccKind::BottomN) {
+                    o.reverse()
+                } else {
+                    o
+                }
+            }
+            _ => Ordering::Equal,
+        }
+    }
+
+    /// Bounds the state to `n` values once it holds twice that many: the `n` best for
+    /// `$maxN`/`$minN`/`$top`.../`$bottom`..., the last `n` for `$lastN`.
+    fn trim(&mut self, coll: Option<&Collation>) {
+        let n = self.params.n.max(1);
+        if self.items.len() < 2 * n {
+            return;
+        }
+        if self.kind == AccKind::LastN {
+            let drop = self.items.len() - n;
+            self.items.drain(..drop);
+        } else {
+            let mut items = std::mem::take(&mut self.items);
+            // Stable: among equal keys the earlier input stays first, as in mongod.
+            items.sort_by(|a, b| self.order(a, b, coll));
+            items.truncate(n);
+            self.items = items;
+        }
+        self.bytes = self
+            .items
+            .iter()
+            .map(|v| 8 + crate::spill::bson_size(v))
+            .sum();
+    }
+
+    /// The state's values in result order, at most `n` (outputs only, for the
+    /// `$top`/`$bottom` family).
+    fn ranked(&self, coll: Option<&Collation>) -> Vec<Bson> {
+        let mut items = self.items.clone();
+        items.sort_by(|a, b| self.order(a, b, coll));
+        let mut n = self.params.n.max(1);
+        if self.kind == AccKind::LastN {
+            n = items.len();
+        }
+        items.truncate(n);
+        if matches!(
+            self.kind,
+            AccKind::Top | AccKind::Bottom | AccKind::TopN | AccKind::BottomN
+        ) {
+            items = items
+                .into_iter()
+                .map(|v| match v {
+                    Bson::Array(mut p) if p.len() == 2 => p.pop().unwrap_or(Bson::Null),
+                    other => other,
+                })
+                .collect();
+        }
+        items
+    }
+
+    /// `$percentile`/`$median` with method `approximate`: for each `p`, the value at rank
+    /// ceil(p * count) in ascending order (the exact discrete percentile, which mongod's
+    /// approximation equals on inputs of this size), null without numeric input.
+    fn percentiles(&self) -> Vec<Bson> {
+        let mut xs: Vec<f64> = self.items.iter().map(num::f).collect();
+        xs.sort_by(f64::total_cmp);
+        self.params
+            .p
+            .iter()
+            .map(|p| percentile_of(&xs, *p))
+            .collect()
     }
 
     /// The accumulated result.
@@ -315,6 +531,26 @@ impl Acc {
                 self.value.clone().unwrap_or(Bson::Null)
             }
             AccKind::Push | AccKind::AddToSet => Bson::Array(self.items.clone()),
+            AccKind::FirstN => Bson::Array(self.items.clone()),
+            AccKind::LastN => {
+                let skip = self.items.len().saturating_sub(self.params.n);
+                Bson::Array(self.items[skip..].to_vec())
+            }
+            AccKind::MaxN | AccKind::MinN => Bson::Array(self.ranked(None)),
+            AccKind::TopN => Bson::Array(self.ranked(None)),
+            // The last `n` in `sortBy` order, in that order.
+            AccKind::BottomN => Bson::Array(self.ranked(None).into_iter().rev().collect()),
+            AccKind::Top | AccKind::Bottom => {
+                self.ranked(None).into_iter().next().unwrap_or(Bson::Null)
+            }
+            AccKind::Median => self.percentiles().into_iter().next().unwrap_or(Bson::Null),
+            AccKind::Percentile => {
+                if self.items.is_empty() {
+                    Bson::Array(self.params.p.iter().map(|_| Bson::Null).collect())
+                } else {
+                    Bson::Array(self.percentiles())
+                }
+            }
             AccKind::MergeObjects => Bson::Document(self.merged.clone()),
             AccKind::StdDevPop => {
                 if self.count == 0 {
@@ -332,4 +568,15 @@ impl Acc {
             }
         }
     }
+}
+
+/// The discrete percentile `p` of sorted values: the value at rank ceil(p * count); null
+/// for none. `$percentile` and `$median` (accumulators and expressions) with method
+/// `approximate`, which mongod's approximation equals on inputs of up to thousands.
+pub(crate) fn percentile_of(sorted: &[f64], p: f64) -> Bson {
+    if sorted.is_empty() {
+        return Bson::Null;
+    }
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    Bson::Double(sorted[rank.clamp(1, sorted.len()) - 1])
 }

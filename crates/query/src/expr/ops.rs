@@ -70,6 +70,8 @@ const OPS: &[(&str, Spec)] = &[
     ("$minN", Spec::Named(&["input", "n"], &["input", "n"])),
     ("$firstN", Spec::Named(&["input", "n"], &["input", "n"])),
     ("$lastN", Spec::Named(&["input", "n"], &["input", "n"])),
+    ("$median", Spec::Named(&["input", "method"], &["input", "method"])),
+    ("$percentile", Spec::Named(&["input", "p", "method"], &["input", "p", "method"])),
     ("$setUnion", Spec::Pos(0, ANY)), ("$setIntersection", Spec::Pos(0, ANY)),
     ("$setDifference", Spec::Pos(2, 2)), ("$setEquals", Spec::Pos(2, ANY)),
     ("$setIsSubset", Spec::Pos(2, 2)), ("$anyElementTrue", Spec::Pos(1, 1)),
@@ -857,6 +859,67 @@ fn slice_array(a: Vec<Bson>, pos: Option<i64>, n: i64) -> Vec<Bson> {
         .collect()
 }
 
+/// `$median` and `$percentile` as expressions: over an array's numbers (or one number),
+/// with method `approximate` (see [`super::accum::percentile_of`]).
+fn percentile_expr(op: &str, args: &Args, cx: &Ctx<'_>) -> Result<Option<Bson>> {
+    match eval_named(args, "method", cx)? {
+        Some(Bson::String(m)) if m == "approximate" => {}
+        m => {
+            return Err(err(
+                2,
+                format!(
+                    "{op}'s method {} is not supported: Eddy computes 'approximate' percentiles",
+                    m.unwrap_or(Bson::Null)
+                ),
+            ));
+        }
+    }
+    let ps: Vec<f64> = if op == "$median" {
+        vec![0.5]
+    } else {
+        match eval_named(args, "p", cx)? {
+            Some(Bson::Array(ps)) if !ps.is_empty() => ps
+                .iter()
+                .map(|p| match doc::compare::as_f64(p) {
+                    Some(x) if (0.0..=1.0).contains(&x) => Ok(x),
+                    _ => Err(err(
+                        7750301,
+                        format!("$percentile's 'p' must hold numbers from 0.0 to 1.0, found {p}"),
+                    )),
+                })
+                .collect::<Result<_>>()?,
+            other => {
+                return Err(err(
+                    7750301,
+                    format!(
+                        "$percentile requires 'p' to be a non-empty array of numbers, found {}",
+                        tn(&other)
+                    ),
+                ));
+            }
+        }
+    };
+    let mut xs: Vec<f64> = match eval_named(args, "input", cx)? {
+        Some(Bson::Array(a)) => a
+            .iter()
+            .filter(|v| num::kind(v).is_some())
+            .map(num::f)
+            .collect(),
+        Some(v) if num::kind(&v).is_some() => vec![num::f(&v)],
+        _ => Vec::new(),
+    };
+    xs.sort_by(f64::total_cmp);
+    let out: Vec<Bson> = ps
+        .iter()
+        .map(|p| super::accum::percentile_of(&xs, *p))
+        .collect();
+    Ok(Some(if op == "$median" {
+        out.into_iter().next().unwrap_or(Bson::Null)
+    } else {
+        Bson::Array(out)
+    }))
+}
+
 fn first_n(op: &str, args: &Args, cx: &Ctx<'_>) -> Result<Option<Bson>> {
     let n = eval_named(args, "n", cx)?;
     let n = match n.as_ref().and_then(as_int) {
@@ -1409,6 +1472,7 @@ pub(crate) fn eval_op(name: &str, args: &Args, cx: &Ctx<'_>) -> Result<Option<Bs
         "$zip" => zip(args, cx),
         "$sortArray" => sort_array(args, cx),
         "$maxN" | "$minN" | "$firstN" | "$lastN" => first_n(name, args, cx),
+        "$median" | "$percentile" => percentile_expr(name, args, cx),
         "$getField" => {
             let field = field_name_arg(name, args, cx)?;
             match eval_named(args, "input", cx)? {

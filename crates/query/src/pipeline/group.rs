@@ -7,7 +7,7 @@ use doc::Collation;
 use errors::{MongoError, Result};
 
 use super::DocIter;
-use crate::expr::accum::{Acc, AccKind};
+use crate::expr::accum::{Acc, AccKind, AccParams};
 use crate::expr::{Expr, Vars};
 use crate::spill::{Limits, Merge, Run, bson_size};
 
@@ -17,6 +17,14 @@ pub(crate) struct AccSpec {
     name: String,
     kind: AccKind,
     arg: Expr,
+    params: AccParams,
+}
+
+impl AccSpec {
+    /// A fresh accumulator for this field.
+    fn acc(&self) -> Acc {
+        Acc::new(self.kind).with_params(self.params.clone())
+    }
 }
 
 /// Parses `{field: {$acc: expr}, ...}`.
@@ -53,6 +61,16 @@ pub(crate) fn parse_accumulators(d: &Document) -> Result<Vec<AccSpec>> {
         let kind = AccKind::from_name(op).ok_or_else(|| {
             MongoError::with_code(15952, format!("unknown group operator '{op}'"))
         })?;
+        if kind.takes_params() {
+            let (arg, params) = parse_params(op, kind, arg)?;
+            out.push(AccSpec {
+                name: name.clone(),
+                kind,
+                arg,
+                params,
+            });
+            continue;
+        }
         let arg = if kind == AccKind::Count {
             if !matches!(arg, Bson::Document(a) if a.is_empty()) {
                 return Err(MongoError::with_code(
@@ -74,9 +92,138 @@ pub(crate) fn parse_accumulators(d: &Document) -> Result<Vec<AccSpec>> {
             name: name.clone(),
             kind,
             arg,
+            params: AccParams::default(),
         });
     }
     Ok(out)
+}
+
+/// Parses the named arguments of `$firstN`, `$lastN`, `$maxN`, `$minN`, `$top`,
+/// `$bottom`, `$topN`, `$bottomN`, `$median` and `$percentile`: the expression each
+/// document feeds, and the constants (`n`, `sortBy`'s directions, `p`).
+fn parse_params(op: &str, kind: AccKind, arg: &Bson) -> Result<(Expr, AccParams)> {
+    let Bson::Document(a) = arg else {
+        return Err(MongoError::with_code(
+            5787900,
+            format!("specification must be an object; found {op}: {arg}"),
+        ));
+    };
+    let sorted = matches!(
+        kind,
+        AccKind::Top | AccKind::Bottom | AccKind::TopN | AccKind::BottomN
+    );
+    let pct = matches!(kind, AccKind::Median | AccKind::Percentile);
+    let wants_n = !pct && !matches!(kind, AccKind::Top | AccKind::Bottom);
+    let input_name = if sorted { "output" } else { "input" };
+    let mut allowed = vec![input_name];
+    if wants_n {
+        allowed.push("n");
+    }
+    if sorted {
+        allowed.push("sortBy");
+    }
+    if pct {
+        allowed.push("method");
+    }
+    if kind == AccKind::Percentile {
+        allowed.push("p");
+    }
+    for k in a.keys() {
+        if !allowed.contains(&k.as_str()) {
+            return Err(MongoError::with_code(
+                5787901,
+                format!("Unknown argument for {op}: {k}"),
+            ));
+        }
+    }
+    let input = a.get(input_name).ok_or_else(|| {
+        MongoError::with_code(5787907, format!("{op} requires an '{input_name}' field"))
+    })?;
+    let mut params = AccParams {
+        n: 1,
+        ..AccParams::default()
+    };
+    if wants_n {
+        let n = a
+            .get("n")
+            .ok_or_else(|| MongoError::with_code(5787906, format!("{op} requires an 'n' field")))?;
+        // `n` must be a constant here (mongod allows an expression of the group key; Eddy
+        // evaluates it once, without a document, and refuses one that needs one).
+        let v = Expr::parse(n)?.eval(&Document::new(), &Vars::default())?;
+        let n = match v.as_ref().and_then(doc::compare::as_f64) {
+            Some(x) if x.fract() == 0.0 && x >= 1.0 => x as usize,
+            Some(x) if x.fract() != 0.0 => {
+                return Err(MongoError::with_code(
+                    5787903,
+                    format!("Value for 'n' must be of integral type, but found {x}"),
+                ));
+            }
+            _ => {
+                return Err(MongoError::with_code(
+                    5787908,
+                    format!(
+                        "Value for 'n' must be a positive integer, but found {}",
+                        v.unwrap_or(Bson::Null)
+                    ),
+                ));
+            }
+        };
+        params.n = n;
+    }
+    let expr = if sorted {
+        let sort = a.get_document("sortBy").map_err(|_| {
+            MongoError::with_code(5788005, format!("{op} requires a 'sortBy' object"))
+        })?;
+        let spec = crate::sort::SortSpec::parse(sort)?;
+        let keys: Vec<Bson> = spec
+            .keys()
+            .iter()
+            .map(|(f, _)| Bson::String(format!("${f}")))
+            .collect();
+        params.desc = spec.keys().iter().map(|(_, asc)| !*asc).collect();
+        Expr::parse(&Bson::Array(vec![Bson::Array(keys), input.clone()]))?
+    } else {
+        Expr::parse(input)?
+    };
+    if pct {
+        match a.get("method") {
+            Some(Bson::String(m)) if m == "approximate" => {}
+            Some(m) => {
+                return Err(MongoError::bad_value(format!(
+                    "{op}'s method {m} is not supported: Eddy computes 'approximate' percentiles"
+                )));
+            }
+            None => {
+                return Err(MongoError::with_code(
+                    7436200,
+                    format!("{op} requires a 'method' field"),
+                ));
+            }
+        }
+        params.p = if kind == AccKind::Median {
+            vec![0.5]
+        } else {
+            let ps = match a.get("p") {
+                Some(Bson::Array(ps)) if !ps.is_empty() => ps,
+                _ => {
+                    return Err(MongoError::with_code(
+                        7750301,
+                        "$percentile requires 'p' to be a non-empty array of numbers",
+                    ));
+                }
+            };
+            ps.iter()
+                .map(|p| match doc::compare::as_f64(p) {
+                    Some(x) if (0.0..=1.0).contains(&x) => Ok(x),
+                    _ => Err(MongoError::with_code(
+                        7750301,
+                        format!("$percentile's 'p' must hold numbers from 0.0 to 1.0, found {p}"),
+                    )),
+                })
+                .collect::<Result<_>>()?
+        };
+    }
+    Ok((expr, params))
 }
 
 /// A canonical string for a value such that values MongoDB considers equal (`1`, `1.0`,
@@ -183,7 +330,7 @@ impl<'a> Grouper<'a> {
                     key,
                     self.specs
                         .iter()
-                        .map(|s| Acc::new(s.kind).capped(array_cap(s.kind, self.limits)))
+                        .map(|s| s.acc().capped(array_cap(s.kind, self.limits)))
                         .collect(),
                 ));
                 self.index.insert(k, self.groups.len() - 1);
@@ -202,7 +349,7 @@ impl<'a> Grouper<'a> {
             let before = acc.held();
             acc.add(v, vars.collation())?;
             self.bytes += match spec.kind {
-                AccKind::Push => size,
+                AccKind::Push | AccKind::Median | AccKind::Percentile => size,
                 AccKind::AddToSet | AccKind::MergeObjects if acc.held() > before => size,
                 AccKind::First | AccKind::Last | AccKind::Min | AccKind::Max if fresh => size,
                 _ => 0,
@@ -326,8 +473,10 @@ impl MergedGroups {
             .zip(&self.caps)
             .zip(a)
             .map(|((s, cap), st)| match st {
-                Bson::Document(st) => Acc::from_doc(s.kind, st).capped(*cap),
-                _ => Acc::new(s.kind).capped(*cap),
+                Bson::Document(st) => Acc::from_doc(s.kind, st)
+                    .with_params(s.params.clone())
+                    .capped(*cap),
+                _ => s.acc().capped(*cap),
             })
             .collect()
     }

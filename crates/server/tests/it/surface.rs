@@ -532,3 +532,147 @@ async fn index_options_are_honoured_or_refused() {
         .collect();
     assert_eq!(names, vec!["_id_", "a_1", "s_1", "b_1"]);
 }
+
+/// The N and percentile accumulators, with the examples of MongoDB's manual pages:
+/// https://www.mongodb.com/docs/v8.0/reference/operator/aggregation/topN/ (and bottomN,
+/// top, bottom, maxN, minN, lastN: the same `gamescores` collection),
+/// https://www.mongodb.com/docs/v8.0/reference/operator/aggregation/median/ and
+/// https://www.mongodb.com/docs/v8.0/reference/operator/aggregation/percentile/ (the
+/// `testScores` collection; accumulator and expression forms).
+#[tokio::test]
+async fn n_and_percentile_accumulators_match_the_manual() {
+    let s = testkit::spawn().await;
+    let db = s.client.database("acc");
+    let g = db.collection::<Document>("gamescores");
+    let rows = [
+        ("PlayerA", "G1", 31),
+        ("PlayerB", "G1", 33),
+        ("PlayerC", "G1", 99),
+        ("PlayerD", "G1", 1),
+        ("PlayerA", "G2", 10),
+        ("PlayerB", "G2", 14),
+        ("PlayerC", "G2", 66),
+        ("PlayerD", "G2", 80),
+    ];
+    g.insert_many(
+        rows.iter()
+            .map(|(p, gm, sc)| doc! {"playerId": *p, "gameId": *gm, "score": *sc}),
+    )
+    .await
+    .unwrap();
+    let group = |acc: Document| async {
+        let r = run(
+            &db,
+            doc! {"aggregate": "gamescores", "cursor": {}, "pipeline": [
+                {"$sort": {"_id": 1}},
+                {"$group": {"_id": "$gameId", "r": acc}},
+                {"$sort": {"_id": 1}},
+            ]},
+        )
+        .await;
+        cursor_batch(&r, "firstBatch")
+            .iter()
+            .map(|d| d.as_document().unwrap().get("r").unwrap().clone())
+            .collect::<Vec<_>>()
+    };
+    let out = doc! {"output": ["$playerId", "$score"], "sortBy": {"score": -1}};
+    let mut top_n = out.clone();
+    top_n.insert("n", 3);
+    assert_eq!(
+        group(doc! {"$topN": top_n.clone()}).await,
+        vec![
+            bson::bson!([["PlayerC", 99], ["PlayerB", 33], ["PlayerA", 31]]),
+            bson::bson!([["PlayerD", 80], ["PlayerC", 66], ["PlayerB", 14]]),
+        ]
+    );
+    assert_eq!(
+        group(doc! {"$bottomN": top_n}).await,
+        vec![
+            bson::bson!([["PlayerB", 33], ["PlayerA", 31], ["PlayerD", 1]]),
+            bson::bson!([["PlayerC", 66], ["PlayerB", 14], ["PlayerA", 10]]),
+        ]
+    );
+    assert_eq!(
+        group(doc! {"$top": out.clone()}).await,
+        vec![bson::bson!(["PlayerC", 99]), bson::bson!(["PlayerD", 80])]
+    );
+    assert_eq!(
+        group(doc! {"$bottom": out}).await,
+        vec![bson::bson!(["PlayerD", 1]), bson::bson!(["PlayerA", 10])]
+    );
+    assert_eq!(
+        group(doc! {"$maxN": {"input": ["$score", "$playerId"], "n": 3}}).await,
+        vec![
+            bson::bson!([[99, "PlayerC"], [33, "PlayerB"], [31, "PlayerA"]]),
+            bson::bson!([[80, "PlayerD"], [66, "PlayerC"], [14, "PlayerB"]]),
+        ]
+    );
+    assert_eq!(
+        group(doc! {"$minN": {"input": ["$score", "$playerId"], "n": 3}}).await,
+        vec![
+            bson::bson!([[1, "PlayerD"], [31, "PlayerA"], [33, "PlayerB"]]),
+            bson::bson!([[10, "PlayerA"], [14, "PlayerB"], [66, "PlayerC"]]),
+        ]
+    );
+    // In input (`_id`) order.
+    assert_eq!(
+        group(doc! {"$firstN": {"input": "$score", "n": 3}}).await,
+        vec![bson::bson!([31, 33, 99]), bson::bson!([10, 14, 66])]
+    );
+    assert_eq!(
+        group(doc! {"$lastN": {"input": "$score", "n": 3}}).await,
+        vec![bson::bson!([33, 99, 1]), bson::bson!([14, 66, 80])]
+    );
+    let (code, _) = cmd_error(
+        &db,
+        doc! {"aggregate": "gamescores", "cursor": {}, "pipeline": [
+            {"$group": {"_id": null, "r": {"$topN": {"output": "$score", "n": 0, "sortBy": {"score": 1}}}}},
+        ]},
+    )
+    .await;
+    assert_eq!(code, 5787908);
+
+    let t = db.collection::<Document>("testScores");
+    for (id, a, b, c) in [
+        (1, 62, 81, 80),
+        (2, 60, 83, 79),
+        (3, 64, 82, 80),
+        (4, 65, 78, 79),
+        (5, 63, 83, 78),
+    ] {
+        t.insert_one(doc! {"studentId": id, "test01": a, "test02": b, "test03": c})
+            .await
+            .unwrap();
+    }
+    let r = run(
+        &db,
+        doc! {"aggregate": "testScores", "cursor": {}, "pipeline": [{"$group": {
+            "_id": null,
+            "test01_median": {"$median": {"input": "$test01", "method": "approximate"}},
+            "test01_percentiles": {"$percentile": {"input": "$test01", "p": [0.5, 0.75, 0.9, 0.95], "method": "approximate"}},
+        }}]},
+    )
+    .await;
+    let d = cursor_batch(&r, "firstBatch")[0]
+        .as_document()
+        .unwrap()
+        .clone();
+    assert_eq!(d.get("test01_median"), Some(&Bson::Double(63.0)));
+    assert_eq!(
+        d.get("test01_percentiles"),
+        Some(&bson::bson!([63.0, 64.0, 65.0, 65.0]))
+    );
+    let r = run(
+        &db,
+        doc! {"aggregate": "testScores", "cursor": {}, "pipeline": [
+            {"$sort": {"studentId": 1}},
+            {"$project": {"_id": 0, "studentId": 1, "testMedians": {"$median": {"input": ["$test01", "$test02", "$test03"], "method": "approximate"}}}},
+        ]},
+    )
+    .await;
+    let medians: Vec<f64> = cursor_batch(&r, "firstBatch")
+        .iter()
+        .map(|d| d.as_document().unwrap().get_f64("testMedians").unwrap())
+        .collect();
+    assert_eq!(medians, vec![80.0, 79.0, 80.0, 78.0, 78.0]);
+}
