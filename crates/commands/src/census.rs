@@ -357,6 +357,7 @@ pub fn check(name: &str, cmd: &Document) -> Result<()> {
 /// as a whole (`setParameter`'s names, `hello`'s handshake metadata).
 pub const UNCENSUSED: &[&str] = &[
     "fsyncUnlock",
+    "top",
     "connPoolStats",
     "features",
     "hello",
@@ -429,6 +430,7 @@ mod tests {
         match file {
             "crud.rs" => include_str!("crud.rs"),
             "cursor.rs" => include_str!("cursor.rs"),
+            "diag.rs" => include_str!("diag.rs"),
             "ops.rs" => include_str!("ops.rs"),
             "users.rs" => include_str!("users.rs"),
             other => panic!("no source for {other}"),

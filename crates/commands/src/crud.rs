@@ -1240,11 +1240,27 @@ pub async fn aggregate(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result
     let (stages, local_sessions) = crate::sessions::take_list_local_sessions(ctx, cmd, stages)?;
     let (stages, current_ops) = crate::ops::take_current_op(ctx, db, cmd, stages)?;
     let local_sessions = local_sessions.or(current_ops);
-    // `$collStats` produces one document about the collection, for the rest to work on.
-    let (stages, coll_stats_spec) = match stages.first().and_then(|s| s.get("$collStats")) {
-        Some(spec) => (stages[1..].to_vec(), Some(spec.clone())),
+    // `$collStats` produces one document about the collection, for the rest to work on;
+    // `$indexStats` one per index; `$planCacheStats` one per cached plan (Eddy plans each
+    // query afresh by rule and caches none, so it yields nothing).
+    let lead = ["$collStats", "$indexStats", "$planCacheStats"]
+        .into_iter()
+        .find(|k| stages.first().is_some_and(|s| s.contains_key(*k)));
+    let (stages, coll_stats_spec) = match lead {
+        Some(k) => {
+            let spec = stages[0].get(k).cloned().unwrap_or(Bson::Null);
+            (stages[1..].to_vec(), Some((k, spec)))
+        }
         None => (stages, None),
     };
+    for k in ["$indexStats", "$planCacheStats"] {
+        if stages.iter().any(|s| s.contains_key(k)) {
+            return Err(MongoError::with_code(
+                40602,
+                format!("{k} is only valid as the first stage in a pipeline"),
+            ));
+        }
+    }
     if stages.iter().any(|s| s.contains_key("$collStats")) {
         return Err(MongoError::with_code(
             40602,
@@ -1285,11 +1301,24 @@ pub async fn aggregate(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result
         None => pipeline.with_collation(exec::collation::for_operation(cmd, None)?),
     };
     let coll_stats_input = match (&coll_stats_spec, &coll) {
-        (Some(spec), Some(ns)) => Some(vec![crate::stats::coll_stats_stage(ctx, ns, spec)?]),
-        (Some(_), None) => {
+        (Some(("$collStats", spec)), Some(ns)) => {
+            Some(vec![crate::stats::coll_stats_stage(ctx, ns, spec)?])
+        }
+        (Some(("$indexStats", spec)), Some(ns)) => {
+            Some(crate::stats::index_stats(ctx, &snap, ns, spec)?)
+        }
+        (Some((_, spec)), Some(_)) => {
+            if !matches!(spec, Bson::Document(d) if d.is_empty()) {
+                return Err(MongoError::failed_to_parse(
+                    "$planCacheStats takes an empty object: Eddy has no plan cache options",
+                ));
+            }
+            Some(Vec::new())
+        }
+        (Some((k, _)), None) => {
             return Err(MongoError::new(
                 ErrorCode::InvalidNamespace,
-                "$collStats must be run against a collection namespace",
+                format!("{k} must be run against a collection namespace"),
             ));
         }
         (None, _) => None,

@@ -1,5 +1,5 @@
 //! Diagnostic and maintenance commands: `fsync` (with its write lock) and `fsyncUnlock`,
-//! `validate`, `dbHash`, `connPoolStats` and `features`.
+//! `validate`, `dbHash`, `top`, `connPoolStats` and `features`.
 
 use std::collections::BTreeSet;
 use std::ops::Bound;
@@ -300,4 +300,102 @@ pub fn features(ctx: &ServerCtx) -> Reply {
     Reply::ok(doc! {
         "oidMachine": i64::from(u32::from_be_bytes([0, pid[4], pid[5], pid[6]])),
     })
+}
+
+/// Time and count of one kind of operation, for `top`.
+#[derive(Default, Clone, Copy)]
+struct Usage {
+    micros: u64,
+    count: u64,
+}
+
+impl Usage {
+    fn add(&mut self, micros: u64) {
+        self.micros += micros;
+        self.count += 1;
+    }
+
+    fn doc(self) -> Document {
+        doc! {"time": self.micros as i64, "count": self.count as i64}
+    }
+}
+
+/// One namespace's `top` counters.
+#[derive(Default, Clone, Copy)]
+struct NsTop {
+    total: Usage,
+    read: Usage,
+    write: Usage,
+    queries: Usage,
+    getmore: Usage,
+    insert: Usage,
+    update: Usage,
+    remove: Usage,
+    commands: Usage,
+}
+
+/// `top`'s counters: per collection, the time and count of each kind of operation since
+/// the server started.
+#[derive(Default)]
+pub struct Top {
+    by_ns: Mutex<std::collections::BTreeMap<String, NsTop>>,
+}
+
+impl Top {
+    /// Counts a finished command against the collection it named (commands on a
+    /// database as a whole are not counted, as in mongod).
+    pub fn record(&self, name: &str, cmd: &Document, took: std::time::Duration) {
+        let Some(ns) = crate::logs::collection_of(name, cmd) else {
+            return;
+        };
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let mut map = self.by_ns.lock().unwrap();
+        let t = map.entry(ns).or_default();
+        t.total.add(micros);
+        let write = crate::replset::writes(name, cmd);
+        if write {
+            t.write.add(micros);
+        } else {
+            t.read.add(micros);
+        }
+        match name {
+            "find" => t.queries.add(micros),
+            "getMore" => t.getmore.add(micros),
+            "insert" => t.insert.add(micros),
+            "update" | "findAndModify" | "findandmodify" => t.update.add(micros),
+            "delete" => t.remove.add(micros),
+            _ => t.commands.add(micros),
+        }
+    }
+}
+
+/// `top`: each collection's operation times (microseconds) and counts.
+///
+/// # Errors
+/// Unauthorized off the admin database, as in mongod.
+pub fn top(ctx: &ServerCtx, db: &str) -> Result<Reply> {
+    if db != "admin" {
+        return Err(MongoError::new(
+            ErrorCode::Unauthorized,
+            "top may only be run against the admin database.",
+        ));
+    }
+    let mut totals = doc! {"note": "all times in microseconds"};
+    for (ns, t) in ctx.top.by_ns.lock().unwrap().iter() {
+        totals.insert(
+            ns.clone(),
+            doc! {
+                "total": t.total.doc(),
+                "readLock": t.read.doc(),
+                "writeLock": t.write.doc(),
+                "queries": t.queries.doc(),
+                "getmore": t.getmore.doc(),
+                "insert": t.insert.doc(),
+                "update": t.update.doc(),
+                "remove": t.remove.doc(),
+                "commands": t.commands.doc(),
+            },
+        );
+    }
+    Ok(Reply::ok(doc! {"totals": totals}))
 }

@@ -105,6 +105,7 @@ pub struct ServerCtx {
     pub stats: Stats,
     pub ttl: ttl::TtlStats,
     pub fsync_lock: diag::FsyncLock,
+    pub top: diag::Top,
     pub started: Instant,
     pub process_id: ObjectId,
     pub parameters: Mutex<Document>,
@@ -172,6 +173,7 @@ impl ServerCtx {
             stats: Stats::default(),
             ttl: ttl::TtlStats::default(),
             fsync_lock: diag::FsyncLock::default(),
+            top: diag::Top::default(),
             started: Instant::now(),
             process_id: ObjectId::new(),
             parameters: Mutex::new(params),
@@ -198,6 +200,7 @@ impl ServerCtx {
         txn::spawn_reaper(Arc::downgrade(&ctx));
         admin::spawn_image_expiry(Arc::downgrade(&ctx));
         ttl::spawn(Arc::downgrade(&ctx));
+        exec::plan::usage::start();
         ctx
     }
 
@@ -262,6 +265,7 @@ pub async fn handle(ctx: &Arc<ServerCtx>, conn: &mut ConnInfo, cmd: Document) ->
     let r = run(ctx, conn, &name, &cmd).await;
     let took = start.elapsed();
     logs::command_done(&name, &cmd, &r, took, conn.id);
+    ctx.top.record(&name, &cmd, took);
     if let Ok(db) = util::db_of(&cmd) {
         // Only where writes may happen: not on a secondary, nor under an fsync lock.
         let writable = ctx.repl.as_ref().is_none_or(|s| s.writable()) && !ctx.fsync_lock.held();
@@ -585,6 +589,7 @@ async fn dispatch_cmd(
         "dbHash" | "dbhash" => diag::db_hash(ctx, &db, cmd)?,
         "connPoolStats" => diag::conn_pool_stats(),
         "features" => diag::features(ctx),
+        "top" => diag::top(ctx, &db)?,
         "currentOp" => Reply::ok(ops::current_op(ctx, &db, cmd)?),
         "killOp" => Reply::ok(ops::kill_op(ctx, &db, cmd)?),
         "profile" => Reply::ok(logs::profile(&db, cmd)?),

@@ -522,6 +522,12 @@ fn waits_by_design(name: &str, cmd: &Document, returned: Option<usize>) -> bool 
 }
 
 /// `db.collection` for a command naming its collection, else `db.$cmd`.
+/// The collection a command names (`db.coll`), if it names one.
+pub(crate) fn collection_of(name: &str, cmd: &Document) -> Option<String> {
+    let ns = namespace(name, cmd);
+    (!ns.ends_with(".$cmd")).then_some(ns)
+}
+
 fn namespace(name: &str, cmd: &Document) -> String {
     let db = cmd.get_str("$db").unwrap_or("admin");
     match (name, cmd.get(name)) {

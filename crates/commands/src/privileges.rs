@@ -134,6 +134,7 @@ pub fn need(ctx: &ServerCtx, name: &str, db: &str, cmd: &Document) -> Result<Nee
         "fsync" => on_cluster("fsync"),
         "fsyncUnlock" => on_cluster("unlock"),
         "connPoolStats" => on_cluster("connPoolStats"),
+        "top" => on_cluster("top"),
         "features" => Need::Authenticated,
         "validate" => on_c(&["validate"]),
         "dbHash" | "dbhash" => on_db("dbHash"),

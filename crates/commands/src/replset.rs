@@ -52,6 +52,7 @@ const ANY_STATE: &[&str] = &[
     "fsyncUnlock",
     "connPoolStats",
     "features",
+    "top",
     "currentOp",
     "killOp",
     "profile",

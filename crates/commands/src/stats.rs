@@ -275,3 +275,39 @@ pub fn coll_stats_stage(ctx: &ServerCtx, ns: &Namespace, spec: &Bson) -> Result<
     }
     Ok(out)
 }
+
+/// The `$indexStats` stage: one document per index of the collection, with how often the
+/// planner chose it since the server started (`accesses.ops`, `accesses.since`).
+///
+/// # Errors
+/// FailedToParse for options (it takes none); a storage error.
+pub fn index_stats(
+    ctx: &ServerCtx,
+    snap: &storage::Snapshot,
+    ns: &storage::Namespace,
+    spec: &Bson,
+) -> Result<Vec<Document>> {
+    if !matches!(spec, Bson::Document(d) if d.is_empty()) {
+        return Err(MongoError::with_code(
+            28803,
+            "The $indexStats stage specification must be an empty object",
+        ));
+    }
+    let Some(meta) = snap.collection(ns)?.filter(|m| !m.is_view()) else {
+        return Ok(Vec::new());
+    };
+    Ok(meta
+        .indexes
+        .iter()
+        .map(|ix| {
+            let (ops, since) = exec::plan::usage::of(ix.id);
+            doc! {
+                "name": &ix.name,
+                "key": ix.key.clone(),
+                "host": &ctx.config.advertised,
+                "accesses": {"ops": ops as i64, "since": since},
+                "spec": ix.spec.clone(),
+            }
+        })
+        .collect())
+}

@@ -153,6 +153,59 @@ pub fn plan_query(
     sort: Option<&SortSpec>,
     hint: Option<&Bson>,
 ) -> Result<Plan> {
+    let plan = choose(meta, filter, sort, hint)?;
+    let used = match &plan {
+        Plan::IxScan { index, .. } => Some(index.id),
+        Plan::IdScan { .. } | Plan::IdLookup(_) => {
+            meta.indexes.iter().find(|i| i.is_id()).map(|i| i.id)
+        }
+        Plan::CollScan { .. } => None,
+    };
+    if let Some(id) = used {
+        usage::record(id);
+    }
+    Ok(plan)
+}
+
+/// How often each index was chosen by the planner, since when: `$indexStats`'
+/// `accesses`. Kept in memory, as mongod keeps them (they restart with the server).
+pub mod usage {
+    use std::collections::HashMap;
+    use std::sync::{LazyLock, Mutex};
+
+    use bson::DateTime;
+
+    static STARTED: LazyLock<DateTime> = LazyLock::new(DateTime::now);
+    static USES: LazyLock<Mutex<HashMap<u64, (u64, DateTime)>>> =
+        LazyLock::new(|| Mutex::new(HashMap::new()));
+
+    /// Starts the clock `since` reports (at server start).
+    pub fn start() {
+        LazyLock::force(&STARTED);
+    }
+
+    /// Notes one use of the index with storage id `id`.
+    pub fn record(id: u64) {
+        LazyLock::force(&STARTED);
+        USES.lock().unwrap().entry(id).or_insert((0, *STARTED)).0 += 1;
+    }
+
+    /// Uses of the index, and since when they are counted (the server's start).
+    pub fn of(id: u64) -> (u64, DateTime) {
+        USES.lock()
+            .unwrap()
+            .get(&id)
+            .copied()
+            .unwrap_or((0, *STARTED))
+    }
+}
+
+fn choose(
+    meta: &CollectionMeta,
+    filter: &Filter,
+    sort: Option<&SortSpec>,
+    hint: Option<&Bson>,
+) -> Result<Plan> {
     let coll = filter.collation();
     let preds: Vec<(String, Predicate)> = filter
         .predicates()

@@ -676,3 +676,83 @@ async fn n_and_percentile_accumulators_match_the_manual() {
         .collect();
     assert_eq!(medians, vec![80.0, 79.0, 80.0, 78.0, 78.0]);
 }
+
+/// Source: https://www.mongodb.com/docs/v8.0/reference/operator/aggregation/indexStats/
+/// (one document per index: `name`, `key`, `host`, `accesses.ops` counting the operations
+/// that used it, `accesses.since`, `spec`), .../planCacheStats/ (one document per cached
+/// plan: Eddy caches none) and https://www.mongodb.com/docs/v8.0/reference/command/top/
+/// (per collection `total`, `readLock`, `writeLock`, `queries`, `insert`, ... with `time`
+/// in microseconds and `count`; admin only).
+#[tokio::test]
+async fn index_stats_plan_cache_stats_and_top() {
+    let s = testkit::spawn().await;
+    let db = s.client.database("usage");
+    let c = db.collection::<Document>("c");
+    c.insert_many((0..10).map(|i| doc! {"_id": i, "a": i}))
+        .await
+        .unwrap();
+    run(
+        &db,
+        doc! {"createIndexes": "c", "indexes": [{"key": {"a": 1}, "name": "a_1"}, {"key": {"b": 1}, "name": "b_1"}]},
+    )
+    .await;
+    for i in 0..3 {
+        run(&db, doc! {"find": "c", "filter": {"a": i}}).await;
+    }
+    run(&db, doc! {"find": "c", "filter": {"_id": 1}}).await;
+    let r = run(
+        &db,
+        doc! {"aggregate": "c", "cursor": {}, "pipeline": [{"$indexStats": {}}, {"$sort": {"name": 1}}]},
+    )
+    .await;
+    let ops: Vec<(String, i64)> = cursor_batch(&r, "firstBatch")
+        .iter()
+        .map(|d| {
+            let d = d.as_document().unwrap();
+            assert!(
+                d.get_document("spec").is_ok() && d.get_str("host").is_ok(),
+                "{d}"
+            );
+            let acc = d.get_document("accesses").unwrap();
+            assert!(acc.get_datetime("since").is_ok(), "{d}");
+            (d.get_str("name").unwrap().to_string(), num(acc, "ops"))
+        })
+        .collect();
+    assert_eq!(
+        ops,
+        vec![
+            ("_id_".to_string(), 1),
+            ("a_1".to_string(), 3),
+            ("b_1".to_string(), 0)
+        ]
+    );
+    let r = run(
+        &db,
+        doc! {"aggregate": "c", "cursor": {}, "pipeline": [{"$planCacheStats": {}}]},
+    )
+    .await;
+    assert!(cursor_batch(&r, "firstBatch").is_empty());
+    let (code, _) = cmd_error(
+        &db,
+        doc! {"aggregate": "c", "cursor": {}, "pipeline": [{"$match": {}}, {"$indexStats": {}}]},
+    )
+    .await;
+    assert_eq!(code, 40602);
+
+    let (code, _) = cmd_error(&db, doc! {"top": 1}).await;
+    assert_eq!(code, 13);
+    let top = run(&s.client.database("admin"), doc! {"top": 1}).await;
+    let t = top
+        .get_document("totals")
+        .unwrap()
+        .get_document("usage.c")
+        .unwrap()
+        .clone();
+    assert_eq!(num(t.get_document("queries").unwrap(), "count"), 4, "{t}");
+    assert_eq!(num(t.get_document("insert").unwrap(), "count"), 1, "{t}");
+    assert!(num(t.get_document("total").unwrap(), "time") > 0, "{t}");
+    assert!(
+        num(t.get_document("writeLock").unwrap(), "count") >= 2,
+        "{t}"
+    );
+}
