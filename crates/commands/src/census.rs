@@ -64,6 +64,11 @@ pub const COMMANDS: &[Census] = &[
         ],
     },
     Census {
+        names: &["setDefaultRWConcern"],
+        handler: ("rw_defaults.rs", "pub async fn set("),
+        fields: read!["defaultReadConcern", "defaultWriteConcern"],
+    },
+    Census {
         names: &["dbHash", "dbhash"],
         handler: ("diag.rs", "pub fn db_hash("),
         fields: read!["collections"],
@@ -358,6 +363,7 @@ pub fn check(name: &str, cmd: &Document) -> Result<()> {
 pub const UNCENSUSED: &[&str] = &[
     "fsyncUnlock",
     "top",
+    "getDefaultRWConcern",
     "connPoolStats",
     "features",
     "hello",
@@ -431,6 +437,7 @@ mod tests {
             "crud.rs" => include_str!("crud.rs"),
             "cursor.rs" => include_str!("cursor.rs"),
             "diag.rs" => include_str!("diag.rs"),
+            "rw_defaults.rs" => include_str!("rw_defaults.rs"),
             "ops.rs" => include_str!("ops.rs"),
             "users.rs" => include_str!("users.rs"),
             other => panic!("no source for {other}"),

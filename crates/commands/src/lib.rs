@@ -3,6 +3,7 @@
 //! Layout:
 //! - this file: [`ServerCtx`] (shared state), [`ConnInfo`], [`handle`] (dispatch, fail
 //!   points, `$clusterTime`/`operationTime` on every reply).
+//! - [`rw_defaults`]: `setDefaultRWConcern` and `getDefaultRWConcern`.
 //! - [`reply`]: ok and error replies.
 //! - [`admin`]: handshake, diagnostics, parameters, sessions, fail points.
 //! - [`ddl`]: create, drop, rename, collMod, indexes, listings.
@@ -31,6 +32,7 @@ pub mod ops;
 pub mod privileges;
 pub mod replset;
 pub mod reply;
+pub mod rw_defaults;
 pub mod security;
 pub mod sessions;
 pub mod stats;
@@ -106,6 +108,7 @@ pub struct ServerCtx {
     pub ttl: ttl::TtlStats,
     pub fsync_lock: diag::FsyncLock,
     pub top: diag::Top,
+    pub rw_defaults: rw_defaults::Defaults,
     pub started: Instant,
     pub process_id: ObjectId,
     pub parameters: Mutex<Document>,
@@ -174,6 +177,7 @@ impl ServerCtx {
             ttl: ttl::TtlStats::default(),
             fsync_lock: diag::FsyncLock::default(),
             top: diag::Top::default(),
+            rw_defaults: rw_defaults::Defaults::default(),
             started: Instant::now(),
             process_id: ObjectId::new(),
             parameters: Mutex::new(params),
@@ -201,6 +205,7 @@ impl ServerCtx {
         admin::spawn_image_expiry(Arc::downgrade(&ctx));
         ttl::spawn(Arc::downgrade(&ctx));
         exec::plan::usage::start();
+        rw_defaults::Defaults::load(&ctx);
         ctx
     }
 
@@ -260,6 +265,7 @@ pub fn command_name(cmd: &Document) -> &str {
 pub async fn handle(ctx: &Arc<ServerCtx>, conn: &mut ConnInfo, cmd: Document) -> Reply {
     let start = Instant::now();
     let name = command_name(&cmd).to_string();
+    let cmd = ctx.rw_defaults.apply(&name, cmd);
     // Shared with `currentOp`'s registry for as long as the command runs, uncopied.
     let cmd = Arc::new(cmd);
     let r = run(ctx, conn, &name, &cmd).await;
@@ -590,6 +596,8 @@ async fn dispatch_cmd(
         "connPoolStats" => diag::conn_pool_stats(),
         "features" => diag::features(ctx),
         "top" => diag::top(ctx, &db)?,
+        "getDefaultRWConcern" => rw_defaults::get(ctx, &db)?,
+        "setDefaultRWConcern" => rw_defaults::set(ctx, &db, cmd).await?,
         "currentOp" => Reply::ok(ops::current_op(ctx, &db, cmd)?),
         "killOp" => Reply::ok(ops::kill_op(ctx, &db, cmd)?),
         "profile" => Reply::ok(logs::profile(&db, cmd)?),

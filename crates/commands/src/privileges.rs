@@ -135,6 +135,8 @@ pub fn need(ctx: &ServerCtx, name: &str, db: &str, cmd: &Document) -> Result<Nee
         "fsyncUnlock" => on_cluster("unlock"),
         "connPoolStats" => on_cluster("connPoolStats"),
         "top" => on_cluster("top"),
+        "getDefaultRWConcern" => on_cluster("getDefaultRWConcern"),
+        "setDefaultRWConcern" => on_cluster("setDefaultRWConcern"),
         "features" => Need::Authenticated,
         "validate" => on_c(&["validate"]),
         "dbHash" | "dbhash" => on_db("dbHash"),

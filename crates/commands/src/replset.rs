@@ -53,6 +53,7 @@ const ANY_STATE: &[&str] = &[
     "connPoolStats",
     "features",
     "top",
+    "getDefaultRWConcern",
     "currentOp",
     "killOp",
     "profile",

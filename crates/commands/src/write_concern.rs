@@ -13,6 +13,7 @@ use errors::{ErrorCode, MongoError, Result};
 /// Commands that write: they accept a write concern, and only a replica set's primary
 /// takes them.
 pub const WRITES: &[&str] = &[
+    "setDefaultRWConcern",
     "insert",
     "update",
     "delete",
@@ -49,7 +50,7 @@ pub const WRITES: &[&str] = &[
 /// Whether `name` accepts a write concern (any other refuses one, as MongoDB does): the
 /// commands that write, and `aggregate` (for `$out`/`$merge`) and
 /// `setFeatureCompatibilityVersion`.
-fn supported(name: &str) -> bool {
+pub(crate) fn supported(name: &str) -> bool {
     WRITES.contains(&name) || matches!(name, "aggregate" | "setFeatureCompatibilityVersion")
 }
 
@@ -59,7 +60,7 @@ const MEMBERS: i64 = 1;
 /// A parsed write concern.
 #[derive(Debug, Clone)]
 pub struct WriteConcern {
-    w: Bson,
+    pub(crate) w: Bson,
     j: Option<bool>,
     wtimeout: i32,
 }

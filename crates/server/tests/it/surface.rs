@@ -756,3 +756,63 @@ async fn index_stats_plan_cache_stats_and_top() {
         "{t}"
     );
 }
+
+/// Source: https://www.mongodb.com/docs/v8.0/reference/command/setDefaultRWConcern/ and
+/// .../getDefaultRWConcern/: the implicit defaults (`local` reads, `majority` writes), a
+/// global default applied to commands that give no concern (and not to those that do),
+/// `w: 0` refused as a default, `snapshot` refused as a default read concern, admin only.
+#[tokio::test]
+async fn default_read_and_write_concerns() {
+    let s = testkit::spawn().await;
+    let admin = s.client.database("admin");
+    let db = s.client.database("rw");
+    let r = run(&admin, doc! {"getDefaultRWConcern": 1}).await;
+    assert_eq!(r.get_str("defaultWriteConcernSource").unwrap(), "implicit");
+    assert_eq!(
+        r.get_document("defaultReadConcern").unwrap(),
+        &doc! {"level": "local"}
+    );
+    let r = run(
+        &admin,
+        doc! {"setDefaultRWConcern": 1, "defaultWriteConcern": {"w": 2, "wtimeout": 100}, "defaultReadConcern": {"level": "majority"}},
+    )
+    .await;
+    assert_eq!(r.get_str("defaultWriteConcernSource").unwrap(), "global");
+    // A one-member set cannot meet w: 2: the default is applied, so the write reports it.
+    let r = run(&db, doc! {"insert": "c", "documents": [{"_id": 1}]}).await;
+    assert_eq!(
+        num(r.get_document("writeConcernError").unwrap(), "code"),
+        100,
+        "{r}"
+    );
+    // An explicit concern wins.
+    let r = run(
+        &db,
+        doc! {"insert": "c", "documents": [{"_id": 2}], "writeConcern": {"w": 1}},
+    )
+    .await;
+    assert!(r.get("writeConcernError").is_none(), "{r}");
+    let r = run(&admin, doc! {"getDefaultRWConcern": 1}).await;
+    assert_eq!(
+        r.get_document("defaultReadConcern").unwrap(),
+        &doc! {"level": "majority"}
+    );
+    for bad in [
+        doc! {"setDefaultRWConcern": 1, "defaultWriteConcern": {"w": 0}},
+        doc! {"setDefaultRWConcern": 1, "defaultWriteConcern": {}},
+        doc! {"setDefaultRWConcern": 1, "defaultReadConcern": {"level": "snapshot"}},
+        doc! {"setDefaultRWConcern": 1},
+    ] {
+        let (code, _) = cmd_error(&admin, bad.clone()).await;
+        assert_eq!(code, 2, "{bad}");
+    }
+    let (code, _) = cmd_error(&db, doc! {"getDefaultRWConcern": 1}).await;
+    assert_eq!(code, 13);
+    run(
+        &admin,
+        doc! {"setDefaultRWConcern": 1, "defaultWriteConcern": {"w": 1}},
+    )
+    .await;
+    let r = run(&db, doc! {"insert": "c", "documents": [{"_id": 3}]}).await;
+    assert!(r.get("writeConcernError").is_none(), "{r}");
+}
