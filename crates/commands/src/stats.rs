@@ -300,7 +300,7 @@ pub fn index_stats(
         .indexes
         .iter()
         .map(|ix| {
-            let (ops, since) = exec::plan::usage::of(ix.id);
+            let (ops, since) = exec::plan::usage::of(meta.uuid, ix.id);
             doc! {
                 "name": &ix.name,
                 "key": ix.key.clone(),

@@ -162,7 +162,7 @@ pub fn plan_query(
         Plan::CollScan { .. } => None,
     };
     if let Some(id) = used {
-        usage::record(id);
+        usage::record(meta.uuid, id);
     }
     Ok(plan)
 }
@@ -176,7 +176,9 @@ pub mod usage {
     use bson::DateTime;
 
     static STARTED: LazyLock<DateTime> = LazyLock::new(DateTime::now);
-    static USES: LazyLock<Mutex<HashMap<u64, (u64, DateTime)>>> =
+    /// By collection UUID (unique to a server's collection, even across the servers
+    /// one test process runs) and index storage id.
+    static USES: LazyLock<Mutex<HashMap<(bson::Uuid, u64), (u64, DateTime)>>> =
         LazyLock::new(|| Mutex::new(HashMap::new()));
 
     /// Starts the clock `since` reports (at server start).
@@ -184,17 +186,21 @@ pub mod usage {
         LazyLock::force(&STARTED);
     }
 
-    /// Notes one use of the index with storage id `id`.
-    pub fn record(id: u64) {
+    /// Notes one use of the index with storage id `id` of collection `coll`.
+    pub fn record(coll: bson::Uuid, id: u64) {
         LazyLock::force(&STARTED);
-        USES.lock().unwrap().entry(id).or_insert((0, *STARTED)).0 += 1;
+        USES.lock()
+            .unwrap()
+            .entry((coll, id))
+            .or_insert((0, *STARTED))
+            .0 += 1;
     }
 
     /// Uses of the index, and since when they are counted (the server's start).
-    pub fn of(id: u64) -> (u64, DateTime) {
+    pub fn of(coll: bson::Uuid, id: u64) -> (u64, DateTime) {
         USES.lock()
             .unwrap()
-            .get(&id)
+            .get(&(coll, id))
             .copied()
             .unwrap_or((0, *STARTED))
     }

@@ -384,8 +384,8 @@ async fn get_log_keeps_recent_lines_and_verbosity_is_tunable() {
     .await;
     assert_eq!(code, 2);
 
-    // The profiler's levels 1 and 2 would need system.profile: refused, not ignored.
-    let (code, _) = cmd_error(&db, doc! {"profile": 1}).await;
+    // The profiler's `filter` is not implemented: refused, not ignored.
+    let (code, _) = cmd_error(&db, doc! {"profile": 0, "filter": {"millis": {"$gt": 1}}}).await;
     assert_eq!(code, 2);
     let now = run(&db, doc! {"profile": -1}).await;
     assert_eq!(doc_num(&now, "was"), 0);
