@@ -178,8 +178,13 @@ pub mod usage {
     static STARTED: LazyLock<DateTime> = LazyLock::new(DateTime::now);
     /// By collection UUID (unique to a server's collection, even across the servers
     /// one test process runs) and index storage id.
-    static USES: LazyLock<Mutex<HashMap<(bson::Uuid, u64), (u64, DateTime)>>> =
+    static USES: LazyLock<Mutex<HashMap<IndexKey, Uses>>> =
         LazyLock::new(|| Mutex::new(HashMap::new()));
+
+    /// A collection's UUID and an index's storage id.
+    type IndexKey = (bson::Uuid, u64);
+    /// How many uses, since when.
+    type Uses = (u64, DateTime);
 
     /// Starts the clock `since` reports (at server start).
     pub fn start() {
