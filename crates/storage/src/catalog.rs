@@ -118,12 +118,7 @@ impl IndexMeta {
 
     /// A TTL index's `expireAfterSeconds`.
     pub fn expire_after_secs(&self) -> Option<i64> {
-        self.spec.get("expireAfterSeconds").and_then(|v| match v {
-            Bson::Int32(i) => Some(i64::from(*i)),
-            Bson::Int64(i) => Some(*i),
-            Bson::Double(d) => Some(*d as i64),
-            _ => None,
-        })
+        self.spec.get("expireAfterSeconds").and_then(int_of)
     }
 
     /// The key fields with direction (true = descending).
@@ -199,12 +194,7 @@ impl CollectionMeta {
         if !self.options.get_bool("capped").unwrap_or(false) {
             return None;
         }
-        let num = |k: &str| match self.options.get(k) {
-            Some(Bson::Int32(v)) => Some(i64::from(*v)),
-            Some(Bson::Int64(v)) => Some(*v),
-            Some(Bson::Double(v)) => Some(*v as i64),
-            _ => None,
-        };
+        let num = |k: &str| self.options.get(k).and_then(int_of);
         let size = num("size").unwrap_or(0).max(0) as u64;
         let max = num("max").filter(|m| *m > 0).map(|m| m as u64);
         Some((size, max))
@@ -266,6 +256,16 @@ impl CollectionMeta {
             options: d.get_document("options").map_err(corrupt)?.clone(),
             indexes,
         })
+    }
+}
+
+/// A stored option's number as an integer (doubles truncated).
+fn int_of(v: &Bson) -> Option<i64> {
+    match v {
+        Bson::Int32(i) => Some(i64::from(*i)),
+        Bson::Int64(i) => Some(*i),
+        Bson::Double(d) => Some(*d as i64),
+        _ => None,
     }
 }
 

@@ -580,3 +580,53 @@ pub(crate) fn percentile_of(sorted: &[f64], p: f64) -> Bson {
     let rank = (p * sorted.len() as f64).ceil() as usize;
     Bson::Double(sorted[rank.clamp(1, sorted.len()) - 1])
 }
+
+/// Checks `$median`'s and `$percentile`'s `method` (only `approximate` is computed) and
+/// reads the percentiles they ask for: `[0.5]` for `$median`, `$percentile`'s `p`
+/// otherwise (a non-empty array of numbers from 0.0 to 1.0). Shared by the accumulator
+/// and expression forms.
+///
+/// # Errors
+/// BadValue for another method, 7436200 without one, 7750301 for a bad `p`.
+pub(crate) fn percentile_args(
+    op: &str,
+    method: Option<&Bson>,
+    p: Option<&Bson>,
+) -> Result<Vec<f64>> {
+    match method {
+        Some(Bson::String(m)) if m == "approximate" => {}
+        Some(m) => {
+            return Err(err(
+                2,
+                format!(
+                    "{op}'s method {m} is not supported: Eddy computes 'approximate' percentiles"
+                ),
+            ));
+        }
+        None => return Err(err(7436200, format!("{op} requires a 'method' field"))),
+    }
+    if op == "$median" {
+        return Ok(vec![0.5]);
+    }
+    let ps = match p {
+        Some(Bson::Array(ps)) if !ps.is_empty() => ps,
+        other => {
+            return Err(err(
+                7750301,
+                format!(
+                    "$percentile requires 'p' to be a non-empty array of numbers, found {}",
+                    type_name(other)
+                ),
+            ));
+        }
+    };
+    ps.iter()
+        .map(|p| match doc::compare::as_f64(p) {
+            Some(x) if (0.0..=1.0).contains(&x) => Ok(x),
+            _ => Err(err(
+                7750301,
+                format!("$percentile's 'p' must hold numbers from 0.0 to 1.0, found {p}"),
+            )),
+        })
+        .collect()
+}

@@ -862,43 +862,9 @@ fn slice_array(a: Vec<Bson>, pos: Option<i64>, n: i64) -> Vec<Bson> {
 /// `$median` and `$percentile` as expressions: over an array's numbers (or one number),
 /// with method `approximate` (see [`super::accum::percentile_of`]).
 fn percentile_expr(op: &str, args: &Args, cx: &Ctx<'_>) -> Result<Option<Bson>> {
-    match eval_named(args, "method", cx)? {
-        Some(Bson::String(m)) if m == "approximate" => {}
-        m => {
-            return Err(err(
-                2,
-                format!(
-                    "{op}'s method {} is not supported: Eddy computes 'approximate' percentiles",
-                    m.unwrap_or(Bson::Null)
-                ),
-            ));
-        }
-    }
-    let ps: Vec<f64> = if op == "$median" {
-        vec![0.5]
-    } else {
-        match eval_named(args, "p", cx)? {
-            Some(Bson::Array(ps)) if !ps.is_empty() => ps
-                .iter()
-                .map(|p| match doc::compare::as_f64(p) {
-                    Some(x) if (0.0..=1.0).contains(&x) => Ok(x),
-                    _ => Err(err(
-                        7750301,
-                        format!("$percentile's 'p' must hold numbers from 0.0 to 1.0, found {p}"),
-                    )),
-                })
-                .collect::<Result<_>>()?,
-            other => {
-                return Err(err(
-                    7750301,
-                    format!(
-                        "$percentile requires 'p' to be a non-empty array of numbers, found {}",
-                        tn(&other)
-                    ),
-                ));
-            }
-        }
-    };
+    let method = eval_named(args, "method", cx)?;
+    let p = eval_named(args, "p", cx)?;
+    let ps = super::accum::percentile_args(op, method.as_ref(), p.as_ref())?;
     let mut xs: Vec<f64> = match eval_named(args, "input", cx)? {
         Some(Bson::Array(a)) => a
             .iter()

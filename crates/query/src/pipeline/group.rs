@@ -186,42 +186,7 @@ fn parse_params(op: &str, kind: AccKind, arg: &Bson) -> Result<(Expr, AccParams)
         Expr::parse(input)?
     };
     if pct {
-        match a.get("method") {
-            Some(Bson::String(m)) if m == "approximate" => {}
-            Some(m) => {
-                return Err(MongoError::bad_value(format!(
-                    "{op}'s method {m} is not supported: Eddy computes 'approximate' percentiles"
-                )));
-            }
-            None => {
-                return Err(MongoError::with_code(
-                    7436200,
-                    format!("{op} requires a 'method' field"),
-                ));
-            }
-        }
-        params.p = if kind == AccKind::Median {
-            vec![0.5]
-        } else {
-            let ps = match a.get("p") {
-                Some(Bson::Array(ps)) if !ps.is_empty() => ps,
-                _ => {
-                    return Err(MongoError::with_code(
-                        7750301,
-                        "$percentile requires 'p' to be a non-empty array of numbers",
-                    ));
-                }
-            };
-            ps.iter()
-                .map(|p| match doc::compare::as_f64(p) {
-                    Some(x) if (0.0..=1.0).contains(&x) => Ok(x),
-                    _ => Err(MongoError::with_code(
-                        7750301,
-                        format!("$percentile's 'p' must hold numbers from 0.0 to 1.0, found {p}"),
-                    )),
-                })
-                .collect::<Result<_>>()?
-        };
+        params.p = crate::expr::accum::percentile_args(op, a.get("method"), a.get("p"))?;
     }
     Ok((expr, params))
 }
