@@ -492,6 +492,13 @@ async fn await_events(
     let deadline = tokio::time::Instant::now() + wait;
     let mut tail = ctx.hub.subscribe();
     loop {
+        // Listen for killOp's wake-up before looking at its flag: a killOp that came
+        // before this getMore linked its cursor to the operation set the flag but could
+        // not wake it.
+        let on_kill = killed.notified();
+        tokio::pin!(on_kill);
+        on_kill.as_mut().enable();
+        crate::op::current().check()?;
         tail.borrow_and_update();
         let (batch, slot) = read_bounded(ctx, stream, n).await?;
         if !batch.is_empty() || stream.is_finished() {
@@ -513,7 +520,7 @@ async fn await_events(
         tokio::select! {
             ok = woken => { if !ok { return Ok((batch, false, None)); } }
             () = tokio::time::sleep_until(deadline) => return Ok((batch, false, None)),
-            () = killed.notified() => {
+            () = &mut on_kill => {
                 // killOp wakes the getMore it killed; killCursors, one on a cursor it closed.
                 crate::op::current().check()?;
                 return Err(MongoError::new(ErrorCode::CursorKilled, "cursor was killed while a getMore waited"));

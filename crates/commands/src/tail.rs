@@ -186,6 +186,11 @@ pub async fn get_more(
     let deadline = tokio::time::Instant::now() + wait;
     let mut commits = ctx.store.subscribe();
     loop {
+        // As a change stream's getMore: listen for killOp's wake-up, then look at its flag.
+        let on_kill = killed.notified();
+        tokio::pin!(on_kill);
+        on_kill.as_mut().enable();
+        crate::op::current().check()?;
         commits.borrow_and_update();
         let batch = tail.read(&ctx.store.snapshot()?, n)?;
         if !batch.is_empty() || !tail.await_data || !tail.alive() {
@@ -194,7 +199,10 @@ pub async fn get_more(
         tokio::select! {
             r = commits.changed() => if r.is_err() { return Ok(batch) },
             () = tokio::time::sleep_until(deadline) => return Ok(batch),
-            () = killed.notified() => return Ok(batch),
+            () = &mut on_kill => {
+                crate::op::current().check()?;
+                return Ok(batch);
+            }
         }
     }
 }
