@@ -34,6 +34,16 @@ pub fn cursor_batch<'a>(reply: &'a Document, key: &str) -> &'a Vec<bson::Bson> {
         .unwrap()
 }
 
+/// A reply's number field as an integer, whichever numeric type the server chose.
+pub fn doc_num(d: &Document, k: &str) -> i64 {
+    match d.get(k) {
+        Some(bson::Bson::Int32(n)) => i64::from(*n),
+        Some(bson::Bson::Int64(n)) => *n,
+        Some(bson::Bson::Double(f)) => *f as i64,
+        other => panic!("{k} is {other:?} in {d}"),
+    }
+}
+
 pub async fn cmd_error(db: &Database, cmd: Document) -> (i32, String) {
     match db.run_command(cmd.clone()).await {
         Ok(r) => panic!("expected {cmd} to fail, got {r}"),

@@ -6,7 +6,7 @@ use std::time::Duration;
 use bson::{Bson, Document, doc};
 use mongodb::Database;
 
-use crate::{cmd_error, cursor_batch};
+use crate::{cmd_error, cursor_batch, doc_num};
 
 async fn run(db: &Database, cmd: Document) -> Document {
     db.run_command(cmd).await.unwrap()
@@ -250,15 +250,6 @@ async fn stats_measure_the_data() {
         .await
         .unwrap();
     assert_eq!(est as i64, doc_num(&os, "count"));
-}
-
-fn doc_num(d: &Document, k: &str) -> i64 {
-    match d.get(k) {
-        Some(Bson::Int32(n)) => i64::from(*n),
-        Some(Bson::Int64(n)) => *n,
-        Some(Bson::Double(f)) => *f as i64,
-        other => panic!("{k} is {other:?} in {d}"),
-    }
 }
 
 /// Source: https://www.mongodb.com/docs/v8.0/reference/command/getLog/,

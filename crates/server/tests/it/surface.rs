@@ -8,25 +8,16 @@ use futures_util::StreamExt;
 use mongodb::Database;
 use mongodb::change_stream::event::{ChangeStreamEvent, OperationType};
 
-use crate::{cmd_error, cursor_batch};
+use crate::{cmd_error, cursor_batch, doc_num};
 
 async fn run(db: &Database, cmd: Document) -> Document {
     db.run_command(cmd).await.unwrap()
 }
 
-fn num(d: &Document, k: &str) -> i64 {
-    match d.get(k) {
-        Some(Bson::Int32(v)) => i64::from(*v),
-        Some(Bson::Int64(v)) => *v,
-        Some(Bson::Double(v)) => *v as i64,
-        other => panic!("{k}: {other:?} in {d}"),
-    }
-}
-
 fn ids(batch: &[Bson]) -> Vec<i64> {
     batch
         .iter()
-        .map(|d| num(d.as_document().unwrap(), "_id"))
+        .map(|d| doc_num(d.as_document().unwrap(), "_id"))
         .collect()
 }
 
@@ -67,7 +58,11 @@ async fn capped_collections_keep_their_bounds() {
     let st = run(&db, doc! {"collStats": "c"}).await;
     assert!(st.get_bool("capped").unwrap(), "{st}");
     assert_eq!(
-        (num(&st, "count"), num(&st, "max"), num(&st, "maxSize")),
+        (
+            doc_num(&st, "count"),
+            doc_num(&st, "max"),
+            doc_num(&st, "maxSize")
+        ),
         (3, 3, 4096)
     );
     // The oldest documents go in the commit that inserts past the bound, each logged as a
@@ -109,11 +104,11 @@ async fn capped_collections_keep_their_bounds() {
             .unwrap();
     }
     let st = run(&db, doc! {"collStats": "s"}).await;
-    assert_eq!(num(&st, "maxSize"), 5120);
-    assert!(num(&st, "size") <= 5120, "{st}");
+    assert_eq!(doc_num(&st, "maxSize"), 5120);
+    assert!(doc_num(&st, "size") <= 5120, "{st}");
     let r = run(&db, doc! {"find": "s", "batchSize": 1000}).await;
     let kept = ids(cursor_batch(&r, "firstBatch"));
-    assert_eq!(kept.len() as i64, num(&st, "count"));
+    assert_eq!(kept.len() as i64, doc_num(&st, "count"));
     // The newest are kept, in insertion order.
     let first = 100 - kept.len() as i64;
     assert_eq!(kept, (first..100).collect::<Vec<_>>());
@@ -172,7 +167,7 @@ async fn tailable_cursors_follow_inserts() {
     let c = db.collection::<Document>("c");
     // Empty: the cursor is dead at once.
     let r = run(&db, doc! {"find": "c", "tailable": true}).await;
-    assert_eq!(num(r.get_document("cursor").unwrap(), "id"), 0);
+    assert_eq!(doc_num(r.get_document("cursor").unwrap(), "id"), 0);
     for i in 0..3 {
         c.insert_one(doc! {"_id": i, "even": i % 2 == 0})
             .await
@@ -184,7 +179,7 @@ async fn tailable_cursors_follow_inserts() {
     )
     .await;
     assert_eq!(ids(cursor_batch(&r, "firstBatch")), vec![0, 2]);
-    let id = num(r.get_document("cursor").unwrap(), "id");
+    let id = doc_num(r.get_document("cursor").unwrap(), "id");
     assert_ne!(id, 0);
     // Nothing new: an awaitData getMore waits maxTimeMS, then returns an empty batch.
     let t = std::time::Instant::now();
@@ -242,7 +237,7 @@ async fn tailable_cursors_follow_inserts() {
     assert_eq!(code, 2);
     // A non-awaitData tailable cursor takes no maxTimeMS on getMore.
     let r = run(&db, doc! {"find": "c", "tailable": true, "batchSize": 1}).await;
-    let id = num(r.get_document("cursor").unwrap(), "id");
+    let id = doc_num(r.get_document("cursor").unwrap(), "id");
     let (code, _) = cmd_error(
         &db,
         doc! {"getMore": id, "collection": "c", "maxTimeMS": 10},
@@ -300,7 +295,7 @@ async fn ttl_indexes_expire_documents() {
         .get_document("ttl")
         .unwrap();
     assert!(
-        num(ttl, "deletedDocuments") >= 2 && num(ttl, "passes") >= 1,
+        doc_num(ttl, "deletedDocuments") >= 2 && doc_num(ttl, "passes") >= 1,
         "{ttl}"
     );
 
@@ -312,8 +307,8 @@ async fn ttl_indexes_expire_documents() {
     .await;
     assert_eq!(
         (
-            num(&r, "expireAfterSeconds_old"),
-            num(&r, "expireAfterSeconds_new")
+            doc_num(&r, "expireAfterSeconds_old"),
+            doc_num(&r, "expireAfterSeconds_new")
         ),
         (1, 100_000)
     );
@@ -382,7 +377,7 @@ async fn index_options_are_honoured_or_refused() {
     )
     .await;
     assert_eq!(
-        num(
+        doc_num(
             r.get_array("writeErrors").unwrap()[0]
                 .as_document()
                 .unwrap(),
@@ -486,7 +481,7 @@ async fn index_options_are_honoured_or_refused() {
         .map(|d| d.as_document().unwrap())
         .find(|d| d.get_str("name") == Ok("b_1"))
         .unwrap();
-    assert_eq!(num(b, "v"), 1);
+    assert_eq!(doc_num(b, "v"), 1);
     // Refused: index types Eddy does not build, their options, and unknown options.
     for (spec, code) in [
         (doc! {"key": {"t": "text"}, "name": "t"}, 67),
@@ -715,7 +710,7 @@ async fn index_stats_plan_cache_stats_and_top() {
             );
             let acc = d.get_document("accesses").unwrap();
             assert!(acc.get_datetime("since").is_ok(), "{d}");
-            (d.get_str("name").unwrap().to_string(), num(acc, "ops"))
+            (d.get_str("name").unwrap().to_string(), doc_num(acc, "ops"))
         })
         .collect();
     assert_eq!(
@@ -748,11 +743,19 @@ async fn index_stats_plan_cache_stats_and_top() {
         .get_document("usage.c")
         .unwrap()
         .clone();
-    assert_eq!(num(t.get_document("queries").unwrap(), "count"), 4, "{t}");
-    assert_eq!(num(t.get_document("insert").unwrap(), "count"), 1, "{t}");
-    assert!(num(t.get_document("total").unwrap(), "time") > 0, "{t}");
+    assert_eq!(
+        doc_num(t.get_document("queries").unwrap(), "count"),
+        4,
+        "{t}"
+    );
+    assert_eq!(
+        doc_num(t.get_document("insert").unwrap(), "count"),
+        1,
+        "{t}"
+    );
+    assert!(doc_num(t.get_document("total").unwrap(), "time") > 0, "{t}");
     assert!(
-        num(t.get_document("writeLock").unwrap(), "count") >= 2,
+        doc_num(t.get_document("writeLock").unwrap(), "count") >= 2,
         "{t}"
     );
 }
@@ -781,7 +784,7 @@ async fn default_read_and_write_concerns() {
     // A one-member set cannot meet w: 2: the default is applied, so the write reports it.
     let r = run(&db, doc! {"insert": "c", "documents": [{"_id": 1}]}).await;
     assert_eq!(
-        num(r.get_document("writeConcernError").unwrap(), "code"),
+        doc_num(r.get_document("writeConcernError").unwrap(), "code"),
         100,
         "{r}"
     );
