@@ -8,7 +8,7 @@
 
 pub(crate) mod accum;
 mod convert;
-mod date;
+pub(crate) mod date;
 pub(crate) mod num;
 mod ops;
 

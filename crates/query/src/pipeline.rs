@@ -7,6 +7,7 @@
 #![allow(clippy::collapsible_if, clippy::collapsible_match)]
 
 mod group;
+mod window;
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
@@ -124,6 +125,7 @@ enum Stage {
         coll: Option<String>,
         pipeline: Option<Arc<Pipeline>>,
     },
+    SetWindowFields(Box<window::SetWindowFields>),
 }
 
 #[derive(Debug, Clone)]
@@ -174,6 +176,7 @@ const STAGE_NAMES: &[&str] = &[
     "$merge",
     "$documents",
     "$unionWith",
+    "$setWindowFields",
 ];
 
 fn positive_int(v: &Bson) -> Option<i64> {
@@ -641,6 +644,9 @@ impl Pipeline {
                         coll,
                         pipeline: pipeline.map(Arc::new),
                     }
+                }
+                "$setWindowFields" => {
+                    Stage::SetWindowFields(Box::new(window::SetWindowFields::parse(v)?))
                 }
                 "$out" => {
                     let (db, coll) = namespace(v, default_db, "$out")?;
@@ -1624,6 +1630,12 @@ fn stage_iter(p: Arc<Pipeline>, i: usize, input: DocIter, run: Arc<Run>) -> DocI
                 unreachable!("a documents stage")
             };
             documents(e, &run.vars).map(vec_iter)
+        }),
+        Stage::SetWindowFields(_) => blocking(input, move |input| {
+            let Stage::SetWindowFields(w) = stage!() else {
+                unreachable!("a setWindowFields stage")
+            };
+            w.run(input, &run)
         }),
         Stage::UnionWith { .. } => {
             let other = blocking(Box::new(std::iter::empty()), move |_| {

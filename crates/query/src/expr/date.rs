@@ -412,7 +412,7 @@ fn parse_iso(s: &str, default_offset: i64) -> Result<i64> {
     Err(parse_error(s, "not a recognised date format"))
 }
 
-fn unit_ms(unit: &str) -> Option<i64> {
+pub(crate) fn unit_ms(unit: &str) -> Option<i64> {
     Some(match unit {
         "week" => 7 * MS_PER_DAY,
         "day" => MS_PER_DAY,
@@ -485,6 +485,18 @@ fn parse_start_of_week(v: &Option<Bson>) -> Result<i64> {
         .or_else(|| abbr.iter().position(|d| *d == s))
         .map(|i| i as i64)
         .ok_or_else(|| err(5439016, format!("unknown startOfWeek: {s}")))
+}
+
+/// `ms` plus `amount` of `unit` in UTC, as `$dateAdd` computes it (calendar units clamp
+/// the day to the month's last); `None` on overflow or an unknown unit. Window ranges and
+/// `$densify` step dates with it.
+pub(crate) fn add_units(ms: i64, unit: &str, amount: i64) -> Option<i64> {
+    match unit {
+        "year" => add_months(ms, amount.checked_mul(12)?),
+        "quarter" => add_months(ms, amount.checked_mul(3)?),
+        "month" => add_months(ms, amount),
+        u => ms.checked_add(amount.checked_mul(unit_ms(u)?)?),
+    }
 }
 
 fn add_months(local: i64, months: i64) -> Option<i64> {

@@ -58,44 +58,50 @@ pub(crate) fn parse_accumulators(d: &Document) -> Result<Vec<AccSpec>> {
         let Some((op, arg)) = spec.iter().next() else {
             continue;
         };
-        let kind = AccKind::from_name(op).ok_or_else(|| {
+        let (kind, arg, params) = parse_accumulator(op, arg)?.ok_or_else(|| {
             MongoError::with_code(15952, format!("unknown group operator '{op}'"))
         })?;
-        if kind.takes_params() {
-            let (arg, params) = parse_params(op, kind, arg)?;
-            out.push(AccSpec {
-                name: name.clone(),
-                kind,
-                arg,
-                params,
-            });
-            continue;
-        }
-        let arg = if kind == AccKind::Count {
-            if !matches!(arg, Bson::Document(a) if a.is_empty()) {
-                return Err(MongoError::with_code(
-                    40237,
-                    "$count takes no arguments, i.e. $count:{}",
-                ));
-            }
-            Expr::literal(Bson::Null)
-        } else {
-            if matches!(arg, Bson::Array(_)) {
-                return Err(MongoError::with_code(
-                    40237,
-                    format!("The {op} accumulator is a unary operator"),
-                ));
-            }
-            Expr::parse(arg)?
-        };
         out.push(AccSpec {
             name: name.clone(),
             kind,
             arg,
-            params: AccParams::default(),
+            params,
         });
     }
     Ok(out)
+}
+
+/// Parses one accumulator `{op: arg}` (of `$group`, or a window function of
+/// `$setWindowFields`); `None` if `op` names no accumulator.
+pub(crate) fn parse_accumulator(
+    op: &str,
+    arg: &Bson,
+) -> Result<Option<(AccKind, Expr, AccParams)>> {
+    let Some(kind) = AccKind::from_name(op) else {
+        return Ok(None);
+    };
+    if kind.takes_params() {
+        let (arg, params) = parse_params(op, kind, arg)?;
+        return Ok(Some((kind, arg, params)));
+    }
+    let arg = if kind == AccKind::Count {
+        if !matches!(arg, Bson::Document(a) if a.is_empty()) {
+            return Err(MongoError::with_code(
+                40237,
+                "$count takes no arguments, i.e. $count:{}",
+            ));
+        }
+        Expr::literal(Bson::Null)
+    } else {
+        if matches!(arg, Bson::Array(_)) {
+            return Err(MongoError::with_code(
+                40237,
+                format!("The {op} accumulator is a unary operator"),
+            ));
+        }
+        Expr::parse(arg)?
+    };
+    Ok(Some((kind, arg, AccParams::default())))
 }
 
 /// Parses the named arguments of `$firstN`, `$lastN`, `$maxN`, `$minN`, `$top`,

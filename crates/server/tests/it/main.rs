@@ -20,6 +20,7 @@ mod tls;
 mod transactions;
 mod validation;
 mod wal;
+mod window;
 
 use bson::Document;
 use mongodb::Database;
