@@ -6,6 +6,8 @@
 
 #![allow(clippy::collapsible_if, clippy::collapsible_match)]
 
+mod densify;
+mod graph;
 mod group;
 mod window;
 
@@ -126,6 +128,8 @@ enum Stage {
         pipeline: Option<Arc<Pipeline>>,
     },
     SetWindowFields(Box<window::SetWindowFields>),
+    Densify(Box<densify::Densify>),
+    GraphLookup(Box<graph::GraphLookup>),
 }
 
 #[derive(Debug, Clone)]
@@ -177,6 +181,9 @@ const STAGE_NAMES: &[&str] = &[
     "$documents",
     "$unionWith",
     "$setWindowFields",
+    "$fill",
+    "$densify",
+    "$graphLookup",
 ];
 
 fn positive_int(v: &Bson) -> Option<i64> {
@@ -645,6 +652,16 @@ impl Pipeline {
                         pipeline: pipeline.map(Arc::new),
                     }
                 }
+                "$fill" => {
+                    for stage in parse_fill(v)? {
+                        out_stages.push((static_name, stage));
+                    }
+                    continue;
+                }
+                "$densify" => Stage::Densify(Box::new(densify::Densify::parse(v)?)),
+                "$graphLookup" => {
+                    Stage::GraphLookup(Box::new(graph::GraphLookup::parse(v, default_db)?))
+                }
                 "$setWindowFields" => {
                     Stage::SetWindowFields(Box::new(window::SetWindowFields::parse(v)?))
                 }
@@ -986,6 +1003,140 @@ fn parse_lookup(v: &Bson, default_db: &str, depth: usize) -> Result<Lookup> {
         return Err(err(9, "must specify 'from' field for a $lookup"));
     }
     Ok(l)
+}
+
+/// `$fill`, as the stages it stands for: a `$setWindowFields` of `$locf`/`$linearFill`
+/// for `method` outputs, then an `$addFields` of `$ifNull` for `value` outputs.
+fn parse_fill(v: &Bson) -> Result<Vec<Stage>> {
+    let Bson::Document(spec) = v else {
+        return Err(err(
+            9,
+            format!(
+                "The $fill stage specification must be an object, found {}",
+                crate::expr::type_name(Some(v))
+            ),
+        ));
+    };
+    let mut window = Document::new();
+    let mut output = None;
+    for (k, v) in spec {
+        match k.as_str() {
+            "partitionBy" | "sortBy" => {
+                window.insert(k.clone(), v.clone());
+            }
+            "partitionByFields" => {
+                let Bson::Array(fields) = v else {
+                    return Err(err(
+                        14,
+                        "BSON field '$fill.partitionByFields' is the wrong type, expected type 'array'",
+                    ));
+                };
+                let mut by = Document::new();
+                for f in fields {
+                    match f {
+                        Bson::String(f) if !f.starts_with('$') && !f.is_empty() => {
+                            by.insert(f.clone(), format!("${f}"));
+                        }
+                        _ => {
+                            return Err(err(
+                                9,
+                                format!("$fill's partitionByFields must be field names, found {f}"),
+                            ));
+                        }
+                    }
+                }
+                window.insert("partitionByFields", by);
+            }
+            "output" => output = Some(v),
+            other => {
+                return Err(err(
+                    40415,
+                    format!("BSON field '$fill.{other}' is an unknown field."),
+                ));
+            }
+        }
+    }
+    if window.contains_key("partitionBy") && window.contains_key("partitionByFields") {
+        return Err(err(
+            6050204,
+            "Maximum one of 'partitionBy' and 'partitionByFields can be specified in '$fill'",
+        ));
+    }
+    if let Some(Bson::Document(by)) = window.remove("partitionByFields") {
+        window.insert("partitionBy", by);
+    }
+    let output = match output {
+        Some(Bson::Document(o)) if !o.is_empty() => o,
+        Some(Bson::Document(_)) => {
+            return Err(err(
+                6050203,
+                "The output field in '$fill' must contain an object with at least one element",
+            ));
+        }
+        Some(_) => {
+            return Err(err(
+                14,
+                "BSON field '$fill.output' is the wrong type, expected type 'object'",
+            ));
+        }
+        None => {
+            return Err(err(
+                40414,
+                "BSON field '$fill.output' is missing but a required field",
+            ));
+        }
+    };
+    let mut methods = Document::new();
+    let mut values = Vec::new();
+    for (field, spec) in output {
+        let Bson::Document(spec) = spec else {
+            return Err(err(
+                6050200,
+                "Each fill output specification must be an object with exactly one field",
+            ));
+        };
+        if let Some(k) = spec
+            .keys()
+            .find(|k| !matches!(k.as_str(), "method" | "value"))
+        {
+            return Err(err(
+                40415,
+                format!("BSON field '$fill.output.{field}.{k}' is an unknown field."),
+            ));
+        }
+        match (spec.get("method"), spec.get("value")) {
+            (Some(_), Some(_)) | (None, None) => {
+                return Err(err(
+                    6050201,
+                    "Each fill output specification must have exactly one of 'method' or 'value' fields, not both",
+                ));
+            }
+            (Some(Bson::String(m)), None) if m == "locf" || m == "linear" => {
+                let op = if m == "locf" { "$locf" } else { "$linearFill" };
+                methods.insert(field.clone(), bson::doc! {op: format!("${field}")});
+            }
+            (Some(_), None) => {
+                return Err(err(6050202, "Method must be either locf or linear"));
+            }
+            (None, Some(value)) => values.push((
+                dotted(field),
+                Expr::parse(&Bson::Document(
+                    bson::doc! {"$ifNull": [format!("${field}"), value.clone()]},
+                ))?,
+            )),
+        }
+    }
+    let mut stages = Vec::new();
+    if !methods.is_empty() {
+        window.insert("output", methods);
+        stages.push(Stage::SetWindowFields(Box::new(
+            window::SetWindowFields::parse(&Bson::Document(window))?,
+        )));
+    }
+    if !values.is_empty() {
+        stages.push(Stage::AddFields(values));
+    }
+    Ok(stages)
 }
 
 fn parse_bucket(v: &Bson) -> Result<Stage> {
@@ -1631,6 +1782,22 @@ fn stage_iter(p: Arc<Pipeline>, i: usize, input: DocIter, run: Arc<Run>) -> DocI
             };
             documents(e, &run.vars).map(vec_iter)
         }),
+        Stage::Densify(_) => blocking(input, move |input| {
+            let Stage::Densify(d) = stage!() else {
+                unreachable!("a densify stage")
+            };
+            d.run(input, &run)
+        }),
+        Stage::GraphLookup(_) => {
+            let mut cache: Option<Arc<Vec<Document>>> = None;
+            Box::new(input.map(move |r| {
+                let Stage::GraphLookup(g) = stage!() else {
+                    unreachable!("a graphLookup stage")
+                };
+                run.env.check_interrupt()?;
+                g.apply(r?, &run, &mut cache)
+            }))
+        }
         Stage::SetWindowFields(_) => blocking(input, move |input| {
             let Stage::SetWindowFields(w) = stage!() else {
                 unreachable!("a setWindowFields stage")

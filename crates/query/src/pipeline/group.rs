@@ -197,6 +197,14 @@ fn parse_params(op: &str, kind: AccKind, arg: &Bson) -> Result<(Expr, AccParams)
     Ok((expr, params))
 }
 
+/// [`canonical`] as a fresh string: a hash key under which values MongoDB considers
+/// equal meet (`$graphLookup`'s visited set, `$densify`'s partitions).
+pub(crate) fn canonical_key(v: &Bson, coll: Option<&Collation>) -> String {
+    let mut s = String::new();
+    canonical(v, &mut s, coll);
+    s
+}
+
 /// A canonical string for a value such that values MongoDB considers equal (`1`, `1.0`,
 /// `NumberLong(1)`, and under a collation strings that compare equal) share it.
 fn canonical(v: &Bson, out: &mut String, coll: Option<&Collation>) {

@@ -791,3 +791,395 @@ async fn invalid_window_specs_are_refused() {
         assert_eq!(got, code, "{stage}");
     }
 }
+
+fn names(v: &Bson) -> Vec<String> {
+    let mut n: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            d.as_document()
+                .unwrap()
+                .get_str("name")
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    n.sort();
+    n
+}
+
+/// Source: https://www.mongodb.com/docs/v8.0/reference/operator/aggregation/graphLookup/
+/// ("Within a Single Collection": employees; "Across Multiple Collections": airports, with
+/// `maxDepth` and `depthField`). The order of `as` is unspecified, so it is compared sorted.
+#[tokio::test]
+async fn graph_lookup_matches_the_manual() {
+    let s = testkit::spawn().await;
+    let db = s.client.database("graph");
+    let emp = db.collection::<Document>("employees");
+    emp.insert_many(vec![
+        doc! {"_id": 1, "name": "Dev"},
+        doc! {"_id": 2, "name": "Eliot", "reportsTo": "Dev"},
+        doc! {"_id": 3, "name": "Ron", "reportsTo": "Eliot"},
+        doc! {"_id": 4, "name": "Andrew", "reportsTo": "Eliot"},
+        doc! {"_id": 5, "name": "Asya", "reportsTo": "Ron"},
+        doc! {"_id": 6, "name": "Dan", "reportsTo": "Andrew"},
+    ])
+    .await
+    .unwrap();
+    let docs: Vec<Document> = emp
+        .aggregate(vec![
+            doc! {"$graphLookup": {"from": "employees", "startWith": "$reportsTo", "connectFromField": "reportsTo", "connectToField": "name", "as": "reportingHierarchy"}},
+            doc! {"$sort": {"_id": 1}},
+        ])
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let got: Vec<Vec<String>> = docs
+        .iter()
+        .map(|d| names(d.get("reportingHierarchy").unwrap()))
+        .collect();
+    let want: Vec<Vec<&str>> = vec![
+        vec![],
+        vec!["Dev"],
+        vec!["Dev", "Eliot"],
+        vec!["Dev", "Eliot"],
+        vec!["Dev", "Eliot", "Ron"],
+        vec!["Andrew", "Dev", "Eliot"],
+    ];
+    assert_eq!(got, want);
+
+    let airports = db.collection::<Document>("airports");
+    airports
+        .insert_many(vec![
+            doc! {"_id": 0, "airport": "JFK", "connects": ["BOS", "ORD"]},
+            doc! {"_id": 1, "airport": "BOS", "connects": ["JFK", "PWM"]},
+            doc! {"_id": 2, "airport": "ORD", "connects": ["JFK"]},
+            doc! {"_id": 3, "airport": "PWM", "connects": ["BOS", "LHR"]},
+            doc! {"_id": 4, "airport": "LHR", "connects": ["PWM"]},
+        ])
+        .await
+        .unwrap();
+    let travelers = db.collection::<Document>("travelers");
+    travelers
+        .insert_many(vec![
+            doc! {"_id": 1, "name": "Dev", "nearestAirport": "JFK"},
+            doc! {"_id": 2, "name": "Eliot", "nearestAirport": "JFK"},
+            doc! {"_id": 3, "name": "Jeff", "nearestAirport": "BOS"},
+        ])
+        .await
+        .unwrap();
+    let docs: Vec<Document> = travelers
+        .aggregate(vec![
+            doc! {"$graphLookup": {"from": "airports", "startWith": "$nearestAirport", "connectFromField": "connects", "connectToField": "airport", "maxDepth": 2, "depthField": "numConnections", "as": "destinations"}},
+            doc! {"$sort": {"_id": 1}},
+        ])
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let depths = |d: &Document| {
+        let mut v: Vec<(String, i64)> = d
+            .get_array("destinations")
+            .unwrap()
+            .iter()
+            .map(|a| {
+                let a = a.as_document().unwrap();
+                (
+                    a.get_str("airport").unwrap().to_string(),
+                    a.get_i64("numConnections").unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let s = |v: &[(&str, i64)]| {
+        v.iter()
+            .map(|(a, n)| (a.to_string(), *n))
+            .collect::<Vec<_>>()
+    };
+    let dev = s(&[("BOS", 1), ("JFK", 0), ("ORD", 1), ("PWM", 2)]);
+    assert_eq!(depths(&docs[0]), dev);
+    assert_eq!(depths(&docs[1]), dev);
+    assert_eq!(
+        depths(&docs[2]),
+        s(&[("BOS", 0), ("JFK", 1), ("LHR", 2), ("ORD", 2), ("PWM", 1)])
+    );
+
+    // restrictSearchWithMatch narrows every depth's query; errors carry MongoDB's codes.
+    let docs: Vec<Document> = emp
+        .aggregate(vec![
+            doc! {"$match": {"_id": 5}},
+            doc! {"$graphLookup": {"from": "employees", "startWith": "$reportsTo", "connectFromField": "reportsTo", "connectToField": "name", "as": "h", "restrictSearchWithMatch": {"_id": {"$ne": 2}}}},
+        ])
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(names(docs[0].get("h").unwrap()), vec!["Ron"]);
+    let gl = |spec: Document| doc! {"aggregate": "employees", "pipeline": [{"$graphLookup": spec}], "cursor": {}};
+    let base = doc! {"from": "employees", "startWith": "$reportsTo", "connectFromField": "reportsTo", "connectToField": "name", "as": "h"};
+    for (extra, code) in [
+        (doc! {"maxDepth": -1}, 40101),
+        (doc! {"maxDepth": 1.5}, 40102),
+        (doc! {"maxDepth": "x"}, 40100),
+        (doc! {"bogus": 1}, 40104),
+        (doc! {"restrictSearchWithMatch": 1}, 40185),
+        (doc! {"as": 1}, 40103),
+    ] {
+        let mut spec = base.clone();
+        spec.extend(extra.clone());
+        assert_eq!(cmd_error(&db, gl(spec)).await.0, code, "{extra}");
+    }
+    let mut spec = base.clone();
+    spec.remove("connectToField");
+    assert_eq!(cmd_error(&db, gl(spec)).await.0, 40105);
+}
+
+/// Source: https://www.mongodb.com/docs/v8.0/reference/operator/aggregation/densify/
+/// ("Densify Time Series Data" with explicit date bounds; "Densification with Partitions"
+/// with `full` and `partition` bounds).
+#[tokio::test]
+async fn densify_matches_the_manual() {
+    let s = testkit::spawn().await;
+    let db = s.client.database("dens");
+    let weather = db.collection::<Document>("weather");
+    for (h, t) in [(0, 12), (4, 11), (8, 11), (12, 12)] {
+        weather
+            .insert_one(doc! {"metadata": {"sensorId": 5578, "type": "temperature"}, "timestamp": date(&format!("2021-05-18T{h:02}:00:00Z")), "temp": t})
+            .await
+            .unwrap();
+    }
+    let docs: Vec<Document> = weather
+        .aggregate(vec![doc! {"$densify": {"field": "timestamp", "range": {"step": 1, "unit": "hour", "bounds": [date("2021-05-18T00:00:00Z"), date("2021-05-18T08:00:00Z")]}}}])
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let hours: Vec<(i64, bool)> = docs
+        .iter()
+        .map(|d| {
+            let t = d.get_datetime("timestamp").unwrap().timestamp_millis();
+            (
+                (t - date("2021-05-18T00:00:00Z").timestamp_millis()) / 3_600_000,
+                d.contains_key("temp"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        hours,
+        vec![
+            (0, true),
+            (1, false),
+            (2, false),
+            (3, false),
+            (4, true),
+            (5, false),
+            (6, false),
+            (7, false),
+            (8, true),
+            (12, true)
+        ]
+    );
+    assert_eq!(
+        docs[1].len(),
+        1,
+        "a generated document holds only the field: {}",
+        docs[1]
+    );
+
+    let coffee = db.collection::<Document>("coffee");
+    coffee
+        .insert_many(vec![
+            doc! {"altitude": 600, "variety": "Arabica Typica", "score": 68.3},
+            doc! {"altitude": 750, "variety": "Arabica Typica", "score": 69.5},
+            doc! {"altitude": 950, "variety": "Arabica Typica", "score": 70.5},
+            doc! {"altitude": 1250, "variety": "Gesha", "score": 88.15},
+            doc! {"altitude": 1700, "variety": "Gesha", "score": 95.5, "price": 1029},
+        ])
+        .await
+        .unwrap();
+    let run = |bounds: &str| {
+        let coffee = coffee.clone();
+        let bounds = bounds.to_string();
+        async move {
+            let docs: Vec<Document> = coffee
+                .aggregate(vec![doc! {"$densify": {"field": "altitude", "partitionByFields": ["variety"], "range": {"bounds": bounds, "step": 200}}}])
+                .await
+                .unwrap()
+                .try_collect()
+                .await
+                .unwrap();
+            docs.iter()
+                .map(|d| {
+                    (
+                        d.get_str("variety").unwrap().chars().next().unwrap(),
+                        d.get_i32("altitude").unwrap(),
+                        d.contains_key("_id"),
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        run("full").await,
+        vec![
+            ('A', 600, true),
+            ('A', 750, true),
+            ('A', 800, false),
+            ('A', 950, true),
+            ('G', 600, false),
+            ('G', 800, false),
+            ('G', 1000, false),
+            ('G', 1200, false),
+            ('G', 1250, true),
+            ('G', 1400, false),
+            ('G', 1600, false),
+            ('G', 1700, true),
+            ('A', 1000, false),
+            ('A', 1200, false),
+            ('A', 1400, false),
+            ('A', 1600, false),
+        ]
+    );
+    assert_eq!(
+        run("partition").await,
+        vec![
+            ('A', 600, true),
+            ('A', 750, true),
+            ('A', 800, false),
+            ('A', 950, true),
+            ('G', 1250, true),
+            ('G', 1450, false),
+            ('G', 1650, false),
+            ('G', 1700, true),
+        ]
+    );
+    let dens = |range: Document| doc! {"aggregate": "coffee", "pipeline": [{"$densify": {"field": "altitude", "range": range}}], "cursor": {}};
+    for (range, code) in [
+        (doc! {"step": 0, "bounds": "full"}, 5733401),
+        (doc! {"step": 1, "bounds": [2, 1]}, 5733402),
+        (doc! {"step": 1, "bounds": [1]}, 5733403),
+        (doc! {"step": 1, "bounds": "partition"}, 5733408),
+        (doc! {"step": 1, "bounds": "other"}, 5946802),
+        (doc! {"step": 1, "unit": "day", "bounds": [1, 2]}, 5733409),
+        (doc! {"step": 1.5, "unit": "day", "bounds": "full"}, 6586400),
+        (doc! {"step": 1, "unit": "day", "bounds": "full"}, 6053600),
+        (doc! {"bounds": "full"}, 40414),
+    ] {
+        assert_eq!(cmd_error(&db, dens(range.clone())).await.0, code, "{range}");
+    }
+}
+
+/// Source: https://www.mongodb.com/docs/v8.0/reference/operator/aggregation/fill/
+/// (constant values; linear; locf; locf within partitions).
+#[tokio::test]
+async fn fill_matches_the_manual() {
+    let s = testkit::spawn().await;
+    let db = s.client.database("fill");
+    let sales = db.collection::<Document>("dailySales");
+    sales
+        .insert_many(vec![
+            doc! {"_id": 1, "date": date("2022-02-02T00:00:00Z"), "bootsSold": 10, "sandalsSold": 20, "sneakersSold": 12},
+            doc! {"_id": 2, "date": date("2022-02-03T00:00:00Z"), "bootsSold": 7, "sneakersSold": 18},
+            doc! {"_id": 3, "date": date("2022-02-04T00:00:00Z"), "sneakersSold": 5},
+        ])
+        .await
+        .unwrap();
+    let docs: Vec<Document> = sales
+        .aggregate(vec![doc! {"$fill": {"output": {"bootsSold": {"value": 0}, "sandalsSold": {"value": 0}, "sneakersSold": {"value": 0}}}}])
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let keys: Vec<Vec<&str>> = docs
+        .iter()
+        .map(|d| d.keys().map(String::as_str).collect())
+        .collect();
+    assert_eq!(
+        keys[2],
+        vec!["_id", "date", "sneakersSold", "bootsSold", "sandalsSold"]
+    );
+    assert_eq!(docs[1].get_i32("sandalsSold").unwrap(), 0);
+    assert_eq!(docs[0].get_i32("sandalsSold").unwrap(), 20);
+
+    let reviews = db.collection::<Document>("restaurantReviewsMultiple");
+    for (r, scores) in [
+        ("Joe's Pizza", [Some(90), Some(92), None, Some(93)]),
+        ("Sally's Deli", [Some(75), None, Some(68), None]),
+    ] {
+        for (i, sc) in scores.iter().enumerate() {
+            let mut d =
+                doc! {"date": date(&format!("2021-03-{:02}T00:00:00Z", 8 + i)), "restaurant": r};
+            if let Some(sc) = sc {
+                d.insert("score", *sc);
+            }
+            reviews.insert_one(d).await.unwrap();
+        }
+    }
+    let docs: Vec<Document> = reviews
+        .aggregate(vec![doc! {"$fill": {"sortBy": {"date": 1}, "partitionBy": {"restaurant": "$restaurant"}, "output": {"score": {"method": "locf"}}}}])
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let got: Vec<i32> = docs.iter().map(|d| d.get_i32("score").unwrap()).collect();
+    assert_eq!(got, vec![90, 92, 92, 93, 75, 75, 68, 68]);
+    let docs: Vec<Document> = reviews
+        .aggregate(vec![doc! {"$fill": {"sortBy": {"date": 1}, "partitionByFields": ["restaurant"], "output": {"score": {"method": "linear"}}}}])
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let got: Vec<Bson> = docs
+        .iter()
+        .map(|d| d.get("score").cloned().unwrap())
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            Bson::Int32(90),
+            Bson::Int32(92),
+            Bson::Double(92.5),
+            Bson::Int32(93),
+            Bson::Int32(75),
+            Bson::Double(71.5),
+            Bson::Int32(68),
+            Bson::Null
+        ]
+    );
+    let fill = |spec: Document| doc! {"aggregate": "restaurantReviewsMultiple", "pipeline": [{"$fill": spec}], "cursor": {}};
+    for (spec, code) in [
+        (doc! {"output": {}}, 6050203),
+        (doc! {"output": {"score": 1}}, 6050200),
+        (
+            doc! {"output": {"score": {"method": "locf", "value": 1}}},
+            6050201,
+        ),
+        (doc! {"output": {"score": {"method": "spline"}}}, 6050202),
+        (
+            doc! {"partitionBy": "$r", "partitionByFields": ["r"], "output": {"score": {"value": 1}}},
+            6050204,
+        ),
+        (doc! {"output": {"score": {"method": "linear"}}}, 605001),
+        (
+            doc! {"sortBy": {"date": 1}, "output": {"score": {"method": "linear"}}},
+            6050106,
+        ),
+        (
+            doc! {"sortBy": {"restaurant": 1}, "output": {"score": {"method": "linear"}}},
+            14,
+        ),
+    ] {
+        assert_eq!(cmd_error(&db, fill(spec.clone())).await.0, code, "{spec}");
+    }
+}
