@@ -874,12 +874,26 @@ pub(crate) fn query_source(
         ));
     }
     let it = scan(snap.clone(), meta, plan)?;
+    let text = filter.text_query().is_some();
     Ok(Box::new(it.filter_map(move |r| {
         if let Err(e) = interrupt.check() {
             return Some(Err(e));
         }
         match r {
-            Ok(d) => filter.try_matches(&d).map(|m| m.then_some(d)).transpose(),
+            Ok(mut d) => {
+                // A `$text` match carries its score to `{$meta: "textScore"}` (and is not
+                // scored again by the filter); the reply leaves it out.
+                if let Some(q) = filter.text_query().filter(|_| text) {
+                    match q.score(&d) {
+                        Ok(Some(score)) => {
+                            d.insert(query::text::SCORE_FIELD, score);
+                        }
+                        Ok(None) => return None,
+                        Err(e) => return Some(Err(e)),
+                    }
+                }
+                filter.try_matches(&d).map(|m| m.then_some(d)).transpose()
+            }
             Err(e) => Some(Err(e)),
         }
     })))
@@ -1068,9 +1082,13 @@ pub fn find(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
         if limit > 0 {
             src = Box::new(src.take(limit as usize));
         }
+        let text = filter.text_query().is_some();
         if let Some(p) = projection {
             let f = filter;
             src = Box::new(src.map(move |r| r.and_then(|d| p.apply_with(&d, Some(&f), &vars))));
+        }
+        if text {
+            src = Box::new(src.map(|r| r.map(without_text_score)));
         }
         cursor_reply(ctx, &ns.full(), src, batch_size, single)
     };
@@ -1081,6 +1099,12 @@ pub fn find(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
         }
     }
     Ok(with_at_cluster_time(r, at_ts))
+}
+
+/// A document as it leaves the server: without the score a `$text` match gave it.
+fn without_text_score(mut d: Document) -> Document {
+    d.remove(query::text::SCORE_FIELD);
+    d
 }
 
 /// A query executor's failure as mongod words it for the client ("Executor error during
@@ -1363,7 +1387,13 @@ pub async fn aggregate(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result
         },
         None => Box::new(local_sessions.unwrap_or_default().into_iter().map(Ok)),
     };
-    let out = Arc::new(pipeline.clone()).stream(input, &env, &vars);
+    let mut out = Arc::new(pipeline.clone()).stream(input, &env, &vars);
+    if pipeline
+        .leading_match()
+        .is_some_and(|f| f.text_query().is_some())
+    {
+        out = Box::new(out.map(|r| r.map(without_text_score)));
+    }
     let ns = coll.map_or_else(|| format!("{db}.$cmd.aggregate"), |n| n.full());
     if let Some(stage) = pipeline.out_stage().cloned() {
         let level = util::opt_doc(cmd, "readConcern")?.and_then(|r| r.get_str("level").ok());

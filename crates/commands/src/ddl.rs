@@ -844,7 +844,35 @@ fn parse_index(spec: &Document) -> Result<(IndexMeta, IndexCollation)> {
             "Index keys cannot be an empty field.",
         ));
     }
+    // A text index's fields become `{_fts: "text", _ftsx: 1}`, with its options spelled out.
+    let text = key
+        .values()
+        .any(|v| matches!(v, Bson::String(s) if s == "text"))
+        || key.contains_key("_fts");
+    let (key, text_opts) = if text {
+        let (k, o) = query::text::normalize_index_spec(&key, spec)?;
+        if util::get_bool(spec, "unique").unwrap_or(false) {
+            return Err(MongoError::new(
+                ErrorCode::CannotCreateIndex,
+                "Index type 'text' does not support the unique option",
+            ));
+        }
+        if let Some(c) = spec.get("collation") {
+            if doc::Collation::from_option(Some(c))?.is_some() {
+                return Err(MongoError::new(
+                    ErrorCode::CannotCreateIndex,
+                    format!("Index type 'text' does not support collation: {c}"),
+                ));
+            }
+        }
+        (k, Some(o))
+    } else {
+        (key, None)
+    };
     for (f, v) in &key {
+        if text && f == "_fts" {
+            continue;
+        }
         if let Bson::String(kind) = v {
             // The index types MongoDB has and Eddy does not build yet are refused rather
             // than created and then never used.
@@ -872,7 +900,7 @@ fn parse_index(spec: &Document) -> Result<(IndexMeta, IndexCollation)> {
             ));
         }
     }
-    check_index_options(spec, &key)?;
+    check_index_options(spec, &key, text)?;
     let name = spec
         .get_str("name")
         .map_err(|_| {
@@ -895,9 +923,16 @@ fn parse_index(spec: &Document) -> Result<(IndexMeta, IndexCollation)> {
     };
     let mut full = doc! {"v": v, "key": key.clone(), "name": &name};
     for (k, v) in spec {
-        if !matches!(k.as_str(), "key" | "name" | "v" | "ns" | "collation") {
+        let text_opt = matches!(
+            k.as_str(),
+            "weights" | "default_language" | "language_override" | "textIndexVersion"
+        );
+        if !matches!(k.as_str(), "key" | "name" | "v" | "ns" | "collation") && !text_opt {
             full.insert(k.clone(), v.clone());
         }
+    }
+    if let Some(o) = text_opts {
+        full.extend(o);
     }
     let ix = IndexMeta {
         id: 0,
@@ -914,7 +949,7 @@ fn parse_index(spec: &Document) -> Result<(IndexMeta, IndexCollation)> {
 
 /// Checks an index specification's options: each one is either honoured or refused with
 /// MongoDB's error for it, never accepted and ignored.
-fn check_index_options(spec: &Document, key: &Document) -> Result<()> {
+fn check_index_options(spec: &Document, key: &Document, text: bool) -> Result<()> {
     let not_valid = |k: &str| {
         MongoError::new(
             ErrorCode::InvalidIndexSpecificationOption,
@@ -967,7 +1002,12 @@ fn check_index_options(spec: &Document, key: &Document) -> Result<()> {
                 }
             }
             "weights" | "default_language" | "language_override" | "textIndexVersion" => {
-                return Err(refused(k, "text indexes"));
+                if !text {
+                    return Err(MongoError::new(
+                        ErrorCode::CannotCreateIndex,
+                        format!("The index option '{k}' is only for text indexes"),
+                    ));
+                }
             }
             "2dsphereIndexVersion"
             | "bits"
@@ -1023,6 +1063,15 @@ fn settle_collation(ix: &mut IndexMeta, own: IndexCollation, meta: &CollectionMe
         None => exec::collation::of_collection(meta)?,
     };
     if let Some(c) = coll {
+        if ix.is_text() {
+            return Err(MongoError::new(
+                ErrorCode::CannotCreateIndex,
+                format!(
+                    "Index type 'text' does not support collation: {}; give the index collation {{locale: \"simple\"}}",
+                    c.spec()
+                ),
+            ));
+        }
         ix.spec.insert("collation", c.spec().clone());
     }
     Ok(())
@@ -1109,8 +1158,14 @@ pub async fn create_indexes(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> R
             for (mut ix, own_collation) in wanted {
                 settle_collation(&mut ix, own_collation, &meta)?;
                 let same_collation = |e: &IndexMeta| e.spec.get("collation") == ix.spec.get("collation");
+                if ix.is_text() {
+                    if let Some(other) = meta.indexes.iter().find(|e| e.is_text() && e.key != ix.key) {
+                        return Err(MongoError::new(ErrorCode::CannotCreateIndex, format!("only one text index per collection allowed, found existing text index \"{}\"", other.name)));
+                    }
+                }
+                let same_text = |e: &IndexMeta| ["weights", "default_language", "language_override"].iter().all(|k| e.spec.get(k) == ix.spec.get(k));
                 if let Some(existing) = meta.indexes.iter().find(|e| e.name == ix.name) {
-                    if existing.key == ix.key && existing.unique == ix.unique && existing.sparse == ix.sparse && existing.partial_filter == ix.partial_filter && existing.expire_after_secs() == ix.expire_after_secs() && same_collation(existing) {
+                    if same_text(existing) && existing.key == ix.key && existing.unique == ix.unique && existing.sparse == ix.sparse && existing.partial_filter == ix.partial_filter && existing.expire_after_secs() == ix.expire_after_secs() && same_collation(existing) {
                         continue;
                     }
                     let code = if existing.key == ix.key { ErrorCode::IndexOptionsConflict } else { ErrorCode::IndexKeySpecsConflict };

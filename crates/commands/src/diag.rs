@@ -158,7 +158,7 @@ pub fn validate(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
             id_missing += 1;
         }
         for (i, ix) in secondary.iter().enumerate() {
-            expected[i].extend(exec::keys::entry_keys(ix, partials[i].as_ref(), &d, &idk).0);
+            expected[i].extend(exec::keys::entry_keys(ix, partials[i].as_ref(), &d, &idk)?.0);
         }
     }
     let mut keys_per_index = doc! {"_id_": nrecords - id_missing};

@@ -156,6 +156,7 @@ error_codes! {
     APIStrictError = 323,
     InvalidIndexSpecificationOption = 197,
     CappedPositionLost = 136,
+    CannotBuildIndexKeys = 183,
     OptionNotSupportedOnView = 167,
     CommandNotSupportedOnView = 166,
     UnknownTopologyVersion = 301,

@@ -8,7 +8,9 @@
 
 use bson::{Bson, Document};
 use doc::keystring;
+use errors::{ErrorCode, MongoError, Result};
 use query::filter::Filter;
+use query::text::TextIndex;
 use storage::IndexMeta;
 
 /// The record key of a document with this `_id`.
@@ -74,16 +76,59 @@ fn sparse_skips(ix: &IndexMeta, doc: &Document) -> bool {
             .all(|(f, _)| doc::lookup_all(doc, f).iter().all(Option::is_none))
 }
 
+/// A text index's entries: one per distinct term of the document, after the values of
+/// the compound index's prefix fields (the suffix fields are not keyed: a text scan reads
+/// terms only). Documents without terms have none, as text indexes are sparse.
+fn text_keys(ix: &IndexMeta, doc: &Document, id_key: &[u8]) -> Result<(Vec<Vec<u8>>, bool)> {
+    let Some(t) = TextIndex::from_spec(&ix.key, &ix.spec) else {
+        return Ok((Vec::new(), false));
+    };
+    let mut head = index_prefix(ix.id);
+    for f in &t.prefix {
+        let v = match doc::lookup_all(doc, f).into_iter().next().flatten() {
+            Some(Bson::Array(_)) => {
+                return Err(MongoError::new(
+                    ErrorCode::CannotBuildIndexKeys,
+                    format!("cannot have a multi-key as a prefix to a text index: {f}"),
+                ));
+            }
+            Some(v) => v,
+            None => Bson::Null,
+        };
+        keystring::append_value_collated(&mut head, &v, false, None);
+    }
+    let keys = t
+        .terms(doc)?
+        .into_iter()
+        .map(|term| {
+            let mut k = head.clone();
+            keystring::append_value_collated(&mut k, &Bson::String(term), false, None);
+            k.extend_from_slice(id_key);
+            k
+        })
+        .collect();
+    Ok((keys, true))
+}
+
 /// The full entry keys a document has in an index (empty if sparse/partial exclude it),
 /// and whether the document made the index multikey.
+///
+/// # Errors
+/// A text index's refusal of the document (a bad language override).
 pub fn entry_keys(
     ix: &IndexMeta,
     partial: Option<&Filter>,
     doc: &Document,
     id_key: &[u8],
-) -> (Vec<Vec<u8>>, bool) {
-    if sparse_skips(ix, doc) || partial.is_some_and(|f| !f.matches(doc)) {
-        return (Vec::new(), false);
+) -> Result<(Vec<Vec<u8>>, bool)> {
+    if partial.is_some_and(|f| !f.matches(doc)) {
+        return Ok((Vec::new(), false));
+    }
+    if ix.is_text() {
+        return text_keys(ix, doc, id_key);
+    }
+    if sparse_skips(ix, doc) {
+        return Ok((Vec::new(), false));
     }
     let dirs: Vec<bool> = ix.fields().iter().map(|(_, d)| *d).collect();
     let (tuples, multikey) = key_tuples(ix, doc);
@@ -106,7 +151,7 @@ pub fn entry_keys(
         keys.sort();
         keys.dedup();
     }
-    (keys, multikey)
+    Ok((keys, multikey))
 }
 
 #[cfg(test)]
@@ -130,13 +175,18 @@ mod tests {
     #[test]
     fn multikey_and_sparse() {
         let i = ix(doc! {"a": 1}, false, false);
-        let (keys, mk) = entry_keys(&i, None, &doc! {"_id": 1, "a": [1, 2, 2]}, b"id");
+        let (keys, mk) = entry_keys(&i, None, &doc! {"_id": 1, "a": [1, 2, 2]}, b"id").unwrap();
         assert_eq!(keys.len(), 2);
         assert!(mk);
         let s = ix(doc! {"a": 1}, true, true);
-        assert!(entry_keys(&s, None, &doc! {"_id": 1}, b"id").0.is_empty());
-        let (k1, _) = entry_keys(&s, None, &doc! {"a": 1}, b"id");
-        let (k2, _) = entry_keys(&s, None, &doc! {"a": 1.0}, b"other");
+        assert!(
+            entry_keys(&s, None, &doc! {"_id": 1}, b"id")
+                .unwrap()
+                .0
+                .is_empty()
+        );
+        let (k1, _) = entry_keys(&s, None, &doc! {"a": 1}, b"id").unwrap();
+        let (k2, _) = entry_keys(&s, None, &doc! {"a": 1.0}, b"other").unwrap();
         assert_eq!(k1, k2, "unique keys ignore the _id and numeric type");
     }
 
@@ -144,20 +194,24 @@ mod tests {
     fn collated_index_keys_strings_by_sort_key() {
         let mut ci = ix(doc! {"a": 1}, true, false);
         ci.spec = doc! {"collation": {"locale": "en", "strength": 2}};
-        let (k1, _) = entry_keys(&ci, None, &doc! {"a": "abc"}, b"1");
-        let (k2, _) = entry_keys(&ci, None, &doc! {"a": "ABC"}, b"2");
+        let (k1, _) = entry_keys(&ci, None, &doc! {"a": "abc"}, b"1").unwrap();
+        let (k2, _) = entry_keys(&ci, None, &doc! {"a": "ABC"}, b"2").unwrap();
         assert_eq!(
             k1, k2,
             "equal under strength 2, so duplicates in a unique index"
         );
-        let (k3, _) = entry_keys(&ci, None, &doc! {"a": "abd"}, b"3");
+        let (k3, _) = entry_keys(&ci, None, &doc! {"a": "abd"}, b"3").unwrap();
         assert_ne!(k1, k3);
-        let (multi, _) = entry_keys(&ci, None, &doc! {"a": ["x", "X", "y"]}, b"4");
+        let (multi, _) = entry_keys(&ci, None, &doc! {"a": ["x", "X", "y"]}, b"4").unwrap();
         assert_eq!(multi.len(), 2);
         let plain = ix(doc! {"a": 1}, true, false);
         assert_ne!(
-            entry_keys(&plain, None, &doc! {"a": "abc"}, b"1").0,
-            entry_keys(&plain, None, &doc! {"a": "ABC"}, b"2").0
+            entry_keys(&plain, None, &doc! {"a": "abc"}, b"1")
+                .unwrap()
+                .0,
+            entry_keys(&plain, None, &doc! {"a": "ABC"}, b"2")
+                .unwrap()
+                .0
         );
     }
 }

@@ -104,6 +104,15 @@ impl Plan {
                 if let Some(c) = of_index(index) {
                     ixscan.insert("collation", c.spec().clone());
                 }
+                if index.is_text() {
+                    // mongod's shape: the match over the fetched documents, the union of
+                    // the terms' scans.
+                    let terms = bounds.get_array("terms").cloned().unwrap_or_default();
+                    return doc! {"stage": "TEXT_MATCH", "indexPrefix": {}, "indexName": &index.name, "parsedTextQuery": {"terms": terms}, "inputStage": {
+                        "stage": "FETCH",
+                        "inputStage": {"stage": "TEXT_OR", "inputStage": ixscan},
+                    }};
+                }
                 doc! {"stage": "FETCH", "inputStage": ixscan}
             }
         }
@@ -217,6 +226,9 @@ fn choose(
     sort: Option<&SortSpec>,
     hint: Option<&Bson>,
 ) -> Result<Plan> {
+    if let Some(q) = filter.text_query() {
+        return text_plan(meta, filter, q, hint);
+    }
     let coll = filter.collation();
     let preds: Vec<(String, Predicate)> = filter
         .predicates()
@@ -240,7 +252,7 @@ fn choose(
             Bson::Document(k) => meta.indexes.iter().find(|i| &i.key == k),
             _ => None,
         }
-        .filter(|i| !i.hidden());
+        .filter(|i| !i.hidden() && !i.is_text());
         let Some(ix) = ix else {
             return Err(MongoError::new(
                 ErrorCode::BadValue,
@@ -278,7 +290,12 @@ fn choose(
 
     let mut best: Option<(&IndexMeta, u8)> = None;
     for ix in meta.indexes.iter().filter(|i| {
-        !i.is_id() && !i.hidden() && i.partial_filter.is_none() && !i.sparse && serves(i, coll)
+        !i.is_id()
+            && !i.hidden()
+            && !i.is_text()
+            && i.partial_filter.is_none()
+            && !i.sparse
+            && serves(i, coll)
     }) {
         let first = &ix.fields()[0].0;
         let r = preds
@@ -300,7 +317,12 @@ fn choose(
     // No predicate uses an index; a sort still may.
     if let Some(s) = sort {
         for ix in meta.indexes.iter().filter(|i| {
-            !i.is_id() && !i.hidden() && i.partial_filter.is_none() && !i.sparse && serves(i, coll)
+            !i.is_id()
+                && !i.hidden()
+                && !i.is_text()
+                && i.partial_filter.is_none()
+                && !i.sparse
+                && serves(i, coll)
         }) {
             if sort_direction(ix, s).is_some() {
                 return Ok(index_plan(ix, &preds, sort));
@@ -317,6 +339,74 @@ fn choose(
         }
     }
     Ok(Plan::CollScan { reverse: false })
+}
+
+/// A `$text` query's plan: the collection's text index, read for each of the query's
+/// terms (after equality values for a compound index's prefix fields). The query is bound
+/// to the index here, which is what lets it match documents.
+fn text_plan(
+    meta: &CollectionMeta,
+    filter: &Filter,
+    q: &query::text::TextQuery,
+    hint: Option<&Bson>,
+) -> Result<Plan> {
+    let Some(ix) = meta.indexes.iter().find(|i| i.is_text()) else {
+        return Err(MongoError::new(
+            ErrorCode::IndexNotFound,
+            "text index required for $text query",
+        ));
+    };
+    if hint.is_some() {
+        return Err(MongoError::new(
+            ErrorCode::BadValue,
+            "error processing query: planner returned error :: caused by :: hint provided does not correspond to an existing index",
+        ));
+    }
+    let Some(t) = query::text::TextIndex::from_spec(&ix.key, &ix.spec) else {
+        return Err(MongoError::internal(
+            "a text index without its specification",
+        ));
+    };
+    q.bind(&t)?;
+    let preds = filter.predicates();
+    let mut head = index_prefix(ix.id);
+    let mut bounds = Document::new();
+    for f in &t.prefix {
+        let Some(v) = preds.iter().find_map(|(p, pr)| match pr {
+            Predicate::Eq(v) if p == f => Some(v),
+            _ => None,
+        }) else {
+            return Err(MongoError::new(
+                ErrorCode::NoQueryExecutionPlans,
+                "error processing query: planner returned error :: caused by :: failed to use text index to satisfy $text query (if text index is compound, are equality predicates given for all prefix fields?)",
+            ));
+        };
+        keystring::append_value_collated(&mut head, v, false, None);
+        bounds.insert(f.clone(), vec![format!("[{v}, {v}]")]);
+    }
+    let terms = q.index_terms();
+    let ranges = terms
+        .iter()
+        .map(|term| {
+            let mut k = head.clone();
+            keystring::append_value_collated(&mut k, &Bson::String(term.clone()), false, None);
+            let (lo, hi) = prefix_range(&k);
+            (
+                Bound::Included(lo),
+                hi.map_or(Bound::Unbounded, Bound::Excluded),
+            )
+        })
+        .collect();
+    bounds.insert("terms", terms);
+    let mut index = ix.clone();
+    index.multikey = true;
+    Ok(Plan::IxScan {
+        index,
+        ranges,
+        reverse: false,
+        provides_sort: false,
+        bounds,
+    })
 }
 
 /// Whether an index's keys follow the query's collation.

@@ -149,7 +149,7 @@ pub fn insert_encoded(
         let doc =
             doc.ok_or_else(|| MongoError::internal("an indexed insert without its document"))?;
         let pf = partial(ix)?;
-        let (keys, mk) = entry_keys(ix, pf.as_ref(), doc, &idk);
+        let (keys, mk) = entry_keys(ix, pf.as_ref(), doc, &idk)?;
         if ix.unique {
             for k in &keys {
                 if ctx.index_get(k)?.is_some_and(|owner| owner != idk) {
@@ -207,8 +207,8 @@ pub fn replace_doc(
     let mut became_multikey = false;
     for ix in meta.indexes.iter().filter(|i| !i.is_id()) {
         let pf = partial(ix)?;
-        let (old_keys, _) = entry_keys(ix, pf.as_ref(), old, &idk);
-        let (new_keys, mk) = entry_keys(ix, pf.as_ref(), new, &idk);
+        let (old_keys, _) = entry_keys(ix, pf.as_ref(), old, &idk)?;
+        let (new_keys, mk) = entry_keys(ix, pf.as_ref(), new, &idk)?;
         let added: Vec<Vec<u8>> = new_keys
             .iter()
             .filter(|k| !old_keys.contains(k))
@@ -262,7 +262,7 @@ pub fn delete_doc(ctx: &mut WriteCtx<'_>, meta: &CollectionMeta, doc: &Document)
     let idk = id_key(id);
     for ix in meta.indexes.iter().filter(|i| !i.is_id()) {
         let pf = partial(ix)?;
-        for k in entry_keys(ix, pf.as_ref(), doc, &idk).0 {
+        for k in entry_keys(ix, pf.as_ref(), doc, &idk)?.0 {
             ctx.index_remove(&k)?;
         }
     }
@@ -302,7 +302,7 @@ pub fn build_index(
 ) -> Result<()> {
     let pf = partial(ix)?;
     for (idk, doc) in ctx.scan_docs(meta.id)? {
-        let (keys, mk) = entry_keys(ix, pf.as_ref(), &doc, &idk);
+        let (keys, mk) = entry_keys(ix, pf.as_ref(), &doc, &idk)?;
         ix.multikey |= mk;
         for k in keys {
             if ix.unique && ctx.index_get(&k)?.is_some_and(|owner| owner != idk) {

@@ -21,6 +21,14 @@ use bson::{Bson, DateTime, Document, Timestamp};
 use doc::Collation;
 use errors::{ErrorCode, MongoError, Result};
 
+/// `{$meta: "textScore"}` asked of a document no `$text` query scored.
+pub fn text_score_unavailable() -> MongoError {
+    MongoError::with_code(
+        40218,
+        "query requires text score metadata, but it is not available",
+    )
+}
+
 /// A parsed aggregation expression.
 #[derive(Debug, Clone)]
 pub struct Expr(pub(crate) Node);
@@ -35,6 +43,8 @@ pub(crate) enum Node {
     Obj(Vec<(String, Node)>),
     Arr(Vec<Node>),
     Op(&'static str, Args),
+    /// `{$meta: "textScore"}`: the score a `$text` match gave the document.
+    TextScore,
 }
 
 #[derive(Debug, Clone)]
@@ -457,7 +467,7 @@ impl Node {
     fn reads_document(&self) -> bool {
         match self {
             Node::Lit(_) => false,
-            Node::Field(_) => true,
+            Node::Field(_) | Node::TextScore => true,
             Node::Var(name, _) => name == "ROOT" || name == "CURRENT",
             Node::Obj(fields) => fields.iter().any(|(_, n)| n.reads_document()),
             Node::Arr(items) => items.iter().any(Node::reads_document),
@@ -473,6 +483,10 @@ impl Node {
                 let cur = cx.vars.current.as_ref().unwrap_or(cx.root);
                 Ok(follow_doc(cur, parts))
             }
+            Node::TextScore => match cx.root.get(crate::text::SCORE_FIELD) {
+                Some(v) => Ok(Some(v.clone())),
+                None => Err(text_score_unavailable()),
+            },
             Node::Var(name, parts) => {
                 let base = match name.as_str() {
                     "ROOT" => Some(Bson::Document(cx.root.clone())),

@@ -57,6 +57,8 @@ enum Node {
     Expr(Box<Expr>),
     Schema(Box<Schema>),
     Const(bool),
+    /// `$text`: matches through the collection's text index (bound by the planner).
+    Text(Box<crate::text::TextQuery>),
 }
 
 #[derive(Debug, Clone)]
@@ -497,6 +499,15 @@ impl Node {
             }
             Node::Schema(s) => s.matches_doc(d),
             Node::Const(b) => *b,
+            // A document the text scan scored has matched already.
+            Node::Text(_) if d.contains_key(crate::text::SCORE_FIELD) => true,
+            Node::Text(q) => match q.score(d) {
+                Ok(s) => s.is_some(),
+                Err(err) => {
+                    ctx.error.get_or_insert(err);
+                    false
+                }
+            },
         }
     }
 }
@@ -504,10 +515,20 @@ impl Node {
 impl Filter {
     /// Parses a query filter document.
     pub fn parse(filter: &Document) -> Result<Filter> {
+        let root = parse_doc(filter, 0)?;
+        check_text(&root)?;
         Ok(Filter {
-            root: parse_doc(filter, 0)?,
+            root,
             collation: None,
             vars: None,
+        })
+    }
+
+    /// The filter's `$text` query, if it has one (only ever at the top level).
+    pub fn text_query(&self) -> Option<&crate::text::TextQuery> {
+        top_level(&self.root).into_iter().find_map(|n| match n {
+            Node::Text(q) => Some(&**q),
+            _ => None,
         })
     }
 
@@ -693,6 +714,64 @@ fn top_level(n: &Node) -> Vec<&Node> {
 
 const MAX_DEPTH: usize = 100;
 
+fn node_has_text(n: &Node) -> bool {
+    match n {
+        Node::Text(_) => true,
+        Node::And(ns) | Node::Or(ns) | Node::Nor(ns) => ns.iter().any(node_has_text),
+        Node::Path(_, p) => p.has_text(),
+        _ => false,
+    }
+}
+
+impl Pred {
+    fn has_text(&self) -> bool {
+        match self {
+            Pred::Op(Op::ElemMatchObj(n)) => node_has_text(n),
+            Pred::Not(p) => p.has_text(),
+            Pred::And(ps) => ps.iter().any(Pred::has_text),
+            Pred::Op(_) => false,
+        }
+    }
+}
+
+/// Where `$text` may stand: once, AND-ed at the top level (mongod also allows it under an
+/// `$or` whose other clauses are all indexed; Eddy refuses that, with the error mongod
+/// gives when they are not).
+fn check_text(root: &Node) -> Result<()> {
+    fn count(n: &Node, ctx: &str, out: &mut Vec<String>) {
+        match n {
+            Node::Text(_) => out.push(ctx.to_string()),
+            Node::And(ns) => ns.iter().for_each(|c| count(c, ctx, out)),
+            Node::Or(ns) => ns.iter().for_each(|c| count(c, "or", out)),
+            Node::Nor(ns) => ns.iter().for_each(|c| count(c, "nor", out)),
+            Node::Path(_, pred) => {
+                if pred.has_text() {
+                    out.push("elem".into());
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    count(root, "", &mut found);
+    if found.len() > 1 {
+        return Err(MongoError::bad_value("Too many text expressions"));
+    }
+    let top = top_level(root).iter().any(|n| matches!(n, Node::Text(_)));
+    match found.first().map(String::as_str) {
+        Some(_) if top => Ok(()),
+        None => Ok(()),
+        Some("nor") => Err(MongoError::bad_value("text expression not allowed in nor")),
+        Some("elem") => Err(MongoError::bad_value(
+            "$text can only be applied to the top-level document",
+        )),
+        Some(_) => Err(MongoError::new(
+            ErrorCode::NoQueryExecutionPlans,
+            "error processing query: planner returned error :: caused by :: Failed to produce a solution for TEXT under OR - other non-TEXT clauses under OR have to be indexed as well.",
+        )),
+    }
+}
+
 fn parse_doc(d: &Document, depth: usize) -> Result<Node> {
     if depth > MAX_DEPTH {
         return Err(MongoError::bad_value(
@@ -744,12 +823,7 @@ fn parse_doc(d: &Document, depth: usize) -> Result<Node> {
                         "no globalScriptEngine in $where parsing",
                     ));
                 }
-                "$text" => {
-                    return Err(MongoError::new(
-                        ErrorCode::IndexNotFound,
-                        "text index required for $text query",
-                    ));
-                }
+                "$text" => nodes.push(Node::Text(Box::new(crate::text::TextQuery::parse(v)?))),
                 _ => {
                     return Err(MongoError::bad_value(format!(
                         "unknown top level operator: {k}. If you have a field name that starts \

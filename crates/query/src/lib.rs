@@ -18,6 +18,7 @@ pub mod pipeline;
 pub mod projection;
 pub mod sort;
 pub mod spill;
+pub mod text;
 pub mod update;
 pub mod validation;
 

@@ -312,7 +312,14 @@ impl Pipeline {
                             "the match filter must be an expression in an object",
                         ));
                     };
-                    Stage::Match(Filter::parse(d)?)
+                    let f = Filter::parse(d)?;
+                    if f.text_query().is_some() && (i > 0 || depth > 0) {
+                        return Err(err(
+                            17313,
+                            "$match with $text is only allowed as the first pipeline stage",
+                        ));
+                    }
+                    Stage::Match(f)
                 }
                 "$project" => {
                     let Bson::Document(d) = v else {

@@ -30,6 +30,8 @@ enum PNode {
     Slice(Option<i64>, i64),
     ElemMatch(Filter),
     Positional,
+    /// `{$meta: ...}`: computed in inclusion and exclusion projections alike.
+    Meta(Expr),
 }
 
 impl Tree {
@@ -39,7 +41,7 @@ impl Tree {
 
     fn has_computed(&self) -> bool {
         self.0.iter().any(|(_, n)| match n {
-            PNode::Expr(_) => true,
+            PNode::Expr(_) | PNode::Meta(_) => true,
             PNode::Sub(t) => t.has_computed(),
             _ => false,
         })
@@ -269,8 +271,14 @@ fn parse_into(
                         cx.note(&full, Kind::Include)?;
                         PNode::ElemMatch(Filter::parse(f)?)
                     }
-                    "$meta" => {
-                        return Err(MongoError::bad_value("$meta projections are not supported"));
+                    "$meta" if d.len() == 1 => {
+                        if full.ends_with(".$") {
+                            return Err(MongoError::bad_value(
+                                "positional projection cannot be used with $meta",
+                            ));
+                        }
+                        cx.note(&full, Kind::Neutral)?;
+                        PNode::Meta(Expr::parse(v)?)
                     }
                     _ => {
                         cx.note(&full, Kind::Include)?;
@@ -519,12 +527,12 @@ fn include(d: &Document, t: &Tree, cx: &mut ApplyCx<'_>) -> Result<Document> {
                     out.insert(k.clone(), other.clone());
                 }
             },
-            PNode::Expr(_) | PNode::Exclude => {}
+            PNode::Expr(_) | PNode::Meta(_) | PNode::Exclude => {}
         }
     }
     for (k, node) in &t.0 {
         match node {
-            PNode::Expr(e) => match e.eval(cx.root, cx.vars)? {
+            PNode::Expr(e) | PNode::Meta(e) => match e.eval(cx.root, cx.vars)? {
                 Some(v) => {
                     out.insert(k.clone(), v);
                 }
@@ -567,8 +575,16 @@ fn exclude(d: &Document, t: &Tree, cx: &mut ApplyCx<'_>) -> Result<Document> {
             Some(PNode::Slice(skip, limit)) => {
                 out.insert(k.clone(), apply_slice(v, *skip, *limit));
             }
+            Some(PNode::Meta(_)) => {}
             Some(_) => {
                 out.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    for (k, node) in &t.0 {
+        if let PNode::Meta(e) = node {
+            if let Some(v) = e.eval(cx.root, cx.vars)? {
+                out.insert(k.clone(), v);
             }
         }
     }

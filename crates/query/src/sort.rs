@@ -101,6 +101,11 @@ impl SortSpec {
                 Bson::Double(d) if *d == -1.0 => false,
                 Bson::Decimal128(_) if doc::compare::as_f64(v) == Some(1.0) => true,
                 Bson::Decimal128(_) if doc::compare::as_f64(v) == Some(-1.0) => false,
+                Bson::Document(d) if d.len() == 1 && d.get_str("$meta") == Ok("textScore") => {
+                    // Highest score first, through the field the text scan scores into.
+                    keys.push((crate::text::SCORE_FIELD.to_string(), false));
+                    continue;
+                }
                 Bson::Document(d) if d.contains_key("$meta") => {
                     return Err(MongoError::bad_value(format!(
                         "$meta sort by {} is not supported",
@@ -125,6 +130,11 @@ impl SortSpec {
             parts,
             collation: None,
         })
+    }
+
+    /// Whether the sort is by `{$meta: "textScore"}`.
+    pub fn uses_text_score(&self) -> bool {
+        self.keys.iter().any(|(k, _)| k == crate::text::SCORE_FIELD)
     }
 
     /// The same sort with string keys compared under `coll` (`None`: binary).
@@ -220,6 +230,8 @@ impl SortSpec {
 /// top-k sort and keeps only the best `k` documents in memory.
 pub struct Sorter {
     spec: SortSpec,
+    /// Whether the sort is by text score, which every document must then carry.
+    text_score: bool,
     max_bytes: usize,
     allow_disk_use: bool,
     dir: Option<std::path::PathBuf>,
@@ -233,6 +245,7 @@ impl Sorter {
     /// A sorter for `spec` under `limits`, keeping the first `limit` documents if given.
     pub fn new(spec: SortSpec, limits: &crate::spill::Limits, limit: Option<usize>) -> Sorter {
         Sorter {
+            text_score: spec.uses_text_score(),
             spec,
             max_bytes: limits.sort_bytes,
             allow_disk_use: limits.allow_disk_use,
@@ -259,6 +272,9 @@ impl Sorter {
     /// `QueryExceededMemoryLimitNoDiskUseAllowed` (292) past the limit without
     /// `allowDiskUse`; I/O errors of the run files.
     pub fn push(&mut self, d: Document) -> Result<()> {
+        if self.text_score && !d.contains_key(crate::text::SCORE_FIELD) {
+            return Err(crate::expr::text_score_unavailable());
+        }
         let size = crate::spill::doc_size(&d);
         self.bytes += size;
         self.buf.push((self.spec.keys_of(&d), size, d));
@@ -363,7 +379,12 @@ mod tests {
     fn parse_errors() {
         assert_eq!(SortSpec::parse(&doc! {"a": 2}).unwrap_err().code, 15975);
         assert_eq!(SortSpec::parse(&doc! {"a": "x"}).unwrap_err().code, 15975);
-        assert!(SortSpec::parse(&doc! {"a": {"$meta": "textScore"}}).is_err());
+        assert!(
+            SortSpec::parse(&doc! {"a": {"$meta": "textScore"}})
+                .unwrap()
+                .uses_text_score()
+        );
+        assert!(SortSpec::parse(&doc! {"a": {"$meta": "searchScore"}}).is_err());
         assert!(SortSpec::parse(&doc! {"a..b": 1}).is_err());
         assert_eq!(
             SortSpec::parse(&doc! {"a": 1.0, "b": -1i64})

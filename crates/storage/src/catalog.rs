@@ -105,6 +105,11 @@ pub struct IndexMeta {
 }
 
 impl IndexMeta {
+    /// Whether this is a text index (its key holds `_fts`).
+    pub fn is_text(&self) -> bool {
+        self.key.contains_key("_fts")
+    }
+
     /// Whether this is the `_id` index.
     pub fn is_id(&self) -> bool {
         self.name == "_id_"

@@ -155,7 +155,34 @@ pub(crate) fn parse_op(name: &str, v: &Bson) -> Result<Node> {
         )));
     }
     if name == "$meta" {
-        return Err(MongoError::bad_value(format!("{name} is not supported")));
+        return match v {
+            Bson::String(m) if m == "textScore" => Ok(Node::TextScore),
+            Bson::String(m)
+                if matches!(
+                    m.as_str(),
+                    "searchScore"
+                        | "searchHighlights"
+                        | "searchScoreDetails"
+                        | "indexKey"
+                        | "recordId"
+                        | "sortKey"
+                        | "geoNearDistance"
+                        | "geoNearPoint"
+                        | "randVal"
+                        | "vectorSearchScore"
+                        | "score"
+                        | "scoreDetails"
+                ) =>
+            {
+                Err(MongoError::bad_value(format!(
+                    "$meta: \"{m}\" is not supported by Eddy"
+                )))
+            }
+            other => Err(MongoError::with_code(
+                17308,
+                format!("Unsupported argument to $meta: {other}"),
+            )),
+        };
     }
     let Some((key, spec)) = OPS.iter().find(|(n, _)| *n == name) else {
         return Err(invalid_op(name));

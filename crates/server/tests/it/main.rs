@@ -16,6 +16,7 @@ mod options;
 mod protocol;
 mod routing;
 mod surface;
+mod text;
 mod tls;
 mod transactions;
 mod validation;

@@ -484,7 +484,8 @@ async fn index_options_are_honoured_or_refused() {
     assert_eq!(doc_num(b, "v"), 1);
     // Refused: index types Eddy does not build, their options, and unknown options.
     for (spec, code) in [
-        (doc! {"key": {"t": "text"}, "name": "t"}, 67),
+        (doc! {"key": {"t": "text", "g": "2dsphere"}, "name": "t"}, 67),
+        (doc! {"key": {"t": "text"}, "name": "t", "textIndexVersion": 2}, 67),
         (doc! {"key": {"g": "2dsphere"}, "name": "g"}, 67),
         (doc! {"key": {"g": "2d"}, "name": "g"}, 67),
         (doc! {"key": {"h": "hashed"}, "name": "h"}, 67),
