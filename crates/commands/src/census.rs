@@ -48,6 +48,21 @@ macro_rules! read {
 
 pub const COMMANDS: &[Census] = &[
     Census {
+        names: &["convertToCapped"],
+        handler: ("ddl.rs", "pub async fn convert_to_capped("),
+        fields: &[("size", "capped_size_arg(cmd)")],
+    },
+    Census {
+        names: &["cloneCollectionAsCapped"],
+        handler: ("ddl.rs", "pub async fn clone_collection_as_capped("),
+        fields: &[("toCollection", Q), ("size", "capped_size_arg(cmd)")],
+    },
+    Census {
+        names: &["logRotate"],
+        handler: ("logs.rs", "pub fn log_rotate("),
+        fields: &[],
+    },
+    Census {
         names: &["fsync"],
         handler: ("diag.rs", "pub async fn fsync("),
         fields: read!["lock", "async"],
@@ -437,6 +452,8 @@ mod tests {
             "crud.rs" => include_str!("crud.rs"),
             "cursor.rs" => include_str!("cursor.rs"),
             "diag.rs" => include_str!("diag.rs"),
+            "ddl.rs" => include_str!("ddl.rs"),
+            "logs.rs" => include_str!("logs.rs"),
             "rw_defaults.rs" => include_str!("rw_defaults.rs"),
             "ops.rs" => include_str!("ops.rs"),
             "users.rs" => include_str!("users.rs"),

@@ -31,6 +31,14 @@ pub(crate) struct Session {
 }
 
 impl Session {
+    /// No session, writes bypassing validation (internal copies).
+    pub(crate) fn bypassing_validation() -> Session {
+        Session {
+            bypass_validation: true,
+            ..Session::default()
+        }
+    }
+
     pub(crate) fn of(cmd: &Document) -> Session {
         let bypass_validation = cmd
             .get("bypassDocumentValidation")
@@ -1261,7 +1269,7 @@ pub async fn aggregate(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result
     {
         return crate::cursor::open_change_stream(ctx, db, cmd, &stages).await;
     }
-    let (stages, local_sessions) = crate::sessions::take_list_local_sessions(ctx, cmd, stages)?;
+    let (stages, local_sessions) = crate::sessions::take_list_local_sessions(ctx, db, cmd, stages)?;
     let (stages, current_ops) = crate::ops::take_current_op(ctx, db, cmd, stages)?;
     let local_sessions = local_sessions.or(current_ops);
     // `$collStats` produces one document about the collection, for the rest to work on;
@@ -1358,10 +1366,13 @@ pub async fn aggregate(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result
         );
     }
     let env = SnapEnv::for_command(ctx, snap.clone(), cmd)?.shared();
+    let listed = local_sessions.is_some();
     let input: DocSource = match &coll {
         _ if coll_stats_input.is_some() => {
             Box::new(coll_stats_input.unwrap_or_default().into_iter().map(Ok))
         }
+        // `$listSessions` runs on `config.system.sessions`; its documents are the cache's.
+        Some(_) if listed => Box::new(local_sessions.unwrap_or_default().into_iter().map(Ok)),
         Some(ns) if ns.db == "config" && ns.coll == "system.preimages" => {
             Box::new(snap.preimage_records()?.into_iter().map(Ok))
         }

@@ -408,6 +408,164 @@ pub async fn rename_collection(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -
     Ok(Reply::ok(Document::new()))
 }
 
+/// A capped collection's `size` argument (`convertToCapped`, `cloneCollectionAsCapped`):
+/// a positive number up to 1 PB.
+fn capped_size_arg(cmd: &Document) -> Result<f64> {
+    let size = cmd.get("size").and_then(|v| match v {
+        Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_) | Bson::Decimal128(_) => {
+            doc::compare::as_f64(v)
+        }
+        _ => None,
+    });
+    match size {
+        Some(n) if n > MAX_CAPPED_SIZE as f64 => Err(MongoError::bad_value(format!(
+            "Capped collection size must be less than or equal to {MAX_CAPPED_SIZE}"
+        ))),
+        Some(n) if n > 0.0 => Ok(n),
+        _ => Err(MongoError::new(
+            ErrorCode::InvalidOptions,
+            "Capped collection size must be greater than zero",
+        )),
+    }
+}
+
+/// Copies `src` into a new capped collection `to` of `size` bytes, in the commit pipeline:
+/// the source's options (collation, validator...) with `capped: true` and the size, only
+/// the `_id` index, and the documents in natural order, each logged as an insert; past the
+/// size the oldest are dropped as inserts into a capped collection drop them. The copy
+/// bypasses validation, as mongod's does.
+fn clone_capped_in(
+    w: &mut WriteCtx<'_>,
+    src: &CollectionMeta,
+    to: &Namespace,
+    size: f64,
+) -> Result<CollectionMeta> {
+    let mut options = src.options.clone();
+    options.remove("max");
+    options.insert("capped", true);
+    options.insert("size", capped_size(size));
+    let mut meta = create_in(w, to, options)?;
+    let session = crate::crud::Session::bypassing_validation();
+    for (i, (_, d)) in w.scan_docs(src.id)?.into_iter().enumerate() {
+        crate::crud::insert_one(w, &mut meta, &d, &session, i)?;
+    }
+    Ok(meta)
+}
+
+/// A collection named by a command's first field that must exist and not be a view.
+fn existing_collection(w: &mut WriteCtx<'_>, ns: &Namespace, what: &str) -> Result<CollectionMeta> {
+    match w.collection(ns)? {
+        Some(m) if m.is_view() => Err(MongoError::new(
+            ErrorCode::CommandNotSupportedOnView,
+            format!("{what} not supported for views: {}", ns.full()),
+        )),
+        Some(m) => Ok(m),
+        None => Err(MongoError::new(
+            ErrorCode::NamespaceNotFound,
+            format!("source collection {} does not exist", ns.full()),
+        )),
+    }
+}
+
+/// `cloneCollectionAsCapped`: `{cloneCollectionAsCapped: src, toCollection, size}`.
+///
+/// # Errors
+/// NamespaceNotFound, NamespaceExists, InvalidOptions for the size.
+pub async fn clone_collection_as_capped(
+    ctx: &Arc<ServerCtx>,
+    db: &str,
+    cmd: &Document,
+) -> Result<Reply> {
+    let from = util::coll_arg(cmd, "cloneCollectionAsCapped", db)?;
+    let to = match cmd.get("toCollection") {
+        Some(Bson::String(t)) => Namespace::new(db, t),
+        _ => {
+            return Err(MongoError::type_mismatch(
+                "'toCollection' must be of type String",
+            ));
+        }
+    };
+    catalog::validate_coll_name(&to).map_err(|_| {
+        MongoError::new(
+            ErrorCode::InvalidNamespace,
+            format!("Invalid target collection name: {}", to.coll),
+        )
+    })?;
+    let size = capped_size_arg(cmd)?;
+    crate::txn::write(ctx, move |w| {
+        if w.in_txn() {
+            return Err(MongoError::new(
+                ErrorCode::OperationNotSupportedInTransaction,
+                "Cannot run 'cloneCollectionAsCapped' in a multi-document transaction.",
+            ));
+        }
+        let src = existing_collection(w, &from, "cloneCollectionAsCapped")?;
+        if w.collection(&to)?.is_some() {
+            return Err(MongoError::new(
+                ErrorCode::NamespaceExists,
+                format!(
+                    "cloneCollectionAsCapped failed - destination collection {} already exists. source collection: {}",
+                    to.full(),
+                    from.full()
+                ),
+            ));
+        }
+        clone_capped_in(w, &src, &to, size).map(|_| ())
+    })
+    .await?;
+    Ok(Reply::ok(Document::new()))
+}
+
+/// `convertToCapped`: `{convertToCapped: coll, size}`. As in mongod, the collection is
+/// copied into a temporary capped collection, which is then renamed over it (dropping
+/// it): the result has a new UUID and only the `_id` index, and a change stream on the
+/// collection sees a `rename` and is invalidated.
+///
+/// # Errors
+/// NamespaceNotFound, InvalidOptions for the size.
+pub async fn convert_to_capped(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Reply> {
+    let ns = util::coll_arg(cmd, "convertToCapped", db)?;
+    let size = capped_size_arg(cmd)?;
+    crate::txn::write(ctx, move |w| {
+        if w.in_txn() {
+            return Err(MongoError::new(
+                ErrorCode::OperationNotSupportedInTransaction,
+                "Cannot run 'convertToCapped' in a multi-document transaction.",
+            ));
+        }
+        let src = existing_collection(w, &ns, "convertToCapped")?;
+        let tmp = Namespace::new(
+            ns.db.clone(),
+            format!("tmp{:08x}.convertToCapped.{}", rand_u32(), ns.coll),
+        );
+        let made = clone_capped_in(w, &src, &tmp, size)?;
+        w.remove_collection(&src)?;
+        w.rename_collection(&made, &ns)?;
+        let o = doc! {
+            "renameCollection": tmp.full(),
+            "to": ns.full(),
+            "stayTemp": false,
+            "dropTarget": src.uuid_bson(),
+        };
+        w.log(OplogEntry::new(
+            OpKind::Command,
+            format!("{}.$cmd", ns.db),
+            Some(made.uuid),
+            o,
+        ))
+    })
+    .await?;
+    Ok(Reply::ok(Document::new()))
+}
+
+/// A random number for temporary collection names.
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::process::id().into());
+    h.finish() as u32
+}
+
 /// `collMod`.
 ///
 /// # Errors

@@ -143,6 +143,48 @@ fn initial_tree() -> Document {
 static VERBOSITY: Mutex<Option<Verbosity>> = Mutex::new(None);
 
 type Hook = Box<dyn Fn(i32, &[(&'static str, i32)]) + Send + Sync>;
+/// Rotates the log file: `Err` with the reason when it could not.
+pub type RotateHook = Box<dyn Fn() -> std::result::Result<(), String> + Send + Sync>;
+
+static ROTATE_HOOK: OnceLock<RotateHook> = OnceLock::new();
+
+/// Registers what `logRotate` does: the binary's file log, when it writes one.
+pub fn set_rotate_hook(f: RotateHook) {
+    let _ = ROTATE_HOOK.set(f);
+}
+
+/// `logRotate` (admin): `1` or `"server"` rotates the server's log file (`--logpath`),
+/// renaming it with a timestamp suffix and opening a new one; logging to standard error,
+/// there is no file and nothing to do. `"audit"` fails: Eddy keeps no audit log.
+///
+/// # Errors
+/// Unauthorized off admin; NoSuchKey (4) for another log type or a failed rotation.
+pub fn log_rotate(db: &str, cmd: &Document) -> Result<Document> {
+    if db != "admin" {
+        return Err(MongoError::new(
+            ErrorCode::Unauthorized,
+            "logRotate may only be run against the admin database.",
+        ));
+    }
+    let failed = || MongoError::with_code(4, "Log rotation failed due to one or more errors");
+    match cmd.get("logRotate") {
+        Some(Bson::String(s)) if s == "server" => {}
+        Some(Bson::String(_)) => return Err(failed()),
+        Some(v) if doc::compare::as_f64(v).is_some() => {}
+        _ => return Err(failed()),
+    }
+    if let Some(rotate) = ROTATE_HOOK.get() {
+        if let Err(e) = rotate() {
+            tracing::warn!(error = %e, "log rotation failed");
+            return Err(failed());
+        }
+    }
+    if let Ok(c) = cmd.get_str("comment") {
+        tracing::info!(comment = c, "Log rotation initiated");
+    }
+    Ok(Document::new())
+}
+
 static FILTER_HOOK: OnceLock<Hook> = OnceLock::new();
 
 /// Registers what applies verbosity changes: called with the default verbosity and the

@@ -133,6 +133,16 @@ pub fn need(ctx: &ServerCtx, name: &str, db: &str, cmd: &Document) -> Result<Nee
         "getLog" => on_cluster("getLog"),
         "fsync" => on_cluster("fsync"),
         "fsyncUnlock" => on_cluster("unlock"),
+        "logRotate" => on_cluster("logRotate"),
+        "convertToCapped" => on_c(&["convertToCapped"]),
+        "cloneCollectionAsCapped" => {
+            let to = coll(db, cmd.get_str("toCollection").unwrap_or(""));
+            Need::All(vec![
+                ("find", c()),
+                ("insert", to.clone()),
+                ("createCollection", to),
+            ])
+        }
         "connPoolStats" => on_cluster("connPoolStats"),
         "top" => on_cluster("top"),
         "getDefaultRWConcern" => on_cluster("getDefaultRWConcern"),
@@ -449,7 +459,7 @@ fn pipeline_needs(db: &str, source: &str, stages: &[&Document], v: &mut Vec<(&'s
                     v.push(("inprog", Res::Cluster));
                 }
             }
-            "$listLocalSessions" => {
+            "$listLocalSessions" | "$listSessions" => {
                 let all_users = spec
                     .as_document()
                     .and_then(|s| s.get("allUsers"))

@@ -50,6 +50,7 @@ const ANY_STATE: &[&str] = &[
     "getLog",
     "fsync",
     "fsyncUnlock",
+    "logRotate",
     "connPoolStats",
     "features",
     "top",

@@ -77,26 +77,46 @@ fn expired(used: DateTime, now: DateTime) -> bool {
     now.timestamp_millis() - used.timestamp_millis() > SESSION_TIMEOUT.as_millis() as i64
 }
 
-/// Splits a leading `$listLocalSessions` stage off an aggregate's stages, returning the
-/// remaining stages and the sessions it lists (`None` when the pipeline has no such stage).
+/// Splits a leading `$listLocalSessions` or `$listSessions` stage off an aggregate's
+/// stages, returning the remaining stages and the sessions it lists (`None` when the
+/// pipeline has no such stage).
+///
+/// `$listSessions` reads `config.system.sessions`, which mongod refreshes from its session
+/// cache every five minutes; Eddy keeps no such collection, and lists the cache itself
+/// (as if just refreshed).
 ///
 /// # Errors
-/// InvalidNamespace unless the aggregate is `{aggregate: 1}`, and bad stage options.
+/// InvalidNamespace for the wrong namespace (`{aggregate: 1}` for `$listLocalSessions`,
+/// `config.system.sessions` for `$listSessions`), and bad stage options.
 pub fn take_list_local_sessions(
     ctx: &ServerCtx,
+    db: &str,
     cmd: &Document,
     mut stages: Vec<Document>,
 ) -> Result<(Vec<Document>, Option<Vec<Document>>)> {
-    let Some(spec) = stages.first().and_then(|s| s.get("$listLocalSessions")) else {
+    let Some((stage, spec)) = stages.first().and_then(|s| {
+        ["$listLocalSessions", "$listSessions"]
+            .into_iter()
+            .find_map(|n| s.get(n).map(|v| (n, v)))
+    }) else {
         return Ok((stages, None));
     };
-    if matches!(cmd.get("aggregate"), Some(Bson::String(_))) {
+    let on_collection = matches!(cmd.get("aggregate"), Some(Bson::String(_)));
+    if stage == "$listLocalSessions" && on_collection {
         return Err(MongoError::new(
             ErrorCode::InvalidNamespace,
             "$listLocalSessions must be run against the database with {aggregate: 1}, not a collection",
         ));
     }
-    let own_only = parse_spec(spec)?;
+    if stage == "$listSessions"
+        && (db != "config" || cmd.get_str("aggregate") != Ok("system.sessions"))
+    {
+        return Err(MongoError::new(
+            ErrorCode::InvalidNamespace,
+            "$listSessions must be run against the 'system.sessions' collection in the 'config' database.",
+        ));
+    }
+    let own_only = parse_spec(stage, spec)?;
     stages.remove(0);
     // Without access control every session belongs to the one anonymous user, so asking
     // for all users or for that user lists them all; any named user has none.
@@ -109,10 +129,10 @@ pub fn take_list_local_sessions(
 }
 
 /// Parses `{allUsers?, users?}`; true when the sessions of the anonymous user are wanted.
-fn parse_spec(spec: &Bson) -> Result<bool> {
+fn parse_spec(stage: &str, spec: &Bson) -> Result<bool> {
     let Bson::Document(spec) = spec else {
         return Err(MongoError::type_mismatch(format!(
-            "$listLocalSessions options must be specified in an object, but found: {}",
+            "{stage} options must be specified in an object, but found: {}",
             crate::util::type_name(spec)
         )));
     };
@@ -131,23 +151,23 @@ fn parse_spec(spec: &Bson) -> Result<bool> {
                         ))
                     });
                     list.push(user.ok_or_else(|| {
-                        MongoError::type_mismatch(
-                            "$listLocalSessions users must be objects with string fields 'user' and 'db'",
-                        )
+                        MongoError::type_mismatch(format!(
+                            "{stage} users must be objects with string fields 'user' and 'db'"
+                        ))
                     })?);
                 }
                 users = Some(list);
             }
             ("allUsers" | "users", other) => {
                 return Err(MongoError::type_mismatch(format!(
-                    "BSON field '$listLocalSessions.{k}' is the wrong type '{}'",
+                    "BSON field '{stage}.{k}' is the wrong type '{}'",
                     crate::util::type_name(other)
                 )));
             }
             _ => {
                 return Err(MongoError::with_code(
                     40415,
-                    format!("BSON field '$listLocalSessions.{k}' is an unknown field."),
+                    format!("BSON field '{stage}.{k}' is an unknown field."),
                 ));
             }
         }
@@ -156,7 +176,9 @@ fn parse_spec(spec: &Bson) -> Result<bool> {
     if all && users.is_some() {
         return Err(MongoError::new(
             ErrorCode::UnsupportedFormat,
-            "$listLocalSessions may not specify {allUsers:true} and {users:[...]} at the same time",
+            format!(
+                "{stage} may not specify {{allUsers:true}} and {{users:[...]}} at the same time"
+            ),
         ));
     }
     Ok(match users {
@@ -202,15 +224,22 @@ mod tests {
 
     #[test]
     fn stage_options() {
-        assert!(parse_spec(&Bson::Document(doc! {})).unwrap());
-        assert!(parse_spec(&Bson::Document(doc! {"allUsers": true})).unwrap());
+        assert!(parse_spec("$listLocalSessions", &Bson::Document(doc! {})).unwrap());
         assert!(
-            !parse_spec(&Bson::Document(
-                doc! {"users": [{"user": "u", "db": "admin"}]}
-            ))
+            parse_spec(
+                "$listLocalSessions",
+                &Bson::Document(doc! {"allUsers": true})
+            )
             .unwrap()
         );
-        let code = |b: Bson| parse_spec(&b).unwrap_err().code;
+        assert!(
+            !parse_spec(
+                "$listLocalSessions",
+                &Bson::Document(doc! {"users": [{"user": "u", "db": "admin"}]})
+            )
+            .unwrap()
+        );
+        let code = |b: Bson| parse_spec("$listLocalSessions", &b).unwrap_err().code;
         assert_eq!(code(Bson::Int32(1)), 14);
         assert_eq!(code(Bson::Document(doc! {"x": 1})), 40415);
         assert_eq!(

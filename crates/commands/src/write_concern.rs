@@ -24,6 +24,8 @@ pub const WRITES: &[&str] = &[
     "drop",
     "dropDatabase",
     "renameCollection",
+    "convertToCapped",
+    "cloneCollectionAsCapped",
     "collMod",
     "createIndexes",
     "dropIndexes",

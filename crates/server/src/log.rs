@@ -27,17 +27,129 @@ const COMPONENT_TARGETS: &[(&str, &[&str])] = &[
 /// Installs the process's subscriber. `EDDY_LOG` (an `EnvFilter` directive string) overrides
 /// the base level; `quiet` lowers it to warnings.
 pub fn init(quiet: bool) {
+    init_to(quiet, None);
+}
+
+/// A log file that `logRotate` renames aside and reopens.
+#[derive(Clone)]
+struct LogFile {
+    path: std::path::PathBuf,
+    file: std::sync::Arc<Mutex<std::fs::File>>,
+}
+
+impl LogFile {
+    fn open(path: &std::path::Path, append: bool) -> std::io::Result<LogFile> {
+        if !append && path.exists() {
+            std::fs::rename(path, rotated_name(path))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(LogFile {
+            path: path.to_path_buf(),
+            file: std::sync::Arc::new(Mutex::new(file)),
+        })
+    }
+
+    /// Renames the file to `<path>.<UTC timestamp>` and writes to a new one.
+    fn rotate(&self) -> std::io::Result<()> {
+        let mut f = self
+            .file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        std::fs::rename(&self.path, rotated_name(&self.path))?;
+        *f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        Ok(())
+    }
+}
+
+/// `<path>.YYYY-MM-DDTHH-MM-SS`, mongod's rotated name, with a counter if taken.
+fn rotated_name(path: &std::path::Path) -> std::path::PathBuf {
+    let now = bson::DateTime::now()
+        .try_to_rfc3339_string()
+        .unwrap_or_default();
+    let stamp: String = now
+        .chars()
+        .take(19)
+        .map(|c| if c == ':' { '-' } else { c })
+        .collect();
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{stamp}"));
+    let mut out = std::path::PathBuf::from(&name);
+    let mut n = 1;
+    while out.exists() {
+        let mut alt = name.clone();
+        alt.push(format!(".{n}"));
+        out = alt.into();
+        n += 1;
+    }
+    out
+}
+
+impl std::io::Write for LogFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .flush()
+    }
+}
+
+/// [`init`], writing the human-readable lines to `logpath` (appended to with `append`,
+/// else the old file is renamed aside) instead of stderr; `logRotate` rotates it.
+///
+/// # Errors
+/// The log file cannot be opened.
+pub fn init_file(quiet: bool, logpath: &std::path::Path, append: bool) -> std::io::Result<()> {
+    let f = LogFile::open(logpath, append)?;
+    init_to(quiet, Some(f));
+    Ok(())
+}
+
+fn init_to(quiet: bool, file: Option<LogFile>) {
     let base = std::env::var("EDDY_LOG")
         .ok()
         .filter(|s| EnvFilter::try_new(s).is_ok())
         .unwrap_or_else(|| if quiet { "warn" } else { "info" }.to_string());
     let (filter, handle) = reload::Layer::new(EnvFilter::new(&base));
+    let (to_stderr, to_file) = match &file {
+        Some(f) => {
+            let f = f.clone();
+            (
+                None,
+                Some(
+                    tracing_subscriber::fmt::layer()
+                        .with_ansi(false)
+                        .with_writer(move || f.clone()),
+                ),
+            )
+        }
+        None => (
+            Some(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)),
+            None,
+        ),
+    };
     let registry = tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(to_stderr)
+        .with(to_file)
         .with(RamLayer);
     if registry.try_init().is_err() {
         return;
+    }
+    if let Some(f) = file {
+        commands::logs::set_rotate_hook(Box::new(move || f.rotate().map_err(|e| e.to_string())));
     }
     let handle = Mutex::new(handle);
     commands::logs::set_filter_hook(Box::new(move |default, components| {

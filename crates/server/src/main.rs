@@ -84,6 +84,12 @@ struct Cli {
     /// Log only warnings and errors.
     #[arg(long)]
     quiet: bool,
+    /// Write the log to this file instead of standard error (`logRotate` rotates it).
+    #[arg(long)]
+    logpath: Option<std::path::PathBuf>,
+    /// Append to the `--logpath` file rather than renaming the old one aside.
+    #[arg(long)]
+    logappend: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -146,7 +152,15 @@ fn main() -> ExitCode {
     if let Some(Command::Log(cmd)) = &cli.command {
         return log_tool(cmd);
     }
-    server::log::init(cli.quiet);
+    match &cli.logpath {
+        Some(p) => {
+            if let Err(e) = server::log::init_file(cli.quiet, p, cli.logappend) {
+                eprintln!("cannot open the log file {}: {e}", p.display());
+                std::process::exit(1);
+            }
+        }
+        None => server::log::init(cli.quiet),
+    }
 
     let mut params = Document::new();
     for p in &cli.set_parameter {

@@ -484,8 +484,14 @@ async fn index_options_are_honoured_or_refused() {
     assert_eq!(doc_num(b, "v"), 1);
     // Refused: index types Eddy does not build, their options, and unknown options.
     for (spec, code) in [
-        (doc! {"key": {"t": "text", "g": "2dsphere"}, "name": "t"}, 67),
-        (doc! {"key": {"t": "text"}, "name": "t", "textIndexVersion": 2}, 67),
+        (
+            doc! {"key": {"t": "text", "g": "2dsphere"}, "name": "t"},
+            67,
+        ),
+        (
+            doc! {"key": {"t": "text"}, "name": "t", "textIndexVersion": 2},
+            67,
+        ),
         (doc! {"key": {"g": "2dsphere"}, "name": "g"}, 67),
         (doc! {"key": {"g": "2d"}, "name": "g"}, 67),
         (doc! {"key": {"h": "hashed"}, "name": "h"}, 67),
@@ -819,4 +825,144 @@ async fn default_read_and_write_concerns() {
     .await;
     let r = run(&db, doc! {"insert": "c", "documents": [{"_id": 3}]}).await;
     assert!(r.get("writeConcernError").is_none(), "{r}");
+}
+
+/// Sources: https://www.mongodb.com/docs/v8.0/reference/command/convertToCapped/ and
+/// .../cloneCollectionAsCapped/ (only the `_id` index is kept; the collection's options
+/// are; a clone's target must not exist). A change stream on the converted collection
+/// sees the rename over it and is invalidated, as mongod's copy-and-rename produces.
+#[tokio::test]
+async fn convert_and_clone_as_capped() {
+    let s = testkit::spawn().await;
+    let db = s.client.database("capconv");
+    let c = db.collection::<Document>("c");
+    for i in 0..20 {
+        c.insert_one(doc! {"_id": i, "pad": "x".repeat(400)})
+            .await
+            .unwrap();
+    }
+    run(
+        &db,
+        doc! {"createIndexes": "c", "indexes": [{"key": {"pad": 1}, "name": "pad_1"}]},
+    )
+    .await;
+    let mut cs = c.watch().await.unwrap();
+    run(
+        &db,
+        doc! {"cloneCollectionAsCapped": "c", "toCollection": "small", "size": 4096},
+    )
+    .await;
+    let small = run(&db, doc! {"find": "small", "sort": {"$natural": 1}}).await;
+    let kept = ids(cursor_batch(&small, "firstBatch"));
+    assert!(kept.len() < 20 && !kept.is_empty(), "{kept:?}");
+    assert_eq!(*kept.last().unwrap(), 19, "the newest are kept");
+    let st = run(&db, doc! {"collStats": "small"}).await;
+    assert!(st.get_bool("capped").unwrap());
+    assert_eq!(
+        cmd_error(
+            &db,
+            doc! {"cloneCollectionAsCapped": "c", "toCollection": "small", "size": 4096}
+        )
+        .await
+        .0,
+        48
+    );
+    assert_eq!(
+        cmd_error(
+            &db,
+            doc! {"cloneCollectionAsCapped": "nope", "toCollection": "x", "size": 4096}
+        )
+        .await
+        .0,
+        26
+    );
+
+    run(&db, doc! {"convertToCapped": "c", "size": 1_000_000}).await;
+    let st = run(&db, doc! {"collStats": "c"}).await;
+    assert!(st.get_bool("capped").unwrap(), "{st}");
+    assert_eq!(doc_num(&st, "maxSize"), 1_000_192);
+    assert_eq!(doc_num(&st, "count"), 20);
+    let ix = run(&db, doc! {"listIndexes": "c"}).await;
+    assert_eq!(cursor_batch(&ix, "firstBatch").len(), 1, "only _id is kept");
+    let e = tokio::time::timeout(Duration::from_secs(10), cs.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.operation_type, OperationType::Rename);
+    let e = tokio::time::timeout(Duration::from_secs(10), cs.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.operation_type, OperationType::Invalidate);
+    // Capped from now on: a bound is enforced.
+    run(&db, doc! {"convertToCapped": "c", "size": 4096}).await;
+    c.insert_one(doc! {"_id": 100, "pad": "y".repeat(400)})
+        .await
+        .unwrap();
+    let r = run(&db, doc! {"find": "c"}).await;
+    let now = ids(cursor_batch(&r, "firstBatch"));
+    assert!(now.len() < 21 && now.contains(&100), "{now:?}");
+    for (cmd, code) in [
+        (doc! {"convertToCapped": "c"}, 72),
+        (doc! {"convertToCapped": "c", "size": -1}, 72),
+        (doc! {"convertToCapped": "c", "size": "big"}, 72),
+        (doc! {"convertToCapped": "missing", "size": 4096}, 26),
+    ] {
+        assert_eq!(cmd_error(&db, cmd.clone()).await.0, code, "{cmd}");
+    }
+}
+
+/// Source: https://www.mongodb.com/docs/v8.0/reference/command/logRotate/ (admin only;
+/// `1` or `"server"`; a rotated file is renamed with a timestamp suffix), and
+/// .../aggregation/listSessions/ (run on `config.system.sessions`).
+#[tokio::test]
+async fn log_rotate_and_list_sessions() {
+    let s = testkit::spawn().await;
+    let admin = s.client.database("admin");
+    run(&admin, doc! {"logRotate": 1}).await;
+    run(&admin, doc! {"logRotate": "server"}).await;
+    assert_eq!(cmd_error(&admin, doc! {"logRotate": "audit"}).await.0, 4);
+    assert_eq!(
+        cmd_error(&s.client.database("x"), doc! {"logRotate": 1})
+            .await
+            .0,
+        13
+    );
+
+    // A session used by this client shows in $listSessions, as in $listLocalSessions.
+    let mut session = s.client.start_session().await.unwrap();
+    s.client
+        .database("x")
+        .collection::<Document>("c")
+        .insert_one(doc! {"a": 1})
+        .session(&mut session)
+        .await
+        .unwrap();
+    let config = s.client.database("config");
+    let r = run(
+        &config,
+        doc! {"aggregate": "system.sessions", "pipeline": [{"$listSessions": {"allUsers": true}}], "cursor": {}},
+    )
+    .await;
+    let listed = cursor_batch(&r, "firstBatch");
+    let want = session.id().get("id").unwrap().clone();
+    assert!(
+        listed.iter().any(|d| d
+            .as_document()
+            .and_then(|d| d.get_document("_id").ok())
+            .and_then(|i| i.get("id"))
+            == Some(&want)),
+        "{listed:?}"
+    );
+    assert_eq!(
+        cmd_error(
+            &s.client.database("x"),
+            doc! {"aggregate": "c", "pipeline": [{"$listSessions": {}}], "cursor": {}}
+        )
+        .await
+        .0,
+        73
+    );
 }
