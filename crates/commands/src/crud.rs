@@ -1090,7 +1090,7 @@ pub fn find(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
         if limit > 0 {
             src = Box::new(src.take(limit as usize));
         }
-        let text = filter.text_query().is_some();
+        let text = filter.text_query().is_some() || filter.has_near();
         if let Some(p) = projection {
             let f = filter;
             src = Box::new(src.map(move |r| r.and_then(|d| p.apply_with(&d, Some(&f), &vars))));
@@ -1109,9 +1109,145 @@ pub fn find(ctx: &ServerCtx, db: &str, cmd: &Document) -> Result<Reply> {
     Ok(with_at_cluster_time(r, at_ts))
 }
 
-/// A document as it leaves the server: without the score a `$text` match gave it.
+/// A leading `$geoNear`, as the stages it stands for: a `$match` of its `query` and a
+/// `$near`/`$nearSphere` on its `key` (the collection's one 2dsphere index when not
+/// given), which the planner reads nearest first, then an `$addFields` of
+/// `distanceField` (times `distanceMultiplier`) and `includeLocs`.
+///
+/// # Errors
+/// 40602 when `$geoNear` is not first; BadValue for bad options; IndexNotFound without
+/// a geospatial index to use.
+fn geo_near_stages(
+    ctx: &ServerCtx,
+    ns: &Namespace,
+    stages: Vec<Document>,
+) -> Result<Vec<Document>> {
+    if stages.iter().skip(1).any(|s| s.contains_key("$geoNear")) {
+        return Err(MongoError::with_code(
+            40602,
+            "$geoNear is only valid as the first stage in a pipeline",
+        ));
+    }
+    let Some(Bson::Document(spec)) = stages.first().and_then(|s| s.get("$geoNear")).cloned() else {
+        return Ok(stages);
+    };
+    let mut near = None;
+    let mut distance_field = None;
+    let mut spherical = false;
+    let mut query = None;
+    let mut multiplier = None;
+    let mut include_locs = None;
+    let mut key = None;
+    let mut bounds = Document::new();
+    for (k, v) in &spec {
+        match (k.as_str(), v) {
+            ("near", v) => near = Some(v.clone()),
+            ("distanceField", Bson::String(f)) => distance_field = Some(f.clone()),
+            ("spherical", v) => spherical = query::expr::truthy(v),
+            ("query", Bson::Document(q)) => query = Some(q.clone()),
+            ("distanceMultiplier", v) if doc::compare::as_f64(v).is_some_and(|m| m >= 0.0) => {
+                multiplier = Some(v.clone());
+            }
+            ("includeLocs", Bson::String(f)) => include_locs = Some(f.clone()),
+            ("key", Bson::String(f)) if !f.is_empty() => key = Some(f.clone()),
+            ("maxDistance" | "minDistance", v)
+                if doc::compare::as_f64(v).is_some_and(|m| m >= 0.0) =>
+            {
+                bounds.insert(format!("${k}"), v.clone());
+            }
+            ("distanceField" | "includeLocs" | "key", _) => {
+                return Err(MongoError::type_mismatch(format!(
+                    "$geoNear's {k} must be a string"
+                )));
+            }
+            ("query", _) => {
+                return Err(MongoError::type_mismatch(
+                    "$geoNear's query must be an object",
+                ));
+            }
+            ("maxDistance" | "minDistance" | "distanceMultiplier", _) => {
+                return Err(MongoError::bad_value(format!(
+                    "$geoNear's {k} must be a non-negative number"
+                )));
+            }
+            (other, _) => {
+                return Err(MongoError::bad_value(format!(
+                    "unknown argument to $geoNear: {other}"
+                )));
+            }
+        }
+    }
+    let Some(near) = near else {
+        return Err(MongoError::bad_value(
+            "$geoNear requires a 'near' option as an Array",
+        ));
+    };
+    let Some(distance_field) = distance_field else {
+        return Err(MongoError::bad_value(
+            "$geoNear requires a 'distanceField' option as a String",
+        ));
+    };
+    let key = match key {
+        Some(k) => k,
+        None => {
+            let snap = ctx.store.snapshot()?;
+            let geo: Vec<String> = snap
+                .collection(ns)?
+                .map(|m| {
+                    m.indexes
+                        .iter()
+                        .filter_map(|i| exec::geo::sphere_field(i).map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            match geo.as_slice() {
+                [one] => one.clone(),
+                [] => {
+                    return Err(MongoError::new(
+                        ErrorCode::IndexNotFound,
+                        "$geoNear requires a 2d or 2dsphere index, but none were found",
+                    ));
+                }
+                _ => {
+                    return Err(MongoError::new(
+                        ErrorCode::IndexNotFound,
+                        "There is more than one 2dsphere index; unsure which to use for $geoNear; give 'key'",
+                    ));
+                }
+            }
+        }
+    };
+    let near_pred = if matches!(&near, Bson::Document(d) if d.contains_key("type")) {
+        let mut n = doc! {"$geometry": near};
+        n.extend(bounds);
+        doc! {"$near": n}
+    } else {
+        let mut n = doc! {if spherical { "$nearSphere" } else { "$near" }: near};
+        n.extend(bounds);
+        n
+    };
+    let mut filter = doc! {key.clone(): near_pred};
+    if let Some(q) = query {
+        filter = doc! {"$and": [q, filter]};
+    }
+    let distance = match multiplier {
+        Some(m) => Bson::Document(doc! {"$multiply": [{"$meta": "geoNearDistance"}, m]}),
+        None => Bson::Document(doc! {"$meta": "geoNearDistance"}),
+    };
+    let mut fields = doc! {distance_field: distance};
+    if let Some(f) = include_locs {
+        fields.insert(f, format!("${key}"));
+    }
+    let mut out = vec![doc! {"$match": filter}, doc! {"$addFields": fields}];
+    out.extend(stages.into_iter().skip(1));
+    Ok(out)
+}
+
+/// A document as it leaves the server: without the score a `$text` match gave it, or the
+/// distance a `$near` search did.
 fn without_text_score(mut d: Document) -> Document {
     d.remove(query::text::SCORE_FIELD);
+    d.remove(query::geo::DISTANCE_FIELD);
     d
 }
 
@@ -1319,6 +1455,10 @@ pub async fn aggregate(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result
             ));
         }
     };
+    let stages = match &coll {
+        Some(ns) => geo_near_stages(ctx, ns, stages)?,
+        None => stages,
+    };
     let pipeline = Pipeline::parse(&stages, db)?;
     let vars = util::command_vars(ctx, cmd)?;
     if pipeline.out_stage().is_some() && crate::txn::in_txn() {
@@ -1401,7 +1541,7 @@ pub async fn aggregate(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result
     let mut out = Arc::new(pipeline.clone()).stream(input, &env, &vars);
     if pipeline
         .leading_match()
-        .is_some_and(|f| f.text_query().is_some())
+        .is_some_and(|f| f.text_query().is_some() || f.has_near())
     {
         out = Box::new(out.map(|r| r.map(without_text_score)));
     }
@@ -1634,7 +1774,7 @@ fn stage_tree(
                 tree.insert("keysExamined", c.scanned);
                 tree.insert("docsExamined", c.scanned);
             }
-            Plan::IxScan { .. } | Plan::IdScan { .. } => {
+            Plan::IxScan { .. } | Plan::IdScan { .. } | Plan::GeoNear { .. } => {
                 tree.insert("docsExamined", c.scanned);
                 if let Ok(ix) = tree.get_document_mut("inputStage") {
                     stats(ix, c.scanned, c.scanned);

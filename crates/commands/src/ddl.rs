@@ -1027,15 +1027,24 @@ fn parse_index(spec: &Document) -> Result<(IndexMeta, IndexCollation)> {
     } else {
         (key, None)
     };
+    let sphere = key
+        .values()
+        .any(|v| matches!(v, Bson::String(s) if s == "2dsphere"));
+    if sphere && key.len() != 1 {
+        return Err(MongoError::new(
+            ErrorCode::CannotCreateIndex,
+            format!("compound 2dsphere indexes are not supported by Eddy (index key {key})"),
+        ));
+    }
     for (f, v) in &key {
-        if text && f == "_fts" {
+        if text && f == "_fts" || sphere {
             continue;
         }
         if let Bson::String(kind) = v {
             // The index types MongoDB has and Eddy does not build yet are refused rather
             // than created and then never used.
             let msg = match kind.as_str() {
-                "text" | "2dsphere" | "2d" | "hashed" | "geoHaystack" => {
+                "text" | "2d" | "hashed" | "geoHaystack" => {
                     format!(
                         "'{kind}' indexes are not supported by Eddy (index key {f}: \"{kind}\")"
                     )
@@ -1058,7 +1067,7 @@ fn parse_index(spec: &Document) -> Result<(IndexMeta, IndexCollation)> {
             ));
         }
     }
-    check_index_options(spec, &key, text)?;
+    check_index_options(spec, &key, text, sphere)?;
     let name = spec
         .get_str("name")
         .map_err(|_| {
@@ -1092,6 +1101,9 @@ fn parse_index(spec: &Document) -> Result<(IndexMeta, IndexCollation)> {
     if let Some(o) = text_opts {
         full.extend(o);
     }
+    if sphere && !full.contains_key("2dsphereIndexVersion") {
+        full.insert("2dsphereIndexVersion", 3);
+    }
     let ix = IndexMeta {
         id: 0,
         unique: util::get_bool(spec, "unique").unwrap_or(false),
@@ -1107,7 +1119,7 @@ fn parse_index(spec: &Document) -> Result<(IndexMeta, IndexCollation)> {
 
 /// Checks an index specification's options: each one is either honoured or refused with
 /// MongoDB's error for it, never accepted and ignored.
-fn check_index_options(spec: &Document, key: &Document, text: bool) -> Result<()> {
+fn check_index_options(spec: &Document, key: &Document, text: bool, sphere: bool) -> Result<()> {
     let not_valid = |k: &str| {
         MongoError::new(
             ErrorCode::InvalidIndexSpecificationOption,
@@ -1164,6 +1176,16 @@ fn check_index_options(spec: &Document, key: &Document, text: bool) -> Result<()
                     return Err(MongoError::new(
                         ErrorCode::CannotCreateIndex,
                         format!("The index option '{k}' is only for text indexes"),
+                    ));
+                }
+            }
+            "2dsphereIndexVersion" if sphere => {
+                if !matches!(doc::compare::as_f64(v), Some(x) if x == 2.0 || x == 3.0) {
+                    return Err(MongoError::new(
+                        ErrorCode::CannotCreateIndex,
+                        format!(
+                            "unsupported geo index version {{ 2dsphereIndexVersion : {v} }}, only versions: [2,3] are supported by Eddy"
+                        ),
                     ));
                 }
             }

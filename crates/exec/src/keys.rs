@@ -127,6 +127,9 @@ pub fn entry_keys(
     if ix.is_text() {
         return text_keys(ix, doc, id_key);
     }
+    if ix.is_sphere() {
+        return crate::geo::sphere_keys(ix, doc, id_key);
+    }
     if sparse_skips(ix, doc) {
         return Ok((Vec::new(), false));
     }

@@ -10,10 +10,12 @@
 //!   `bypassDocumentValidation`).
 //! - [`collation`]: the collation of an operation (explicit or the collection default) and
 //!   of an index.
+//! - [`geo`]: 2dsphere index keys and the scans of geospatial queries.
 //! - [`plan`]: choosing a collection scan or an index scan for a filter and sort, and running
 //!   it over a snapshot.
 
 pub mod collation;
+pub mod geo;
 pub mod keys;
 pub mod plan;
 pub mod validate;

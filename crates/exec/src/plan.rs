@@ -39,6 +39,12 @@ pub enum Plan {
     IdScan { reverse: bool, provides_sort: bool },
     /// Point lookups by `_id`.
     IdLookup(Vec<Bson>),
+    /// A 2dsphere index read nearest first (`$near`, `$nearSphere`, `$geoNear`); each
+    /// document carries its distance.
+    GeoNear {
+        index: IndexMeta,
+        near: query::geo::Near,
+    },
     /// An index scan over byte ranges.
     IxScan {
         index: IndexMeta,
@@ -84,6 +90,11 @@ impl Plan {
                 "indexBounds": {"_id": ["[MinKey, MaxKey]"]},
             }},
             Plan::IdLookup(_) => doc! {"stage": "IDHACK"},
+            Plan::GeoNear { index, .. } => doc! {
+                "stage": "GEO_NEAR_2DSPHERE",
+                "keyPattern": index.key.clone(),
+                "indexName": &index.name,
+            },
             Plan::IxScan {
                 index,
                 reverse,
@@ -164,7 +175,7 @@ pub fn plan_query(
 ) -> Result<Plan> {
     let plan = choose(meta, filter, sort, hint)?;
     let used = match &plan {
-        Plan::IxScan { index, .. } => Some(index.id),
+        Plan::IxScan { index, .. } | Plan::GeoNear { index, .. } => Some(index.id),
         Plan::IdScan { .. } | Plan::IdLookup(_) => {
             meta.indexes.iter().find(|i| i.is_id()).map(|i| i.id)
         }
@@ -229,6 +240,9 @@ fn choose(
     if let Some(q) = filter.text_query() {
         return text_plan(meta, filter, q, hint);
     }
+    if let Some(p) = geo_plan(meta, filter)? {
+        return Ok(p);
+    }
     let coll = filter.collation();
     let preds: Vec<(String, Predicate)> = filter
         .predicates()
@@ -252,7 +266,7 @@ fn choose(
             Bson::Document(k) => meta.indexes.iter().find(|i| &i.key == k),
             _ => None,
         }
-        .filter(|i| !i.hidden() && !i.is_text());
+        .filter(|i| !i.hidden() && !i.is_text() && !i.is_sphere());
         let Some(ix) = ix else {
             return Err(MongoError::new(
                 ErrorCode::BadValue,
@@ -293,6 +307,7 @@ fn choose(
         !i.is_id()
             && !i.hidden()
             && !i.is_text()
+            && !i.is_sphere()
             && i.partial_filter.is_none()
             && !i.sparse
             && serves(i, coll)
@@ -320,6 +335,7 @@ fn choose(
             !i.is_id()
                 && !i.hidden()
                 && !i.is_text()
+                && !i.is_sphere()
                 && i.partial_filter.is_none()
                 && !i.sparse
                 && serves(i, coll)
@@ -407,6 +423,69 @@ fn text_plan(
         provides_sort: false,
         bounds,
     })
+}
+
+/// A geospatial query's plan: `$near` needs a 2dsphere index on its field and reads it
+/// nearest first; `$geoWithin` (`$geometry`, `$centerSphere`) and `$geoIntersects` read
+/// the cells covering their region when such an index exists.
+fn geo_plan(meta: &CollectionMeta, filter: &Filter) -> Result<Option<Plan>> {
+    use query::filter::GeoQuery;
+    let preds = filter.geo_predicates();
+    let index_on = |path: &str| {
+        meta.indexes
+            .iter()
+            .find(|i| i.is_sphere() && !i.hidden() && crate::geo::sphere_field(i) == Some(path))
+    };
+    let no_index = || {
+        MongoError::new(
+            ErrorCode::NoQueryExecutionPlans,
+            "error processing query: planner returned error :: caused by :: unable to find index for $geoNear query",
+        )
+    };
+    if filter.has_near() {
+        let nears: Vec<_> = preds
+            .iter()
+            .filter(|(_, q)| matches!(q, GeoQuery::Near(_)))
+            .collect();
+        let [(path, GeoQuery::Near(near))] = nears.as_slice() else {
+            return Err(MongoError::new(
+                ErrorCode::BadValue,
+                "geo near expression must be top-level and only one is allowed",
+            ));
+        };
+        let Some(ix) = index_on(path).filter(|_| near.spherical) else {
+            return Err(no_index());
+        };
+        return Ok(Some(Plan::GeoNear {
+            index: ix.clone(),
+            near: near.clone(),
+        }));
+    }
+    for (path, q) in &preds {
+        let cap = match q {
+            GeoQuery::Within(r) => r.cap(),
+            GeoQuery::Intersects(g) => match g {
+                query::geo::Geometry::Point(c) => Some(s2::cap::Cap::from_center_angle(
+                    &query::geo::point(*c),
+                    &s2::s1::Angle::from(s2::s1::Rad(1e-9)),
+                )),
+                other => query::geo::Region::Geometry(other.clone()).cap(),
+            },
+            GeoQuery::Near(_) => None,
+        };
+        if let (Some(cap), Some(ix)) = (cap, index_on(path)) {
+            let mut index = ix.clone();
+            index.multikey = true;
+            return Ok(Some(Plan::IxScan {
+                ranges: crate::geo::cap_ranges(ix.id, &cap),
+                index,
+                reverse: false,
+                provides_sort: false,
+                bounds: doc! {path.clone(): ["[cells covering the region]"]},
+            }));
+        }
+    }
+    Ok(None)
 }
 
 /// Whether an index's keys follow the query's collation.
@@ -593,6 +672,12 @@ pub fn scan(snap: Arc<Snapshot>, meta: &CollectionMeta, plan: &Plan) -> Result<D
                 snap.get_doc(coll_id, &k).transpose()
             })))
         }
+        Plan::GeoNear { index, near } => Ok(Box::new(crate::geo::NearScan::new(
+            snap,
+            coll_id,
+            index,
+            near.clone(),
+        ))),
         Plan::IxScan {
             ranges,
             reverse,
@@ -663,7 +748,7 @@ mod tests {
             Plan::CollScan { .. } => "COLLSCAN".into(),
             Plan::IdScan { .. } => "_id_".into(),
             Plan::IdLookup(_) => "IDHACK".into(),
-            Plan::IxScan { index, .. } => index.name,
+            Plan::IxScan { index, .. } | Plan::GeoNear { index, .. } => index.name,
         }
     }
 

@@ -45,6 +45,8 @@ pub(crate) enum Node {
     Op(&'static str, Args),
     /// `{$meta: "textScore"}`: the score a `$text` match gave the document.
     TextScore,
+    /// `{$meta: "geoNearDistance"}`: the distance a `$near` search found.
+    GeoDistance,
 }
 
 #[derive(Debug, Clone)]
@@ -467,7 +469,7 @@ impl Node {
     fn reads_document(&self) -> bool {
         match self {
             Node::Lit(_) => false,
-            Node::Field(_) | Node::TextScore => true,
+            Node::Field(_) | Node::TextScore | Node::GeoDistance => true,
             Node::Var(name, _) => name == "ROOT" || name == "CURRENT",
             Node::Obj(fields) => fields.iter().any(|(_, n)| n.reads_document()),
             Node::Arr(items) => items.iter().any(Node::reads_document),
@@ -486,6 +488,13 @@ impl Node {
             Node::TextScore => match cx.root.get(crate::text::SCORE_FIELD) {
                 Some(v) => Ok(Some(v.clone())),
                 None => Err(text_score_unavailable()),
+            },
+            Node::GeoDistance => match cx.root.get(crate::geo::DISTANCE_FIELD) {
+                Some(v) => Ok(Some(v.clone())),
+                None => Err(err(
+                    40218,
+                    "query requires geoNearDistance metadata, but it is not available",
+                )),
             },
             Node::Var(name, parts) => {
                 let base = match name.as_str() {

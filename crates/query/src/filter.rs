@@ -76,6 +76,27 @@ impl Path {
     }
 }
 
+/// A geospatial predicate.
+#[derive(Debug, Clone)]
+pub enum GeoQuery {
+    Within(crate::geo::Region),
+    Intersects(crate::geo::Geometry),
+    Near(crate::geo::Near),
+}
+
+impl GeoQuery {
+    /// Whether a stored value (a location, or an array of them) satisfies the predicate.
+    fn matches(&self, v: &Bson) -> bool {
+        match self {
+            GeoQuery::Near(n) => n.distance(v).is_some_and(|d| n.in_range(d)),
+            GeoQuery::Within(r) => crate::geo::stored(v)
+                .is_some_and(|(gs, legacy)| gs.iter().any(|g| r.contains(g, legacy))),
+            GeoQuery::Intersects(q) => crate::geo::stored(v)
+                .is_some_and(|(gs, _)| gs.iter().any(|g| crate::geo::intersects(g, q))),
+        }
+    }
+}
+
 /// A predicate over the values a path reaches.
 #[derive(Debug, Clone)]
 enum Pred {
@@ -201,6 +222,9 @@ enum Op {
     Mod(i64, i64),
     Bits(BitsOp, Vec<u32>),
     ElemMatchObj(Box<Node>),
+    /// `$geoWithin`, `$geoIntersects`, `$near`/`$nearSphere` (the distance bounds; the
+    /// order is the planner's).
+    Geo(Box<GeoQuery>),
     ElemMatchVal(Vec<Pred>),
     Never,
 }
@@ -210,7 +234,7 @@ impl Op {
     fn expands(&self) -> bool {
         !matches!(
             self,
-            Op::Size(_) | Op::Exists | Op::ElemMatchObj(_) | Op::ElemMatchVal(_)
+            Op::Size(_) | Op::Exists | Op::ElemMatchObj(_) | Op::ElemMatchVal(_) | Op::Geo(_)
         )
     }
 
@@ -242,6 +266,7 @@ impl Op {
                 _ => false,
             },
             Op::Never => false,
+            Op::Geo(q) => v.is_some_and(|v| q.matches(v)),
         }
     }
 }
@@ -522,6 +547,46 @@ impl Filter {
             collation: None,
             vars: None,
         })
+    }
+
+    /// The filter's top-level geospatial predicates: (path, predicate).
+    pub fn geo_predicates(&self) -> Vec<(String, GeoQuery)> {
+        let mut out = Vec::new();
+        for n in top_level(&self.root) {
+            let Node::Path(path, pred) = n else { continue };
+            let preds: Vec<&Pred> = match pred {
+                Pred::And(ps) => ps.iter().collect(),
+                p => vec![p],
+            };
+            for p in preds {
+                if let Pred::Op(Op::Geo(q)) = p {
+                    out.push((path.dotted.clone(), (**q).clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether the filter has a `$near`/`$nearSphere` anywhere (which only the top level
+    /// allows, once).
+    pub fn has_near(&self) -> bool {
+        fn node(n: &Node) -> bool {
+            match n {
+                Node::And(ns) | Node::Or(ns) | Node::Nor(ns) => ns.iter().any(node),
+                Node::Path(_, p) => pred(p),
+                _ => false,
+            }
+        }
+        fn pred(p: &Pred) -> bool {
+            match p {
+                Pred::Op(Op::Geo(q)) => matches!(**q, GeoQuery::Near(_)),
+                Pred::Op(Op::ElemMatchObj(n)) => node(n),
+                Pred::Not(p) => pred(p),
+                Pred::And(ps) => ps.iter().any(pred),
+                Pred::Op(_) => false,
+            }
+        }
+        node(&self.root)
     }
 
     /// The filter's `$text` query, if it has one (only ever at the top level).
@@ -861,6 +926,24 @@ fn parse_value(v: &Bson, depth: usize) -> Result<Pred> {
 }
 
 fn parse_operators(d: &Document, depth: usize) -> Result<Pred> {
+    if let Some(op) = ["$near", "$nearSphere"]
+        .into_iter()
+        .find(|k| d.contains_key(*k))
+    {
+        if let Some(k) = d.keys().find(|k| {
+            !matches!(
+                k.as_str(),
+                "$near" | "$nearSphere" | "$maxDistance" | "$minDistance"
+            )
+        }) {
+            return Err(MongoError::bad_value(format!(
+                "{k} cannot be combined with {op} on the same field"
+            )));
+        }
+        let _ = depth;
+        let near = crate::geo::Near::parse(op, d)?;
+        return Ok(Pred::Op(Op::Geo(Box::new(GeoQuery::Near(near)))));
+    }
     let mut preds = Vec::new();
     let regex_opts = d.get("$options");
     if regex_opts.is_some() && !d.contains_key("$regex") {
@@ -1083,11 +1166,26 @@ fn parse_operator(k: &str, v: &Bson, regex_opts: Option<&Bson>, depth: usize) ->
             op(Op::Bits(bop, parse_bit_positions(k, v)?))
         }
         "$comment" => Ok(Pred::And(Vec::new())),
-        "$near" | "$nearSphere" | "$geoWithin" | "$geoIntersects" | "$within" => {
-            Err(MongoError::bad_value(format!(
-                "{k} is not supported by Eddy (geospatial queries are not implemented)"
-            )))
+        "$geoWithin" | "$within" => op(Op::Geo(Box::new(GeoQuery::Within(
+            crate::geo::Region::parse(v)?,
+        )))),
+        "$geoIntersects" => {
+            let g = match v {
+                Bson::Document(d) => match d.get("$geometry") {
+                    Some(Bson::Document(g)) if d.len() == 1 => crate::geo::geojson(g)?,
+                    _ => {
+                        return Err(MongoError::bad_value(
+                            "$geoIntersects must have a $geometry object",
+                        ));
+                    }
+                },
+                _ => return Err(MongoError::bad_value("$geoIntersects not passed an object")),
+            };
+            op(Op::Geo(Box::new(GeoQuery::Intersects(g))))
         }
+        "$near" | "$nearSphere" | "$maxDistance" | "$minDistance" => Err(MongoError::bad_value(
+            format!("{k} must be given with $near or $nearSphere, alone in its field's operators"),
+        )),
         _ => Err(MongoError::bad_value(format!("unknown operator: {k}"))),
     }
 }

@@ -14,6 +14,7 @@
 
 pub mod expr;
 pub mod filter;
+pub mod geo;
 pub mod pipeline;
 pub mod projection;
 pub mod sort;

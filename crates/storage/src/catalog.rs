@@ -110,6 +110,13 @@ impl IndexMeta {
         self.key.contains_key("_fts")
     }
 
+    /// Whether this is a 2dsphere index.
+    pub fn is_sphere(&self) -> bool {
+        self.key
+            .values()
+            .any(|v| matches!(v, bson::Bson::String(s) if s == "2dsphere"))
+    }
+
     /// Whether this is the `_id` index.
     pub fn is_id(&self) -> bool {
         self.name == "_id_"

@@ -157,6 +157,7 @@ pub(crate) fn parse_op(name: &str, v: &Bson) -> Result<Node> {
     if name == "$meta" {
         return match v {
             Bson::String(m) if m == "textScore" => Ok(Node::TextScore),
+            Bson::String(m) if m == "geoNearDistance" => Ok(Node::GeoDistance),
             Bson::String(m)
                 if matches!(
                     m.as_str(),

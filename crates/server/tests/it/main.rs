@@ -8,6 +8,7 @@ mod collation;
 mod crash;
 mod crud;
 mod ddl;
+mod geo;
 mod hardening;
 mod limits;
 mod local_sessions;
