@@ -1040,11 +1040,32 @@ fn parse_index(spec: &Document) -> Result<(IndexMeta, IndexCollation)> {
         if text && f == "_fts" || sphere {
             continue;
         }
+        if matches!(v, Bson::String(k) if k == "hashed") {
+            if key.len() != 1 {
+                return Err(MongoError::new(
+                    ErrorCode::CannotCreateIndex,
+                    format!("compound hashed indexes are not supported by Eddy (index key {key})"),
+                ));
+            }
+            if util::get_bool(spec, "unique").unwrap_or(false) {
+                return Err(MongoError::new(
+                    ErrorCode::CannotCreateIndex,
+                    "Currently hashed indexes cannot guarantee uniqueness. Use a regular index.",
+                ));
+            }
+            if f == "$**" || f.ends_with(".$**") {
+                return Err(MongoError::new(
+                    ErrorCode::CannotCreateIndex,
+                    "Index key contains an illegal field name: field name starts with '$'.",
+                ));
+            }
+            continue;
+        }
         if let Bson::String(kind) = v {
             // The index types MongoDB has and Eddy does not build yet are refused rather
             // than created and then never used.
             let msg = match kind.as_str() {
-                "text" | "2d" | "hashed" | "geoHaystack" => {
+                "text" | "2d" | "geoHaystack" => {
                     format!(
                         "'{kind}' indexes are not supported by Eddy (index key {f}: \"{kind}\")"
                     )
@@ -1061,11 +1082,37 @@ fn parse_index(spec: &Document) -> Result<(IndexMeta, IndexCollation)> {
             ));
         }
         if f == "$**" || f.ends_with(".$**") {
-            return Err(MongoError::new(
-                ErrorCode::CannotCreateIndex,
-                format!("wildcard indexes are not supported by Eddy (index key {f})"),
-            ));
+            if key.len() != 1 {
+                return Err(MongoError::new(
+                    ErrorCode::CannotCreateIndex,
+                    format!(
+                        "compound wildcard indexes are not supported by Eddy (index key {key})"
+                    ),
+                ));
+            }
+            for opt in ["unique", "sparse"] {
+                if util::get_bool(spec, opt).unwrap_or(false) {
+                    return Err(MongoError::new(
+                        ErrorCode::CannotCreateIndex,
+                        format!("Index type 'wildcard' does not support the {opt} option"),
+                    ));
+                }
+            }
+            if spec.contains_key("wildcardProjection") && f != "$**" {
+                return Err(MongoError::bad_value(
+                    "The field 'wildcardProjection' is only allowed in an 'wildcard' index with key {\"$**\": 1}",
+                ));
+            }
+            if spec.contains_key("expireAfterSeconds") {
+                return Err(MongoError::new(
+                    ErrorCode::CannotCreateIndex,
+                    "Index type 'wildcard' does not support the expireAfterSeconds option",
+                ));
+            }
         }
+    }
+    if let Some(p) = spec.get("wildcardProjection") {
+        check_wildcard_projection(p, &key)?;
     }
     check_index_options(spec, &key, text, sphere)?;
     let name = spec
@@ -1198,11 +1245,43 @@ fn check_index_options(spec: &Document, key: &Document, text: bool, sphere: bool
             | "finestIndexedLevel" => {
                 return Err(refused(k, "geospatial indexes"));
             }
-            "wildcardProjection" => return Err(refused(k, "wildcard indexes")),
+            "wildcardProjection" => {}
             "prepareUnique" => return Err(refused(k, "converting an index to unique")),
             "clustered" => return Err(refused(k, "clustered collections")),
             _ => return Err(not_valid(k)),
         }
+    }
+    Ok(())
+}
+
+/// A wildcard index's `wildcardProjection`: an object of paths, all included or all
+/// excluded (`_id` may differ), only with the key `{"$**": 1}`.
+fn check_wildcard_projection(p: &Bson, key: &Document) -> Result<()> {
+    if !key.contains_key("$**") {
+        return Err(MongoError::bad_value(
+            "The field 'wildcardProjection' is only allowed in an 'wildcard' index",
+        ));
+    }
+    let Bson::Document(p) = p else {
+        return Err(MongoError::type_mismatch(
+            "The field 'wildcardProjection' must be a non-empty object",
+        ));
+    };
+    if p.is_empty() {
+        return Err(MongoError::failed_to_parse(
+            "The field 'wildcardProjection' must be a non-empty object",
+        ));
+    }
+    let modes: std::collections::HashSet<bool> = p
+        .iter()
+        .filter(|(k, _)| k.as_str() != "_id")
+        .map(|(_, v)| query::expr::truthy(v))
+        .collect();
+    if modes.len() > 1 {
+        return Err(MongoError::with_code(
+            31254,
+            "Cannot do exclusion on field in inclusion projection",
+        ));
     }
     Ok(())
 }

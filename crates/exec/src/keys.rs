@@ -110,6 +110,137 @@ fn text_keys(ix: &IndexMeta, doc: &Document, id_key: &[u8]) -> Result<(Vec<Vec<u
     Ok((keys, true))
 }
 
+/// A value's hash as a hashed index keys it: the first 8 bytes of the MD5 of its key
+/// string encoding (so values MongoDB considers equal, `1` and `1.0`, share it; strings
+/// under the index's collation).
+pub fn hashed_value(v: &Bson, coll: Option<&doc::Collation>) -> Bson {
+    use md5::{Digest, Md5};
+    let mut k = Vec::new();
+    keystring::append_value_collated(&mut k, v, false, coll);
+    let h = Md5::digest(&k);
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h[..8]);
+    Bson::Int64(i64::from_le_bytes(b))
+}
+
+/// A hashed index's entry: the hash of its field's value (null when missing). Arrays
+/// are refused, as mongod refuses them (16766).
+fn hashed_keys(ix: &IndexMeta, doc: &Document, id_key: &[u8]) -> Result<(Vec<Vec<u8>>, bool)> {
+    let Some((field, _)) = ix.key.iter().next() else {
+        return Ok((Vec::new(), false));
+    };
+    let vals = doc::lookup_all(doc, field);
+    if vals.len() > 1 || vals.iter().any(|v| matches!(v, Some(Bson::Array(_)))) {
+        return Err(MongoError::with_code(
+            16766,
+            "Error: hashed indexes do not currently support array values",
+        ));
+    }
+    let v = vals.into_iter().next().flatten().unwrap_or(Bson::Null);
+    let coll = crate::collation::of_index(ix);
+    let mut k = index_prefix(ix.id);
+    keystring::append_value_collated(&mut k, &hashed_value(&v, coll.as_deref()), false, None);
+    k.extend_from_slice(id_key);
+    Ok((vec![k], false))
+}
+
+/// The paths a wildcard index covers: under its `path.$**`, or everything but `_id` (and
+/// what `wildcardProjection` includes or excludes).
+pub struct WildcardScope {
+    root: Option<String>,
+    include: Vec<String>,
+    exclude: Vec<String>,
+}
+
+impl WildcardScope {
+    pub fn of(ix: &IndexMeta) -> WildcardScope {
+        let key = ix.key.keys().next().cloned().unwrap_or_default();
+        let root = key.strip_suffix(".$**").map(str::to_string);
+        let mut include = Vec::new();
+        let mut exclude = Vec::new();
+        if let Ok(p) = ix.spec.get_document("wildcardProjection") {
+            for (k, v) in p {
+                if query::expr::truthy(v) {
+                    include.push(k.clone());
+                } else {
+                    exclude.push(k.clone());
+                }
+            }
+        }
+        WildcardScope {
+            root,
+            include,
+            exclude,
+        }
+    }
+
+    fn under(path: &str, prefix: &str) -> bool {
+        path == prefix || path.starts_with(prefix) && path[prefix.len()..].starts_with('.')
+    }
+
+    /// Whether the index holds the values at `path`.
+    pub fn covers(&self, path: &str) -> bool {
+        if let Some(r) = &self.root {
+            return Self::under(path, r);
+        }
+        if !self.include.is_empty() {
+            return self.include.iter().any(|p| Self::under(path, p));
+        }
+        if self.exclude.iter().any(|p| Self::under(path, p)) {
+            return false;
+        }
+        !Self::under(path, "_id")
+    }
+}
+
+/// A wildcard index's entries: `(path, value)` for every scalar (and empty array or
+/// object) the covered paths reach, arrays' elements under the array's path.
+fn wildcard_keys(ix: &IndexMeta, doc: &Document, id_key: &[u8]) -> Vec<Vec<u8>> {
+    fn walk(v: &Bson, path: &str, scope: &WildcardScope, out: &mut Vec<(String, Bson)>) {
+        match v {
+            Bson::Document(d) if !d.is_empty() => {
+                for (k, x) in d {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    walk(x, &p, scope, out);
+                }
+            }
+            Bson::Array(a) if !a.is_empty() => {
+                for e in a {
+                    if !matches!(e, Bson::Array(_)) {
+                        walk(e, path, scope, out);
+                    }
+                }
+            }
+            other => {
+                if scope.covers(path) {
+                    out.push((path.to_string(), other.clone()));
+                }
+            }
+        }
+    }
+    let scope = WildcardScope::of(ix);
+    let mut pairs = Vec::new();
+    walk(&Bson::Document(doc.clone()), "", &scope, &mut pairs);
+    let coll = crate::collation::of_index(ix);
+    let mut keys: Vec<Vec<u8>> = pairs
+        .into_iter()
+        .map(|(p, v)| {
+            let mut k = index_prefix(ix.id);
+            keystring::append_value_collated(&mut k, &Bson::String(p), false, None);
+            keystring::append_value_collated(&mut k, &v, false, coll.as_deref());
+            k.extend_from_slice(id_key);
+            k
+        })
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
 /// The full entry keys a document has in an index (empty if sparse/partial exclude it),
 /// and whether the document made the index multikey.
 ///
@@ -129,6 +260,12 @@ pub fn entry_keys(
     }
     if ix.is_sphere() {
         return crate::geo::sphere_keys(ix, doc, id_key);
+    }
+    if ix.is_hashed() {
+        return hashed_keys(ix, doc, id_key);
+    }
+    if ix.is_wildcard() {
+        return Ok((wildcard_keys(ix, doc, id_key), true));
     }
     if sparse_skips(ix, doc) {
         return Ok((Vec::new(), false));

@@ -266,7 +266,9 @@ fn choose(
             Bson::Document(k) => meta.indexes.iter().find(|i| &i.key == k),
             _ => None,
         }
-        .filter(|i| !i.hidden() && !i.is_text() && !i.is_sphere());
+        .filter(|i| {
+            !i.hidden() && !i.is_text() && !i.is_sphere() && !i.is_hashed() && !i.is_wildcard()
+        });
         let Some(ix) = ix else {
             return Err(MongoError::new(
                 ErrorCode::BadValue,
@@ -303,11 +305,14 @@ fn choose(
     }
 
     let mut best: Option<(&IndexMeta, u8)> = None;
+    let special = special_plan(meta, &preds, coll);
     for ix in meta.indexes.iter().filter(|i| {
         !i.is_id()
             && !i.hidden()
             && !i.is_text()
             && !i.is_sphere()
+            && !i.is_hashed()
+            && !i.is_wildcard()
             && i.partial_filter.is_none()
             && !i.sparse
             && serves(i, coll)
@@ -326,8 +331,21 @@ fn choose(
             }
         }
     }
-    if let Some((ix, _)) = best {
-        return Ok(index_plan(ix, &preds, sort));
+    let special_rank = match &special {
+        Some(Plan::IxScan { bounds, .. }) => preds
+            .iter()
+            .filter(|(f, _)| bounds.contains_key(f))
+            .map(|(_, p)| rank(p))
+            .max(),
+        _ => None,
+    };
+    match (best, special) {
+        (Some((ix, r)), sp) if special_rank.is_none_or(|s| r >= s) => {
+            let _ = sp;
+            return Ok(index_plan(ix, &preds, sort));
+        }
+        (_, Some(sp)) => return Ok(sp),
+        _ => {}
     }
     // No predicate uses an index; a sort still may.
     if let Some(s) = sort {
@@ -336,6 +354,8 @@ fn choose(
                 && !i.hidden()
                 && !i.is_text()
                 && !i.is_sphere()
+                && !i.is_hashed()
+                && !i.is_wildcard()
                 && i.partial_filter.is_none()
                 && !i.sparse
                 && serves(i, coll)
@@ -522,9 +542,113 @@ fn index_plan(ix: &IndexMeta, preds: &[(String, Predicate)], sort: Option<&SortS
         .filter(|(f, _)| *f == first)
         .max_by_key(|(_, p)| rank(p))
         .map(|(_, p)| p.clone());
-    let pfx = index_prefix(ix.id);
     let coll = of_index(ix);
-    let coll = coll.as_deref();
+    index_plan_on(
+        ix,
+        first,
+        desc,
+        index_prefix(ix.id),
+        pred,
+        coll.as_deref(),
+        sort,
+    )
+}
+
+/// The best predicate on `field` an index can serve: for a hashed index only equality
+/// and `$in`, by their values' hashes.
+fn best_pred(
+    preds: &[(String, Predicate)],
+    field: &str,
+    hashed: Option<Option<&Collation>>,
+) -> Option<Predicate> {
+    let p = preds
+        .iter()
+        .filter(|(f, p)| f == field && (hashed.is_none() || !matches!(p, Predicate::Range { .. })))
+        .max_by_key(|(_, p)| rank(p))
+        .map(|(_, p)| p.clone())?;
+    Some(match (hashed, p) {
+        (Some(c), Predicate::Eq(v)) => Predicate::Eq(crate::keys::hashed_value(&v, c)),
+        (Some(c), Predicate::In(vs)) => {
+            Predicate::In(vs.iter().map(|v| crate::keys::hashed_value(v, c)).collect())
+        }
+        (_, p) => p,
+    })
+}
+
+/// A hashed or wildcard index's plan for the filter's most selective predicate it can
+/// serve, if any: a hashed index reads the hashes of equality values; a wildcard index
+/// the entries of the predicate's path.
+fn special_plan(
+    meta: &CollectionMeta,
+    preds: &[(String, Predicate)],
+    coll: Option<&Collation>,
+) -> Option<Plan> {
+    let mut best: Option<(u8, Plan)> = None;
+    for ix in meta.indexes.iter().filter(|i| {
+        (i.is_hashed() || i.is_wildcard())
+            && !i.hidden()
+            && i.partial_filter.is_none()
+            && serves(i, coll)
+    }) {
+        let ic = of_index(ix);
+        let candidates: Vec<(String, Predicate)> = if ix.is_hashed() {
+            let f = ix.fields()[0].0.clone();
+            best_pred(preds, &f, Some(ic.as_deref()))
+                .map(|p| (f, p))
+                .into_iter()
+                .collect()
+        } else {
+            // Only paths to scalars: a wildcard index keys leaves, not the documents
+            // above them, nor missing fields (so not null), nor array positions.
+            let scope = crate::keys::WildcardScope::of(ix);
+            let leafy = |v: &Bson| !matches!(v, Bson::Null | Bson::Undefined | Bson::Document(_));
+            preds
+                .iter()
+                .filter(|(f, p)| {
+                    scope.covers(f)
+                        && !f.split('.').any(|c| c.parse::<usize>().is_ok())
+                        && match p {
+                            Predicate::Eq(v) => leafy(v),
+                            Predicate::In(vs) => vs.iter().all(leafy),
+                            Predicate::Range { lower, upper } => {
+                                lower.iter().chain(upper.iter()).all(|(v, _)| leafy(v))
+                            }
+                        }
+                })
+                .map(|(f, p)| (f.clone(), p.clone()))
+                .collect()
+        };
+        for (f, p) in candidates {
+            let r = rank(&p);
+            if best.as_ref().is_some_and(|(br, _)| *br >= r) {
+                continue;
+            }
+            let mut pfx = index_prefix(ix.id);
+            let value_coll = if ix.is_wildcard() {
+                keystring::append_value_collated(&mut pfx, &Bson::String(f.clone()), false, None);
+                ic.as_deref()
+            } else {
+                None
+            };
+            let mut index = ix.clone();
+            index.multikey |= ix.is_wildcard();
+            let plan = index_plan_on(&index, f, false, pfx, Some(p), value_coll, None);
+            best = Some((r, plan));
+        }
+    }
+    best.map(|(_, p)| p)
+}
+
+/// An index scan of `field`'s entries (after `pfx`) for one predicate.
+fn index_plan_on(
+    ix: &IndexMeta,
+    first: String,
+    desc: bool,
+    pfx: Vec<u8>,
+    pred: Option<Predicate>,
+    coll: Option<&Collation>,
+    sort: Option<&SortSpec>,
+) -> Plan {
     let (ranges, shown): (Vec<KeyRange>, Vec<Bson>) = match &pred {
         None => (
             vec![whole(&pfx)],

@@ -110,6 +110,18 @@ impl IndexMeta {
         self.key.contains_key("_fts")
     }
 
+    /// Whether this is a hashed index (`{a: "hashed"}`).
+    pub fn is_hashed(&self) -> bool {
+        self.key
+            .values()
+            .any(|v| matches!(v, bson::Bson::String(s) if s == "hashed"))
+    }
+
+    /// Whether this is a wildcard index (`{"$**": 1}` or `{"a.$**": 1}`).
+    pub fn is_wildcard(&self) -> bool {
+        self.key.keys().any(|k| k == "$**" || k.ends_with(".$**"))
+    }
+
     /// Whether this is a 2dsphere index.
     pub fn is_sphere(&self) -> bool {
         self.key

@@ -493,11 +493,13 @@ async fn index_options_are_honoured_or_refused() {
             67,
         ),
         (doc! {"key": {"g": "2dsphere", "x": 1}, "name": "g"}, 67),
-        (doc! {"key": {"g": "2dsphere"}, "name": "g", "2dsphereIndexVersion": 1}, 67),
+        (
+            doc! {"key": {"g": "2dsphere"}, "name": "g", "2dsphereIndexVersion": 1},
+            67,
+        ),
         (doc! {"key": {"g": "2d"}, "name": "g"}, 67),
-        (doc! {"key": {"h": "hashed"}, "name": "h"}, 67),
-        (doc! {"key": {"$**": 1}, "name": "w"}, 67),
-        (doc! {"key": {"x.$**": 1}, "name": "w"}, 67),
+        (doc! {"key": {"h": "hashed", "x": 1}, "name": "h"}, 67),
+        (doc! {"key": {"$**": 1, "x": 1}, "name": "w"}, 67),
         (doc! {"key": {"x": "nonsense"}, "name": "x"}, 67),
         (doc! {"key": {"x": 1}, "name": "x", "weights": {"x": 2}}, 67),
         (
@@ -511,7 +513,7 @@ async fn index_options_are_honoured_or_refused() {
         (doc! {"key": {"x": 1}, "name": "x", "bits": 26}, 67),
         (
             doc! {"key": {"x": 1}, "name": "x", "wildcardProjection": {"a": 1}},
-            67,
+            2,
         ),
         (
             doc! {"key": {"x": 1}, "name": "x", "prepareUnique": true},
@@ -966,4 +968,164 @@ async fn log_rotate_and_list_sessions() {
         .0,
         73
     );
+}
+
+fn winning_index(explain: &Document) -> String {
+    let plan = explain
+        .get_document("queryPlanner")
+        .unwrap()
+        .get_document("winningPlan")
+        .unwrap();
+    match plan.get_document("inputStage") {
+        Ok(ix) => ix.get_str("indexName").unwrap_or("?").to_string(),
+        Err(_) => plan.get_str("stage").unwrap().to_string(),
+    }
+}
+
+/// Sources: https://www.mongodb.com/docs/v8.0/core/indexes/index-types/index-hashed/
+/// (equality queries use a hashed index; ranges cannot; arrays are refused) and
+/// .../index-wildcard/ (a `$**` index serves a query on any one field, `wildcardProjection`
+/// narrows it, `path.$**` covers a subtree; `explain` shows the index).
+#[tokio::test]
+async fn hashed_and_wildcard_indexes_are_used() {
+    let s = testkit::spawn().await;
+    let db = s.client.database("special");
+    let h = db.collection::<Document>("h");
+    for i in 0..50 {
+        h.insert_one(doc! {"_id": i, "k": i % 10, "s": format!("v{i}")})
+            .await
+            .unwrap();
+    }
+    run(
+        &db,
+        doc! {"createIndexes": "h", "indexes": [{"key": {"k": "hashed"}, "name": "k_hashed"}]},
+    )
+    .await;
+    let explain = |coll: &str, filter: Document| doc! {"explain": {"find": coll, "filter": filter}};
+    assert_eq!(
+        winning_index(&run(&db, explain("h", doc! {"k": 3})).await),
+        "k_hashed"
+    );
+    assert_eq!(
+        winning_index(&run(&db, explain("h", doc! {"k": {"$in": [3, 4]}})).await),
+        "k_hashed"
+    );
+    assert_eq!(
+        winning_index(&run(&db, explain("h", doc! {"k": {"$gt": 3}})).await),
+        "COLLSCAN"
+    );
+    let r = run(&db, doc! {"find": "h", "filter": {"k": 3.0}}).await;
+    assert_eq!(ids(cursor_batch(&r, "firstBatch")), vec![3, 13, 23, 33, 43]);
+    let r = run(&db, doc! {"count": "h", "query": {"k": {"$in": [1, 2]}}}).await;
+    assert_eq!(doc_num(&r, "n"), 10);
+    let e = h
+        .insert_one(doc! {"_id": 99, "k": [1, 2]})
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("16766"), "{e}");
+    h.update_one(doc! {"_id": 3}, doc! {"$set": {"k": 100}})
+        .await
+        .unwrap();
+    let r = run(&db, doc! {"find": "h", "filter": {"k": 100}}).await;
+    assert_eq!(ids(cursor_batch(&r, "firstBatch")), vec![3]);
+
+    let w = db.collection::<Document>("w");
+    w.insert_many(vec![
+        doc! {"_id": 1, "a": 1, "b": {"c": "x", "d": [5, 6]}},
+        doc! {"_id": 2, "a": 2, "b": {"c": "y"}, "z": 9},
+        doc! {"_id": 3, "a": [1, 3], "q": {"r": 1}},
+    ])
+    .await
+    .unwrap();
+    run(
+        &db,
+        doc! {"createIndexes": "w", "indexes": [{"key": {"$**": 1}, "name": "all"}]},
+    )
+    .await;
+    for (filter, want) in [
+        (doc! {"a": 1}, vec![1, 3]),
+        (doc! {"b.c": "y"}, vec![2]),
+        (doc! {"b.d": 6}, vec![1]),
+        (doc! {"a": {"$gte": 2}}, vec![2, 3]),
+        (doc! {"z": {"$in": [9, 10]}}, vec![2]),
+    ] {
+        assert_eq!(
+            winning_index(&run(&db, explain("w", filter.clone())).await),
+            "all",
+            "{filter}"
+        );
+        let r = run(
+            &db,
+            doc! {"find": "w", "filter": filter.clone(), "sort": {"_id": 1}},
+        )
+        .await;
+        assert_eq!(ids(cursor_batch(&r, "firstBatch")), want, "{filter}");
+    }
+    // Null and whole sub-documents are not in a wildcard index: those queries scan.
+    assert_eq!(
+        winning_index(&run(&db, explain("w", doc! {"z": null})).await),
+        "COLLSCAN"
+    );
+    let r = run(
+        &db,
+        doc! {"find": "w", "filter": {"z": null}, "sort": {"_id": 1}},
+    )
+    .await;
+    assert_eq!(ids(cursor_batch(&r, "firstBatch")), vec![1, 3]);
+    let r = run(&db, doc! {"find": "w", "filter": {"q": {"r": 1}}}).await;
+    assert_eq!(ids(cursor_batch(&r, "firstBatch")), vec![3]);
+
+    // A subtree index, and a projection.
+    run(
+        &db,
+        doc! {"createIndexes": "w", "indexes": [
+            {"key": {"b.$**": 1}, "name": "b_sub"},
+        ]},
+    )
+    .await;
+    run(&db, doc! {"dropIndexes": "w", "index": "all"}).await;
+    assert_eq!(
+        winning_index(&run(&db, explain("w", doc! {"b.c": "x"})).await),
+        "b_sub"
+    );
+    assert_eq!(
+        winning_index(&run(&db, explain("w", doc! {"a": 1})).await),
+        "COLLSCAN"
+    );
+    run(
+        &db,
+        doc! {"createIndexes": "w", "indexes": [
+            {"key": {"$**": 1}, "name": "only_a", "wildcardProjection": {"a": 1}},
+        ]},
+    )
+    .await;
+    assert_eq!(
+        winning_index(&run(&db, explain("w", doc! {"a": 2})).await),
+        "only_a"
+    );
+    assert_eq!(
+        winning_index(&run(&db, explain("w", doc! {"z": 9})).await),
+        "COLLSCAN"
+    );
+    for (spec, code) in [
+        (doc! {"key": {"$**": 1}, "name": "u", "unique": true}, 67),
+        (doc! {"key": {"$**": 1, "x": 1}, "name": "c"}, 67),
+        (
+            doc! {"key": {"a.$**": 1}, "name": "p", "wildcardProjection": {"a": 1}},
+            2,
+        ),
+        (
+            doc! {"key": {"$**": 1}, "name": "m", "wildcardProjection": {"a": 1, "b": 0}},
+            31254,
+        ),
+        (
+            doc! {"key": {"k": "hashed"}, "name": "hu", "unique": true},
+            67,
+        ),
+        (doc! {"key": {"k": "hashed", "s": 1}, "name": "hc"}, 67),
+    ] {
+        let (got, _) =
+            cmd_error(&db, doc! {"createIndexes": "w2", "indexes": [spec.clone()]}).await;
+        assert_eq!(got, code, "{spec}");
+    }
 }
