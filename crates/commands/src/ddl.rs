@@ -1040,6 +1040,15 @@ fn parse_index(spec: &Document) -> Result<(IndexMeta, IndexCollation)> {
         if text && f == "_fts" || sphere {
             continue;
         }
+        if matches!(v, Bson::String(k) if k == "2d") {
+            if key.len() != 1 {
+                return Err(MongoError::new(
+                    ErrorCode::CannotCreateIndex,
+                    format!("compound 2d indexes are not supported by Eddy (index key {key})"),
+                ));
+            }
+            continue;
+        }
         if matches!(v, Bson::String(k) if k == "hashed") {
             if key.len() != 1 {
                 return Err(MongoError::new(
@@ -1065,7 +1074,7 @@ fn parse_index(spec: &Document) -> Result<(IndexMeta, IndexCollation)> {
             // The index types MongoDB has and Eddy does not build yet are refused rather
             // than created and then never used.
             let msg = match kind.as_str() {
-                "text" | "2d" | "geoHaystack" => {
+                "text" | "geoHaystack" => {
                     format!(
                         "'{kind}' indexes are not supported by Eddy (index key {f}: \"{kind}\")"
                     )
@@ -1114,7 +1123,10 @@ fn parse_index(spec: &Document) -> Result<(IndexMeta, IndexCollation)> {
     if let Some(p) = spec.get("wildcardProjection") {
         check_wildcard_projection(p, &key)?;
     }
-    check_index_options(spec, &key, text, sphere)?;
+    let flat = key
+        .values()
+        .any(|v| matches!(v, Bson::String(s) if s == "2d"));
+    check_index_options(spec, &key, text, sphere, flat)?;
     let name = spec
         .get_str("name")
         .map_err(|_| {
@@ -1166,7 +1178,13 @@ fn parse_index(spec: &Document) -> Result<(IndexMeta, IndexCollation)> {
 
 /// Checks an index specification's options: each one is either honoured or refused with
 /// MongoDB's error for it, never accepted and ignored.
-fn check_index_options(spec: &Document, key: &Document, text: bool, sphere: bool) -> Result<()> {
+fn check_index_options(
+    spec: &Document,
+    key: &Document,
+    text: bool,
+    sphere: bool,
+    flat: bool,
+) -> Result<()> {
     let not_valid = |k: &str| {
         MongoError::new(
             ErrorCode::InvalidIndexSpecificationOption,
@@ -1233,6 +1251,31 @@ fn check_index_options(spec: &Document, key: &Document, text: bool, sphere: bool
                         format!(
                             "unsupported geo index version {{ 2dsphereIndexVersion : {v} }}, only versions: [2,3] are supported by Eddy"
                         ),
+                    ));
+                }
+            }
+            "bits" if flat => {
+                if !matches!(doc::compare::as_f64(v), Some(b) if (1.0..=32.0).contains(&b) && b.fract() == 0.0)
+                {
+                    return Err(MongoError::new(
+                        ErrorCode::CannotCreateIndex,
+                        "bits for hash must be > 0 and <= 32",
+                    ));
+                }
+            }
+            "min" | "max" if flat => {
+                let (lo, hi) = (
+                    spec.get("min")
+                        .and_then(doc::compare::as_f64)
+                        .unwrap_or(-180.0),
+                    spec.get("max")
+                        .and_then(doc::compare::as_f64)
+                        .unwrap_or(180.0),
+                );
+                if doc::compare::as_f64(v).is_none() || lo >= hi {
+                    return Err(MongoError::new(
+                        ErrorCode::CannotCreateIndex,
+                        "region for hash must be valid and have positive area",
                     ));
                 }
             }

@@ -261,6 +261,9 @@ pub fn entry_keys(
     if ix.is_sphere() {
         return crate::geo::sphere_keys(ix, doc, id_key);
     }
+    if ix.is_2d() {
+        return crate::geo::flat_keys(ix, doc, id_key);
+    }
     if ix.is_hashed() {
         return hashed_keys(ix, doc, id_key);
     }

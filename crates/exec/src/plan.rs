@@ -91,7 +91,7 @@ impl Plan {
             }},
             Plan::IdLookup(_) => doc! {"stage": "IDHACK"},
             Plan::GeoNear { index, .. } => doc! {
-                "stage": "GEO_NEAR_2DSPHERE",
+                "stage": if index.is_2d() { "GEO_NEAR_2D" } else { "GEO_NEAR_2DSPHERE" },
                 "keyPattern": index.key.clone(),
                 "indexName": &index.name,
             },
@@ -267,7 +267,12 @@ fn choose(
             _ => None,
         }
         .filter(|i| {
-            !i.hidden() && !i.is_text() && !i.is_sphere() && !i.is_hashed() && !i.is_wildcard()
+            !i.hidden()
+                && !i.is_text()
+                && !i.is_sphere()
+                && !i.is_2d()
+                && !i.is_hashed()
+                && !i.is_wildcard()
         });
         let Some(ix) = ix else {
             return Err(MongoError::new(
@@ -311,6 +316,7 @@ fn choose(
             && !i.hidden()
             && !i.is_text()
             && !i.is_sphere()
+            && !i.is_2d()
             && !i.is_hashed()
             && !i.is_wildcard()
             && i.partial_filter.is_none()
@@ -354,6 +360,7 @@ fn choose(
                 && !i.hidden()
                 && !i.is_text()
                 && !i.is_sphere()
+                && !i.is_2d()
                 && !i.is_hashed()
                 && !i.is_wildcard()
                 && i.partial_filter.is_none()
@@ -473,7 +480,20 @@ fn geo_plan(meta: &CollectionMeta, filter: &Filter) -> Result<Option<Plan>> {
                 "geo near expression must be top-level and only one is allowed",
             ));
         };
-        let Some(ix) = index_on(path).filter(|_| near.spherical) else {
+        let flat_on = |path: &str| {
+            meta.indexes
+                .iter()
+                .find(|i| !i.hidden() && crate::geo::Flat::of(i).is_some_and(|f| f.field == path))
+        };
+        // GeoJSON needs a 2dsphere index; a legacy $near a 2d one; $nearSphere either.
+        let ix = if near.metres {
+            index_on(path)
+        } else if near.spherical {
+            index_on(path).or_else(|| flat_on(path))
+        } else {
+            flat_on(path)
+        };
+        let Some(ix) = ix else {
             return Err(no_index());
         };
         return Ok(Some(Plan::GeoNear {
@@ -493,6 +513,25 @@ fn geo_plan(meta: &CollectionMeta, filter: &Filter) -> Result<Option<Plan>> {
             },
             GeoQuery::Near(_) => None,
         };
+        if let GeoQuery::Within(r) = q {
+            if let Some((ix, f)) = meta.indexes.iter().find_map(|i| {
+                crate::geo::Flat::of(i)
+                    .filter(|f| !i.hidden() && f.field == *path)
+                    .map(|f| (i, f))
+            }) {
+                if let Some((lo, hi)) = r.flat_bounds() {
+                    let mut index = ix.clone();
+                    index.multikey = true;
+                    return Ok(Some(Plan::IxScan {
+                        ranges: f.box_ranges(ix.id, lo, hi),
+                        index,
+                        reverse: false,
+                        provides_sort: false,
+                        bounds: doc! {path.clone(): ["[geohash cells covering the region]"]},
+                    }));
+                }
+            }
+        }
         if let (Some(cap), Some(ix)) = (cap, index_on(path)) {
             let mut index = ix.clone();
             index.multikey = true;

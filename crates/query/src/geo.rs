@@ -495,6 +495,39 @@ impl Region {
         }
     }
 
+    /// The region's bounding box in coordinates (degrees for `$centerSphere`), for a 2d
+    /// index's scan.
+    pub fn flat_bounds(&self) -> Option<(Coord, Coord)> {
+        match self {
+            Region::Box(lo, hi) => Some((*lo, *hi)),
+            Region::Center(c, r) => Some(((c.0 - r, c.1 - r), (c.0 + r, c.1 + r))),
+            Region::Polygon(vs) => {
+                let xs = vs.iter().map(|v| v.0);
+                let ys = vs.iter().map(|v| v.1);
+                Some((
+                    (
+                        xs.clone().fold(f64::INFINITY, f64::min),
+                        ys.clone().fold(f64::INFINITY, f64::min),
+                    ),
+                    (
+                        xs.fold(f64::NEG_INFINITY, f64::max),
+                        ys.fold(f64::NEG_INFINITY, f64::max),
+                    ),
+                ))
+            }
+            Region::CenterSphere(c, r) => {
+                let dlat = r.to_degrees();
+                let dlng = if c.1.abs() + dlat >= 90.0 {
+                    180.0
+                } else {
+                    (dlat / c.1.to_radians().cos()).min(180.0)
+                };
+                Some(((c.0 - dlng, c.1 - dlat), (c.0 + dlng, c.1 + dlat)))
+            }
+            Region::Geometry(_) => None,
+        }
+    }
+
     /// A cap that bounds the region on the sphere, for index scans: `None` for flat
     /// shapes (an index cannot serve them; documents are checked one by one).
     pub fn cap(&self) -> Option<Cap> {

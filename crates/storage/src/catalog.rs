@@ -122,6 +122,13 @@ impl IndexMeta {
         self.key.keys().any(|k| k == "$**" || k.ends_with(".$**"))
     }
 
+    /// Whether this is a 2d (flat) index.
+    pub fn is_2d(&self) -> bool {
+        self.key
+            .values()
+            .any(|v| matches!(v, bson::Bson::String(s) if s == "2d"))
+    }
+
     /// Whether this is a 2dsphere index.
     pub fn is_sphere(&self) -> bool {
         self.key

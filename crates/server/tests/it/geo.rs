@@ -277,3 +277,126 @@ async fn within_and_intersects_match_the_manual() {
     }
     let _ = Bson::Null;
 }
+
+/// Sources: https://www.mongodb.com/docs/v8.0/core/indexes/index-types/geospatial/2d/
+/// (legacy pairs on a flat plane; `min`/`max` bounds, points outside refused;
+/// `$near` with `$maxDistance` in coordinate units; `$geoWithin` `$box`/`$center`/
+/// `$polygon`) and the `$nearSphere` page (legacy points, radians).
+#[tokio::test]
+async fn flat_2d_indexes_serve_near_and_within() {
+    let s = testkit::spawn().await;
+    let db = s.client.database("geo");
+    let c = db.collection::<Document>("grid");
+    let mut docs = Vec::new();
+    for x in 0..20 {
+        for y in 0..20 {
+            docs.push(doc! {"_id": x * 100 + y, "p": [f64::from(x), f64::from(y)]});
+        }
+    }
+    c.insert_many(docs).await.unwrap();
+    db.run_command(doc! {"createIndexes": "grid", "indexes": [{"key": {"p": "2d"}, "name": "p_2d", "min": 0, "max": 100, "bits": 20}]})
+        .await
+        .unwrap();
+    let ids = |filter: Document, limit: i64| {
+        let c = c.clone();
+        async move {
+            c.find(filter)
+                .limit(limit)
+                .await
+                .unwrap()
+                .try_collect::<Vec<Document>>()
+                .await
+                .unwrap()
+                .iter()
+                .map(|d| d.get_i32("_id").unwrap())
+                .collect::<Vec<_>>()
+        }
+    };
+    // Nearest first by flat distance; ties in the order found.
+    let near = ids(doc! {"p": {"$near": [5.2, 5.1]}}, 3).await;
+    assert_eq!(near[0], 505);
+    let mut next: Vec<i32> = near[1..].to_vec();
+    next.sort_unstable();
+    assert_eq!(next, vec![506, 605]);
+    assert_eq!(
+        ids(doc! {"p": {"$near": [5.0, 5.0], "$maxDistance": 1.0}}, 0)
+            .await
+            .len(),
+        5
+    );
+    let explain = db
+        .run_command(doc! {"explain": {"find": "grid", "filter": {"p": {"$near": [5.0, 5.0]}}}})
+        .await
+        .unwrap();
+    let stage = explain
+        .get_document("queryPlanner")
+        .unwrap()
+        .get_document("winningPlan")
+        .unwrap()
+        .get_str("stage")
+        .unwrap()
+        .to_string();
+    assert_eq!(stage, "GEO_NEAR_2D");
+    // $geoWithin: the same answers through the index as by a scan.
+    for shape in [
+        doc! {"$box": [[2.5, 3.5], [4.5, 6.5]]},
+        doc! {"$center": [[10, 10], 2]},
+        doc! {"$polygon": [[0, 0], [4, 0], [0, 4]]},
+        doc! {"$centerSphere": [[10, 10], 0.03]},
+    ] {
+        let f = doc! {"p": {"$geoWithin": shape.clone()}};
+        let mut with: Vec<i32> = ids(f.clone(), 0).await;
+        with.sort_unstable();
+        let scan: Vec<i32> = c
+            .find(f.clone())
+            .hint(mongodb::options::Hint::Keys(doc! {"$natural": 1}))
+            .await
+            .unwrap()
+            .try_collect::<Vec<Document>>()
+            .await
+            .unwrap()
+            .iter()
+            .map(|d| d.get_i32("_id").unwrap())
+            .collect();
+        let mut scan = scan;
+        scan.sort_unstable();
+        assert!(!with.is_empty(), "{shape}");
+        assert_eq!(with, scan, "{shape}");
+    }
+    assert_eq!(
+        ids(
+            doc! {"p": {"$geoWithin": {"$box": [[2.5, 3.5], [4.5, 6.5]]}}},
+            0
+        )
+        .await
+        .len(),
+        6
+    );
+    // $nearSphere over a 2d index: radians.
+    let sphere = ids(
+        doc! {"p": {"$nearSphere": [10.0, 10.0], "$maxDistance": 0.018}},
+        0,
+    )
+    .await;
+    assert_eq!(sphere[0], 1010);
+    assert_eq!(sphere.len(), 5, "{sphere:?}");
+    // Outside the index's bounds: refused.
+    let e = c
+        .insert_one(doc! {"_id": 9999, "p": [150.0, 1.0]})
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("13027"), "{e}");
+    let bad =
+        doc! {"createIndexes": "g2", "indexes": [{"key": {"p": "2d"}, "name": "b", "bits": 40}]};
+    assert_eq!(cmd_error(&db, bad).await.0, 67);
+    // A legacy $near needs a 2d index, not a 2dsphere one.
+    let sph = db.collection::<Document>("sph");
+    sph.insert_one(doc! {"p": [1.0, 1.0]}).await.unwrap();
+    db.run_command(
+        doc! {"createIndexes": "sph", "indexes": [{"key": {"p": "2dsphere"}, "name": "p"}]},
+    )
+    .await
+    .unwrap();
+    let q = doc! {"find": "sph", "filter": {"p": {"$near": [1.0, 1.0]}}};
+    assert_eq!(cmd_error(&db, q).await.0, 291);
+}

@@ -497,7 +497,7 @@ async fn index_options_are_honoured_or_refused() {
             doc! {"key": {"g": "2dsphere"}, "name": "g", "2dsphereIndexVersion": 1},
             67,
         ),
-        (doc! {"key": {"g": "2d"}, "name": "g"}, 67),
+        (doc! {"key": {"g": "2d", "x": 1}, "name": "g"}, 67),
         (doc! {"key": {"h": "hashed", "x": 1}, "name": "h"}, 67),
         (doc! {"key": {"$**": 1, "x": 1}, "name": "w"}, 67),
         (doc! {"key": {"x": "nonsense"}, "name": "x"}, 67),
