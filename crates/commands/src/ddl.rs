@@ -492,7 +492,7 @@ pub async fn clone_collection_as_capped(
         )
     })?;
     let size = capped_size_arg(cmd)?;
-    crate::txn::write(ctx, move |w| {
+    util::heavy(crate::txn::write(ctx, move |w| {
         if w.in_txn() {
             return Err(MongoError::new(
                 ErrorCode::OperationNotSupportedInTransaction,
@@ -511,7 +511,7 @@ pub async fn clone_collection_as_capped(
             ));
         }
         clone_capped_in(w, &src, &to, size).map(|_| ())
-    })
+    }))
     .await?;
     Ok(Reply::ok(Document::new()))
 }
@@ -526,7 +526,7 @@ pub async fn clone_collection_as_capped(
 pub async fn convert_to_capped(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<Reply> {
     let ns = util::coll_arg(cmd, "convertToCapped", db)?;
     let size = capped_size_arg(cmd)?;
-    crate::txn::write(ctx, move |w| {
+    util::heavy(crate::txn::write(ctx, move |w| {
         if w.in_txn() {
             return Err(MongoError::new(
                 ErrorCode::OperationNotSupportedInTransaction,
@@ -553,7 +553,7 @@ pub async fn convert_to_capped(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -
             Some(made.uuid),
             o,
         ))
-    })
+    }))
     .await?;
     Ok(Reply::ok(Document::new()))
 }
@@ -1451,7 +1451,7 @@ pub async fn create_indexes(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> R
         }
         wanted.push(parse_index(d)?);
     }
-    let (before, after, created) = crate::txn::write(ctx, move |w| {
+    let (before, after, created) = util::heavy(crate::txn::write(ctx, move |w| {
             let (mut meta, created) = ensure_collection(w, &ns)?;
             if w.in_txn() && !created && !w.created_in_txn(&ns)? {
                 return Err(MongoError::new(ErrorCode::OperationNotSupportedInTransaction, format!("Cannot create new indexes on existing collection {} in a multi-document transaction.", ns.full())));
@@ -1488,7 +1488,7 @@ pub async fn create_indexes(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> R
                 w.log(OplogEntry::new(OpKind::Command, format!("{}.$cmd", ns.db), Some(meta.uuid), o))?;
             }
             Ok((before, meta.indexes.len() as i32, created))
-        })
+        }))
         .await?;
     let mut r = doc! {"numIndexesBefore": before, "numIndexesAfter": after};
     if before != after || created {

@@ -127,6 +127,19 @@ pub fn command_vars(ctx: &crate::ServerCtx, cmd: &Document) -> Result<query::exp
     Ok(vars)
 }
 
+/// Awaits a write that may run long on this thread (an index build, a collection copy:
+/// a single-node commit runs on the submitting thread), handing the worker's other tasks
+/// to another thread first, as [`cpu`] does; otherwise every connection whose task sat on
+/// this worker (a `ping`, a driver's heartbeat) waited for the whole build.
+pub async fn heavy<T>(fut: impl std::future::Future<Output = T>) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| h.block_on(fut))
+        }
+        _ => fut.await,
+    }
+}
+
 /// Runs CPU-bound work (a scan, a sort, a pipeline) so that it does not hold up other
 /// connections: on the multi-threaded runtime the worker first hands its other tasks to
 /// another thread (`block_in_place`), which a long query otherwise starved, new
