@@ -4,7 +4,7 @@
 # started eddy. Prints "N passed, M failed, K skipped" last; exits non-zero on any failure,
 # or if nothing passed (a harness that cannot connect skips everything).
 #
-# Usage: scripts/spec-tests.sh [changestreams|crud|cursor|transactions|sessions|retryable-writes|retryable-reads|sdam|csot|auth]...   (default: changestreams)
+# Usage: scripts/spec-tests.sh [changestreams|crud|cursor|indexes|transactions|sessions|retryable-writes|retryable-reads|sdam|csot|auth]...   (default: changestreams)
 # Env:   EDDY_BIN (default target/release/eddy), SPEC_DIR (default target/spec-venv),
 #        EDDY_AUTH=1 to start eddy with --auth: PyMongo's harness then creates its user
 #        ("user"/"password", root) through the localhost exception and runs as it, and the
@@ -62,6 +62,13 @@ for s in "${@:-changestreams}"; do
     changestreams) selection+=(test/test_change_stream.py) ;;
     crud) selection+=(test/test_crud_unified.py test/test_client_bulk_write.py) ;;
     cursor) selection+=(test/test_cursor.py) ;;
+    # PyMongo's own tests of text, 2d, 2dsphere and hashed indexes (the unified specs have
+    # none outside client-side encryption).
+    indexes)
+      for t in test_index_text test_index_geo2d test_index_2dsphere test_index_hashed; do
+        selection+=("test/test_collection.py::TestCollection::$t"
+                    "test/asynchronous/test_collection.py::AsyncTestCollection::$t")
+      done ;;
     transactions) selection+=(test/test_transactions_unified.py test/test_transactions.py) ;;
     sessions) selection+=(test/test_sessions_unified.py) ;;
     retryable-writes) selection+=(test/test_retryable_writes_unified.py) ;;

@@ -59,7 +59,7 @@ stage "replica set: mongosh's rs.* helpers"
 EDDY_BIN=target/release/eddy .venv/bin/python tests/replset/mongosh_rs.py
 
 passes=$(mktemp -d)
-suites=(changestreams crud cursor transactions sessions retryable-writes csot)
+suites=(changestreams crud cursor indexes transactions sessions retryable-writes csot)
 for suite in "${suites[@]}"; do
   stage "drivers' specification tests ($suite)"
   EDDY_BIN=target/release/eddy PASSED_OUT="$passes/$suite" ./scripts/spec-tests.sh "$suite"
