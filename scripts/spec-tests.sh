@@ -28,7 +28,7 @@ if [ ! -f "$SPEC_DIR/.ready" ]; then
   pip=("$py" -m pip --disable-pip-version-check -q)
   "${pip[@]}" download --no-deps --no-binary :all: -d "$SPEC_DIR/dl" "pymongo==$PYMONGO_VERSION"
   tar -xzf "$SPEC_DIR/dl/pymongo-$PYMONGO_VERSION.tar.gz" -C "$SPEC_DIR/src"
-  "${pip[@]}" install -r "$src/requirements/test.txt" "pytest-timeout==2.3.1"
+  "${pip[@]}" install -r "$src/requirements/test.txt" "pytest-timeout==2.3.1" "pytest-rerunfailures==15.1"
   "${pip[@]}" install -e "$src" >"$SPEC_DIR/install.log" 2>&1 \
     || NO_EXT=1 "${pip[@]}" install -e "$src" >>"$SPEC_DIR/install.log" 2>&1
   touch "$SPEC_DIR/.ready"
@@ -127,8 +127,12 @@ while not c.admin.command("hello").get("isWritablePrimary"):
 PY
 fi
 
+# A test that fails on a socket timeout is run once more (and fails the run if it fails
+# again): the CSOT "legacy timeouts" tests give each reply 100 ms (socketTimeoutMS), which
+# a retry's fresh connection, SCRAM-authenticated under --auth, has overrun on this 2-core
+# machine late in a long CI run (twice on 2026-12-07; never when run alone).
 args=(-p no:cacheprovider -o addopts= -m "default or default_async or auth" -ra --strict-markers --timeout=60
-      --junitxml="$data/junit.xml")
+      --reruns 1 --only-rerun "timed out" --junitxml="$data/junit.xml")
 for d in "${deselect[@]+"${deselect[@]}"}"; do args+=(--deselect "$d"); done
 set +e
 (cd "$src" && DB_IP=localhost DB_PORT="$port" DB_USER=user DB_PASSWORD=password "$py" -m pytest "${args[@]}" "${selection[@]}")
