@@ -266,14 +266,7 @@ fn choose(
             Bson::Document(k) => meta.indexes.iter().find(|i| &i.key == k),
             _ => None,
         }
-        .filter(|i| {
-            !i.hidden()
-                && !i.is_text()
-                && !i.is_sphere()
-                && !i.is_2d()
-                && !i.is_hashed()
-                && !i.is_wildcard()
-        });
+        .filter(|i| !i.hidden() && !i.is_special());
         let Some(ix) = ix else {
             return Err(MongoError::new(
                 ErrorCode::BadValue,
@@ -311,18 +304,7 @@ fn choose(
 
     let mut best: Option<(&IndexMeta, u8)> = None;
     let special = special_plan(meta, &preds, coll);
-    for ix in meta.indexes.iter().filter(|i| {
-        !i.is_id()
-            && !i.hidden()
-            && !i.is_text()
-            && !i.is_sphere()
-            && !i.is_2d()
-            && !i.is_hashed()
-            && !i.is_wildcard()
-            && i.partial_filter.is_none()
-            && !i.sparse
-            && serves(i, coll)
-    }) {
+    for ix in meta.indexes.iter().filter(|i| plain_candidate(i, coll)) {
         let first = &ix.fields()[0].0;
         let r = preds
             .iter()
@@ -355,18 +337,7 @@ fn choose(
     }
     // No predicate uses an index; a sort still may.
     if let Some(s) = sort {
-        for ix in meta.indexes.iter().filter(|i| {
-            !i.is_id()
-                && !i.hidden()
-                && !i.is_text()
-                && !i.is_sphere()
-                && !i.is_2d()
-                && !i.is_hashed()
-                && !i.is_wildcard()
-                && i.partial_filter.is_none()
-                && !i.sparse
-                && serves(i, coll)
-        }) {
+        for ix in meta.indexes.iter().filter(|i| plain_candidate(i, coll)) {
             if sort_direction(ix, s).is_some() {
                 return Ok(index_plan(ix, &preds, sort));
             }
@@ -545,6 +516,18 @@ fn geo_plan(meta: &CollectionMeta, filter: &Filter) -> Result<Option<Plan>> {
         }
     }
     Ok(None)
+}
+
+/// Whether an index may serve a query's predicates or sort by its fields' values: not
+/// `_id` (planned apart), hidden, special, partial or sparse, and under the query's
+/// collation.
+fn plain_candidate(i: &IndexMeta, coll: Option<&Collation>) -> bool {
+    !i.is_id()
+        && !i.hidden()
+        && !i.is_special()
+        && i.partial_filter.is_none()
+        && !i.sparse
+        && serves(i, coll)
 }
 
 /// Whether an index's keys follow the query's collation.

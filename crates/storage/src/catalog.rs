@@ -110,6 +110,12 @@ impl IndexMeta {
         self.key.contains_key("_fts")
     }
 
+    /// Whether the index keys something other than its fields' values (text terms,
+    /// geo cells, hashes, wildcard paths): only plans made for its kind may read it.
+    pub fn is_special(&self) -> bool {
+        self.is_text() || self.is_sphere() || self.is_2d() || self.is_hashed() || self.is_wildcard()
+    }
+
     /// Whether this is a hashed index (`{a: "hashed"}`).
     pub fn is_hashed(&self) -> bool {
         self.key
