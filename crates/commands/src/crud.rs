@@ -891,7 +891,7 @@ pub(crate) fn query_source(
             Ok(mut d) => {
                 // A `$text` match carries its score to `{$meta: "textScore"}` (and is not
                 // scored again by the filter); the reply leaves it out.
-                if let Some(q) = filter.text_query().filter(|_| text) {
+                if let Some(q) = text.then(|| filter.text_query()).flatten() {
                     match q.score(&d) {
                         Ok(Some(score)) => {
                             d.insert(query::text::SCORE_FIELD, score);
