@@ -133,6 +133,35 @@ pub struct ServerCtx {
     pub repl: Option<Arc<repl::ReplSet>>,
 }
 
+/// The server parameters (`getParameter`/`setParameter`) and their defaults, besides
+/// `logLevel` and `logComponentVerbosity`, which the log keeps.
+pub fn default_parameters() -> Document {
+    doc! {
+        "enableTestCommands": false,
+        "featureCompatibilityVersion": {"version": "8.0"},
+        "transactionLifetimeLimitSeconds": 60,
+        "cursorTimeoutMillis": 600_000i64,
+        "maxBSONDepth": 200,
+        "internalQueryMaxBlockingSortMemoryUsageBytes": query::spill::DEFAULT_MAX_BYTES as i64,
+        "internalDocumentSourceGroupMaxMemoryBytes": query::spill::DEFAULT_MAX_BYTES as i64,
+        "internalQueryMaxPushBytes": query::spill::DEFAULT_MAX_BYTES as i64,
+        "internalQueryMaxAddToSetBytes": query::spill::DEFAULT_MAX_BYTES as i64,
+        "allowDiskUseByDefault": true,
+        "authenticationMechanisms": ["SCRAM-SHA-1", "SCRAM-SHA-256"],
+        "scramIterationCount": auth::scram::DEFAULT_SHA1_ITERATIONS as i32,
+        "scramSHA256IterationCount": auth::scram::DEFAULT_SHA256_ITERATIONS as i32,
+        "authFailedDelayMs": security::DEFAULT_AUTH_FAILED_DELAY_MS,
+        "createRollbackDataFiles": true,
+        "ttlMonitorEnabled": true,
+        "ttlMonitorSleepSecs": 60,
+    }
+}
+
+/// Whether `name` is a server parameter `--setParameter` may set.
+pub fn is_parameter(name: &str) -> bool {
+    matches!(name, "logLevel" | "logComponentVerbosity") || default_parameters().contains_key(name)
+}
+
 impl ServerCtx {
     /// Creates the shared state over an open store. Must run inside a tokio runtime (it
     /// starts the change hub and the idle-cursor reaper).
@@ -144,25 +173,7 @@ impl ServerCtx {
     ) -> Arc<ServerCtx> {
         let hub = Hub::start(store.clone());
         hub.spawn_tailer();
-        let mut params = doc! {
-            "enableTestCommands": false,
-            "featureCompatibilityVersion": {"version": "8.0"},
-            "transactionLifetimeLimitSeconds": 60,
-            "cursorTimeoutMillis": 600_000i64,
-            "maxBSONDepth": 200,
-            "internalQueryMaxBlockingSortMemoryUsageBytes": query::spill::DEFAULT_MAX_BYTES as i64,
-            "internalDocumentSourceGroupMaxMemoryBytes": query::spill::DEFAULT_MAX_BYTES as i64,
-            "internalQueryMaxPushBytes": query::spill::DEFAULT_MAX_BYTES as i64,
-            "internalQueryMaxAddToSetBytes": query::spill::DEFAULT_MAX_BYTES as i64,
-            "allowDiskUseByDefault": true,
-            "authenticationMechanisms": ["SCRAM-SHA-1", "SCRAM-SHA-256"],
-            "scramIterationCount": auth::scram::DEFAULT_SHA1_ITERATIONS as i32,
-            "scramSHA256IterationCount": auth::scram::DEFAULT_SHA256_ITERATIONS as i32,
-            "authFailedDelayMs": security::DEFAULT_AUTH_FAILED_DELAY_MS,
-            "createRollbackDataFiles": true,
-            "ttlMonitorEnabled": true,
-            "ttlMonitorSleepSecs": 60,
-        };
+        let mut params = default_parameters();
         for (k, v) in parameters {
             params.insert(k, v);
         }

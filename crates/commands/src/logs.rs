@@ -352,6 +352,14 @@ pub fn slow_settings() -> (i64, f64) {
     (p.slowms, p.sample_rate)
 }
 
+/// Sets the slow-operation threshold and sample rate at start-up (`--slowms`,
+/// `--slowOpSampleRate`).
+pub fn set_slow_settings(slowms: i64, sample_rate: f64) {
+    let mut p = profile_settings();
+    p.slowms = slowms;
+    p.sample_rate = sample_rate.clamp(0.0, 1.0);
+}
+
 /// `profile`: reports the previous settings, and changes the database's level (1: slow
 /// operations, 2: all of them, written to its `system.profile`), `slowms` and
 /// `sampleRate`.

@@ -6,6 +6,7 @@
 //! message that cannot be framed closes only its own connection; one that is framed but
 //! malformed gets an error reply and the connection goes on.
 
+pub mod config_file;
 pub mod log;
 pub mod tls;
 
@@ -45,6 +46,9 @@ pub struct Config {
     /// `--setParameter` values.
     pub parameters: Document,
     pub argv: Vec<String>,
+    /// `--config`: the configuration file the flags were read from (shown by
+    /// `getCmdLineOpts`).
+    pub config_file: Option<PathBuf>,
     /// `--auth`: access control on.
     pub auth: bool,
     /// `--keyFile`: the shared secret replica set members authenticate to each other with
@@ -78,6 +82,7 @@ impl Config {
             checkpoint_size_mb: 256,
             parameters: Document::new(),
             argv: vec!["eddy".into()],
+            config_file: None,
             auth: false,
             key_file: None,
             tls: TlsConfig::default(),
@@ -112,6 +117,14 @@ impl Config {
                 "syncPeriodSecs": self.syncdelay_secs,
             },
         };
+        if let Some(h) = self.oplog_min_retention_hours {
+            if let Ok(st) = d.get_document_mut("storage") {
+                st.insert("oplogMinRetentionHours", h);
+            }
+        }
+        if let Some(f) = &self.config_file {
+            d.insert("config", f.display().to_string());
+        }
         if !self.parameters.is_empty() {
             d.insert("setParameter", self.parameters.clone());
         }

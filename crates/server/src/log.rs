@@ -24,10 +24,30 @@ const COMPONENT_TARGETS: &[(&str, &[&str])] = &[
     ("control", &["eddy"]),
 ];
 
-/// Installs the process's subscriber. `EDDY_LOG` (an `EnvFilter` directive string) overrides
-/// the base level; `quiet` lowers it to warnings.
-pub fn init(quiet: bool) {
-    init_to(quiet, None);
+/// How log lines are written: mongod's JSON lines (one object per line: `t`, `s`, `c`,
+/// `id`, `ctx`, `msg`, `attr`), or human-readable text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+impl Format {
+    /// `--logFormat`: `json`, `text`, or `auto` (text on a terminal, JSON otherwise).
+    pub fn parse(s: &str, tty: bool) -> Option<Format> {
+        match s {
+            "json" => Some(Format::Json),
+            "text" => Some(Format::Text),
+            "auto" => Some(if tty { Format::Text } else { Format::Json }),
+            _ => None,
+        }
+    }
+}
+
+/// Installs the process's subscriber, writing to stderr. `EDDY_LOG` (an `EnvFilter`
+/// directive string) overrides the base level; `quiet` lowers it to warnings.
+pub fn init(quiet: bool, format: Format) {
+    init_to(quiet, format, None);
 }
 
 /// A log file that `logRotate` renames aside and reopens.
@@ -111,19 +131,26 @@ impl std::io::Write for LogFile {
 ///
 /// # Errors
 /// The log file cannot be opened.
-pub fn init_file(quiet: bool, logpath: &std::path::Path, append: bool) -> std::io::Result<()> {
+pub fn init_file(
+    quiet: bool,
+    format: Format,
+    logpath: &std::path::Path,
+    append: bool,
+) -> std::io::Result<()> {
     let f = LogFile::open(logpath, append)?;
-    init_to(quiet, Some(f));
+    init_to(quiet, format, Some(f));
     Ok(())
 }
 
-fn init_to(quiet: bool, file: Option<LogFile>) {
+fn init_to(quiet: bool, format: Format, file: Option<LogFile>) {
     let base = std::env::var("EDDY_LOG")
         .ok()
         .filter(|s| EnvFilter::try_new(s).is_ok())
         .unwrap_or_else(|| if quiet { "warn" } else { "info" }.to_string());
     let (filter, handle) = reload::Layer::new(EnvFilter::new(&base));
+    let text = format == Format::Text;
     let (to_stderr, to_file) = match &file {
+        _ if !text => (None, None),
         Some(f) => {
             let f = f.clone();
             (
@@ -144,7 +171,13 @@ fn init_to(quiet: bool, file: Option<LogFile>) {
         .with(filter)
         .with(to_stderr)
         .with(to_file)
-        .with(RamLayer);
+        .with(JsonLayer {
+            out: match (text, &file) {
+                (true, _) => JsonOut::RingOnly,
+                (false, Some(f)) => JsonOut::File(f.clone()),
+                (false, None) => JsonOut::Stderr,
+            },
+        });
     if registry.try_init().is_err() {
         return;
     }
@@ -206,10 +239,19 @@ fn component(target: &str) -> &'static str {
     "-"
 }
 
-/// Formats events as mongod's JSON log lines for the `getLog` ring.
-struct RamLayer;
+/// Formats events as mongod's JSON log lines for the `getLog` ring and, with
+/// `--logFormat json`, for the log itself.
+struct JsonLayer {
+    out: JsonOut,
+}
 
-impl<S: Subscriber> Layer<S> for RamLayer {
+enum JsonOut {
+    RingOnly,
+    Stderr,
+    File(LogFile),
+}
+
+impl<S: Subscriber> Layer<S> for JsonLayer {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
         let meta = event.metadata();
         let mut v = Fields::default();
@@ -247,6 +289,18 @@ impl<S: Subscriber> Layer<S> for RamLayer {
             (None, true) => {}
         }
         line.push('}');
+        match &self.out {
+            JsonOut::RingOnly => {}
+            JsonOut::Stderr => {
+                use std::io::Write as _;
+                let _ = writeln!(std::io::stderr().lock(), "{line}");
+            }
+            JsonOut::File(f) => {
+                use std::io::Write as _;
+                let mut f = f.clone();
+                let _ = f.write_all(format!("{line}\n").as_bytes());
+            }
+        }
         commands::logs::push(line);
     }
 }

@@ -16,9 +16,17 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(
     name = "eddy",
     version,
-    about = "A MongoDB-wire database server built around change streams"
+    about = "A MongoDB-wire database server built around change streams",
+    args_override_self = true
 )]
 struct Cli {
+    /// A YAML configuration file in mongod.conf's shape (net.port, net.bindIp,
+    /// net.maxIncomingConnections, net.tls.*, storage.dbPath, storage.syncPeriodSecs,
+    /// storage.oplogMinRetentionHours, replication.replSetName, replication.oplogSizeMB,
+    /// security.authorization, security.keyFile, systemLog.*, operationProfiling.*,
+    /// setParameter). Flags given on the command line override it.
+    #[arg(short = 'f', long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Port to listen on.
     #[arg(long, default_value_t = 27017)]
     port: u16,
@@ -84,6 +92,17 @@ struct Cli {
     /// Log only warnings and errors.
     #[arg(long)]
     quiet: bool,
+    /// Log line format: json (mongod's structured lines: t, s, c, id, ctx, msg, attr),
+    /// text, or auto (text on a terminal, json otherwise).
+    #[arg(long = "logFormat", default_value = "auto", value_parser = ["auto", "json", "text"])]
+    log_format: String,
+    /// Operations that take longer than this many milliseconds are logged ("Slow query")
+    /// and, at profiling level 1, profiled.
+    #[arg(long, default_value_t = 100)]
+    slowms: i64,
+    /// The fraction of slow operations logged or profiled (0 to 1).
+    #[arg(long = "slowOpSampleRate", default_value_t = 1.0)]
+    slow_op_sample_rate: f64,
     /// Write the log to this file instead of standard error (`logRotate` rotates it).
     #[arg(long)]
     logpath: Option<std::path::PathBuf>,
@@ -148,23 +167,24 @@ fn log_tool(cmd: &LogCommand) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args = match server::config_file::expand(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("eddy: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(args);
     if let Some(Command::Log(cmd)) = &cli.command {
         return log_tool(cmd);
     }
-    match &cli.logpath {
-        Some(p) => {
-            if let Err(e) = server::log::init_file(cli.quiet, p, cli.logappend) {
-                eprintln!("cannot open the log file {}: {e}", p.display());
-                std::process::exit(1);
-            }
-        }
-        None => server::log::init(cli.quiet),
-    }
-
     let mut params = Document::new();
     for p in &cli.set_parameter {
         match server::parse_parameter(p) {
+            Some((k, _)) if !commands::is_parameter(&k) => {
+                eprintln!("eddy: unknown --setParameter '{k}'");
+                return ExitCode::from(2);
+            }
             Some((k, v)) => {
                 params.insert(k, v);
             }
@@ -172,6 +192,51 @@ fn main() -> ExitCode {
                 eprintln!("eddy: --setParameter expects name=value, got '{p}'");
                 return ExitCode::from(2);
             }
+        }
+    }
+    if !(0.0..=1.0).contains(&cli.slow_op_sample_rate) {
+        eprintln!("eddy: --slowOpSampleRate must be between 0 and 1");
+        return ExitCode::from(2);
+    }
+    let log_to = match &cli.logpath {
+        Some(_) => false,
+        None => std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let format =
+        server::log::Format::parse(&cli.log_format, log_to).unwrap_or(server::log::Format::Text);
+    match &cli.logpath {
+        Some(p) => {
+            if let Err(e) = server::log::init_file(cli.quiet, format, p, cli.logappend) {
+                eprintln!("cannot open the log file {}: {e}", p.display());
+                std::process::exit(1);
+            }
+        }
+        None => server::log::init(cli.quiet, format),
+    }
+    commands::logs::set_slow_settings(cli.slowms, cli.slow_op_sample_rate);
+    // The log keeps its own verbosity: apply it rather than store it with the others.
+    for name in ["logLevel", "logComponentVerbosity"] {
+        let Some(v) = params.remove(name) else {
+            continue;
+        };
+        let v = match v {
+            bson::Bson::String(s) => match serde_json::from_str::<serde_json::Value>(&s)
+                .ok()
+                .and_then(|j| bson::Bson::try_from(j).ok())
+            {
+                Some(b) => b,
+                None => bson::Bson::String(s),
+            },
+            v => v,
+        };
+        let r = if name == "logLevel" {
+            commands::logs::set_log_level(&v)
+        } else {
+            commands::logs::set_component_verbosity(&v)
+        };
+        if let Err(e) = r {
+            eprintln!("eddy: --setParameter {name}: {}", e.message);
+            return ExitCode::from(2);
         }
     }
     let cfg = server::Config {
@@ -192,6 +257,7 @@ fn main() -> ExitCode {
         checkpoint_size_mb: cli.checkpoint_size_mb,
         parameters: params,
         argv: std::env::args().collect(),
+        config_file: cli.config,
         auth: cli.auth,
         key_file: cli.key_file,
         tls: server::TlsConfig {

@@ -5,6 +5,7 @@ mod auth;
 mod bulk_write;
 mod change_streams;
 mod collation;
+mod config_file;
 mod crash;
 mod crud;
 mod ddl;
