@@ -118,6 +118,9 @@ enum Command {
     /// Tools for the write-ahead log.
     #[command(subcommand)]
     Log(LogCommand),
+    /// Tails a change stream: one event per line, as canonical Extended JSON or a
+    /// compact coloured view on a terminal; with --state, a restart resumes exactly.
+    Watch(watch::Args),
 }
 
 #[derive(Subcommand, Debug)]
@@ -175,8 +178,21 @@ fn main() -> ExitCode {
         }
     };
     let cli = Cli::parse_from(args);
-    if let Some(Command::Log(cmd)) = &cli.command {
-        return log_tool(cmd);
+    match cli.command {
+        Some(Command::Log(cmd)) => return log_tool(&cmd),
+        Some(Command::Watch(args)) => {
+            return match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(watch::main(args)),
+                Err(e) => {
+                    eprintln!("eddy: cannot start the runtime: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        None => {}
     }
     let mut params = Document::new();
     for p in &cli.set_parameter {

@@ -23,6 +23,7 @@ mod tls;
 mod transactions;
 mod validation;
 mod wal;
+mod watch;
 mod window;
 
 use bson::Document;
