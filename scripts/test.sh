@@ -28,8 +28,12 @@ stage "cargo test"
 cargo test --workspace
 
 stage "pymongo and mongosh tests"
-if ! command -v openssl >/dev/null; then
-  apt-get install -y -q openssl >/dev/null || { apt-get update -q && apt-get install -y -q openssl; }
+# openssl for the TLS tests; Debian's prometheus-mongodb-exporter for the exporter test.
+need_apt=()
+command -v openssl >/dev/null || need_apt+=(openssl)
+command -v prometheus-mongodb-exporter >/dev/null || need_apt+=(prometheus-mongodb-exporter)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  apt-get install -y -q "${need_apt[@]}" >/dev/null || { apt-get update -q && apt-get install -y -q "${need_apt[@]}"; }
 fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
@@ -49,6 +53,8 @@ done
 EDDY_PORT=$port .venv/bin/python -m pytest -q tests/python
 stage "dump/restore round trip (npm @apostrophecms/mongodb-snapshot)"
 (cd tests/node && EDDY_PORT=$port node dump_restore.js)
+stage "Node.js driver 7 and Mongoose 9 (node --test, own eddy)"
+(cd tests/node-compat && npm ci --silent --no-audit --no-fund && EDDY_BIN=../../target/release/eddy node --test)
 stage "replica set: failover (3 members, 5 SIGKILLs of the primary, 2 partitions)"
 EDDY_BIN=target/release/eddy .venv/bin/python tests/replset/failover.py
 stage "replica set: initial sync (a wiped member, a member that fell off a 1 MB oplog)"

@@ -340,6 +340,7 @@ pub fn list_commands() -> Reply {
         "getCmdLineOpts",
         "getDefaultRWConcern",
         "getMore",
+        "getnonce",
         "getParameter",
         "hello",
         "hostInfo",
@@ -385,16 +386,32 @@ pub fn repl_set_get_status(ctx: &ServerCtx) -> Result<Reply> {
     let snap = ctx.store.snapshot()?;
     let ts = ctx.store.committed_ts();
     let optime = doc! {"ts": ts, "t": 1i64};
+    // The wall clock of an optime: its seconds (what mongod's `optimeDate` shows).
+    let wall = DateTime::from_millis(i64::from(ts.time) * 1000);
+    let started = DateTime::from_millis(
+        DateTime::now().timestamp_millis()
+            - i64::try_from(ctx.started.elapsed().as_millis()).unwrap_or(0),
+    );
     let mut r = doc! {
         "set": &ctx.config.repl_set,
         "date": DateTime::now(),
         "myState": 1,
         "term": 1i64,
+        "syncSourceHost": "",
+        "syncSourceId": -1,
         "heartbeatIntervalMillis": 2000i64,
+        "majorityVoteCount": 1,
+        "writeMajorityCount": 1,
+        "votingMembersCount": 1,
+        "writableVotingMembersCount": 1,
         "optimes": {
             "lastCommittedOpTime": optime.clone(),
+            "lastCommittedWallTime": wall,
+            "readConcernMajorityOpTime": optime.clone(),
             "appliedOpTime": optime.clone(),
             "durableOpTime": optime.clone(),
+            "lastAppliedWallTime": wall,
+            "lastDurableWallTime": wall,
         },
         "members": [{
             "_id": 0,
@@ -403,8 +420,21 @@ pub fn repl_set_get_status(ctx: &ServerCtx) -> Result<Reply> {
             "state": 1,
             "stateStr": "PRIMARY",
             "uptime": ctx.started.elapsed().as_secs() as i64,
-            "optime": optime,
+            "optime": optime.clone(),
+            "optimeDate": wall,
+            "optimeDurable": optime,
+            "optimeDurableDate": wall,
+            "lastAppliedWallTime": wall,
+            "lastDurableWallTime": wall,
+            "syncSourceHost": "",
+            "syncSourceId": -1,
+            "infoMessage": "",
+            "electionTime": bson::Timestamp { time: u32::try_from(started.timestamp_millis() / 1000).unwrap_or(0), increment: 1 },
+            "electionDate": started,
+            "configVersion": 1,
+            "configTerm": 1i64,
             "self": true,
+            "lastHeartbeatMessage": "",
         }],
     };
     if let Some((first, last)) = snap.oplog_bounds()? {

@@ -387,6 +387,7 @@ pub const UNCENSUSED: &[&str] = &[
     "buildInfo",
     "buildinfo",
     "ping",
+    "getnonce",
     "serverStatus",
     "hostInfo",
     "getCmdLineOpts",

@@ -568,6 +568,10 @@ async fn dispatch_cmd(
         "hello" | "isMaster" | "ismaster" => admin::hello(ctx, conn, cmd, name).await?,
         "buildInfo" | "buildinfo" => admin::build_info(),
         "ping" => Reply::ok(Document::new()),
+        // Gone from mongod 7.0, but the Go driver mgo (which Debian's
+        // prometheus-mongodb-exporter is built on) asks for a nonce on every new
+        // connection and drops it without one. It is a random number; nothing reads it back.
+        "getnonce" => Reply::ok(doc! {"nonce": format!("{:016x}", rand::random::<u64>())}),
         "serverStatus" => admin::server_status(ctx)?,
         "hostInfo" => admin::host_info(),
         "getCmdLineOpts" => admin::get_cmd_line_opts(ctx),

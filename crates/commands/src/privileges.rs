@@ -119,7 +119,7 @@ pub fn need(ctx: &ServerCtx, name: &str, db: &str, cmd: &Document) -> Result<Nee
     let on_cluster = |action: &'static str| Need::All(vec![(action, Res::Cluster)]);
     Ok(match name {
         "hello" | "isMaster" | "ismaster" | "saslStart" | "saslContinue" | "authenticate"
-        | "ping" | "buildInfo" | "buildinfo" | "connectionStatus" | "listCommands"
+        | "ping" | "getnonce" | "buildInfo" | "buildinfo" | "connectionStatus" | "listCommands"
         | "configureFailPoint" => Need::Nothing,
         "logout" | "whatsmyuri" | "endSessions" | "startSession" | "refreshSessions"
         | "killSessions" | "getMore" | "killCursors" | "usersInfo" | "rolesInfo"

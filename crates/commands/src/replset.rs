@@ -22,6 +22,7 @@ const ANY_STATE: &[&str] = &[
     "isMaster",
     "ismaster",
     "ping",
+    "getnonce",
     "buildInfo",
     "buildinfo",
     "serverStatus",
