@@ -161,7 +161,7 @@ pub fn server_status(ctx: &ServerCtx) -> Result<Reply> {
         oplog.insert("latestOptime", last);
     }
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as i64;
-    Ok(Reply::ok(doc! {
+    let mut d = doc! {
         "host": &ctx.config.advertised,
         "version": VERSION,
         "process": "eddy",
@@ -193,7 +193,9 @@ pub fn server_status(ctx: &ServerCtx) -> Result<Reply> {
                 "deletedDocuments": ctx.ttl.deleted_documents.load(Ordering::Relaxed) as i64,
             },
         },
-    }))
+    };
+    crate::metrics::server_status_fields(ctx, &mut d);
+    Ok(Reply::ok(d))
 }
 
 /// `hostInfo`.

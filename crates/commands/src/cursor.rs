@@ -65,6 +65,17 @@ struct Entry {
     pinned: bool,
     /// Who opened the cursor, and its namespace (for `killCursors` while it is in use).
     owner: (Option<(String, String)>, String),
+    /// A change stream's cursor.
+    change: bool,
+}
+
+/// How far one change stream is behind the newest commit.
+#[derive(Debug, Clone)]
+pub struct StreamLag {
+    pub cursor_id: i64,
+    pub ns: String,
+    pub events: i64,
+    pub seconds: i64,
 }
 
 /// The table of open cursors.
@@ -90,6 +101,7 @@ impl Cursors {
             }
         }
         let owner = (cursor.opened_by.user.clone(), cursor.ns.clone());
+        let change = matches!(cursor.kind, CursorKind::Change(_));
         map.insert(
             id,
             Entry {
@@ -98,6 +110,7 @@ impl Cursors {
                 last_used: Instant::now(),
                 pinned: false,
                 owner,
+                change,
             },
         );
         id
@@ -171,6 +184,37 @@ impl Cursors {
             });
         }
         out
+    }
+
+    /// The open change streams, and the `top` most behind of those no `getMore` is using
+    /// now (one that is waiting in a `getMore` has caught up): cursor id, namespace, events
+    /// behind and seconds behind.
+    pub fn change_stream_lags(&self, ctx: &ServerCtx, top: usize) -> (usize, Vec<StreamLag>) {
+        let streams: Vec<(i64, Arc<tokio::sync::Mutex<Cursor>>)> = self
+            .map
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, e)| e.change)
+            .map(|(id, e)| (*id, e.cursor.clone()))
+            .collect();
+        let open = streams.len();
+        let mut lags = Vec::new();
+        for (id, cursor) in streams {
+            let Ok(c) = cursor.try_lock() else { continue };
+            if let CursorKind::Change(stream) = &c.kind {
+                let s = stream.status(&ctx.hub);
+                lags.push(StreamLag {
+                    cursor_id: id,
+                    ns: c.ns.clone(),
+                    events: s.get_i64("lagEntries").unwrap_or(0),
+                    seconds: s.get_i64("lagSeconds").unwrap_or(0),
+                });
+            }
+        }
+        lags.sort_unstable_by(|a, b| b.events.cmp(&a.events).then(a.cursor_id.cmp(&b.cursor_id)));
+        lags.truncate(top);
+        (open, lags)
     }
 
     /// The number of open cursors.
@@ -462,6 +506,9 @@ pub async fn get_more(ctx: &Arc<ServerCtx>, db: &str, cmd: &Document) -> Result<
             };
             let pbrt = stream.post_batch_resume_token();
             drop(c);
+            crate::metrics::METRICS
+                .change_events
+                .inc_by(batch.len() as u64);
             let out_id = if finished {
                 ctx.cursors.remove(id);
                 0
@@ -704,6 +751,9 @@ pub async fn open_change_stream(
         read_bounded(ctx, &mut stream, n).await?
     };
     let pbrt = stream.post_batch_resume_token();
+    crate::metrics::METRICS
+        .change_events
+        .inc_by(batch.len() as u64);
     let id = if stream.is_finished() {
         0
     } else {

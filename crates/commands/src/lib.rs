@@ -27,6 +27,7 @@ pub mod cursor;
 pub mod ddl;
 pub mod diag;
 pub mod logs;
+pub mod metrics;
 pub mod op;
 pub mod ops;
 pub mod privileges;
@@ -282,6 +283,7 @@ pub async fn handle(ctx: &Arc<ServerCtx>, conn: &mut ConnInfo, cmd: Document) ->
     let r = run(ctx, conn, &name, &cmd).await;
     let took = start.elapsed();
     logs::command_done(&name, &cmd, &r, took, conn.id);
+    metrics::command_done(&name, &r.doc, took);
     ctx.top.record(&name, &cmd, took);
     if let Ok(db) = util::db_of(&cmd) {
         // Only where writes may happen: not on a secondary, nor under an fsync lock.

@@ -30,6 +30,15 @@ struct Net {
     bind_ip: Option<String>,
     max_incoming_connections: Option<u64>,
     tls: Option<Tls>,
+    http: Option<Http>,
+}
+
+/// Eddy's HTTP listener (mongod's `net.http` is long gone; the shape is Eddy's).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Http {
+    port: Option<u16>,
+    cors_origins: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -182,6 +191,14 @@ pub fn flags(text: &str) -> Result<Vec<String>, String> {
         if let Some(n) = net.max_incoming_connections {
             flag("maxConns", Some(n.to_string()));
         }
+        if let Some(http) = net.http {
+            if let Some(p) = http.port {
+                flag("httpPort", Some(p.to_string()));
+            }
+            for o in http.cors_origins.unwrap_or_default() {
+                flag("httpCorsOrigin", Some(o));
+            }
+        }
         if let Some(tls) = net.tls {
             if let Some(mode) = tls.mode {
                 let name = match mode {
@@ -316,6 +333,9 @@ net:
   port: 27999
   bindIp: 127.0.0.1,10.0.0.1
   maxIncomingConnections: 500
+  http:
+    port: 8080
+    corsOrigins: ['http://a.example', '*']
   tls:
     mode: requireTLS
     certificateKeyFile: /etc/eddy/server.pem
@@ -351,6 +371,9 @@ setParameter:
                 "--port=27999",
                 "--bind_ip=127.0.0.1,10.0.0.1",
                 "--maxConns=500",
+                "--httpPort=8080",
+                "--httpCorsOrigin=http://a.example",
+                "--httpCorsOrigin=*",
                 "--tlsMode=requireTLS",
                 "--tlsCertificateKeyFile=/etc/eddy/server.pem",
                 "--tlsCAFile=/etc/eddy/ca.pem",

@@ -7,6 +7,7 @@
 //! malformed gets an error reply and the connection goes on.
 
 pub mod config_file;
+pub mod http;
 pub mod log;
 pub mod tls;
 
@@ -61,6 +62,13 @@ pub struct Config {
     /// How long a connection may sit idle with part of a message sent before it is
     /// closed (`--partialMessageTimeoutSecs`); also bounds a TLS handshake.
     pub partial_message_timeout: Duration,
+    /// `--httpPort`: the HTTP listener (metrics, change streams as Server-Sent Events),
+    /// on the same addresses; 0 picks a free port.
+    pub http_port: Option<u16>,
+    /// `--httpCorsOrigin`: origins browsers may read the HTTP listener's answers from.
+    pub http_cors_origins: Vec<String>,
+    /// How often an idle Server-Sent Events stream sends a heartbeat (5 s).
+    pub http_heartbeat: Duration,
 }
 
 /// mongod's default `net.maxIncomingConnections`.
@@ -88,11 +96,21 @@ impl Config {
             tls: TlsConfig::default(),
             max_conns: DEFAULT_MAX_CONNS,
             partial_message_timeout: Duration::from_secs(30),
+            http_port: None,
+            http_cors_origins: Vec::new(),
+            http_heartbeat: Duration::from_secs(5),
         }
     }
 
     fn parsed(&self) -> Document {
         let mut net = doc! {"bindIp": self.bind_ip.join(","), "port": i32::from(self.port)};
+        if let Some(p) = self.http_port {
+            let mut h = doc! {"port": i32::from(p)};
+            if !self.http_cors_origins.is_empty() {
+                h.insert("corsOrigins", self.http_cors_origins.clone());
+            }
+            net.insert("http", h);
+        }
         if self.max_conns != DEFAULT_MAX_CONNS {
             net.insert("maxIncomingConnections", self.max_conns as i64);
         }
@@ -208,6 +226,8 @@ pub fn parse_parameter(s: &str) -> Option<(String, Bson)> {
 pub struct Running {
     /// The port it listens on (the real one when asked for 0).
     pub port: u16,
+    /// The HTTP listener's port, when there is one.
+    pub http_port: Option<u16>,
     pub ctx: Arc<ServerCtx>,
     accept_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -311,13 +331,34 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         mode: cfg.tls.mode,
         partial_message_timeout: cfg.partial_message_timeout,
     });
-    let accept_tasks = listeners
+    let mut accept_tasks: Vec<tokio::task::JoinHandle<()>> = listeners
         .into_iter()
         .map(|l| tokio::spawn(accept_loop(l, ctx.clone(), listening.clone())))
         .collect();
+    let mut http_port = None;
+    if let Some(mut hp) = cfg.http_port {
+        let http_cfg = http::HttpConfig {
+            cors_origins: cfg.http_cors_origins.clone(),
+            heartbeat: cfg.http_heartbeat,
+        };
+        for ip in &cfg.bind_ip {
+            let addr: SocketAddr = format!("{ip}:{hp}")
+                .parse()
+                .or_else(|_| format!("[{ip}]:{hp}").parse())
+                .map_err(|e| anyhow::anyhow!("bad --bind_ip address {ip}: {e}"))?;
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen for HTTP on {addr}: {e}"))?;
+            hp = l.local_addr()?.port();
+            accept_tasks.push(tokio::spawn(http::serve(l, ctx.clone(), http_cfg.clone())));
+        }
+        http_port = Some(hp);
+        tracing::info!(port = hp, "HTTP listener ready (/metrics, /v1/watch)");
+    }
     tracing::info!(port, dbpath = %cfg.dbpath.display(), "eddy is ready for connections");
     Ok(Running {
         port,
+        http_port,
         ctx,
         accept_tasks,
     })

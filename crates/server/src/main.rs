@@ -89,6 +89,14 @@ struct Cli {
     /// handshake) before it is closed.
     #[arg(long = "partialMessageTimeoutSecs", default_value_t = 30.0)]
     partial_message_timeout_secs: f64,
+    /// Serve HTTP on this port (same addresses as --bind_ip): Prometheus metrics at
+    /// /metrics, change streams as Server-Sent Events at /v1/watch[/<db>[/<coll>]].
+    #[arg(long = "httpPort", value_name = "PORT")]
+    http_port: Option<u16>,
+    /// An origin (e.g. https://app.example.com, or *) whose pages may read the HTTP
+    /// listener's answers (CORS); repeatable.
+    #[arg(long = "httpCorsOrigin", value_name = "ORIGIN")]
+    http_cors_origin: Vec<String>,
     /// Log only warnings and errors.
     #[arg(long)]
     quiet: bool,
@@ -274,6 +282,9 @@ fn main() -> ExitCode {
         parameters: params,
         argv: std::env::args().collect(),
         config_file: cli.config,
+        http_port: cli.http_port,
+        http_cors_origins: cli.http_cors_origin,
+        http_heartbeat: std::time::Duration::from_secs(5),
         auth: cli.auth,
         key_file: cli.key_file,
         tls: server::TlsConfig {

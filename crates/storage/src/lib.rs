@@ -26,6 +26,7 @@
 
 pub mod catalog;
 pub mod image;
+pub mod metrics;
 pub mod oplog;
 mod pending;
 pub mod pipeline;

@@ -399,11 +399,17 @@ impl Pipeline {
             }
         }
         if !batch.is_empty() {
+            let m = &*crate::metrics::METRICS;
+            m.group_size.observe(batch.len() as f64);
+            m.groups.inc();
+            m.grouped_writes.inc_by(batch.len() as u64);
+            let t = std::time::Instant::now();
             if w.repl.is_some() {
                 w.batch_replicated(batch);
             } else {
                 w.batch(batch);
             }
+            m.commit_seconds.observe(t.elapsed().as_secs_f64());
         }
         for reply in checkpoints {
             reply(w.checkpoint());

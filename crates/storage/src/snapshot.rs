@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use bson::{Document, Timestamp};
 use errors::Result;
-use redb::{ReadOnlyTable, ReadTransaction, ReadableTable};
+use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, ReadableTableMetadata};
 
 use crate::catalog::{CollectionMeta, Namespace};
 use crate::oplog;
@@ -548,6 +548,24 @@ impl Snapshot {
                     .any(|(_, v)| v.is_some())
             });
         Ok(pending || first.is_some_and(|k| k < cut) || first_txn.is_some_and(|k| k < cut))
+    }
+
+    /// The pre-image store's size: its records and the bytes the tables hold (committed
+    /// ones; what is waiting for a checkpoint is not counted).
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn preimage_size(&self) -> Result<(u64, u64)> {
+        let mut count = 0;
+        let mut bytes = 0;
+        for (len, stats) in [
+            (self.preimages.len(), self.preimages.stats()),
+            (self.txn_preimages.len(), self.txn_preimages.stats()),
+        ] {
+            count += len.map_err(storage_err)?;
+            bytes += stats.map_err(storage_err)?.stored_bytes();
+        }
+        Ok((count, bytes))
     }
 
     /// Every stored pre-image record, oldest first, as `config.system.preimages` shows them.

@@ -11,6 +11,7 @@ mod crud;
 mod ddl;
 mod geo;
 mod hardening;
+mod http;
 mod limits;
 mod local_sessions;
 mod ops;

@@ -176,7 +176,12 @@ impl LogWriter {
         let len = bytes.len() as u64;
         self.reserve(len);
         self.file.write_all_at(bytes, self.pos)?;
+        let t = std::time::Instant::now();
         self.file.sync_data()?;
+        let m = &*crate::metrics::METRICS;
+        m.fsync_seconds.observe(t.elapsed().as_secs_f64());
+        m.fsyncs.inc();
+        m.log_bytes.inc_by(len);
         let at = self.pos;
         self.pos += len;
         let seq = self.seq;
