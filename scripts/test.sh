@@ -55,6 +55,12 @@ stage "dump/restore round trip (npm @apostrophecms/mongodb-snapshot)"
 (cd tests/node && EDDY_PORT=$port node dump_restore.js)
 stage "Node.js driver 7 and Mongoose 9 (node --test, own eddy)"
 (cd tests/node-compat && npm ci --silent --no-audit --no-fund && EDDY_BIN=../../target/release/eddy node --test)
+stage "browser: EventSource in headless Chromium through a kill -9 of the server"
+command -v chromium >/dev/null && command -v chromedriver >/dev/null || {
+  apt-get install -y -q chromium chromium-driver >/dev/null || { apt-get update -q && apt-get install -y -q chromium chromium-driver >/dev/null; }
+}
+.venv/bin/pip install --quiet --disable-pip-version-check "selenium==4.27.1"
+EDDY_BIN=target/release/eddy .venv/bin/python -m pytest -q -s tests/browser
 stage "replica set: failover (3 members, 5 SIGKILLs of the primary, 2 partitions)"
 EDDY_BIN=target/release/eddy .venv/bin/python tests/replset/failover.py
 stage "replica set: initial sync (a wiped member, a member that fell off a 1 MB oplog)"
