@@ -9,6 +9,7 @@ mod config_file;
 mod crash;
 mod crud;
 mod ddl;
+mod embedded;
 mod geo;
 mod hardening;
 mod http;
