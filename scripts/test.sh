@@ -5,8 +5,11 @@
 # drivers' specification tests (change streams, CRUD, transactions, sessions, retryable
 # writes, client-side operation timeouts) through PyMongo's runner without and then with
 # --auth, and each fuzz target for a bounded time.
-# Installs what it needs itself (Python venvs with pymongo and pytest, openssl, the npm
-# packages, cargo-fuzz).
+# Also: mongosh, Debian's prometheus-mongodb-exporter, the Node.js driver 7 and Mongoose 9,
+# and an EventSource in headless Chromium through a kill -9 of the server.
+# Installs what it needs itself (Python venvs with pymongo, pytest and Selenium; openssl,
+# chromium, chromium-driver and prometheus-mongodb-exporter from apt; the npm packages;
+# cargo-fuzz).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
