@@ -128,6 +128,7 @@ enum Command {
     Log(LogCommand),
     /// Tails a change stream: one event per line, as canonical Extended JSON or a
     /// compact coloured view on a terminal; with --state, a restart resumes exactly.
+    #[cfg(feature = "watch")]
     Watch(watch::Args),
 }
 
@@ -188,6 +189,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse_from(args);
     match cli.command {
         Some(Command::Log(cmd)) => return log_tool(&cmd),
+        #[cfg(feature = "watch")]
         Some(Command::Watch(args)) => {
             return match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
