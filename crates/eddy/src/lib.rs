@@ -7,8 +7,9 @@
 //! let orders = db.collection("orders");
 //! let mut stream = orders.watch(vec![doc! {"$match": {"operationType": "insert"}}], Default::default()).await?;
 //! orders.insert_one(doc! {"_id": 1, "total": 42}).await?;
-//! let event = stream.next().await?;
-//! println!("{event}, resume with {:?}", stream.resume_token());
+//! if let Some(event) = stream.next().await? {
+//!     println!("{event}, resume with {:?}", stream.resume_token());
+//! }
 //! # Ok(()) }
 //! ```
 //!
