@@ -180,6 +180,9 @@ pub struct Encoded {
     /// The bytes the token takes again as a reply's `postBatchResumeToken` field (0 without
     /// a token), measured once rather than for every batch the event goes in.
     pub token_bytes: usize,
+    /// The event as relaxed and as canonical Extended JSON, made when first asked for: the
+    /// HTTP listener's Server-Sent Events clients that share this event share its JSON.
+    json: [std::sync::OnceLock<std::sync::Arc<str>>; 2],
 }
 
 impl Encoded {
@@ -199,6 +202,7 @@ impl Encoded {
             has_token: !token.is_empty(),
             token: std::sync::OnceLock::from(token),
             token_bytes,
+            json: Default::default(),
         }
     }
 
@@ -209,7 +213,23 @@ impl Encoded {
             token: std::sync::OnceLock::new(),
             has_token: true,
             token_bytes: pbrt_bytes(token_len, true),
+            json: Default::default(),
         }
+    }
+
+    /// The event as Extended JSON text (canonical or relaxed), encoded once.
+    pub fn json(&self, canonical: bool) -> std::sync::Arc<str> {
+        self.json[usize::from(canonical)]
+            .get_or_init(|| {
+                let d = Document::from_reader(self.bytes.as_slice()).unwrap_or_default();
+                let v = if canonical {
+                    Bson::Document(d).into_canonical_extjson()
+                } else {
+                    Bson::Document(d).into_relaxed_extjson()
+                };
+                v.to_string().into()
+            })
+            .clone()
     }
 
     /// The event's `_id` (empty when it has none).

@@ -295,6 +295,11 @@ impl Drop for HttpConn {
 }
 
 impl HttpConn {
+    /// Runs a command; a change stream's events stay as the server encoded them.
+    async fn run_reply(&mut self, cmd: Document) -> commands::Reply {
+        commands::handle(&self.ctx, &mut self.conn, cmd).await
+    }
+
     async fn run(&mut self, cmd: Document) -> Document {
         // A change stream's events travel beside the reply as encoded bytes.
         commands::handle(&self.ctx, &mut self.conn, cmd)
@@ -494,10 +499,10 @@ async fn watch(shared: &Shared, req: &Request<Incoming>, peer: String) -> Respon
         cursor.insert("batchSize", n);
     }
     let reply = conn
-        .run(doc! {"aggregate": target, "pipeline": stages, "cursor": cursor, "$db": &db})
+        .run_reply(doc! {"aggregate": target, "pipeline": stages, "cursor": cursor, "$db": &db})
         .await;
-    if reply.get_f64("ok") != Ok(1.0) {
-        return error_response(status_for(&reply), &reply);
+    if reply.doc.get_f64("ok") != Ok(1.0) {
+        return error_response(status_for(&reply.doc), &reply.doc);
     }
     let (tx, rx) = mpsc::channel::<Bytes>(8);
     let heartbeat = shared.cfg.heartbeat;
@@ -535,7 +540,7 @@ fn message(out: &mut String, event: Option<&str>, id: &str, data: &str) {
 /// stream ends (after an invalidate) or fails (the error is sent as an `error` event).
 async fn pump(
     mut conn: HttpConn,
-    first: Document,
+    first: commands::Reply,
     db: String,
     tx: mpsc::Sender<Bytes>,
     canonical: bool,
@@ -544,7 +549,6 @@ async fn pump(
 ) {
     let m = &*commands::metrics::METRICS;
     let mut reply = first;
-    let mut key = "firstBatch";
     let mut last_beat = Instant::now();
     // The browser waits this long before reconnecting.
     if tx
@@ -555,7 +559,11 @@ async fn pump(
         return;
     }
     let (mut id, coll) = {
-        let c = reply.get_document("cursor").cloned().unwrap_or_default();
+        let c = reply
+            .doc
+            .get_document("cursor")
+            .cloned()
+            .unwrap_or_default();
         let ns = c.get_str("ns").unwrap_or("").to_string();
         let coll = ns
             .split_once('.')
@@ -563,19 +571,17 @@ async fn pump(
         (c.get_i64("id").unwrap_or(0), coll)
     };
     loop {
-        let cursor = reply.get_document("cursor").cloned().unwrap_or_default();
-        let events = cursor.get_array(key).cloned().unwrap_or_default();
+        let cursor = reply
+            .doc
+            .get_document("cursor")
+            .cloned()
+            .unwrap_or_default();
         let mut out = String::new();
         let mut sent = 0u64;
-        for ev in events {
-            let Bson::Document(ev) = ev else { continue };
-            let token = ev.get_document("_id").map(token_id).unwrap_or_default();
-            let json = if canonical {
-                Bson::Document(ev).into_canonical_extjson()
-            } else {
-                Bson::Document(ev).into_relaxed_extjson()
-            };
-            message(&mut out, None, &token, &json.to_string());
+        // The events as the server encoded them: streams that share an event share its
+        // JSON, made once.
+        for ev in reply.batch.take().map(|(_, b)| b).unwrap_or_default() {
+            message(&mut out, None, &token_id(ev.token()), &ev.json(canonical));
             sent += 1;
         }
         if sent == 0 && last_beat.elapsed() >= heartbeat {
@@ -604,13 +610,13 @@ async fn pump(
             get_more.insert("batchSize", n);
         }
         let next = tokio::select! {
-            r = conn.run(get_more) => r,
+            r = conn.run_reply(get_more) => r,
             () = tx.closed() => break,
         };
-        if next.get_f64("ok") != Ok(1.0) {
+        if next.doc.get_f64("ok") != Ok(1.0) {
             let mut d = doc! {"ok": 0.0};
             for k in ["errmsg", "code", "codeName"] {
-                if let Some(v) = next.get(k) {
+                if let Some(v) = next.doc.get(k) {
                     d.insert(k, v.clone());
                 }
             }
@@ -622,7 +628,6 @@ async fn pump(
             return;
         }
         reply = next;
-        key = "nextBatch";
     }
     // The client went away: close the cursor.
     if id != 0 {
