@@ -225,12 +225,17 @@ pub struct Collection {
 }
 
 fn count(reply: &Document, key: &str) -> i64 {
-    match reply.get(key) {
-        Some(Bson::Int32(n)) => i64::from(*n),
-        Some(Bson::Int64(n)) => *n,
-        Some(Bson::Double(n)) => *n as i64,
-        _ => 0,
+    commands::util::get_i64(reply, key).unwrap_or(0)
+}
+
+/// `document` with an `_id` first, a new ObjectId when it had none (as drivers add one).
+fn with_id(document: Document) -> Document {
+    if document.contains_key("_id") {
+        return document;
     }
+    let mut with = doc! {"_id": bson::oid::ObjectId::new()};
+    with.extend(document);
+    with
 }
 
 /// A write's `writeErrors`, as the error of the first.
@@ -268,12 +273,8 @@ impl Collection {
     ///
     /// # Errors
     /// DuplicateKey, validation, or a document the server refuses.
-    pub async fn insert_one(&self, mut document: Document) -> Result<Bson> {
-        if !document.contains_key("_id") {
-            let mut with = doc! {"_id": bson::oid::ObjectId::new()};
-            with.extend(document);
-            document = with;
-        }
+    pub async fn insert_one(&self, document: Document) -> Result<Bson> {
+        let document = with_id(document);
         let id = document.get("_id").cloned().unwrap_or(Bson::Null);
         write_result(
             self.run(doc! {"insert": &self.name, "documents": [document]})
@@ -289,14 +290,7 @@ impl Collection {
     pub async fn insert_many(&self, documents: Vec<Document>) -> Result<i64> {
         let docs: Vec<Bson> = documents
             .into_iter()
-            .map(|mut d| {
-                if !d.contains_key("_id") {
-                    let mut with = doc! {"_id": bson::oid::ObjectId::new()};
-                    with.extend(d);
-                    d = with;
-                }
-                Bson::Document(d)
-            })
+            .map(|d| Bson::Document(with_id(d)))
             .collect();
         let r = write_result(
             self.run(doc! {"insert": &self.name, "documents": docs})
@@ -315,6 +309,11 @@ impl Collection {
         if let Some(o) = options {
             cmd.extend(o);
         }
+        self.drain(cmd).await
+    }
+
+    /// Runs a command that opens a cursor and reads the cursor to its end.
+    async fn drain(&self, cmd: Document) -> Result<Vec<Document>> {
         let mut reply = self.run(cmd).await?;
         let mut out = Vec::new();
         let mut key = "firstBatch";
@@ -450,30 +449,8 @@ impl Collection {
     /// # Errors
     /// A bad pipeline.
     pub async fn aggregate(&self, pipeline: Vec<Document>) -> Result<Vec<Document>> {
-        let mut reply = self
-            .run(doc! {"aggregate": &self.name, "pipeline": pipeline, "cursor": {}})
-            .await?;
-        let mut out = Vec::new();
-        let mut key = "firstBatch";
-        loop {
-            let cursor = reply.get_document("cursor").cloned().unwrap_or_default();
-            out.extend(
-                cursor
-                    .get_array(key)
-                    .cloned()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter_map(|d| d.as_document().cloned()),
-            );
-            let id = cursor.get_i64("id").unwrap_or(0);
-            if id == 0 {
-                return Ok(out);
-            }
-            reply = self
-                .run(doc! {"getMore": id, "collection": &self.name})
-                .await?;
-            key = "nextBatch";
-        }
+        self.drain(doc! {"aggregate": &self.name, "pipeline": pipeline, "cursor": {}})
+            .await
     }
 
     /// Builds an index on `keys` (`{field: 1}`, `{a: 1, b: -1}`, `{t: "text"}`...), with
