@@ -186,6 +186,16 @@ impl Cursors {
         out
     }
 
+    /// The number of open change streams.
+    pub fn change_stream_count(&self) -> usize {
+        self.map
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|e| e.change)
+            .count()
+    }
+
     /// The open change streams, and the `top` most behind of those no `getMore` is using
     /// now (one that is waiting in a `getMore` has caught up): cursor id, namespace, events
     /// behind and seconds behind.

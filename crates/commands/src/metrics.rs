@@ -166,7 +166,8 @@ pub fn server_status_fields(ctx: &ServerCtx, out: &mut Document) {
         },
     );
     let s = &*storage::metrics::METRICS;
-    let (open, _) = ctx.cursors.change_stream_lags(ctx, 0);
+    // Only the count: each stream's lag is a walk of the log it has still to read.
+    let open = ctx.cursors.change_stream_count();
     let (images, image_bytes) = ctx
         .store
         .snapshot()
@@ -265,18 +266,19 @@ impl std::fmt::Debug for StateCollector {
     }
 }
 
-fn gauge<N: prometheus_client::encoding::EncodeGaugeValue + Copy>(
+/// One metric family read at scrape time: a series per label set (none for a bare one).
+fn family<N: Copy, M: EncodeMetric>(
     enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
+    (name, help, ty): (&str, &str, MetricType),
     series: &[(Labels, N)],
+    make: fn(N) -> M,
 ) -> Result<(), std::fmt::Error> {
-    let mut me = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    let mut me = enc.encode_descriptor(name, help, None, ty)?;
     for (labels, v) in series {
         if labels.is_empty() {
-            ConstGauge::new(*v).encode(me.encode_family(&NO_LABELS)?)?;
+            make(*v).encode(me.encode_family(&NO_LABELS)?)?;
         } else {
-            ConstGauge::new(*v).encode(me.encode_family(labels)?)?;
+            make(*v).encode(me.encode_family(labels)?)?;
         }
     }
     Ok(())
@@ -284,21 +286,32 @@ fn gauge<N: prometheus_client::encoding::EncodeGaugeValue + Copy>(
 
 const NO_LABELS: [(&str, &str); 0] = [];
 
+fn gauge<N: prometheus_client::encoding::EncodeGaugeValue + Copy>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &[(Labels, N)],
+) -> Result<(), std::fmt::Error> {
+    family(
+        enc,
+        (name, help, MetricType::Gauge),
+        series,
+        ConstGauge::new,
+    )
+}
+
 fn counter(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
     series: &[(Labels, u64)],
 ) -> Result<(), std::fmt::Error> {
-    let mut me = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (labels, v) in series {
-        if labels.is_empty() {
-            ConstCounter::new(*v).encode(me.encode_family(&NO_LABELS)?)?;
-        } else {
-            ConstCounter::new(*v).encode(me.encode_family(labels)?)?;
-        }
-    }
-    Ok(())
+    family(
+        enc,
+        (name, help, MetricType::Counter),
+        series,
+        ConstCounter::new,
+    )
 }
 
 impl Collector for StateCollector {
