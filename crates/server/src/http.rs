@@ -115,19 +115,20 @@ fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Re
     r
 }
 
-/// An error as MongoDB shapes it (`ok: 0`, `errmsg`, `code`, `codeName`), as JSON.
-fn error_response(status: StatusCode, err: &Document) -> Response<Body> {
+/// An error reply as MongoDB shapes it (`ok: 0`, `errmsg`, `code`, `codeName`), as JSON.
+fn error_json(err: &Document) -> String {
     let mut d = doc! {"ok": 0.0};
     for k in ["errmsg", "code", "codeName"] {
         if let Some(v) = err.get(k) {
             d.insert(k, v.clone());
         }
     }
-    respond(
-        status,
-        "application/json",
-        Bson::Document(d).into_relaxed_extjson().to_string(),
-    )
+    Bson::Document(d).into_relaxed_extjson().to_string()
+}
+
+/// [`error_json`] as a response.
+fn error_response(status: StatusCode, err: &Document) -> Response<Body> {
+    respond(status, "application/json", error_json(err))
 }
 
 /// The status for a refused command: 401 unauthenticated, 403 not allowed, else 400.
@@ -614,16 +615,7 @@ async fn pump(
             () = tx.closed() => break,
         };
         if next.doc.get_f64("ok") != Ok(1.0) {
-            let mut d = doc! {"ok": 0.0};
-            for k in ["errmsg", "code", "codeName"] {
-                if let Some(v) = next.doc.get(k) {
-                    d.insert(k, v.clone());
-                }
-            }
-            let mut out = String::new();
-            out.push_str("event: error\ndata: ");
-            out.push_str(&Bson::Document(d).into_relaxed_extjson().to_string());
-            out.push_str("\n\n");
+            let out = format!("event: error\ndata: {}\n\n", error_json(&next.doc));
             let _ = tx.send(Bytes::from(out)).await;
             return;
         }
