@@ -554,26 +554,11 @@ fn retryable(e: &DriverError) -> bool {
         ErrorKind::Io(_)
         | ErrorKind::ServerSelection { .. }
         | ErrorKind::ConnectionPoolCleared { .. } => true,
-        ErrorKind::Command(c) => matches!(
-            c.code,
-            6 | 7
-                | 43
-                | 63
-                | 89
-                | 91
-                | 133
-                | 150
-                | 189
-                | 234
-                | 262
-                | 9001
-                | 10107
-                | 11600
-                | 11602
-                | 13388
-                | 13435
-                | 13436
-        ),
+        // The specification's resumable codes, and a cursor the server no longer has
+        // (CursorNotFound) or a shard's stale routing (StaleConfig).
+        ErrorKind::Command(c) => {
+            errors::RESUMABLE_CHANGE_STREAM_CODES.contains(&c.code) || matches!(c.code, 43 | 13388)
+        }
         _ => false,
     }
 }
