@@ -175,7 +175,15 @@ async fn replica_set_name_comes_from_the_file() {
         .run_command(doc! {"replSetInitiate": {"_id": "fromfile", "members": [{"_id": 0, "host": format!("localhost:{port}")}]}})
         .await
         .unwrap();
-    let hello = admin.run_command(doc! {"hello": 1}).await.unwrap();
+    // The member takes its new configuration in after replSetInitiate returns.
+    let t0 = std::time::Instant::now();
+    let hello = loop {
+        let hello = admin.run_command(doc! {"hello": 1}).await.unwrap();
+        if hello.contains_key("setName") || t0.elapsed() > Duration::from_secs(10) {
+            break hello;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(hello.get_str("setName").unwrap(), "fromfile", "{hello}");
 }
 
